@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages opus-tunnel needs to build and test (run as root on Debian 12).
+# Idempotent: packages already present are left alone.
+set -euo pipefail
+PKGS=(pulseaudio pulseaudio-utils libpulse-dev libclang-dev clang libopus-dev pkg-config
+      sox meson ninja-build dpkg-dev ca-certificates procps iproute2)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
