@@ -510,6 +510,33 @@ impl OpusKnobs {
             .collect()
     }
 
+    /// Checks that every numeric field is within its documented range (the fields are
+    /// public, so a struct built by hand may hold anything). The error names the key.
+    pub fn validate(&self) -> Result<(), ParamError> {
+        if !(BITRATE_MIN..=BITRATE_MAX).contains(&self.bitrate) {
+            return Err(ParamError::new(
+                KEY_BITRATE,
+                self.bitrate.to_string(),
+                format!("an integer from {BITRATE_MIN} to {BITRATE_MAX}"),
+            ));
+        }
+        let ranges = [
+            (KEY_COMPLEXITY, self.complexity, 0u8, 10u8),
+            (KEY_LSB_DEPTH, self.lsb_depth, 8, 24),
+            (KEY_PACKET_LOSS, self.packet_loss, 0, 100),
+        ];
+        for (key, v, lo, hi) in ranges {
+            if v < lo || v > hi {
+                return Err(ParamError::new(
+                    key,
+                    v.to_string(),
+                    format!("an integer from {lo} to {hi}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Applies several `(key, value)` pairs atomically: either all are valid and applied,
     /// or `self` is unchanged and the first error is returned.
     pub fn set_all<'a, I>(&mut self, pairs: I) -> Result<(), ParamError>
@@ -810,6 +837,13 @@ mod tests {
         assert_eq!(e.key, "compression.opus.dtx");
         assert_eq!(k, before);
         assert_eq!(k.get("nope"), None);
+        assert!(k.validate().is_ok());
+        let mut k3 = k;
+        k3.lsb_depth = 30;
+        assert_eq!(k3.validate().unwrap_err().key, "compression.opus.lsb_depth");
+        k3 = k;
+        k3.bitrate = 1;
+        assert_eq!(k3.validate().unwrap_err().key, "compression.bitrate");
     }
 
     #[test]

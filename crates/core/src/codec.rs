@@ -1,0 +1,872 @@
+//! Audio codec: Opus (through `audiopus`, linked to the system libopus) or L16 PCM.
+//!
+//! Both directions work on interleaved `f32` PCM at the stream's own rate and channel
+//! count ([`StreamFormat`]). One call to [`Encoder::encode`] takes exactly one frame
+//! ([`Encoder::frame_samples`] samples per channel) and yields one RTP payload.
+//!
+//! RTP mapping: Opus uses payload type 96 and a 48 kHz RTP clock whatever the stream rate
+//! (RFC 7587); L16 (big-endian signed 16 bit, RFC 3551) uses payload type 97 and the
+//! stream rate as RTP clock.
+
+use crate::params::{Application, Compression, MaxBandwidth, OpusKnobs, ParamError, Signal};
+use audiopus::coder::{Decoder as OpusDecoder, Encoder as OpusEncoder};
+use audiopus::ffi;
+
+/// RTP payload type used for Opus.
+pub const PT_OPUS: u8 = 96;
+/// RTP payload type used for L16.
+pub const PT_L16: u8 = 97;
+/// RTP clock rate of Opus (RFC 7587), whatever the sample rate.
+pub const OPUS_RTP_CLOCK: u32 = 48_000;
+/// Largest RTP payload that fits an RFC 4571 frame (65535 − 12-byte RTP header).
+pub const MAX_PAYLOAD: usize = 65_535 - 12;
+/// Sample rates Opus accepts.
+pub const OPUS_RATES: [u32; 5] = [8_000, 12_000, 16_000, 24_000, 48_000];
+
+/// Largest Opus packet the encoder is allowed to produce, bytes.
+const MAX_OPUS_PACKET: usize = 4_000;
+
+/// Sample rate and channel count of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamFormat {
+    /// Sample rate in Hz.
+    pub rate: u32,
+    /// Number of interleaved channels.
+    pub channels: u8,
+}
+
+/// Checks that `fmt` can be carried with `compression`.
+///
+/// Opus: rate one of 8000, 12000, 16000, 24000, 48000 and 1–2 channels.
+/// None (L16): rate 1000–384000 and 1–8 channels. The error names the key `rate` or
+/// `channels`.
+pub fn validate(compression: Compression, fmt: &StreamFormat) -> Result<(), ParamError> {
+    match compression {
+        Compression::Opus => {
+            if !OPUS_RATES.contains(&fmt.rate) {
+                return Err(ParamError::new(
+                    "rate",
+                    fmt.rate.to_string(),
+                    "with compression=opus one of 8000, 12000, 16000, 24000, 48000 Hz; \
+                     use compression=none for other rates",
+                ));
+            }
+            if !(1..=2).contains(&fmt.channels) {
+                return Err(ParamError::new(
+                    "channels",
+                    fmt.channels.to_string(),
+                    "with compression=opus 1 or 2 channels; use compression=none for more",
+                ));
+            }
+        }
+        Compression::None => {
+            if !(1_000..=384_000).contains(&fmt.rate) {
+                return Err(ParamError::new(
+                    "rate",
+                    fmt.rate.to_string(),
+                    "with compression=none an integer from 1000 to 384000 Hz",
+                ));
+            }
+            if !(1..=8).contains(&fmt.channels) {
+                return Err(ParamError::new(
+                    "channels",
+                    fmt.channels.to_string(),
+                    "with compression=none 1 to 8 channels",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Errors of the encoder and decoder.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// A format or knob value is out of range.
+    #[error("{0}")]
+    Param(#[from] ParamError),
+    /// libopus refused a call.
+    #[error("opus {what}: {detail}")]
+    Opus {
+        /// What was being done (e.g. "decode", "set bitrate").
+        what: &'static str,
+        /// libopus' error text.
+        detail: String,
+    },
+    /// `encode` got the wrong number of samples.
+    #[error("expected {expected} interleaved samples for one frame, got {got}")]
+    FrameLength {
+        /// Samples expected (frame_samples × channels).
+        expected: usize,
+        /// Samples given.
+        got: usize,
+    },
+    /// An L16 payload whose length is not a whole number of frames of 16-bit samples.
+    #[error("L16 payload of {len} bytes is not a multiple of {unit} bytes (2 × channels)")]
+    L16Length {
+        /// Payload length.
+        len: usize,
+        /// Bytes per sample frame.
+        unit: usize,
+    },
+    /// An empty payload.
+    #[error("empty payload")]
+    EmptyPayload,
+    /// One frame of L16 would not fit an RTP packet on the wire.
+    #[error("an L16 frame of {bytes} bytes exceeds the {MAX_PAYLOAD}-byte payload limit; choose a shorter compression.frame_size")]
+    FrameTooLarge {
+        /// Bytes one frame would need.
+        bytes: usize,
+    },
+    /// `conceal`/`decode_fec` was asked for an unusable number of samples.
+    #[error("cannot conceal {samples} samples per channel: {reason}")]
+    ConcealLength {
+        /// Samples per channel asked for.
+        samples: usize,
+        /// Why not.
+        reason: String,
+    },
+}
+
+fn opus_err(what: &'static str) -> impl Fn(audiopus::Error) -> CodecError {
+    move |e| CodecError::Opus {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+fn opus_rate(rate: u32) -> Result<audiopus::SampleRate, CodecError> {
+    Ok(match rate {
+        8_000 => audiopus::SampleRate::Hz8000,
+        12_000 => audiopus::SampleRate::Hz12000,
+        16_000 => audiopus::SampleRate::Hz16000,
+        24_000 => audiopus::SampleRate::Hz24000,
+        48_000 => audiopus::SampleRate::Hz48000,
+        _ => validate(Compression::Opus, &StreamFormat { rate, channels: 1 })
+            .map(|_| audiopus::SampleRate::Hz48000)?,
+    })
+}
+
+fn opus_channels(ch: u8) -> audiopus::Channels {
+    if ch == 1 {
+        audiopus::Channels::Mono
+    } else {
+        audiopus::Channels::Stereo
+    }
+}
+
+fn opus_application(a: Application) -> audiopus::Application {
+    match a {
+        Application::Voip => audiopus::Application::Voip,
+        Application::Audio => audiopus::Application::Audio,
+        Application::LowDelay => audiopus::Application::LowDelay,
+    }
+}
+
+/// Encodes interleaved `f32` frames into RTP payloads.
+pub struct Encoder {
+    compression: Compression,
+    fmt: StreamFormat,
+    knobs: OpusKnobs,
+    opus: Option<OpusEncoder>,
+    scratch: Vec<f32>,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("compression", &self.compression)
+            .field("fmt", &self.fmt)
+            .field("knobs", &self.knobs)
+            .finish()
+    }
+}
+
+impl Encoder {
+    /// Creates an encoder. Checks `fmt` with [`validate`] and the knobs with
+    /// [`OpusKnobs::validate`]; for `Compression::None` only `frame_size` is used, and the
+    /// frame must fit one RTP packet ([`MAX_PAYLOAD`] bytes).
+    pub fn new(
+        compression: Compression,
+        fmt: StreamFormat,
+        knobs: &OpusKnobs,
+    ) -> Result<Encoder, CodecError> {
+        validate(compression, &fmt)?;
+        knobs.validate()?;
+        let mut enc = Encoder {
+            compression,
+            fmt,
+            knobs: *knobs,
+            opus: None,
+            scratch: Vec::new(),
+        };
+        match compression {
+            Compression::Opus => {
+                let mut e = Self::make_opus(fmt, knobs.application)?;
+                Self::tune(&mut e, knobs)?;
+                enc.opus = Some(e);
+            }
+            Compression::None => enc.check_l16_size(knobs)?,
+        }
+        Ok(enc)
+    }
+
+    fn check_l16_size(&self, knobs: &OpusKnobs) -> Result<(), CodecError> {
+        let bytes = knobs.frame_size.samples(self.fmt.rate) * usize::from(self.fmt.channels) * 2;
+        if bytes > MAX_PAYLOAD {
+            return Err(CodecError::FrameTooLarge { bytes });
+        }
+        Ok(())
+    }
+
+    fn make_opus(fmt: StreamFormat, app: Application) -> Result<OpusEncoder, CodecError> {
+        OpusEncoder::new(
+            opus_rate(fmt.rate)?,
+            opus_channels(fmt.channels),
+            opus_application(app),
+        )
+        .map_err(opus_err("create encoder"))
+    }
+
+    fn tune(e: &mut OpusEncoder, k: &OpusKnobs) -> Result<(), CodecError> {
+        let bw = match k.max_bandwidth {
+            MaxBandwidth::Narrowband => ffi::OPUS_BANDWIDTH_NARROWBAND,
+            MaxBandwidth::Mediumband => ffi::OPUS_BANDWIDTH_MEDIUMBAND,
+            MaxBandwidth::Wideband => ffi::OPUS_BANDWIDTH_WIDEBAND,
+            MaxBandwidth::Superwideband => ffi::OPUS_BANDWIDTH_SUPERWIDEBAND,
+            MaxBandwidth::Fullband => ffi::OPUS_BANDWIDTH_FULLBAND,
+        };
+        let sig = match k.signal {
+            Signal::Auto => ffi::OPUS_AUTO,
+            Signal::Voice => ffi::OPUS_SIGNAL_VOICE,
+            Signal::Music => ffi::OPUS_SIGNAL_MUSIC,
+        };
+        let reqs: [(i32, i32, &'static str); 10] = [
+            (ffi::OPUS_SET_BITRATE_REQUEST, k.bitrate, "set bitrate"),
+            (
+                ffi::OPUS_SET_COMPLEXITY_REQUEST,
+                i32::from(k.complexity),
+                "set complexity",
+            ),
+            (ffi::OPUS_SET_MAX_BANDWIDTH_REQUEST, bw, "set max bandwidth"),
+            (ffi::OPUS_SET_SIGNAL_REQUEST, sig, "set signal"),
+            (ffi::OPUS_SET_VBR_REQUEST, i32::from(k.vbr), "set vbr"),
+            (
+                ffi::OPUS_SET_VBR_CONSTRAINT_REQUEST,
+                i32::from(k.vbr_constraint),
+                "set vbr constraint",
+            ),
+            (
+                ffi::OPUS_SET_LSB_DEPTH_REQUEST,
+                i32::from(k.lsb_depth),
+                "set lsb depth",
+            ),
+            (ffi::OPUS_SET_DTX_REQUEST, i32::from(k.dtx), "set dtx"),
+            (
+                ffi::OPUS_SET_INBAND_FEC_REQUEST,
+                i32::from(k.fec),
+                "set fec",
+            ),
+            (
+                ffi::OPUS_SET_PACKET_LOSS_PERC_REQUEST,
+                i32::from(k.packet_loss),
+                "set packet loss",
+            ),
+        ];
+        for (req, val, what) in reqs {
+            e.set_encoder_ctl_request(req, val)
+                .map_err(opus_err(what))?;
+        }
+        Ok(())
+    }
+
+    /// Retunes a live encoder to `knobs`. A change of `application` recreates the Opus
+    /// encoder (libopus cannot change it after the first frame); a change of `frame_size`
+    /// changes [`frame_samples`](Self::frame_samples) from the next `encode` on. On error
+    /// the encoder keeps its previous settings.
+    pub fn apply(&mut self, knobs: &OpusKnobs) -> Result<(), CodecError> {
+        knobs.validate()?;
+        match self.compression {
+            Compression::None => self.check_l16_size(knobs)?,
+            Compression::Opus => {
+                if knobs.application != self.knobs.application || self.opus.is_none() {
+                    let mut e = Self::make_opus(self.fmt, knobs.application)?;
+                    Self::tune(&mut e, knobs)?;
+                    self.opus = Some(e);
+                } else if let Some(e) = self.opus.as_mut() {
+                    if let Err(err) = Self::tune(e, knobs) {
+                        // Best effort back to the settings that worked.
+                        let _ = Self::tune(e, &self.knobs);
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        self.knobs = *knobs;
+        Ok(())
+    }
+
+    /// The knobs in effect.
+    pub fn knobs(&self) -> &OpusKnobs {
+        &self.knobs
+    }
+
+    /// The stream format.
+    pub fn format(&self) -> StreamFormat {
+        self.fmt
+    }
+
+    /// The compression.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// Samples per channel in one frame: `frame_size` at the stream rate (rounded down),
+    /// e.g. 960 for 20 ms at 48 kHz. The same duration is used for L16.
+    pub fn frame_samples(&self) -> usize {
+        self.knobs.frame_size.samples(self.fmt.rate)
+    }
+
+    /// Encodes one frame. `pcm` must hold exactly `frame_samples() × channels` interleaved
+    /// samples. `out` is cleared and receives the RTP payload (Opus packet, or L16:
+    /// big-endian s16, clamped). Non-finite samples are encoded as 0.
+    pub fn encode(&mut self, pcm: &[f32], out: &mut Vec<u8>) -> Result<(), CodecError> {
+        let expected = self.frame_samples() * usize::from(self.fmt.channels);
+        if pcm.len() != expected {
+            return Err(CodecError::FrameLength {
+                expected,
+                got: pcm.len(),
+            });
+        }
+        out.clear();
+        match &self.opus {
+            None => crate::samples::SampleFormat::S16Be.from_f32(pcm, out),
+            Some(e) => {
+                let input: &[f32] = if pcm.iter().all(|x| x.is_finite()) {
+                    pcm
+                } else {
+                    self.scratch.clear();
+                    self.scratch
+                        .extend(pcm.iter().map(|x| if x.is_finite() { *x } else { 0.0 }));
+                    &self.scratch
+                };
+                out.resize(MAX_OPUS_PACKET, 0);
+                let n = e
+                    .encode_float(input, &mut out[..])
+                    .map_err(opus_err("encode"))?;
+                out.truncate(n);
+            }
+        }
+        Ok(())
+    }
+
+    /// RTP payload type: [`PT_OPUS`] (96) or [`PT_L16`] (97).
+    pub fn payload_type(&self) -> u8 {
+        payload_type(self.compression)
+    }
+
+    /// RTP clock rate: 48000 for Opus (RFC 7587), the stream rate for L16.
+    pub fn rtp_clock_rate(&self) -> u32 {
+        rtp_clock_rate(self.compression, &self.fmt)
+    }
+
+    /// RTP timestamp ticks per frame (960 for 20 ms Opus at any rate; frame_samples for L16).
+    pub fn rtp_ticks_per_frame(&self) -> u32 {
+        match self.compression {
+            Compression::Opus => self.knobs.frame_size.samples(OPUS_RTP_CLOCK) as u32,
+            Compression::None => self.frame_samples() as u32,
+        }
+    }
+}
+
+/// RTP payload type of a compression: 96 for Opus, 97 for L16.
+pub fn payload_type(c: Compression) -> u8 {
+    match c {
+        Compression::Opus => PT_OPUS,
+        Compression::None => PT_L16,
+    }
+}
+
+/// RTP clock rate: 48000 for Opus, `fmt.rate` for L16.
+pub fn rtp_clock_rate(c: Compression, fmt: &StreamFormat) -> u32 {
+    match c {
+        Compression::Opus => OPUS_RTP_CLOCK,
+        Compression::None => fmt.rate,
+    }
+}
+
+/// Decodes RTP payloads into interleaved `f32`, and conceals lost ones.
+pub struct Decoder {
+    compression: Compression,
+    fmt: StreamFormat,
+    opus: Option<OpusDecoder>,
+    scratch: Vec<f32>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("compression", &self.compression)
+            .field("fmt", &self.fmt)
+            .finish()
+    }
+}
+
+impl Decoder {
+    /// Creates a decoder for `fmt` (checked with [`validate`]). Opus decodes at `fmt.rate`.
+    pub fn new(compression: Compression, fmt: StreamFormat) -> Result<Decoder, CodecError> {
+        validate(compression, &fmt)?;
+        let opus = match compression {
+            Compression::Opus => Some(
+                OpusDecoder::new(opus_rate(fmt.rate)?, opus_channels(fmt.channels))
+                    .map_err(opus_err("create decoder"))?,
+            ),
+            Compression::None => None,
+        };
+        Ok(Decoder {
+            compression,
+            fmt,
+            opus,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The stream format.
+    pub fn format(&self) -> StreamFormat {
+        self.fmt
+    }
+
+    /// RTP clock rate of this stream (48000 for Opus, the stream rate for L16).
+    pub fn rtp_clock_rate(&self) -> u32 {
+        rtp_clock_rate(self.compression, &self.fmt)
+    }
+
+    /// Converts a duration in RTP ticks to samples per channel at the stream rate
+    /// (rounded to nearest; saturates).
+    pub fn ticks_to_samples(&self, ticks: u32) -> usize {
+        let clock = u64::from(self.rtp_clock_rate());
+        let v = (u64::from(ticks) * u64::from(self.fmt.rate) + clock / 2) / clock;
+        usize::try_from(v).unwrap_or(usize::MAX)
+    }
+
+    /// Largest number of samples per channel one Opus packet can hold (120 ms).
+    fn max_frame(&self) -> usize {
+        self.fmt.rate as usize * 120 / 1000
+    }
+
+    /// Decodes one payload and appends the interleaved samples to `out`. Returns the number
+    /// of samples per channel appended. A corrupt or empty payload is an error (nothing is
+    /// appended); for L16 the length must be a multiple of 2 × channels.
+    pub fn decode(&mut self, payload: &[u8], out: &mut Vec<f32>) -> Result<usize, CodecError> {
+        if payload.is_empty() {
+            return Err(CodecError::EmptyPayload);
+        }
+        let ch = usize::from(self.fmt.channels);
+        match self.opus.as_mut() {
+            None => {
+                if payload.len() % (2 * ch) != 0 {
+                    return Err(CodecError::L16Length {
+                        len: payload.len(),
+                        unit: 2 * ch,
+                    });
+                }
+                crate::samples::SampleFormat::S16Be.to_f32(payload, out);
+                Ok(payload.len() / (2 * ch))
+            }
+            Some(d) => {
+                let max = self.fmt.rate as usize * 120 / 1000;
+                self.scratch.clear();
+                self.scratch.resize(max * ch, 0.0);
+                let n = d
+                    .decode_float(Some(payload), &mut self.scratch[..], false)
+                    .map_err(opus_err("decode"))?;
+                let n = n.min(max);
+                out.extend_from_slice(&self.scratch[..n * ch]);
+                Ok(n)
+            }
+        }
+    }
+
+    fn check_conceal_len(&self, samples: usize) -> Result<(), CodecError> {
+        let quantum = self.fmt.rate as usize / 400; // 2.5 ms
+        let bad = |reason: String| CodecError::ConcealLength { samples, reason };
+        if samples == 0 {
+            return Err(bad("zero samples".into()));
+        }
+        if samples > self.fmt.rate as usize {
+            return Err(bad("more than one second".into()));
+        }
+        if self.opus.is_some() && samples % quantum != 0 {
+            return Err(bad(format!(
+                "Opus conceals in multiples of 2.5 ms ({quantum} samples)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Appends `samples_per_channel` samples that stand in for a lost packet: Opus packet
+    /// loss concealment (decoding with no packet), silence for L16. Returns the samples per
+    /// channel appended. For Opus the count must be a multiple of 2.5 ms at the stream rate;
+    /// any count must be 1 … one second's worth.
+    pub fn conceal(
+        &mut self,
+        samples_per_channel: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<usize, CodecError> {
+        self.check_conceal_len(samples_per_channel)?;
+        let ch = usize::from(self.fmt.channels);
+        let max = self.max_frame();
+        match self.opus.as_mut() {
+            None => {
+                out.resize(out.len() + samples_per_channel * ch, 0.0);
+                Ok(samples_per_channel)
+            }
+            Some(d) => {
+                let start = out.len();
+                let mut left = samples_per_channel;
+                while left > 0 {
+                    let n = left.min(max);
+                    self.scratch.clear();
+                    self.scratch.resize(n * ch, 0.0);
+                    let got = d
+                        .decode_float(None::<&[u8]>, &mut self.scratch[..], false)
+                        .map_err(|e| {
+                            out.truncate(start);
+                            opus_err("conceal")(e)
+                        })?;
+                    let got = got.min(n);
+                    out.extend_from_slice(&self.scratch[..got * ch]);
+                    if got == 0 {
+                        break;
+                    }
+                    left -= got;
+                }
+                Ok((out.len() - start) / ch)
+            }
+        }
+    }
+
+    /// Recovers the packet *before* `payload` from its in-band FEC data (Opus with
+    /// `compression.opus.fec` on at the sender); without FEC data libopus falls back to
+    /// concealment. `samples_per_channel` is the lost packet's duration (a multiple of
+    /// 2.5 ms). For L16 this is the same as [`conceal`](Self::conceal).
+    pub fn decode_fec(
+        &mut self,
+        payload: &[u8],
+        samples_per_channel: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<usize, CodecError> {
+        if self.opus.is_none() {
+            return self.conceal(samples_per_channel, out);
+        }
+        if payload.is_empty() {
+            return Err(CodecError::EmptyPayload);
+        }
+        self.check_conceal_len(samples_per_channel)?;
+        if samples_per_channel > self.max_frame() {
+            return Err(CodecError::ConcealLength {
+                samples: samples_per_channel,
+                reason: "FEC recovers at most 120 ms".into(),
+            });
+        }
+        let ch = usize::from(self.fmt.channels);
+        self.scratch.clear();
+        self.scratch.resize(samples_per_channel * ch, 0.0);
+        let d = match self.opus.as_mut() {
+            Some(d) => d,
+            None => return Err(CodecError::EmptyPayload),
+        };
+        let n = d
+            .decode_float(Some(payload), &mut self.scratch[..], true)
+            .map_err(opus_err("decode fec"))?
+            .min(samples_per_channel);
+        out.extend_from_slice(&self.scratch[..n * ch]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::FrameSize;
+    use std::f64::consts::PI;
+
+    /// Amplitude of the component at `freq` (Goertzel), for a real signal.
+    fn goertzel_amp(x: &[f32], rate: f64, freq: f64) -> f64 {
+        let w = 2.0 * PI * freq / rate;
+        let c = 2.0 * w.cos();
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        for &v in x {
+            let s = f64::from(v) + c * s1 - s2;
+            s2 = s1;
+            s1 = s;
+        }
+        let power = s1 * s1 + s2 * s2 - c * s1 * s2;
+        2.0 * power.max(0.0).sqrt() / x.len() as f64
+    }
+
+    fn rms(x: &[f32]) -> f64 {
+        (x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / x.len() as f64).sqrt()
+    }
+
+    fn stereo_sine(rate: u32, secs: f64, fl: f64, fr: f64, amp: f64) -> Vec<f32> {
+        let n = (f64::from(rate) * secs) as usize;
+        let mut v = Vec::with_capacity(n * 2);
+        for i in 0..n {
+            let t = i as f64 / f64::from(rate);
+            v.push((amp * (2.0 * PI * fl * t).sin()) as f32);
+            v.push((amp * (2.0 * PI * fr * t).sin()) as f32);
+        }
+        v
+    }
+
+    fn deinterleave(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        (
+            x.iter().step_by(2).copied().collect(),
+            x.iter().skip(1).step_by(2).copied().collect(),
+        )
+    }
+
+    #[test]
+    fn validate_formats() {
+        let f = |rate, channels| StreamFormat { rate, channels };
+        assert!(validate(Compression::Opus, &f(48000, 2)).is_ok());
+        assert!(validate(Compression::Opus, &f(8000, 1)).is_ok());
+        let e = validate(Compression::Opus, &f(44100, 2)).unwrap_err();
+        assert_eq!(e.key, "rate");
+        assert!(e.to_string().starts_with("rate: \"44100\" is not accepted"));
+        assert_eq!(
+            validate(Compression::Opus, &f(48000, 3)).unwrap_err().key,
+            "channels"
+        );
+        assert_eq!(
+            validate(Compression::Opus, &f(48000, 0)).unwrap_err().key,
+            "channels"
+        );
+        assert!(validate(Compression::None, &f(44100, 8)).is_ok());
+        assert!(validate(Compression::None, &f(999, 2)).is_err());
+        assert!(validate(Compression::None, &f(384_001, 2)).is_err());
+        assert!(validate(Compression::None, &f(44100, 9)).is_err());
+    }
+
+    #[test]
+    fn opus_sine_round_trip() {
+        let fmt = StreamFormat {
+            rate: 48000,
+            channels: 2,
+        };
+        let knobs = OpusKnobs::default();
+        let mut enc = Encoder::new(Compression::Opus, fmt, &knobs).unwrap();
+        let mut dec = Decoder::new(Compression::Opus, fmt).unwrap();
+        assert_eq!(enc.frame_samples(), 960);
+        assert_eq!(enc.payload_type(), 96);
+        assert_eq!(enc.rtp_clock_rate(), 48000);
+        assert_eq!(enc.rtp_ticks_per_frame(), 960);
+        let amp = 0.5;
+        let src = stereo_sine(48000, 1.0, 1000.0, 1500.0, amp);
+        let mut pkt = Vec::new();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for frame in src.chunks_exact(960 * 2) {
+            enc.encode(frame, &mut pkt).unwrap();
+            assert!(!pkt.is_empty());
+            bytes += pkt.len();
+            assert_eq!(dec.decode(&pkt, &mut out).unwrap(), 960);
+        }
+        assert_eq!(out.len(), src.len());
+        // ~64 kbit/s: 1 s of audio → about 8000 bytes.
+        assert!((5000..11000).contains(&bytes), "{bytes} bytes");
+        // Skip the codec delay and start-up, analyse 0.5 s (an integer number of periods).
+        let (l, r) = deinterleave(&out[2 * 4800..2 * (4800 + 24000)]);
+        let db = |a: f64| 20.0 * (a / amp).log10();
+        let l1000 = goertzel_amp(&l, 48000.0, 1000.0);
+        let l1500 = goertzel_amp(&l, 48000.0, 1500.0);
+        let r1500 = goertzel_amp(&r, 48000.0, 1500.0);
+        let r1000 = goertzel_amp(&r, 48000.0, 1000.0);
+        assert!(db(l1000).abs() < 1.0, "left 1 kHz at {} dB", db(l1000));
+        assert!(db(r1500).abs() < 1.0, "right 1.5 kHz at {} dB", db(r1500));
+        assert!(l1500 < l1000 / 100.0, "left leaks 1.5 kHz: {l1500}");
+        assert!(r1000 < r1500 / 100.0, "right leaks 1 kHz: {r1000}");
+        let expect_rms = amp / 2f64.sqrt();
+        assert!((20.0 * (rms(&l) / expect_rms).log10()).abs() < 1.0);
+        assert!((20.0 * (rms(&r) / expect_rms).log10()).abs() < 1.0);
+    }
+
+    #[test]
+    fn opus_plc_and_fec() {
+        let fmt = StreamFormat {
+            rate: 48000,
+            channels: 2,
+        };
+        let mut knobs = OpusKnobs::default();
+        knobs.fec = true;
+        knobs.packet_loss = 20;
+        knobs.frame_size = FrameSize::Ms10;
+        let mut enc = Encoder::new(Compression::Opus, fmt, &knobs).unwrap();
+        let mut dec = Decoder::new(Compression::Opus, fmt).unwrap();
+        assert_eq!(enc.frame_samples(), 480);
+        let src = stereo_sine(48000, 0.2, 440.0, 440.0, 0.3);
+        let mut pkt = Vec::new();
+        let mut out = Vec::new();
+        let mut pkts = Vec::new();
+        for frame in src.chunks_exact(480 * 2) {
+            enc.encode(frame, &mut pkt).unwrap();
+            pkts.push(pkt.clone());
+        }
+        for p in &pkts[..10] {
+            dec.decode(p, &mut out).unwrap();
+        }
+        let before = out.len();
+        assert_eq!(dec.conceal(480, &mut out).unwrap(), 480);
+        assert_eq!(out.len(), before + 960);
+        // Concealment continues the tone: not silence.
+        assert!(rms(&out[before..]) > 0.01);
+        // Longer than 120 ms is done in pieces.
+        let before = out.len();
+        assert_eq!(dec.conceal(9600, &mut out).unwrap(), 9600);
+        assert_eq!(out.len(), before + 19200);
+        assert!(dec.conceal(100, &mut out).is_err());
+        assert!(dec.conceal(0, &mut out).is_err());
+        assert!(dec.conceal(48000 + 120, &mut out).is_err());
+        assert_eq!(dec.decode_fec(&pkts[12], 480, &mut out).unwrap(), 480);
+        assert_eq!(dec.decode(&pkts[12], &mut out).unwrap(), 480);
+        assert_eq!(dec.ticks_to_samples(960), 960);
+    }
+
+    #[test]
+    fn opus_other_rates_and_mono() {
+        for rate in OPUS_RATES {
+            let fmt = StreamFormat { rate, channels: 1 };
+            let knobs = OpusKnobs::default();
+            let mut enc = Encoder::new(Compression::Opus, fmt, &knobs).unwrap();
+            let mut dec = Decoder::new(Compression::Opus, fmt).unwrap();
+            let n = enc.frame_samples();
+            assert_eq!(n, rate as usize / 50);
+            assert_eq!(enc.rtp_ticks_per_frame(), 960);
+            assert_eq!(dec.ticks_to_samples(960), n);
+            let pcm: Vec<f32> = (0..n).map(|i| (i as f32 * 0.1).sin() * 0.2).collect();
+            let mut pkt = Vec::new();
+            enc.encode(&pcm, &mut pkt).unwrap();
+            let mut out = Vec::new();
+            assert_eq!(dec.decode(&pkt, &mut out).unwrap(), n);
+            assert_eq!(out.len(), n);
+        }
+    }
+
+    #[test]
+    fn corrupt_payloads_are_errors() {
+        let fmt = StreamFormat {
+            rate: 48000,
+            channels: 2,
+        };
+        let mut dec = Decoder::new(Compression::Opus, fmt).unwrap();
+        let mut out = vec![1.0];
+        assert!(matches!(
+            dec.decode(&[], &mut out),
+            Err(CodecError::EmptyPayload)
+        ));
+        // TOC code 3 (arbitrary frame count) with a zero frame count is invalid.
+        assert!(dec.decode(&[0x03, 0x00], &mut out).is_err());
+        // Code 3 claiming 48 frames of 20 ms (960 ms) is over 120 ms: invalid.
+        assert!(dec.decode(&[0x0b, 0x30, 1, 2, 3], &mut out).is_err());
+        assert_eq!(out, [1.0]);
+        // Random garbage never panics.
+        let mut x: u32 = 12345;
+        for len in 1..200 {
+            let p: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (x >> 24) as u8
+                })
+                .collect();
+            let _ = dec.decode(&p, &mut out);
+        }
+    }
+
+    #[test]
+    fn encoder_checks_and_apply() {
+        let fmt = StreamFormat {
+            rate: 48000,
+            channels: 2,
+        };
+        let mut knobs = OpusKnobs::default();
+        let mut enc = Encoder::new(Compression::Opus, fmt, &knobs).unwrap();
+        let mut pkt = vec![9];
+        let e = enc.encode(&[0.0; 100], &mut pkt).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "expected 1920 interleaved samples for one frame, got 100"
+        );
+        // Non-finite input is tolerated.
+        let mut pcm = vec![0.0f32; 1920];
+        pcm[3] = f32::NAN;
+        pcm[4] = f32::INFINITY;
+        enc.encode(&pcm, &mut pkt).unwrap();
+        knobs.application = Application::Voip;
+        knobs.frame_size = FrameSize::Ms60;
+        knobs.bitrate = 24000;
+        knobs.dtx = true;
+        knobs.max_bandwidth = MaxBandwidth::Wideband;
+        enc.apply(&knobs).unwrap();
+        assert_eq!(enc.frame_samples(), 2880);
+        assert_eq!(enc.rtp_ticks_per_frame(), 2880);
+        enc.encode(&vec![0.1; 2880 * 2], &mut pkt).unwrap();
+        let mut bad = knobs;
+        bad.complexity = 11;
+        assert!(matches!(enc.apply(&bad), Err(CodecError::Param(_))));
+        assert_eq!(enc.knobs(), &knobs);
+        assert!(Encoder::new(
+            Compression::Opus,
+            StreamFormat {
+                rate: 44100,
+                channels: 2
+            },
+            &knobs
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn l16_bit_exact() {
+        let fmt = StreamFormat {
+            rate: 44100,
+            channels: 2,
+        };
+        let knobs = OpusKnobs::default();
+        let mut enc = Encoder::new(Compression::None, fmt, &knobs).unwrap();
+        let mut dec = Decoder::new(Compression::None, fmt).unwrap();
+        assert_eq!(enc.frame_samples(), 882);
+        assert_eq!(enc.payload_type(), 97);
+        assert_eq!(enc.rtp_clock_rate(), 44100);
+        assert_eq!(enc.rtp_ticks_per_frame(), 882);
+        let pcm: Vec<f32> = (0..882 * 2)
+            .map(|i| ((i as i32 * 37 % 65536) - 32768) as f32 / 32768.0)
+            .collect();
+        let mut pkt = Vec::new();
+        enc.encode(&pcm, &mut pkt).unwrap();
+        assert_eq!(pkt.len(), 882 * 4);
+        assert_eq!(&pkt[..2], &[0x80, 0x00]); // -32768 big endian
+        let mut out = Vec::new();
+        assert_eq!(dec.decode(&pkt, &mut out).unwrap(), 882);
+        assert_eq!(out, pcm);
+        assert!(matches!(
+            dec.decode(&pkt[..5], &mut out),
+            Err(CodecError::L16Length { len: 5, unit: 4 })
+        ));
+        assert!(dec.decode(&pkt[..2], &mut out).is_err());
+        let before = out.len();
+        assert_eq!(dec.conceal(10, &mut out).unwrap(), 10);
+        assert_eq!(&out[before..], &[0.0; 20]);
+        // An L16 frame too big for one packet is refused.
+        let big = StreamFormat {
+            rate: 384_000,
+            channels: 8,
+        };
+        let mut k = OpusKnobs::default();
+        k.frame_size = FrameSize::Ms60;
+        assert!(matches!(
+            Encoder::new(Compression::None, big, &k),
+            Err(CodecError::FrameTooLarge { .. })
+        ));
+    }
+}
