@@ -1,0 +1,43 @@
+//! Integration-test harness of the Opus tunnel modules.
+//!
+//! Everything here drives *real* PulseAudio daemons: [`Daemon`] starts a private
+//! `pulseaudio` with its own directories, socket and null sink; [`play`], [`play_loop`] and
+//! [`record`] move known signals in and out through `pacat`/`parec`; the `analysis` functions
+//! measure what arrived; [`CountingProxy`] sits on the TCP link and counts the bytes on the wire.
+//!
+//! Tests that need our modules call [`require_modules`] first, which prints `SKIP: ...` and
+//! returns `false` when the built modules are absent.
+
+pub mod analysis;
+pub mod daemon;
+pub mod proxy;
+pub mod signal;
+
+pub use analysis::{
+    active_region, analyse_stereo, channel, dominant_frequency, dropouts, has_tone, rms_dbfs,
+    steady_part, Dropout, StereoReport,
+};
+pub use daemon::{
+    free_port, module_dir, modules_present, require_modules, stock_module_dir, Daemon,
+    DaemonBuilder,
+};
+pub use proxy::CountingProxy;
+pub use signal::{
+    dbfs_to_amplitude, play, play_loop, record, record_raw, tone, tone_loop, write_s16le, Player,
+    Recorder, CHANNELS, RATE,
+};
+
+use std::sync::{Mutex, MutexGuard};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Serialises tests that measure timing or audio: hold the guard for the whole test.
+///
+/// `cargo test` runs the tests of one file on several threads unless `--test-threads=1`
+/// is given; this keeps them one at a time either way. A panic in an earlier test does not
+/// poison the lock for the next ones.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,341 @@
+//! Test signals in and out of a daemon: generation, `pacat` playback, `parec` recording.
+//!
+//! Everything is interleaved s16le stereo at 48 kHz ([`RATE`], [`CHANNELS`]).
+
+use crate::daemon::Daemon;
+use anyhow::{bail, Context, Result};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const RATE: u32 = 48_000;
+pub const CHANNELS: usize = 2;
+
+/// Linear peak amplitude (full scale = 1.0) of a level in dBFS.
+pub fn dbfs_to_amplitude(dbfs: f64) -> f64 {
+    10f64.powf(dbfs / 20.0)
+}
+
+/// Interleaved s16le: one sine per channel (`freqs[c]` Hz, 0 = silence) at `peak_dbfs`
+/// (peak amplitude relative to full scale), `seconds` long, with 5 ms fades at both ends.
+pub fn tone(freqs: &[f64], peak_dbfs: f64, seconds: f64) -> Vec<i16> {
+    let ch = freqs.len();
+    let frames = (seconds * RATE as f64).round() as usize;
+    let amp = dbfs_to_amplitude(peak_dbfs) * 32767.0;
+    let fade = (RATE as usize / 200).min(frames / 2).max(1);
+    let mut out = Vec::with_capacity(frames * ch);
+    for i in 0..frames {
+        let t = i as f64 / RATE as f64;
+        let g = if i < fade {
+            i as f64 / fade as f64
+        } else if frames - i <= fade {
+            (frames - i) as f64 / fade as f64
+        } else {
+            1.0
+        };
+        for f in freqs {
+            let v = if *f > 0.0 {
+                amp * g * (2.0 * std::f64::consts::PI * f * t).sin()
+            } else {
+                0.0
+            };
+            out.push(v.round().clamp(-32768.0, 32767.0) as i16);
+        }
+    }
+    out
+}
+
+/// One second of a stereo tone without fades: with whole-Hz frequencies it repeats
+/// seamlessly, for [`play_loop`].
+pub fn tone_loop(left_hz: f64, right_hz: f64, peak_dbfs: f64) -> Vec<i16> {
+    let amp = dbfs_to_amplitude(peak_dbfs) * 32767.0;
+    let frames = RATE as usize; // 1 s: integer Hz frequencies repeat exactly
+    let mut out = Vec::with_capacity(frames * 2);
+    for i in 0..frames {
+        let t = i as f64 / RATE as f64;
+        for f in [left_hz, right_hz] {
+            out.push((amp * (2.0 * std::f64::consts::PI * f * t).sin()).round() as i16);
+        }
+    }
+    out
+}
+
+/// Writes samples as raw s16le.
+pub fn write_s16le(path: &Path, samples: &[i16]) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(&to_bytes(samples))?;
+    Ok(())
+}
+
+pub fn to_bytes(samples: &[i16]) -> Vec<u8> {
+    samples.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+fn register(d: &Daemon, pid: u32) -> Arc<Mutex<Vec<u32>>> {
+    let strays = d.strays.clone();
+    if let Ok(mut v) = strays.lock() {
+        v.push(pid);
+    }
+    strays
+}
+
+fn unregister(strays: &Arc<Mutex<Vec<u32>>>, pid: u32) {
+    if let Ok(mut v) = strays.lock() {
+        v.retain(|p| *p != pid);
+    }
+}
+
+/// A running `pacat`: killed (and reaped) on drop.
+pub struct Player {
+    child: Option<Child>,
+    strays: Arc<Mutex<Vec<u32>>>,
+    stop: Arc<AtomicBool>,
+    feeder: Option<JoinHandle<()>>,
+}
+
+impl Player {
+    /// The pacat process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// True while pacat runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Waits for pacat to finish on its own (end of file) for at most `timeout`; true if it
+    /// exited successfully.
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Some(c) = self.child.as_mut() {
+            match c.try_wait() {
+                Ok(Some(st)) => {
+                    let pid = c.id();
+                    self.child = None;
+                    unregister(&self.strays, pid);
+                    return st.success();
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// Stops playback now.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(mut c) = self.child.take() {
+            unregister(&self.strays, c.id());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(t) = self.feeder.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn pacat(d: &Daemon, sink: &str) -> std::process::Command {
+    let mut c = d.command("pacat");
+    c.args([
+        "--playback",
+        "--raw",
+        "--format=s16le",
+        "--rate=48000",
+        "--channels=2",
+        "--latency-msec=100",
+        "--client-name=opus-tunnel-tests",
+        "-d",
+        sink,
+    ]);
+    c
+}
+
+/// Plays a raw s16le 48 kHz stereo file into `sink` (`pacat ... -d SINK < file`).
+pub fn play(d: &Daemon, sink: &str, file: &Path) -> Player {
+    let f = File::open(file).unwrap_or_else(|e| panic!("opening {}: {e}", file.display()));
+    let child = pacat(d, sink)
+        .stdin(Stdio::from(f))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn pacat: {e}"));
+    let strays = register(d, child.id());
+    Player {
+        child: Some(child),
+        strays,
+        stop: Arc::new(AtomicBool::new(false)),
+        feeder: None,
+    }
+}
+
+/// Plays `samples` into `sink` over and over until the [`Player`] is stopped or dropped (a
+/// thread writes to pacat's stdin; the pipe paces it).
+pub fn play_loop(d: &Daemon, sink: &str, samples: Vec<i16>) -> Player {
+    assert!(!samples.is_empty(), "play_loop needs samples");
+    let mut child = pacat(d, sink)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn pacat: {e}"));
+    let strays = register(d, child.id());
+    let mut stdin = child.stdin.take().expect("pacat stdin");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let bytes = to_bytes(&samples);
+    let feeder = std::thread::Builder::new()
+        .name("play_loop".into())
+        .spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                // Blocks while the pipe is full; fails once pacat is gone.
+                if stdin.write_all(&bytes).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawn feeder");
+    Player {
+        child: Some(child),
+        strays,
+        stop,
+        feeder: Some(feeder),
+    }
+}
+
+/// A running `parec` on a source; [`Recorder::read`] takes the next stretch of audio.
+pub struct Recorder {
+    child: Option<Child>,
+    strays: Arc<Mutex<Vec<u32>>>,
+    rx: Receiver<Vec<u8>>,
+    pending: Vec<u8>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Recorder {
+    /// Starts `parec --raw --format=s16le --rate=48000 --channels=2 -d SOURCE`.
+    pub fn start(d: &Daemon, source: &str) -> Recorder {
+        let mut child = d
+            .command("parec")
+            .args([
+                "--raw",
+                "--format=s16le",
+                "--rate=48000",
+                "--channels=2",
+                "--latency-msec=50",
+                "--client-name=opus-tunnel-tests",
+                "-d",
+                source,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn parec: {e}"));
+        let strays = register(d, child.id());
+        let stdout: ChildStdout = child.stdout.take().expect("parec stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::Builder::new()
+            .name("parec-reader".into())
+            .spawn(move || {
+                let mut stdout = stdout;
+                let mut buf = vec![0u8; 16384];
+                loop {
+                    match stdout.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if tx.send(buf[..n].to_vec()).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("spawn reader");
+        Recorder {
+            child: Some(child),
+            strays,
+            rx,
+            pending: Vec::new(),
+            reader: Some(reader),
+        }
+    }
+
+    /// The next `seconds` of audio (interleaved stereo), waiting at most `seconds + 5 s`.
+    pub fn read(&mut self, seconds: f64) -> Result<Vec<i16>> {
+        let want = (seconds * RATE as f64).round() as usize * CHANNELS * 2;
+        let deadline = Instant::now() + Duration::from_secs_f64(seconds + 5.0);
+        while self.pending.len() < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.pending.extend_from_slice(&chunk),
+                Err(RecvTimeoutError::Timeout) => bail!(
+                    "parec delivered {} of {} bytes in {:.1} s",
+                    self.pending.len(),
+                    want,
+                    seconds + 5.0
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    bail!("parec ended after {} of {} bytes", self.pending.len(), want)
+                }
+            }
+        }
+        let rest = self.pending.split_off(want);
+        let bytes = std::mem::replace(&mut self.pending, rest);
+        Ok(bytes
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect())
+    }
+
+    /// Throws away what parec has delivered so far.
+    pub fn discard(&mut self) {
+        self.pending.clear();
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unregister(&self.strays, c.id());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(t) = self.reader.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Records `seconds` of interleaved stereo from `source` (e.g. `null.monitor`).
+pub fn record_raw(d: &Daemon, source: &str, seconds: f64) -> Result<Vec<i16>> {
+    Recorder::start(d, source).read(seconds)
+}
+
+/// [`record_raw`], panicking with the daemon's log tail on failure.
+pub fn record(d: &Daemon, source: &str, seconds: f64) -> Vec<i16> {
+    record_raw(d, source, seconds).unwrap_or_else(|e| {
+        panic!(
+            "recording {source} on {}: {e:#}\n--- log tail ---\n{}",
+            d.name(),
+            d.log_tail(30)
+        )
+    })
+}
