@@ -698,10 +698,12 @@ mod tests {
             rate: 48000,
             channels: 2,
         };
-        let mut knobs = OpusKnobs::default();
-        knobs.fec = true;
-        knobs.packet_loss = 20;
-        knobs.frame_size = FrameSize::Ms10;
+        let knobs = OpusKnobs {
+            fec: true,
+            packet_loss: 20,
+            frame_size: FrameSize::Ms10,
+            ..Default::default()
+        };
         let mut enc = Encoder::new(Compression::Opus, fmt, &knobs).unwrap();
         let mut dec = Decoder::new(Compression::Opus, fmt).unwrap();
         assert_eq!(enc.frame_samples(), 480);
@@ -840,7 +842,7 @@ mod tests {
         assert_eq!(enc.rtp_clock_rate(), 44100);
         assert_eq!(enc.rtp_ticks_per_frame(), 882);
         let pcm: Vec<f32> = (0..882 * 2)
-            .map(|i| ((i as i32 * 37 % 65536) - 32768) as f32 / 32768.0)
+            .map(|i| ((i * 37 % 65536) - 32768) as f32 / 32768.0)
             .collect();
         let mut pkt = Vec::new();
         enc.encode(&pcm, &mut pkt).unwrap();
@@ -862,8 +864,10 @@ mod tests {
             rate: 384_000,
             channels: 8,
         };
-        let mut k = OpusKnobs::default();
-        k.frame_size = FrameSize::Ms60;
+        let k = OpusKnobs {
+            frame_size: FrameSize::Ms60,
+            ..Default::default()
+        };
         assert!(matches!(
             Encoder::new(Compression::None, big, &k),
             Err(CodecError::FrameTooLarge { .. })

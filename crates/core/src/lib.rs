@@ -8,5 +8,9 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod framing;
 pub mod params;
+pub mod rtp;
 pub mod samples;
+
+pub use rtp::WireError;
