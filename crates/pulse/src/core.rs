@@ -1,0 +1,59 @@
+//! The daemon core (main thread): device lookup.
+use crate::sys;
+
+/// The daemon's `pa_core` (main thread only; not `Send`).
+#[derive(Clone, Copy)]
+pub struct Core {
+    ptr: *mut sys::pa_core,
+}
+
+impl Core {
+    /// # Safety
+    /// `ptr` must be the daemon's live core.
+    pub(crate) unsafe fn from_raw(ptr: *mut sys::pa_core) -> Core {
+        Core { ptr }
+    }
+
+    pub(crate) fn raw(&self) -> *mut sys::pa_core {
+        self.ptr
+    }
+
+    pub(crate) fn mainloop(&self) -> *mut sys::pa_mainloop_api {
+        // SAFETY: live core.
+        unsafe { (*self.ptr).mainloop }
+    }
+
+    /// Whether the daemon runs with real-time scheduling (for the IO threads we create).
+    pub(crate) fn realtime(&self) -> Option<i32> {
+        // SAFETY: live core; the bitfield accessor reads a plain field.
+        unsafe {
+            if (*self.ptr).realtime_scheduling() {
+                Some((*self.ptr).realtime_priority)
+            } else {
+                None
+            }
+        }
+    }
+
+    /// Finds a sink by name (`None`: the default sink). Returns its name if it exists.
+    pub fn sink_name(&self, name: Option<&str>) -> Option<String> {
+        let p = self.find_sink(name);
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: p is a live sink.
+        unsafe { crate::from_cstr((*p).name) }
+    }
+
+    pub(crate) fn find_sink(&self, name: Option<&str>) -> *mut sys::pa_sink {
+        let c = name.map(crate::cstring);
+        // SAFETY: live core; name is NULL or a valid C string.
+        unsafe {
+            sys::pa_namereg_get(
+                self.ptr,
+                c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+                sys::PA_NAMEREG_SINK,
+            ) as *mut sys::pa_sink
+        }
+    }
+}
