@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod framing;
+pub mod handshake;
 pub mod params;
 pub mod rtp;
 pub mod samples;
