@@ -377,17 +377,22 @@ impl Daemon {
         }
     }
 
-    /// The process exists (kill(pid, 0)) and answers `pactl info`.
-    pub fn is_alive(&mut self) -> bool {
-        let Some(child) = self.child.as_mut() else {
-            return false;
-        };
-        if let Ok(Some(_)) = child.try_wait() {
+    /// The process exists (kill(pid, 0), and is no zombie) and answers `pactl info`.
+    pub fn is_alive(&self) -> bool {
+        let pid = self.pid();
+        if pid == 0 {
             return false;
         }
-        let pid = child.id() as libc::pid_t;
         // SAFETY: kill with signal 0 only checks that the process exists.
-        if unsafe { libc::kill(pid, 0) } != 0 {
+        if unsafe { libc::kill(pid as libc::pid_t, 0) } != 0 {
+            return false;
+        }
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        if matches!(state, None | Some("Z") | Some("X")) {
             return false;
         }
         self.pactl(&["info"]).status.success()

@@ -229,7 +229,13 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts `parec --raw --format=s16le --rate=48000 --channels=2 -d SOURCE`.
+    /// Starts `parec --raw --format=s16le --rate=48000 --channels=2 --latency-msec=50 -d
+    /// SOURCE` and waits (at most 5 s) until it delivers its first audio.
+    ///
+    /// The wait matters: an idle `module-null-sink` sleeps in 2 s blocks and only picks up a
+    /// new stream's latency at its next wake-up, so the first data of a fresh recording can
+    /// take up to ~2 s. Once the recorder runs, the sink works in 50 ms blocks, and
+    /// [`Recorder::read`] returns stretches that really are consecutive.
     pub fn start(d: &Daemon, source: &str) -> Recorder {
         let mut child = d
             .command("parec")
@@ -268,13 +274,22 @@ impl Recorder {
                 }
             })
             .expect("spawn reader");
-        Recorder {
+        let mut r = Recorder {
             child: Some(child),
             strays,
             rx,
             pending: Vec::new(),
             reader: Some(reader),
+        };
+        match r.rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(chunk) => r.pending = chunk,
+            Err(e) => panic!(
+                "parec on {source} of {} delivered nothing in 5 s ({e})\n--- log tail ---\n{}",
+                d.name(),
+                d.log_tail(30)
+            ),
         }
+        r
     }
 
     /// The next `seconds` of audio (interleaved stereo), waiting at most `seconds + 5 s`.

@@ -17,7 +17,7 @@ fn pid_exists(pid: u32) -> bool {
 fn daemon_starts_answers_and_stops() {
     let _g = serial();
     let t = Instant::now();
-    let mut d = Daemon::start().expect("daemon starts");
+    let d = Daemon::start().expect("daemon starts");
     let pid = d.pid();
     assert!(pid > 0);
     assert!(d.is_alive());
@@ -48,14 +48,18 @@ fn daemon_and_clients_stopped_when_the_test_panics() {
     let r = std::panic::catch_unwind(move || {
         let d = Daemon::start().expect("daemon starts");
         let player = play_loop(&d, "null", tone_loop(440.0, 440.0, -20.0));
-        tx.send((d.pid(), player.pid())).unwrap();
+        tx.send((d.pid(), player.pid(), d.dir().to_path_buf()))
+            .unwrap();
         // The player is leaked on purpose: the daemon's drop must still kill it.
         std::mem::forget(player);
         panic!("deliberate panic inside the test");
     });
     assert!(r.is_err());
-    let (pid, pacat) = rx.recv().unwrap();
+    let (pid, pacat, dir) = rx.recv().unwrap();
     assert!(!pid_exists(pid), "daemon {pid} survived the panic");
+    // A panicking test keeps the daemon's dir (log) for post-mortems.
+    assert!(dir.join("daemon.log").exists());
+    let _ = std::fs::remove_dir_all(&dir);
     // pacat was killed by the daemon's drop; it is a zombie at most (the leaked Child never
     // reaps it), so look at its state rather than at kill(pid, 0).
     let state = std::fs::read_to_string(format!("/proc/{pacat}/stat")).unwrap_or_default();
@@ -100,6 +104,7 @@ fn tone_through_null_sink_comes_back() {
     let t = Instant::now();
     let mut p = play(&d, "null", &file);
     let got = rec.read(3.8).expect("record");
+    println!("recorded after {:?}", t.elapsed());
     assert!(p.wait(Duration::from_secs(5)), "pacat did not finish");
     println!("play 3 s + record 3.8 s: {:?}", t.elapsed());
     let r = analyse_stereo(&got, 0.2).expect("signal recorded");
