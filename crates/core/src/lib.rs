@@ -10,8 +10,10 @@
 pub mod codec;
 pub mod framing;
 pub mod handshake;
+pub mod jitter;
 pub mod params;
 pub mod rtp;
 pub mod samples;
+pub mod stats;
 
 pub use rtp::WireError;
