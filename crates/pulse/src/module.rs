@@ -16,7 +16,9 @@ pub trait PaModule: Sized + 'static {
     }
 }
 
-/// The daemon's `pa_module` of this instance (main thread only).
+/// The daemon's `pa_module` of this instance (main thread only; valid while the module is
+/// loaded, which outlasts everything the module owns).
+#[derive(Clone, Copy)]
 pub struct ModuleRef {
     ptr: *mut sys::pa_module,
 }

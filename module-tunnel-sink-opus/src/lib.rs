@@ -1,0 +1,294 @@
+//! `module-tunnel-sink-opus`: a local sink whose audio is encoded (Opus, or L16 PCM with
+//! `compression=none`) and streamed over TCP to `module-opus-protocol-tcp` on another machine,
+//! to be played there on `sink=`.
+//!
+//! Threads: the sink's IO thread renders blocks and pushes the bytes into a lock-free ring
+//! (never blocking); a worker thread ([`worker`]) converts, encodes, packetises and sends,
+//! and reconnects with back-off when the link is down; the main thread publishes statistics
+//! as sink properties once a second.
+
+mod worker;
+
+use opus_tunnel_core::codec::{self, StreamFormat};
+use opus_tunnel_core::params::{self, Compression, OpusKnobs, ServerAddr, KNOB_KEYS};
+use opus_tunnel_core::samples::SampleFormat;
+use opus_tunnel_pulse::mainloop::MainTimer;
+use opus_tunnel_pulse::module::ModuleInfo;
+use opus_tunnel_pulse::sink::{Sink, SinkConfig, SinkIo};
+use opus_tunnel_pulse::{declare_module, ChannelMap, Modargs, ModuleRef, PaModule, Proplist, SampleSpec};
+use std::sync::atomic::Ordering;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use worker::{Shared, WorkerConfig};
+
+const USAGE: &std::ffi::CStr = c"sink_name=<name of the local sink> \
+sink_properties=<properties for the sink> \
+server=<tcp:HOST:PORT | HOST:PORT | HOST | unix:PATH; port 4715 by default> \
+sink=<remote sink name; default: the receiver's default sink> \
+format=<sample format> rate=<sample rate> channels=<number of channels> channel_map=<channel map> \
+latency_msec=<sink block, 1-200 ms; default 10> \
+compression=<opus|none> \
+compression.bitrate=<6000-510000> compression.frame_size=<2.5|5|10|20|40|60 ms> \
+compression.opus.complexity=<0-10> \
+compression.opus.max_bandwidth=<narrowband|mediumband|wideband|superwideband|fullband> \
+compression.opus.signal=<auto|voice|music> compression.opus.vbr=<bool> \
+compression.opus.vbr_constraint=<bool> compression.opus.application=<voip|audio|lowdelay> \
+compression.opus.lsb_depth=<8-24> compression.opus.dtx=<bool> compression.opus.fec=<bool> \
+compression.opus.packet_loss=<0-100> \
+clock_skew_ppm=<test aid: consume at (1+ppm/1e6) x the nominal rate; default 0>";
+
+/// Every argument the module accepts.
+fn valid_args() -> Vec<&'static str> {
+    let mut v = vec![
+        "sink_name",
+        "sink_properties",
+        "server",
+        "sink",
+        "format",
+        "rate",
+        "channels",
+        "channel_map",
+        "latency_msec",
+        "compression",
+        "clock_skew_ppm",
+    ];
+    v.extend(KNOB_KEYS);
+    v
+}
+
+/// The module instance.
+pub struct TunnelSink {
+    // `Drop` stops and joins the worker first; then the fields go in order: the timer (with
+    // its handle on the sink), then the sink (its IO thread stops).
+    _timer: MainTimer,
+    sink: Rc<Sink>,
+    shared: Arc<Shared>,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// The sink's IO-thread side: pushes rendered audio into the ring for the worker.
+struct SenderIo {
+    ring: rtrb::Producer<u8>,
+    shared: Arc<Shared>,
+    frame_bytes: usize,
+}
+
+impl SinkIo for SenderIo {
+    fn render(&mut self, data: &[u8], running: bool) {
+        if !running {
+            return;
+        }
+        let n = data.len() - data.len() % self.frame_bytes.max(1);
+        match self.ring.write_chunk_uninit(n) {
+            Ok(chunk) => {
+                chunk.fill_from_iter(data[..n].iter().copied());
+            }
+            Err(_) => {
+                // The worker is behind (link stalled): this block is dropped, never waited for.
+                self.shared.stats.overruns.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.shared.wake_worker();
+    }
+
+    fn state_changed(&mut self, running: bool) {
+        self.shared.running.store(running, Ordering::SeqCst);
+        self.shared.wake_worker();
+    }
+
+    fn extra_latency_usec(&self) -> u64 {
+        let queued = self.ring.buffer().capacity() - self.ring.slots();
+        self.shared.bytes_to_usec(queued)
+            + self.shared.downstream_usec.load(Ordering::Relaxed)
+            + self.shared.remote_usec.load(Ordering::Relaxed)
+    }
+}
+
+fn parse_u32(ma: &Modargs, key: &str, default: u32, lo: u32, hi: u32) -> Result<u32, String> {
+    match ma.get(key) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+            _ => Err(format!("{key}: {v:?} is not accepted (an integer from {lo} to {hi})")),
+        },
+    }
+}
+
+/// Sink name from the server address: `tunnel-opus.<host>`.
+fn default_sink_name(addr: &ServerAddr) -> String {
+    let host = match addr {
+        ServerAddr::Tcp { host, .. } => host.clone(),
+        ServerAddr::Unix(p) => p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+    };
+    let clean: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect();
+    format!("tunnel-opus.{clean}")
+}
+
+impl PaModule for TunnelSink {
+    fn init(module: &ModuleRef) -> Result<Self, String> {
+        let arg = module.argument();
+        let ma = Modargs::new(arg.as_deref(), &valid_args())?;
+
+        let server = ma.get("server").ok_or_else(|| {
+            "server: missing; give the receiver's address, e.g. server=tcp:192.168.1.10:4715".to_string()
+        })?;
+        let addr = params::parse_server(&server, params::DEFAULT_PORT).map_err(|e| e.to_string())?;
+        let compression = match ma.get("compression") {
+            None => Compression::Opus,
+            Some(v) => Compression::parse(&v).map_err(|e| e.to_string())?,
+        };
+        let mut knobs = OpusKnobs::default();
+        for key in KNOB_KEYS {
+            if let Some(v) = ma.get(key) {
+                knobs.set(key, &v).map_err(|e| e.to_string())?;
+            }
+        }
+        let default_format = match compression {
+            Compression::Opus => "float32le",
+            Compression::None => "s16le",
+        };
+        let format = ma.get("format").unwrap_or_else(|| default_format.to_string());
+        let rate = parse_u32(&ma, "rate", 48000, 1, 384_000)?;
+        let channels = parse_u32(&ma, "channels", 2, 1, 32)? as u8;
+        let spec = SampleSpec::new(&format, rate, channels)?;
+        let sample_format = SampleFormat::parse(&spec.format_name()).map_err(|e| e.to_string())?;
+        let fmt = StreamFormat { rate, channels };
+        codec::validate(compression, &fmt).map_err(|e| e.to_string())?;
+        let map = match ma.get("channel_map") {
+            Some(m) => ChannelMap::parse(&m, channels)?,
+            None => ChannelMap::default_for(channels)
+                .ok_or_else(|| format!("channels: no default channel map for {channels} channels"))?,
+        };
+        let latency_msec = parse_u32(&ma, "latency_msec", 10, 1, 200)?;
+        let skew_ppm = match ma.get("clock_skew_ppm") {
+            None => 0.0,
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(p) if (-100_000.0..=100_000.0).contains(&p) => p,
+                _ => {
+                    return Err(format!(
+                        "clock_skew_ppm: {v:?} is not accepted (a number from -100000 to 100000)"
+                    ))
+                }
+            },
+        };
+        let remote_sink = ma.get("sink");
+        let sink_name = ma.get("sink_name").unwrap_or_else(|| default_sink_name(&addr));
+        let user_props = ma.get_proplist("sink_properties")?;
+        // Checks the knobs against the codec once, so that load-module fails on what the
+        // encoder would refuse rather than the worker later.
+        codec::Encoder::new(compression, fmt, &knobs).map_err(|e| format!("codec: {e}"))?;
+
+        let frame_bytes = spec.frame_size();
+        let bytes_per_sec = frame_bytes as u64 * u64::from(rate);
+        // Half a second of audio between the IO thread and the worker: room for scheduling
+        // hiccups; the worker trims anything beyond its target so latency stays low.
+        let ring_bytes = (bytes_per_sec / 2) as usize;
+        let (producer, consumer) = rtrb::RingBuffer::<u8>::new(ring_bytes);
+        let shared = Arc::new(Shared::new(bytes_per_sec, knobs));
+        let host = opus_tunnel_pulse::host_name();
+        let cfg = WorkerConfig {
+            addr: addr.clone(),
+            remote_sink: remote_sink.clone(),
+            name: sink_name.clone(),
+            host,
+            compression,
+            fmt,
+            sample_format,
+            channel_map: map.to_text(),
+            block_usec: u64::from(latency_msec) * 1000,
+        };
+        let worker = worker::spawn(cfg, consumer, shared.clone())
+            .map_err(|e| format!("cannot start the worker thread: {e}"))?;
+        shared.set_worker(worker.thread().clone());
+
+        let mut props = Proplist::new();
+        props.set("device.description", &format!(
+            "Opus tunnel to {}{}",
+            addr,
+            remote_sink.as_deref().map(|s| format!(" ({s})")).unwrap_or_default()
+        ));
+        props.set("opus.tunnel.server", &addr.to_string());
+        props.set("opus.tunnel.remote_sink", remote_sink.as_deref().unwrap_or(""));
+        props.set("compression", compression.as_str());
+        for (k, v) in knobs.properties() {
+            props.set(k, &v);
+        }
+        props.set("opus.tunnel.state", "connecting");
+        if let Some(p) = &user_props {
+            props.update(p);
+        }
+        let description = props.get("device.description").unwrap_or_default();
+        let io = SenderIo { ring: producer, shared: shared.clone(), frame_bytes };
+        let sink = match Sink::new(
+            module,
+            SinkConfig {
+                name: &sink_name,
+                description: &description,
+                spec,
+                map,
+                props,
+                block_usec: u64::from(latency_msec) * 1000,
+                rate_scale: 1.0 + skew_ppm * 1e-6,
+                driver: c"module-tunnel-sink-opus",
+            },
+            Box::new(io),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                shared.stop();
+                let _ = worker.join();
+                return Err(e);
+            }
+        };
+        log::info!(
+            "sink {} tunnels to {} ({}{}, {} Hz, {} ch)",
+            sink.name(),
+            addr,
+            compression.as_str(),
+            if compression == Compression::Opus {
+                format!(" {} bit/s, {} ms frames", knobs.bitrate, knobs.frame_size.as_str())
+            } else {
+                String::new()
+            },
+            rate,
+            channels
+        );
+
+        // Statistics as properties, once a second (main thread).
+        let sink = Rc::new(sink);
+        let (timer_sink, timer_shared) = (sink.clone(), shared.clone());
+        let timer = MainTimer::new(&module.core(), 1_000_000, move || {
+            timer_sink.update_proplist(&timer_shared.stat_properties());
+        });
+        Ok(TunnelSink { _timer: timer, sink, shared, worker: Some(worker) })
+    }
+
+    fn n_used(&self) -> i32 {
+        self.sink.used_by() as i32
+    }
+}
+
+impl Drop for TunnelSink {
+    fn drop(&mut self) {
+        self.shared.stop();
+        if let Some(w) = self.worker.take() {
+            if w.join().is_err() {
+                log::error!("the tunnel worker thread ended with a panic");
+            }
+        }
+    }
+}
+
+declare_module!(
+    TunnelSink,
+    ModuleInfo {
+        author: c"opus-tunnel developers",
+        description: c"Opus-compressed network tunnel sink (pairs with module-opus-protocol-tcp)",
+        usage: USAGE,
+        load_once: false,
+    }
+);

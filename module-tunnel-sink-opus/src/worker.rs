@@ -1,0 +1,606 @@
+//! The tunnel's worker thread: everything that may block or allocate — connecting, the
+//! handshake, sample conversion, encoding, sending, reconnecting — away from the daemon's
+//! threads. A second small thread per connection reads what the receiver sends back.
+use opus_tunnel_core::codec::{Encoder, StreamFormat};
+use opus_tunnel_core::framing::{self, Deframer};
+use opus_tunnel_core::handshake::{Direction, HeadReader, Hello, Reply, VERSION};
+use opus_tunnel_core::params::{Backoff, Compression, OpusKnobs, ServerAddr};
+use opus_tunnel_core::rtp::{self, Control, RtpSender};
+use opus_tunnel_core::samples::SampleFormat;
+use opus_tunnel_core::stats::{BitrateMeter, Stats, TunnelState};
+use opus_tunnel_pulse::Proplist;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+/// How long a connection attempt, and then the handshake, may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A send that cannot make progress for this long means the link is dead.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
+/// While idle, a keepalive this often (a 20-byte RTCP packet).
+const KEEPALIVE: Duration = Duration::from_secs(4);
+
+/// State shared between the main thread, the sink's IO thread and the worker.
+pub struct Shared {
+    stop: AtomicBool,
+    /// A stream plays into the sink (set by the IO thread).
+    pub running: AtomicBool,
+    pub stats: Stats,
+    /// Audio waiting in the worker for a full codec frame, µs.
+    pub downstream_usec: AtomicU64,
+    /// The receiver's buffer, as it last reported, µs.
+    pub remote_usec: AtomicU64,
+    worker: OnceLock<Thread>,
+    bytes_per_sec: u64,
+    knobs: Mutex<OpusKnobs>,
+    meter: Mutex<BitrateMeter>,
+    remote: Mutex<BTreeMap<String, String>>,
+}
+
+impl Shared {
+    pub fn new(bytes_per_sec: u64, knobs: OpusKnobs) -> Shared {
+        Shared {
+            stop: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            stats: Stats::new(),
+            downstream_usec: AtomicU64::new(0),
+            remote_usec: AtomicU64::new(0),
+            worker: OnceLock::new(),
+            bytes_per_sec: bytes_per_sec.max(1),
+            knobs: Mutex::new(knobs),
+            meter: Mutex::new(BitrateMeter::default()),
+            remote: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn set_worker(&self, t: Thread) {
+        let _ = self.worker.set(t);
+    }
+
+    /// Wakes the worker; lock-free, safe on the IO thread.
+    pub fn wake_worker(&self) {
+        if let Some(t) = self.worker.get() {
+            t.unpark();
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake_worker();
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    pub fn bytes_to_usec(&self, bytes: usize) -> u64 {
+        bytes as u64 * 1_000_000 / self.bytes_per_sec
+    }
+
+    /// The statistics as sink properties (main thread, once a second).
+    pub fn stat_properties(&self) -> Proplist {
+        let s = self.stats.snapshot();
+        let bitrate = match self.meter.lock() {
+            Ok(mut m) => m.sample(Instant::now(), s.bytes_sent),
+            Err(_) => 0,
+        };
+        let mut p = Proplist::new();
+        p.set("opus.tunnel.state", s.state.as_str());
+        p.set("opus.tunnel.bitrate", &bitrate.to_string());
+        p.set("opus.tunnel.bytes_sent", &s.bytes_sent.to_string());
+        p.set("opus.tunnel.packets_sent", &s.packets_sent.to_string());
+        p.set("opus.tunnel.reconnects", &s.reconnects.to_string());
+        p.set("opus.tunnel.dropped_frames", &s.dropped_frames.to_string());
+        p.set("opus.tunnel.overruns", &s.overruns.to_string());
+        if let Ok(r) = self.remote.lock() {
+            for (k, v) in r.iter() {
+                p.set(&format!("opus.tunnel.remote.{k}"), v);
+            }
+        }
+        p
+    }
+}
+
+pub struct WorkerConfig {
+    pub addr: ServerAddr,
+    pub remote_sink: Option<String>,
+    pub name: String,
+    pub host: String,
+    pub compression: Compression,
+    pub fmt: StreamFormat,
+    pub sample_format: SampleFormat,
+    pub channel_map: String,
+    pub block_usec: u64,
+}
+
+pub fn spawn(
+    cfg: WorkerConfig,
+    ring: rtrb::Consumer<u8>,
+    shared: Arc<Shared>,
+) -> std::io::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name("opus-tunnel-tx".into())
+        .spawn(move || {
+            let mut w = Worker::new(cfg, ring, shared);
+            w.run();
+        })
+}
+
+/// A connected transport (TCP or unix socket).
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Conn {
+    fn connect(addr: &ServerAddr) -> std::io::Result<Conn> {
+        match addr {
+            ServerAddr::Tcp { host, port } => {
+                let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+                for a in (host.as_str(), *port).to_socket_addrs()? {
+                    match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                        Ok(s) => {
+                            let _ = s.set_nodelay(true);
+                            return Ok(Conn::Tcp(s));
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            }
+            ServerAddr::Unix(p) => Ok(Conn::Unix(UnixStream::connect(p)?)),
+        }
+    }
+
+    fn try_clone(&self) -> std::io::Result<Conn> {
+        Ok(match self {
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+        })
+    }
+
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => {
+                s.set_read_timeout(read)?;
+                s.set_write_timeout(write)
+            }
+            Conn::Unix(s) => {
+                s.set_read_timeout(read)?;
+                s.set_write_timeout(write)
+            }
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            Conn::Tcp(s) => s.shutdown(Shutdown::Both),
+            Conn::Unix(s) => s.shutdown(Shutdown::Both),
+        };
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(buf),
+            Conn::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(buf),
+            Conn::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the reader thread passes back.
+enum Incoming {
+    Controls(Vec<Control>),
+    Closed(String),
+}
+
+struct Worker {
+    cfg: WorkerConfig,
+    ring: rtrb::Consumer<u8>,
+    shared: Arc<Shared>,
+    encoder: Option<Encoder>,
+    rtp: RtpSender,
+    pcm: Vec<f32>,
+    bytes: Vec<u8>,
+    payload: Vec<u8>,
+    packet: Vec<u8>,
+    wire: Vec<u8>,
+    ever_connected: bool,
+}
+
+enum Ended {
+    Stop,
+    Lost(String),
+}
+
+impl Worker {
+    fn new(cfg: WorkerConfig, ring: rtrb::Consumer<u8>, shared: Arc<Shared>) -> Worker {
+        Worker {
+            cfg,
+            ring,
+            shared,
+            encoder: None,
+            rtp: RtpSender::new(),
+            pcm: Vec::new(),
+            bytes: Vec::new(),
+            payload: Vec::new(),
+            packet: Vec::new(),
+            wire: Vec::new(),
+            ever_connected: false,
+        }
+    }
+
+    fn knobs(&self) -> OpusKnobs {
+        self.shared.knobs.lock().map(|k| *k).unwrap_or_default()
+    }
+
+    /// Throws away what the sink rendered (link down: audio is dropped, never queued).
+    fn discard_ring(&mut self) {
+        let n = self.ring.slots();
+        if n > 0 {
+            if let Ok(c) = self.ring.read_chunk(n) {
+                c.commit_all();
+            }
+        }
+    }
+
+    /// Sleeps up to `d`, waking early on stop; keeps the ring drained meanwhile.
+    fn idle_wait(&mut self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            self.discard_ring();
+            if self.shared.stopped() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return true;
+            }
+            thread::park_timeout((until - now).min(Duration::from_millis(100)));
+        }
+    }
+
+    fn run(&mut self) {
+        let mut backoff = Backoff::new();
+        let mut failures = 0u32;
+        while !self.shared.stopped() {
+            self.shared.stats.set_state(if self.ever_connected {
+                TunnelState::Reconnecting
+            } else {
+                TunnelState::Connecting
+            });
+            match self.connect_and_handshake() {
+                Ok(conn) => {
+                    if self.ever_connected {
+                        self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.ever_connected = true;
+                    failures = 0;
+                    backoff.reset();
+                    log::info!("{}: connected to {}", self.cfg.name, self.cfg.addr);
+                    match self.stream(conn) {
+                        Ended::Stop => break,
+                        Ended::Lost(why) => {
+                            log::warn!("{}: link to {} lost ({why}); reconnecting", self.cfg.name, self.cfg.addr)
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    // First failure at warning level, then quietly, to keep the log readable.
+                    if failures == 1 {
+                        log::warn!("{}: cannot reach {}: {e}; retrying with back-off", self.cfg.name, self.cfg.addr);
+                    } else {
+                        log::debug!("{}: retry {failures} to {} failed: {e}", self.cfg.name, self.cfg.addr);
+                    }
+                }
+            }
+            let d = backoff.next_delay();
+            if !self.idle_wait(d) {
+                break;
+            }
+        }
+        self.shared.stats.set_state(TunnelState::Closed);
+    }
+
+    fn connect_and_handshake(&mut self) -> Result<Conn, String> {
+        let mut conn = Conn::connect(&self.cfg.addr).map_err(|e| e.to_string())?;
+        conn.set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let knobs = self.knobs();
+        let hello = Hello {
+            version: VERSION,
+            direction: Direction::Play,
+            name: self.cfg.name.clone(),
+            host: self.cfg.host.clone(),
+            device: self.cfg.remote_sink.clone(),
+            codec: self.cfg.compression,
+            rate: self.cfg.fmt.rate,
+            channels: self.cfg.fmt.channels,
+            channel_map: self.cfg.channel_map.clone(),
+            frame_usec: knobs.frame_size.usec(),
+            target_latency_usec: None,
+            fields: BTreeMap::new(),
+        };
+        conn.write_all(hello.to_text().as_bytes()).map_err(|e| e.to_string())?;
+        let mut reader = HeadReader::new();
+        let mut buf = [0u8; 1024];
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        let (text, _rest) = loop {
+            if Instant::now() > deadline {
+                return Err("no handshake reply within 5 s".into());
+            }
+            let n = conn.read(&mut buf).map_err(|e| format!("handshake: {e}"))?;
+            if n == 0 {
+                return Err("the receiver closed the connection during the handshake (not an opus-tunnel receiver?)".into());
+            }
+            match reader.push(&buf[..n]) {
+                Ok(Some(m)) => break m,
+                Ok(None) => {}
+                Err(e) => return Err(format!("bad handshake reply: {e}")),
+            }
+        };
+        let reply = Reply::parse(&text).map_err(|e| format!("bad handshake reply: {e}"))?;
+        if !reply.is_ok() {
+            return Err(format!("the receiver refused the tunnel: {} {}", reply.status, reply.reason));
+        }
+        if let Some(dev) = reply.fields.get("Device") {
+            log::info!("{}: the receiver plays on its sink {dev}", self.cfg.name);
+        }
+        conn.set_timeouts(None, Some(WRITE_TIMEOUT)).map_err(|e| e.to_string())?;
+        Ok(conn)
+    }
+
+    /// Streams until the link fails or the module stops.
+    fn stream(&mut self, mut conn: Conn) -> Ended {
+        let (tx, rx) = mpsc::channel();
+        let reader = match conn.try_clone() {
+            Ok(r) => r,
+            Err(e) => return Ended::Lost(e.to_string()),
+        };
+        let me = thread::current();
+        let rthread = thread::Builder::new()
+            .name("opus-tunnel-rx".into())
+            .spawn(move || read_loop(reader, tx, me));
+        let rthread = match rthread {
+            Ok(t) => t,
+            Err(e) => return Ended::Lost(e.to_string()),
+        };
+        let result = self.stream_loop(&mut conn, &rx);
+        conn.shutdown();
+        let _ = rthread.join();
+        self.pcm.clear();
+        self.encoder = None;
+        result
+    }
+
+    fn stream_loop(&mut self, conn: &mut Conn, rx: &mpsc::Receiver<Incoming>) -> Ended {
+        let mut sending = false;
+        let mut last_sent = Instant::now();
+        self.discard_ring();
+        self.shared.stats.set_state(TunnelState::Idle);
+        loop {
+            if self.shared.stopped() {
+                let mut bye = Vec::new();
+                rtp::write_rtcp(self.rtp.ssrc(), &[Control::Bye("module unloaded".into())], &mut bye);
+                let _ = self.send_packet(conn, &bye);
+                return Ended::Stop;
+            }
+            while let Ok(msg) = rx.try_recv() {
+                match msg {
+                    Incoming::Closed(why) => return Ended::Lost(why),
+                    Incoming::Controls(c) => self.on_controls(c),
+                }
+            }
+            let running = self.shared.running.load(Ordering::SeqCst);
+            let had = self.ring.slots();
+            if had > 0 {
+                if !sending {
+                    sending = true;
+                    self.shared.stats.set_state(TunnelState::Streaming);
+                }
+                if let Err(e) = self.pump(conn) {
+                    return Ended::Lost(e);
+                }
+                last_sent = Instant::now();
+            } else if sending && !running {
+                // The last stream stopped: flush, tell the receiver, and go quiet.
+                if let Err(e) = self.flush_partial(conn) {
+                    return Ended::Lost(e);
+                }
+                let mut pkt = Vec::new();
+                rtp::write_rtcp(self.rtp.ssrc(), &[Control::Pause], &mut pkt);
+                if let Err(e) = self.send_packet(conn, &pkt) {
+                    return Ended::Lost(e);
+                }
+                self.rtp.skip(0);
+                sending = false;
+                last_sent = Instant::now();
+                self.shared.stats.set_state(TunnelState::Idle);
+            }
+            if !sending && last_sent.elapsed() >= KEEPALIVE {
+                let mut pkt = Vec::new();
+                rtp::write_rtcp(self.rtp.ssrc(), &[Control::Keepalive], &mut pkt);
+                if let Err(e) = self.send_packet(conn, &pkt) {
+                    return Ended::Lost(e);
+                }
+                last_sent = Instant::now();
+            }
+            let wait = if sending { Duration::from_millis(20) } else { Duration::from_millis(500) };
+            if self.ring.slots() == 0 {
+                thread::park_timeout(wait);
+            }
+        }
+    }
+
+    fn on_controls(&mut self, controls: Vec<Control>) {
+        for c in controls {
+            match c {
+                Control::Report(kv) => {
+                    if let Ok(mut r) = self.shared.remote.lock() {
+                        for (k, v) in kv {
+                            if k == "latency_usec" {
+                                if let Ok(us) = v.parse::<u64>() {
+                                    self.shared.remote_usec.store(us, Ordering::Relaxed);
+                                }
+                            }
+                            r.insert(k, v);
+                        }
+                    }
+                }
+                Control::Bye(why) => log::info!("{}: the receiver says goodbye: {why}", self.cfg.name),
+                _ => {}
+            }
+        }
+    }
+
+    fn ensure_encoder(&mut self) -> Result<(), String> {
+        if self.encoder.is_none() {
+            let knobs = self.knobs();
+            let enc = Encoder::new(self.cfg.compression, self.cfg.fmt, &knobs).map_err(|e| e.to_string())?;
+            self.encoder = Some(enc);
+        }
+        Ok(())
+    }
+
+    /// Moves what the ring holds through the encoder onto the wire.
+    fn pump(&mut self, conn: &mut Conn) -> Result<(), String> {
+        self.ensure_encoder()?;
+        let bps = self.cfg.sample_format.bytes_per_sample();
+        let ch = usize::from(self.cfg.fmt.channels);
+        let frame_bytes = bps * ch;
+        // Keep the queue short: after a stall, older audio is dropped rather than delaying
+        // everything that follows (at most ~3 blocks + one codec frame are kept).
+        let frame_samples = self.encoder.as_ref().map(|e| e.frame_samples()).unwrap_or(960);
+        let keep = (self.cfg.fmt.rate as u64 * (3 * self.cfg.block_usec) / 1_000_000) as usize + frame_samples;
+        let avail = self.ring.slots() / frame_bytes;
+        if avail > keep + frame_samples * 4 {
+            let drop_frames = avail - keep;
+            if let Ok(c) = self.ring.read_chunk(drop_frames * frame_bytes) {
+                c.commit_all();
+            }
+            self.shared.stats.dropped_frames.fetch_add(drop_frames as u64, Ordering::Relaxed);
+        }
+        let n = (self.ring.slots() / frame_bytes) * frame_bytes;
+        if n == 0 {
+            return Ok(());
+        }
+        self.bytes.clear();
+        if let Ok(c) = self.ring.read_chunk(n) {
+            let (a, b) = c.as_slices();
+            self.bytes.extend_from_slice(a);
+            self.bytes.extend_from_slice(b);
+            c.commit_all();
+        }
+        self.cfg.sample_format.to_f32(&self.bytes, &mut self.pcm);
+        let per_frame = frame_samples * ch;
+        let mut off = 0;
+        while self.pcm.len() - off >= per_frame {
+            self.encode_send(conn, off, per_frame)?;
+            off += per_frame;
+        }
+        self.pcm.drain(..off);
+        let queued = self.pcm.len() / ch.max(1);
+        self.shared
+            .downstream_usec
+            .store(queued as u64 * 1_000_000 / u64::from(self.cfg.fmt.rate.max(1)), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Pads what is left of a frame with silence and sends it (end of a stream).
+    fn flush_partial(&mut self, conn: &mut Conn) -> Result<(), String> {
+        if self.pcm.is_empty() {
+            return Ok(());
+        }
+        self.ensure_encoder()?;
+        let ch = usize::from(self.cfg.fmt.channels);
+        let per_frame = self.encoder.as_ref().map(|e| e.frame_samples()).unwrap_or(960) * ch;
+        self.pcm.resize(per_frame, 0.0);
+        self.encode_send(conn, 0, per_frame)?;
+        self.pcm.clear();
+        Ok(())
+    }
+
+    fn encode_send(&mut self, conn: &mut Conn, off: usize, len: usize) -> Result<(), String> {
+        let Some(enc) = self.encoder.as_mut() else {
+            return Err("no encoder".into());
+        };
+        enc.encode(&self.pcm[off..off + len], &mut self.payload).map_err(|e| format!("encoder: {e}"))?;
+        let pt = enc.payload_type();
+        let ticks = enc.rtp_ticks_per_frame();
+        let mut packet = std::mem::take(&mut self.packet);
+        self.rtp.packetize(pt, ticks, false, &self.payload, &mut packet);
+        let r = self.send_packet(conn, &packet);
+        self.packet = packet;
+        r
+    }
+
+    fn send_packet(&mut self, conn: &mut Conn, packet: &[u8]) -> Result<(), String> {
+        self.wire.clear();
+        framing::frame(packet, &mut self.wire).map_err(|e| e.to_string())?;
+        conn.write_all(&self.wire).map_err(|e| format!("send: {e}"))?;
+        self.shared.stats.bytes_sent.fetch_add(self.wire.len() as u64, Ordering::Relaxed);
+        self.shared.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Reads what the receiver sends (RTCP reports, keepalives, goodbyes) until the socket closes.
+fn read_loop(mut conn: Conn, tx: mpsc::Sender<Incoming>, worker: Thread) {
+    let mut deframer = Deframer::new(framing::MAX_FRAME_LEN);
+    let mut buf = [0u8; 4096];
+    let why = loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break "the receiver closed the connection".to_string(),
+            Ok(n) => {
+                deframer.push(&buf[..n]);
+                loop {
+                    match deframer.next_frame() {
+                        Ok(Some(f)) => {
+                            if rtp::is_rtcp(&f) {
+                                match rtp::parse_rtcp(&f) {
+                                    Ok(c) => {
+                                        if tx.send(Incoming::Controls(c)).is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Err(e) => log::debug!("ignoring a bad RTCP packet from the receiver: {e}"),
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = tx.send(Incoming::Closed(format!("bad framing from the receiver: {e}")));
+                            worker.unpark();
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break e.to_string(),
+        }
+    };
+    let _ = tx.send(Incoming::Closed(why));
+    worker.unpark();
+}
