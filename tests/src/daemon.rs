@@ -423,6 +423,19 @@ impl Daemon {
         s
     }
 
+    /// A mark in the current run's log, for [`Daemon::log_since`].
+    pub fn log_mark(&self) -> usize {
+        fs::metadata(self.dir.join("daemon.log"))
+            .map(|m| m.len() as usize)
+            .unwrap_or(0)
+    }
+
+    /// What the current run of the daemon logged after `mark` (from [`Daemon::log_mark`]).
+    pub fn log_since(&self, mark: usize) -> String {
+        let bytes = fs::read(self.dir.join("daemon.log")).unwrap_or_default();
+        String::from_utf8_lossy(bytes.get(mark..).unwrap_or(&[])).into_owned()
+    }
+
     /// The last `n` lines of the log, for messages.
     pub fn log_tail(&self, n: usize) -> String {
         let log = self.log();
