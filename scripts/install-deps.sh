@@ -3,7 +3,7 @@
 # Idempotent: packages already present are left alone.
 set -euo pipefail
 PKGS=(pulseaudio pulseaudio-utils libpulse-dev libclang-dev clang libopus-dev pkg-config
-      sox meson ninja-build dpkg-dev ca-certificates procps iproute2)
+      libltdl-dev sox meson ninja-build dpkg-dev ca-certificates procps iproute2)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

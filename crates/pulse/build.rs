@@ -89,7 +89,10 @@ fn main() {
             tree.display()
         )),
     }
-    println!("cargo:rerun-if-changed={}", tree.join(".tarball-version").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        tree.join(".tarball-version").display()
+    );
 
     let out = PathBuf::from(env::var("OUT_DIR").unwrap_or_default());
     // pulsecore headers insist on config.h. These defines select the same code paths as the
@@ -125,7 +128,8 @@ fn main() {
         .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()));
 
     // A missing libclang makes bindgen panic; turn that into a message that says what to do.
-    let generated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate()));
+    let generated =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate()));
     let bindings = match generated {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => fail(&format!(

@@ -88,13 +88,20 @@ impl ConnShared {
             Ok(mut m) => m.sample(Instant::now(), s.bytes_received),
             Err(_) => 0,
         };
-        let state = if self.paused.load(Ordering::Relaxed) { TunnelState::Idle } else { s.state };
+        let state = if self.paused.load(Ordering::Relaxed) {
+            TunnelState::Idle
+        } else {
+            s.state
+        };
         let mut p = Proplist::new();
         p.set("opus.tunnel.state", state.as_str());
         p.set("opus.tunnel.peer", &self.peer.to_string());
         p.set("opus.tunnel.bitrate", &bitrate.to_string());
         p.set("opus.tunnel.latency_usec", &self.latency_usec().to_string());
-        p.set("opus.tunnel.target_latency_usec", &self.target_usec.to_string());
+        p.set(
+            "opus.tunnel.target_latency_usec",
+            &self.target_usec.to_string(),
+        );
         p.set("opus.tunnel.underruns", &s.underruns.to_string());
         p.set("opus.tunnel.overruns", &s.overruns.to_string());
         p.set("opus.tunnel.plc_frames", &s.plc_frames.to_string());
@@ -145,7 +152,11 @@ fn read_hello(stream: &mut TcpStream) -> Result<(Hello, Vec<u8>), HelloError> {
         }
         let _ = stream.set_read_timeout(Some(left));
         let n = match stream.read(&mut buf) {
-            Ok(0) => return Err(HelloError::Io("closed before the hello was complete".into())),
+            Ok(0) => {
+                return Err(HelloError::Io(
+                    "closed before the hello was complete".into(),
+                ))
+            }
             Ok(n) => n,
             Err(e) => return Err(HelloError::Io(e.to_string())),
         };
@@ -164,7 +175,12 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
     if !cfg.anonymous {
         let ok = cfg.acl.as_ref().is_some_and(|a| a.allows(peer.ip()));
         if !ok {
-            refuse(&mut stream, peer, STATUS_FORBIDDEN, "address not allowed by auth-ip-acl");
+            refuse(
+                &mut stream,
+                peer,
+                STATUS_FORBIDDEN,
+                "address not allowed by auth-ip-acl",
+            );
             return;
         }
     }
@@ -184,13 +200,21 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
                 STATUS_VERSION_NOT_SUPPORTED,
                 format!("protocol version {theirs} is not supported"),
             );
-            r.fields.insert("Supported".into(), opus_tunnel_core::handshake::VERSION.to_string());
+            r.fields.insert(
+                "Supported".into(),
+                opus_tunnel_core::handshake::VERSION.to_string(),
+            );
             log::warn!("refused a tunnel from {peer}: it speaks protocol version {theirs}");
             let _ = stream.write_all(r.to_text().as_bytes());
             return;
         }
         Err(HelloError::Bad(e)) => {
-            refuse(&mut stream, peer, STATUS_BAD_REQUEST, &format!("bad handshake: {e}"));
+            refuse(
+                &mut stream,
+                peer,
+                STATUS_BAD_REQUEST,
+                &format!("bad handshake: {e}"),
+            );
             return;
         }
         Err(HelloError::Io(e)) => {
@@ -199,10 +223,18 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         }
     };
     if hello.direction != Direction::Play {
-        refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, "record tunnels are not supported by this receiver yet");
+        refuse(
+            &mut stream,
+            peer,
+            STATUS_UNSUPPORTED_FORMAT,
+            "record tunnels are not supported by this receiver yet",
+        );
         return;
     }
-    let fmt = StreamFormat { rate: hello.rate, channels: hello.channels };
+    let fmt = StreamFormat {
+        rate: hello.rate,
+        channels: hello.channels,
+    };
     if let Err(e) = codec::validate(hello.codec, &fmt) {
         refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
         return;
@@ -260,7 +292,9 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
                     break Err((503, "the receiver is busy or shutting down".into()));
                 }
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break Err((503, "the receiver is shutting down".into())),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break Err((503, "the receiver is shutting down".into()))
+            }
         }
     };
     let sink = match answer {
@@ -279,9 +313,20 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         shared.wake_main();
         return;
     }
-    log::info!("tunnel {label} from {peer} plays on {sink} ({}, {} Hz, {} ch)", hello.codec.as_str(), hello.rate, hello.channels);
+    log::info!(
+        "tunnel {label} from {peer} plays on {sink} ({}, {} Hz, {} ch)",
+        hello.codec.as_str(),
+        hello.rate,
+        hello.channels
+    );
     conn.stats.set_state(TunnelState::Streaming);
-    let why = Receive::new(conn.clone(), decoder, producer, codec::payload_type(hello.codec)).run(&mut stream, rest, &shared);
+    let why = Receive::new(
+        conn.clone(),
+        decoder,
+        producer,
+        codec::payload_type(hello.codec),
+    )
+    .run(&mut stream, rest, &shared);
     log::info!("tunnel {label} from {peer} ended: {why}");
     conn.stats.set_state(TunnelState::Closed);
     conn.closed.store(true, Ordering::SeqCst);
@@ -302,7 +347,12 @@ struct Receive {
 }
 
 impl Receive {
-    fn new(conn: Arc<ConnShared>, decoder: Decoder, ring: rtrb::Producer<f32>, payload_type: u8) -> Receive {
+    fn new(
+        conn: Arc<ConnShared>,
+        decoder: Decoder,
+        ring: rtrb::Producer<f32>,
+        payload_type: u8,
+    ) -> Receive {
         Receive {
             conn,
             decoder,
@@ -330,7 +380,11 @@ impl Receive {
         loop {
             if self.conn.killed() || shared.stop.load(Ordering::SeqCst) {
                 let mut pkt = Vec::new();
-                rtp::write_rtcp(0, &[Control::Bye("stream closed by the receiver".into())], &mut pkt);
+                rtp::write_rtcp(
+                    0,
+                    &[Control::Bye("stream closed by the receiver".into())],
+                    &mut pkt,
+                );
                 let mut w = Vec::new();
                 if framing::frame(&pkt, &mut w).is_ok() {
                     let _ = reporter.write_all(&w);
@@ -341,12 +395,22 @@ impl Receive {
                 Ok(0) => return "the sender closed the connection".into(),
                 Ok(n) => {
                     last_heard = Instant::now();
-                    self.conn.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                    self.conn
+                        .stats
+                        .bytes_received
+                        .fetch_add(n as u64, Ordering::Relaxed);
                     if let Err(e) = self.consume(&buf[..n]) {
                         return e;
                     }
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
                     if last_heard.elapsed() > DEAD_AFTER {
                         return format!("nothing heard for {} s", DEAD_AFTER.as_secs());
                     }
@@ -357,7 +421,10 @@ impl Receive {
                 last_report = Instant::now();
                 let s = self.conn.stats.snapshot();
                 let kv = vec![
-                    ("latency_usec".to_string(), self.conn.latency_usec().to_string()),
+                    (
+                        "latency_usec".to_string(),
+                        self.conn.latency_usec().to_string(),
+                    ),
                     ("underruns".to_string(), s.underruns.to_string()),
                     ("plc_frames".to_string(), s.plc_frames.to_string()),
                 ];
@@ -406,7 +473,10 @@ impl Receive {
                 self.ssrc = Some(h.ssrc);
             }
             self.conn.paused.store(false, Ordering::Relaxed);
-            self.conn.stats.packets_received.fetch_add(1, Ordering::Relaxed);
+            self.conn
+                .stats
+                .packets_received
+                .fetch_add(1, Ordering::Relaxed);
             match self.jitter.push(h.seq, h.timestamp, payload.to_vec()) {
                 PushResult::Late | PushResult::Duplicate => {
                     self.conn.stats.late_packets.fetch_add(1, Ordering::Relaxed);
@@ -437,7 +507,9 @@ impl Receive {
                 Playout::Missing { ticks, .. } => {
                     let n = self.decoder.ticks_to_samples(ticks);
                     if n > 0 {
-                        self.decoder.conceal(n, &mut self.pcm).map_err(|e| format!("concealment: {e}"))?;
+                        self.decoder
+                            .conceal(n, &mut self.pcm)
+                            .map_err(|e| format!("concealment: {e}"))?;
                         self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
                     }
                 }

@@ -15,7 +15,9 @@ use opus_tunnel_core::params::{parse_bool, DEFAULT_PORT};
 use opus_tunnel_pulse::mainloop::{MainTimer, MainWaker};
 use opus_tunnel_pulse::module::ModuleInfo;
 use opus_tunnel_pulse::sink_input::{SinkInput, SinkInputConfig, SinkInputIo};
-use opus_tunnel_pulse::{declare_module, ChannelMap, Modargs, ModuleRef, PaModule, Proplist, SampleSpec};
+use opus_tunnel_pulse::{
+    declare_module, ChannelMap, Modargs, ModuleRef, PaModule, Proplist, SampleSpec,
+};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -87,7 +89,10 @@ impl MainState {
             match result {
                 Ok((stream, sink)) => {
                     let _ = p.reply.send(Ok(sink));
-                    self.active.push(Active { stream, conn: p.conn });
+                    self.active.push(Active {
+                        stream,
+                        conn: p.conn,
+                    });
                 }
                 Err(e) => {
                     let _ = p.reply.send(Err(e));
@@ -113,7 +118,9 @@ impl MainState {
     ) -> Result<(SinkInput, String), (u16, String)> {
         let spec = SampleSpec::new("float32le", conn.rate, conn.channels).map_err(|e| (415, e))?;
         let map = ChannelMap::parse(&conn.channel_map, conn.channels)
-            .or_else(|_| ChannelMap::default_for(conn.channels).ok_or_else(|| "no channel map".to_string()))
+            .or_else(|_| {
+                ChannelMap::default_for(conn.channels).ok_or_else(|| "no channel map".to_string())
+            })
             .map_err(|e| (415, e))?;
         let mut pl = Proplist::new();
         pl.set("media.name", name);
@@ -168,7 +175,13 @@ impl ReceiverIo {
         // Above target + max(target, 60 ms) the excess is dropped: after a network stall the
         // delay comes back down instead of staying.
         let slack = (per_sec * conn.target_usec.max(60_000) / 1_000_000) as usize;
-        ReceiverIo { conn, ring, buffering: true, target, high: target + slack }
+        ReceiverIo {
+            conn,
+            ring,
+            buffering: true,
+            target,
+            high: target + slack,
+        }
     }
 }
 
@@ -237,7 +250,9 @@ fn parse_num<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
         None => Ok(default),
         Some(v) => match v.trim().parse::<T>() {
             Ok(n) if n >= lo && n <= hi => Ok(n),
-            _ => Err(format!("{key}: {v:?} is not accepted (an integer from {lo} to {hi})")),
+            _ => Err(format!(
+                "{key}: {v:?} is not accepted (an integer from {lo} to {hi})"
+            )),
         },
     }
 }
@@ -248,7 +263,9 @@ fn bind(listen: Option<&str>, port: u16) -> Result<TcpListener, String> {
             let ip: IpAddr = a
                 .trim_matches(|c| c == '[' || c == ']')
                 .parse()
-                .map_err(|_| format!("listen: {a:?} is not accepted (an IP address such as 127.0.0.1 or ::)"))?;
+                .map_err(|_| {
+                    format!("listen: {a:?} is not accepted (an IP address such as 127.0.0.1 or ::)")
+                })?;
             vec![SocketAddr::new(ip, port)]
         }
         // Dual-stack "::" where the machine has IPv6, else all IPv4 addresses.
@@ -282,9 +299,11 @@ impl PaModule for Receiver {
             Some(v) => Some(IpAcl::parse("auth-ip-acl", &v).map_err(|e| e.to_string())?),
         };
         if !anonymous && acl.is_none() {
-            return Err("no way to authenticate peers: set auth-anonymous=1 or auth-ip-acl=<addresses> \
+            return Err(
+                "no way to authenticate peers: set auth-anonymous=1 or auth-ip-acl=<addresses> \
                         (cookie authentication is not available yet)"
-                .into());
+                    .into(),
+            );
         }
         let target_ms = parse_num(&ma, "target_latency_msec", 60u64, 10, 2000)?;
         let max_connections = parse_num(&ma, "max_connections", 64usize, 1, 1024)?;
@@ -292,7 +311,9 @@ impl PaModule for Receiver {
         let core = module.core();
         if let Some(s) = &sink {
             if core.sink_name(Some(s)).is_none() {
-                log::warn!("sink {s:?} does not exist (yet); tunnels will be refused until it does");
+                log::warn!(
+                    "sink {s:?} does not exist (yet); tunnels will be refused until it does"
+                );
             }
         }
         let listener = bind(ma.get("listen").as_deref(), port)?;
@@ -313,7 +334,11 @@ impl PaModule for Receiver {
             },
             waker: Mutex::new(None),
         });
-        let main = Rc::new(RefCell::new(MainState { module: *module, shared: shared.clone(), active: Vec::new() }));
+        let main = Rc::new(RefCell::new(MainState {
+            module: *module,
+            shared: shared.clone(),
+            active: Vec::new(),
+        }));
         let m2 = main.clone();
         let waker = MainWaker::new(&core, move || {
             if let Ok(mut m) = m2.try_borrow_mut() {
@@ -336,11 +361,21 @@ impl PaModule for Receiver {
             .spawn(move || accept_loop(listener, s2))
             .map_err(|e| format!("cannot start the listener thread: {e}"))?;
         log::info!("listening for opus tunnels on {local}");
-        Ok(Receiver { shared, listener: Some(listener), _timer: timer, _waker: waker, main, port: local.port() })
+        Ok(Receiver {
+            shared,
+            listener: Some(listener),
+            _timer: timer,
+            _waker: waker,
+            main,
+            port: local.port(),
+        })
     }
 
     fn n_used(&self) -> i32 {
-        self.main.try_borrow().map(|m| m.active.len() as i32).unwrap_or(0)
+        self.main
+            .try_borrow()
+            .map(|m| m.active.len() as i32)
+            .unwrap_or(0)
     }
 }
 
@@ -356,7 +391,9 @@ fn accept_loop(listener: TcpListener, shared: Arc<RecvShared>) {
                     .spawn(move || conn::serve(stream, peer, s))
                 {
                     Ok(h) => workers.push(h),
-                    Err(e) => log::error!("cannot start a thread for {peer}: {e}; connection dropped"),
+                    Err(e) => {
+                        log::error!("cannot start a thread for {peer}: {e}; connection dropped")
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -385,7 +422,9 @@ impl Drop for Receiver {
         // Refuse the connections that wait for a stream, so their threads end.
         if let Ok(mut q) = self.shared.pending.lock() {
             for p in q.drain(..) {
-                let _ = p.reply.send(Err((503, "the receiver is shutting down".into())));
+                let _ = p
+                    .reply
+                    .send(Err((503, "the receiver is shutting down".into())));
             }
         }
         if let Some(l) = self.listener.take() {
@@ -402,7 +441,8 @@ declare_module!(
     Receiver,
     ModuleInfo {
         author: c"opus-tunnel developers",
-        description: c"Receives Opus tunnels (from module-tunnel-sink-opus) and plays them on a local sink",
+        description:
+            c"Receives Opus tunnels (from module-tunnel-sink-opus) and plays them on a local sink",
         usage: USAGE,
         load_once: false,
     }

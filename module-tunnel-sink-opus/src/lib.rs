@@ -15,9 +15,11 @@ use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_pulse::mainloop::MainTimer;
 use opus_tunnel_pulse::module::ModuleInfo;
 use opus_tunnel_pulse::sink::{Sink, SinkConfig, SinkIo};
-use opus_tunnel_pulse::{declare_module, ChannelMap, Modargs, ModuleRef, PaModule, Proplist, SampleSpec};
-use std::sync::atomic::Ordering;
+use opus_tunnel_pulse::{
+    declare_module, ChannelMap, Modargs, ModuleRef, PaModule, Proplist, SampleSpec,
+};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use worker::{Shared, WorkerConfig};
@@ -110,7 +112,9 @@ fn parse_u32(ma: &Modargs, key: &str, default: u32, lo: u32, hi: u32) -> Result<
         None => Ok(default),
         Some(v) => match v.trim().parse::<u32>() {
             Ok(n) if (lo..=hi).contains(&n) => Ok(n),
-            _ => Err(format!("{key}: {v:?} is not accepted (an integer from {lo} to {hi})")),
+            _ => Err(format!(
+                "{key}: {v:?} is not accepted (an integer from {lo} to {hi})"
+            )),
         },
     }
 }
@@ -119,11 +123,20 @@ fn parse_u32(ma: &Modargs, key: &str, default: u32, lo: u32, hi: u32) -> Result<
 fn default_sink_name(addr: &ServerAddr) -> String {
     let host = match addr {
         ServerAddr::Tcp { host, .. } => host.clone(),
-        ServerAddr::Unix(p) => p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+        ServerAddr::Unix(p) => p
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
     };
     let clean: String = host
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("tunnel-opus.{clean}")
 }
@@ -134,9 +147,11 @@ impl PaModule for TunnelSink {
         let ma = Modargs::new(arg.as_deref(), &valid_args())?;
 
         let server = ma.get("server").ok_or_else(|| {
-            "server: missing; give the receiver's address, e.g. server=tcp:192.168.1.10:4715".to_string()
+            "server: missing; give the receiver's address, e.g. server=tcp:192.168.1.10:4715"
+                .to_string()
         })?;
-        let addr = params::parse_server(&server, params::DEFAULT_PORT).map_err(|e| e.to_string())?;
+        let addr =
+            params::parse_server(&server, params::DEFAULT_PORT).map_err(|e| e.to_string())?;
         let compression = match ma.get("compression") {
             None => Compression::Opus,
             Some(v) => Compression::parse(&v).map_err(|e| e.to_string())?,
@@ -151,7 +166,9 @@ impl PaModule for TunnelSink {
             Compression::Opus => "float32le",
             Compression::None => "s16le",
         };
-        let format = ma.get("format").unwrap_or_else(|| default_format.to_string());
+        let format = ma
+            .get("format")
+            .unwrap_or_else(|| default_format.to_string());
         let rate = parse_u32(&ma, "rate", 48000, 1, 384_000)?;
         let channels = parse_u32(&ma, "channels", 2, 1, 32)? as u8;
         let spec = SampleSpec::new(&format, rate, channels)?;
@@ -160,8 +177,9 @@ impl PaModule for TunnelSink {
         codec::validate(compression, &fmt).map_err(|e| e.to_string())?;
         let map = match ma.get("channel_map") {
             Some(m) => ChannelMap::parse(&m, channels)?,
-            None => ChannelMap::default_for(channels)
-                .ok_or_else(|| format!("channels: no default channel map for {channels} channels"))?,
+            None => ChannelMap::default_for(channels).ok_or_else(|| {
+                format!("channels: no default channel map for {channels} channels")
+            })?,
         };
         let latency_msec = parse_u32(&ma, "latency_msec", 10, 1, 200)?;
         let skew_ppm = match ma.get("clock_skew_ppm") {
@@ -176,7 +194,9 @@ impl PaModule for TunnelSink {
             },
         };
         let remote_sink = ma.get("sink");
-        let sink_name = ma.get("sink_name").unwrap_or_else(|| default_sink_name(&addr));
+        let sink_name = ma
+            .get("sink_name")
+            .unwrap_or_else(|| default_sink_name(&addr));
         let user_props = ma.get_proplist("sink_properties")?;
         // Checks the knobs against the codec once, so that load-module fails on what the
         // encoder would refuse rather than the worker later.
@@ -206,13 +226,22 @@ impl PaModule for TunnelSink {
         shared.set_worker(worker.thread().clone());
 
         let mut props = Proplist::new();
-        props.set("device.description", &format!(
-            "Opus tunnel to {}{}",
-            addr,
-            remote_sink.as_deref().map(|s| format!(" ({s})")).unwrap_or_default()
-        ));
+        props.set(
+            "device.description",
+            &format!(
+                "Opus tunnel to {}{}",
+                addr,
+                remote_sink
+                    .as_deref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default()
+            ),
+        );
         props.set("opus.tunnel.server", &addr.to_string());
-        props.set("opus.tunnel.remote_sink", remote_sink.as_deref().unwrap_or(""));
+        props.set(
+            "opus.tunnel.remote_sink",
+            remote_sink.as_deref().unwrap_or(""),
+        );
         props.set("compression", compression.as_str());
         for (k, v) in knobs.properties() {
             props.set(k, &v);
@@ -222,7 +251,11 @@ impl PaModule for TunnelSink {
             props.update(p);
         }
         let description = props.get("device.description").unwrap_or_default();
-        let io = SenderIo { ring: producer, shared: shared.clone(), frame_bytes };
+        let io = SenderIo {
+            ring: producer,
+            shared: shared.clone(),
+            frame_bytes,
+        };
         let sink = match Sink::new(
             module,
             SinkConfig {
@@ -250,7 +283,11 @@ impl PaModule for TunnelSink {
             addr,
             compression.as_str(),
             if compression == Compression::Opus {
-                format!(" {} bit/s, {} ms frames", knobs.bitrate, knobs.frame_size.as_str())
+                format!(
+                    " {} bit/s, {} ms frames",
+                    knobs.bitrate,
+                    knobs.frame_size.as_str()
+                )
             } else {
                 String::new()
             },
@@ -264,7 +301,12 @@ impl PaModule for TunnelSink {
         let timer = MainTimer::new(&module.core(), 1_000_000, move || {
             timer_sink.update_proplist(&timer_shared.stat_properties());
         });
-        Ok(TunnelSink { _timer: timer, sink, shared, worker: Some(worker) })
+        Ok(TunnelSink {
+            _timer: timer,
+            sink,
+            shared,
+            worker: Some(worker),
+        })
     }
 
     fn n_used(&self) -> i32 {

@@ -301,7 +301,11 @@ impl Worker {
                     match self.stream(conn) {
                         Ended::Stop => break,
                         Ended::Lost(why) => {
-                            log::warn!("{}: link to {} lost ({why}); reconnecting", self.cfg.name, self.cfg.addr)
+                            log::warn!(
+                                "{}: link to {} lost ({why}); reconnecting",
+                                self.cfg.name,
+                                self.cfg.addr
+                            )
                         }
                     }
                 }
@@ -309,9 +313,17 @@ impl Worker {
                     failures += 1;
                     // First failure at warning level, then quietly, to keep the log readable.
                     if failures == 1 {
-                        log::warn!("{}: cannot reach {}: {e}; retrying with back-off", self.cfg.name, self.cfg.addr);
+                        log::warn!(
+                            "{}: cannot reach {}: {e}; retrying with back-off",
+                            self.cfg.name,
+                            self.cfg.addr
+                        );
                     } else {
-                        log::debug!("{}: retry {failures} to {} failed: {e}", self.cfg.name, self.cfg.addr);
+                        log::debug!(
+                            "{}: retry {failures} to {} failed: {e}",
+                            self.cfg.name,
+                            self.cfg.addr
+                        );
                     }
                 }
             }
@@ -342,7 +354,8 @@ impl Worker {
             target_latency_usec: None,
             fields: BTreeMap::new(),
         };
-        conn.write_all(hello.to_text().as_bytes()).map_err(|e| e.to_string())?;
+        conn.write_all(hello.to_text().as_bytes())
+            .map_err(|e| e.to_string())?;
         let mut reader = HeadReader::new();
         let mut buf = [0u8; 1024];
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
@@ -362,12 +375,16 @@ impl Worker {
         };
         let reply = Reply::parse(&text).map_err(|e| format!("bad handshake reply: {e}"))?;
         if !reply.is_ok() {
-            return Err(format!("the receiver refused the tunnel: {} {}", reply.status, reply.reason));
+            return Err(format!(
+                "the receiver refused the tunnel: {} {}",
+                reply.status, reply.reason
+            ));
         }
         if let Some(dev) = reply.fields.get("Device") {
             log::info!("{}: the receiver plays on its sink {dev}", self.cfg.name);
         }
-        conn.set_timeouts(None, Some(WRITE_TIMEOUT)).map_err(|e| e.to_string())?;
+        conn.set_timeouts(None, Some(WRITE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
         Ok(conn)
     }
 
@@ -402,7 +419,11 @@ impl Worker {
         loop {
             if self.shared.stopped() {
                 let mut bye = Vec::new();
-                rtp::write_rtcp(self.rtp.ssrc(), &[Control::Bye("module unloaded".into())], &mut bye);
+                rtp::write_rtcp(
+                    self.rtp.ssrc(),
+                    &[Control::Bye("module unloaded".into())],
+                    &mut bye,
+                );
                 let _ = self.send_packet(conn, &bye);
                 return Ended::Stop;
             }
@@ -446,7 +467,11 @@ impl Worker {
                 }
                 last_sent = Instant::now();
             }
-            let wait = if sending { Duration::from_millis(20) } else { Duration::from_millis(500) };
+            let wait = if sending {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_millis(500)
+            };
             if self.ring.slots() == 0 {
                 thread::park_timeout(wait);
             }
@@ -468,7 +493,9 @@ impl Worker {
                         }
                     }
                 }
-                Control::Bye(why) => log::info!("{}: the receiver says goodbye: {why}", self.cfg.name),
+                Control::Bye(why) => {
+                    log::info!("{}: the receiver says goodbye: {why}", self.cfg.name)
+                }
                 _ => {}
             }
         }
@@ -477,7 +504,8 @@ impl Worker {
     fn ensure_encoder(&mut self) -> Result<(), String> {
         if self.encoder.is_none() {
             let knobs = self.knobs();
-            let enc = Encoder::new(self.cfg.compression, self.cfg.fmt, &knobs).map_err(|e| e.to_string())?;
+            let enc = Encoder::new(self.cfg.compression, self.cfg.fmt, &knobs)
+                .map_err(|e| e.to_string())?;
             self.encoder = Some(enc);
         }
         Ok(())
@@ -491,15 +519,23 @@ impl Worker {
         let frame_bytes = bps * ch;
         // Keep the queue short: after a stall, older audio is dropped rather than delaying
         // everything that follows (at most ~3 blocks + one codec frame are kept).
-        let frame_samples = self.encoder.as_ref().map(|e| e.frame_samples()).unwrap_or(960);
-        let keep = (self.cfg.fmt.rate as u64 * (3 * self.cfg.block_usec) / 1_000_000) as usize + frame_samples;
+        let frame_samples = self
+            .encoder
+            .as_ref()
+            .map(|e| e.frame_samples())
+            .unwrap_or(960);
+        let keep = (self.cfg.fmt.rate as u64 * (3 * self.cfg.block_usec) / 1_000_000) as usize
+            + frame_samples;
         let avail = self.ring.slots() / frame_bytes;
         if avail > keep + frame_samples * 4 {
             let drop_frames = avail - keep;
             if let Ok(c) = self.ring.read_chunk(drop_frames * frame_bytes) {
                 c.commit_all();
             }
-            self.shared.stats.dropped_frames.fetch_add(drop_frames as u64, Ordering::Relaxed);
+            self.shared
+                .stats
+                .dropped_frames
+                .fetch_add(drop_frames as u64, Ordering::Relaxed);
         }
         let n = (self.ring.slots() / frame_bytes) * frame_bytes;
         if n == 0 {
@@ -521,9 +557,10 @@ impl Worker {
         }
         self.pcm.drain(..off);
         let queued = self.pcm.len() / ch.max(1);
-        self.shared
-            .downstream_usec
-            .store(queued as u64 * 1_000_000 / u64::from(self.cfg.fmt.rate.max(1)), Ordering::Relaxed);
+        self.shared.downstream_usec.store(
+            queued as u64 * 1_000_000 / u64::from(self.cfg.fmt.rate.max(1)),
+            Ordering::Relaxed,
+        );
         Ok(())
     }
 
@@ -534,7 +571,12 @@ impl Worker {
         }
         self.ensure_encoder()?;
         let ch = usize::from(self.cfg.fmt.channels);
-        let per_frame = self.encoder.as_ref().map(|e| e.frame_samples()).unwrap_or(960) * ch;
+        let per_frame = self
+            .encoder
+            .as_ref()
+            .map(|e| e.frame_samples())
+            .unwrap_or(960)
+            * ch;
         self.pcm.resize(per_frame, 0.0);
         self.encode_send(conn, 0, per_frame)?;
         self.pcm.clear();
@@ -545,11 +587,13 @@ impl Worker {
         let Some(enc) = self.encoder.as_mut() else {
             return Err("no encoder".into());
         };
-        enc.encode(&self.pcm[off..off + len], &mut self.payload).map_err(|e| format!("encoder: {e}"))?;
+        enc.encode(&self.pcm[off..off + len], &mut self.payload)
+            .map_err(|e| format!("encoder: {e}"))?;
         let pt = enc.payload_type();
         let ticks = enc.rtp_ticks_per_frame();
         let mut packet = std::mem::take(&mut self.packet);
-        self.rtp.packetize(pt, ticks, false, &self.payload, &mut packet);
+        self.rtp
+            .packetize(pt, ticks, false, &self.payload, &mut packet);
         let r = self.send_packet(conn, &packet);
         self.packet = packet;
         r
@@ -558,9 +602,16 @@ impl Worker {
     fn send_packet(&mut self, conn: &mut Conn, packet: &[u8]) -> Result<(), String> {
         self.wire.clear();
         framing::frame(packet, &mut self.wire).map_err(|e| e.to_string())?;
-        conn.write_all(&self.wire).map_err(|e| format!("send: {e}"))?;
-        self.shared.stats.bytes_sent.fetch_add(self.wire.len() as u64, Ordering::Relaxed);
-        self.shared.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
+        conn.write_all(&self.wire)
+            .map_err(|e| format!("send: {e}"))?;
+        self.shared
+            .stats
+            .bytes_sent
+            .fetch_add(self.wire.len() as u64, Ordering::Relaxed);
+        self.shared
+            .stats
+            .packets_sent
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -584,13 +635,17 @@ fn read_loop(mut conn: Conn, tx: mpsc::Sender<Incoming>, worker: Thread) {
                                             return;
                                         }
                                     }
-                                    Err(e) => log::debug!("ignoring a bad RTCP packet from the receiver: {e}"),
+                                    Err(e) => log::debug!(
+                                        "ignoring a bad RTCP packet from the receiver: {e}"
+                                    ),
                                 }
                             }
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            let _ = tx.send(Incoming::Closed(format!("bad framing from the receiver: {e}")));
+                            let _ = tx.send(Incoming::Closed(format!(
+                                "bad framing from the receiver: {e}"
+                            )));
                             worker.unpark();
                             return;
                         }

@@ -47,7 +47,11 @@ impl IpAcl {
             entries.push((ip, bits));
         }
         if entries.is_empty() {
-            return Err(ParamError::new(key, s, "at least one IP address or network"));
+            return Err(ParamError::new(
+                key,
+                s,
+                "at least one IP address or network",
+            ));
         }
         Ok(IpAcl { entries })
     }
@@ -100,7 +104,14 @@ mod tests {
 
     #[test]
     fn bad_entries_are_refused_with_the_key() {
-        for bad in ["", "300.1.1.1", "10.0.0.0/33", "::1/129", "host.example", "1.2.3.4/x"] {
+        for bad in [
+            "",
+            "300.1.1.1",
+            "10.0.0.0/33",
+            "::1/129",
+            "host.example",
+            "1.2.3.4/x",
+        ] {
             let e = IpAcl::parse("auth-ip-acl", bad).unwrap_err();
             assert_eq!(e.key, "auth-ip-acl", "{bad}");
         }

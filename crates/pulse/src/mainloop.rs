@@ -82,7 +82,9 @@ impl MainWaker {
     }
 
     pub fn handle(&self) -> WakeHandle {
-        WakeHandle { fd: self.fd.clone() }
+        WakeHandle {
+            fd: self.fd.clone(),
+        }
     }
 }
 

@@ -52,16 +52,22 @@ impl Modargs {
     pub fn get(&self, key: &str) -> Option<String> {
         let k = crate::cstring(key);
         // SAFETY: live modargs, valid key; the value is copied before the call returns.
-        unsafe { crate::from_cstr(sys::pa_modargs_get_value(self.ptr, k.as_ptr(), std::ptr::null())) }
+        unsafe {
+            crate::from_cstr(sys::pa_modargs_get_value(
+                self.ptr,
+                k.as_ptr(),
+                std::ptr::null(),
+            ))
+        }
     }
 
     /// A property list argument such as `sink_properties="device.description='My tunnel'"`.
     pub fn get_proplist(&self, key: &str) -> Result<Option<Proplist>, String> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => Proplist::from_string(&v)
-                .map(Some)
-                .ok_or_else(|| format!("{key}: cannot parse {v:?} as a property list (key=value, quoted values)")),
+            Some(v) => Proplist::from_string(&v).map(Some).ok_or_else(|| {
+                format!("{key}: cannot parse {v:?} as a property list (key=value, quoted values)")
+            }),
         }
     }
 }

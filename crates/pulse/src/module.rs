@@ -66,7 +66,16 @@ impl ModuleRef {
 fn check_version() -> Result<(), String> {
     // SAFETY: returns a static string.
     let running = unsafe { crate::from_cstr(sys::pa_get_library_version()) }.unwrap_or_default();
-    if running != crate::PA_VERSION {
+    // libpulse says "16.1.0" where the daemon's modules say "16.1": compare without trailing
+    // zero components.
+    fn norm(v: &str) -> Vec<&str> {
+        let mut parts: Vec<&str> = v.trim().split('.').collect();
+        while parts.len() > 1 && parts.last() == Some(&"0") {
+            parts.pop();
+        }
+        parts
+    }
+    if norm(&running) != norm(crate::PA_VERSION) {
         return Err(format!(
             "this module was built for PulseAudio {} but the daemon is {running}; \
              pulsecore has no stable ABI, so it refuses to load. Rebuild it against PulseAudio {running}.",
@@ -76,8 +85,14 @@ fn check_version() -> Result<(), String> {
     Ok(())
 }
 
+/// The `pa_module*` the daemon passes to the entry points, as an opaque value (same ABI as the
+/// pointer), so that the exported functions in the module crates need no `unsafe`.
+#[repr(transparent)]
+pub struct ModulePtr(*mut sys::pa_module);
+
 #[doc(hidden)]
-pub fn do_init<M: PaModule>(m: *mut sys::pa_module) -> libc::c_int {
+pub fn do_init<M: PaModule>(m: ModulePtr) -> libc::c_int {
+    let m = m.0;
     crate::logging::init();
     if m.is_null() {
         return -1;
@@ -103,7 +118,8 @@ pub fn do_init<M: PaModule>(m: *mut sys::pa_module) -> libc::c_int {
 }
 
 #[doc(hidden)]
-pub fn do_done<M: PaModule>(m: *mut sys::pa_module) {
+pub fn do_done<M: PaModule>(m: ModulePtr) {
+    let m = m.0;
     if m.is_null() {
         return;
     }
@@ -121,7 +137,8 @@ pub fn do_done<M: PaModule>(m: *mut sys::pa_module) {
 }
 
 #[doc(hidden)]
-pub fn do_n_used<M: PaModule>(m: *mut sys::pa_module) -> libc::c_int {
+pub fn do_n_used<M: PaModule>(m: ModulePtr) -> libc::c_int {
+    let m = m.0;
     if m.is_null() {
         return 0;
     }
@@ -152,17 +169,17 @@ macro_rules! declare_module {
         const _OPUS_TUNNEL_MODULE_INFO: $crate::module::ModuleInfo = $info;
 
         #[unsafe(no_mangle)]
-        pub extern "C" fn pa__init(m: *mut $crate::sys::pa_module) -> ::std::os::raw::c_int {
+        pub extern "C" fn pa__init(m: $crate::module::ModulePtr) -> ::std::os::raw::c_int {
             $crate::module::do_init::<$ty>(m)
         }
 
         #[unsafe(no_mangle)]
-        pub extern "C" fn pa__done(m: *mut $crate::sys::pa_module) {
+        pub extern "C" fn pa__done(m: $crate::module::ModulePtr) {
             $crate::module::do_done::<$ty>(m)
         }
 
         #[unsafe(no_mangle)]
-        pub extern "C" fn pa__get_n_used(m: *mut $crate::sys::pa_module) -> ::std::os::raw::c_int {
+        pub extern "C" fn pa__get_n_used(m: $crate::module::ModulePtr) -> ::std::os::raw::c_int {
             $crate::module::do_n_used::<$ty>(m)
         }
 

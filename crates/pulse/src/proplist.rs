@@ -15,7 +15,9 @@ impl Default for Proplist {
 impl Proplist {
     pub fn new() -> Proplist {
         // SAFETY: allocation; never NULL (pa_xmalloc aborts on OOM like the rest of the daemon).
-        Proplist { ptr: unsafe { sys::pa_proplist_new() } }
+        Proplist {
+            ptr: unsafe { sys::pa_proplist_new() },
+        }
     }
 
     /// Parses PulseAudio's textual form (`key=value key2="value 2"`).
@@ -29,7 +31,9 @@ impl Proplist {
     /// # Safety
     /// `ptr` must be a live proplist; the copy is owned by the result.
     pub(crate) unsafe fn copy_of(ptr: *const sys::pa_proplist) -> Proplist {
-        Proplist { ptr: sys::pa_proplist_copy(ptr) }
+        Proplist {
+            ptr: sys::pa_proplist_copy(ptr),
+        }
     }
 
     pub(crate) fn raw(&self) -> *mut sys::pa_proplist {
@@ -63,7 +67,9 @@ impl Proplist {
             // SAFETY: live proplist; state is pulsecore's iterator cookie.
             let k = unsafe { sys::pa_proplist_iterate(self.ptr, &mut state) };
             // SAFETY: NULL or a key owned by the proplist.
-            let Some(key) = (unsafe { crate::from_cstr(k) }) else { break };
+            let Some(key) = (unsafe { crate::from_cstr(k) }) else {
+                break;
+            };
             if let Some(v) = self.get(&key) {
                 out.push((key, v));
             }

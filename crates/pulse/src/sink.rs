@@ -216,7 +216,10 @@ impl Sink {
                 sys::pa_rtpoll_free(rtpoll);
                 return Err(format!("cannot create sink {:?}", cfg.name));
             }
-            let block_bytes = cfg.spec.usec_to_bytes(cfg.block_usec).max(cfg.spec.frame_size());
+            let block_bytes = cfg
+                .spec
+                .usec_to_bytes(cfg.block_usec)
+                .max(cfg.spec.frame_size());
             let state = Box::into_raw(Box::new(IoState {
                 sink,
                 rtpoll,
@@ -227,7 +230,11 @@ impl Sink {
                 timestamp: 0,
                 block_usec: cfg.block_usec,
                 block_bytes,
-                rate_scale: if cfg.rate_scale > 0.5 && cfg.rate_scale < 2.0 { cfg.rate_scale } else { 1.0 },
+                rate_scale: if cfg.rate_scale > 0.5 && cfg.rate_scale < 2.0 {
+                    cfg.rate_scale
+                } else {
+                    1.0
+                },
                 running: false,
                 io,
             }));
@@ -241,7 +248,13 @@ impl Sink {
             sys::pa_sink_set_fixed_latency(sink, cfg.block_usec);
             let tname = crate::cstring("opus-tunnel-sink");
             let thread = sys::pa_thread_new(tname.as_ptr(), Some(thread_func), state as *mut _);
-            let me = Sink { sink, thread, mq, rtpoll, state };
+            let me = Sink {
+                sink,
+                thread,
+                mq,
+                rtpoll,
+                state,
+            };
             if thread.is_null() {
                 return Err("cannot start the sink's IO thread".into());
             }
@@ -287,7 +300,9 @@ impl Sink {
         }
         if any {
             // SAFETY: live sink, main thread.
-            unsafe { sys::pa_sink_update_proplist(self.sink, sys::PA_UPDATE_REPLACE, changed.raw()) };
+            unsafe {
+                sys::pa_sink_update_proplist(self.sink, sys::PA_UPDATE_REPLACE, changed.raw())
+            };
         }
     }
 }

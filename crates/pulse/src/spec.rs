@@ -20,7 +20,11 @@ impl SampleSpec {
                  s24-32le, s24-32be, s32le, s32be, float32le, float32be (and the ne/re forms)"
             ));
         }
-        let raw = sys::pa_sample_spec { format: f, rate, channels };
+        let raw = sys::pa_sample_spec {
+            format: f,
+            rate,
+            channels,
+        };
         // SAFETY: plain struct.
         if unsafe { sys::pa_sample_spec_valid(&raw) } == 0 {
             return Err(format!(

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine (as root) or a prepared one:
+# installs what is missing, fetches the PulseAudio source for the headers, builds the modules,
+# checks formatting and lints, runs the unit tests and the end-to-end tests against real
+# pulseaudio daemons.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+if [ "$(id -u)" = 0 ]; then
+  scripts/install-deps.sh
+fi
+if [ -z "${PULSE_DIR:-}" ]; then
+  scripts/prepare-pulse-tree.sh >/dev/null
+fi
+echo "== build"
+scripts/build-modules.sh
+echo "== fmt + clippy"
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets -- -D warnings
+echo "== unit tests"
+cargo test --release --workspace --exclude opus-tunnel-tests
+echo "== end-to-end tests (real daemons, one at a time)"
+# The suite must not skip the module tests: a missing module is a failure here.
+OPUS_TUNNEL_REQUIRE_MODULES=1 cargo test --release -p opus-tunnel-tests -- --test-threads=1
+echo "== all tests passed in $(( $(date +%s) - start )) s"
