@@ -56,6 +56,8 @@ pub fn modules_present(names: &[&str]) -> bool {
 
 /// For tests of our modules: returns `true` if they are built, otherwise prints
 /// `SKIP: <test>: ...` and returns `false` (the caller then returns and passes).
+/// With `OPUS_TUNNEL_REQUIRE_MODULES=1` (as `scripts/test.sh` sets it) a missing module is a
+/// failure instead, so that the suite can never pass by skipping.
 pub fn require_modules(test: &str, names: &[&str]) -> bool {
     if modules_present(names) {
         return true;
@@ -71,6 +73,13 @@ pub fn require_modules(test: &str, names: &[&str]) -> bool {
         missing.join(", "),
         dir.display()
     );
+    if std::env::var_os("OPUS_TUNNEL_REQUIRE_MODULES").is_some_and(|v| v == "1") {
+        panic!(
+            "{test}: {} not found in {} and OPUS_TUNNEL_REQUIRE_MODULES=1",
+            missing.join(", "),
+            dir.display()
+        );
+    }
     eprintln!("SKIP: {test}: modules not built");
     false
 }
