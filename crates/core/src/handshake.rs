@@ -162,7 +162,7 @@ fn sanitize_name(n: &str) -> String {
 /// First line and `(name, value)` header pairs of a message.
 type Split<'a> = (&'a str, Vec<(&'a str, &'a str)>);
 
-fn split_message(text: &str) -> Result<Split<'_>, HandshakeError> {
+pub(crate) fn split_message(text: &str) -> Result<Split<'_>, HandshakeError> {
     if text.len() > MAX_MESSAGE {
         return Err(HandshakeError::TooLong);
     }
@@ -189,7 +189,7 @@ fn split_message(text: &str) -> Result<Split<'_>, HandshakeError> {
 }
 
 /// Parses `OPUS-TUNNEL/N` at the start of `first`, returning N and the rest of the line.
-fn parse_version(first: &str) -> Result<(u32, &str), HandshakeError> {
+pub(crate) fn parse_version(first: &str) -> Result<(u32, &str), HandshakeError> {
     let rest = first
         .strip_prefix(PROTOCOL)
         .and_then(|r| r.strip_prefix('/'))
