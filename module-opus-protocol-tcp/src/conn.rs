@@ -141,16 +141,19 @@ enum HelloError {
 }
 
 /// Reads the hello, with a deadline and a size limit.
-fn read_hello(stream: &mut TcpStream) -> Result<(Hello, Vec<u8>), HelloError> {
+/// Gives up at the deadline, or within 200 ms when the module unloads.
+fn read_hello(stream: &mut TcpStream, stop: &AtomicBool) -> Result<(Hello, Vec<u8>), HelloError> {
     let mut reader = HeadReader::new();
     let mut buf = [0u8; 2048];
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= deadline {
             return Err(HelloError::Io("no complete hello within 5 s".into()));
         }
-        let _ = stream.set_read_timeout(Some(left));
+        if stop.load(Ordering::SeqCst) {
+            return Err(HelloError::Io("the receiver is unloading".into()));
+        }
         let n = match stream.read(&mut buf) {
             Ok(0) => {
                 return Err(HelloError::Io(
@@ -158,6 +161,16 @@ fn read_hello(stream: &mut TcpStream) -> Result<(Hello, Vec<u8>), HelloError> {
                 ))
             }
             Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
             Err(e) => return Err(HelloError::Io(e.to_string())),
         };
         if let Some((text, rest)) = reader.push(&buf[..n]).map_err(HelloError::Bad)? {
@@ -193,7 +206,7 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         );
         return;
     }
-    let (hello, rest) = match read_hello(&mut stream) {
+    let (hello, rest) = match read_hello(&mut stream, &shared.stop) {
         Ok(h) => h,
         Err(HelloError::Bad(HandshakeError::Version { theirs })) => {
             let mut r = Reply::refuse(

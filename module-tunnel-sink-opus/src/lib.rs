@@ -272,8 +272,7 @@ impl PaModule for TunnelSink {
         ) {
             Ok(s) => s,
             Err(e) => {
-                shared.stop();
-                let _ = worker.join();
+                shared.stop_and_join(worker);
                 return Err(e);
             }
         };
@@ -316,11 +315,8 @@ impl PaModule for TunnelSink {
 
 impl Drop for TunnelSink {
     fn drop(&mut self) {
-        self.shared.stop();
         if let Some(w) = self.worker.take() {
-            if w.join().is_err() {
-                log::error!("the tunnel worker thread ended with a panic");
-            }
+            self.shared.stop_and_join(w);
         }
     }
 }

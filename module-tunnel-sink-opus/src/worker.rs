@@ -42,6 +42,9 @@ pub struct Shared {
     knobs: Mutex<OpusKnobs>,
     meter: Mutex<BitrateMeter>,
     remote: Mutex<BTreeMap<String, String>>,
+    /// A handle on the live connection, to unblock the worker at unload.
+    sock: Mutex<Option<Conn>>,
+    finished: AtomicBool,
 }
 
 impl Shared {
@@ -57,6 +60,8 @@ impl Shared {
             knobs: Mutex::new(knobs),
             meter: Mutex::new(BitrateMeter::default()),
             remote: Mutex::new(BTreeMap::new()),
+            sock: Mutex::new(None),
+            finished: AtomicBool::new(false),
         }
     }
 
@@ -74,6 +79,25 @@ impl Shared {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.wake_worker();
+    }
+
+    /// Stops the worker and waits for it: it gets half a second to say goodbye to the
+    /// receiver, then its connection is shut down under it so that a send blocked on a
+    /// stalled link returns at once. (A connect in progress can take up to 3 s.)
+    pub fn stop_and_join(&self, worker: JoinHandle<()>) {
+        self.stop();
+        let until = Instant::now() + Duration::from_millis(500);
+        while !self.finished.load(Ordering::SeqCst) && Instant::now() < until {
+            thread::sleep(Duration::from_millis(5));
+        }
+        if let Ok(s) = self.sock.lock() {
+            if let Some(c) = s.as_ref() {
+                c.shutdown();
+            }
+        }
+        if worker.join().is_err() {
+            log::error!("the tunnel worker thread ended with a panic");
+        }
     }
 
     fn stopped(&self) -> bool {
@@ -310,6 +334,9 @@ impl Worker {
                     }
                 }
                 Err(e) => {
+                    if let Ok(mut s) = self.shared.sock.lock() {
+                        *s = None;
+                    }
                     failures += 1;
                     // First failure at warning level, then quietly, to keep the log readable.
                     if failures == 1 {
@@ -333,10 +360,14 @@ impl Worker {
             }
         }
         self.shared.stats.set_state(TunnelState::Closed);
+        self.shared.finished.store(true, Ordering::SeqCst);
     }
 
     fn connect_and_handshake(&mut self) -> Result<Conn, String> {
         let mut conn = Conn::connect(&self.cfg.addr).map_err(|e| e.to_string())?;
+        if let (Ok(mut s), Ok(c)) = (self.shared.sock.lock(), conn.try_clone()) {
+            *s = Some(c);
+        }
         conn.set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
             .map_err(|e| e.to_string())?;
         let knobs = self.knobs();
@@ -405,6 +436,9 @@ impl Worker {
         };
         let result = self.stream_loop(&mut conn, &rx);
         conn.shutdown();
+        if let Ok(mut s) = self.shared.sock.lock() {
+            *s = None;
+        }
         let _ = rthread.join();
         self.pcm.clear();
         self.encoder = None;
