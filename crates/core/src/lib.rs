@@ -10,6 +10,7 @@
 pub mod acl;
 pub mod auth;
 pub mod codec;
+pub mod dll;
 pub mod framing;
 pub mod handshake;
 pub mod jitter;
