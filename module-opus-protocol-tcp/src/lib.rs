@@ -2,17 +2,15 @@
 //! accepted tunnel from `module-tunnel-sink-opus` becomes a stream (sink-input) on a local
 //! sink, decoded through a jitter buffer with Opus packet-loss concealment.
 //!
-//! Threads: a listener thread accepts; a thread per connection does the handshake, reads,
-//! decodes and pushes PCM into a lock-free ring; the sink's IO thread pops from the ring in
-//! the stream's callback (never blocking) and holds the fill level near the target; the main
-//! thread creates and removes the streams (woken through an eventfd) and publishes statistics.
+//! The network side is `opus_tunnel_core::rx` (a listener thread, a thread per connection,
+//! lock-free rings); this module is the PulseAudio glue: the main thread creates and removes
+//! the streams (woken through an eventfd) and publishes their statistics, and each stream's
+//! callback on the sink's IO thread takes audio out of its ring.
 
-mod conn;
-
-use conn::{ConnShared, Pending, RecvConfig};
 use opus_tunnel_core::acl::IpAcl;
 use opus_tunnel_core::params::{parse_bool, DEFAULT_PORT};
-use opus_tunnel_pulse::mainloop::{MainTimer, MainWaker};
+use opus_tunnel_core::rx::{self, ConnShared, Host, Playback, RecvConfig, StreamRequest};
+use opus_tunnel_pulse::mainloop::{MainTimer, MainWaker, WakeHandle};
 use opus_tunnel_pulse::module::ModuleInfo;
 use opus_tunnel_pulse::sink_input::{SinkInput, SinkInputConfig, SinkInputIo};
 use opus_tunnel_pulse::{
@@ -22,10 +20,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
 
 const USAGE: &std::ffi::CStr = c"port=<TCP port, default 4715> \
 listen=<address to listen on; default: all> \
@@ -45,22 +40,31 @@ const VALID_ARGS: &[&str] = &[
     "max_connections",
 ];
 
-/// State shared between the main thread, the listener and the connection threads.
-pub struct RecvShared {
-    pub stop: AtomicBool,
-    pub pending: Mutex<VecDeque<Pending>>,
-    pub connections: AtomicUsize,
-    pub cfg: RecvConfig,
-    pub waker: Mutex<Option<opus_tunnel_pulse::mainloop::WakeHandle>>,
+/// The daemon side of the receiver, seen from the connection threads: requests are queued
+/// for the main thread, which is woken through an eventfd.
+struct PulseHost {
+    requests: Mutex<VecDeque<StreamRequest>>,
+    waker: OnceLock<WakeHandle>,
 }
 
-impl RecvShared {
-    pub fn wake_main(&self) {
-        if let Ok(w) = self.waker.lock() {
-            if let Some(w) = w.as_ref() {
-                w.wake();
-            }
+impl PulseHost {
+    fn wake(&self) {
+        if let Some(w) = self.waker.get() {
+            w.wake();
         }
+    }
+}
+
+impl Host for PulseHost {
+    fn open(&self, req: StreamRequest) {
+        if let Ok(mut q) = self.requests.lock() {
+            q.push_back(req);
+        }
+        self.wake();
+    }
+
+    fn changed(&self) {
+        self.wake();
     }
 }
 
@@ -73,30 +77,27 @@ struct Active {
 /// Main-thread state.
 struct MainState {
     module: ModuleRef,
-    shared: Arc<RecvShared>,
+    host: Arc<PulseHost>,
+    default_sink: Option<String>,
+    target_usec: u64,
     active: Vec<Active>,
 }
 
 impl MainState {
     /// Creates streams for new tunnels and removes those that ended. Main thread.
     fn service(&mut self) {
-        let pending: Vec<Pending> = match self.shared.pending.lock() {
+        let requests: Vec<StreamRequest> = match self.host.requests.lock() {
             Ok(mut q) => q.drain(..).collect(),
             Err(_) => Vec::new(),
         };
-        for p in pending {
-            let result = self.create_stream(p.conn.clone(), p.ring, &p.hello_name, p.props);
-            match result {
-                Ok((stream, sink)) => {
-                    let _ = p.reply.send(Ok(sink));
-                    self.active.push(Active {
-                        stream,
-                        conn: p.conn,
-                    });
+        for req in requests {
+            let (conn, playback, name, props, replier) = req.into_parts();
+            match self.create_stream(&conn, playback, &name, props) {
+                Ok(stream) => {
+                    replier.accept(&stream.sink_name().unwrap_or_default());
+                    self.active.push(Active { stream, conn });
                 }
-                Err(e) => {
-                    let _ = p.reply.send(Err(e));
-                }
+                Err((status, reason)) => replier.refuse(status, &reason),
             }
         }
         self.active.retain(|a| {
@@ -105,17 +106,17 @@ impl MainState {
                 a.conn.kill();
                 return false;
             }
-            !a.conn.closed.load(Ordering::SeqCst)
+            !a.conn.is_closed()
         });
     }
 
     fn create_stream(
         &self,
-        conn: Arc<ConnShared>,
-        ring: rtrb::Consumer<f32>,
+        conn: &ConnShared,
+        playback: Playback,
         name: &str,
         props: Vec<(String, String)>,
-    ) -> Result<(SinkInput, String), (u16, String)> {
+    ) -> Result<SinkInput, (u16, String)> {
         let spec = SampleSpec::new("float32le", conn.rate, conn.channels).map_err(|e| (415, e))?;
         let map = ChannelMap::parse(&conn.channel_map, conn.channels)
             .or_else(|_| {
@@ -129,110 +130,53 @@ impl MainState {
         for (k, v) in props {
             pl.set(&k, &v);
         }
-        let device = conn.device.clone().or_else(|| self.shared.cfg.sink.clone());
-        let io = ReceiverIo::new(conn.clone(), ring);
-        let stream = SinkInput::new(
+        let device = conn.device.clone().or_else(|| self.default_sink.clone());
+        SinkInput::new(
             &self.module,
             SinkInputConfig {
                 sink: device.as_deref(),
                 spec,
                 map,
                 props: pl,
-                requested_latency_usec: (self.shared.cfg.target_usec / 2).clamp(5_000, 100_000),
+                requested_latency_usec: (self.target_usec / 2).clamp(5_000, 100_000),
                 driver: c"module-opus-protocol-tcp",
-                on_kill: self.shared.waker.lock().ok().and_then(|w| w.clone()),
+                on_kill: self.host.waker.get().cloned(),
             },
-            Box::new(io),
+            Box::new(ReceiverIo(playback)),
         )
-        .map_err(|e| (404, e))?;
-        let sink = stream.sink_name().unwrap_or_default();
-        Ok((stream, sink))
+        .map_err(|e| (404, e))
     }
 
     /// Publishes each stream's statistics as its properties. Main thread, once a second.
     fn publish(&mut self) {
         for a in &self.active {
-            a.stream.update_proplist(&a.conn.stat_properties());
+            let mut p = Proplist::new();
+            for (k, v) in a.conn.stat_properties() {
+                p.set(&k, &v);
+            }
+            a.stream.update_proplist(&p);
         }
     }
 }
 
-/// The stream's side on the sink's IO thread: takes decoded audio from the ring, holding the
-/// fill level near the target (a simple correction; drift-correcting resampling is separate).
-struct ReceiverIo {
-    conn: Arc<ConnShared>,
-    ring: rtrb::Consumer<f32>,
-    /// Waiting for the ring to fill up to the target before playing (start, after underrun).
-    buffering: bool,
-    target: usize,
-    high: usize,
-}
-
-impl ReceiverIo {
-    fn new(conn: Arc<ConnShared>, ring: rtrb::Consumer<f32>) -> ReceiverIo {
-        let per_sec = conn.rate as u64 * u64::from(conn.channels);
-        let target = (per_sec * conn.target_usec / 1_000_000) as usize;
-        // Above target + max(target, 60 ms) the excess is dropped: after a network stall the
-        // delay comes back down instead of staying.
-        let slack = (per_sec * conn.target_usec.max(60_000) / 1_000_000) as usize;
-        ReceiverIo {
-            conn,
-            ring,
-            buffering: true,
-            target,
-            high: target + slack,
-        }
-    }
-}
+/// The stream's side on the sink's IO thread.
+struct ReceiverIo(Playback);
 
 impl SinkInputIo for ReceiverIo {
     fn pop(&mut self, out: &mut [u8]) {
-        let want = out.len() / 4;
-        let ch = usize::from(self.conn.channels.max(1));
-        let avail = self.ring.slots();
-        if self.buffering {
-            if avail >= self.target.max(want) {
-                self.buffering = false;
-            } else {
-                out.fill(0);
-                return;
-            }
-        }
-        let take = (avail.min(want) / ch) * ch;
-        if let Ok(chunk) = self.ring.read_chunk(take) {
-            let (a, b) = chunk.as_slices();
-            for (dst, s) in out.chunks_exact_mut(4).zip(a.iter().chain(b.iter())) {
-                dst.copy_from_slice(&s.to_le_bytes());
-            }
-            chunk.commit_all();
-        }
-        if take < want {
-            out[take * 4..].fill(0);
-            if !self.conn.paused.load(Ordering::Relaxed) {
-                self.conn.stats.underruns.fetch_add(1, Ordering::Relaxed);
-            }
-            self.buffering = true;
-        }
-        let left = self.ring.slots();
-        if left > self.high {
-            let drop_n = ((left - self.target) / ch) * ch;
-            if let Ok(c) = self.ring.read_chunk(drop_n) {
-                c.commit_all();
-            }
-            self.conn.stats.overruns.fetch_add(1, Ordering::Relaxed);
-        }
-        self.conn.set_fill(self.ring.slots());
+        self.0.pop_bytes(out);
     }
 
     fn queued_usec(&self) -> u64 {
-        self.conn.samples_to_usec(self.ring.slots())
+        self.0.queued_usec()
     }
 }
 
 /// The module instance.
 pub struct Receiver {
-    shared: Arc<RecvShared>,
-    listener: Option<JoinHandle<()>>,
+    // Drop order: the network side first (connections end, no new requests), then the
+    // main-loop hooks, then the streams.
+    receiver: Option<rx::Receiver>,
     _timer: MainTimer,
     _waker: MainWaker,
     main: Rc<RefCell<MainState>>,
@@ -317,26 +261,15 @@ impl PaModule for Receiver {
             }
         }
         let listener = bind(ma.get("listen").as_deref(), port)?;
-        let local = listener.local_addr().map_err(|e| e.to_string())?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("cannot configure the listening socket: {e}"))?;
-        let shared = Arc::new(RecvShared {
-            stop: AtomicBool::new(false),
-            pending: Mutex::new(VecDeque::new()),
-            connections: AtomicUsize::new(0),
-            cfg: RecvConfig {
-                anonymous,
-                acl,
-                sink,
-                target_usec: target_ms * 1000,
-                max_connections,
-            },
-            waker: Mutex::new(None),
+        let host = Arc::new(PulseHost {
+            requests: Mutex::new(VecDeque::new()),
+            waker: OnceLock::new(),
         });
         let main = Rc::new(RefCell::new(MainState {
             module: *module,
-            shared: shared.clone(),
+            host: host.clone(),
+            default_sink: sink.clone(),
+            target_usec: target_ms * 1000,
             active: Vec::new(),
         }));
         let m2 = main.clone();
@@ -345,9 +278,7 @@ impl PaModule for Receiver {
                 m.service();
             }
         })?;
-        if let Ok(mut w) = shared.waker.lock() {
-            *w = Some(waker.handle());
-        }
+        let _ = host.waker.set(waker.handle());
         let m3 = main.clone();
         let timer = MainTimer::new(&core, 1_000_000, move || {
             if let Ok(mut m) = m3.try_borrow_mut() {
@@ -355,15 +286,19 @@ impl PaModule for Receiver {
                 m.publish();
             }
         });
-        let s2 = shared.clone();
-        let listener = thread::Builder::new()
-            .name("opus-tunnel-listen".into())
-            .spawn(move || accept_loop(listener, s2))
-            .map_err(|e| format!("cannot start the listener thread: {e}"))?;
+        let cfg = RecvConfig {
+            anonymous,
+            acl,
+            sink,
+            target_usec: target_ms * 1000,
+            max_connections,
+        };
+        let receiver = rx::Receiver::start(listener, cfg, host)
+            .map_err(|e| format!("cannot start the listener: {e}"))?;
+        let local = receiver.local_addr();
         log::info!("listening for opus tunnels on {local}");
         Ok(Receiver {
-            shared,
-            listener: Some(listener),
+            receiver: Some(receiver),
             _timer: timer,
             _waker: waker,
             main,
@@ -379,58 +314,21 @@ impl PaModule for Receiver {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<RecvShared>) {
-    let mut workers: Vec<JoinHandle<()>> = Vec::new();
-    while !shared.stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                let s = shared.clone();
-                let _ = stream.set_nonblocking(false);
-                match thread::Builder::new()
-                    .name("opus-tunnel-conn".into())
-                    .spawn(move || conn::serve(stream, peer, s))
-                {
-                    Ok(h) => workers.push(h),
-                    Err(e) => {
-                        log::error!("cannot start a thread for {peer}: {e}; connection dropped")
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => {
-                log::warn!("accept failed: {e}");
-                thread::sleep(Duration::from_millis(200));
-            }
-        }
-        workers.retain(|h| !h.is_finished());
-    }
-    for w in workers {
-        let _ = w.join();
-    }
-}
-
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        if let Ok(m) = self.main.try_borrow() {
-            for a in &m.active {
-                a.conn.kill();
-            }
-        }
-        // Refuse the connections that wait for a stream, so their threads end.
-        if let Ok(mut q) = self.shared.pending.lock() {
-            for p in q.drain(..) {
-                let _ = p
-                    .reply
-                    .send(Err((503, "the receiver is shutting down".into())));
-            }
-        }
-        if let Some(l) = self.listener.take() {
-            let _ = l.join();
-        }
+        // Ends every connection (their threads notice within ~200 ms) and joins them; a
+        // request still queued is refused when it is dropped below.
+        drop(self.receiver.take());
         if let Ok(mut m) = self.main.try_borrow_mut() {
+            let pending: Vec<StreamRequest> = match m.host.requests.lock() {
+                Ok(mut q) => q.drain(..).collect(),
+                Err(_) => Vec::new(),
+            };
+            for req in pending {
+                req.into_parts()
+                    .4
+                    .refuse(503, "the receiver is shutting down");
+            }
             m.active.clear();
         }
         log::info!("stopped listening on port {}", self.port);

@@ -7,11 +7,10 @@
 //! and reconnects with back-off when the link is down; the main thread publishes statistics
 //! as sink properties once a second.
 
-mod worker;
-
 use opus_tunnel_core::codec::{self, StreamFormat};
 use opus_tunnel_core::params::{self, Compression, OpusKnobs, ServerAddr, KNOB_KEYS};
 use opus_tunnel_core::samples::SampleFormat;
+use opus_tunnel_core::tx::{self, Feeder, Shared, WorkerConfig};
 use opus_tunnel_pulse::mainloop::MainTimer;
 use opus_tunnel_pulse::module::ModuleInfo;
 use opus_tunnel_pulse::sink::{Sink, SinkConfig, SinkIo};
@@ -19,10 +18,8 @@ use opus_tunnel_pulse::{
     declare_module, ChannelMap, Modargs, ModuleRef, PaModule, Proplist, SampleSpec,
 };
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use worker::{Shared, WorkerConfig};
 
 const USAGE: &std::ffi::CStr = c"sink_name=<name of the local sink> \
 sink_properties=<properties for the sink> \
@@ -69,41 +66,20 @@ pub struct TunnelSink {
     worker: Option<JoinHandle<()>>,
 }
 
-/// The sink's IO-thread side: pushes rendered audio into the ring for the worker.
-struct SenderIo {
-    ring: rtrb::Producer<u8>,
-    shared: Arc<Shared>,
-    frame_bytes: usize,
-}
+/// The sink's IO-thread side: hands rendered audio to the tunnel's worker.
+struct SenderIo(Feeder);
 
 impl SinkIo for SenderIo {
     fn render(&mut self, data: &[u8], running: bool) {
-        if !running {
-            return;
-        }
-        let n = data.len() - data.len() % self.frame_bytes.max(1);
-        match self.ring.write_chunk_uninit(n) {
-            Ok(chunk) => {
-                chunk.fill_from_iter(data[..n].iter().copied());
-            }
-            Err(_) => {
-                // The worker is behind (link stalled): this block is dropped, never waited for.
-                self.shared.stats.overruns.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.shared.wake_worker();
+        self.0.push(data, running);
     }
 
     fn state_changed(&mut self, running: bool) {
-        self.shared.running.store(running, Ordering::SeqCst);
-        self.shared.wake_worker();
+        self.0.set_running(running);
     }
 
     fn extra_latency_usec(&self) -> u64 {
-        let queued = self.ring.buffer().capacity() - self.ring.slots();
-        self.shared.bytes_to_usec(queued)
-            + self.shared.downstream_usec.load(Ordering::Relaxed)
-            + self.shared.remote_usec.load(Ordering::Relaxed)
+        self.0.latency_usec()
     }
 }
 
@@ -202,13 +178,9 @@ impl PaModule for TunnelSink {
         // encoder would refuse rather than the worker later.
         codec::Encoder::new(compression, fmt, &knobs).map_err(|e| format!("codec: {e}"))?;
 
-        let frame_bytes = spec.frame_size();
-        let bytes_per_sec = frame_bytes as u64 * u64::from(rate);
         // Half a second of audio between the IO thread and the worker: room for scheduling
         // hiccups; the worker trims anything beyond its target so latency stays low.
-        let ring_bytes = (bytes_per_sec / 2) as usize;
-        let (producer, consumer) = rtrb::RingBuffer::<u8>::new(ring_bytes);
-        let shared = Arc::new(Shared::new(bytes_per_sec, knobs));
+        let ring_bytes = spec.frame_size() * rate as usize / 2;
         let host = opus_tunnel_pulse::host_name();
         let cfg = WorkerConfig {
             addr: addr.clone(),
@@ -221,9 +193,8 @@ impl PaModule for TunnelSink {
             channel_map: map.to_text(),
             block_usec: u64::from(latency_msec) * 1000,
         };
-        let worker = worker::spawn(cfg, consumer, shared.clone())
+        let (feeder, shared, worker) = tx::start(cfg, knobs, ring_bytes)
             .map_err(|e| format!("cannot start the worker thread: {e}"))?;
-        shared.set_worker(worker.thread().clone());
 
         let mut props = Proplist::new();
         props.set(
@@ -251,11 +222,7 @@ impl PaModule for TunnelSink {
             props.update(p);
         }
         let description = props.get("device.description").unwrap_or_default();
-        let io = SenderIo {
-            ring: producer,
-            shared: shared.clone(),
-            frame_bytes,
-        };
+        let io = SenderIo(feeder);
         let sink = match Sink::new(
             module,
             SinkConfig {
@@ -298,7 +265,11 @@ impl PaModule for TunnelSink {
         let sink = Rc::new(sink);
         let (timer_sink, timer_shared) = (sink.clone(), shared.clone());
         let timer = MainTimer::new(&module.core(), 1_000_000, move || {
-            timer_sink.update_proplist(&timer_shared.stat_properties());
+            let mut p = Proplist::new();
+            for (k, v) in timer_shared.stat_properties() {
+                p.set(&k, &v);
+            }
+            timer_sink.update_proplist(&p);
         });
         Ok(TunnelSink {
             _timer: timer,

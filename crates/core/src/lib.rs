@@ -15,8 +15,11 @@ pub mod framing;
 pub mod handshake;
 pub mod jitter;
 pub mod params;
+pub mod playout;
 pub mod rtp;
+pub mod rx;
 pub mod samples;
 pub mod stats;
+pub mod tx;
 
 pub use rtp::WireError;

@@ -1,31 +1,38 @@
-//! One accepted connection: handshake, then read → deframe → RTP → jitter buffer → decode →
-//! ring, on its own thread. Anything a peer sends that we cannot use closes that connection
-//! with a log line; nothing it sends can panic the daemon or grow memory without bound.
-use crate::RecvShared;
-use opus_tunnel_core::acl::IpAcl;
-use opus_tunnel_core::codec::{self, Decoder, StreamFormat};
-use opus_tunnel_core::framing::{self, Deframer};
-use opus_tunnel_core::handshake::{
+//! The receiving end, independent of the sound server: a thread per accepted connection does
+//! the handshake, then read → deframe → RTP → jitter buffer → decode → ring; the daemon's
+//! real-time thread takes the audio out with [`Playback::pop`]. Anything a peer sends that we
+//! cannot use closes that connection with a log line; nothing it sends can panic or grow
+//! memory without bound. The daemon side is a [`Host`]: it creates the stream for a tunnel.
+use crate::acl::IpAcl;
+use crate::codec::{self, Decoder, StreamFormat};
+use crate::framing::{self, Deframer};
+use crate::handshake::{
     Direction, HandshakeError, HeadReader, Hello, Reply, STATUS_BAD_REQUEST, STATUS_FORBIDDEN,
     STATUS_TOO_MANY_CONNECTIONS, STATUS_UNSUPPORTED_FORMAT, STATUS_VERSION_NOT_SUPPORTED,
 };
-use opus_tunnel_core::jitter::{JitterBuffer, Playout, PushResult};
-use opus_tunnel_core::rtp::{self, Control};
-use opus_tunnel_core::stats::{BitrateMeter, Stats, TunnelState};
-use opus_tunnel_pulse::Proplist;
+use crate::jitter::{JitterBuffer, Playout, PushResult};
+use crate::rtp::{self, Control};
+use crate::stats::{BitrateMeter, Stats, TunnelState};
 use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// The receiver's settings from its module arguments.
 pub struct RecvConfig {
+    /// Accept any peer (`auth-anonymous`).
     pub anonymous: bool,
+    /// Peers allowed by address (`auth-ip-acl`).
     pub acl: Option<IpAcl>,
+    /// The device tunnels play on when the sender names none (`None`: the default).
     pub sink: Option<String>,
+    /// Receive buffer target, µs.
     pub target_usec: u64,
+    /// Concurrent connections; one more is refused with 503.
     pub max_connections: usize,
 }
 
@@ -40,12 +47,19 @@ const RING_SECONDS: u64 = 2;
 
 /// What the connection thread shares with the main thread and the sink's IO thread.
 pub struct ConnShared {
+    /// `<sender's name>@<sender's host>`, for log lines.
     pub label: String,
+    /// Sample rate of the stream.
     pub rate: u32,
+    /// Channels of the stream.
     pub channels: u8,
+    /// Channel map in PulseAudio's text form, as the sender gave it.
     pub channel_map: String,
+    /// The device the sender asked for (`None`: the receiver's choice).
     pub device: Option<String>,
+    /// Receive buffer target, µs.
     pub target_usec: u64,
+    /// Counters of this connection.
     pub stats: Stats,
     /// The connection ended (set by its thread).
     pub closed: AtomicBool,
@@ -60,18 +74,26 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
+    /// Ends the connection (its stream was killed, or the receiver stops).
     pub fn kill(&self) {
         self.killed.store(true, Ordering::SeqCst);
+    }
+
+    /// The connection has ended; its stream should go.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     fn killed(&self) -> bool {
         self.killed.load(Ordering::SeqCst)
     }
 
+    /// Records the ring's fill level (samples) after a pop.
     pub fn set_fill(&self, samples: usize) {
         self.fill.store(samples as u64, Ordering::Relaxed);
     }
 
+    /// Interleaved samples of this stream as a duration, µs.
     pub fn samples_to_usec(&self, samples: usize) -> u64 {
         let per_sec = u64::from(self.rate) * u64::from(self.channels);
         samples as u64 * 1_000_000 / per_sec.max(1)
@@ -81,8 +103,9 @@ impl ConnShared {
         self.samples_to_usec(self.fill.load(Ordering::Relaxed) as usize)
     }
 
-    /// The statistics as stream properties (main thread).
-    pub fn stat_properties(&self) -> Proplist {
+    /// The statistics as `opus.tunnel.*` properties (call about once a second: the bitrate is
+    /// measured between calls).
+    pub fn stat_properties(&self) -> Vec<(String, String)> {
         let s = self.stats.snapshot();
         let bitrate = match self.meter.lock() {
             Ok(mut m) => m.sample(Instant::now(), s.bytes_received),
@@ -93,32 +116,191 @@ impl ConnShared {
         } else {
             s.state
         };
-        let mut p = Proplist::new();
-        p.set("opus.tunnel.state", state.as_str());
-        p.set("opus.tunnel.peer", &self.peer.to_string());
-        p.set("opus.tunnel.bitrate", &bitrate.to_string());
-        p.set("opus.tunnel.latency_usec", &self.latency_usec().to_string());
-        p.set(
-            "opus.tunnel.target_latency_usec",
-            &self.target_usec.to_string(),
-        );
-        p.set("opus.tunnel.underruns", &s.underruns.to_string());
-        p.set("opus.tunnel.overruns", &s.overruns.to_string());
-        p.set("opus.tunnel.plc_frames", &s.plc_frames.to_string());
-        p.set("opus.tunnel.late_packets", &s.late_packets.to_string());
-        p.set("opus.tunnel.bytes_received", &s.bytes_received.to_string());
-        p
+        vec![
+            ("opus.tunnel.state".into(), state.as_str().into()),
+            ("opus.tunnel.peer".into(), self.peer.to_string()),
+            ("opus.tunnel.bitrate".into(), bitrate.to_string()),
+            (
+                "opus.tunnel.latency_usec".into(),
+                self.latency_usec().to_string(),
+            ),
+            (
+                "opus.tunnel.target_latency_usec".into(),
+                self.target_usec.to_string(),
+            ),
+            ("opus.tunnel.underruns".into(), s.underruns.to_string()),
+            ("opus.tunnel.overruns".into(), s.overruns.to_string()),
+            ("opus.tunnel.plc_frames".into(), s.plc_frames.to_string()),
+            (
+                "opus.tunnel.late_packets".into(),
+                s.late_packets.to_string(),
+            ),
+            (
+                "opus.tunnel.bytes_received".into(),
+                s.bytes_received.to_string(),
+            ),
+        ]
     }
 }
 
-/// A handshaken tunnel waiting for the main thread to create its stream.
-pub struct Pending {
+/// What the sound server does for the receiver (implemented by each daemon's module).
+pub trait Host: Send + Sync + 'static {
+    /// A tunnel passed its handshake: create a playback stream fed by the request's
+    /// [`Playback`] on `conn.device` (or the host's default), then answer through the
+    /// [`Replier`] — from any thread, within 5 s.
+    fn open(&self, req: StreamRequest);
+    /// A connection ended: the host should remove the streams whose
+    /// [`ConnShared::is_closed`] is true.
+    fn changed(&self);
+}
+
+/// A handshaken tunnel waiting for its stream.
+pub struct StreamRequest {
+    /// The connection's shared state (format, statistics, flags).
     pub conn: Arc<ConnShared>,
-    pub ring: rtrb::Consumer<f32>,
-    pub hello_name: String,
+    /// The real-time side of the stream: hand it to the stream's callback.
+    pub playback: Playback,
+    /// `<sender's sink> on <sender's host>`.
+    pub media_name: String,
+    /// Properties for the stream (peer, remote name, codec).
     pub props: Vec<(String, String)>,
-    /// The sink's name, or a refusal (status, reason).
-    pub reply: mpsc::Sender<Result<String, (u16, String)>>,
+    reply: mpsc::Sender<Result<String, (u16, String)>>,
+}
+
+impl StreamRequest {
+    /// Splits the request; the [`Replier`] answers the peer.
+    pub fn into_parts(
+        self,
+    ) -> (
+        Arc<ConnShared>,
+        Playback,
+        String,
+        Vec<(String, String)>,
+        Replier,
+    ) {
+        (
+            self.conn,
+            self.playback,
+            self.media_name,
+            self.props,
+            Replier(self.reply),
+        )
+    }
+}
+
+/// Answers a [`StreamRequest`].
+pub struct Replier(mpsc::Sender<Result<String, (u16, String)>>);
+
+impl Replier {
+    /// The stream plays on `device`.
+    pub fn accept(self, device: &str) {
+        let _ = self.0.send(Ok(device.to_string()));
+    }
+
+    /// No stream: the peer gets `status` (e.g. 404) and `reason`.
+    pub fn refuse(self, status: u16, reason: &str) {
+        let _ = self.0.send(Err((status, reason.to_string())));
+    }
+}
+
+/// The receiver: listener thread, connection threads, limits. Dropping it stops all of them
+/// (connections end within ~200 ms).
+pub struct Receiver {
+    shared: Arc<RecvShared>,
+    listener: Option<JoinHandle<()>>,
+    local: SocketAddr,
+}
+
+struct RecvShared {
+    stop: AtomicBool,
+    connections: AtomicUsize,
+    cfg: RecvConfig,
+    host: Arc<dyn Host>,
+    live: Mutex<Vec<Arc<ConnShared>>>,
+}
+
+impl Receiver {
+    /// Serves tunnels arriving on `listener` (already bound) through `host`.
+    pub fn start(
+        listener: TcpListener,
+        cfg: RecvConfig,
+        host: Arc<dyn Host>,
+    ) -> std::io::Result<Receiver> {
+        let local = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let shared = Arc::new(RecvShared {
+            stop: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            cfg,
+            host,
+            live: Mutex::new(Vec::new()),
+        });
+        let s2 = shared.clone();
+        let listener = thread::Builder::new()
+            .name("opus-tunnel-listen".into())
+            .spawn(move || accept_loop(listener, s2))?;
+        Ok(Receiver {
+            shared,
+            listener: Some(listener),
+            local,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Connections currently open (handshaking or streaming).
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Ok(live) = self.shared.live.lock() {
+            for c in live.iter() {
+                c.kill();
+            }
+        }
+        if let Some(l) = self.listener.take() {
+            let _ = l.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<RecvShared>) {
+    let mut workers: Vec<JoinHandle<()>> = Vec::new();
+    while !shared.stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let s = shared.clone();
+                let _ = stream.set_nonblocking(false);
+                match thread::Builder::new()
+                    .name("opus-tunnel-conn".into())
+                    .spawn(move || serve(stream, peer, s))
+                {
+                    Ok(h) => workers.push(h),
+                    Err(e) => {
+                        log::error!("cannot start a thread for {peer}: {e}; connection dropped")
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(200));
+            }
+        }
+        workers.retain(|h| !h.is_finished());
+    }
+    for w in workers {
+        let _ = w.join();
+    }
 }
 
 /// Counts this connection among the open ones for as long as it lives.
@@ -179,7 +361,7 @@ fn read_hello(stream: &mut TcpStream, stop: &AtomicBool) -> Result<(Hello, Vec<u
     }
 }
 
-pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
+fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
     let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
     let _slot = Slot(&shared);
     let cfg = &shared.cfg;
@@ -213,10 +395,8 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
                 STATUS_VERSION_NOT_SUPPORTED,
                 format!("protocol version {theirs} is not supported"),
             );
-            r.fields.insert(
-                "Supported".into(),
-                opus_tunnel_core::handshake::VERSION.to_string(),
-            );
+            r.fields
+                .insert("Supported".into(), crate::handshake::VERSION.to_string());
             log::warn!("refused a tunnel from {peer}: it speaks protocol version {theirs}");
             let _ = stream.write_all(r.to_text().as_bytes());
             return;
@@ -284,18 +464,17 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         ("opus.tunnel.remote_host".to_string(), hello.host.clone()),
         ("compression".to_string(), hello.codec.as_str().to_string()),
     ];
-    let pending = Pending {
+    if let Ok(mut live) = shared.live.lock() {
+        live.retain(|c| !c.is_closed());
+        live.push(conn.clone());
+    }
+    shared.host.open(StreamRequest {
         conn: conn.clone(),
-        ring: consumer,
-        hello_name: format!("{} on {}", hello.name, hello.host),
+        playback: Playback::new(conn.clone(), consumer),
+        media_name: format!("{} on {}", hello.name, hello.host),
         props,
         reply: tx,
-    };
-    match shared.pending.lock() {
-        Ok(mut q) => q.push_back(pending),
-        Err(_) => return,
-    }
-    shared.wake_main();
+    });
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let answer = loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
@@ -315,7 +494,7 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         Err((status, reason)) => {
             refuse(&mut stream, peer, status, &reason);
             conn.closed.store(true, Ordering::SeqCst);
-            shared.wake_main();
+            shared.host.changed();
             return;
         }
     };
@@ -323,7 +502,7 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
     ok.fields.insert("Device".into(), sink.clone());
     if stream.write_all(ok.to_text().as_bytes()).is_err() {
         conn.closed.store(true, Ordering::SeqCst);
-        shared.wake_main();
+        shared.host.changed();
         return;
     }
     log::info!(
@@ -344,7 +523,7 @@ pub fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
     conn.stats.set_state(TunnelState::Closed);
     conn.closed.store(true, Ordering::SeqCst);
     let _ = stream.shutdown(std::net::Shutdown::Both);
-    shared.wake_main();
+    shared.host.changed();
 }
 
 /// The receive pipeline of one connection.
@@ -541,5 +720,88 @@ impl Receive {
         if let Ok(chunk) = self.ring.write_chunk_uninit(n) {
             chunk.fill_from_iter(self.pcm[..n].iter().copied());
         }
+    }
+}
+
+/// The stream's side on the daemon's real-time thread: takes decoded audio out of the ring,
+/// holding the fill level near the target (start when the target is reached; after an
+/// underrun, silence until it is reached again; above target + max(target, 60 ms), the excess
+/// is dropped so that a network stall does not leave a permanent delay). Lock-free and
+/// allocation-free.
+pub struct Playback {
+    conn: Arc<ConnShared>,
+    ring: rtrb::Consumer<f32>,
+    buffering: bool,
+    target: usize,
+    high: usize,
+}
+
+impl Playback {
+    fn new(conn: Arc<ConnShared>, ring: rtrb::Consumer<f32>) -> Playback {
+        let per_sec = u64::from(conn.rate) * u64::from(conn.channels);
+        let target = (per_sec * conn.target_usec / 1_000_000) as usize;
+        let slack = (per_sec * conn.target_usec.max(60_000) / 1_000_000) as usize;
+        Playback {
+            conn,
+            ring,
+            buffering: true,
+            target,
+            high: target + slack,
+        }
+    }
+
+    /// Fills `out` (interleaved samples) completely, with silence where nothing is there.
+    pub fn pop(&mut self, out: &mut [f32]) {
+        self.pop_with(out.len(), |i, v| out[i] = v);
+    }
+
+    /// Fills `out` with float32 little-endian samples (PulseAudio's `float32le`).
+    pub fn pop_bytes(&mut self, out: &mut [u8]) {
+        let n = out.len() / 4;
+        self.pop_with(n, |i, v| {
+            out[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes())
+        });
+    }
+
+    fn pop_with(&mut self, want: usize, mut put: impl FnMut(usize, f32)) {
+        let ch = usize::from(self.conn.channels.max(1));
+        let avail = self.ring.slots();
+        if self.buffering {
+            if avail >= self.target.max(want) {
+                self.buffering = false;
+            } else {
+                (0..want).for_each(|i| put(i, 0.0));
+                return;
+            }
+        }
+        let take = (avail.min(want) / ch) * ch;
+        if let Ok(chunk) = self.ring.read_chunk(take) {
+            let (a, b) = chunk.as_slices();
+            for (i, v) in a.iter().chain(b.iter()).enumerate() {
+                put(i, *v);
+            }
+            chunk.commit_all();
+        }
+        if take < want {
+            (take..want).for_each(|i| put(i, 0.0));
+            if !self.conn.paused.load(Ordering::Relaxed) {
+                self.conn.stats.underruns.fetch_add(1, Ordering::Relaxed);
+            }
+            self.buffering = true;
+        }
+        let left = self.ring.slots();
+        if left > self.high {
+            let drop_n = ((left - self.target) / ch) * ch;
+            if let Ok(c) = self.ring.read_chunk(drop_n) {
+                c.commit_all();
+            }
+            self.conn.stats.overruns.fetch_add(1, Ordering::Relaxed);
+        }
+        self.conn.set_fill(self.ring.slots());
+    }
+
+    /// Audio waiting in the ring, µs.
+    pub fn queued_usec(&self) -> u64 {
+        self.conn.samples_to_usec(self.ring.slots())
     }
 }

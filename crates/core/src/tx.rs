@@ -1,14 +1,15 @@
-//! The tunnel's worker thread: everything that may block or allocate — connecting, the
-//! handshake, sample conversion, encoding, sending, reconnecting — away from the daemon's
-//! threads. A second small thread per connection reads what the receiver sends back.
-use opus_tunnel_core::codec::{Encoder, StreamFormat};
-use opus_tunnel_core::framing::{self, Deframer};
-use opus_tunnel_core::handshake::{Direction, HeadReader, Hello, Reply, VERSION};
-use opus_tunnel_core::params::{Backoff, Compression, OpusKnobs, ServerAddr};
-use opus_tunnel_core::rtp::{self, Control, RtpSender};
-use opus_tunnel_core::samples::SampleFormat;
-use opus_tunnel_core::stats::{BitrateMeter, Stats, TunnelState};
-use opus_tunnel_pulse::Proplist;
+//! The sending end of a play tunnel, independent of the sound server: a [`Feeder`] that the
+//! daemon's real-time thread pushes rendered audio into (lock-free, never blocking), and a
+//! worker thread that does everything that may block or allocate — connecting, the handshake,
+//! sample conversion, encoding, sending, reconnecting with back-off. A second small thread per
+//! connection reads what the receiver sends back (reports, goodbyes).
+use crate::codec::{Encoder, StreamFormat};
+use crate::framing::{self, Deframer};
+use crate::handshake::{Direction, HeadReader, Hello, Reply, VERSION};
+use crate::params::{Backoff, Compression, OpusKnobs, ServerAddr};
+use crate::rtp::{self, Control, RtpSender};
+use crate::samples::SampleFormat;
+use crate::stats::{BitrateMeter, Stats, TunnelState};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -32,6 +33,7 @@ pub struct Shared {
     stop: AtomicBool,
     /// A stream plays into the sink (set by the IO thread).
     pub running: AtomicBool,
+    /// Counters of this tunnel.
     pub stats: Stats,
     /// Audio waiting in the worker for a full codec frame, µs.
     pub downstream_usec: AtomicU64,
@@ -48,6 +50,7 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Shared state for a tunnel whose device produces `bytes_per_sec`.
     pub fn new(bytes_per_sec: u64, knobs: OpusKnobs) -> Shared {
         Shared {
             stop: AtomicBool::new(false),
@@ -65,6 +68,7 @@ impl Shared {
         }
     }
 
+    /// The worker thread to wake when audio arrives.
     pub fn set_worker(&self, t: Thread) {
         let _ = self.worker.set(t);
     }
@@ -76,6 +80,7 @@ impl Shared {
         }
     }
 
+    /// Tells the worker to stop (it says goodbye to the receiver first).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.wake_worker();
@@ -104,47 +109,141 @@ impl Shared {
         self.stop.load(Ordering::SeqCst)
     }
 
+    /// Bytes of device audio as a duration, µs.
     pub fn bytes_to_usec(&self, bytes: usize) -> u64 {
         bytes as u64 * 1_000_000 / self.bytes_per_sec
     }
 
-    /// The statistics as sink properties (main thread, once a second).
-    pub fn stat_properties(&self) -> Proplist {
+    /// The statistics as `opus.tunnel.*` properties (call about once a second: the bitrate is
+    /// measured between calls).
+    pub fn stat_properties(&self) -> Vec<(String, String)> {
         let s = self.stats.snapshot();
         let bitrate = match self.meter.lock() {
             Ok(mut m) => m.sample(Instant::now(), s.bytes_sent),
             Err(_) => 0,
         };
-        let mut p = Proplist::new();
-        p.set("opus.tunnel.state", s.state.as_str());
-        p.set("opus.tunnel.bitrate", &bitrate.to_string());
-        p.set("opus.tunnel.bytes_sent", &s.bytes_sent.to_string());
-        p.set("opus.tunnel.packets_sent", &s.packets_sent.to_string());
-        p.set("opus.tunnel.reconnects", &s.reconnects.to_string());
-        p.set("opus.tunnel.dropped_frames", &s.dropped_frames.to_string());
-        p.set("opus.tunnel.overruns", &s.overruns.to_string());
+        let mut p = vec![
+            (
+                "opus.tunnel.state".to_string(),
+                s.state.as_str().to_string(),
+            ),
+            ("opus.tunnel.bitrate".to_string(), bitrate.to_string()),
+            (
+                "opus.tunnel.bytes_sent".to_string(),
+                s.bytes_sent.to_string(),
+            ),
+            (
+                "opus.tunnel.packets_sent".to_string(),
+                s.packets_sent.to_string(),
+            ),
+            (
+                "opus.tunnel.reconnects".to_string(),
+                s.reconnects.to_string(),
+            ),
+            (
+                "opus.tunnel.dropped_frames".to_string(),
+                s.dropped_frames.to_string(),
+            ),
+            ("opus.tunnel.overruns".to_string(), s.overruns.to_string()),
+        ];
         if let Ok(r) = self.remote.lock() {
             for (k, v) in r.iter() {
-                p.set(&format!("opus.tunnel.remote.{k}"), v);
+                p.push((format!("opus.tunnel.remote.{k}"), v.clone()));
             }
         }
         p
     }
 }
 
+/// The real-time side of a play tunnel: the daemon's IO thread pushes every rendered block
+/// here. Lock-free and allocation-free; when the worker is behind (link stalled) the block is
+/// dropped and counted, never waited for.
+pub struct Feeder {
+    ring: rtrb::Producer<u8>,
+    shared: Arc<Shared>,
+    frame_bytes: usize,
+}
+
+impl Feeder {
+    /// `data`: whole frames in the tunnel's sample format. `running`: a stream plays into the
+    /// device (otherwise the data is silence and is not sent).
+    pub fn push(&mut self, data: &[u8], running: bool) {
+        if !running {
+            return;
+        }
+        let n = data.len() - data.len() % self.frame_bytes.max(1);
+        match self.ring.write_chunk_uninit(n) {
+            Ok(chunk) => {
+                chunk.fill_from_iter(data[..n].iter().copied());
+            }
+            Err(_) => {
+                self.shared.stats.overruns.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.shared.wake_worker();
+    }
+
+    /// The device started or stopped running.
+    pub fn set_running(&mut self, running: bool) {
+        self.shared.running.store(running, Ordering::SeqCst);
+        self.shared.wake_worker();
+    }
+
+    /// Audio downstream of the device: the ring, the partial codec frame and the receiver's
+    /// buffer as it last reported, µs.
+    pub fn latency_usec(&self) -> u64 {
+        let queued = self.ring.buffer().capacity() - self.ring.slots();
+        self.shared.bytes_to_usec(queued)
+            + self.shared.downstream_usec.load(Ordering::Relaxed)
+            + self.shared.remote_usec.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts a play tunnel's worker. `ring_bytes` is the capacity between the device and the
+/// worker (half a second is plenty). Returns the real-time side, the shared state and the
+/// worker's handle (stop it with [`Shared::stop_and_join`]).
+pub fn start(
+    cfg: WorkerConfig,
+    knobs: OpusKnobs,
+    ring_bytes: usize,
+) -> std::io::Result<(Feeder, Arc<Shared>, JoinHandle<()>)> {
+    let frame_bytes = cfg.sample_format.bytes_per_sample() * usize::from(cfg.fmt.channels);
+    let bytes_per_sec = frame_bytes as u64 * u64::from(cfg.fmt.rate);
+    let (producer, consumer) = rtrb::RingBuffer::<u8>::new(ring_bytes);
+    let shared = Arc::new(Shared::new(bytes_per_sec, knobs));
+    let worker = spawn(cfg, consumer, shared.clone())?;
+    shared.set_worker(worker.thread().clone());
+    let feeder = Feeder {
+        ring: producer,
+        shared: shared.clone(),
+        frame_bytes,
+    };
+    Ok((feeder, shared, worker))
+}
+
+/// What a play tunnel's worker needs to know.
 pub struct WorkerConfig {
+    /// The receiver.
     pub addr: ServerAddr,
+    /// The device to play on at the receiver (`None`: its choice).
     pub remote_sink: Option<String>,
+    /// Our device's name (the receiver names the stream after it).
     pub name: String,
+    /// Our host name.
     pub host: String,
+    /// Opus or L16.
     pub compression: Compression,
+    /// Rate and channels.
     pub fmt: StreamFormat,
+    /// The device's sample format (what the feeder receives).
     pub sample_format: SampleFormat,
+    /// Channel map, PulseAudio's text form.
     pub channel_map: String,
+    /// The device's block, µs (bounds how much audio the worker keeps queued).
     pub block_usec: u64,
 }
 
-pub fn spawn(
+fn spawn(
     cfg: WorkerConfig,
     ring: rtrb::Consumer<u8>,
     shared: Arc<Shared>,
