@@ -1,0 +1,417 @@
+//! Simulation of the drift-correction control loop ([`Controller`]) against clocks with a
+//! fixed skew, network jitter, stalls and device periods of 5–40 ms.
+//!
+//! The audio part is replaced by a counting model of the resampler (output frames =
+//! input × ratio, fractional phase carried over), so a simulated day takes about a second in
+//! release mode. Simulated length: `PLAYOUT_SIM_HOURS` (default 24 in release builds, 1 in
+//! debug builds, where the 24-hour run would take minutes).
+//!
+//! Per case it prints: the convergence time, underruns (device ran dry), overruns (slews),
+//! concealments (stream late: stalls longer than the buffer), and from t = 20 s on: the
+//! latency error RMS (the controller's latency against its target), the true latency wander
+//! (RMS about its mean, computed from the exact clocks) and its bias, and the ratio error
+//! RMS against the exact ratio of the two clocks, in ppm.
+
+use opus_tunnel_core::playout::{Controller, PlayoutConfig, PlayoutState};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const RATE: u32 = 48_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    skew_ppm: f64,
+    packet_ms: f64,
+    period_ms: f64,
+    jitter_ms: f64,
+    stall_every_s: f64,
+    stall_ms: f64,
+    target_ms: u64,
+    hours: f64,
+    seed: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    conv_s: f64,
+    underruns: u64,
+    overruns: u64,
+    concealments: u64,
+    stalls: u64,
+    est_err_rms_ms: f64,
+    true_wander_rms_ms: f64,
+    true_bias_ms: f64,
+    ratio_err_rms_ppm: f64,
+    ratio_step_rms_ppm: f64,
+    final_target_ms: f64,
+    drift_ppm: f64,
+}
+
+struct Net {
+    next_stall: f64,
+    stall_start: f64,
+    stall_end: f64,
+    stalls: u64,
+    last: f64,
+    fs: f64,
+    pkt: u64,
+    base_delay: f64,
+    jit: f64,
+    c: Case,
+}
+
+impl Net {
+    /// Arrival time of packet `k`: sent when its audio is complete, delayed by the base delay
+    /// and 0–jitter, held back by a stall, and never before the previous one (TCP order).
+    fn arrival(&mut self, k: u64, rng: &mut StdRng) -> f64 {
+        let send = (k + 1) as f64 * self.pkt as f64 / self.fs;
+        if send >= self.next_stall {
+            self.stall_start = self.next_stall;
+            self.stall_end = self.next_stall + self.c.stall_ms / 1000.0;
+            self.next_stall += self.c.stall_every_s * (0.5 + rng.gen::<f64>());
+            self.stalls += 1;
+        }
+        let mut t = send + self.base_delay + rng.gen::<f64>() * self.jit;
+        if send >= self.stall_start && send < self.stall_end {
+            t = t.max(self.stall_end + self.base_delay + rng.gen::<f64>() * self.jit);
+        }
+        t = t.max(self.last);
+        self.last = t;
+        t
+    }
+}
+
+fn simulate(c: Case) -> Figures {
+    let mut rng = StdRng::seed_from_u64(c.seed);
+    let f = f64::from(RATE);
+    // Sender clock slow by skew/2, device fast by skew/2: the device consumes
+    // (1+skew) times what the sender produces.
+    let a = -c.skew_ppm * 0.5e-6;
+    let b = c.skew_ppm * 0.5e-6;
+    let fs = f * (1.0 + a);
+    let fd = f * (1.0 + b);
+    let r_true = fd / fs;
+    let pkt = (c.packet_ms * f / 1000.0).round() as u64;
+    let per = (c.period_ms * f / 1000.0).round() as u64;
+    let base_delay = 0.005;
+    let jit = c.jitter_ms / 1000.0;
+    let sched_jit = 0.0005;
+    let end_t = c.hours * 3600.0;
+
+    let cfg = PlayoutConfig {
+        rate: RATE,
+        channels: 2,
+        target_usec: c.target_ms * 1000,
+        max_usec: 1_000_000,
+    };
+    let chunk = (RATE / 200) as usize;
+    let delay = 32.0; // 64-tap sinc: half the filter
+    let mut ctl = Controller::new(cfg, chunk, delay).unwrap();
+
+    // Sender / network.
+    let ts0: u32 = rng.gen();
+    let mut k: u64 = 0;
+    let mut net = Net {
+        next_stall: if c.stall_every_s > 0.0 {
+            30.0 + rng.gen::<f64>() * c.stall_every_s
+        } else {
+            f64::INFINITY
+        },
+        stall_start: -1.0,
+        stall_end: -1.0,
+        stalls: 0,
+        last: 0.0,
+        fs,
+        pkt,
+        base_delay,
+        jit,
+        c,
+    };
+    let mut next_arrival = net.arrival(k, &mut rng);
+    // Device.
+    let dev_start = 0.3;
+    let mut j: u64 = 0;
+    let mut next_pop = dev_start;
+    let mut consumed = 0u64;
+    let mut missing = 0u64;
+    let mut report: Option<(u64, u64, u64)> = None;
+    let mut reported_t = 0u64;
+    // Worker timer.
+    let mut next_timer = 0.01;
+    // Resampler model.
+    let mut phase = 0.0f64;
+
+    // Metrics.
+    let mut n = 0u64;
+    let mut est_sq = 0.0;
+    let mut tl_sum = 0.0;
+    let mut tl_sq = 0.0;
+    let mut r_sq = 0.0;
+    let mut step_sq = 0.0;
+    let mut last_ratio = 1.0;
+    let mut last_bad = 0.0f64;
+    let mut underruns_after = 0u64;
+    let mut overruns_after = 0u64;
+    let mut conceal_after = 0u64;
+    let metric_from = 20.0;
+    // Exact lines: stream end position by mean arrival time, device frames consumed.
+    let s0 = (1u64 << 40) as f64 + f64::from(ts0);
+    let jit_mean = jit / 2.0;
+    let trace = std::env::var("PLAYOUT_SIM_TRACE").is_ok() && c.seed.to_string() == std::env::var("PLAYOUT_SIM_TRACE").unwrap_or_default();
+    let per_sec = (1000.0 / c.period_ms) as u64;
+    let to_us = |t: f64| (t * 1e6) as u64 + 1_000_000;
+
+    loop {
+        let t = next_arrival.min(next_pop).min(next_timer);
+        if t > end_t {
+            break;
+        }
+        if t == next_pop {
+            // The IO thread pops one period and publishes its counters.
+            let ring = ctl.produced() - consumed;
+            let take = ring.min(per);
+            consumed += take;
+            missing += per - take;
+            report = Some((to_us(t), consumed, missing));
+            j += 1;
+            next_pop = dev_start + j as f64 * per as f64 / fd + rng.gen::<f64>() * sched_jit;
+            // Metrics at each pop, from the worker's view of the last wake.
+            if t > metric_from && ctl.state() != PlayoutState::Buffering {
+                let est_err = ctl.latency_usec(to_us(t)) as f64 / 1000.0
+                    - ctl.setpoint_frames() / f * 1000.0;
+                let s_true = s0 + (t - base_delay - jit_mean) * fs;
+                let c_true = (t - dev_start - sched_jit / 2.0) * fd + per as f64 - missing as f64;
+                let lat_true = s_true - ctl.read_position()
+                    + ctl.delay_frames()
+                    + (ctl.produced() as f64 - c_true) / ctl.ratio();
+                let tl = (lat_true - ctl.setpoint_frames()) / f * 1000.0;
+                n += 1;
+                est_sq += est_err * est_err;
+                tl_sum += tl;
+                tl_sq += tl * tl;
+                let re = (ctl.ratio() - r_true) * 1e6;
+                r_sq += re * re;
+                let st = (ctl.ratio() - last_ratio) * 1e6;
+                step_sq += st * st;
+            }
+            if trace && j % (per_sec * 30).max(1) == 0 {
+                eprintln!(
+                    "t={t:8.1} ratio_ppm={:9.3} ff_ppm={:9.3} srate_ppm={:9.3} drate_ppm={:9.3} lat_ms={:8.3} tgt={:6.1} sj={:.4} dj={:.4}",
+                    (ctl.ratio() - 1.0) * 1e6,
+                    (ctl.device_dll().rate() / ctl.stream_dll().rate() - 1.0) * 1e6,
+                    (ctl.stream_dll().rate() / f - 1.0) * 1e6,
+                    (ctl.device_dll().rate() / f - 1.0) * 1e6,
+                    ctl.latency_usec(to_us(t)) as f64 / 1000.0,
+                    ctl.target_frames() / f * 1000.0,
+                    ctl.stream_dll().jitter_sec() * 1000.0,
+                    ctl.device_dll().jitter_sec() * 1000.0,
+                );
+            }
+            last_ratio = ctl.ratio();
+            continue;
+        }
+        // The worker wakes: a packet, or its timer.
+        let now = to_us(t);
+        if let Some((rt, cons, miss)) = report {
+            if rt != reported_t {
+                reported_t = rt;
+                let before = ctl.stats();
+                ctl.on_device(rt, cons, miss);
+                let after = ctl.stats();
+                if t > metric_from {
+                    underruns_after += after.underruns - before.underruns;
+                }
+            }
+        }
+        if t == next_arrival {
+            // The controller takes unwrapped positions (the Playout unwraps RTP itself).
+            let pos = (1i64 << 40) + i64::from(ts0) + (k * pkt) as i64;
+            ctl.on_packet(now, pos, pkt);
+            k += 1;
+            next_arrival = net.arrival(k, &mut rng);
+        } else {
+            next_timer = t + 0.01;
+        }
+        while let Some(nc) = ctl.conceal_needed(now) {
+            let before = ctl.stats().concealments;
+            ctl.on_conceal(nc as u64);
+            if t > metric_from {
+                conceal_after += ctl.stats().concealments - before;
+            }
+        }
+        let before = ctl.stats().overruns;
+        let plan = ctl.plan();
+        let mut left = plan.feed_frames;
+        while left >= chunk as u64 {
+            phase += chunk as f64 * plan.ratio;
+            let out = phase.floor();
+            phase -= out;
+            ctl.on_produced(chunk as u64, out as u64);
+            left -= chunk as u64;
+        }
+        if t > metric_from {
+            overruns_after += ctl.stats().overruns - before;
+        }
+        // Convergence: controller latency within 1 ms and ratio within 100 ppm.
+        if ctl.state() != PlayoutState::Locked
+            || ((ctl.latency_usec(now) as f64 - ctl.setpoint_frames() / f * 1e6).abs() > 1000.0
+                && t - net.stall_end > 5.0)
+            || ((ctl.ratio() - r_true).abs() > 100e-6 && t - net.stall_end > 5.0)
+        {
+            if t < 600.0 {
+                last_bad = t;
+            }
+        }
+    }
+    let nn = n.max(1) as f64;
+    let mean = tl_sum / nn;
+    Figures {
+        conv_s: last_bad,
+        underruns: underruns_after,
+        overruns: overruns_after,
+        concealments: conceal_after,
+        stalls: net.stalls,
+        est_err_rms_ms: (est_sq / nn).sqrt(),
+        true_wander_rms_ms: (tl_sq / nn - mean * mean).max(0.0).sqrt(),
+        true_bias_ms: mean,
+        ratio_err_rms_ppm: (r_sq / nn).sqrt(),
+        ratio_step_rms_ppm: (step_sq / nn).sqrt(),
+        final_target_ms: ctl.target_frames() / f * 1000.0,
+        drift_ppm: ctl.stats().drift_ppm,
+    }
+}
+
+fn hours() -> f64 {
+    if let Ok(h) = std::env::var("PLAYOUT_SIM_HOURS") {
+        if let Ok(h) = h.parse::<f64>() {
+            return h;
+        }
+    }
+    if cfg!(debug_assertions) {
+        1.0
+    } else {
+        24.0
+    }
+}
+
+fn run_cases(cases: Vec<Case>) -> Vec<(Case, Figures)> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = cases
+            .into_iter()
+            .map(|c| s.spawn(move || (c, simulate(c))))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn print_and_check(results: &[(Case, Figures)], check_underruns: bool) {
+    println!(
+        "{:>6} {:>5} {:>5} {:>6} | {:>6} {:>4} {:>4} {:>5}/{:<5} | {:>8} {:>8} {:>7} | {:>8} {:>8} | {:>6} {:>9}",
+        "skew", "pkt", "per", "target", "conv_s", "und", "ovr", "conc", "stall",
+        "estRMSms", "trueRMS", "bias", "rErrPPM", "rStepPPM", "tgt_ms", "drift_ppm"
+    );
+    let mut fails = Vec::new();
+    for (c, f) in results {
+        println!(
+            "{:>6} {:>5} {:>5} {:>6} | {:>6.1} {:>4} {:>4} {:>5}/{:<5} | {:>8.4} {:>8.4} {:>7.3} | {:>8.4} {:>8.4} | {:>6.1} {:>9.2}",
+            c.skew_ppm, c.packet_ms, c.period_ms, c.target_ms, f.conv_s, f.underruns, f.overruns,
+            f.concealments, f.stalls, f.est_err_rms_ms, f.true_wander_rms_ms, f.true_bias_ms,
+            f.ratio_err_rms_ppm, f.ratio_step_rms_ppm, f.final_target_ms, f.drift_ppm
+        );
+        let mut why = Vec::new();
+        if f.conv_s > 20.0 {
+            why.push("converged after 20 s");
+        }
+        if check_underruns && f.underruns > 0 {
+            why.push("underruns");
+        }
+        if f.overruns > 0 {
+            why.push("overruns");
+        }
+        if f.est_err_rms_ms > 0.5 || f.true_wander_rms_ms > 0.5 {
+            why.push("latency error RMS ≥ 0.5 ms");
+        }
+        if f.ratio_err_rms_ppm > 1.0 {
+            why.push("ratio jitter ≥ 1 ppm RMS");
+        }
+        if !why.is_empty() {
+            fails.push(format!("{c:?}: {}", why.join(", ")));
+        }
+    }
+    assert!(fails.is_empty(), "failed cases:\n{}", fails.join("\n"));
+}
+
+/// The matrix of the issue: skews ±2000, ±500, 0 ppm × device periods 5–40 ms, 20 ms
+/// packets, 0–20 ms jitter, a 100 ms stall every ~10 minutes, target 150 ms (a buffer
+/// that rides out the stalls).
+#[test]
+fn drift_matrix() {
+    let h = hours();
+    println!("simulated hours per case: {h}");
+    let mut cases = Vec::new();
+    let mut seed = 1;
+    for skew in [-2000.0, -500.0, 0.0, 500.0, 2000.0] {
+        for period in [5.0, 10.0, 20.0, 40.0] {
+            cases.push(Case {
+                skew_ppm: skew,
+                packet_ms: 20.0,
+                period_ms: period,
+                jitter_ms: 20.0,
+                stall_every_s: 600.0,
+                stall_ms: 100.0,
+                target_ms: 150,
+                hours: h,
+                seed,
+            });
+            seed += 1;
+        }
+    }
+    // Other packet durations.
+    for (skew, pkt, per) in [
+        (2000.0, 2.5, 10.0),
+        (-2000.0, 60.0, 5.0),
+        (500.0, 10.0, 40.0),
+    ] {
+        cases.push(Case {
+            skew_ppm: skew,
+            packet_ms: pkt,
+            period_ms: per,
+            jitter_ms: 20.0,
+            stall_every_s: 600.0,
+            stall_ms: 100.0,
+            target_ms: 150,
+            hours: h,
+            seed,
+        });
+        seed += 1;
+    }
+    let results = run_cases(cases);
+    print_and_check(&results, true);
+}
+
+/// The default target (60 ms) is shorter than a 100 ms stall: stalls are concealed (PLC),
+/// each raises the target by a period, and it comes back down after 60 s without one.
+/// Device underruns and overruns must still be zero.
+#[test]
+fn stalls_at_default_target() {
+    let h = hours();
+    let mut cases = Vec::new();
+    for (i, (skew, per)) in [(-2000.0, 10.0), (2000.0, 20.0), (0.0, 40.0)]
+        .into_iter()
+        .enumerate()
+    {
+        cases.push(Case {
+            skew_ppm: skew,
+            packet_ms: 20.0,
+            period_ms: per,
+            jitter_ms: 20.0,
+            stall_every_s: 600.0,
+            stall_ms: 100.0,
+            target_ms: 60,
+            hours: h,
+            seed: 100 + i as u64,
+        });
+    }
+    let results = run_cases(cases);
+    print_and_check(&results, true);
+}
