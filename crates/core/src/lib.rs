@@ -16,7 +16,6 @@ pub mod handshake;
 pub mod jitter;
 pub mod params;
 pub mod playout;
-pub mod playout;
 pub mod rtp;
 pub mod rx;
 pub mod samples;
