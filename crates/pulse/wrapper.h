@@ -26,3 +26,5 @@
 #include <pulsecore/memblock.h>
 #include <pulsecore/memchunk.h>
 #include <pulsecore/asyncmsgq.h>
+#include <pulsecore/message-handler.h>
+#include <pulsecore/json.h>

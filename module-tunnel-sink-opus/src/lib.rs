@@ -11,6 +11,7 @@ use opus_tunnel_core::codec::{self, StreamFormat};
 use opus_tunnel_core::params::{self, Compression, OpusKnobs, ServerAddr, KNOB_KEYS};
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_core::tx::{self, Feeder, Shared, WorkerConfig};
+use opus_tunnel_pulse::hooks::{watch_sink_proplist, HookSlot, MessageHandler};
 use opus_tunnel_pulse::mainloop::MainTimer;
 use opus_tunnel_pulse::module::ModuleInfo;
 use opus_tunnel_pulse::sink::{Sink, SinkConfig, SinkIo};
@@ -58,12 +59,141 @@ fn valid_args() -> Vec<&'static str> {
 
 /// The module instance.
 pub struct TunnelSink {
-    // `Drop` stops and joins the worker first; then the fields go in order: the timer (with
-    // its handle on the sink), then the sink (its IO thread stops).
+    // `Drop` stops and joins the worker first; then the fields go in order: the hooks and the
+    // timer (with their handles on the sink), then the sink (its IO thread stops).
+    _messages: MessageHandler,
+    _watch: HookSlot,
     _timer: MainTimer,
     sink: Rc<Sink>,
     shared: Arc<Shared>,
     worker: Option<JoinHandle<()>>,
+}
+
+/// Live control of the encoder (main thread): property changes and `set` messages go
+/// through the same validation as the module arguments.
+struct Control {
+    shared: Arc<Shared>,
+    compression: Compression,
+    fmt: StreamFormat,
+    name: String,
+}
+
+impl Control {
+    /// The effective value of every knob (and `compression`), as properties.
+    fn effective(&self) -> Vec<(String, String)> {
+        let mut v = vec![(
+            "compression".to_string(),
+            self.compression.as_str().to_string(),
+        )];
+        v.extend(
+            self.shared
+                .knobs()
+                .properties()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
+        v
+    }
+
+    /// Applies what can be applied; returns the refusals (each names the key and the range).
+    fn apply(&self, pairs: &[(String, String)]) -> Vec<String> {
+        let mut knobs = self.shared.knobs();
+        let mut errors = Vec::new();
+        let mut changed = Vec::new();
+        for (key, value) in pairs {
+            if key == "compression" {
+                if Compression::parse(value).ok() != Some(self.compression) {
+                    errors.push(format!(
+                        "compression: {value:?} is not accepted (it cannot change while the module is loaded; \
+                         it is {}: reload the module with compression={value} instead)",
+                        self.compression.as_str()
+                    ));
+                }
+                continue;
+            }
+            if !KNOB_KEYS.contains(&key.as_str()) {
+                errors.push(format!(
+                    "{key}: not a knob; accepted: compression, {}",
+                    KNOB_KEYS.join(", ")
+                ));
+                continue;
+            }
+            if knobs.get(key).as_deref() == Some(value.as_str()) {
+                continue;
+            }
+            let mut trial = knobs;
+            match trial.set(key, value) {
+                Err(e) => errors.push(e.to_string()),
+                Ok(()) => match codec::Encoder::new(self.compression, self.fmt, &trial) {
+                    Ok(_) => {
+                        knobs = trial;
+                        changed.push(format!("{key}={}", knobs.get(key).unwrap_or_default()));
+                    }
+                    Err(e) => errors.push(format!("{key}: {value:?} is not accepted here: {e}")),
+                },
+            }
+        }
+        if !changed.is_empty() {
+            self.shared.set_knobs(knobs);
+            log::info!("{}: retuned {}", self.name, changed.join(" "));
+        }
+        for e in &errors {
+            log::warn!("{}: refused {e}", self.name);
+        }
+        errors
+    }
+
+    /// A `pactl send-message /opus_tunnel/<sink> MESSAGE PARAMS` request.
+    fn message(&self, message: &str, params: &str, sink: &Sink) -> Result<String, String> {
+        match message {
+            "get" => {
+                let mut out = self.effective();
+                out.extend(self.shared.stat_properties_peek());
+                Ok(out.iter().map(|(k, v)| format!("{k}={v}\n")).collect())
+            }
+            "set" => {
+                let mut pairs = Vec::new();
+                for word in params.split_whitespace() {
+                    match word.split_once('=') {
+                        Some((k, v)) => pairs.push((k.to_string(), v.to_string())),
+                        None => return Err(format!("{word:?}: expected key=value")),
+                    }
+                }
+                let errors = self.apply(&pairs);
+                sink.update_proplist(&to_proplist(&self.effective()));
+                if errors.is_empty() {
+                    Ok("ok".into())
+                } else {
+                    Err(errors.join("; "))
+                }
+            }
+            other => Err(format!("unknown message {other:?}; accepted: get, set")),
+        }
+    }
+}
+
+fn to_proplist(pairs: &[(String, String)]) -> Proplist {
+    let mut p = Proplist::new();
+    for (k, v) in pairs {
+        p.set(k, v);
+    }
+    p
+}
+
+/// The object path of a tunnel sink's message handler: `/opus_tunnel/<sink name>`, with
+/// characters PulseAudio does not allow in paths replaced by `_`.
+fn message_path(sink_name: &str) -> String {
+    let clean: String = sink_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("/opus_tunnel/{clean}")
 }
 
 /// The sink's IO-thread side: hands rendered audio to the tunnel's worker.
@@ -263,6 +393,40 @@ impl PaModule for TunnelSink {
 
         // Statistics as properties, once a second (main thread).
         let sink = Rc::new(sink);
+        let control = Rc::new(Control {
+            shared: shared.clone(),
+            compression,
+            fmt,
+            name: sink.name(),
+        });
+        // update-sink-proplist: apply the knob keys that changed, refuse bad values, and put
+        // the effective values back on the sink (this re-enters the hook, with nothing to do).
+        let (c1, s1) = (control.clone(), Rc::downgrade(&sink));
+        let watch = watch_sink_proplist(&module.core(), sink.index(), move |props| {
+            let changed: Vec<(String, String)> = c1
+                .effective()
+                .into_iter()
+                .filter_map(|(k, eff)| props.get(&k).filter(|v| *v != eff).map(|v| (k, v)))
+                .collect();
+            if changed.is_empty() {
+                return;
+            }
+            c1.apply(&changed);
+            if let Some(sink) = s1.upgrade() {
+                sink.update_proplist(&to_proplist(&c1.effective()));
+            }
+        });
+        let (c2, s2) = (control.clone(), Rc::downgrade(&sink));
+        let path = message_path(&sink.name());
+        let messages = MessageHandler::register(
+            &module.core(),
+            &path,
+            "opus-tunnel sink: get, set key=value ...",
+            move |msg, params| match s2.upgrade() {
+                Some(sink) => c2.message(msg, params, &sink),
+                None => Err("the sink is gone".into()),
+            },
+        );
         let (timer_sink, timer_shared) = (sink.clone(), shared.clone());
         let timer = MainTimer::new(&module.core(), 1_000_000, move || {
             let mut p = Proplist::new();
@@ -272,6 +436,8 @@ impl PaModule for TunnelSink {
             timer_sink.update_proplist(&p);
         });
         Ok(TunnelSink {
+            _messages: messages,
+            _watch: watch,
             _timer: timer,
             sink,
             shared,

@@ -187,6 +187,12 @@ impl Daemon {
             "load-module module-native-protocol-unix socket={} auth-anonymous=1\n",
             socket.display()
         ));
+        // The CLI protocol is what `pacmd` talks to (pacmd itself refuses daemons started with
+        // --use-pid-file=no): `update-sink-proplist` exists only there.
+        init.push_str(&format!(
+            "load-module module-cli-protocol-unix socket={}\n",
+            dir.join("cli").display()
+        ));
         init.push_str("load-module module-null-sink sink_name=null rate=48000 channels=2\n");
         init.push_str("set-default-sink null\n");
         for l in &b.lines {
@@ -328,6 +334,26 @@ impl Daemon {
     /// The daemon's process id (0 if it is not running).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Runs one command of PulseAudio's CLI (what `pacmd` would send, e.g.
+    /// `update-sink-proplist tun compression.bitrate=16000`) and returns what it printed.
+    pub fn cli(&self, command: &str) -> String {
+        use std::io::{Read, Write};
+        let path = self.dir.join("cli");
+        let mut s = match std::os::unix::net::UnixStream::connect(&path) {
+            Ok(s) => s,
+            Err(e) => panic!("cannot connect to {}: {e}", path.display()),
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        // Not "exit": in PulseAudio's CLI that terminates the daemon. Closing our side ends
+        // the session.
+        s.write_all(format!("{command}\n").as_bytes())
+            .expect("write to the CLI socket");
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
     }
 
     /// Runs `pactl ARGS` against this daemon (with a 20 s guard against hangs).

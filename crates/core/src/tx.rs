@@ -42,6 +42,9 @@ pub struct Shared {
     worker: OnceLock<Thread>,
     bytes_per_sec: u64,
     knobs: Mutex<OpusKnobs>,
+    /// Bumped by every knob change; the worker retunes its encoder when it sees a new value.
+    knobs_gen: AtomicU64,
+    last_bitrate: AtomicU64,
     meter: Mutex<BitrateMeter>,
     remote: Mutex<BTreeMap<String, String>>,
     /// A handle on the live connection, to unblock the worker at unload.
@@ -61,6 +64,8 @@ impl Shared {
             worker: OnceLock::new(),
             bytes_per_sec: bytes_per_sec.max(1),
             knobs: Mutex::new(knobs),
+            knobs_gen: AtomicU64::new(0),
+            last_bitrate: AtomicU64::new(0),
             meter: Mutex::new(BitrateMeter::default()),
             remote: Mutex::new(BTreeMap::new()),
             sock: Mutex::new(None),
@@ -78,6 +83,22 @@ impl Shared {
         if let Some(t) = self.worker.get() {
             t.unpark();
         }
+    }
+
+    /// The knobs the encoder uses (or will use at its next frame).
+    pub fn knobs(&self) -> OpusKnobs {
+        self.knobs.lock().map(|k| *k).unwrap_or_default()
+    }
+
+    /// Retunes the encoder: the worker applies `knobs` between two frames (a frame-size change
+    /// takes effect at the next packet boundary), without reconnecting. Check them first
+    /// (e.g. with [`Encoder::new`]); a change the encoder refuses is logged and ignored.
+    pub fn set_knobs(&self, knobs: OpusKnobs) {
+        if let Ok(mut k) = self.knobs.lock() {
+            *k = knobs;
+        }
+        self.knobs_gen.fetch_add(1, Ordering::SeqCst);
+        self.wake_worker();
     }
 
     /// Tells the worker to stop (it says goodbye to the receiver first).
@@ -117,11 +138,22 @@ impl Shared {
     /// The statistics as `opus.tunnel.*` properties (call about once a second: the bitrate is
     /// measured between calls).
     pub fn stat_properties(&self) -> Vec<(String, String)> {
-        let s = self.stats.snapshot();
+        let bytes = self.stats.snapshot().bytes_sent;
         let bitrate = match self.meter.lock() {
-            Ok(mut m) => m.sample(Instant::now(), s.bytes_sent),
+            Ok(mut m) => m.sample(Instant::now(), bytes),
             Err(_) => 0,
         };
+        self.last_bitrate.store(bitrate, Ordering::Relaxed);
+        self.stat_properties_peek()
+    }
+
+    /// The statistics as of now, with the bitrate of the last [`stat_properties`] call
+    /// (for on-demand queries that must not disturb the once-a-second measurement).
+    ///
+    /// [`stat_properties`]: Self::stat_properties
+    pub fn stat_properties_peek(&self) -> Vec<(String, String)> {
+        let s = self.stats.snapshot();
+        let bitrate = self.last_bitrate.load(Ordering::Relaxed);
         let mut p = vec![
             (
                 "opus.tunnel.state".to_string(),
@@ -349,6 +381,7 @@ struct Worker {
     packet: Vec<u8>,
     wire: Vec<u8>,
     ever_connected: bool,
+    knobs_gen: u64,
 }
 
 enum Ended {
@@ -370,11 +403,30 @@ impl Worker {
             packet: Vec::new(),
             wire: Vec::new(),
             ever_connected: false,
+            knobs_gen: 0,
         }
     }
 
     fn knobs(&self) -> OpusKnobs {
-        self.shared.knobs.lock().map(|k| *k).unwrap_or_default()
+        self.shared.knobs()
+    }
+
+    /// Applies knob changes made since the last call (between frames).
+    fn retune(&mut self) {
+        let gen = self.shared.knobs_gen.load(Ordering::SeqCst);
+        if gen == self.knobs_gen {
+            return;
+        }
+        self.knobs_gen = gen;
+        let knobs = self.knobs();
+        if let Some(enc) = self.encoder.as_mut() {
+            if let Err(e) = enc.apply(&knobs) {
+                log::warn!(
+                    "{}: the encoder refused the new settings: {e}",
+                    self.cfg.name
+                );
+            }
+        }
     }
 
     /// Throws away what the sink rendered (link down: audio is dropped, never queued).
@@ -566,6 +618,7 @@ impl Worker {
                     Incoming::Controls(c) => self.on_controls(c),
                 }
             }
+            self.retune();
             let running = self.shared.running.load(Ordering::SeqCst);
             let had = self.ring.slots();
             if had > 0 {
@@ -636,6 +689,7 @@ impl Worker {
 
     fn ensure_encoder(&mut self) -> Result<(), String> {
         if self.encoder.is_none() {
+            self.knobs_gen = self.shared.knobs_gen.load(Ordering::SeqCst);
             let knobs = self.knobs();
             let enc = Encoder::new(self.cfg.compression, self.cfg.fmt, &knobs)
                 .map_err(|e| e.to_string())?;

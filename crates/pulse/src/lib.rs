@@ -31,6 +31,7 @@ pub mod sys {
 }
 
 pub mod core;
+pub mod hooks;
 pub mod logging;
 pub mod mainloop;
 pub mod modargs;
