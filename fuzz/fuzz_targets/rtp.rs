@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use opus_tunnel_core::rtp::{is_rtcp, parse_rtcp, parse_rtp, write_rtcp, write_rtp};
+use opus_tunnel_core::rtp::{is_rtcp, parse_rtcp, parse_rtp, write_rtcp, write_rtp, Control};
 
 fuzz_target!(|data: &[u8]| {
     let rtcp = is_rtcp(data);
@@ -22,7 +22,20 @@ fuzz_target!(|data: &[u8]| {
         write_rtcp(0x1234_5678, &msgs, &mut out);
         if !msgs.is_empty() {
             let again = parse_rtcp(&out).expect("what we write parses");
-            assert_eq!(again, msgs);
+            // The parser accepts control characters in a bye reason (not in reports or
+            // knobs); the writer turns them into spaces. Everything else round-trips.
+            let expected: Vec<Control> = msgs
+                .iter()
+                .map(|m| match m {
+                    Control::Bye(r) => Control::Bye(
+                        r.chars()
+                            .map(|c| if c.is_control() { ' ' } else { c })
+                            .collect(),
+                    ),
+                    other => other.clone(),
+                })
+                .collect();
+            assert_eq!(again, expected);
         }
     }
 });
