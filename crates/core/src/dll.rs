@@ -186,3 +186,90 @@ impl Dll {
         self.mae
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Feeds a 20 ms packet clock of rate `48000·(1+skew)` with uniform jitter ±`jit` s.
+    fn run(dll: &mut Dll, skew: f64, jit: f64, secs: f64, seed: u64) -> (f64, f64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let rate = 48_000.0 * (1.0 + skew);
+        let n = (secs / 0.02) as u64;
+        let mut sq = 0.0;
+        let mut cnt = 0.0;
+        for k in 0..n {
+            let t_true = k as f64 * 0.02;
+            let pos = t_true * rate;
+            let t = 1.0 + t_true + (rng.gen::<f64>() * 2.0 - 1.0) * jit;
+            dll.update(t, pos);
+            if k > n / 2 {
+                // Phase error of the filtered line against the true one, seconds.
+                let e = (dll.position_at(1.0 + t_true) - pos) / rate;
+                sq += e * e;
+                cnt += 1.0;
+            }
+        }
+        (
+            (dll.rate() / 48_000.0 - 1.0 - skew) * 1e6,
+            (sq / cnt).sqrt(),
+        )
+    }
+
+    #[test]
+    fn locks_to_a_known_period_with_jitter() {
+        let mut dll = Dll::new(48_000.0, 0.01);
+        let (rate_err_ppm, phase_rms) = run(&mut dll, 300e-6, 0.005, 3000.0, 1);
+        println!(
+            "DLL 0.01 Hz, 20 ms updates, ±5 ms jitter, +300 ppm: rate error {rate_err_ppm:.3} ppm, \
+             phase error RMS {:.3} ms",
+            phase_rms * 1e3
+        );
+        assert!(rate_err_ppm.abs() < 10.0);
+        assert!(phase_rms < 0.6e-3);
+        assert_eq!(dll.rephases(), 0);
+    }
+
+    #[test]
+    fn noise_follows_the_bandwidth() {
+        // Phase noise variance of a 2nd-order loop: σ²·2·B_L·T, B_L = ω(ζ + 1/4ζ)/2.
+        let sigma = 0.002 / 3f64.sqrt();
+        for bw in [0.02, 0.1, 0.5] {
+            let mut dll = Dll::new(48_000.0, bw);
+            let (_, rms) = run(&mut dll, 0.0, 0.002, 600.0, 2);
+            let w = 2.0 * std::f64::consts::PI * bw;
+            let zeta = std::f64::consts::FRAC_1_SQRT_2;
+            let bl = w * (zeta + 1.0 / (4.0 * zeta)) / 2.0;
+            let theory = sigma * (2.0 * bl * 0.02).sqrt();
+            println!(
+                "DLL bandwidth {bw} Hz: phase noise {:.4} ms RMS, theory {:.4} ms",
+                rms * 1e3,
+                theory * 1e3
+            );
+            assert!(
+                rms > theory * 0.6 && rms < theory * 1.6,
+                "{rms} vs {theory}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stall_barely_moves_it_and_a_jump_rephases() {
+        let mut dll = Dll::new(48_000.0, 0.01);
+        run(&mut dll, 0.0, 0.002, 300.0, 3);
+        let t0 = 1.0 + 300.0;
+        let before = dll.position_at(t0 + 1.0);
+        // Five packets 100, 80, 60, 40, 20 ms late.
+        for i in 0..5 {
+            let tt = t0 + i as f64 * 0.02;
+            dll.update(tt + 0.1 - i as f64 * 0.02, tt * 48_000.0 - 48_000.0);
+        }
+        let moved = (dll.position_at(t0 + 1.0) - before).abs() / 48.0;
+        println!("a 100 ms stall moved the DLL by {moved:.4} ms");
+        assert!(moved < 0.2);
+        dll.update(t0 + 0.2, t0 * 48_000.0 + 48_000.0);
+        assert_eq!(dll.rephases(), 1);
+    }
+}

@@ -74,6 +74,8 @@ use std::collections::VecDeque;
 pub const MAX_CORRECTION: f64 = 0.01;
 /// Latency errors larger than this (seconds) are slewed instead of resampled.
 pub const SLEW_SEC: f64 = 0.2;
+/// A slew, once started, goes on until the error is under this (seconds).
+pub const SLEW_DONE_SEC: f64 = 0.005;
 /// The target steps down by one device period after this long (seconds) without underrun.
 pub const STABLE_SEC: f64 = 60.0;
 /// The worker must call [`Playout::conceal_needed`] at least this often (µs); the engine
@@ -88,7 +90,7 @@ pub const GLIDE: f64 = 0.0005;
 pub const MAX_CONCEAL_SEC: f64 = 0.5;
 
 // Loop schedule: ωn(τ) = max(WN_MIN, WN0·T0/(T0+τ)), DLL bandwidth likewise.
-const WN0: f64 = 0.5;
+const WN0: f64 = 1.0;
 const WN_MIN: f64 = 0.003;
 const DLL_BW0: f64 = 0.5;
 const DLL_BW_MIN: f64 = 0.0005;
@@ -211,6 +213,39 @@ pub struct Plan {
     pub ratio: f64,
 }
 
+/// The loop filter and PI controller of the ratio: a first-order low-pass on the latency
+/// error (pole at `4·ωn`), then `u = ff − Kp·e_f + I`, `I ← I − Ki·e_f·dt` with `Kp = 2·ωn`,
+/// `Ki = ωn²` (critically damped with the integrating plant `dL/dt = u − u*`). The output
+/// is clamped to ±[`MAX_CORRECTION`]; the integrator is clamped too and does not integrate
+/// while the output is saturated in the direction it would push (no wind-up).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pi {
+    /// Filtered error, seconds.
+    pub filt: f64,
+    /// Integrator, ratio units.
+    pub integ: f64,
+}
+
+impl Pi {
+    /// One step: latency error `e` (seconds, positive = too much audio), feed-forward
+    /// correction `ff` (ratio units), time step `dt` (s), natural frequency `wn` (rad/s).
+    /// Returns the correction `ratio − 1`.
+    pub fn update(&mut self, e: f64, ff: f64, dt: f64, wn: f64) -> f64 {
+        let wf = 4.0 * wn;
+        self.filt += (wf * dt).min(1.0) * (e - self.filt);
+        let kp = 2.0 * wn;
+        let ki = wn * wn;
+        let p = -kp * self.filt;
+        let cand = self.integ - ki * self.filt * dt;
+        let out_now = ff + p + self.integ;
+        let pushes_out = (cand - self.integ) * out_now > 0.0 && out_now.abs() >= MAX_CORRECTION;
+        if !pushes_out {
+            self.integ = cand.clamp(-MAX_CORRECTION, MAX_CORRECTION);
+        }
+        (ff + p + self.integ).clamp(-MAX_CORRECTION, MAX_CORRECTION)
+    }
+}
+
 /// The control part: DLLs, latency estimate, filter, PI, slews, concealment, target.
 /// Driven by times and frame counts only; see the [module documentation](self).
 #[derive(Debug, Clone)]
@@ -241,8 +276,7 @@ pub struct Controller {
     locked_once: bool,
     lock_t: f64,
     last_tick: f64,
-    filt: f64,
-    integ: f64,
+    pi: Pi,
     ratio: f64,
     slew: i64,
     // target
@@ -304,8 +338,7 @@ impl Controller {
             locked_once: false,
             lock_t: 0.0,
             last_tick: 0.0,
-            filt: 0.0,
-            integ: 0.0,
+            pi: Pi::default(),
             ratio: 1.0,
             slew: 0,
             target,
@@ -406,7 +439,12 @@ impl Controller {
         }
         let bw = self.sched(t, self.stream_t_start, DLL_T0, DLL_BW0, DLL_BW_MIN);
         self.stream.set_bandwidth(bw);
+        let rephases = self.stream.rephases();
         self.stream.update(t, end as f64);
+        if self.stream.rephases() != rephases && self.state != PlayoutState::Buffering {
+            // The stream clock jumped or changed: acquire its rate again, wide.
+            self.stream_t_start = t;
+        }
         if appended > 0 {
             // Fresh audio: a concealment episode (if any) is over.
             self.in_conceal = false;
@@ -448,7 +486,12 @@ impl Controller {
         }
         let bw = self.sched(t, self.device_t_start, DLL_T0, DLL_BW0, DLL_BW_MIN);
         self.device.set_bandwidth(bw);
+        let rephases = self.device.rephases();
         self.device.update(t, dev_pos as f64);
+        if self.device.rephases() != rephases {
+            // The device stopped, or its clock changed: acquire its rate again, wide.
+            self.device_t_start = t;
+        }
 
         let dt = (t - self.last_tick).clamp(0.0, 1.0);
         self.last_tick = t;
@@ -517,30 +560,24 @@ impl Controller {
         };
         let lat = self.latency_frames_at(t);
         let err = lat - self.setpoint;
-        if err.abs() > SLEW_SEC * self.rate || lat > self.max_frames {
+        let slewing_on =
+            self.state == PlayoutState::Slewing && err.abs() > SLEW_DONE_SEC * self.rate;
+        if slewing_on || err.abs() > SLEW_SEC * self.rate || lat > self.max_frames {
             self.slew = (lat - self.target).round() as i64;
             self.setpoint = self.target;
             self.state = PlayoutState::Slewing;
-            self.filt = 0.0;
+            self.pi.filt = 0.0;
             return;
+        }
+        if self.state == PlayoutState::Slewing {
+            // Close enough again: whatever is left of the slew is the loop's job.
+            self.state = PlayoutState::Locked;
+            self.slew = 0;
         }
         let e = err / self.rate;
         let wn = self.sched(t, self.lock_t, SCHED_T0, WN0, WN_MIN);
-        let wf = 4.0 * wn;
-        self.filt += (wf * dt).min(1.0) * (e - self.filt);
-        let kp = 2.0 * wn;
-        let ki = wn * wn;
-        let p = -kp * self.filt;
-        let ff = self.feed_forward();
-        let cand = self.integ - ki * self.filt * dt;
-        // Anti-windup: integrate only while that does not push a saturated output further.
-        let ff = ff + glide;
-        let out_now = ff + p + self.integ;
-        let pushes_out = (cand - self.integ) * out_now > 0.0 && out_now.abs() >= MAX_CORRECTION;
-        if !pushes_out {
-            self.integ = cand.clamp(-MAX_CORRECTION, MAX_CORRECTION);
-        }
-        self.ratio = 1.0 + (ff + p + self.integ).clamp(-MAX_CORRECTION, MAX_CORRECTION);
+        let ff = self.feed_forward() + glide;
+        self.ratio = 1.0 + self.pi.update(e, ff, dt, wn);
     }
 
     /// The correction the two DLLs' rates call for (device rate / stream rate − 1), once
@@ -569,7 +606,7 @@ impl Controller {
                     self.lock_t = self.last_tick;
                     self.stable_since = self.last_tick;
                 }
-                self.filt = 0.0;
+                self.pi.filt = 0.0;
             } else {
                 return plan;
             }
@@ -867,12 +904,9 @@ impl Playout {
             let _ = self.resampler.set_resample_ratio(1.0, true);
         }
         while left >= self.chunk && self.fifo.len() >= self.chunk * ch {
-            for i in 0..self.chunk {
-                for (c, buf) in self.inbuf.iter_mut().enumerate() {
-                    buf[i] = self.fifo[i * ch + c];
-                }
+            for (k, v) in self.fifo.drain(..self.chunk * ch).enumerate() {
+                self.inbuf[k % ch][k / ch] = v;
             }
-            self.fifo.drain(..self.chunk * ch);
             let (nin, nout) =
                 match self
                     .resampler
@@ -881,10 +915,11 @@ impl Playout {
                     Ok(v) => v,
                     Err(_) => (self.chunk, 0),
                 };
-            out.reserve(nout * ch);
-            for i in 0..nout {
-                for buf in &self.outbuf {
-                    out.push(buf[i]);
+            let start = out.len();
+            out.resize(start + nout * ch, 0.0);
+            for (c, buf) in self.outbuf.iter().enumerate() {
+                for (i, v) in buf[..nout].iter().enumerate() {
+                    out[start + i * ch + c] = *v;
                 }
             }
             self.ctl.on_produced(nin as u64, nout as u64);
@@ -934,5 +969,223 @@ impl Playout {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exact clocks, 20 ms packets, device popping every 10 ms, worker waking on both.
+    struct Rig {
+        ctl: Controller,
+        t: f64,
+        fs: f64,
+        fd: f64,
+        next_pkt: f64,
+        next_pop: f64,
+        k: i64,
+        consumed: u64,
+        missing: u64,
+        phase: f64,
+        paused: bool,
+        gap: i64,
+    }
+
+    impl Rig {
+        fn new(target_ms: u64, max_ms: u64, skew_ppm: f64) -> Rig {
+            let cfg = PlayoutConfig {
+                rate: 48_000,
+                channels: 2,
+                target_usec: target_ms * 1000,
+                max_usec: max_ms * 1000,
+            };
+            Rig {
+                ctl: Controller::new(cfg, 240, 32.0).unwrap(),
+                t: 0.0,
+                fs: 48_000.0,
+                fd: 48_000.0 * (1.0 + skew_ppm * 1e-6),
+                next_pkt: 0.02,
+                next_pop: 0.2,
+                k: 0,
+                consumed: 0,
+                missing: 0,
+                phase: 0.0,
+                paused: false,
+                gap: 0,
+            }
+        }
+
+        fn us(t: f64) -> u64 {
+            (t * 1e6) as u64 + 1_000_000
+        }
+
+        fn run(&mut self, secs: f64) {
+            let end = self.t + secs;
+            while self.t < end {
+                if self.next_pkt <= self.next_pop {
+                    self.t = self.next_pkt;
+                    if !self.paused {
+                        let pos = self.k * 960 + self.gap;
+                        self.ctl.on_packet(Self::us(self.t), pos, 960);
+                    }
+                    self.k += 1;
+                    self.next_pkt = (self.k + 1) as f64 * 960.0 / self.fs;
+                } else {
+                    self.t = self.next_pop;
+                    let ring = self.ctl.produced() - self.consumed;
+                    let take = ring.min(480);
+                    self.consumed += take;
+                    if self.ctl.state() != PlayoutState::Buffering {
+                        self.missing += 480 - take;
+                    } else {
+                        self.consumed += 0;
+                    }
+                    self.ctl
+                        .on_device(Self::us(self.t), self.consumed, self.missing);
+                    self.next_pop += 480.0 / self.fd;
+                }
+                let now = Self::us(self.t);
+                while let Some(n) = self.ctl.conceal_needed(now) {
+                    self.ctl.on_conceal(n as u64);
+                }
+                let plan = self.ctl.plan();
+                let mut left = plan.feed_frames;
+                while left >= 240 {
+                    self.phase += 240.0 * plan.ratio;
+                    let out = self.phase.floor();
+                    self.phase -= out;
+                    self.ctl.on_produced(240, out as u64);
+                    left -= 240;
+                }
+            }
+        }
+
+        fn lat_err_ms(&self) -> f64 {
+            self.ctl.latency_usec(Self::us(self.t)) as f64 / 1000.0
+                - self.ctl.setpoint_frames() / 48.0
+        }
+    }
+
+    #[test]
+    fn pi_converges() {
+        for skew in [-1500.0, 0.0, 800.0] {
+            let mut r = Rig::new(60, 500, skew);
+            r.run(30.0);
+            let drift = r.ctl.stats().drift_ppm;
+            println!(
+                "PI, skew {skew} ppm: after 30 s drift {drift:.2} ppm, latency error {:.3} ms",
+                r.lat_err_ms()
+            );
+            assert!((drift - skew).abs() < 20.0, "drift {drift} for skew {skew}");
+            assert!(r.lat_err_ms().abs() < 0.5);
+            assert_eq!(r.ctl.stats().underruns, 0);
+        }
+    }
+
+    #[test]
+    fn pi_does_not_wind_up_when_saturated() {
+        // 100 ms too little audio for 60 s with ωn = 0.5: the output sits at +1 %.
+        let mut pi = Pi::default();
+        let dt = 0.01;
+        for _ in 0..6000 {
+            let u = pi.update(-0.1, 0.0, dt, 0.5);
+            assert!(u <= MAX_CORRECTION);
+        }
+        let sat = pi.update(-0.1, 0.0, dt, 0.5);
+        let integ = pi.integ;
+        // The error is gone: the output must leave saturation within a few time constants
+        // of the filter, not after unwinding a minute's worth of integral.
+        let mut t_out = None;
+        for i in 0..2000 {
+            let u = pi.update(0.0, 0.0, dt, 0.5);
+            if t_out.is_none() && u < MAX_CORRECTION * 0.5 {
+                t_out = Some(i as f64 * dt);
+            }
+        }
+        let t_out = t_out.expect("never left saturation");
+        println!(
+            "PI saturated at {sat:.4} with integrator {integ:.5}; left saturation {t_out:.2} s \
+             after the error went away"
+        );
+        assert_eq!(sat, MAX_CORRECTION);
+        assert!(integ.abs() <= MAX_CORRECTION);
+        assert!(t_out < 2.0);
+        // Without the anti-windup the integrator would hold ωn²·0.1·60 = 1.5 (150 %).
+    }
+
+    #[test]
+    fn a_500_ms_step_slews_instead_of_resampling() {
+        let mut r = Rig::new(60, 2000, 0.0);
+        r.run(30.0);
+        // The device stops for 500 ms (a stuck IO thread, a suspended sink) and goes on:
+        // the ring holds 500 ms too much.
+        r.next_pop += 0.5;
+        r.run(0.6);
+        let st = r.ctl.stats();
+        println!(
+            "500 ms step: {} slews, {} frames dropped, drift {:.1} ppm, latency error {:.3} ms",
+            st.overruns,
+            st.dropped_frames,
+            st.drift_ppm,
+            r.lat_err_ms()
+        );
+        r.run(2.0);
+        let st = r.ctl.stats();
+        println!(
+            "2 s later: {} slews, {} frames dropped, drift {:.1} ppm, latency error {:.3} ms",
+            st.overruns,
+            st.dropped_frames,
+            st.drift_ppm,
+            r.lat_err_ms()
+        );
+        assert_eq!(st.overruns, 1);
+        assert!((st.dropped_frames as f64 - 24_000.0).abs() < 1_000.0);
+        assert!(
+            st.drift_ppm.abs() < 200.0,
+            "resampled instead: {}",
+            st.drift_ppm
+        );
+        r.run(20.0);
+        assert!(r.lat_err_ms().abs() < 1.0, "{}", r.lat_err_ms());
+        assert_eq!(r.ctl.stats().underruns, 0);
+    }
+
+    #[test]
+    fn underruns_raise_the_target_bounded_and_it_comes_back() {
+        let mut r = Rig::new(60, 100, 0.0);
+        r.run(30.0);
+        let period_ms = r.ctl.device_period() / 48.0;
+        for i in 1..=6 {
+            // A 150 ms stall of the stream: concealed, target + one period.
+            r.paused = true;
+            r.run(0.15);
+            r.paused = false;
+            r.run(5.0);
+            let st = r.ctl.stats();
+            println!(
+                "stall {i}: concealments {}, target {} µs, underruns {}",
+                st.concealments, st.target_usec, st.underruns
+            );
+            assert_eq!(st.concealments, i);
+            let want = (60.0 + period_ms * i as f64).min(100.0);
+            assert!((st.target_usec as f64 / 1000.0 - want).abs() < 0.5);
+        }
+        assert_eq!(r.ctl.stats().underruns, 0);
+        // 60 s without underrun: one period down, then another after 60 s more.
+        r.run(61.0);
+        let t1 = r.ctl.stats().target_usec;
+        r.run(60.0);
+        let t2 = r.ctl.stats().target_usec;
+        println!("after 61 s stable: target {t1} µs; 60 s later {t2} µs");
+        assert!((t1 as f64 / 1000.0 - (100.0 - period_ms)).abs() < 0.5);
+        assert!((t2 as f64 / 1000.0 - (100.0 - 2.0 * period_ms)).abs() < 0.5);
+        // A device underrun counts and raises the target too.
+        let before = r.ctl.stats();
+        r.missing += 480;
+        r.run(0.02);
+        let after = r.ctl.stats();
+        assert_eq!(after.underruns, before.underruns + 1);
+        assert!(after.target_usec > before.target_usec);
     }
 }
