@@ -8,6 +8,7 @@
 //! callback on the sink's IO thread takes audio out of its ring.
 
 use opus_tunnel_core::acl::IpAcl;
+use opus_tunnel_core::auth::Cookie;
 use opus_tunnel_core::params::{parse_bool, DEFAULT_PORT};
 use opus_tunnel_core::rx::{self, ConnShared, Host, Playback, RecvConfig, StreamRequest};
 use opus_tunnel_pulse::mainloop::{MainTimer, MainWaker, WakeHandle};
@@ -25,7 +26,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 const USAGE: &std::ffi::CStr = c"port=<TCP port, default 4715> \
 listen=<address to listen on; default: all> \
 auth-anonymous=<bool: accept anyone; default false> \
-auth-ip-acl=<addresses/networks allowed, e.g. 127.0.0.1;192.168.0.0/16> \
+auth-ip-acl=<addresses/networks allowed without a cookie, e.g. 127.0.0.1;192.168.0.0/16> \
+auth-cookie=<path of the cookie file; default: PulseAudio's cookie> \
+auth-cookie-enabled=<bool: others must prove the cookie; default true> \
 sink=<sink to play tunnels on; default: the default sink> \
 target_latency_msec=<receive buffer target, 10-2000 ms; default 60> \
 max_connections=<concurrent tunnels, 1-1024; default 64>";
@@ -35,6 +38,8 @@ const VALID_ARGS: &[&str] = &[
     "listen",
     "auth-anonymous",
     "auth-ip-acl",
+    "auth-cookie",
+    "auth-cookie-enabled",
     "sink",
     "target_latency_msec",
     "max_connections",
@@ -242,10 +247,36 @@ impl PaModule for Receiver {
             None => None,
             Some(v) => Some(IpAcl::parse("auth-ip-acl", &v).map_err(|e| e.to_string())?),
         };
-        if !anonymous && acl.is_none() {
+        let cookie_enabled = match ma.get("auth-cookie-enabled") {
+            None => true,
+            Some(v) => parse_bool(&v).ok_or_else(|| {
+                format!("auth-cookie-enabled: {v:?} is not accepted (a boolean: 1/0, yes/no, true/false, on/off)")
+            })?,
+        };
+        let cookie_path = ma.get("auth-cookie");
+        let cookie = if cookie_enabled && !anonymous {
+            let path = cookie_path.as_ref().map(std::path::PathBuf::from);
+            match Cookie::load_or_default(path.as_deref()) {
+                Ok(c) => Some(c),
+                // A cookie named explicitly must be there; PulseAudio's default one may be
+                // missing when an ACL does the job.
+                Err(e) if cookie_path.is_some() || acl.is_none() => {
+                    return Err(format!(
+                        "auth-cookie: {e} (or set auth-anonymous=1, or auth-ip-acl=... with auth-cookie-enabled=0)"
+                    ))
+                }
+                Err(e) => {
+                    log::warn!("no cookie authentication ({e}); only auth-ip-acl admits peers");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if !anonymous && acl.is_none() && cookie.is_none() {
             return Err(
-                "no way to authenticate peers: set auth-anonymous=1 or auth-ip-acl=<addresses> \
-                        (cookie authentication is not available yet)"
+                "no way to admit peers: set auth-anonymous=1, auth-ip-acl=<addresses>, or enable \
+                 cookie authentication (auth-cookie-enabled=1, auth-cookie=<file>)"
                     .into(),
             );
         }
@@ -289,6 +320,7 @@ impl PaModule for Receiver {
         let cfg = RecvConfig {
             anonymous,
             acl,
+            cookie,
             sink,
             target_usec: target_ms * 1000,
             max_connections,

@@ -36,7 +36,8 @@ compression.opus.signal=<auto|voice|music> compression.opus.vbr=<bool> \
 compression.opus.vbr_constraint=<bool> compression.opus.application=<voip|audio|lowdelay> \
 compression.opus.lsb_depth=<8-24> compression.opus.dtx=<bool> compression.opus.fec=<bool> \
 compression.opus.packet_loss=<0-100> \
-clock_skew_ppm=<test aid: consume at (1+ppm/1e6) x the nominal rate; default 0>";
+clock_skew_ppm=<test aid: consume at (1+ppm/1e6) x the nominal rate; default 0> \
+cookie=<path of a copy of the receiver's cookie file, proven when the receiver asks>";
 
 /// Every argument the module accepts.
 fn valid_args() -> Vec<&'static str> {
@@ -52,6 +53,7 @@ fn valid_args() -> Vec<&'static str> {
         "latency_msec",
         "compression",
         "clock_skew_ppm",
+        "cookie",
     ];
     v.extend(KNOB_KEYS);
     v
@@ -300,6 +302,13 @@ impl PaModule for TunnelSink {
             },
         };
         let remote_sink = ma.get("sink");
+        let cookie = match ma.get("cookie") {
+            None => None,
+            Some(p) => Some(
+                opus_tunnel_core::auth::Cookie::load(std::path::Path::new(&p))
+                    .map_err(|e| format!("cookie: {e}"))?,
+            ),
+        };
         let sink_name = ma
             .get("sink_name")
             .unwrap_or_else(|| default_sink_name(&addr));
@@ -322,6 +331,7 @@ impl PaModule for TunnelSink {
             sample_format,
             channel_map: map.to_text(),
             block_usec: u64::from(latency_msec) * 1000,
+            cookie,
         };
         let (feeder, shared, worker) = tx::start(cfg, knobs, ring_bytes)
             .map_err(|e| format!("cannot start the worker thread: {e}"))?;

@@ -4,6 +4,7 @@
 //! cannot use closes that connection with a log line; nothing it sends can panic or grow
 //! memory without bound. The daemon side is a [`Host`]: it creates the stream for a tunnel.
 use crate::acl::IpAcl;
+use crate::auth::{Cookie, ServerAuth, Verified};
 use crate::codec::{self, Decoder, StreamFormat};
 use crate::framing::{self, Deframer};
 use crate::handshake::{
@@ -28,6 +29,8 @@ pub struct RecvConfig {
     pub anonymous: bool,
     /// Peers allowed by address (`auth-ip-acl`).
     pub acl: Option<IpAcl>,
+    /// Everyone else must prove this cookie (`auth-cookie`, when `auth-cookie-enabled`).
+    pub cookie: Option<Cookie>,
     /// The device tunnels play on when the sender names none (`None`: the default).
     pub sink: Option<String>,
     /// Receive buffer target, µs.
@@ -41,7 +44,7 @@ pub struct RecvConfig {
 const MAX_FRAME: usize = 65535;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A sender that is silent (no audio, no keepalive) for this long is considered gone.
-const DEAD_AFTER: Duration = Duration::from_secs(15);
+const DEAD_AFTER: Duration = Duration::from_secs(5);
 /// How much decoded audio the ring between this thread and the sink can hold.
 const RING_SECONDS: u64 = 2;
 
@@ -322,24 +325,36 @@ enum HelloError {
     Bad(HandshakeError),
 }
 
-/// Reads the hello, with a deadline and a size limit.
-/// Gives up at the deadline, or within 200 ms when the module unloads.
-fn read_hello(stream: &mut TcpStream, stop: &AtomicBool) -> Result<(Hello, Vec<u8>), HelloError> {
+/// Reads one handshake message (after `pending`, bytes already received), returning its text
+/// and what followed it. Gives up at `deadline`, or within 200 ms when the receiver stops.
+fn read_message(
+    stream: &mut TcpStream,
+    pending: &[u8],
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Result<(String, Vec<u8>), HelloError> {
     let mut reader = HeadReader::new();
+    if !pending.is_empty() {
+        if let Some(m) = reader.push(pending).map_err(HelloError::Bad)? {
+            return Ok(m);
+        }
+    }
     let mut buf = [0u8; 2048];
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
     loop {
         if Instant::now() >= deadline {
-            return Err(HelloError::Io("no complete hello within 5 s".into()));
+            return Err(HelloError::Io(format!(
+                "the handshake did not complete within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            )));
         }
         if stop.load(Ordering::SeqCst) {
-            return Err(HelloError::Io("the receiver is unloading".into()));
+            return Err(HelloError::Io("the receiver is stopping".into()));
         }
         let n = match stream.read(&mut buf) {
             Ok(0) => {
                 return Err(HelloError::Io(
-                    "closed before the hello was complete".into(),
+                    "closed before the handshake was complete".into(),
                 ))
             }
             Ok(n) => n,
@@ -355,8 +370,8 @@ fn read_hello(stream: &mut TcpStream, stop: &AtomicBool) -> Result<(Hello, Vec<u
             }
             Err(e) => return Err(HelloError::Io(e.to_string())),
         };
-        if let Some((text, rest)) = reader.push(&buf[..n]).map_err(HelloError::Bad)? {
-            return Ok((Hello::parse(&text).map_err(HelloError::Bad)?, rest));
+        if let Some(m) = reader.push(&buf[..n]).map_err(HelloError::Bad)? {
+            return Ok(m);
         }
     }
 }
@@ -367,18 +382,22 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
     let cfg = &shared.cfg;
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(4)));
-    if !cfg.anonymous {
-        let ok = cfg.acl.as_ref().is_some_and(|a| a.allows(peer.ip()));
-        if !ok {
+    // PulseAudio's rules: anonymous, or an address in the ACL, needs nothing more; anyone
+    // else must prove the cookie, if cookie authentication is on.
+    let trusted = cfg.anonymous || cfg.acl.as_ref().is_some_and(|a| a.allows(peer.ip()));
+    let cookie = match (&cfg.cookie, trusted) {
+        (_, true) => None,
+        (Some(c), false) => Some(c.clone()),
+        (None, false) => {
             refuse(
                 &mut stream,
                 peer,
                 STATUS_FORBIDDEN,
-                "address not allowed by auth-ip-acl",
+                "address not allowed by auth-ip-acl, and cookie authentication is off",
             );
             return;
         }
-    }
+    };
     if n > cfg.max_connections {
         refuse(
             &mut stream,
@@ -388,7 +407,13 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         );
         return;
     }
-    let (hello, rest) = match read_hello(&mut stream, &shared.stop) {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let parsed = read_message(&mut stream, &[], deadline, &shared.stop).and_then(|(text, rest)| {
+        Hello::parse(&text)
+            .map(|h| (text, h, rest))
+            .map_err(HelloError::Bad)
+    });
+    let (hello_text, hello, mut rest) = match parsed {
         Ok(h) => h,
         Err(HelloError::Bad(HandshakeError::Version { theirs })) => {
             let mut r = Reply::refuse(
@@ -415,6 +440,24 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
             return;
         }
     };
+    let mut verified = None;
+    if let Some(cookie) = cookie {
+        match authenticate(
+            &mut stream,
+            cookie,
+            &hello_text,
+            &hello,
+            &mut rest,
+            deadline,
+            &shared.stop,
+        ) {
+            Ok(v) => verified = Some(v),
+            Err(why) => {
+                log::warn!("refused a tunnel from {peer}: {why}");
+                return;
+            }
+        }
+    }
     if hello.direction != Direction::Play {
         refuse(
             &mut stream,
@@ -500,6 +543,9 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
     };
     let mut ok = Reply::ok();
     ok.fields.insert("Device".into(), sink.clone());
+    if let Some(v) = &verified {
+        v.sign(&mut ok);
+    }
     if stream.write_all(ok.to_text().as_bytes()).is_err() {
         conn.closed.store(true, Ordering::SeqCst);
         shared.host.changed();
@@ -524,6 +570,50 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
     conn.closed.store(true, Ordering::SeqCst);
     let _ = stream.shutdown(std::net::Shutdown::Both);
     shared.host.changed();
+}
+
+/// The cookie challenge: sends the `401` with our nonce, checks the sender's proof. On
+/// failure the peer has been sent the refusal and the reason is returned for the log.
+fn authenticate(
+    stream: &mut TcpStream,
+    cookie: Cookie,
+    hello_text: &str,
+    hello: &Hello,
+    rest: &mut Vec<u8>,
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Result<Verified, String> {
+    let mut sa = ServerAuth::new(cookie).map_err(|e| e.to_string())?;
+    let challenge = match sa.on_hello(hello_text, hello) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = stream.write_all(e.reply().to_text().as_bytes());
+            return Err(e.to_string());
+        }
+    };
+    stream
+        .write_all(challenge.to_text().as_bytes())
+        .map_err(|e| e.to_string())?;
+    let (text, more) = match read_message(stream, rest, deadline, stop) {
+        Ok(m) => m,
+        Err(HelloError::Io(e)) => return Err(format!("no answer to the cookie challenge: {e}")),
+        Err(HelloError::Bad(e)) => {
+            let _ = stream.write_all(
+                Reply::refuse(STATUS_BAD_REQUEST, format!("bad auth message: {e}"))
+                    .to_text()
+                    .as_bytes(),
+            );
+            return Err(format!("bad auth message: {e}"));
+        }
+    };
+    *rest = more;
+    match sa.on_auth(&text) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let _ = stream.write_all(e.reply().to_text().as_bytes());
+            Err(e.to_string())
+        }
+    }
 }
 
 /// The receive pipeline of one connection.

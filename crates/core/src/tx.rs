@@ -3,9 +3,10 @@
 //! worker thread that does everything that may block or allocate — connecting, the handshake,
 //! sample conversion, encoding, sending, reconnecting with back-off. A second small thread per
 //! connection reads what the receiver sends back (reports, goodbyes).
+use crate::auth::{ClientAuth, ClientStep, Cookie};
 use crate::codec::{Encoder, StreamFormat};
 use crate::framing::{self, Deframer};
-use crate::handshake::{Direction, HeadReader, Hello, Reply, VERSION};
+use crate::handshake::{Direction, HeadReader, Hello, Reply, STATUS_UNAUTHORIZED, VERSION};
 use crate::params::{Backoff, Compression, OpusKnobs, ServerAddr};
 use crate::rtp::{self, Control, RtpSender};
 use crate::samples::SampleFormat;
@@ -25,8 +26,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A send that cannot make progress for this long means the link is dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
-/// While idle, a keepalive this often (a 20-byte RTCP packet).
-const KEEPALIVE: Duration = Duration::from_secs(4);
+/// While idle, a keepalive this often (a 16-byte RTCP packet on the wire).
+const KEEPALIVE: Duration = Duration::from_secs(1);
+/// The receiver reports every second; this long without a word from it means it is gone
+/// (a dead host or a cut link that TCP has not noticed), and we reconnect.
+const DEAD_AFTER: Duration = Duration::from_secs(5);
 
 /// State shared between the main thread, the sink's IO thread and the worker.
 pub struct Shared {
@@ -273,6 +277,8 @@ pub struct WorkerConfig {
     pub channel_map: String,
     /// The device's block, µs (bounds how much audio the worker keeps queued).
     pub block_usec: u64,
+    /// The cookie to prove when the receiver asks (`cookie=`).
+    pub cookie: Option<Cookie>,
 }
 
 fn spawn(
@@ -360,6 +366,45 @@ impl Write for Conn {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Reads one handshake message (after `pending`, bytes already received): its text and what
+/// followed it.
+fn read_message(
+    conn: &mut Conn,
+    pending: &[u8],
+    deadline: Instant,
+) -> Result<(String, Vec<u8>), String> {
+    let mut reader = HeadReader::new();
+    if !pending.is_empty() {
+        if let Some(m) = reader
+            .push(pending)
+            .map_err(|e| format!("bad handshake reply: {e}"))?
+        {
+            return Ok(m);
+        }
+    }
+    let mut buf = [0u8; 1024];
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no handshake reply within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ));
+        }
+        let n = conn.read(&mut buf).map_err(|e| format!("handshake: {e}"))?;
+        if n == 0 {
+            return Err("the receiver closed the connection during the handshake \
+                        (not an opus-tunnel receiver?)"
+                .into());
+        }
+        if let Some(m) = reader
+            .push(&buf[..n])
+            .map_err(|e| format!("bad handshake reply: {e}"))?
+        {
+            return Ok(m);
+        }
     }
 }
 
@@ -522,7 +567,7 @@ impl Worker {
         conn.set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
             .map_err(|e| e.to_string())?;
         let knobs = self.knobs();
-        let hello = Hello {
+        let mut hello = Hello {
             version: VERSION,
             direction: Direction::Play,
             name: self.cfg.name.clone(),
@@ -536,32 +581,36 @@ impl Worker {
             target_latency_usec: None,
             fields: BTreeMap::new(),
         };
-        conn.write_all(hello.to_text().as_bytes())
-            .map_err(|e| e.to_string())?;
-        let mut reader = HeadReader::new();
-        let mut buf = [0u8; 1024];
+        let mut auth = ClientAuth::new(self.cfg.cookie.clone()).map_err(|e| e.to_string())?;
+        let text = auth.hello_text(&mut hello);
+        conn.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-        let (text, _rest) = loop {
-            if Instant::now() > deadline {
-                return Err("no handshake reply within 5 s".into());
-            }
-            let n = conn.read(&mut buf).map_err(|e| format!("handshake: {e}"))?;
-            if n == 0 {
-                return Err("the receiver closed the connection during the handshake (not an opus-tunnel receiver?)".into());
-            }
-            match reader.push(&buf[..n]) {
-                Ok(Some(m)) => break m,
-                Ok(None) => {}
-                Err(e) => return Err(format!("bad handshake reply: {e}")),
+        let mut pending = Vec::new();
+        let reply = loop {
+            let (text, rest) = read_message(&mut conn, &pending, deadline)?;
+            pending = rest;
+            let reply = Reply::parse(&text).map_err(|e| format!("bad handshake reply: {e}"))?;
+            match auth.on_reply(&reply) {
+                Ok(ClientStep::SendAuth(msg)) => {
+                    conn.write_all(msg.as_bytes()).map_err(|e| e.to_string())?;
+                }
+                Ok(ClientStep::Accepted { .. }) => break reply,
+                Ok(ClientStep::Refused) => {
+                    return Err(format!(
+                        "the receiver refused the tunnel: {} {}",
+                        reply.status, reply.reason
+                    ))
+                }
+                Err(e) if !reply.is_ok() && reply.status != STATUS_UNAUTHORIZED => {
+                    log::debug!("{}: {e}", self.cfg.name);
+                    return Err(format!(
+                        "the receiver refused the tunnel: {} {}",
+                        reply.status, reply.reason
+                    ));
+                }
+                Err(e) => return Err(e.to_string()),
             }
         };
-        let reply = Reply::parse(&text).map_err(|e| format!("bad handshake reply: {e}"))?;
-        if !reply.is_ok() {
-            return Err(format!(
-                "the receiver refused the tunnel: {} {}",
-                reply.status, reply.reason
-            ));
-        }
         if let Some(dev) = reply.fields.get("Device") {
             log::info!("{}: the receiver plays on its sink {dev}", self.cfg.name);
         }
@@ -599,6 +648,7 @@ impl Worker {
     fn stream_loop(&mut self, conn: &mut Conn, rx: &mpsc::Receiver<Incoming>) -> Ended {
         let mut sending = false;
         let mut last_sent = Instant::now();
+        let mut last_heard = Instant::now();
         self.discard_ring();
         self.shared.stats.set_state(TunnelState::Idle);
         loop {
@@ -615,7 +665,10 @@ impl Worker {
             while let Ok(msg) = rx.try_recv() {
                 match msg {
                     Incoming::Closed(why) => return Ended::Lost(why),
-                    Incoming::Controls(c) => self.on_controls(c),
+                    Incoming::Controls(c) => {
+                        last_heard = Instant::now();
+                        self.on_controls(c)
+                    }
                 }
             }
             self.retune();
@@ -644,6 +697,12 @@ impl Worker {
                 sending = false;
                 last_sent = Instant::now();
                 self.shared.stats.set_state(TunnelState::Idle);
+            }
+            if last_heard.elapsed() > DEAD_AFTER {
+                return Ended::Lost(format!(
+                    "nothing heard from the receiver for {} s",
+                    DEAD_AFTER.as_secs()
+                ));
             }
             if !sending && last_sent.elapsed() >= KEEPALIVE {
                 let mut pkt = Vec::new();
