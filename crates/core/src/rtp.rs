@@ -403,7 +403,9 @@ pub fn parse_rtcp(buf: &[u8]) -> Result<Vec<Control>, WireError> {
                         t.len()
                     )));
                 }
-                Control::Bye(t.to_string())
+                // The reason ends up in a log line: control characters (escape sequences,
+                // newlines) become spaces, as the writer does.
+                Control::Bye(clean_text(t, MAX_REASON_LEN))
             }
             _ => continue,
         };
