@@ -19,6 +19,8 @@ cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 echo "== unit tests"
 cargo test --release --workspace --exclude opus-tunnel-tests
+echo "== fuzz smoke (20000 inputs per target; scripts/fuzz.sh 10000000 is the full run)"
+scripts/fuzz.sh 20000
 echo "== end-to-end tests (real daemons, one at a time)"
 # The suite must not skip the module tests: a missing module is a failure here.
 OPUS_TUNNEL_REQUIRE_MODULES=1 cargo test --release -p opus-tunnel-tests -- --test-threads=1
