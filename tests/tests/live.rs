@@ -15,7 +15,7 @@ use opus_tunnel_tests::{
     Dropout, Player, Recorder, RATE,
 };
 use rustfft::{num_complex::Complex, FftPlanner};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const SENDER: &str = "module-tunnel-sink-opus";
@@ -246,7 +246,7 @@ fn mono(samples: &[i16]) -> Vec<f32> {
         .collect()
 }
 
-/// 1. While music-like audio plays, `compression.bitrate` 128000 → 16000 → 64000 through
+/// Check 1: While music-like audio plays, `compression.bitrate` 128000 → 16000 → 64000 through
 /// `update-sink-proplist`. For each: a ~5 s window starting ~1 s after the change.
 ///
 /// "Within 15% of the new bitrate" is about the **payload** (what the Opus encoder was asked
@@ -337,7 +337,7 @@ fn l1_bitrate_follows_live_changes() {
     );
 }
 
-/// 2. `compression.frame_size` 20 → 5 → 20 live: the packet rate on the wire follows (50/s,
+/// Check 2: `compression.frame_size` 20 → 5 → 20 live: the packet rate on the wire follows (50/s,
 /// 200/s, 50/s within 10%, from `opus.tunnel.packets_sent` over ~3 s windows starting ~1 s
 /// after each change), no reconnect, and the far end's recording across the changes has no
 /// dropout at all.
@@ -406,7 +406,7 @@ fn l2_frame_size_follows_live_changes() {
     );
 }
 
-/// 3. `compression.opus.max_bandwidth=narrowband` live: with white noise (-20 dBFS) under the
+/// Check 3: `compression.opus.max_bandwidth=narrowband` live: with white noise (-20 dBFS) under the
 /// chord, the energy of the received audio above 4 kHz (4–20 kHz) falls by more than 30 dB
 /// (3 s before against 3 s starting 1 s after the change; Welch periodograms).
 #[test]
@@ -472,7 +472,7 @@ fn l3_narrowband_cuts_high_frequencies() {
     );
 }
 
-/// 4. `compression.opus.complexity=11` is refused: the sender's log names the key (`tun:
+/// Check 4: `compression.opus.complexity=11` is refused: the sender's log names the key (`tun:
 /// refused compression.opus.complexity: "11" is not accepted (...)`) and the property reads
 /// the effective value, 10, again within 1 s.
 #[test]
@@ -538,7 +538,7 @@ fn parse_kv(text: &str) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
-/// 5. `pactl send-message /opus_tunnel/tun set ...` → `ok`; `get` and the sink properties
+/// Check 5: `pactl send-message /opus_tunnel/tun set ...` → `ok`; `get` and the sink properties
 /// show the new values; a bad value → `error: ...` naming the key and range, nothing changes;
 /// `/core list-handlers` lists the handler.
 #[test]
@@ -634,7 +634,7 @@ fn ctl_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn ctl(d: &Daemon, bin: &PathBuf, args: &[&str]) -> (bool, String, String) {
+fn ctl(d: &Daemon, bin: &Path, args: &[&str]) -> (bool, String, String) {
     let out = d
         .command(bin.to_str().expect("utf-8 path"))
         .args(args)
@@ -647,7 +647,7 @@ fn ctl(d: &Daemon, bin: &PathBuf, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// 6. `opus-tunnel-ctl` against a daemon: `status` lists `tun` with its state and server;
+/// Check 6: `opus-tunnel-ctl` against a daemon: `status` lists `tun` with its state and server;
 /// `set tun bitrate=32k` changes `compression.bitrate`; `set tun complexity=11` exits non-zero
 /// with the module's reason; `get tun` prints the knobs.
 #[test]
@@ -673,6 +673,8 @@ fn l6_opus_tunnel_ctl() {
     wait_for_signal(&rig, &mut rec);
     drop(rec);
     rig.wait_prop("opus.tunnel.state", "streaming", Duration::from_secs(3));
+    // Two refreshes of the statistics, so that they cover playback.
+    std::thread::sleep(Duration::from_millis(2100));
 
     let (ok, out, err) = ctl(&rig.sender, &bin, &["status"]);
     println!("{test}: status:\n{out}{err}");
@@ -680,6 +682,15 @@ fn l6_opus_tunnel_ctl() {
     assert!(
         out.contains("tun") && out.contains("streaming") && out.contains("127.0.0.1"),
         "status should list tun, streaming, with its server: {out}"
+    );
+    let kbits: f64 = out
+        .split_once(" kbit/s on the wire")
+        .and_then(|(head, _)| head.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no bitrate in the status: {out}"));
+    assert!(
+        (40.0..100.0).contains(&kbits),
+        "status shows {kbits} kbit/s on the wire while 64 kbit/s Opus plays: {out}"
     );
 
     let (ok, out, err) = ctl(&rig.sender, &bin, &["set", "tun", "bitrate=32k"]);
