@@ -10,6 +10,7 @@
 
 pub mod analysis;
 pub mod daemon;
+pub mod impair;
 pub mod proxy;
 pub mod signal;
 
@@ -21,6 +22,7 @@ pub use daemon::{
     free_port, module_dir, modules_present, require_modules, stock_module_dir, Daemon,
     DaemonBuilder,
 };
+pub use impair::{Impairment, ImpairmentProxy};
 pub use proxy::CountingProxy;
 pub use signal::{
     dbfs_to_amplitude, play, play_loop, record, record_raw, tone, tone_loop, write_s16le, Player,
