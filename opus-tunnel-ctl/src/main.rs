@@ -114,7 +114,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let text = ask(server, &sink, "set", &params)?;
             let text = text.trim();
             if text == "ok" {
-                println!("{sink}: {params}");
+                println!("{sink}: set {params}");
                 return Ok(ExitCode::SUCCESS);
             }
             let reason = text.strip_prefix("error: ").unwrap_or(text);

@@ -107,6 +107,7 @@ impl Conn {
 pub fn send(server: Option<&str>, path: &str, message: &str, params: &str) -> Result<Answer> {
     let c_name = CString::new("opus-tunnel-ctl")?;
     let c_server = server.map(CString::new).transpose()?;
+    let which = server.map(|s| format!(" {s}")).unwrap_or_default();
     let c_path = CString::new(path)?;
     let c_message = CString::new(message)?;
     let c_params = CString::new(params)?;
@@ -138,7 +139,7 @@ pub fn send(server: Option<&str>, path: &str, message: &str, params: &str) -> Re
     };
     if r < 0 {
         bail!(
-            "cannot connect to the sound server: {}",
+            "cannot connect to the sound server{which}: {}",
             strerror(conn.errno())
         );
     }
@@ -148,7 +149,7 @@ pub fn send(server: Option<&str>, path: &str, message: &str, params: &str) -> Re
             sys::PA_CONTEXT_READY => break,
             sys::PA_CONTEXT_FAILED | sys::PA_CONTEXT_TERMINATED => {
                 bail!(
-                    "cannot connect to the sound server: {}",
+                    "cannot connect to the sound server{which}: {}",
                     strerror(conn.errno())
                 )
             }

@@ -54,15 +54,20 @@ impl Client {
         let mut mainloop = Mainloop::new().ok_or_else(|| anyhow!("cannot create a main loop"))?;
         let mut context = Context::new(&mainloop, "opus-tunnel-ctl")
             .ok_or_else(|| anyhow!("cannot create a PulseAudio context"))?;
-        context
-            .connect(server, FlagSet::NOAUTOSPAWN, None)
-            .map_err(|e| anyhow!("cannot connect to the sound server: {e}"))?;
+        let which = server.map(|s| format!(" {s}")).unwrap_or_default();
+        // (The binding's error here carries pa_context_connect's -1, not the reason: ask
+        // the context.)
+        if context.connect(server, FlagSet::NOAUTOSPAWN, None).is_err() {
+            bail!(
+                "cannot connect to the sound server{which}: {}",
+                context.errno()
+            );
+        }
         loop {
             match context.get_state() {
                 State::Ready => break,
                 State::Failed | State::Terminated => bail!(
-                    "cannot connect to the sound server{}: {}",
-                    server.map(|s| format!(" {s}")).unwrap_or_default(),
+                    "cannot connect to the sound server{which}: {}",
                     context.errno()
                 ),
                 _ => iterate(&mut mainloop)?,
