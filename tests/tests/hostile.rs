@@ -1,0 +1,1142 @@
+//! Hostile networks and peers (issue 7), against real daemons:
+//!
+//! sender daemon: `module-tunnel-sink-opus sink_name=tun server=tcp:127.0.0.1:<proxy>`
+//!   → ImpairmentProxy → receiver daemon: `module-opus-protocol-tcp port=<port>` playing into
+//!   its `null` sink; tests record `null.monitor` there.
+//!
+//! * `auth_*`: wrong cookie, no cookie, ACL miss refused with the reason logged on both
+//!   ends; the right cookie plays; a recorded handshake replayed by a third party is refused.
+//! * `disconnects_*`: forced disconnects during playback (`OPUS_TUNNEL_DISCONNECTS`, default
+//!   100), every one recovered within 2 s, reconnect count, memory.
+//! * `stall_*`: a 2 s stall; audio resumes and the receiver's latency returns to its target.
+//! * `many_tunnels_*`: 64 tunnels, each with its own tone, into one receiver; the 65th is
+//!   refused with 503.
+//! * `hostile_connections_*`: 1000 hostile connections while a tunnel plays.
+//!
+//! Every test prints its figures. Run one at a time: `cargo test -p opus-tunnel-tests --test
+//! hostile -- --test-threads=1 --nocapture`.
+
+use opus_tunnel_tests::{
+    analyse_stereo, channel, dominant_frequency, dropouts, free_port, has_tone, play_loop,
+    require_modules, serial, tone_loop, Daemon, ImpairmentProxy, Player, Recorder, RATE,
+};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const SENDER: &str = "module-tunnel-sink-opus";
+const RECEIVER: &str = "module-opus-protocol-tcp";
+const LEFT: f64 = 1000.0;
+const RIGHT: f64 = 1500.0;
+const LEVEL: f64 = -12.0;
+
+fn skip(test: &str) -> bool {
+    !require_modules(test, &[SENDER, RECEIVER])
+}
+
+fn start_receiver_with(port: u16, args: &str) -> Daemon {
+    Daemon::builder()
+        .name("receiver")
+        .line(format!(
+            "load-module {RECEIVER} port={port} listen=127.0.0.1 sink=null {args}"
+        ))
+        .start()
+        .unwrap_or_else(|e| panic!("receiver with {RECEIVER} {args} on port {port}: {e:#}"))
+}
+
+fn start_sender() -> Daemon {
+    Daemon::builder()
+        .name("sender")
+        .start()
+        .unwrap_or_else(|e| panic!("sender daemon: {e:#}"))
+}
+
+fn logs(sender: &Daemon, receiver: &Daemon) -> String {
+    format!(
+        "\n--- sender log tail ---\n{}\n--- receiver log tail ---\n{}",
+        sender.log_tail(40),
+        receiver.log_tail(40)
+    )
+}
+
+fn load_tunnel(sender: &Daemon, name: &str, port: u16, extra: &str) -> u32 {
+    let args = format!("sink_name={name} server=tcp:127.0.0.1:{port} sink=null {extra}");
+    sender.load_module(SENDER, &args).unwrap_or_else(|e| {
+        panic!(
+            "load-module {SENDER} {args}: {e}\n--- sender log tail ---\n{}",
+            sender.log_tail(40)
+        )
+    })
+}
+
+fn play_tone(sender: &Daemon, sink: &str) -> Player {
+    play_loop(sender, sink, tone_loop(LEFT, RIGHT, LEVEL))
+}
+
+/// Reads 0.25 s slices until the last second holds the tone; the time it took, or `None`
+/// after `timeout`.
+fn wait_for_tone(rec: &mut Recorder, timeout: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    let mut window: Vec<i16> = Vec::new();
+    while t.elapsed() < timeout {
+        let slice = rec.read(0.25).ok()?;
+        window.extend_from_slice(&slice);
+        let keep = 48_000 * 2;
+        if window.len() > keep {
+            window.drain(..window.len() - keep);
+        }
+        if has_tone(&window, LEFT, RIGHT, 5.0, 0.3) {
+            return Some(t.elapsed());
+        }
+    }
+    None
+}
+
+fn sink_prop(d: &Daemon, sink: &str, key: &str) -> Option<String> {
+    d.sink_properties(sink).ok()?.get(key).cloned()
+}
+
+/// The properties of every sink-input (`pactl list sink-inputs`), `key = "value"` lines.
+fn sink_inputs(d: &Daemon) -> Vec<HashMap<String, String>> {
+    let text = d.pactl_ok(&["list", "sink-inputs"]);
+    text.split("Sink Input #")
+        .skip(1)
+        .map(|block| {
+            block
+                .lines()
+                .filter_map(|l| l.trim().split_once(" = "))
+                .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The first sink-input of an Opus tunnel on the receiver.
+fn tunnel_input(d: &Daemon) -> Option<HashMap<String, String>> {
+    sink_inputs(d)
+        .into_iter()
+        .find(|p| p.get("application.name").map(String::as_str) == Some("opus-tunnel"))
+}
+
+fn num(p: &HashMap<String, String>, key: &str) -> Option<f64> {
+    p.get(key)?.parse().ok()
+}
+
+/// Waits until the log of `d` after `mark` has a line containing every one of `needles`;
+/// returns that line.
+fn wait_log(d: &Daemon, mark: usize, needles: &[&str], timeout: Duration) -> Option<String> {
+    let t = Instant::now();
+    loop {
+        let log = d.log_since(mark);
+        if let Some(l) = log.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+            return Some(l.to_string());
+        }
+        if t.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the ")": state is field 0; utime and stime are fields 11 and 12.
+    let tick = 100.0; // sysconf(_SC_CLK_TCK) on Linux
+    let u: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let s: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (u + s) / tick
+}
+
+/// A recording that runs in the background until [`Tape::stop`] returns all of it.
+struct Tape {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<Vec<i16>, String>>>,
+    frames: Arc<AtomicUsize>,
+}
+
+impl Tape {
+    fn start(d: &Daemon, source: &str) -> Tape {
+        let mut rec = Recorder::start(d, source);
+        let stop = Arc::new(AtomicBool::new(false));
+        let frames = Arc::new(AtomicUsize::new(0));
+        let (stop2, frames2) = (stop.clone(), frames.clone());
+        let handle = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            while !stop2.load(Ordering::SeqCst) {
+                let s = rec.read(0.1).map_err(|e| format!("{e:#}"))?;
+                all.extend_from_slice(&s);
+                frames2.store(all.len() / 2, Ordering::SeqCst);
+            }
+            Ok(all)
+        });
+        Tape {
+            stop,
+            handle: Some(handle),
+            frames,
+        }
+    }
+
+    /// Seconds recorded so far.
+    fn seconds(&self) -> f64 {
+        self.frames.load(Ordering::SeqCst) as f64 / RATE as f64
+    }
+
+    fn stop(mut self) -> Vec<i16> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle
+            .take()
+            .expect("tape thread")
+            .join()
+            .expect("tape thread panicked")
+            .unwrap_or_else(|e| panic!("recording failed: {e}"))
+    }
+}
+
+impl Drop for Tape {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Stretches (start s, length s) where a stereo recording is silent (every 5 ms block below
+/// -50 dBFS) for at least `min_ms`, between its first and last sound.
+fn gaps(samples: &[i16], min_ms: f64) -> Vec<(f64, f64)> {
+    let block = RATE as usize / 200; // 5 ms
+    let loud: Vec<bool> = samples
+        .chunks(block * 2)
+        .map(|b| {
+            let ms = b.iter().map(|&s| (s as f64 / 32768.0).powi(2)).sum::<f64>()
+                / b.len().max(1) as f64;
+            10.0 * (2.0 * ms).log10() > -50.0
+        })
+        .collect();
+    let (Some(first), Some(last)) = (
+        loud.iter().position(|&l| l),
+        loud.iter().rposition(|&l| l),
+    ) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut run: Option<usize> = None;
+    for (i, &l) in loud.iter().enumerate().take(last + 1).skip(first) {
+        if !l {
+            run.get_or_insert(i);
+        } else if let Some(s) = run.take() {
+            let len = (i - s) as f64 * 5.0;
+            if len >= min_ms {
+                out.push((s as f64 * 0.005, len / 1000.0));
+            }
+        }
+    }
+    out
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        0.0
+    } else {
+        s[s.len() / 2]
+    }
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().cloned().fold(0.0, f64::max)
+}
+
+fn write_cookie(dir: &Path, name: &str, seed: u8) -> PathBuf {
+    let path = dir.join(name);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ u64::from(seed).wrapping_mul(0x1234_5678_9ABC);
+    let bytes: Vec<u8> = (0..256)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&path, bytes).expect("write cookie");
+    path
+}
+
+/// Reads from `s` until `b"\n\n"` ends a message or `timeout`; the bytes read.
+fn read_message(s: &mut TcpStream, timeout: Duration) -> Vec<u8> {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while t.elapsed() < timeout {
+        match s.read(&mut b) {
+            Ok(0) => break,
+            Ok(_) => {
+                out.push(b[0]);
+                if out.ends_with(b"\n\n") || out.ends_with(b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Auth: wrong cookie, no cookie and an ACL miss are refused with the reason in both logs;
+/// the right cookie plays the tone; the handshake of that good sender, recorded on the wire
+/// and replayed raw by a third party, is refused (403).
+#[test]
+fn auth_refusals_right_cookie_and_replay() {
+    let test = "auth_refusals_right_cookie_and_replay";
+    if skip(test) {
+        return;
+    }
+    let _g = serial();
+    let t0 = Instant::now();
+    let cookies = std::env::temp_dir().join(format!("ot-cookies-{}", std::process::id()));
+    std::fs::create_dir_all(&cookies).expect("cookie dir");
+    let good = write_cookie(&cookies, "good", 1);
+    let bad = write_cookie(&cookies, "bad", 2);
+    let port = free_port();
+    let acl_port = free_port();
+    let receiver = Daemon::builder()
+        .name("receiver")
+        .line(format!(
+            "load-module {RECEIVER} port={port} listen=127.0.0.1 sink=null auth-cookie={}",
+            good.display()
+        ))
+        .line(format!(
+            "load-module {RECEIVER} port={acl_port} listen=127.0.0.1 sink=null auth-ip-acl=10.0.0.0/8 auth-cookie-enabled=0"
+        ))
+        .start()
+        .unwrap_or_else(|e| panic!("receiver: {e:#}"));
+    let proxy = ImpairmentProxy::start(port);
+    let sender = start_sender();
+
+    // (sink name, port, extra args, what the receiver logs, what the sender logs)
+    let cases: [(&str, u16, String, &str, &str); 3] = [
+        (
+            "wrong_cookie",
+            port,
+            format!("cookie={}", bad.display()),
+            "cookie authentication failed",
+            "403",
+        ),
+        (
+            "no_cookie",
+            port,
+            String::new(),
+            "offered none",
+            "requires cookie authentication",
+        ),
+        (
+            "acl_miss",
+            acl_port,
+            format!("cookie={}", good.display()),
+            "address not allowed by auth-ip-acl",
+            "403",
+        ),
+    ];
+    for (name, p, extra, rx_says, tx_says) in &cases {
+        let (mr, ms) = (receiver.log_mark(), sender.log_mark());
+        let idx = load_tunnel(&sender, name, *p, extra);
+        let rline = wait_log(&receiver, mr, &["refused a tunnel", rx_says], Duration::from_secs(5));
+        let sline = wait_log(
+            &sender,
+            ms,
+            &[name, "cannot reach", tx_says],
+            Duration::from_secs(5),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let inputs = receiver.sink_input_count();
+        let state = sink_prop(&sender, name, "opus.tunnel.state");
+        println!("{test}: {name}: receiver: {rline:?}\n{test}: {name}: sender:   {sline:?}\n{test}: {name}: state {state:?}, receiver sink-inputs {inputs}");
+        assert!(
+            rline.is_some(),
+            "{name}: no refusal naming {rx_says:?} in the receiver's log{}",
+            logs(&sender, &receiver)
+        );
+        assert!(
+            sline.is_some(),
+            "{name}: no refusal naming {tx_says:?} in the sender's log{}",
+            logs(&sender, &receiver)
+        );
+        assert_eq!(inputs, 0, "{name}: a refused tunnel got a stream");
+        assert_ne!(state.as_deref(), Some("streaming"), "{name}");
+        sender.unload_module(idx).expect("unload");
+    }
+
+    // The right cookie, through the proxy that records the handshake.
+    let mr = receiver.log_mark();
+    load_tunnel(&sender, "tun", proxy.port(), &format!("cookie={}", good.display()));
+    let mut rec = Recorder::start(&receiver, "null.monitor");
+    let _player = play_tone(&sender, "tun");
+    let waited = wait_for_tone(&mut rec, Duration::from_secs(5));
+    let got = rec.read(2.0).expect("record");
+    drop(rec);
+    let r = analyse_stereo(&got, 0.0);
+    println!(
+        "{test}: right cookie: tone after {waited:?}; {r:?}; receiver: {:?}",
+        wait_log(&receiver, mr, &["plays on"], Duration::from_secs(1))
+    );
+    assert!(waited.is_some(), "right cookie: no tone within 5 s{}", logs(&sender, &receiver));
+    r.expect("right cookie: no signal")
+        .assert_tone(LEFT, RIGHT, LEVEL, 5.0, 1.0);
+
+    // Replay: the good sender's first connection, up to the end of its AUTH message.
+    let cap = proxy.first_upstream();
+    let auth_at = find(&cap, b"OPUS-TUNNEL/1 AUTH").unwrap_or_else(|| {
+        panic!(
+            "no AUTH message in the recorded handshake: {:?}",
+            String::from_utf8_lossy(&cap[..cap.len().min(600)])
+        )
+    });
+    let auth_end = auth_at
+        + find(&cap[auth_at..], b"\n\n").expect("end of the AUTH message")
+        + 2;
+    let hello = &cap[..auth_at];
+    let auth = &cap[auth_at..auth_end];
+    println!(
+        "{test}: recorded handshake: hello {} bytes, AUTH {} bytes:\n{}",
+        hello.len(),
+        auth.len(),
+        String::from_utf8_lossy(&cap[..auth_end])
+    );
+    for round in 1..=2 {
+        let mr = receiver.log_mark();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect for the replay");
+        s.write_all(hello).expect("replay hello");
+        let challenge = read_message(&mut s, Duration::from_secs(3));
+        s.write_all(auth).expect("replay AUTH");
+        let answer = read_message(&mut s, Duration::from_secs(3));
+        let challenge = String::from_utf8_lossy(&challenge).into_owned();
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let rline = wait_log(
+            &receiver,
+            mr,
+            &["refused a tunnel", "cookie authentication failed"],
+            Duration::from_secs(3),
+        );
+        println!(
+            "{test}: replay {round}: challenge {:?}\n{test}: replay {round}: answer {answer:?}\n{test}: replay {round}: receiver: {rline:?}",
+            challenge.lines().find(|l| l.starts_with("Server-Nonce")),
+        );
+        assert!(challenge.contains("401"), "no challenge to the replay: {challenge:?}");
+        assert!(
+            answer.starts_with("OPUS-TUNNEL/1 403"),
+            "the replayed handshake was not refused with 403: {answer:?}{}",
+            logs(&sender, &receiver)
+        );
+        assert!(rline.is_some(), "no refusal of the replay in the receiver's log");
+    }
+    // The good tunnel plays on.
+    let mut rec = Recorder::start(&receiver, "null.monitor");
+    let got = rec.read(1.5).expect("record");
+    assert!(
+        has_tone(&got, LEFT, RIGHT, 5.0, 1.0),
+        "the good tunnel stopped{}",
+        logs(&sender, &receiver)
+    );
+    assert!(sender.is_alive() && receiver.is_alive());
+    let _ = std::fs::remove_dir_all(&cookies);
+    println!("{test}: took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// Forced disconnects through the proxy during playback (`OPUS_TUNNEL_DISCONNECTS`, default
+/// 100): every one recovered within 2 s (on the wire and in the far end's audio), the tone
+/// between every two cuts, `opus.tunnel.reconnects` = count, both daemons alive, RSS growth
+/// under 5 MB each.
+#[test]
+fn disconnects_recover_within_2s() {
+    let test = "disconnects_recover_within_2s";
+    if skip(test) {
+        return;
+    }
+    let _g = serial();
+    let t0 = Instant::now();
+    let count: usize = std::env::var("OPUS_TUNNEL_DISCONNECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let port = free_port();
+    let receiver = start_receiver_with(port, "auth-anonymous=1");
+    let proxy = ImpairmentProxy::start(port);
+    let sender = start_sender();
+    load_tunnel(&sender, "tun", proxy.port(), "");
+    let _player = play_tone(&sender, "tun");
+    let tape = Tape::start(&receiver, "null.monitor");
+    // Tone established before the first cut.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while proxy.bytes_to_server() < 20_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut net: Vec<f64> = Vec::with_capacity(count);
+    let mut base = (0, 0);
+    for i in 1..=count {
+        let conns = proxy.connections();
+        let cut = Instant::now();
+        let n = proxy.cut_all();
+        assert_eq!(n, 1, "cut {i}: {n} connections open at the cut{}", logs(&sender, &receiver));
+        // Recovered on the wire: a new connection carries audio (> 2 KB, ~0.2 s of it).
+        let mut since: Option<u64> = None;
+        let rec = loop {
+            if proxy.connections() > conns && proxy.open_connections() == 1 {
+                let b = proxy.bytes_to_server();
+                let start = *since.get_or_insert(b);
+                if b > start + 2_000 {
+                    break Some(cut.elapsed());
+                }
+            }
+            if cut.elapsed() > Duration::from_secs(5) {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let rec = rec.unwrap_or_else(|| {
+            panic!("cut {i}: no audio on a new connection within 5 s{}", logs(&sender, &receiver))
+        });
+        net.push(rec.as_secs_f64());
+        // Let the tone play a while before the next cut.
+        std::thread::sleep(Duration::from_millis(700));
+        if i == 5 {
+            base = (sender.rss_kib(), receiver.rss_kib());
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let samples = tape.stop();
+    let end = (sender.rss_kib(), receiver.rss_kib());
+    let reconnects = sink_prop(&sender, "tun", "opus.tunnel.reconnects");
+    let state = sink_prop(&sender, "tun", "opus.tunnel.state");
+
+    // The far end's audio: one silent gap per cut, the tone between gaps.
+    let g = gaps(&samples, 50.0);
+    let gap_lens: Vec<f64> = g.iter().map(|x| x.1).collect();
+    let mut bad_segments = Vec::new();
+    let mut seg_start = 0.0;
+    for (k, &(s, len)) in g.iter().chain(std::iter::once(&(samples.len() as f64 / 2.0 / RATE as f64, 0.0))).enumerate() {
+        // The steady middle of the stretch between two gaps.
+        let a = ((seg_start + 0.1) * RATE as f64) as usize;
+        let b = ((s - 0.05) * RATE as f64) as usize;
+        if k > 0 && b > a + RATE as usize / 5 {
+            let part = &samples[a * 2..b * 2];
+            let l = dominant_frequency(&channel(part, 0, 2), RATE);
+            let r = dominant_frequency(&channel(part, 1, 2), RATE);
+            let d = dropouts(part, 2);
+            if (l - LEFT).abs() > 5.0 || (r - RIGHT).abs() > 5.0 || !d.is_empty() {
+                bad_segments.push(format!("segment {k} at {:.2} s: {l:.1}/{r:.1} Hz, {d:?}", seg_start));
+            }
+        }
+        seg_start = s + len;
+    }
+    println!(
+        "{test}: {count} cuts in {:.1} s; recovery on the wire (cut → audio on the new connection): max {:.3} s, median {:.3} s",
+        t0.elapsed().as_secs_f64(),
+        max(&net),
+        median(&net)
+    );
+    println!(
+        "{test}: far end: {} gaps ≥ 50 ms in {:.1} s recorded; gap length max {:.3} s, median {:.3} s, min {:.3} s; segments off-tone or with dropouts: {}",
+        g.len(),
+        samples.len() as f64 / 2.0 / RATE as f64,
+        max(&gap_lens),
+        median(&gap_lens),
+        gap_lens.iter().cloned().fold(f64::INFINITY, f64::min),
+        bad_segments.len()
+    );
+    for b in bad_segments.iter().take(10) {
+        println!("{test}:   {b}");
+    }
+    println!(
+        "{test}: opus.tunnel.reconnects {reconnects:?}, state {state:?}; RSS after cut 5 → end: sender {} → {} KiB ({:+} KiB), receiver {} → {} KiB ({:+} KiB); proxy connections {}",
+        base.0,
+        end.0,
+        end.0 as i64 - base.0 as i64,
+        base.1,
+        end.1,
+        end.1 as i64 - base.1 as i64,
+        proxy.connections()
+    );
+    assert!(sender.is_alive(), "sender died{}", logs(&sender, &receiver));
+    assert!(receiver.is_alive(), "receiver died{}", logs(&sender, &receiver));
+    assert!(max(&net) <= 2.0, "a reconnection took {:.3} s: {net:?}", max(&net));
+    assert_eq!(
+        g.len(),
+        count,
+        "expected one gap per cut in the far end's audio, found {}: {g:?}",
+        g.len()
+    );
+    assert!(max(&gap_lens) <= 2.0, "an audio gap of {:.3} s: {g:?}", max(&gap_lens));
+    assert!(bad_segments.is_empty(), "tone missing or broken between cuts: {bad_segments:?}");
+    assert_eq!(reconnects.as_deref(), Some(count.to_string().as_str()), "reconnect count");
+    assert_eq!(state.as_deref(), Some("streaming"));
+    assert!(end.0 < base.0 + 5 * 1024, "sender RSS grew {} KiB", end.0 as i64 - base.0 as i64);
+    assert!(end.1 < base.1 + 5 * 1024, "receiver RSS grew {} KiB", end.1 as i64 - base.1 as i64);
+}
+
+/// A 2 s stall through the proxy: the audio resumes, and the receiver's buffered latency
+/// (`opus.tunnel.latency_usec` of its sink-input) is back near the 60 ms target within 5 s
+/// of the end of the stall.
+#[test]
+fn stall_2s_then_latency_back_at_target() {
+    let test = "stall_2s_then_latency_back_at_target";
+    if skip(test) {
+        return;
+    }
+    let _g = serial();
+    let t0 = Instant::now();
+    let port = free_port();
+    let receiver = start_receiver_with(port, "auth-anonymous=1 target_latency_msec=60");
+    let proxy = ImpairmentProxy::start(port);
+    let sender = start_sender();
+    load_tunnel(&sender, "tun", proxy.port(), "");
+    let _player = play_tone(&sender, "tun");
+    let tape = Tape::start(&receiver, "null.monitor");
+    std::thread::sleep(Duration::from_secs(4));
+    let lat = |d: &Daemon| tunnel_input(d).and_then(|p| num(&p, "opus.tunnel.latency_usec"));
+    let before = tunnel_input(&receiver);
+    let lat_before = before.as_ref().and_then(|p| num(p, "opus.tunnel.latency_usec"));
+    let target = before
+        .as_ref()
+        .and_then(|p| num(p, "opus.tunnel.target_latency_usec"));
+    let stall_at = tape.seconds();
+    proxy.stall(2000);
+    let stall_start = Instant::now();
+    let mut series: Vec<(f64, Option<f64>)> = Vec::new();
+    while stall_start.elapsed() < Duration::from_secs(10) {
+        series.push((stall_start.elapsed().as_secs_f64(), lat(&receiver)));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = tunnel_input(&receiver).unwrap_or_default();
+    let samples = tape.stop();
+    // Back at target: the first sample ≥ 2 s (end of stall) from which every sample is
+    // within 20 ms of the target.
+    let tgt = target.unwrap_or(60_000.0);
+    let settled = series
+        .iter()
+        .enumerate()
+        .filter(|(_, (t, _))| *t >= 2.0)
+        .find(|(i, _)| {
+            series[*i..]
+                .iter()
+                .all(|(_, l)| l.is_some_and(|l| (l - tgt).abs() <= 20_000.0))
+        })
+        .map(|(_, (t, _))| *t - 2.0);
+    let g = gaps(&samples, 20.0);
+    let tail_start = ((stall_at + 5.0) * RATE as f64) as usize * 2;
+    let tail = &samples[tail_start.min(samples.len())..];
+    let r = analyse_stereo(tail, 0.0);
+    println!(
+        "{test}: latency before {:?} µs (target {target:?}); after the stall (t from its start, ms):",
+        lat_before
+    );
+    println!(
+        "{test}:   {}",
+        series
+            .iter()
+            .map(|(t, l)| format!("{:.1}s:{}", t, l.map(|l| format!("{:.0}", l / 1000.0)).unwrap_or("-".into())))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "{test}: within ±20 ms of target {settled:?} s after the stall ended; underruns {:?}, overruns {:?}, plc {:?}; sender state {:?}, remote latency {:?}",
+        after.get("opus.tunnel.underruns"),
+        after.get("opus.tunnel.overruns"),
+        after.get("opus.tunnel.plc_frames"),
+        sink_prop(&sender, "tun", "opus.tunnel.state"),
+        sink_prop(&sender, "tun", "opus.tunnel.remote.latency_usec"),
+    );
+    println!("{test}: far end: gaps ≥ 20 ms {g:?} (stall began at {stall_at:.2} s of the recording); from 5 s after the stall: {r:?}");
+    println!("{test}: took {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(sender.is_alive() && receiver.is_alive(), "a daemon died{}", logs(&sender, &receiver));
+    let r = r.unwrap_or_else(|| panic!("no audio after the stall{}", logs(&sender, &receiver)));
+    assert!(r.seconds > 2.5, "audio after the stall too short: {r:?}");
+    r.assert_tone(LEFT, RIGHT, LEVEL, 5.0, 1.0);
+    let settled = settled.unwrap_or_else(|| {
+        panic!(
+            "latency never settled within 20 ms of {tgt} µs after the stall: {series:?}{}",
+            logs(&sender, &receiver)
+        )
+    });
+    assert!(settled <= 5.0, "latency back at target only {settled:.1} s after the stall");
+}
+
+/// 64 tunnels (64 tunnel sinks in one sender daemon, mono, Opus complexity 0 at 16 kbit/s),
+/// each playing its own tone (250 + 55·k Hz), into one receiver with max_connections=64:
+/// every tone is found in the receiver's mix within ±5 Hz; a 65th tunnel is refused with 503
+/// and the 64 play on.
+#[test]
+fn many_tunnels_64_then_65th_refused() {
+    let test = "many_tunnels_64_then_65th_refused";
+    if skip(test) {
+        return;
+    }
+    let _g = serial();
+    let t0 = Instant::now();
+    const N: usize = 64;
+    let freqs: Vec<f64> = (0..N).map(|k| 250.0 + 55.0 * k as f64).collect();
+    let knobs = "channels=1 compression.bitrate=16000 compression.opus.complexity=0 latency_msec=40";
+    let port = free_port();
+    let receiver = start_receiver_with(port, "auth-anonymous=1 max_connections=64");
+    let mut b = Daemon::builder().name("sender");
+    for k in 0..N {
+        b = b.line(format!(
+            "load-module {SENDER} sink_name=t{k} server=tcp:127.0.0.1:{port} sink=null {knobs}"
+        ));
+    }
+    let sender = b.start().unwrap_or_else(|e| panic!("sender with {N} tunnels: {e:#}"));
+    let players: Vec<Player> = freqs
+        .iter()
+        .enumerate()
+        .map(|(k, &f)| play_loop(&sender, &format!("t{k}"), tone_loop(f, f, -40.0)))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut inputs = 0;
+    while Instant::now() < deadline {
+        inputs = receiver.sink_input_count();
+        if inputs >= N {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!("{test}: {inputs} streams on the receiver after {:.1} s", t0.elapsed().as_secs_f64());
+    assert_eq!(inputs, N, "not every tunnel connected{}", logs(&sender, &receiver));
+    std::thread::sleep(Duration::from_secs(2));
+
+    let check = |label: &str| -> Vec<String> {
+        let (cs, cr) = (cpu_secs(sender.pid()), cpu_secs(receiver.pid()));
+        let t = Instant::now();
+        let got = opus_tunnel_tests::record(&receiver, "null.monitor", 3.0);
+        let secs = t.elapsed().as_secs_f64();
+        let (us, ur) = (
+            (cpu_secs(sender.pid()) - cs) / secs * 100.0,
+            (cpu_secs(receiver.pid()) - cr) / secs * 100.0,
+        );
+        let found = find_tones(&channel(&got, 0, 2), &freqs);
+        let mut bad = Vec::new();
+        let mut line = String::new();
+        for (k, (f, (peak, snr))) in freqs.iter().zip(&found).enumerate() {
+            line.push_str(&format!("{f:.0}→{peak:.1}({snr:.0}dB) "));
+            if (peak - f).abs() > 5.0 || *snr < 15.0 {
+                bad.push(format!("t{k}: {f} Hz → peak {peak:.1} Hz at {snr:.0} dB over the floor"));
+            }
+        }
+        println!(
+            "{test}: {label}: {} of {N} tones found (±5 Hz, ≥ 15 dB over the spectrum's median); CPU sender {us:.0} %, receiver {ur:.0} %",
+            N - bad.len()
+        );
+        println!("{test}: {label}: {line}");
+        bad
+    };
+    let bad = check("64 tunnels");
+    assert!(bad.is_empty(), "tones missing: {bad:?}{}", logs(&sender, &receiver));
+
+    // The 65th.
+    let (mr, ms) = (receiver.log_mark(), sender.log_mark());
+    load_tunnel(&sender, "t64", port, knobs);
+    let p65 = play_loop(&sender, "t64", tone_loop(4000.0, 4000.0, -40.0));
+    let rline = wait_log(&receiver, mr, &["refused a tunnel", "max_connections"], Duration::from_secs(5));
+    let sline = wait_log(&sender, ms, &["t64", "503"], Duration::from_secs(5));
+    println!("{test}: 65th: receiver: {rline:?}\n{test}: 65th: sender:   {sline:?}");
+    assert!(rline.is_some(), "no max_connections refusal in the receiver's log{}", logs(&sender, &receiver));
+    assert!(sline.is_some(), "no 503 in the sender's log{}", logs(&sender, &receiver));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(receiver.sink_input_count(), N, "the 65th got a stream (or one of the 64 lost its)");
+    let bad = check("64 tunnels, 65th refused");
+    assert!(bad.is_empty(), "tones missing after the 65th: {bad:?}{}", logs(&sender, &receiver));
+    assert!(sender.is_alive() && receiver.is_alive(), "a daemon died{}", logs(&sender, &receiver));
+    drop(p65);
+    drop(players);
+    println!("{test}: took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// For each expected frequency: (peak frequency within ±20 Hz, its level in dB over the
+/// median magnitude of 100..5000 Hz). Hann window, parabolic interpolation.
+fn find_tones(x: &[f32], freqs: &[f64]) -> Vec<(f64, f64)> {
+    use rustfft_like::spectrum;
+    let (mags, hz_per_bin) = spectrum(x);
+    let lo = (100.0 / hz_per_bin) as usize;
+    let hi = ((5000.0 / hz_per_bin) as usize).min(mags.len() - 1);
+    let mut band: Vec<f64> = mags[lo..hi].to_vec();
+    band.sort_by(f64::total_cmp);
+    let floor = band[band.len() / 2].max(1e-12);
+    freqs
+        .iter()
+        .map(|&f| {
+            let a = ((f - 20.0) / hz_per_bin) as usize;
+            let b = ((f + 20.0) / hz_per_bin) as usize;
+            let k = (a..=b).max_by(|&i, &j| mags[i].total_cmp(&mags[j])).unwrap_or(a);
+            let (l, c, r) = (
+                (mags[k - 1] + 1e-30).ln(),
+                (mags[k] + 1e-30).ln(),
+                (mags[k + 1] + 1e-30).ln(),
+            );
+            let den = l - 2.0 * c + r;
+            let off = if den.abs() > 1e-12 { (0.5 * (l - r) / den).clamp(-0.5, 0.5) } else { 0.0 };
+            ((k as f64 + off) * hz_per_bin, 20.0 * (mags[k] / floor).log10())
+        })
+        .collect()
+}
+
+mod rustfft_like {
+    /// Magnitude spectrum (Hann window) and Hz per bin, via `dominant_frequency`'s FFT crate.
+    pub fn spectrum(x: &[f32]) -> (Vec<f64>, f64) {
+        use rustfft::{num_complex::Complex, FftPlanner};
+        let n = x.len();
+        let mut buf: Vec<Complex<f64>> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                let w = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (n - 1) as f64).cos();
+                Complex::new(s as f64 * w, 0.0)
+            })
+            .collect();
+        FftPlanner::new().plan_fft_forward(n).process(&mut buf);
+        (
+            buf[..n / 2].iter().map(|c| c.norm()).collect(),
+            super::RATE as f64 / n as f64,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1000 hostile connections
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Kind {
+    Garbage,
+    ConnectClose,
+    HalfHello,
+    OversizedFrame,
+    Slowloris,
+    WrongProtocol,
+    OversizedStall,
+    LongLine,
+}
+
+const KINDS: [Kind; 8] = [
+    Kind::Garbage,
+    Kind::ConnectClose,
+    Kind::HalfHello,
+    Kind::OversizedFrame,
+    Kind::Slowloris,
+    Kind::WrongProtocol,
+    Kind::OversizedStall,
+    Kind::LongLine,
+];
+
+fn valid_hello(i: usize) -> Vec<u8> {
+    format!(
+        "OPUS-TUNNEL/1 PLAY\nName: attacker{i}\nHost: evil\nCodec: opus\nRate: 48000\nChannels: 2\nChannel-Map: front-left,front-right\nFrame-Usec: 20000\n\n"
+    )
+    .into_bytes()
+}
+
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// What to send, and whether to trickle it one byte per 100 ms.
+fn attack(kind: Kind, i: usize) -> (Vec<u8>, bool) {
+    match kind {
+        Kind::Garbage => (noise(i as u64 * 7919, 1 + (i * 37) % 4096), false),
+        Kind::ConnectClose => (Vec::new(), false),
+        Kind::HalfHello => {
+            let h = valid_hello(i);
+            (h[..h.len() / 2].to_vec(), false)
+        }
+        Kind::OversizedFrame => {
+            let mut v = valid_hello(i);
+            v.extend_from_slice(&[0xff, 0xff]);
+            v.extend(noise(i as u64, 65535));
+            v.extend_from_slice(&[0xff, 0xff]);
+            v.extend(noise(i as u64 + 1, 1000));
+            (v, false)
+        }
+        Kind::Slowloris => (valid_hello(i), true),
+        Kind::WrongProtocol => match i % 3 {
+            0 => (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
+            1 => (
+                b"OPUS-TUNNEL/9 PLAY\nName: x\nHost: y\nCodec: opus\nRate: 48000\nChannels: 2\n\n"
+                    .to_vec(),
+                false,
+            ),
+            _ => (
+                b"OPUS-TUNNEL/1 PLAY\nName: x\nHost: y\nCodec: mp3\nRate: 44100\nChannels: 9\n\n"
+                    .to_vec(),
+                false,
+            ),
+        },
+        Kind::OversizedStall => {
+            let mut v = valid_hello(i);
+            v.extend_from_slice(&[0xff, 0xff]);
+            v.extend(noise(i as u64, 100));
+            (v, false)
+        }
+        Kind::LongLine => {
+            let mut v = b"OPUS-TUNNEL/1 PLAY\nName: ".to_vec();
+            v.extend(std::iter::repeat_n(b'A', 100_000));
+            (v, false)
+        }
+    }
+}
+
+struct Attempt {
+    kind: Kind,
+    stream: Option<TcpStream>,
+    data: Vec<u8>,
+    sent: usize,
+    trickle: bool,
+    last_write: Instant,
+    opened: Instant,
+    answer: Vec<u8>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Outcome {
+    count: usize,
+    closed_by_receiver: usize,
+    still_open: usize,
+    connect_failed: usize,
+    max_close_secs: f64,
+    statuses: HashMap<String, usize>,
+}
+
+/// One attacker thread: runs attempts `i` with `i % threads == me`, at most `parallel` open
+/// at a time; every attempt waits (up to `give_up`) for the receiver to close it.
+fn attacker(
+    port: u16,
+    total: usize,
+    me: usize,
+    threads: usize,
+    parallel: usize,
+    give_up: Duration,
+    results: Arc<Mutex<HashMap<Kind, Outcome>>>,
+) {
+    let mut next = me;
+    let mut open: Vec<Attempt> = Vec::new();
+    let mut local: HashMap<Kind, Outcome> = HashMap::new();
+    while next < total || !open.is_empty() {
+        while open.len() < parallel && next < total {
+            let kind = KINDS[(next / threads + me) % KINDS.len()];
+            let (data, trickle) = attack(kind, next);
+            next += threads;
+            let o = local.entry(kind).or_default();
+            o.count += 1;
+            let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
+                o.connect_failed += 1;
+                continue;
+            };
+            if kind == Kind::ConnectClose {
+                drop(s);
+                continue;
+            }
+            let _ = s.set_nonblocking(true);
+            open.push(Attempt {
+                kind,
+                stream: Some(s),
+                data,
+                sent: 0,
+                trickle,
+                last_write: Instant::now() - Duration::from_secs(1),
+                opened: Instant::now(),
+                answer: Vec::new(),
+            });
+        }
+        let mut buf = [0u8; 4096];
+        for a in open.iter_mut() {
+            let Some(s) = a.stream.as_mut() else { continue };
+            if a.sent < a.data.len() {
+                if a.trickle {
+                    if a.last_write.elapsed() >= Duration::from_millis(100) {
+                        if let Ok(n) = s.write(&a.data[a.sent..a.sent + 1]) {
+                            a.sent += n;
+                        }
+                        a.last_write = Instant::now();
+                    }
+                } else {
+                    match s.write(&a.data[a.sent..]) {
+                        Ok(n) => a.sent += n,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(_) => a.sent = a.data.len(), // reset: the read below sees it
+                    }
+                }
+            }
+            let closed = loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(n) => {
+                        if a.answer.len() < 1024 {
+                            a.answer.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => break true,
+                }
+            };
+            let o = local.entry(a.kind).or_default();
+            if closed {
+                o.closed_by_receiver += 1;
+                o.max_close_secs = o.max_close_secs.max(a.opened.elapsed().as_secs_f64());
+                let text = String::from_utf8_lossy(&a.answer);
+                let status = text
+                    .lines()
+                    .last()
+                    .map(|_| {
+                        // The last status line the receiver sent (a 200 may precede a close).
+                        text.lines()
+                            .filter(|l| l.starts_with("OPUS-TUNNEL/"))
+                            .filter_map(|l| l.split_whitespace().nth(1))
+                            .last()
+                            .unwrap_or("-")
+                            .to_string()
+                    })
+                    .unwrap_or_else(|| "-".into());
+                *o.statuses.entry(status).or_default() += 1;
+                a.stream = None;
+            } else if a.opened.elapsed() > give_up {
+                o.still_open += 1;
+                a.stream = None;
+            }
+        }
+        open.retain(|a| a.stream.is_some());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut r = results.lock().unwrap_or_else(|p| p.into_inner());
+    for (k, o) in local {
+        let e = r.entry(k).or_default();
+        e.count += o.count;
+        e.closed_by_receiver += o.closed_by_receiver;
+        e.still_open += o.still_open;
+        e.connect_failed += o.connect_failed;
+        e.max_close_secs = e.max_close_secs.max(o.max_close_secs);
+        for (s, n) in o.statuses {
+            *e.statuses.entry(s).or_default() += n;
+        }
+    }
+}
+
+/// 1000 hostile connections (garbage, connect-and-close, half hellos that stall, a valid
+/// hello followed by 64 KiB frames of garbage, slowloris hellos, other protocols and
+/// versions, a valid start then a stalled 64 KiB frame, an endless header line) from 8
+/// threads while a tunnel plays: every one is closed by the receiver, the tone arrives with
+/// no dropout across the attack, the receiver lives, its RSS grows < 20 MB.
+#[test]
+fn hostile_connections_1000_while_playing() {
+    let test = "hostile_connections_1000_while_playing";
+    if skip(test) {
+        return;
+    }
+    let _g = serial();
+    let t0 = Instant::now();
+    let total: usize = std::env::var("OPUS_TUNNEL_HOSTILE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let port = free_port();
+    let receiver = start_receiver_with(port, "auth-anonymous=1");
+    let sender = start_sender();
+    load_tunnel(&sender, "tun", port, "");
+    let _player = play_tone(&sender, "tun");
+    let mut rec = Recorder::start(&receiver, "null.monitor");
+    wait_for_tone(&mut rec, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no tone before the attack{}", logs(&sender, &receiver)));
+    drop(rec);
+    std::thread::sleep(Duration::from_secs(1));
+    let rss0 = receiver.rss_kib();
+    let cpu0 = cpu_secs(receiver.pid());
+    let mark = receiver.log_mark();
+    let tape = Tape::start(&receiver, "null.monitor");
+    std::thread::sleep(Duration::from_secs(1));
+    let results = Arc::new(Mutex::new(HashMap::new()));
+    let threads = 8;
+    let ta = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|me| {
+            let r = results.clone();
+            std::thread::spawn(move || {
+                attacker(port, total, me, threads, 7, Duration::from_secs(20), r)
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("attacker thread");
+    }
+    let attack_secs = ta.elapsed().as_secs_f64();
+    let cpu = cpu_secs(receiver.pid()) - cpu0;
+    std::thread::sleep(Duration::from_secs(1));
+    let samples = tape.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    let rss1 = receiver.rss_kib();
+    let log = receiver.log_since(mark);
+    let refusals = log.lines().filter(|l| l.contains("refused a tunnel")).count();
+    let closed_lines = log.lines().filter(|l| l.contains("without a handshake")).count();
+    let ended = log.lines().filter(|l| l.contains(" ended: ")).count();
+    let r = analyse_stereo(&samples, 0.0);
+    let input = tunnel_input(&receiver).unwrap_or_default();
+    let results = results.lock().unwrap().clone();
+    let mut kinds: Vec<_> = results.into_iter().collect();
+    kinds.sort_by_key(|(k, _)| *k);
+    println!(
+        "{test}: {total} connections from {threads} threads in {attack_secs:.1} s; receiver CPU {:.1} s ({:.0} %)",
+        cpu,
+        cpu / attack_secs * 100.0
+    );
+    let mut open_total = 0;
+    for (k, o) in &kinds {
+        let mut st: Vec<_> = o.statuses.iter().collect();
+        st.sort();
+        println!(
+            "{test}:   {k:?}: {} tried, {} closed by the receiver (slowest after {:.2} s), {} still open at the give-up, {} connect failures; last status: {st:?}",
+            o.count, o.closed_by_receiver, o.max_close_secs, o.still_open, o.connect_failed
+        );
+        open_total += o.still_open;
+    }
+    println!(
+        "{test}: receiver log: {refusals} 'refused a tunnel', {closed_lines} 'without a handshake', {ended} 'ended'; RSS {rss0} → {rss1} KiB ({:+} KiB)",
+        rss1 as i64 - rss0 as i64
+    );
+    println!(
+        "{test}: tone across the attack: {r:?}; tunnel underruns {:?}, overruns {:?}, plc {:?}",
+        input.get("opus.tunnel.underruns"),
+        input.get("opus.tunnel.overruns"),
+        input.get("opus.tunnel.plc_frames")
+    );
+    println!("{test}: took {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(receiver.is_alive(), "receiver died{}", logs(&sender, &receiver));
+    assert!(sender.is_alive(), "sender died{}", logs(&sender, &receiver));
+    assert_eq!(open_total, 0, "connections the receiver never closed: {kinds:?}");
+    let r = r.unwrap_or_else(|| panic!("no signal across the attack{}", logs(&sender, &receiver)));
+    let recorded = samples.len() as f64 / 2.0 / RATE as f64;
+    assert!(
+        r.seconds > recorded - 0.5,
+        "the tone covers {:.1} s of {recorded:.1} s: {r:?}",
+        r.seconds
+    );
+    r.assert_tone(LEFT, RIGHT, LEVEL, 5.0, 1.0);
+    assert!(rss1 < rss0 + 20 * 1024, "receiver RSS grew {} KiB", rss1 as i64 - rss0 as i64);
+}
