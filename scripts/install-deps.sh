@@ -3,7 +3,8 @@
 # Idempotent: packages already present are left alone.
 set -euo pipefail
 PKGS=(pulseaudio pulseaudio-utils libpulse-dev libclang-dev clang libopus-dev pkg-config
-      libltdl-dev sox meson ninja-build dpkg-dev ca-certificates procps iproute2)
+      libltdl-dev sox meson ninja-build dpkg-dev ca-certificates procps iproute2
+      pipewire pipewire-bin pipewire-pulse wireplumber dbus-daemon libpipewire-0.3-dev libspa-0.2-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

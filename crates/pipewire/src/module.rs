@@ -1,0 +1,241 @@
+//! The module entry point, the module's core and its life cycle.
+
+use crate::args::Args;
+use crate::pw_sys as pw;
+use crate::spa_sys as spa;
+use std::cell::Cell;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+
+/// What PipeWire shows about a module (`pw-cli info <module>`).
+pub struct ModuleInfo {
+    pub author: &'static str,
+    pub description: &'static str,
+    /// Every argument, one per line.
+    pub usage: &'static str,
+}
+
+/// A loadable module: created at load with its arguments, dropped at unload (or when the
+/// daemon shuts down). Everything runs on the daemon's main thread.
+pub trait PwModule: Sized + 'static {
+    fn init(ctx: &Context, args: &Args) -> Result<Self, String>;
+}
+
+pub(crate) struct CtxInner {
+    pub(crate) main_loop: *mut pw::pw_loop,
+    pub(crate) core: Cell<*mut pw::pw_core>,
+}
+
+/// The module's handle on the daemon: its main loop and the core it connected (main thread
+/// only; cheap to clone).
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) inner: Rc<CtxInner>,
+}
+
+impl Context {
+    /// False once the daemon has taken the module's core away (shutdown in progress).
+    pub fn connected(&self) -> bool {
+        !self.inner.core.get().is_null()
+    }
+}
+
+/// Everything of one loaded module, on the heap at a fixed address (the hooks point into it).
+struct Instance<M> {
+    module: *mut pw::pw_impl_module,
+    ctx: Context,
+    module_hook: spa::spa_hook,
+    module_events: pw::pw_impl_module_events,
+    core_hook: spa::spa_hook,
+    core_events: pw::pw_proxy_events,
+    state: Option<M>,
+}
+
+/// `spa_hook_remove` (an inline function in the headers).
+pub(crate) unsafe fn hook_remove(hook: *mut spa::spa_hook) {
+    let link = &mut (*hook).link;
+    if !link.next.is_null() && !link.prev.is_null() {
+        (*link.prev).next = link.next;
+        (*link.next).prev = link.prev;
+        link.next = std::ptr::null_mut();
+        link.prev = std::ptr::null_mut();
+    }
+    if let Some(removed) = (*hook).removed {
+        removed(hook);
+    }
+}
+
+fn log_error(msg: &str) {
+    log::error!("{msg}");
+}
+
+unsafe extern "C" fn on_core_destroy<M: PwModule>(data: *mut c_void) {
+    let inst = &mut *(data as *mut Instance<M>);
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // The daemon disconnects every core before it destroys the modules: forget ours (it
+        // is being freed) and have the module destroyed.
+        hook_remove(&mut inst.core_hook);
+        inst.ctx.inner.core.set(std::ptr::null_mut());
+        pw::pw_impl_module_schedule_destroy(inst.module);
+    }));
+}
+
+unsafe extern "C" fn on_module_destroy<M: PwModule>(data: *mut c_void) {
+    let inst = data as *mut Instance<M>;
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let i = &mut *inst;
+        hook_remove(&mut i.module_hook);
+        // Streams, timers, threads of the module go first, then its core.
+        drop(i.state.take());
+        let core = i.ctx.inner.core.get();
+        if !core.is_null() {
+            hook_remove(&mut i.core_hook);
+            i.ctx.inner.core.set(std::ptr::null_mut());
+            pw::pw_core_disconnect(core);
+        }
+        drop(Box::from_raw(inst));
+    }));
+    if r.is_err() {
+        log_error("panic while unloading the module (caught)");
+    }
+}
+
+fn set_module_props(module: *mut pw::pw_impl_module, info: &ModuleInfo) {
+    let pairs = [
+        ("module.author", info.author),
+        ("module.description", info.description),
+        ("module.usage", info.usage),
+        ("module.version", env!("CARGO_PKG_VERSION")),
+    ];
+    let owned: Vec<(CString, CString)> = pairs
+        .iter()
+        .filter_map(|(k, v)| Some((CString::new(*k).ok()?, CString::new(*v).ok()?)))
+        .collect();
+    let items: Vec<spa::spa_dict_item> = owned
+        .iter()
+        .map(|(k, v)| spa::spa_dict_item {
+            key: k.as_ptr(),
+            value: v.as_ptr(),
+        })
+        .collect();
+    let dict = spa::spa_dict {
+        flags: 0,
+        n_items: items.len() as u32,
+        items: items.as_ptr(),
+    };
+    // SAFETY: module is the live module being initialised; the dict and its strings outlive
+    // the call (PipeWire copies them).
+    unsafe {
+        pw::pw_impl_module_update_properties(module, &dict as *const spa::spa_dict as *const _);
+    }
+}
+
+/// The body of `pipewire__module_init` (see [`crate::declare_pw_module`]): parses the
+/// arguments, connects a core, creates the module state, and arranges its clean-up. Returns 0,
+/// or a negative errno with the reason in the daemon's log. Never lets a panic out.
+pub fn module_init<M: PwModule>(
+    module: *mut c_void,
+    args: *const c_char,
+    info: &ModuleInfo,
+) -> c_int {
+    crate::init_logging("opus-tunnel");
+    let module = module as *mut pw::pw_impl_module;
+    if module.is_null() {
+        return -libc_einval();
+    }
+    let r = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+        let text = if args.is_null() {
+            String::new()
+        } else {
+            // SAFETY: PipeWire passes a NUL-terminated argument string (or NULL).
+            unsafe { CStr::from_ptr(args) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        let parsed = Args::parse(&text)?;
+        set_module_props(module, info);
+        // SAFETY: module is live; its context and main loop live at least as long as it.
+        let (context, main_loop) = unsafe {
+            let context = pw::pw_impl_module_get_context(module);
+            (context, pw::pw_context_get_main_loop(context))
+        };
+        if context.is_null() || main_loop.is_null() {
+            return Err("the module has no context".into());
+        }
+        // SAFETY: context is live; a NULL properties pointer is allowed.
+        let core = unsafe { pw::pw_context_connect(context, std::ptr::null_mut(), 0) };
+        if core.is_null() {
+            return Err(format!(
+                "cannot connect to the daemon's core: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let ctx = Context {
+            inner: Rc::new(CtxInner {
+                main_loop,
+                core: Cell::new(core),
+            }),
+        };
+        let state = match M::init(&ctx, &parsed) {
+            Ok(s) => s,
+            Err(e) => {
+                // SAFETY: the core is ours and nothing else uses it.
+                unsafe { pw::pw_core_disconnect(core) };
+                return Err(e);
+            }
+        };
+        // SAFETY: zeroed hooks and events are the documented initial state; the instance is
+        // boxed so the addresses handed to PipeWire stay valid until `on_module_destroy`
+        // frees it, after removing both hooks.
+        unsafe {
+            let inst: *mut Instance<M> = Box::into_raw(Box::new(Instance {
+                module,
+                ctx,
+                module_hook: std::mem::zeroed(),
+                module_events: pw::pw_impl_module_events {
+                    version: pw::PW_VERSION_IMPL_MODULE_EVENTS,
+                    destroy: Some(on_module_destroy::<M>),
+                    free: None,
+                    initialized: None,
+                    registered: None,
+                },
+                core_hook: std::mem::zeroed(),
+                core_events: pw::pw_proxy_events {
+                    version: pw::PW_VERSION_PROXY_EVENTS,
+                    destroy: Some(on_core_destroy::<M>),
+                    ..std::mem::zeroed()
+                },
+                state: Some(state),
+            }));
+            pw::pw_proxy_add_listener(
+                core as *mut pw::pw_proxy,
+                &mut (*inst).core_hook as *mut spa::spa_hook as *mut _,
+                &(*inst).core_events,
+                inst as *mut c_void,
+            );
+            pw::pw_impl_module_add_listener(
+                module,
+                &mut (*inst).module_hook as *mut spa::spa_hook as *mut _,
+                &(*inst).module_events,
+                inst as *mut c_void,
+            );
+        }
+        Ok(())
+    }));
+    match r {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            log_error(&format!("cannot load: {e}"));
+            -libc_einval()
+        }
+        Err(_) => {
+            log_error("cannot load: panic during initialisation (caught)");
+            -libc_einval()
+        }
+    }
+}
+
+fn libc_einval() -> c_int {
+    22
+}

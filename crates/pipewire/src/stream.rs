@@ -1,0 +1,406 @@
+//! Audio streams (F32 interleaved) with a real-time process callback: a playback stream pulls
+//! audio from a [`StreamIo`], a capture stream (or an `Audio/Sink` node) hands it what it
+//! receives.
+
+use crate::module::Context;
+use crate::pw_sys as pw;
+use crate::spa_sys as spa;
+use libspa::param::audio::{AudioFormat, AudioInfoRaw};
+use libspa::pod::serialize::PodSerializer;
+use libspa::pod::{Object, Value};
+use std::cell::UnsafeCell;
+use std::ffi::{c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Which way audio flows through the stream, seen from the module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// We produce audio (`Stream/Output/Audio`): [`StreamIo::fill`] is called.
+    Playback,
+    /// We receive audio (`Stream/Input/Audio`, or an `Audio/Sink` node): [`StreamIo::consume`].
+    Capture,
+}
+
+/// The real-time side of a stream; runs on PipeWire's data thread. Must not block or allocate.
+pub trait StreamIo: Send + 'static {
+    /// Playback: fill `out` (interleaved f32) completely.
+    fn fill(&mut self, out: &mut [f32]) {
+        out.fill(0.0);
+    }
+    /// Capture: `data` holds whole interleaved f32 frames (native endian) as bytes.
+    fn consume(&mut self, _data: &[u8]) {}
+}
+
+/// A stream's state as PipeWire reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamState {
+    Error(String),
+    Unconnected,
+    Connecting,
+    Paused,
+    Streaming,
+}
+
+/// What to create.
+pub struct StreamSpec<'a> {
+    /// The stream's name (and default `node.name` / `media.name`).
+    pub name: &'a str,
+    /// Its properties (`media.class`, `node.name`, `target.object`, …).
+    pub props: &'a [(String, String)],
+    pub direction: Direction,
+    pub rate: u32,
+    pub channels: u8,
+    /// SPA channel positions (see [`channel_positions`]).
+    pub positions: &'a [u32],
+}
+
+struct StreamData {
+    raw: *mut pw::pw_stream,
+    channels: usize,
+    direction: Direction,
+    hook: spa::spa_hook,
+    events: pw::pw_stream_events,
+    // Used only on the data thread (process).
+    io: UnsafeCell<Box<dyn StreamIo>>,
+    // Used only on the main thread (state_changed).
+    on_state: UnsafeCell<Option<Box<dyn FnMut(StreamState)>>>,
+}
+
+/// A PipeWire stream. Dropping it destroys the stream (PipeWire stops its process callback
+/// before it returns).
+pub struct Stream {
+    raw: *mut pw::pw_stream,
+    data: Box<StreamData>,
+}
+
+unsafe extern "C" fn on_process(data: *mut c_void) {
+    let d = data as *const StreamData;
+    let raw = (*d).raw;
+    let b = pw::pw_stream_dequeue_buffer(raw);
+    if b.is_null() {
+        return;
+    }
+    let buf = (*b).buffer;
+    if buf.is_null() || (*buf).n_datas == 0 || (*buf).datas.is_null() {
+        pw::pw_stream_queue_buffer(raw, b);
+        return;
+    }
+    let sd = &mut *(*buf).datas;
+    if sd.data.is_null() || sd.chunk.is_null() {
+        pw::pw_stream_queue_buffer(raw, b);
+        return;
+    }
+    let io = &mut *(*d).io.get();
+    let ch = (*d).channels.max(1);
+    let stride = 4 * ch;
+    match (*d).direction {
+        Direction::Playback => {
+            let mut frames = sd.maxsize as usize / stride;
+            if (*b).requested > 0 {
+                frames = frames.min((*b).requested as usize);
+            }
+            let out = std::slice::from_raw_parts_mut(sd.data as *mut f32, frames * ch);
+            if catch_unwind(AssertUnwindSafe(|| io.fill(out))).is_err() {
+                out.fill(0.0);
+            }
+            let chunk = &mut *sd.chunk;
+            chunk.offset = 0;
+            chunk.stride = stride as i32;
+            chunk.size = (frames * stride) as u32;
+            (*b).size = frames as u64;
+        }
+        Direction::Capture => {
+            let chunk = &*sd.chunk;
+            let max = sd.maxsize as usize;
+            let off = (chunk.offset as usize).min(max);
+            let size = (chunk.size as usize).min(max - off);
+            let bytes = std::slice::from_raw_parts((sd.data as *const u8).add(off), size);
+            let _ = catch_unwind(AssertUnwindSafe(|| io.consume(bytes)));
+        }
+    }
+    pw::pw_stream_queue_buffer(raw, b);
+}
+
+unsafe extern "C" fn on_state_changed(
+    data: *mut c_void,
+    _old: pw::pw_stream_state,
+    state: pw::pw_stream_state,
+    error: *const std::ffi::c_char,
+) {
+    let d = data as *const StreamData;
+    let st = convert_state(state, error);
+    if let Some(cb) = (*(*d).on_state.get()).as_mut() {
+        if catch_unwind(AssertUnwindSafe(|| cb(st))).is_err() {
+            log::error!("panic in a stream state callback (caught)");
+        }
+    }
+}
+
+unsafe fn convert_state(state: pw::pw_stream_state, error: *const std::ffi::c_char) -> StreamState {
+    match state {
+        pw::pw_stream_state_PW_STREAM_STATE_UNCONNECTED => StreamState::Unconnected,
+        pw::pw_stream_state_PW_STREAM_STATE_CONNECTING => StreamState::Connecting,
+        pw::pw_stream_state_PW_STREAM_STATE_PAUSED => StreamState::Paused,
+        pw::pw_stream_state_PW_STREAM_STATE_STREAMING => StreamState::Streaming,
+        _ => StreamState::Error(if error.is_null() {
+            "error".into()
+        } else {
+            CStr::from_ptr(error).to_string_lossy().into_owned()
+        }),
+    }
+}
+
+/// Builds a `pw_properties` from pairs (ownership passes to the callee it is given to).
+fn new_properties(pairs: &[(String, String)]) -> *mut pw::pw_properties {
+    // SAFETY: NULL key ends the (empty) vararg list; set copies the strings.
+    unsafe {
+        let p = pw::pw_properties_new(std::ptr::null());
+        if p.is_null() {
+            return p;
+        }
+        for (k, v) in pairs {
+            if let (Ok(k), Ok(v)) = (CString::new(k.as_str()), CString::new(v.as_str())) {
+                pw::pw_properties_set(p, k.as_ptr(), v.as_ptr());
+            }
+        }
+        p
+    }
+}
+
+fn format_pod(rate: u32, channels: u8, positions: &[u32]) -> Result<Vec<u8>, String> {
+    let mut info = AudioInfoRaw::new();
+    info.set_format(AudioFormat::F32LE);
+    info.set_rate(rate);
+    info.set_channels(u32::from(channels));
+    let mut pos = [0u32; spa::SPA_AUDIO_MAX_CHANNELS as usize];
+    for (i, p) in positions.iter().take(pos.len()).enumerate() {
+        pos[i] = *p;
+    }
+    info.set_position(pos);
+    let obj = Object {
+        type_: spa::SPA_TYPE_OBJECT_Format,
+        id: spa::SPA_PARAM_EnumFormat,
+        properties: info.into(),
+    };
+    PodSerializer::serialize(std::io::Cursor::new(Vec::new()), &Value::Object(obj))
+        .map(|(c, _)| c.into_inner())
+        .map_err(|e| format!("cannot build the format: {e:?}"))
+}
+
+impl Stream {
+    /// Creates and connects a stream on the module's core (AUTOCONNECT: the session manager
+    /// links it), F32 interleaved at `spec.rate`/`spec.channels`. `on_state` runs on the main
+    /// thread at every state change.
+    pub fn new(
+        ctx: &Context,
+        spec: &StreamSpec,
+        io: Box<dyn StreamIo>,
+        on_state: Option<Box<dyn FnMut(StreamState)>>,
+    ) -> Result<Stream, String> {
+        let core = ctx.inner.core.get();
+        if core.is_null() {
+            return Err("the daemon is shutting down".into());
+        }
+        let pod = format_pod(spec.rate, spec.channels, spec.positions)?;
+        let name = CString::new(spec.name).map_err(|_| "bad stream name".to_string())?;
+        let props = new_properties(spec.props);
+        if props.is_null() {
+            return Err("out of memory".into());
+        }
+        // SAFETY: core is live (checked above); pw_stream_new takes ownership of props.
+        let raw = unsafe { pw::pw_stream_new(core, name.as_ptr(), props) };
+        if raw.is_null() {
+            return Err(format!(
+                "cannot create the stream: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: zeroed hook is its initial state; the data is boxed, so the pointers handed
+        // to PipeWire stay valid until `drop` destroys the stream and then frees the box.
+        let data = unsafe {
+            let mut data = Box::new(StreamData {
+                raw,
+                channels: usize::from(spec.channels),
+                direction: spec.direction,
+                hook: std::mem::zeroed(),
+                events: pw::pw_stream_events {
+                    version: pw::PW_VERSION_STREAM_EVENTS,
+                    state_changed: Some(on_state_changed),
+                    process: Some(on_process),
+                    ..std::mem::zeroed()
+                },
+                io: UnsafeCell::new(io),
+                on_state: UnsafeCell::new(on_state),
+            });
+            let dp: *mut StreamData = &mut *data;
+            pw::pw_stream_add_listener(
+                raw,
+                &mut (*dp).hook as *mut spa::spa_hook as *mut _,
+                &(*dp).events,
+                dp as *mut c_void,
+            );
+            data
+        };
+        let stream = Stream { raw, data };
+        let dir = match spec.direction {
+            Direction::Playback => spa::SPA_DIRECTION_OUTPUT,
+            Direction::Capture => spa::SPA_DIRECTION_INPUT,
+        };
+        let mut params = [pod.as_ptr() as *const spa::spa_pod];
+        let flags = pw::pw_stream_flags_PW_STREAM_FLAG_AUTOCONNECT
+            | pw::pw_stream_flags_PW_STREAM_FLAG_MAP_BUFFERS
+            | pw::pw_stream_flags_PW_STREAM_FLAG_RT_PROCESS;
+        // SAFETY: the stream is live; the format pod is valid for the call (PipeWire copies).
+        let res = unsafe {
+            pw::pw_stream_connect(
+                stream.raw,
+                dir,
+                pw::PW_ID_ANY,
+                flags,
+                params.as_mut_ptr() as *mut *const _,
+                1,
+            )
+        };
+        if res < 0 {
+            return Err(format!(
+                "cannot connect the stream: {}",
+                std::io::Error::from_raw_os_error(-res)
+            ));
+        }
+        Ok(stream)
+    }
+
+    /// Adds or changes properties of the stream's node (`pw-dump` and `pw-cli info` show them).
+    pub fn update_properties(&self, pairs: &[(String, String)]) {
+        let owned: Vec<(CString, CString)> = pairs
+            .iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    CString::new(k.as_str()).ok()?,
+                    CString::new(v.as_str()).ok()?,
+                ))
+            })
+            .collect();
+        let items: Vec<spa::spa_dict_item> = owned
+            .iter()
+            .map(|(k, v)| spa::spa_dict_item {
+                key: k.as_ptr(),
+                value: v.as_ptr(),
+            })
+            .collect();
+        let dict = spa::spa_dict {
+            flags: 0,
+            n_items: items.len() as u32,
+            items: items.as_ptr(),
+        };
+        // SAFETY: the stream is live; the dict outlives the call (PipeWire copies).
+        unsafe {
+            pw::pw_stream_update_properties(self.raw, &dict as *const spa::spa_dict as *const _);
+        }
+    }
+
+    /// The stream's current state.
+    pub fn state(&self) -> StreamState {
+        let mut err: *const std::ffi::c_char = std::ptr::null();
+        // SAFETY: the stream is live; err is set to a string owned by the stream (or NULL).
+        unsafe {
+            let s = pw::pw_stream_get_state(self.raw, &mut err);
+            convert_state(s, err)
+        }
+    }
+
+    /// The node id of the stream (`u32::MAX` until it is known).
+    pub fn node_id(&self) -> u32 {
+        // SAFETY: the stream is live.
+        unsafe { pw::pw_stream_get_node_id(self.raw) }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // SAFETY: the stream is ours; pw_stream_destroy stops the process callback (it
+        // synchronises with the data thread), removes our hook with the rest of its listeners
+        // and frees the stream; our data box is freed after it.
+        unsafe {
+            pw::pw_stream_destroy(self.raw);
+        }
+        let _ = &self.data;
+    }
+}
+
+/// SPA channel positions for a PulseAudio-style channel map (`front-left,front-right`); when
+/// the map is empty or unknown, the usual positions for that many channels.
+pub fn channel_positions(map: &str, channels: u8) -> Vec<u32> {
+    let parsed: Option<Vec<u32>> = map
+        .split(',')
+        .map(|n| position(n.trim()))
+        .collect::<Option<Vec<u32>>>()
+        .filter(|v| v.len() == usize::from(channels));
+    parsed.unwrap_or_else(|| default_positions(channels))
+}
+
+fn position(name: &str) -> Option<u32> {
+    Some(match name {
+        "mono" => spa::SPA_AUDIO_CHANNEL_MONO,
+        "front-left" | "left" => spa::SPA_AUDIO_CHANNEL_FL,
+        "front-right" | "right" => spa::SPA_AUDIO_CHANNEL_FR,
+        "front-center" | "center" => spa::SPA_AUDIO_CHANNEL_FC,
+        "lfe" | "subwoofer" => spa::SPA_AUDIO_CHANNEL_LFE,
+        "rear-left" => spa::SPA_AUDIO_CHANNEL_RL,
+        "rear-right" => spa::SPA_AUDIO_CHANNEL_RR,
+        "rear-center" => spa::SPA_AUDIO_CHANNEL_RC,
+        "side-left" => spa::SPA_AUDIO_CHANNEL_SL,
+        "side-right" => spa::SPA_AUDIO_CHANNEL_SR,
+        "front-left-of-center" => spa::SPA_AUDIO_CHANNEL_FLC,
+        "front-right-of-center" => spa::SPA_AUDIO_CHANNEL_FRC,
+        other => {
+            let n: u32 = other.strip_prefix("aux")?.parse().ok()?;
+            spa::SPA_AUDIO_CHANNEL_AUX0 + n
+        }
+    })
+}
+
+fn default_positions(channels: u8) -> Vec<u32> {
+    use spa::*;
+    match channels {
+        1 => vec![SPA_AUDIO_CHANNEL_MONO],
+        2 => vec![SPA_AUDIO_CHANNEL_FL, SPA_AUDIO_CHANNEL_FR],
+        3 => vec![
+            SPA_AUDIO_CHANNEL_FL,
+            SPA_AUDIO_CHANNEL_FR,
+            SPA_AUDIO_CHANNEL_LFE,
+        ],
+        4 => vec![
+            SPA_AUDIO_CHANNEL_FL,
+            SPA_AUDIO_CHANNEL_FR,
+            SPA_AUDIO_CHANNEL_RL,
+            SPA_AUDIO_CHANNEL_RR,
+        ],
+        6 => vec![
+            SPA_AUDIO_CHANNEL_FL,
+            SPA_AUDIO_CHANNEL_FR,
+            SPA_AUDIO_CHANNEL_FC,
+            SPA_AUDIO_CHANNEL_LFE,
+            SPA_AUDIO_CHANNEL_RL,
+            SPA_AUDIO_CHANNEL_RR,
+        ],
+        n => (0..u32::from(n))
+            .map(|i| SPA_AUDIO_CHANNEL_AUX0 + i)
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions() {
+        assert_eq!(
+            channel_positions("front-left,front-right", 2),
+            vec![spa::SPA_AUDIO_CHANNEL_FL, spa::SPA_AUDIO_CHANNEL_FR]
+        );
+        assert_eq!(channel_positions("", 1), vec![spa::SPA_AUDIO_CHANNEL_MONO]);
+        assert_eq!(channel_positions("bogus,x", 2).len(), 2);
+    }
+}

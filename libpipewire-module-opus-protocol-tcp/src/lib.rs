@@ -1,0 +1,442 @@
+//! `libpipewire-module-opus-protocol-tcp`: the receiving end on a PipeWire host. Listens on
+//! TCP (default port 4715); each tunnel that connects (from `module-tunnel-sink-opus` on
+//! PulseAudio or `libpipewire-module-opus-tunnel` on PipeWire) becomes a playback stream
+//! (`Stream/Output/Audio`, F32 interleaved at the tunnel's rate and channels) that the session
+//! manager links to `target.object` or the default sink.
+//!
+//! The network side is `opus_tunnel_core::rx` (a listener thread, a thread per connection,
+//! lock-free rings); this module is the PipeWire glue: the main thread creates and removes the
+//! streams (woken through a main-loop event) and publishes their statistics as node properties
+//! once a second; each stream's process callback on PipeWire's data thread takes the audio out
+//! with `Playback::pop`.
+
+use opus_tunnel_core::acl::IpAcl;
+use opus_tunnel_core::auth::Cookie;
+use opus_tunnel_core::params::{parse_bool, DEFAULT_PORT};
+use opus_tunnel_core::rx::{self, ConnShared, Host, Playback, RecvConfig, StreamRequest};
+use opus_tunnel_pipewire::{
+    channel_positions, declare_pw_module, parse_json_list, parse_object, Args, Context, Direction,
+    Event, EventHandle, ModuleInfo, PwModule, Stream, StreamIo, StreamSpec, StreamState, Timer,
+};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+const USAGE: &str = "( server.address = [ \"tcp:[ADDR:]PORT\" ] )  listen address, default tcp:4715 (all addresses)
+( auth.anonymous = <bool> )  accept any peer, default false
+( auth.ip-acl = \"ADDR[/BITS];...\" )  peers admitted by address
+( auth.cookie = <path> )  others must prove this cookie (challenge-response)
+( target.object = <node.name> )  sink tunnels play on when the sender names none, default: the default sink
+( sess.latency.msec = <10-2000> )  receive buffer target, default 60
+( max.connections = <1-1024> )  concurrent tunnels, default 64
+( stream.props = { ... } )  extra properties of every tunnel's stream";
+
+const VALID_ARGS: &[&str] = &[
+    "server.address",
+    "auth.anonymous",
+    "auth.ip-acl",
+    "auth.cookie",
+    "target.object",
+    "sess.latency.msec",
+    "max.connections",
+    "stream.props",
+];
+
+/// The daemon side of the receiver, seen from the connection threads: requests are queued
+/// for the main thread, which is woken through a main-loop event.
+struct PwHost {
+    requests: Mutex<VecDeque<StreamRequest>>,
+    waker: OnceLock<EventHandle>,
+}
+
+impl PwHost {
+    fn wake(&self) {
+        if let Some(w) = self.waker.get() {
+            w.signal();
+        }
+    }
+}
+
+impl Host for PwHost {
+    fn open(&self, req: StreamRequest) {
+        if let Ok(mut q) = self.requests.lock() {
+            q.push_back(req);
+        }
+        self.wake();
+    }
+
+    fn changed(&self) {
+        self.wake();
+    }
+}
+
+/// A tunnel whose stream is playing (main thread).
+struct Active {
+    stream: Stream,
+    conn: Arc<ConnShared>,
+    /// The stream failed or was disconnected (its node destroyed, e.g. `pw-cli destroy`).
+    dead: Rc<Cell<bool>>,
+}
+
+/// Main-thread state.
+struct MainState {
+    ctx: Context,
+    host: Arc<PwHost>,
+    target: Option<String>,
+    target_usec: u64,
+    extra_props: Vec<(String, String)>,
+    active: Vec<Active>,
+}
+
+/// The stream's side on PipeWire's data thread.
+struct ReceiverIo(Playback);
+
+impl StreamIo for ReceiverIo {
+    fn fill(&mut self, out: &mut [f32]) {
+        self.0.pop(out);
+    }
+}
+
+impl MainState {
+    /// Creates streams for new tunnels and removes those that ended. Main thread.
+    fn service(&mut self) {
+        let requests: Vec<StreamRequest> = match self.host.requests.lock() {
+            Ok(mut q) => q.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for req in requests {
+            let (conn, playback, name, props, replier) = req.into_parts();
+            let device = conn.device.clone().or_else(|| self.target.clone());
+            match self.create_stream(&conn, playback, &name, props, device.as_deref()) {
+                Ok((stream, dead)) => {
+                    log::info!(
+                        "tunnel {} plays as stream {:?} on {}",
+                        conn.label,
+                        name,
+                        device.as_deref().unwrap_or("the default sink")
+                    );
+                    replier.accept(device.as_deref().unwrap_or("@DEFAULT_SINK@"));
+                    self.active.push(Active { stream, conn, dead });
+                }
+                Err(e) => {
+                    log::warn!("tunnel {}: {e}", conn.label);
+                    replier.refuse(503, &e);
+                }
+            }
+        }
+        self.active.retain(|a| {
+            if a.dead.get() {
+                log::info!("stream of {} is gone; closing its tunnel", a.conn.label);
+                a.conn.kill();
+                return false;
+            }
+            !a.conn.is_closed()
+        });
+    }
+
+    fn create_stream(
+        &self,
+        conn: &ConnShared,
+        playback: Playback,
+        name: &str,
+        props: Vec<(String, String)>,
+        device: Option<&str>,
+    ) -> Result<(Stream, Rc<Cell<bool>>), String> {
+        // A quantum near half the target, as a power of two (PipeWire's quanta are).
+        let want = (u64::from(conn.rate) * self.target_usec / 2_000_000).clamp(256, 8192);
+        let quantum = 1u64 << (63 - want.leading_zeros());
+        let mut p: Vec<(String, String)> = vec![
+            ("media.class".into(), "Stream/Output/Audio".into()),
+            ("media.type".into(), "Audio".into()),
+            ("media.category".into(), "Playback".into()),
+            ("media.role".into(), "Music".into()),
+            ("media.name".into(), name.into()),
+            ("node.description".into(), name.into()),
+            (
+                "node.name".into(),
+                format!("opus-tunnel.{}", clean(&conn.label)),
+            ),
+            ("application.name".into(), "opus-tunnel".into()),
+            ("node.latency".into(), format!("{quantum}/{}", conn.rate)),
+        ];
+        if let Some(d) = device {
+            p.push(("target.object".into(), d.into()));
+        }
+        p.extend(props);
+        p.extend(self.extra_props.iter().cloned());
+        p.extend(conn.stat_properties());
+        let positions = channel_positions(&conn.channel_map, conn.channels);
+        let dead = Rc::new(Cell::new(false));
+        let d2 = dead.clone();
+        let host = self.host.clone();
+        let label = conn.label.clone();
+        let stream = Stream::new(
+            &self.ctx,
+            &StreamSpec {
+                name,
+                props: &p,
+                direction: Direction::Playback,
+                rate: conn.rate,
+                channels: conn.channels,
+                positions: &positions,
+            },
+            Box::new(ReceiverIo(playback)),
+            Some(Box::new(move |st| match st {
+                StreamState::Error(e) => {
+                    log::warn!("stream of {label}: {e}");
+                    d2.set(true);
+                    host.wake();
+                }
+                StreamState::Unconnected => {
+                    d2.set(true);
+                    host.wake();
+                }
+                _ => {}
+            })),
+        )?;
+        Ok((stream, dead))
+    }
+
+    /// Publishes each stream's statistics as its node properties. Main thread, once a second.
+    fn publish(&mut self) {
+        for a in &self.active {
+            a.stream.update_properties(&a.conn.stat_properties());
+        }
+    }
+}
+
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The module instance.
+pub struct Receiver {
+    receiver: Option<rx::Receiver>,
+    _timer: Timer,
+    _event: Event,
+    main: Rc<RefCell<MainState>>,
+    addr: SocketAddr,
+}
+
+fn parse_num<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+    args: &Args,
+    key: &str,
+    default: T,
+    lo: T,
+    hi: T,
+) -> Result<T, String> {
+    match args.get(key) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<T>() {
+            Ok(n) if n >= lo && n <= hi => Ok(n),
+            _ => Err(format!(
+                "{key}: {v:?} is not accepted (an integer from {lo} to {hi})"
+            )),
+        },
+    }
+}
+
+fn parse_flag(args: &Args, key: &str) -> Result<bool, String> {
+    match args.get(key) {
+        None => Ok(false),
+        Some(v) => parse_bool(v)
+            .ok_or_else(|| format!("{key}: {v:?} is not accepted (a boolean: true/false)")),
+    }
+}
+
+/// `tcp:[ADDR:]PORT` (also `PORT`, `ADDR:PORT`, `[V6]:PORT`, `tcp:ADDR`) → the addresses to try.
+fn parse_address(s: &str) -> Result<Vec<SocketAddr>, String> {
+    let err = || {
+        format!(
+            "server.address: {s:?} is not accepted (tcp:[ADDR:]PORT, e.g. \"tcp:4715\" or \"tcp:127.0.0.1:4715\")"
+        )
+    };
+    let rest = s.trim().strip_prefix("tcp:").unwrap_or(s.trim());
+    if rest.starts_with("unix:") || rest.is_empty() {
+        return Err(err());
+    }
+    let all = |port: u16| {
+        vec![
+            SocketAddr::new(IpAddr::from([0u16; 8]), port),
+            SocketAddr::new(IpAddr::from([0u8; 4]), port),
+        ]
+    };
+    if let Ok(port) = rest.parse::<u16>() {
+        return Ok(all(port));
+    }
+    if let Ok(sa) = rest.parse::<SocketAddr>() {
+        return Ok(vec![sa]);
+    }
+    let bare = rest.trim_matches(|c| c == '[' || c == ']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, DEFAULT_PORT)]);
+    }
+    Err(err())
+}
+
+fn bind(addrs: &[SocketAddr]) -> Result<TcpListener, String> {
+    let mut last = String::new();
+    for a in addrs {
+        match TcpListener::bind(a) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = format!("cannot listen on {a}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+impl PwModule for Receiver {
+    fn init(ctx: &Context, args: &Args) -> Result<Self, String> {
+        args.check_keys(VALID_ARGS)?;
+        let addrs = match args.get("server.address") {
+            None => parse_address(&DEFAULT_PORT.to_string())?,
+            Some(v) => {
+                let list = parse_json_list(v);
+                match list.as_slice() {
+                    [one] => parse_address(one)?,
+                    [] => return Err("server.address: empty; give one address, e.g. [ \"tcp:4715\" ]".into()),
+                    _ => {
+                        return Err(format!(
+                            "server.address: {v:?}: one address is supported (load the module once per address)"
+                        ))
+                    }
+                }
+            }
+        };
+        let anonymous = parse_flag(args, "auth.anonymous")?;
+        let acl = match args.get("auth.ip-acl") {
+            None => None,
+            Some(v) => {
+                // Either PulseAudio's "a;b" or a JSON list [ "a" "b" ].
+                let joined = parse_json_list(v).join(";");
+                Some(IpAcl::parse("auth.ip-acl", &joined).map_err(|e| e.to_string())?)
+            }
+        };
+        let cookie = match args.get("auth.cookie") {
+            None => None,
+            Some(p) => Some(
+                Cookie::load(std::path::Path::new(p)).map_err(|e| format!("auth.cookie: {e}"))?,
+            ),
+        };
+        if !anonymous && acl.is_none() && cookie.is_none() {
+            return Err(
+                "no way to admit peers: set auth.anonymous = true, auth.ip-acl = \"<addresses>\", \
+                 or auth.cookie = <cookie file>"
+                    .into(),
+            );
+        }
+        let target_ms = parse_num(args, "sess.latency.msec", 60u64, 10, 2000)?;
+        let max_connections = parse_num(args, "max.connections", 64usize, 1, 1024)?;
+        let target = args.get("target.object").map(str::to_string);
+        let extra_props = match args.get("stream.props") {
+            None => Vec::new(),
+            Some(v) => parse_object(v).map_err(|e| format!("stream.props: {e}"))?,
+        };
+        let listener = bind(&addrs)?;
+        let host = Arc::new(PwHost {
+            requests: Mutex::new(VecDeque::new()),
+            waker: OnceLock::new(),
+        });
+        let main = Rc::new(RefCell::new(MainState {
+            ctx: ctx.clone(),
+            host: host.clone(),
+            target: target.clone(),
+            target_usec: target_ms * 1000,
+            extra_props,
+            active: Vec::new(),
+        }));
+        let m2 = main.clone();
+        let event = Event::new(ctx, move || {
+            if let Ok(mut m) = m2.try_borrow_mut() {
+                m.service();
+            }
+        })?;
+        let _ = host.waker.set(event.handle());
+        let m3 = main.clone();
+        let timer = Timer::new(ctx, 1_000_000, move || {
+            if let Ok(mut m) = m3.try_borrow_mut() {
+                m.service();
+                m.publish();
+            }
+        })?;
+        let cfg = RecvConfig {
+            anonymous,
+            acl,
+            cookie,
+            sink: target,
+            target_usec: target_ms * 1000,
+            max_connections,
+        };
+        let receiver = rx::Receiver::start(listener, cfg, host)
+            .map_err(|e| format!("cannot start the listener: {e}"))?;
+        let addr = receiver.local_addr();
+        log::info!("listening for opus tunnels on {addr}");
+        Ok(Receiver {
+            receiver: Some(receiver),
+            _timer: timer,
+            _event: event,
+            main,
+            addr,
+        })
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        // Ends every connection (their threads notice within ~200 ms) and joins them; requests
+        // still queued are refused, then the streams go.
+        drop(self.receiver.take());
+        if let Ok(mut m) = self.main.try_borrow_mut() {
+            let pending: Vec<StreamRequest> = match m.host.requests.lock() {
+                Ok(mut q) => q.drain(..).collect(),
+                Err(_) => Vec::new(),
+            };
+            for req in pending {
+                req.into_parts()
+                    .4
+                    .refuse(503, "the receiver is shutting down");
+            }
+            m.active.clear();
+        }
+        log::info!("stopped listening on {}", self.addr);
+    }
+}
+
+declare_pw_module!(
+    Receiver,
+    ModuleInfo {
+        author: "opus-tunnel developers",
+        description: "Receives Opus tunnels and plays each as a stream",
+        usage: USAGE,
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(parse_address("tcp:4715").unwrap().len(), 2);
+        assert_eq!(
+            parse_address("tcp:127.0.0.1:4716").unwrap(),
+            vec!["127.0.0.1:4716".parse().unwrap()]
+        );
+        assert_eq!(
+            parse_address("tcp:[::1]:4716").unwrap(),
+            vec!["[::1]:4716".parse().unwrap()]
+        );
+        assert!(parse_address("unix:/x").is_err());
+        assert!(parse_address("tcp:nope").is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! libpipewire-module-opus-tunnel (being written).
