@@ -9,7 +9,8 @@
 #   scripts/package-test.sh
 #
 # It packages HEAD (the committed tree, like CI): commit what you want tested.
-# Work files: target/package-test/ (the packages stay there; the cargo target directory is kept
+# Work files: target/package-test/ (the packages stay there; the cargo target directory
+# (OPUS_TUNNEL_PKG_TARGET, default target/package-test/cargo-target) is kept
 # between runs so that a rerun only rebuilds what changed). Every daemon it starts is stopped by
 # its pid, also on failure; the packages are purged on failure too.
 # OPUS_TUNNEL_KEEP_DIRS=1 keeps the daemons' directories (logs).
@@ -23,7 +24,7 @@ die() { echo "package-test: FAIL: $*" >&2; exit 1; }
 PKGS_ALL=(pulseaudio-module-opus-tunnel opus-tunnel-ctl pipewire-module-opus-tunnel)
 work=$repo/target/package-test
 tree=$work/opus-tunnel
-export CARGO_TARGET_DIR=$work/cargo-target
+export CARGO_TARGET_DIR=${OPUS_TUNNEL_PKG_TARGET:-$work/cargo-target}
 
 # ---------------------------------------------------------------- cleanup (trap)
 pids=()
@@ -124,7 +125,7 @@ if [ -n "$(ls "$work"/pipewire-module-opus-tunnel_*.deb 2>/dev/null)" ]; then
   dpkg-deb -f "$work"/pipewire-module-opus-tunnel_*.deb Depends | grep -qF "pipewire-bin (= $pw_version)" \
     || die "pipewire-module-opus-tunnel does not depend on pipewire-bin (= $pw_version)"
 else
-  say "pipewire-module-opus-tunnel not built (no PipeWire module crates in the tree): PipeWire part skipped"
+  say "pipewire-module-opus-tunnel not built (its crates are absent or do not declare pipewire__module_init yet): PipeWire part skipped"
 fi
 
 # ---------------------------------------------------------------- install
