@@ -1,1 +1,400 @@
-//! libpipewire-module-opus-tunnel (being written).
+//! `libpipewire-module-opus-tunnel`: with `tunnel.mode = sink`, an `Audio/Sink` node on a
+//! PipeWire host whose audio is encoded (Opus, or L16 PCM with `compression = none`) and
+//! streamed over TCP to `module-opus-protocol-tcp` (PulseAudio) or
+//! `libpipewire-module-opus-protocol-tcp` (PipeWire) on another machine, to be played there on
+//! `remote.sink`.
+//!
+//! Threads: the node's process callback on PipeWire's data thread pushes what it receives
+//! into a lock-free ring (`opus_tunnel_core::tx::Feeder`, never blocking); the core's worker
+//! thread converts, encodes, packetises, sends and reconnects; the main thread follows the
+//! node's state (streaming or not) and publishes statistics as node properties once a second.
+//!
+//! `tunnel.mode = source` (the microphone direction) is refused at load: the record
+//! direction does not exist in the core yet.
+
+use opus_tunnel_core::codec::{self, StreamFormat};
+use opus_tunnel_core::params::{self, Compression, OpusKnobs, KNOB_KEYS};
+use opus_tunnel_core::samples::SampleFormat;
+use opus_tunnel_core::tx::{self, Feeder, Shared, WorkerConfig};
+use opus_tunnel_pipewire::{
+    declare_pw_module, host_name, parse_json_list, parse_object, Args, Context, Direction,
+    ModuleInfo, PwModule, Stream, StreamIo, StreamSpec, StreamState, Timer,
+};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+const USAGE: &str = "tunnel.mode = sink  (source: not available yet)
+server.address = \"tcp:HOST:PORT\"  the receiver (port 4715 by default)
+( remote.sink = <sink name at the receiver> )  default: the receiver's choice
+( stream.props = { node.name = ... node.description = ... } )  properties of the sink node
+( audio.rate = <Hz> )  default 48000
+( audio.channels = <1-32> )  default 2
+( audio.position = [ FL FR ... ] )  default: by channel count
+( compression = opus | none )  default opus
+( compression.bitrate = <6000-510000> ) ( compression.frame_size = <2.5|5|10|20|40|60> )
+( compression.opus.complexity = <0-10> )
+( compression.opus.max_bandwidth = <narrowband|mediumband|wideband|superwideband|fullband> )
+( compression.opus.signal = <auto|voice|music> ) ( compression.opus.vbr = <bool> )
+( compression.opus.vbr_constraint = <bool> ) ( compression.opus.application = <voip|audio|lowdelay> )
+( compression.opus.lsb_depth = <8-24> ) ( compression.opus.dtx = <bool> )
+( compression.opus.fec = <bool> ) ( compression.opus.packet_loss = <0-100> )
+( auth.cookie = <path> )  a copy of the receiver's cookie, proven when it asks";
+
+fn valid_args() -> Vec<&'static str> {
+    let mut v = vec![
+        "tunnel.mode",
+        "server.address",
+        "remote.sink",
+        "stream.props",
+        "audio.rate",
+        "audio.channels",
+        "audio.position",
+        "compression",
+        "auth.cookie",
+    ];
+    v.extend(KNOB_KEYS);
+    v
+}
+
+/// The node's real-time side: hands what it receives to the tunnel's worker.
+struct SinkIo {
+    feeder: Feeder,
+    running: Arc<AtomicBool>,
+}
+
+impl StreamIo for SinkIo {
+    fn consume(&mut self, data: &[u8]) {
+        self.feeder.push(data, self.running.load(Ordering::Relaxed));
+    }
+}
+
+/// The module instance.
+pub struct Tunnel {
+    // `Drop` stops and joins the worker first; then the timer and the stream go.
+    _timer: Timer,
+    _stream: Stream,
+    shared: Arc<Shared>,
+    worker: Option<JoinHandle<()>>,
+}
+
+fn parse_u32(v: Option<&str>, key: &str, default: u32, lo: u32, hi: u32) -> Result<u32, String> {
+    match v {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "{key}: {v:?} is not accepted (an integer from {lo} to {hi})"
+            )),
+        },
+    }
+}
+
+/// PulseAudio channel names (the wire's channel map) for SPA position names.
+fn pa_channel(spa: &str) -> Option<&'static str> {
+    Some(match spa {
+        "MONO" => "mono",
+        "FL" => "front-left",
+        "FR" => "front-right",
+        "FC" => "front-center",
+        "LFE" => "lfe",
+        "RL" => "rear-left",
+        "RR" => "rear-right",
+        "RC" => "rear-center",
+        "SL" => "side-left",
+        "SR" => "side-right",
+        "FLC" => "front-left-of-center",
+        "FRC" => "front-right-of-center",
+        _ => return None,
+    })
+}
+
+fn channel_map(position: Option<&str>, channels: u8) -> Result<String, String> {
+    if let Some(p) = position {
+        let names: Vec<String> = parse_json_list(p);
+        let mapped: Option<Vec<String>> = names
+            .iter()
+            .map(|n| {
+                pa_channel(n).map(str::to_string).or_else(|| {
+                    n.strip_prefix("AUX")
+                        .and_then(|x| x.parse::<u32>().ok())
+                        .map(|i| format!("aux{i}"))
+                })
+            })
+            .collect();
+        return match mapped {
+            Some(m) if m.len() == usize::from(channels) => Ok(m.join(",")),
+            _ => Err(format!(
+                "audio.position: {p:?} is not accepted ({channels} of MONO, FL, FR, FC, LFE, RL, RR, RC, SL, SR, FLC, FRC, AUXn)"
+            )),
+        };
+    }
+    Ok(match channels {
+        1 => "mono".to_string(),
+        2 => "front-left,front-right".to_string(),
+        n => (0..n)
+            .map(|i| format!("aux{i}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    })
+}
+
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl PwModule for Tunnel {
+    fn init(ctx: &Context, args: &Args) -> Result<Self, String> {
+        args.check_keys(&valid_args())?;
+        match args.get("tunnel.mode").unwrap_or("sink") {
+            "sink" => {}
+            "source" => {
+                return Err("tunnel.mode: \"source\" is not available yet (the microphone direction is not built); use sink".into())
+            }
+            other => {
+                return Err(format!(
+                    "tunnel.mode: {other:?} is not accepted (sink; source is not available yet)"
+                ))
+            }
+        }
+        let server = args.get("server.address").ok_or_else(|| {
+            "server.address: missing; give the receiver's address, e.g. server.address = \"tcp:192.168.1.10:4715\"".to_string()
+        })?;
+        let server = match parse_json_list(server).as_slice() {
+            [one] => one.clone(),
+            _ => return Err(format!("server.address: {server:?}: give one address")),
+        };
+        let addr = params::parse_server(&server, params::DEFAULT_PORT)
+            .map_err(|e| format!("server.address: {e}"))?;
+        let compression = match args.get("compression") {
+            None => Compression::Opus,
+            Some(v) => Compression::parse(v).map_err(|e| e.to_string())?,
+        };
+        let mut knobs = OpusKnobs::default();
+        for key in KNOB_KEYS {
+            if let Some(v) = args.get(key) {
+                knobs.set(key, v).map_err(|e| e.to_string())?;
+            }
+        }
+        let mut stream_props: Vec<(String, String)> = match args.get("stream.props") {
+            None => Vec::new(),
+            Some(v) => parse_object(v).map_err(|e| format!("stream.props: {e}"))?,
+        };
+        let lookup = |key: &str| -> Option<String> {
+            args.get(key).map(str::to_string).or_else(|| {
+                stream_props
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+            })
+        };
+        let rate = parse_u32(
+            lookup("audio.rate").as_deref(),
+            "audio.rate",
+            48000,
+            1,
+            384_000,
+        )?;
+        let channels = parse_u32(
+            lookup("audio.channels").as_deref(),
+            "audio.channels",
+            2,
+            1,
+            32,
+        )? as u8;
+        let map = channel_map(lookup("audio.position").as_deref(), channels)?;
+        let fmt = StreamFormat { rate, channels };
+        codec::validate(compression, &fmt).map_err(|e| e.to_string())?;
+        codec::Encoder::new(compression, fmt, &knobs).map_err(|e| format!("codec: {e}"))?;
+        let cookie = match args.get("auth.cookie") {
+            None => None,
+            Some(p) => Some(
+                opus_tunnel_core::auth::Cookie::load(std::path::Path::new(p))
+                    .map_err(|e| format!("auth.cookie: {e}"))?,
+            ),
+        };
+        let remote_sink = args.get("remote.sink").map(str::to_string);
+        let host_part = match &addr {
+            params::ServerAddr::Tcp { host, .. } => host.clone(),
+            params::ServerAddr::Unix(p) => p.display().to_string(),
+        };
+        let node_name =
+            lookup("node.name").unwrap_or_else(|| format!("tunnel-opus.{}", clean(&host_part)));
+        let description = lookup("node.description").unwrap_or_else(|| {
+            format!(
+                "Opus tunnel to {}{}",
+                addr,
+                remote_sink
+                    .as_deref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default()
+            )
+        });
+        // The graph's block for this node: 1024 frames at 48 kHz (~21 ms) unless given.
+        let latency = lookup("node.latency")
+            .unwrap_or_else(|| format!("{}/{rate}", (u64::from(rate) * 1024 / 48_000).max(64)));
+        let block_usec = latency
+            .split_once('/')
+            .and_then(|(n, d)| Some((n.trim().parse::<u64>().ok()?, d.trim().parse::<u64>().ok()?)))
+            .filter(|(_, d)| *d > 0)
+            .map(|(n, d)| n * 1_000_000 / d)
+            .unwrap_or(21_333)
+            .clamp(1_000, 200_000);
+
+        let sample_format = SampleFormat::parse("float32le").map_err(|e| e.to_string())?;
+        let frame_bytes = 4 * usize::from(channels);
+        let ring_bytes = frame_bytes * rate as usize / 2;
+        let cfg = WorkerConfig {
+            addr: addr.clone(),
+            remote_sink: remote_sink.clone(),
+            name: node_name.clone(),
+            host: host_name(),
+            compression,
+            fmt,
+            sample_format,
+            channel_map: map.clone(),
+            block_usec,
+            cookie,
+        };
+        let (feeder, shared, worker) = tx::start(cfg, knobs, ring_bytes)
+            .map_err(|e| format!("cannot start the worker thread: {e}"))?;
+
+        let mut props: Vec<(String, String)> = vec![
+            ("media.class".into(), "Audio/Sink".into()),
+            ("node.name".into(), node_name.clone()),
+            ("node.description".into(), description),
+            ("node.latency".into(), latency),
+            ("device.class".into(), "sound".into()),
+            ("device.icon-name".into(), "network-server".into()),
+            ("opus.tunnel.server".into(), addr.to_string()),
+            (
+                "opus.tunnel.remote_sink".into(),
+                remote_sink.clone().unwrap_or_default(),
+            ),
+            ("compression".into(), compression.as_str().into()),
+        ];
+        props.extend(
+            knobs
+                .properties()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v)),
+        );
+        props.push(("opus.tunnel.state".into(), "connecting".into()));
+        // The user's stream.props win (audio.* are ours to interpret, not node properties).
+        stream_props.retain(|(k, _)| !k.starts_with("audio."));
+        for (k, v) in stream_props {
+            props.retain(|(pk, _)| *pk != k);
+            props.push((k, v));
+        }
+        let positions = opus_tunnel_pipewire::channel_positions(&map, channels);
+        let running = Arc::new(AtomicBool::new(false));
+        let (r2, s2) = (running.clone(), shared.clone());
+        let name2 = node_name.clone();
+        let stream = Stream::new(
+            ctx,
+            &StreamSpec {
+                name: &node_name,
+                props: &props,
+                direction: Direction::Capture,
+                rate,
+                channels,
+                positions: &positions,
+            },
+            Box::new(SinkIo {
+                feeder,
+                running: running.clone(),
+            }),
+            Some(Box::new(move |st| {
+                let now = st == StreamState::Streaming;
+                if let StreamState::Error(e) = &st {
+                    log::warn!("{name2}: stream error: {e}");
+                }
+                if r2.swap(now, Ordering::SeqCst) != now {
+                    s2.running.store(now, Ordering::SeqCst);
+                    s2.wake_worker();
+                }
+            })),
+        );
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                shared.stop_and_join(worker);
+                return Err(e);
+            }
+        };
+        log::info!(
+            "sink {node_name} tunnels to {addr} ({}{}, {rate} Hz, {channels} ch)",
+            compression.as_str(),
+            if compression == Compression::Opus {
+                format!(
+                    " {} bit/s, {} ms frames",
+                    knobs.bitrate,
+                    knobs.frame_size.as_str()
+                )
+            } else {
+                String::new()
+            },
+        );
+        // Statistics as node properties, once a second (main thread). The stream is owned by
+        // the module; the timer reaches it through a raw-free handle: a second `Stream`
+        // reference is not needed because the timer only updates properties.
+        let sh = shared.clone();
+        let updater = stream_updater(&stream);
+        let timer = Timer::new(ctx, 1_000_000, move || {
+            updater(&sh.stat_properties());
+        })?;
+        Ok(Tunnel {
+            _timer: timer,
+            _stream: stream,
+            shared,
+            worker: Some(worker),
+        })
+    }
+}
+
+/// A closure that updates the stream's properties (the timer must not own the stream).
+fn stream_updater(stream: &Stream) -> impl Fn(&[(String, String)]) + 'static {
+    let handle = stream.handle();
+    move |pairs| handle.update_properties(pairs)
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            self.shared.stop_and_join(w);
+        }
+    }
+}
+
+declare_pw_module!(
+    Tunnel,
+    ModuleInfo {
+        author: "opus-tunnel developers",
+        description: "Opus-compressed network tunnel sink (pairs with module-opus-protocol-tcp)",
+        usage: USAGE,
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps() {
+        assert_eq!(channel_map(None, 2).unwrap(), "front-left,front-right");
+        assert_eq!(
+            channel_map(Some("[ FL FR ]"), 2).unwrap(),
+            "front-left,front-right"
+        );
+        assert!(channel_map(Some("[ FL ]"), 2).is_err());
+        assert_eq!(channel_map(None, 1).unwrap(), "mono");
+    }
+}

@@ -10,6 +10,7 @@
 
 pub mod analysis;
 pub mod daemon;
+pub mod pipewire;
 pub mod impair;
 pub mod proxy;
 pub mod signal;

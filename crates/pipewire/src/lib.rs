@@ -27,7 +27,9 @@ pub use args::{parse_json_list, parse_object, Args};
 pub use logger::init_logging;
 pub use module::{module_init, Context, ModuleInfo, PwModule};
 pub use source::{Event, EventHandle, Timer};
-pub use stream::{channel_positions, Direction, Stream, StreamIo, StreamSpec, StreamState};
+pub use stream::{
+    channel_positions, Direction, Stream, StreamHandle, StreamIo, StreamSpec, StreamState,
+};
 
 /// The machine's host name (for the handshake), or `localhost`.
 pub fn host_name() -> String {

@@ -134,6 +134,7 @@ fn set_module_props(module: *mut pw::pw_impl_module, info: &ModuleInfo) {
 /// The body of `pipewire__module_init` (see [`crate::declare_pw_module`]): parses the
 /// arguments, connects a core, creates the module state, and arranges its clean-up. Returns 0,
 /// or a negative errno with the reason in the daemon's log. Never lets a panic out.
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // called only by the generated entry point, with PipeWire's pointers
 pub fn module_init<M: PwModule>(
     module: *mut c_void,
     args: *const c_char,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 type Callback = Box<dyn FnMut()>;
 
 unsafe fn utils(l: *mut pw::pw_loop) -> (*const spa::spa_loop_utils_methods, *mut c_void) {
-    let u = (*l).utils as *mut spa::spa_loop_utils;
+    let u = (*l).utils;
     let cb = &(*u).iface.cb;
     (cb.funcs as *const spa::spa_loop_utils_methods, cb.data)
 }

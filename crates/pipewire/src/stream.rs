@@ -8,9 +8,10 @@ use crate::spa_sys as spa;
 use libspa::param::audio::{AudioFormat, AudioInfoRaw};
 use libspa::pod::serialize::PodSerializer;
 use libspa::pod::{Object, Value};
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::ffi::{c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 
 /// Which way audio flows through the stream, seen from the module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,9 @@ pub struct StreamSpec<'a> {
     pub positions: &'a [u32],
 }
 
+/// A stream's state-change callback (main thread).
+type StateCallback = Box<dyn FnMut(StreamState)>;
+
 struct StreamData {
     raw: *mut pw::pw_stream,
     channels: usize,
@@ -63,7 +67,7 @@ struct StreamData {
     // Used only on the data thread (process).
     io: UnsafeCell<Box<dyn StreamIo>>,
     // Used only on the main thread (state_changed).
-    on_state: UnsafeCell<Option<Box<dyn FnMut(StreamState)>>>,
+    on_state: UnsafeCell<Option<StateCallback>>,
 }
 
 /// A PipeWire stream. Dropping it destroys the stream (PipeWire stops its process callback
@@ -71,6 +75,49 @@ struct StreamData {
 pub struct Stream {
     raw: *mut pw::pw_stream,
     data: Box<StreamData>,
+    alive: Rc<Cell<*mut pw::pw_stream>>,
+}
+
+/// A main-thread handle on a [`Stream`] that does nothing once the stream is gone.
+#[derive(Clone)]
+pub struct StreamHandle(Rc<Cell<*mut pw::pw_stream>>);
+
+impl StreamHandle {
+    /// [`Stream::update_properties`], if the stream still exists.
+    pub fn update_properties(&self, pairs: &[(String, String)]) {
+        let raw = self.0.get();
+        if !raw.is_null() {
+            update_properties_raw(raw, pairs);
+        }
+    }
+}
+
+fn update_properties_raw(raw: *mut pw::pw_stream, pairs: &[(String, String)]) {
+    let owned: Vec<(CString, CString)> = pairs
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                CString::new(k.as_str()).ok()?,
+                CString::new(v.as_str()).ok()?,
+            ))
+        })
+        .collect();
+    let items: Vec<spa::spa_dict_item> = owned
+        .iter()
+        .map(|(k, v)| spa::spa_dict_item {
+            key: k.as_ptr(),
+            value: v.as_ptr(),
+        })
+        .collect();
+    let dict = spa::spa_dict {
+        flags: 0,
+        n_items: items.len() as u32,
+        items: items.as_ptr(),
+    };
+    // SAFETY: callers pass a live stream; the dict outlives the call (PipeWire copies).
+    unsafe {
+        pw::pw_stream_update_properties(raw, &dict as *const spa::spa_dict as *const _);
+    }
 }
 
 unsafe extern "C" fn on_process(data: *mut c_void) {
@@ -241,7 +288,11 @@ impl Stream {
             );
             data
         };
-        let stream = Stream { raw, data };
+        let stream = Stream {
+            raw,
+            data,
+            alive: Rc::new(Cell::new(raw)),
+        };
         let dir = match spec.direction {
             Direction::Playback => spa::SPA_DIRECTION_OUTPUT,
             Direction::Capture => spa::SPA_DIRECTION_INPUT,
@@ -257,7 +308,7 @@ impl Stream {
                 dir,
                 pw::PW_ID_ANY,
                 flags,
-                params.as_mut_ptr() as *mut *const _,
+                params.as_mut_ptr(),
                 1,
             )
         };
@@ -272,31 +323,12 @@ impl Stream {
 
     /// Adds or changes properties of the stream's node (`pw-dump` and `pw-cli info` show them).
     pub fn update_properties(&self, pairs: &[(String, String)]) {
-        let owned: Vec<(CString, CString)> = pairs
-            .iter()
-            .filter_map(|(k, v)| {
-                Some((
-                    CString::new(k.as_str()).ok()?,
-                    CString::new(v.as_str()).ok()?,
-                ))
-            })
-            .collect();
-        let items: Vec<spa::spa_dict_item> = owned
-            .iter()
-            .map(|(k, v)| spa::spa_dict_item {
-                key: k.as_ptr(),
-                value: v.as_ptr(),
-            })
-            .collect();
-        let dict = spa::spa_dict {
-            flags: 0,
-            n_items: items.len() as u32,
-            items: items.as_ptr(),
-        };
-        // SAFETY: the stream is live; the dict outlives the call (PipeWire copies).
-        unsafe {
-            pw::pw_stream_update_properties(self.raw, &dict as *const spa::spa_dict as *const _);
-        }
+        update_properties_raw(self.raw, pairs);
+    }
+
+    /// A handle for callbacks that must not own the stream.
+    pub fn handle(&self) -> StreamHandle {
+        StreamHandle(self.alive.clone())
     }
 
     /// The stream's current state.
@@ -321,6 +353,7 @@ impl Drop for Stream {
         // SAFETY: the stream is ours; pw_stream_destroy stops the process callback (it
         // synchronises with the data thread), removes our hook with the rest of its listeners
         // and frees the stream; our data box is freed after it.
+        self.alive.set(std::ptr::null_mut());
         unsafe {
             pw::pw_stream_destroy(self.raw);
         }

@@ -1,0 +1,400 @@
+//! End-to-end tests of the native PipeWire modules against a private, headless PipeWire (with
+//! WirePlumber under dbus-run-session and PipeWire's pulse server) and private PulseAudio
+//! daemons: every pairing of sender and receiver, Opus at 64 kbit/s (wire rate measured through
+//! the CountingProxy) and PCM, statistics visible with pw-dump, and no crash when the PipeWire
+//! daemon stops or a module unloads while a tunnel plays.
+//!
+//! Each test prints `SKIP: ...` and passes when the PipeWire modules (or PipeWire itself) are
+//! missing, unless OPUS_TUNNEL_REQUIRE_MODULES=1. Run one at a time (`--test-threads=1`; a
+//! lock serialises them anyway).
+
+use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire, PwRecorder};
+use opus_tunnel_tests::{
+    analyse_stereo, free_port, has_tone, play_loop, require_modules, serial, tone_loop,
+    CountingProxy, Daemon, Recorder,
+};
+use std::time::{Duration, Instant};
+
+const PW_SENDER: &str = "libpipewire-module-opus-tunnel";
+const PW_RECEIVER: &str = "libpipewire-module-opus-protocol-tcp";
+const PA_SENDER: &str = "module-tunnel-sink-opus";
+const PA_RECEIVER: &str = "module-opus-protocol-tcp";
+const LEFT: f64 = 1000.0;
+const RIGHT: f64 = 1500.0;
+const LEVEL: f64 = -12.0;
+const BITRATE: f64 = 64_000.0;
+
+fn skip(test: &str, pw: &[&str], pa: &[&str]) -> bool {
+    !(require_pw_modules(test, pw) && (pa.is_empty() || require_modules(test, pa)))
+}
+
+/// Something that records the receiving end's `null.monitor`.
+enum Rec {
+    Pa(Recorder),
+    Pw(PwRecorder),
+}
+
+impl Rec {
+    fn read(&mut self, secs: f64) -> Vec<i16> {
+        match self {
+            Rec::Pa(r) => r.read(secs),
+            Rec::Pw(r) => r.read(secs),
+        }
+        .unwrap_or_else(|e| panic!("recording: {e:#}"))
+    }
+}
+
+/// Reads 0.5 s slices until the last second holds the tone; the time it took.
+fn wait_for_tone(rec: &mut Rec, timeout: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    let mut window: Vec<i16> = Vec::new();
+    while t.elapsed() < timeout {
+        window.extend_from_slice(&rec.read(0.5));
+        let keep = 48_000 * 2;
+        if window.len() > keep {
+            window.drain(..window.len() - keep);
+        }
+        if has_tone(&window, LEFT, RIGHT, 5.0, 0.3) {
+            return Some(t.elapsed());
+        }
+    }
+    None
+}
+
+/// Waits for the tone, checks 4 s of it (±5 Hz, ±1 dB), then measures the wire rate toward
+/// the receiver over 5 s; returns kbit/s.
+fn check_tone_and_wire(
+    test: &str,
+    rec: &mut Rec,
+    proxy: &CountingProxy,
+    logs: &dyn Fn() -> String,
+) -> f64 {
+    let waited = wait_for_tone(rec, Duration::from_secs(8))
+        .unwrap_or_else(|| panic!("{test}: no tone at the receiver within 8 s\n{}", logs()));
+    let got = rec.read(4.0);
+    let r = analyse_stereo(&got, 0.0)
+        .unwrap_or_else(|| panic!("{test}: the signal vanished after it arrived\n{}", logs()));
+    println!("{test}: tone after {waited:?}: {r:?}");
+    assert!(
+        r.seconds > 3.5,
+        "{test}: steady part only {} s: {r:?}",
+        r.seconds
+    );
+    r.assert_tone(LEFT, RIGHT, LEVEL, 5.0, 1.0);
+    let (b0, t0) = (proxy.bytes_to_server(), Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    let kbps = (proxy.bytes_to_server() - b0) as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1000.0;
+    println!("{test}: {kbps:.1} kbit/s on the wire toward the receiver");
+    kbps
+}
+
+fn check_wire(test: &str, compression: &str, kbps: f64) {
+    if compression == "opus" {
+        assert!(
+            kbps <= 1.15 * BITRATE / 1000.0,
+            "{test}: {kbps:.1} kbit/s on the wire for compression.bitrate=64000"
+        );
+        assert!(
+            kbps > 0.5 * BITRATE / 1000.0,
+            "{test}: only {kbps:.1} kbit/s"
+        );
+    } else {
+        // L16 stereo 48 kHz: 1536 kbit/s of payload.
+        assert!(kbps > 1400.0, "{test}: only {kbps:.1} kbit/s of PCM");
+    }
+}
+
+fn pw_receiver(port: u16) -> PipeWire {
+    PipeWire::builder()
+        .name("pw-receiver")
+        .module(
+            PW_RECEIVER,
+            &format!("server.address = [ \"tcp:127.0.0.1:{port}\" ] auth.anonymous = true target.object = \"null\""),
+        )
+        .start()
+        .unwrap_or_else(|e| panic!("PipeWire with {PW_RECEIVER}: {e:#}"))
+}
+
+fn pw_sender(port: u16, compression: &str) -> PipeWire {
+    PipeWire::builder()
+        .name("pw-sender")
+        .module(
+            PW_SENDER,
+            &format!(
+                "tunnel.mode = sink server.address = \"tcp:127.0.0.1:{port}\" remote.sink = \"null\" \
+                 compression = {compression} compression.bitrate = 64000 stream.props = {{ node.name = \"tun\" }}"
+            ),
+        )
+        .start()
+        .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER}: {e:#}"))
+}
+
+fn pa_receiver(port: u16) -> Daemon {
+    Daemon::builder()
+        .name("pa-receiver")
+        .line(format!(
+            "load-module {PA_RECEIVER} port={port} listen=127.0.0.1 auth-anonymous=1 sink=null"
+        ))
+        .start()
+        .unwrap_or_else(|e| panic!("PulseAudio with {PA_RECEIVER}: {e:#}"))
+}
+
+fn pa_sender(port: u16, compression: &str) -> Daemon {
+    let d = Daemon::builder()
+        .name("pa-sender")
+        .start()
+        .unwrap_or_else(|e| panic!("PulseAudio sender: {e:#}"));
+    d.load_module(
+        PA_SENDER,
+        &format!("sink_name=tun server=tcp:127.0.0.1:{port} sink=null compression={compression} compression.bitrate=64000"),
+    )
+    .unwrap_or_else(|e| panic!("load {PA_SENDER}: {e}\n{}", d.log_tail(30)));
+    d
+}
+
+/// Waits until the tunnel sink node `tun` exists on `pw` (the module created it).
+fn wait_for_node(pw: &PipeWire, node: &str) {
+    let t = Instant::now();
+    while pw.node_props(node).is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no node {node} on {}\n{}",
+            pw.name(),
+            pw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn pa_to_pw(test: &str, compression: &str) {
+    if skip(test, &[PW_RECEIVER], &[PA_SENDER]) {
+        return;
+    }
+    let _g = serial();
+    let port = free_port();
+    let pw = pw_receiver(port);
+    let proxy = CountingProxy::start(port);
+    let pa = pa_sender(proxy.port(), compression);
+    let mut rec = Rec::Pw(pw.recorder("null.monitor"));
+    let _player = play_loop(&pa, "tun", tone_loop(LEFT, RIGHT, LEVEL));
+    let logs = || format!("{}\n--- pa sender ---\n{}", pw.log(), pa.log_tail(30));
+    let kbps = check_tone_and_wire(test, &mut rec, &proxy, &logs);
+    check_wire(test, compression, kbps);
+    // The tunnel's statistics are node properties of its stream (pw-dump).
+    let streams = pw.nodes_where("application.name", "opus-tunnel");
+    assert_eq!(
+        streams.len(),
+        1,
+        "{test}: one tunnel stream expected: {streams:?}"
+    );
+    let s = &streams[0];
+    println!(
+        "{test}: stream props: state {:?} bitrate {:?} latency_usec {:?} underruns {:?}",
+        s.get("opus.tunnel.state"),
+        s.get("opus.tunnel.bitrate"),
+        s.get("opus.tunnel.latency_usec"),
+        s.get("opus.tunnel.underruns")
+    );
+    assert_eq!(
+        s.get("media.class").map(String::as_str),
+        Some("Stream/Output/Audio")
+    );
+    assert!(
+        s.get("opus.tunnel.bitrate")
+            .and_then(|b| b.parse::<u64>().ok())
+            .is_some_and(|b| b > 0),
+        "{test}: opus.tunnel.bitrate not refreshed: {s:?}"
+    );
+}
+
+#[test]
+fn pw1_pulseaudio_to_pipewire_opus() {
+    pa_to_pw("pw1_pulseaudio_to_pipewire_opus", "opus");
+}
+
+#[test]
+fn pw2_pulseaudio_to_pipewire_pcm() {
+    pa_to_pw("pw2_pulseaudio_to_pipewire_pcm", "none");
+}
+
+fn pw_to_pa(test: &str, compression: &str) {
+    if skip(test, &[PW_SENDER], &[PA_RECEIVER]) {
+        return;
+    }
+    let _g = serial();
+    let port = free_port();
+    let pa = pa_receiver(port);
+    let proxy = CountingProxy::start(port);
+    let pw = pw_sender(proxy.port(), compression);
+    wait_for_node(&pw, "tun");
+    let mut rec = Rec::Pa(Recorder::start(&pa, "null.monitor"));
+    let _player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
+    let logs = || format!("{}\n--- pa receiver ---\n{}", pw.log(), pa.log_tail(30));
+    let kbps = check_tone_and_wire(test, &mut rec, &proxy, &logs);
+    check_wire(test, compression, kbps);
+    let props = pw.node_props("tun").expect("tun node");
+    println!(
+        "{test}: sink props: media.class {:?} compression {:?} bitrate knob {:?} state {:?} measured {:?}",
+        props.get("media.class"),
+        props.get("compression"),
+        props.get("compression.bitrate"),
+        props.get("opus.tunnel.state"),
+        props.get("opus.tunnel.bitrate")
+    );
+    assert_eq!(
+        props.get("media.class").map(String::as_str),
+        Some("Audio/Sink")
+    );
+    assert_eq!(
+        props.get("compression").map(String::as_str),
+        Some(compression)
+    );
+}
+
+#[test]
+fn pw3_pipewire_to_pulseaudio_opus() {
+    pw_to_pa("pw3_pipewire_to_pulseaudio_opus", "opus");
+}
+
+#[test]
+fn pw4_pipewire_to_pulseaudio_pcm() {
+    pw_to_pa("pw4_pipewire_to_pulseaudio_pcm", "none");
+}
+
+fn pw_to_pw(test: &str, compression: &str) {
+    if skip(test, &[PW_SENDER, PW_RECEIVER], &[]) {
+        return;
+    }
+    let _g = serial();
+    let port = free_port();
+    let rx = pw_receiver(port);
+    let proxy = CountingProxy::start(port);
+    let tx = pw_sender(proxy.port(), compression);
+    wait_for_node(&tx, "tun");
+    let mut rec = Rec::Pw(rx.recorder("null.monitor"));
+    let _player = tx.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
+    let logs = || format!("{}\n{}", tx.log(), rx.log());
+    let kbps = check_tone_and_wire(test, &mut rec, &proxy, &logs);
+    check_wire(test, compression, kbps);
+}
+
+#[test]
+fn pw5_pipewire_to_pipewire_opus() {
+    pw_to_pw("pw5_pipewire_to_pipewire_opus", "opus");
+}
+
+#[test]
+fn pw6_pipewire_to_pipewire_pcm() {
+    pw_to_pw("pw6_pipewire_to_pipewire_pcm", "none");
+}
+
+/// Stopping the PipeWire daemon while a tunnel plays, at either end: it exits 0, and the
+/// PulseAudio peer lives on (and, for the receiver, the sender reconnects when PipeWire is
+/// back). Unloading a module while it plays (`pw-cli destroy <module>`) leaves the daemon up.
+#[test]
+fn pw7_stop_and_unload_while_playing() {
+    let test = "pw7_stop_and_unload_while_playing";
+    if skip(test, &[PW_SENDER, PW_RECEIVER], &[PA_SENDER, PA_RECEIVER]) {
+        return;
+    }
+    let _g = serial();
+
+    // PulseAudio → PipeWire receiver; the PipeWire daemon stops mid-stream, then comes back.
+    let port = free_port();
+    let mut pw = pw_receiver(port);
+    let pa = pa_sender(port, "opus");
+    let _player = play_loop(&pa, "tun", tone_loop(LEFT, RIGHT, LEVEL));
+    {
+        let mut rec = Rec::Pw(pw.recorder("null.monitor"));
+        wait_for_tone(&mut rec, Duration::from_secs(8))
+            .unwrap_or_else(|| panic!("{test}: no tone on the PipeWire receiver\n{}", pw.log()));
+    }
+    let st = pw.stop();
+    println!("{test}: PipeWire receiver stopped while playing: {st:?}");
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{test}: receiver exit {st:?}\n{}",
+        pw.log()
+    );
+    assert!(pa.is_alive(), "{test}: the PulseAudio sender died");
+    pw.restart()
+        .unwrap_or_else(|e| panic!("{test}: restart: {e:#}"));
+    {
+        let mut rec = Rec::Pw(pw.recorder("null.monitor"));
+        let back = wait_for_tone(&mut rec, Duration::from_secs(20)).unwrap_or_else(|| {
+            panic!(
+                "{test}: the sender did not reconnect\n{}\n{}",
+                pw.log(),
+                pa.log_tail(30)
+            )
+        });
+        println!("{test}: tone back {back:?} after the PipeWire receiver restarted");
+    }
+    // Unload the receiver module while it plays.
+    let id = pw.module_id(PW_RECEIVER).expect("receiver module id");
+    let out = pw.destroy(id);
+    println!(
+        "{test}: pw-cli destroy {id} (receiver module): {:?}",
+        out.status
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        pw.is_alive(),
+        "{test}: PipeWire died unloading the receiver\n{}",
+        pw.log()
+    );
+    assert!(
+        pw.module_id(PW_RECEIVER).is_none(),
+        "{test}: the receiver module is still there"
+    );
+    let st = pw.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{test}: exit {st:?}\n{}",
+        pw.log()
+    );
+    drop(_player);
+    drop(pa);
+
+    // PipeWire tunnel sink → PulseAudio; unload the module while playing, then stop the
+    // daemon while a second tunnel plays.
+    let port = free_port();
+    let pa = pa_receiver(port);
+    let mut pw = pw_sender(port, "opus");
+    wait_for_node(&pw, "tun");
+    let mut rec = Rec::Pa(Recorder::start(&pa, "null.monitor"));
+    let player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
+    wait_for_tone(&mut rec, Duration::from_secs(8))
+        .unwrap_or_else(|| panic!("{test}: no tone from the PipeWire sender\n{}", pw.log()));
+    let id = pw.module_id(PW_SENDER).expect("tunnel module id");
+    let out = pw.destroy(id);
+    println!(
+        "{test}: pw-cli destroy {id} (tunnel module): {:?}",
+        out.status
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        pw.is_alive(),
+        "{test}: PipeWire died unloading the tunnel\n{}",
+        pw.log()
+    );
+    assert!(
+        pw.node_props("tun").is_none(),
+        "{test}: the tunnel sink is still there"
+    );
+    drop(player);
+    pw.restart()
+        .unwrap_or_else(|e| panic!("{test}: restart: {e:#}"));
+    wait_for_node(&pw, "tun");
+    let _player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
+    wait_for_tone(&mut rec, Duration::from_secs(8))
+        .unwrap_or_else(|| panic!("{test}: no tone after the restart\n{}", pw.log()));
+    let st = pw.stop();
+    println!("{test}: PipeWire sender stopped while playing: {st:?}");
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{test}: sender exit {st:?}\n{}",
+        pw.log()
+    );
+    assert!(pa.is_alive(), "{test}: the PulseAudio receiver died");
+}
