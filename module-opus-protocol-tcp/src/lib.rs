@@ -31,6 +31,7 @@ auth-cookie=<path of the cookie file; default: PulseAudio's cookie> \
 auth-cookie-enabled=<bool: others must prove the cookie; default true> \
 sink=<sink to play tunnels on; default: the default sink> \
 target_latency_msec=<receive buffer target, 10-2000 ms; default 60> \
+max_latency_msec=<the most the target may grow to after underruns, ms; default 500> \
 max_connections=<concurrent tunnels, 1-1024; default 64>";
 
 const VALID_ARGS: &[&str] = &[
@@ -42,6 +43,7 @@ const VALID_ARGS: &[&str] = &[
     "auth-cookie-enabled",
     "sink",
     "target_latency_msec",
+    "max_latency_msec",
     "max_connections",
 ];
 
@@ -281,6 +283,13 @@ impl PaModule for Receiver {
             );
         }
         let target_ms = parse_num(&ma, "target_latency_msec", 60u64, 10, 2000)?;
+        let max_ms = parse_num(
+            &ma,
+            "max_latency_msec",
+            500u64.max(target_ms),
+            target_ms,
+            10_000,
+        )?;
         let max_connections = parse_num(&ma, "max_connections", 64usize, 1, 1024)?;
         let sink = ma.get("sink");
         let core = module.core();
@@ -323,6 +332,7 @@ impl PaModule for Receiver {
             cookie,
             sink,
             target_usec: target_ms * 1000,
+            max_usec: max_ms * 1000,
             max_connections,
         };
         let receiver = rx::Receiver::start(listener, cfg, host)

@@ -12,6 +12,7 @@ use crate::handshake::{
     STATUS_TOO_MANY_CONNECTIONS, STATUS_UNSUPPORTED_FORMAT, STATUS_VERSION_NOT_SUPPORTED,
 };
 use crate::jitter::{JitterBuffer, Playout, PushResult};
+use crate::playout::{Playout as PlayoutEngine, PlayoutConfig, PlayoutState, PlayoutStats};
 use crate::rtp::{self, Control};
 use crate::stats::{BitrateMeter, Stats, TunnelState};
 use std::io::{Read, Write};
@@ -35,6 +36,8 @@ pub struct RecvConfig {
     pub sink: Option<String>,
     /// Receive buffer target, µs.
     pub target_usec: u64,
+    /// The most the target may grow to after underruns, µs (`max_latency_msec`).
+    pub max_usec: u64,
     /// Concurrent connections; one more is refused with 503.
     pub max_connections: usize,
 }
@@ -45,8 +48,6 @@ const MAX_FRAME: usize = 65535;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A sender that is silent (no audio, no keepalive) for this long is considered gone.
 const DEAD_AFTER: Duration = Duration::from_secs(5);
-/// How much decoded audio the ring between this thread and the sink can hold.
-const RING_SECONDS: u64 = 2;
 
 /// What the connection thread shares with the main thread and the sink's IO thread.
 pub struct ConnShared {
@@ -74,6 +75,10 @@ pub struct ConnShared {
     fill: AtomicU64,
     meter: Mutex<BitrateMeter>,
     peer: SocketAddr,
+    /// The clock both threads time the stream with (µs since the connection began).
+    epoch: Instant,
+    /// The playout engine's figures, refreshed by the connection thread every 100 ms.
+    playout: Mutex<Option<PlayoutStats>>,
 }
 
 impl ConnShared {
@@ -89,6 +94,12 @@ impl ConnShared {
 
     fn killed(&self) -> bool {
         self.killed.load(Ordering::SeqCst)
+    }
+
+    /// Microseconds since the connection began (monotonic; cheap enough for the real-time
+    /// thread).
+    pub fn now_usec(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
     }
 
     /// Records the ring's fill level (samples) after a pop.
@@ -119,20 +130,34 @@ impl ConnShared {
         } else {
             s.state
         };
+        let p = self.playout.lock().ok().and_then(|p| *p);
+        let latency = p.map_or_else(|| self.latency_usec(), |p| p.latency_usec);
+        let target = p.map_or(self.target_usec, |p| p.target_usec);
+        let state = match p.map(|p| p.state) {
+            _ if self.paused.load(Ordering::Relaxed) => "idle",
+            Some(PlayoutState::Buffering) => "buffering",
+            Some(PlayoutState::Slewing) => "slewing",
+            Some(PlayoutState::Locked) => "streaming",
+            None => state.as_str(),
+        };
         vec![
-            ("opus.tunnel.state".into(), state.as_str().into()),
+            ("opus.tunnel.state".into(), state.into()),
             ("opus.tunnel.peer".into(), self.peer.to_string()),
             ("opus.tunnel.bitrate".into(), bitrate.to_string()),
+            ("opus.tunnel.latency_usec".into(), latency.to_string()),
+            ("opus.tunnel.target_latency_usec".into(), target.to_string()),
             (
-                "opus.tunnel.latency_usec".into(),
-                self.latency_usec().to_string(),
+                "opus.tunnel.drift_ppm".into(),
+                format!("{:.1}", p.map_or(0.0, |p| p.drift_ppm)),
             ),
             (
-                "opus.tunnel.target_latency_usec".into(),
-                self.target_usec.to_string(),
+                "opus.tunnel.underruns".into(),
+                p.map_or(0, |p| p.underruns).to_string(),
             ),
-            ("opus.tunnel.underruns".into(), s.underruns.to_string()),
-            ("opus.tunnel.overruns".into(), s.overruns.to_string()),
+            (
+                "opus.tunnel.overruns".into(),
+                (s.overruns + p.map_or(0, |p| p.overruns)).to_string(),
+            ),
             ("opus.tunnel.plc_frames".into(), s.plc_frames.to_string()),
             (
                 "opus.tunnel.late_packets".into(),
@@ -495,11 +520,28 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         killed: AtomicBool::new(false),
         paused: AtomicBool::new(false),
         fill: AtomicU64::new(0),
+        epoch: Instant::now(),
+        playout: Mutex::new(None),
         meter: Mutex::new(BitrateMeter::default()),
         peer,
     });
-    let cap = (u64::from(hello.rate) * u64::from(hello.channels) * RING_SECONDS) as usize;
+    let engine = match PlayoutEngine::new(PlayoutConfig {
+        rate: hello.rate,
+        channels: hello.channels,
+        target_usec: cfg.target_usec,
+        max_usec: cfg.max_usec.max(cfg.target_usec),
+    }) {
+        Ok(e) => e,
+        Err(e) => {
+            refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
+            return;
+        }
+    };
+    // The engine needs room for its maximum latency plus two device periods.
+    let cap_usec = cfg.max_usec.max(cfg.target_usec) + 250_000;
+    let cap = (u64::from(hello.rate) * u64::from(hello.channels) * cap_usec / 1_000_000) as usize;
     let (producer, consumer) = rtrb::RingBuffer::<f32>::new(cap);
+    let (report_tx, report_rx) = rtrb::RingBuffer::<DeviceReport>::new(256);
     let (tx, rx) = mpsc::channel();
     let props = vec![
         ("opus.tunnel.peer".to_string(), peer.to_string()),
@@ -513,7 +555,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
     }
     shared.host.open(StreamRequest {
         conn: conn.clone(),
-        playback: Playback::new(conn.clone(), consumer),
+        playback: Playback::new(conn.clone(), consumer, report_tx),
         media_name: format!("{} on {}", hello.name, hello.host),
         props,
         reply: tx,
@@ -562,7 +604,10 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         conn.clone(),
         decoder,
         producer,
+        report_rx,
+        engine,
         codec::payload_type(hello.codec),
+        cfg.max_usec.max(cfg.target_usec),
     )
     .run(&mut stream, rest, &shared);
     log::info!("tunnel {label} from {peer} ended: {why}");
@@ -616,16 +661,41 @@ fn authenticate(
     }
 }
 
-/// The receive pipeline of one connection.
+/// What the real-time side reports to the connection thread after every pop: when, and the
+/// running totals of frames taken from the ring and frames that were missing (played as
+/// silence).
+#[derive(Clone, Copy, Debug, Default)]
+struct DeviceReport {
+    now_usec: u64,
+    consumed: u64,
+    missing: u64,
+}
+
+/// How often the connection thread wakes at least (the engine wants ≤ 12 ms).
+const WAKE: Duration = Duration::from_millis(10);
+
+/// The receive pipeline of one connection: deframe, RTP, jitter buffer (gaps → PLC), decode,
+/// then the drift-correcting playout engine, whose output goes into the ring.
 struct Receive {
     conn: Arc<ConnShared>,
     decoder: Decoder,
     ring: rtrb::Producer<f32>,
+    reports: rtrb::Consumer<DeviceReport>,
+    playout: PlayoutEngine,
+    /// Device counters at the engine's last reset (it counts from there).
+    base: DeviceReport,
+    last: DeviceReport,
+    /// The sender paused; the engine restarts at the next packet.
+    restart: bool,
     jitter: JitterBuffer,
     deframer: Deframer,
     pcm: Vec<f32>,
+    out: Vec<f32>,
     ssrc: Option<u32>,
     payload_type: u8,
+    max_usec: u64,
+    /// `OPUS_TUNNEL_TRACE` set in the daemon's environment: log the engine's state 10×/s.
+    trace: bool,
 }
 
 impl Receive {
@@ -633,28 +703,40 @@ impl Receive {
         conn: Arc<ConnShared>,
         decoder: Decoder,
         ring: rtrb::Producer<f32>,
+        reports: rtrb::Consumer<DeviceReport>,
+        playout: PlayoutEngine,
         payload_type: u8,
+        max_usec: u64,
     ) -> Receive {
         Receive {
             conn,
             decoder,
             ring,
+            reports,
+            playout,
+            base: DeviceReport::default(),
+            last: DeviceReport::default(),
+            restart: false,
             jitter: JitterBuffer::new(64),
             deframer: Deframer::new(MAX_FRAME),
             pcm: Vec::new(),
+            out: Vec::new(),
             ssrc: None,
             payload_type,
+            max_usec,
+            trace: std::env::var_os("OPUS_TUNNEL_TRACE").is_some(),
         }
     }
 
     fn run(mut self, stream: &mut TcpStream, rest: Vec<u8>, shared: &RecvShared) -> String {
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+        let _ = stream.set_read_timeout(Some(WAKE));
         let mut reporter = match stream.try_clone() {
             Ok(s) => s,
             Err(e) => return e.to_string(),
         };
         let mut last_heard = Instant::now();
         let mut last_report = Instant::now();
+        let mut last_stats = Instant::now();
         let mut buf = vec![0u8; 16 * 1024];
         if let Err(e) = self.consume(&rest) {
             return e;
@@ -699,25 +781,119 @@ impl Receive {
                 }
                 Err(e) => return e.to_string(),
             }
+            if let Err(e) = self.tick() {
+                return e;
+            }
+            if last_stats.elapsed() >= Duration::from_millis(100) {
+                last_stats = Instant::now();
+                if let Ok(mut st) = self.conn.playout.lock() {
+                    *st = Some(self.playout.stats());
+                }
+                if self.trace {
+                    let c = self.playout.controller();
+                    log::info!(
+                        "trace {} dev consumed={} missing={} ring={} fifo={} produced={} {:?}",
+                        self.conn.now_usec(),
+                        self.last.consumed - self.base.consumed,
+                        self.last.missing - self.base.missing,
+                        self.conn.fill.load(Ordering::Relaxed),
+                        c.fifo_frames(),
+                        c.produced(),
+                        self.playout.stats()
+                    );
+                }
+            }
             if last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
+                let p = self.playout.stats();
                 let s = self.conn.stats.snapshot();
                 let kv = vec![
-                    (
-                        "latency_usec".to_string(),
-                        self.conn.latency_usec().to_string(),
-                    ),
-                    ("underruns".to_string(), s.underruns.to_string()),
+                    ("latency_usec".to_string(), p.latency_usec.to_string()),
+                    ("target_latency_usec".to_string(), p.target_usec.to_string()),
+                    ("drift_ppm".to_string(), format!("{:.1}", p.drift_ppm)),
+                    ("underruns".to_string(), p.underruns.to_string()),
                     ("plc_frames".to_string(), s.plc_frames.to_string()),
                 ];
+                // While the sender is paused a bare keepalive says we are alive (14 bytes).
+                let msg = if self.conn.paused.load(Ordering::Relaxed) {
+                    Control::Keepalive
+                } else {
+                    Control::Report(kv)
+                };
                 let mut pkt = Vec::new();
-                rtp::write_rtcp(0, &[Control::Report(kv)], &mut pkt);
+                rtp::write_rtcp(0, &[msg], &mut pkt);
                 let mut w = Vec::new();
                 if framing::frame(&pkt, &mut w).is_ok() && reporter.write_all(&w).is_err() {
                     return "cannot send reports to the sender".into();
                 }
             }
         }
+    }
+
+    /// Device reports in, concealment if the stream is late, resampled audio out to the ring.
+    fn tick(&mut self) -> Result<(), String> {
+        while let Ok(r) = self.reports.pop() {
+            self.last = r;
+            if !self.restart && !self.conn.paused.load(Ordering::Relaxed) {
+                self.playout.on_device(
+                    r.now_usec,
+                    r.consumed - self.base.consumed,
+                    r.missing - self.base.missing,
+                );
+            }
+        }
+        if self.restart || self.conn.paused.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let now = self.conn.now_usec();
+        if let Some(n) = self.playout.conceal_needed(now) {
+            self.pcm.clear();
+            self.decoder
+                .conceal(n, &mut self.pcm)
+                .map_err(|e| format!("concealment: {e}"))?;
+            self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
+            self.playout.on_conceal(&self.pcm);
+        }
+        // Nothing is produced before the device has started to pull: until then the audio
+        // waits in the engine (which slews it down if it passes the maximum latency).
+        if self.last.consumed + self.last.missing == self.base.consumed + self.base.missing {
+            return Ok(());
+        }
+        self.playout.produce(&mut self.out);
+        self.flush();
+        // The device stopped pulling (suspended, moved, stalled): what waits is stale. Start
+        // afresh rather than drop audio behind the engine's back.
+        let limit = self.out_limit();
+        if self.out.len() > limit {
+            self.conn.stats.overruns.fetch_add(1, Ordering::Relaxed);
+            log::debug!(
+                "{}: the device stopped taking audio; restarting playout",
+                self.conn.label
+            );
+            self.out.clear();
+            self.playout.reset();
+            self.base = self.last;
+        }
+        Ok(())
+    }
+
+    /// Moves produced audio into the ring, as much as fits; the rest waits in `out` (it is
+    /// part of the latency the engine accounts for, so it must not be dropped silently).
+    fn flush(&mut self) {
+        let n = self.out.len().min(self.ring.slots());
+        if n == 0 {
+            return;
+        }
+        if let Ok(chunk) = self.ring.write_chunk_uninit(n) {
+            chunk.fill_from_iter(self.out[..n].iter().copied());
+        }
+        self.out.drain(..n);
+    }
+
+    /// The most produced audio that may wait outside the ring: the maximum latency.
+    fn out_limit(&self) -> usize {
+        let per_sec = u64::from(self.conn.rate) * u64::from(self.conn.channels);
+        (per_sec * self.max_usec / 1_000_000) as usize
     }
 
     /// Feeds received bytes through the pipeline. An `Err` closes the connection.
@@ -733,8 +909,10 @@ impl Receive {
                 let controls = rtp::parse_rtcp(&frame).map_err(|e| format!("bad RTCP: {e}"))?;
                 for c in controls {
                     match c {
-                        Control::Pause => self.conn.paused.store(true, Ordering::Relaxed),
-                        Control::Resume => self.conn.paused.store(false, Ordering::Relaxed),
+                        Control::Pause => {
+                            self.conn.paused.store(true, Ordering::Relaxed);
+                            self.restart = true;
+                        }
                         Control::Bye(why) => return Err(format!("the sender said goodbye: {why}")),
                         _ => {}
                     }
@@ -751,8 +929,17 @@ impl Receive {
             if self.ssrc != Some(h.ssrc) {
                 if self.ssrc.is_some() {
                     self.jitter.reset();
+                    self.restart = true;
                 }
                 self.ssrc = Some(h.ssrc);
+            }
+            if self.restart {
+                // After a pause the ring has run dry: the engine starts afresh, counting the
+                // device from here.
+                self.restart = false;
+                self.playout.reset();
+                self.out.clear();
+                self.base = self.last;
             }
             self.conn.paused.store(false, Ordering::Relaxed);
             self.conn
@@ -772,11 +959,21 @@ impl Receive {
         }
     }
 
+    /// The stream position of an RTP timestamp, in frames at the stream's rate.
+    fn position(&self, ts: u32) -> u32 {
+        let clock = self.decoder.rtp_clock_rate();
+        if clock == self.conn.rate {
+            ts
+        } else {
+            (u64::from(ts) * u64::from(self.conn.rate) / u64::from(clock.max(1))) as u32
+        }
+    }
+
     fn drain_jitter(&mut self) -> Result<(), String> {
         while let Some(p) = self.jitter.pop() {
             self.pcm.clear();
-            match p {
-                Playout::Packet { payload, .. } => {
+            let ts = match p {
+                Playout::Packet { payload, timestamp } => {
                     if let Err(e) = self.decoder.decode(&payload, &mut self.pcm) {
                         // A corrupt packet is concealed like a lost one, not fatal.
                         log::debug!("{}: undecodable packet ({e}); concealed", self.conn.label);
@@ -785,8 +982,9 @@ impl Receive {
                         let _ = self.decoder.conceal(n, &mut self.pcm);
                         self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
                     }
+                    timestamp
                 }
-                Playout::Missing { ticks, .. } => {
+                Playout::Missing { ticks, timestamp } => {
                     let n = self.decoder.ticks_to_samples(ticks);
                     if n > 0 {
                         self.decoder
@@ -794,49 +992,42 @@ impl Receive {
                             .map_err(|e| format!("concealment: {e}"))?;
                         self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
                     }
+                    timestamp
                 }
+            };
+            if !self.pcm.is_empty() {
+                let now = self.conn.now_usec();
+                let pos = self.position(ts);
+                self.playout.on_packet(now, pos, &self.pcm);
             }
-            self.push_pcm();
         }
-        Ok(())
-    }
-
-    /// Hands decoded audio to the sink's IO thread; what does not fit is dropped and counted.
-    fn push_pcm(&mut self) {
-        let n = self.pcm.len().min(self.ring.slots());
-        if n < self.pcm.len() {
-            self.conn.stats.overruns.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Ok(chunk) = self.ring.write_chunk_uninit(n) {
-            chunk.fill_from_iter(self.pcm[..n].iter().copied());
-        }
+        self.tick()
     }
 }
 
-/// The stream's side on the daemon's real-time thread: takes decoded audio out of the ring,
-/// holding the fill level near the target (start when the target is reached; after an
-/// underrun, silence until it is reached again; above target + max(target, 60 ms), the excess
-/// is dropped so that a network stall does not leave a permanent delay). Lock-free and
-/// allocation-free.
+/// The stream's side on the daemon's real-time thread: takes the engine's audio out of the
+/// ring, plays silence where there is none, and reports what it took (and when) to the
+/// connection thread. Lock-free and allocation-free.
 pub struct Playback {
     conn: Arc<ConnShared>,
     ring: rtrb::Consumer<f32>,
-    buffering: bool,
-    target: usize,
-    high: usize,
+    reports: rtrb::Producer<DeviceReport>,
+    consumed: u64,
+    missing: u64,
 }
 
 impl Playback {
-    fn new(conn: Arc<ConnShared>, ring: rtrb::Consumer<f32>) -> Playback {
-        let per_sec = u64::from(conn.rate) * u64::from(conn.channels);
-        let target = (per_sec * conn.target_usec / 1_000_000) as usize;
-        let slack = (per_sec * conn.target_usec.max(60_000) / 1_000_000) as usize;
+    fn new(
+        conn: Arc<ConnShared>,
+        ring: rtrb::Consumer<f32>,
+        reports: rtrb::Producer<DeviceReport>,
+    ) -> Playback {
         Playback {
             conn,
             ring,
-            buffering: true,
-            target,
-            high: target + slack,
+            reports,
+            consumed: 0,
+            missing: 0,
         }
     }
 
@@ -855,16 +1046,8 @@ impl Playback {
 
     fn pop_with(&mut self, want: usize, mut put: impl FnMut(usize, f32)) {
         let ch = usize::from(self.conn.channels.max(1));
-        let avail = self.ring.slots();
-        if self.buffering {
-            if avail >= self.target.max(want) {
-                self.buffering = false;
-            } else {
-                (0..want).for_each(|i| put(i, 0.0));
-                return;
-            }
-        }
-        let take = (avail.min(want) / ch) * ch;
+        let want = (want / ch) * ch;
+        let take = (self.ring.slots().min(want) / ch) * ch;
         if let Ok(chunk) = self.ring.read_chunk(take) {
             let (a, b) = chunk.as_slices();
             for (i, v) in a.iter().chain(b.iter()).enumerate() {
@@ -872,21 +1055,16 @@ impl Playback {
             }
             chunk.commit_all();
         }
-        if take < want {
-            (take..want).for_each(|i| put(i, 0.0));
-            if !self.conn.paused.load(Ordering::Relaxed) {
-                self.conn.stats.underruns.fetch_add(1, Ordering::Relaxed);
-            }
-            self.buffering = true;
-        }
-        let left = self.ring.slots();
-        if left > self.high {
-            let drop_n = ((left - self.target) / ch) * ch;
-            if let Ok(c) = self.ring.read_chunk(drop_n) {
-                c.commit_all();
-            }
-            self.conn.stats.overruns.fetch_add(1, Ordering::Relaxed);
-        }
+        (take..want).for_each(|i| put(i, 0.0));
+        self.consumed += (take / ch) as u64;
+        self.missing += ((want - take) / ch) as u64;
+        // If the connection thread is behind, a report is dropped: the next one carries the
+        // running totals anyway.
+        let _ = self.reports.push(DeviceReport {
+            now_usec: self.conn.now_usec(),
+            consumed: self.consumed,
+            missing: self.missing,
+        });
         self.conn.set_fill(self.ring.slots());
     }
 
