@@ -56,4 +56,26 @@ impl Core {
             ) as *mut sys::pa_sink
         }
     }
+
+    /// Finds a source by name (`None`: the default source). Returns its name if it exists.
+    pub fn source_name(&self, name: Option<&str>) -> Option<String> {
+        let p = self.find_source(name);
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: p is a live source.
+        unsafe { crate::from_cstr((*p).name) }
+    }
+
+    pub(crate) fn find_source(&self, name: Option<&str>) -> *mut sys::pa_source {
+        let c = name.map(crate::cstring);
+        // SAFETY: live core; name is NULL or a valid C string.
+        unsafe {
+            sys::pa_namereg_get(
+                self.ptr,
+                c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+                sys::PA_NAMEREG_SOURCE,
+            ) as *mut sys::pa_source
+        }
+    }
 }

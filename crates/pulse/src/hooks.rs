@@ -154,3 +154,29 @@ impl Drop for MessageHandler {
         }
     }
 }
+
+/// Calls `f` with a copy of the source's properties whenever they change
+/// (`update-source-proplist`, or any module's update); see [`watch_sink_proplist`].
+pub fn watch_source_proplist(
+    core: &Core,
+    source_index: u32,
+    f: impl Fn(&Proplist) + 'static,
+) -> HookSlot {
+    let hook = move |call_data: *mut libc::c_void| {
+        let s = call_data as *mut sys::pa_source;
+        // SAFETY: the hook passes the live source whose proplist changed.
+        unsafe {
+            if !s.is_null() && (*s).index == source_index {
+                f(&Proplist::copy_of((*s).proplist));
+            }
+        }
+    };
+    // SAFETY: a valid hook index whose call data is a pa_source.
+    unsafe {
+        HookSlot::connect(
+            core,
+            sys::PA_CORE_HOOK_SOURCE_PROPLIST_CHANGED,
+            Box::new(hook),
+        )
+    }
+}

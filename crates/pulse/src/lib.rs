@@ -39,6 +39,8 @@ pub mod module;
 pub mod proplist;
 pub mod sink;
 pub mod sink_input;
+pub mod source;
+pub mod source_output;
 pub mod spec;
 
 pub use crate::core::Core;
