@@ -229,7 +229,14 @@ fn pw_to_pa(test: &str, compression: &str) {
     wait_for_node(&pw, "tun");
     let mut rec = Rec::Pa(Recorder::start(&pa, "null.monitor"));
     let _player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
-    let logs = || format!("{}\n--- pa receiver ---\n{}", pw.log(), pa.log_tail(30));
+    let logs = || {
+        format!(
+            "tun node: {:?}\n{}\n--- pa receiver ---\n{}",
+            pw.node_props("tun"),
+            pw.log(),
+            pa.log_tail(30)
+        )
+    };
     let kbps = check_tone_and_wire(test, &mut rec, &proxy, &logs);
     check_wire(test, compression, kbps);
     let props = pw.node_props("tun").expect("tun node");
@@ -273,7 +280,14 @@ fn pw_to_pw(test: &str, compression: &str) {
     wait_for_node(&tx, "tun");
     let mut rec = Rec::Pw(rx.recorder("null.monitor"));
     let _player = tx.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
-    let logs = || format!("{}\n{}", tx.log(), rx.log());
+    let logs = || {
+        format!(
+            "tun node: {:?}\n{}\n{}",
+            tx.node_props("tun"),
+            tx.log(),
+            rx.log()
+        )
+    };
     let kbps = check_tone_and_wire(test, &mut rec, &proxy, &logs);
     check_wire(test, compression, kbps);
 }

@@ -60,6 +60,9 @@ type StateCallback = Box<dyn FnMut(StreamState)>;
 
 struct StreamData {
     raw: *mut pw::pw_stream,
+    /// The live stream, or null once PipeWire destroyed it (its core went away first, at
+    /// daemon shutdown) or we did.
+    alive: Rc<Cell<*mut pw::pw_stream>>,
     channels: usize,
     direction: Direction,
     hook: spa::spa_hook,
@@ -168,6 +171,13 @@ unsafe extern "C" fn on_process(data: *mut c_void) {
     pw::pw_stream_queue_buffer(raw, b);
 }
 
+unsafe extern "C" fn on_destroy(data: *mut c_void) {
+    // The daemon disconnects our core before it destroys the module, and that destroys the
+    // streams on it: from now on the stream must not be touched (nor destroyed again).
+    let d = data as *const StreamData;
+    (*d).alive.set(std::ptr::null_mut());
+}
+
 unsafe extern "C" fn on_state_changed(
     data: *mut c_void,
     _old: pw::pw_stream_state,
@@ -262,16 +272,19 @@ impl Stream {
                 std::io::Error::last_os_error()
             ));
         }
+        let alive = Rc::new(Cell::new(raw));
         // SAFETY: zeroed hook is its initial state; the data is boxed, so the pointers handed
         // to PipeWire stay valid until `drop` destroys the stream and then frees the box.
         let data = unsafe {
             let mut data = Box::new(StreamData {
                 raw,
+                alive: alive.clone(),
                 channels: usize::from(spec.channels),
                 direction: spec.direction,
                 hook: std::mem::zeroed(),
                 events: pw::pw_stream_events {
                     version: pw::PW_VERSION_STREAM_EVENTS,
+                    destroy: Some(on_destroy),
                     state_changed: Some(on_state_changed),
                     process: Some(on_process),
                     ..std::mem::zeroed()
@@ -288,11 +301,7 @@ impl Stream {
             );
             data
         };
-        let stream = Stream {
-            raw,
-            data,
-            alive: Rc::new(Cell::new(raw)),
-        };
+        let stream = Stream { raw, data, alive };
         let dir = match spec.direction {
             Direction::Playback => spa::SPA_DIRECTION_OUTPUT,
             Direction::Capture => spa::SPA_DIRECTION_INPUT,
@@ -323,7 +332,10 @@ impl Stream {
 
     /// Adds or changes properties of the stream's node (`pw-dump` and `pw-cli info` show them).
     pub fn update_properties(&self, pairs: &[(String, String)]) {
-        update_properties_raw(self.raw, pairs);
+        let raw = self.alive.get();
+        if !raw.is_null() {
+            update_properties_raw(raw, pairs);
+        }
     }
 
     /// A handle for callbacks that must not own the stream.
@@ -333,18 +345,26 @@ impl Stream {
 
     /// The stream's current state.
     pub fn state(&self) -> StreamState {
+        let raw = self.alive.get();
+        if raw.is_null() {
+            return StreamState::Unconnected;
+        }
         let mut err: *const std::ffi::c_char = std::ptr::null();
         // SAFETY: the stream is live; err is set to a string owned by the stream (or NULL).
         unsafe {
-            let s = pw::pw_stream_get_state(self.raw, &mut err);
+            let s = pw::pw_stream_get_state(raw, &mut err);
             convert_state(s, err)
         }
     }
 
     /// The node id of the stream (`u32::MAX` until it is known).
     pub fn node_id(&self) -> u32 {
+        let raw = self.alive.get();
+        if raw.is_null() {
+            return u32::MAX;
+        }
         // SAFETY: the stream is live.
-        unsafe { pw::pw_stream_get_node_id(self.raw) }
+        unsafe { pw::pw_stream_get_node_id(raw) }
     }
 }
 
@@ -353,9 +373,13 @@ impl Drop for Stream {
         // SAFETY: the stream is ours; pw_stream_destroy stops the process callback (it
         // synchronises with the data thread), removes our hook with the rest of its listeners
         // and frees the stream; our data box is freed after it.
-        self.alive.set(std::ptr::null_mut());
-        unsafe {
-            pw::pw_stream_destroy(self.raw);
+        // If PipeWire already destroyed it (see `on_destroy`), there is nothing to do.
+        let raw = self.alive.replace(std::ptr::null_mut());
+        if !raw.is_null() {
+            debug_assert_eq!(raw, self.raw);
+            unsafe {
+                pw::pw_stream_destroy(raw);
+            }
         }
         let _ = &self.data;
     }
