@@ -30,6 +30,7 @@ const USAGE: &str = "( server.address = [ \"tcp:[ADDR:]PORT\" ] )  listen addres
 ( auth.cookie = <path> )  others must prove this cookie (challenge-response)
 ( target.object = <node.name> )  sink tunnels play on when the sender names none, default: the default sink
 ( sess.latency.msec = <10-2000> )  receive buffer target, default 60
+( sess.latency.max.msec = <ms> )  the most the target may grow to after underruns, default 500
 ( max.connections = <1-1024> )  concurrent tunnels, default 64
 ( stream.props = { ... } )  extra properties of every tunnel's stream";
 
@@ -40,6 +41,7 @@ const VALID_ARGS: &[&str] = &[
     "auth.cookie",
     "target.object",
     "sess.latency.msec",
+    "sess.latency.max.msec",
     "max.connections",
     "stream.props",
 ];
@@ -336,6 +338,13 @@ impl PwModule for Receiver {
             );
         }
         let target_ms = parse_num(args, "sess.latency.msec", 60u64, 10, 2000)?;
+        let max_ms = parse_num(
+            args,
+            "sess.latency.max.msec",
+            500u64.max(target_ms),
+            target_ms,
+            10_000,
+        )?;
         let max_connections = parse_num(args, "max.connections", 64usize, 1, 1024)?;
         let target = args.get("target.object").map(str::to_string);
         let extra_props = match args.get("stream.props") {
@@ -375,6 +384,7 @@ impl PwModule for Receiver {
             cookie,
             sink: target,
             target_usec: target_ms * 1000,
+            max_usec: max_ms * 1000,
             max_connections,
         };
         let receiver = rx::Receiver::start(listener, cfg, host)

@@ -14,6 +14,7 @@ pub mod dll;
 pub mod framing;
 pub mod handshake;
 pub mod jitter;
+mod net;
 pub mod params;
 pub mod playout;
 pub mod rtp;

@@ -12,15 +12,19 @@ use crate::handshake::{
     STATUS_TOO_MANY_CONNECTIONS, STATUS_UNSUPPORTED_FORMAT, STATUS_VERSION_NOT_SUPPORTED,
 };
 use crate::jitter::{JitterBuffer, Playout, PushResult};
+use crate::net::Conn;
+use crate::params::{OpusKnobs, ServerAddr, KNOB_KEYS};
 use crate::playout::{Playout as PlayoutEngine, PlayoutConfig, PlayoutState, PlayoutStats};
 use crate::rtp::{self, Control};
+use crate::samples::SampleFormat;
 use crate::stats::{BitrateMeter, Stats, TunnelState};
+use crate::tx;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -74,7 +78,11 @@ pub struct ConnShared {
     /// Samples in the ring after the last pop.
     fill: AtomicU64,
     meter: Mutex<BitrateMeter>,
-    peer: SocketAddr,
+    peer: String,
+    /// Record tunnels: the capture's sender side (stopped when the connection is killed).
+    record: OnceLock<Arc<tx::Shared>>,
+    /// Record tunnels: the far end has readers, so the capture should run.
+    recording: AtomicBool,
     /// The clock both threads time the stream with (µs since the connection began).
     epoch: Instant,
     /// The playout engine's figures, refreshed by the connection thread every 100 ms.
@@ -85,6 +93,15 @@ impl ConnShared {
     /// Ends the connection (its stream was killed, or the receiver stops).
     pub fn kill(&self) {
         self.killed.store(true, Ordering::SeqCst);
+        if let Some(t) = self.record.get() {
+            t.stop();
+        }
+    }
+
+    /// Record tunnels: whether the capture should run (the far end has readers). The host
+    /// corks its recording stream while this is false.
+    pub fn recording(&self) -> bool {
+        self.recording.load(Ordering::SeqCst)
     }
 
     /// The connection has ended; its stream should go.
@@ -120,6 +137,18 @@ impl ConnShared {
     /// The statistics as `opus.tunnel.*` properties (call about once a second: the bitrate is
     /// measured between calls).
     pub fn stat_properties(&self) -> Vec<(String, String)> {
+        if let Some(t) = self.record.get() {
+            let mut v = t.stat_properties();
+            if !self.recording() {
+                for (k, val) in v.iter_mut() {
+                    if k == "opus.tunnel.state" {
+                        *val = "idle".into();
+                    }
+                }
+            }
+            v.push(("opus.tunnel.peer".into(), self.peer.clone()));
+            return v;
+        }
         let s = self.stats.snapshot();
         let bitrate = match self.meter.lock() {
             Ok(mut m) => m.sample(Instant::now(), s.bytes_received),
@@ -142,7 +171,7 @@ impl ConnShared {
         };
         vec![
             ("opus.tunnel.state".into(), state.into()),
-            ("opus.tunnel.peer".into(), self.peer.to_string()),
+            ("opus.tunnel.peer".into(), self.peer.clone()),
             ("opus.tunnel.bitrate".into(), bitrate.to_string()),
             ("opus.tunnel.latency_usec".into(), latency.to_string()),
             ("opus.tunnel.target_latency_usec".into(), target.to_string()),
@@ -177,6 +206,16 @@ pub trait Host: Send + Sync + 'static {
     /// [`Playback`] on `conn.device` (or the host's default), then answer through the
     /// [`Replier`] — from any thread, within 5 s.
     fn open(&self, req: StreamRequest);
+    /// A record tunnel passed its handshake: create a recording stream, *corked*, on
+    /// `conn.device` (or the host's default source), whose audio goes to the request's
+    /// [`tx::Feeder`]; keep it corked while [`ConnShared::recording`] is false (check on
+    /// every [`Host::changed`]); answer through the [`Replier`]. The default refuses.
+    fn open_record(&self, req: RecordRequest) {
+        req.into_parts().4.refuse(
+            STATUS_UNSUPPORTED_FORMAT,
+            "this receiver does not serve record tunnels",
+        );
+    }
     /// A connection ended: the host should remove the streams whose
     /// [`ConnShared::is_closed`] is true.
     fn changed(&self);
@@ -216,7 +255,42 @@ impl StreamRequest {
     }
 }
 
-/// Answers a [`StreamRequest`].
+/// A handshaken record tunnel waiting for its recording stream.
+pub struct RecordRequest {
+    /// The connection's shared state (format, statistics, flags).
+    pub conn: Arc<ConnShared>,
+    /// The real-time side: the recording stream's callback pushes what it records here
+    /// (float32le at the connection's rate and channels).
+    pub feeder: tx::Feeder,
+    /// `<far end's source> on <far end's host>`.
+    pub media_name: String,
+    /// Properties for the stream.
+    pub props: Vec<(String, String)>,
+    reply: mpsc::Sender<Result<String, (u16, String)>>,
+}
+
+impl RecordRequest {
+    /// Splits the request; the [`Replier`] answers the peer.
+    pub fn into_parts(
+        self,
+    ) -> (
+        Arc<ConnShared>,
+        tx::Feeder,
+        String,
+        Vec<(String, String)>,
+        Replier,
+    ) {
+        (
+            self.conn,
+            self.feeder,
+            self.media_name,
+            self.props,
+            Replier(self.reply),
+        )
+    }
+}
+
+/// Answers a [`StreamRequest`] or [`RecordRequest`].
 pub struct Replier(mpsc::Sender<Result<String, (u16, String)>>);
 
 impl Replier {
@@ -483,15 +557,6 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
             }
         }
     }
-    if hello.direction != Direction::Play {
-        refuse(
-            &mut stream,
-            peer,
-            STATUS_UNSUPPORTED_FORMAT,
-            "record tunnels are not supported by this receiver yet",
-        );
-        return;
-    }
     let fmt = StreamFormat {
         rate: hello.rate,
         channels: hello.channels,
@@ -500,21 +565,26 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
         return;
     }
-    let decoder = match Decoder::new(hello.codec, fmt) {
-        Ok(d) => d,
-        Err(e) => {
-            refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
-            return;
-        }
-    };
-    let label = format!("{}@{}", hello.name, hello.host);
-    let conn = Arc::new(ConnShared {
-        label: label.clone(),
+    let conn = new_conn(&hello, cfg.target_usec, peer.to_string());
+    if let Ok(mut live) = shared.live.lock() {
+        live.retain(|c| !c.is_closed());
+        live.push(conn.clone());
+    }
+    match hello.direction {
+        Direction::Play => serve_play(stream, peer, &shared, &hello, conn, rest, verified),
+        Direction::Record => serve_capture(stream, peer, &shared, &hello, conn, verified),
+    }
+}
+
+/// The shared state of a new connection described by `hello`.
+fn new_conn(hello: &Hello, target_usec: u64, peer: String) -> Arc<ConnShared> {
+    Arc::new(ConnShared {
+        label: format!("{}@{}", hello.name, hello.host),
         rate: hello.rate,
         channels: hello.channels,
         channel_map: hello.channel_map.clone(),
         device: hello.device.clone(),
-        target_usec: cfg.target_usec,
+        target_usec,
         stats: Stats::new(),
         closed: AtomicBool::new(false),
         killed: AtomicBool::new(false),
@@ -524,24 +594,79 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         playout: Mutex::new(None),
         meter: Mutex::new(BitrateMeter::default()),
         peer,
-    });
-    let engine = match PlayoutEngine::new(PlayoutConfig {
+        record: OnceLock::new(),
+        recording: AtomicBool::new(false),
+    })
+}
+
+/// Waits (at most the handshake deadline) for the host to answer a stream request.
+fn await_answer(
+    rx: &mpsc::Receiver<Result<String, (u16, String)>>,
+    shared: &RecvShared,
+) -> Result<String, (u16, String)> {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(a) => return a,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if shared.stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+                    return Err((503, "the receiver is busy or shutting down".into()));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err((503, "the receiver is shutting down".into()))
+            }
+        }
+    }
+}
+
+/// Sends the `200` (signed when the peer proved the cookie); false if the peer is gone.
+fn accept(stream: &mut TcpStream, device: &str, verified: &Option<Verified>) -> bool {
+    let mut ok = Reply::ok();
+    ok.fields.insert("Device".into(), device.to_string());
+    if let Some(v) = verified {
+        v.sign(&mut ok);
+    }
+    stream.write_all(ok.to_text().as_bytes()).is_ok()
+}
+
+/// A play tunnel: the peer sends, we decode and play through the drift-correcting engine.
+fn serve_play(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<RecvShared>,
+    hello: &Hello,
+    conn: Arc<ConnShared>,
+    rest: Vec<u8>,
+    verified: Option<Verified>,
+) {
+    let cfg = &shared.cfg;
+    let fmt = StreamFormat {
         rate: hello.rate,
         channels: hello.channels,
-        target_usec: cfg.target_usec,
-        max_usec: cfg.max_usec.max(cfg.target_usec),
-    }) {
-        Ok(e) => e,
+    };
+    let label = conn.label.clone();
+    let setup = Decoder::new(hello.codec, fmt)
+        .map_err(|e| e.to_string())
+        .and_then(|d| {
+            PlayoutEngine::new(PlayoutConfig {
+                rate: hello.rate,
+                channels: hello.channels,
+                target_usec: cfg.target_usec,
+                max_usec: cfg.max_usec.max(cfg.target_usec),
+            })
+            .map(|e| (d, e))
+            .map_err(|e| e.to_string())
+        });
+    let (decoder, engine) = match setup {
+        Ok(x) => x,
         Err(e) => {
-            refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
+            refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e);
+            conn.closed.store(true, Ordering::SeqCst);
             return;
         }
     };
-    // The engine needs room for its maximum latency plus two device periods.
-    let cap_usec = cfg.max_usec.max(cfg.target_usec) + 250_000;
-    let cap = (u64::from(hello.rate) * u64::from(hello.channels) * cap_usec / 1_000_000) as usize;
-    let (producer, consumer) = rtrb::RingBuffer::<f32>::new(cap);
-    let (report_tx, report_rx) = rtrb::RingBuffer::<DeviceReport>::new(256);
+    let (producer, consumer, report_tx, report_rx) = playout_rings(&conn, cfg);
     let (tx, rx) = mpsc::channel();
     let props = vec![
         ("opus.tunnel.peer".to_string(), peer.to_string()),
@@ -549,10 +674,6 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         ("opus.tunnel.remote_host".to_string(), hello.host.clone()),
         ("compression".to_string(), hello.codec.as_str().to_string()),
     ];
-    if let Ok(mut live) = shared.live.lock() {
-        live.retain(|c| !c.is_closed());
-        live.push(conn.clone());
-    }
     shared.host.open(StreamRequest {
         conn: conn.clone(),
         playback: Playback::new(conn.clone(), consumer, report_tx),
@@ -560,21 +681,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         props,
         reply: tx,
     });
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-    let answer = loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(a) => break a,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if shared.stop.load(Ordering::SeqCst) || Instant::now() > deadline {
-                    break Err((503, "the receiver is busy or shutting down".into()));
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                break Err((503, "the receiver is shutting down".into()))
-            }
-        }
-    };
-    let sink = match answer {
+    let sink = match await_answer(&rx, shared) {
         Ok(s) => s,
         Err((status, reason)) => {
             refuse(&mut stream, peer, status, &reason);
@@ -583,12 +690,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
             return;
         }
     };
-    let mut ok = Reply::ok();
-    ok.fields.insert("Device".into(), sink.clone());
-    if let Some(v) = &verified {
-        v.sign(&mut ok);
-    }
-    if stream.write_all(ok.to_text().as_bytes()).is_err() {
+    if !accept(&mut stream, &sink, &verified) {
         conn.closed.store(true, Ordering::SeqCst);
         shared.host.changed();
         return;
@@ -600,6 +702,7 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         hello.channels
     );
     conn.stats.set_state(TunnelState::Streaming);
+    let mut c = Conn::from(stream);
     let why = Receive::new(
         conn.clone(),
         decoder,
@@ -609,11 +712,137 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         codec::payload_type(hello.codec),
         cfg.max_usec.max(cfg.target_usec),
     )
-    .run(&mut stream, rest, &shared);
+    .run(&mut c, rest, &shared.stop);
     log::info!("tunnel {label} from {peer} ended: {why}");
     conn.stats.set_state(TunnelState::Closed);
     conn.closed.store(true, Ordering::SeqCst);
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    c.shutdown();
+    shared.host.changed();
+}
+
+/// The rings between a playout engine and the real-time side: audio (room for the maximum
+/// latency plus two device periods) and device reports.
+#[allow(clippy::type_complexity)]
+fn playout_rings(
+    conn: &ConnShared,
+    cfg: &RecvConfig,
+) -> (
+    rtrb::Producer<f32>,
+    rtrb::Consumer<f32>,
+    rtrb::Producer<DeviceReport>,
+    rtrb::Consumer<DeviceReport>,
+) {
+    let cap_usec = cfg.max_usec.max(cfg.target_usec) + 250_000;
+    let cap = (u64::from(conn.rate) * u64::from(conn.channels) * cap_usec / 1_000_000) as usize;
+    let (producer, consumer) = rtrb::RingBuffer::<f32>::new(cap);
+    let (report_tx, report_rx) = rtrb::RingBuffer::<DeviceReport>::new(256);
+    (producer, consumer, report_tx, report_rx)
+}
+
+/// Tells the host when the far end of a record tunnel wants audio.
+struct HostCapture {
+    conn: Arc<ConnShared>,
+    host: Arc<dyn Host>,
+}
+
+impl tx::RemoteCapture for HostCapture {
+    fn recording(&self, on: bool) {
+        self.conn.recording.store(on, Ordering::SeqCst);
+        self.host.changed();
+    }
+}
+
+/// A record tunnel: we record a local source (only while the peer has readers), encode with
+/// the knobs the peer asked for, and send.
+fn serve_capture(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<RecvShared>,
+    hello: &Hello,
+    conn: Arc<ConnShared>,
+    verified: Option<Verified>,
+) {
+    let label = conn.label.clone();
+    let fmt = StreamFormat {
+        rate: hello.rate,
+        channels: hello.channels,
+    };
+    let mut knobs = OpusKnobs::default();
+    for (k, v) in &hello.fields {
+        if let Some(key) = KNOB_KEYS.iter().find(|key| key.eq_ignore_ascii_case(k)) {
+            if let Err(e) = knobs.set(key, v) {
+                refuse(&mut stream, peer, STATUS_BAD_REQUEST, &e.to_string());
+                conn.closed.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+    if let Err(e) = codec::Encoder::new(hello.codec, fmt, &knobs) {
+        refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
+        conn.closed.store(true, Ordering::SeqCst);
+        return;
+    }
+    let wcfg = tx::WorkerConfig {
+        addr: ServerAddr::Tcp {
+            host: peer.ip().to_string(),
+            port: peer.port(),
+        },
+        remote_sink: None,
+        name: label.clone(),
+        host: String::new(),
+        compression: hello.codec,
+        fmt,
+        sample_format: SampleFormat::F32Le,
+        channel_map: hello.channel_map.clone(),
+        block_usec: 20_000,
+        cookie: None,
+    };
+    // Half a second between the recording stream and the encoder.
+    let ring_bytes = 4 * usize::from(hello.channels) * hello.rate as usize / 2;
+    let (feeder, tshared, consumer) = tx::record_feeder(&wcfg, knobs, ring_bytes);
+    let _ = conn.record.set(tshared.clone());
+    let (tx, rx) = mpsc::channel();
+    let props = vec![
+        ("opus.tunnel.peer".to_string(), peer.to_string()),
+        ("opus.tunnel.remote_name".to_string(), hello.name.clone()),
+        ("opus.tunnel.remote_host".to_string(), hello.host.clone()),
+        ("compression".to_string(), hello.codec.as_str().to_string()),
+    ];
+    shared.host.open_record(RecordRequest {
+        conn: conn.clone(),
+        feeder,
+        media_name: format!("{} on {}", hello.name, hello.host),
+        props,
+        reply: tx,
+    });
+    let source = match await_answer(&rx, shared) {
+        Ok(s) => s,
+        Err((status, reason)) => {
+            refuse(&mut stream, peer, status, &reason);
+            conn.closed.store(true, Ordering::SeqCst);
+            shared.host.changed();
+            return;
+        }
+    };
+    if !accept(&mut stream, &source, &verified) {
+        conn.closed.store(true, Ordering::SeqCst);
+        shared.host.changed();
+        return;
+    }
+    log::info!(
+        "record tunnel {label} from {peer} records {source} ({}, {} Hz, {} ch), while it has readers",
+        hello.codec.as_str(),
+        hello.rate,
+        hello.channels
+    );
+    let remote: Arc<dyn tx::RemoteCapture> = Arc::new(HostCapture {
+        conn: conn.clone(),
+        host: shared.host.clone(),
+    });
+    let why = tx::serve_record(wcfg, consumer, tshared, Conn::from(stream), remote);
+    log::info!("record tunnel {label} from {peer} ended: {why}");
+    conn.recording.store(false, Ordering::SeqCst);
+    conn.closed.store(true, Ordering::SeqCst);
     shared.host.changed();
 }
 
@@ -728,8 +957,8 @@ impl Receive {
         }
     }
 
-    fn run(mut self, stream: &mut TcpStream, rest: Vec<u8>, shared: &RecvShared) -> String {
-        let _ = stream.set_read_timeout(Some(WAKE));
+    fn run(&mut self, stream: &mut Conn, rest: Vec<u8>, stop: &AtomicBool) -> String {
+        let _ = stream.set_timeouts(Some(WAKE), Some(Duration::from_secs(4)));
         let mut reporter = match stream.try_clone() {
             Ok(s) => s,
             Err(e) => return e.to_string(),
@@ -742,7 +971,7 @@ impl Receive {
             return e;
         }
         loop {
-            if self.conn.killed() || shared.stop.load(Ordering::SeqCst) {
+            if self.conn.killed() || stop.load(Ordering::SeqCst) {
                 let mut pkt = Vec::new();
                 rtp::write_rtcp(
                     0,

@@ -7,22 +7,20 @@ use crate::auth::{ClientAuth, ClientStep, Cookie};
 use crate::codec::{Encoder, StreamFormat};
 use crate::framing::{self, Deframer};
 use crate::handshake::{Direction, HeadReader, Hello, Reply, STATUS_UNAUTHORIZED, VERSION};
+use crate::net::Conn;
 use crate::params::{Backoff, Compression, OpusKnobs, ServerAddr};
 use crate::rtp::{self, Control, RtpSender};
 use crate::samples::SampleFormat;
 use crate::stats::{BitrateMeter, Stats, TunnelState};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-/// How long a connection attempt, and then the handshake, may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A send that cannot make progress for this long means the link is dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
@@ -294,81 +292,6 @@ fn spawn(
         })
 }
 
-/// A connected transport (TCP or unix socket).
-enum Conn {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Conn {
-    fn connect(addr: &ServerAddr) -> std::io::Result<Conn> {
-        match addr {
-            ServerAddr::Tcp { host, port } => {
-                let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-                for a in (host.as_str(), *port).to_socket_addrs()? {
-                    match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
-                        Ok(s) => {
-                            let _ = s.set_nodelay(true);
-                            return Ok(Conn::Tcp(s));
-                        }
-                        Err(e) => last = e,
-                    }
-                }
-                Err(last)
-            }
-            ServerAddr::Unix(p) => Ok(Conn::Unix(UnixStream::connect(p)?)),
-        }
-    }
-
-    fn try_clone(&self) -> std::io::Result<Conn> {
-        Ok(match self {
-            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
-            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
-        })
-    }
-
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
-        match self {
-            Conn::Tcp(s) => {
-                s.set_read_timeout(read)?;
-                s.set_write_timeout(write)
-            }
-            Conn::Unix(s) => {
-                s.set_read_timeout(read)?;
-                s.set_write_timeout(write)
-            }
-        }
-    }
-
-    fn shutdown(&self) {
-        let _ = match self {
-            Conn::Tcp(s) => s.shutdown(Shutdown::Both),
-            Conn::Unix(s) => s.shutdown(Shutdown::Both),
-        };
-    }
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.read(buf),
-            Conn::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.write(buf),
-            Conn::Unix(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Reads one handshake message (after `pending`, bytes already received): its text and what
 /// followed it.
 fn read_message(
@@ -408,6 +331,103 @@ fn read_message(
     }
 }
 
+/// Connects to `addr` and runs the client side of the handshake (with the cookie exchange if
+/// the receiver asks). `slot` receives a handle on the connection at once, so that an unload
+/// can shut it down under a blocked handshake. Returns the connection (write timeout set,
+/// no read timeout), the receiver's `200` reply and any bytes that followed it.
+pub(crate) fn client_handshake(
+    addr: &ServerAddr,
+    mut hello: Hello,
+    cookie: Option<Cookie>,
+    slot: &Mutex<Option<Conn>>,
+    name: &str,
+) -> Result<(Conn, Reply, Vec<u8>), String> {
+    let mut conn = Conn::connect(addr).map_err(|e| e.to_string())?;
+    if let (Ok(mut s), Ok(c)) = (slot.lock(), conn.try_clone()) {
+        *s = Some(c);
+    }
+    conn.set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut auth = ClientAuth::new(cookie).map_err(|e| e.to_string())?;
+    let text = auth.hello_text(&mut hello);
+    conn.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut pending = Vec::new();
+    let reply = loop {
+        let (text, rest) = read_message(&mut conn, &pending, deadline)?;
+        pending = rest;
+        let reply = Reply::parse(&text).map_err(|e| format!("bad handshake reply: {e}"))?;
+        match auth.on_reply(&reply) {
+            Ok(ClientStep::SendAuth(msg)) => {
+                conn.write_all(msg.as_bytes()).map_err(|e| e.to_string())?;
+            }
+            Ok(ClientStep::Accepted { .. }) => break reply,
+            Ok(ClientStep::Refused) => {
+                return Err(format!(
+                    "the receiver refused the tunnel: {} {}",
+                    reply.status, reply.reason
+                ))
+            }
+            Err(e) if !reply.is_ok() && reply.status != STATUS_UNAUTHORIZED => {
+                log::debug!("{name}: {e}");
+                return Err(format!(
+                    "the receiver refused the tunnel: {} {}",
+                    reply.status, reply.reason
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    conn.set_timeouts(None, Some(WRITE_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    Ok((conn, reply, pending))
+}
+
+/// What the far end of a record tunnel controls on the capturing side.
+pub trait RemoteCapture: Send + Sync {
+    /// Start (`true`) or stop (`false`) recording: the far end has readers, or none.
+    fn recording(&self, on: bool);
+}
+
+/// Serves a record tunnel on an accepted connection: encodes what the [`Feeder`] of `shared`
+/// receives and sends it, following the far end's resume, pause and knob messages. Runs on
+/// the calling thread until the link ends or `shared.stop()`; returns why it ended.
+pub(crate) fn serve_record(
+    cfg: WorkerConfig,
+    ring: rtrb::Consumer<u8>,
+    shared: Arc<Shared>,
+    conn: Conn,
+    remote: Arc<dyn RemoteCapture>,
+) -> String {
+    shared.set_worker(thread::current());
+    let mut w = Worker::new(cfg, ring, shared);
+    w.remote = Some(remote);
+    let why = match w.stream(conn) {
+        Ended::Stop => "closed by the receiver".to_string(),
+        Ended::Lost(why) => why,
+    };
+    w.shared.finished.store(true, Ordering::SeqCst);
+    why
+}
+
+/// A [`Feeder`] and its shared state for a capture served by [`serve_record`].
+pub(crate) fn record_feeder(
+    cfg: &WorkerConfig,
+    knobs: OpusKnobs,
+    ring_bytes: usize,
+) -> (Feeder, Arc<Shared>, rtrb::Consumer<u8>) {
+    let frame_bytes = cfg.sample_format.bytes_per_sample() * usize::from(cfg.fmt.channels);
+    let bytes_per_sec = frame_bytes as u64 * u64::from(cfg.fmt.rate);
+    let (producer, consumer) = rtrb::RingBuffer::<u8>::new(ring_bytes);
+    let shared = Arc::new(Shared::new(bytes_per_sec, knobs));
+    let feeder = Feeder {
+        ring: producer,
+        shared: shared.clone(),
+        frame_bytes,
+    };
+    (feeder, shared, consumer)
+}
+
 /// What the reader thread passes back.
 enum Incoming {
     Controls(Vec<Control>),
@@ -427,6 +447,8 @@ struct Worker {
     wire: Vec<u8>,
     ever_connected: bool,
     knobs_gen: u64,
+    /// Serving a record tunnel: the far end's resume/pause/knobs control the capture.
+    remote: Option<Arc<dyn RemoteCapture>>,
 }
 
 enum Ended {
@@ -449,6 +471,7 @@ impl Worker {
             wire: Vec::new(),
             ever_connected: false,
             knobs_gen: 0,
+            remote: None,
         }
     }
 
@@ -560,14 +583,8 @@ impl Worker {
     }
 
     fn connect_and_handshake(&mut self) -> Result<Conn, String> {
-        let mut conn = Conn::connect(&self.cfg.addr).map_err(|e| e.to_string())?;
-        if let (Ok(mut s), Ok(c)) = (self.shared.sock.lock(), conn.try_clone()) {
-            *s = Some(c);
-        }
-        conn.set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
-            .map_err(|e| e.to_string())?;
         let knobs = self.knobs();
-        let mut hello = Hello {
+        let hello = Hello {
             version: VERSION,
             direction: Direction::Play,
             name: self.cfg.name.clone(),
@@ -581,41 +598,16 @@ impl Worker {
             target_latency_usec: None,
             fields: BTreeMap::new(),
         };
-        let mut auth = ClientAuth::new(self.cfg.cookie.clone()).map_err(|e| e.to_string())?;
-        let text = auth.hello_text(&mut hello);
-        conn.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-        let mut pending = Vec::new();
-        let reply = loop {
-            let (text, rest) = read_message(&mut conn, &pending, deadline)?;
-            pending = rest;
-            let reply = Reply::parse(&text).map_err(|e| format!("bad handshake reply: {e}"))?;
-            match auth.on_reply(&reply) {
-                Ok(ClientStep::SendAuth(msg)) => {
-                    conn.write_all(msg.as_bytes()).map_err(|e| e.to_string())?;
-                }
-                Ok(ClientStep::Accepted { .. }) => break reply,
-                Ok(ClientStep::Refused) => {
-                    return Err(format!(
-                        "the receiver refused the tunnel: {} {}",
-                        reply.status, reply.reason
-                    ))
-                }
-                Err(e) if !reply.is_ok() && reply.status != STATUS_UNAUTHORIZED => {
-                    log::debug!("{}: {e}", self.cfg.name);
-                    return Err(format!(
-                        "the receiver refused the tunnel: {} {}",
-                        reply.status, reply.reason
-                    ));
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        };
+        let (conn, reply, _) = client_handshake(
+            &self.cfg.addr,
+            hello,
+            self.cfg.cookie.clone(),
+            &self.shared.sock,
+            &self.cfg.name,
+        )?;
         if let Some(dev) = reply.fields.get("Device") {
             log::info!("{}: the receiver plays on its sink {dev}", self.cfg.name);
         }
-        conn.set_timeouts(None, Some(WRITE_TIMEOUT))
-            .map_err(|e| e.to_string())?;
         Ok(conn)
     }
 
@@ -700,7 +692,7 @@ impl Worker {
             }
             if last_heard.elapsed() > DEAD_AFTER {
                 return Ended::Lost(format!(
-                    "nothing heard from the receiver for {} s",
+                    "nothing heard from the far end for {} s",
                     DEAD_AFTER.as_secs()
                 ));
             }
@@ -739,10 +731,38 @@ impl Worker {
                     }
                 }
                 Control::Bye(why) => {
-                    log::info!("{}: the receiver says goodbye: {why}", self.cfg.name)
+                    log::info!("{}: the far end says goodbye: {why}", self.cfg.name)
                 }
+                Control::Resume | Control::Pause if self.remote.is_some() => {
+                    let on = matches!(c, Control::Resume);
+                    self.shared.running.store(on, Ordering::SeqCst);
+                    if let Some(r) = &self.remote {
+                        r.recording(on);
+                    }
+                }
+                Control::Knobs(kv) if self.remote.is_some() => self.remote_knobs(kv),
                 _ => {}
             }
+        }
+    }
+
+    /// Knob changes relayed by the far end of a record tunnel: applied if the encoder takes
+    /// them, refused with a log line naming the key otherwise.
+    fn remote_knobs(&mut self, kv: Vec<(String, String)>) {
+        let mut knobs = self.knobs();
+        for (k, v) in kv {
+            let mut trial = knobs;
+            match trial.set(&k, &v) {
+                Ok(()) => match Encoder::new(self.cfg.compression, self.cfg.fmt, &trial) {
+                    Ok(_) => knobs = trial,
+                    Err(e) => log::warn!("{}: refused {k}={v}: {e}", self.cfg.name),
+                },
+                Err(e) => log::warn!("{}: refused {e}", self.cfg.name),
+            }
+        }
+        if knobs != self.knobs() {
+            log::info!("{}: the far end retuned the encoder", self.cfg.name);
+            self.shared.set_knobs(knobs);
         }
     }
 
