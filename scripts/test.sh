@@ -14,6 +14,7 @@ if [ -z "${PULSE_DIR:-}" ]; then
 fi
 echo "== build"
 scripts/build-modules.sh
+scripts/build-pipewire-modules.sh
 cargo build --release -p opus-tunnel-ctl
 echo "== fmt + clippy"
 cargo fmt --all -- --check
