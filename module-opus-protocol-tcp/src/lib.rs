@@ -10,10 +10,14 @@
 use opus_tunnel_core::acl::IpAcl;
 use opus_tunnel_core::auth::Cookie;
 use opus_tunnel_core::params::{parse_bool, DEFAULT_PORT};
-use opus_tunnel_core::rx::{self, ConnShared, Host, Playback, RecvConfig, StreamRequest};
+use opus_tunnel_core::rx::{
+    self, ConnShared, Host, Playback, RecordRequest, RecvConfig, StreamRequest,
+};
+use opus_tunnel_core::tx::Feeder;
 use opus_tunnel_pulse::mainloop::{MainTimer, MainWaker, WakeHandle};
 use opus_tunnel_pulse::module::ModuleInfo;
 use opus_tunnel_pulse::sink_input::{SinkInput, SinkInputConfig, SinkInputIo};
+use opus_tunnel_pulse::source_output::{SourceOutput, SourceOutputConfig, SourceOutputIo};
 use opus_tunnel_pulse::{
     declare_module, ChannelMap, Modargs, ModuleRef, PaModule, Proplist, SampleSpec,
 };
@@ -30,6 +34,7 @@ auth-ip-acl=<addresses/networks allowed without a cookie, e.g. 127.0.0.1;192.168
 auth-cookie=<path of the cookie file; default: PulseAudio's cookie> \
 auth-cookie-enabled=<bool: others must prove the cookie; default true> \
 sink=<sink to play tunnels on; default: the default sink> \
+source=<source record tunnels record from; default: the default source> \
 target_latency_msec=<receive buffer target, 10-2000 ms; default 60> \
 max_latency_msec=<the most the target may grow to after underruns, ms; default 500> \
 max_connections=<concurrent tunnels, 1-1024; default 64>";
@@ -42,6 +47,7 @@ const VALID_ARGS: &[&str] = &[
     "auth-cookie",
     "auth-cookie-enabled",
     "sink",
+    "source",
     "target_latency_msec",
     "max_latency_msec",
     "max_connections",
@@ -51,6 +57,7 @@ const VALID_ARGS: &[&str] = &[
 /// for the main thread, which is woken through an eventfd.
 struct PulseHost {
     requests: Mutex<VecDeque<StreamRequest>>,
+    records: Mutex<VecDeque<RecordRequest>>,
     waker: OnceLock<WakeHandle>,
 }
 
@@ -70,8 +77,32 @@ impl Host for PulseHost {
         self.wake();
     }
 
+    fn open_record(&self, req: RecordRequest) {
+        if let Ok(mut q) = self.records.lock() {
+            q.push_back(req);
+        }
+        self.wake();
+    }
+
     fn changed(&self) {
         self.wake();
+    }
+}
+
+/// A record tunnel's recording stream (main thread): corked while the far end has no
+/// readers.
+struct Recording {
+    stream: SourceOutput,
+    conn: Arc<ConnShared>,
+    corked: bool,
+}
+
+/// The recording stream's side on the source's IO thread.
+struct CaptureIo(Feeder);
+
+impl SourceOutputIo for CaptureIo {
+    fn push(&mut self, data: &[u8]) {
+        self.0.push(data, true);
     }
 }
 
@@ -86,8 +117,10 @@ struct MainState {
     module: ModuleRef,
     host: Arc<PulseHost>,
     default_sink: Option<String>,
+    default_source: Option<String>,
     target_usec: u64,
     active: Vec<Active>,
+    recordings: Vec<Recording>,
 }
 
 impl MainState {
@@ -114,6 +147,50 @@ impl MainState {
                 return false;
             }
             !a.conn.is_closed()
+        });
+        let records: Vec<RecordRequest> = match self.host.records.lock() {
+            Ok(mut q) => q.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for req in records {
+            let (conn, feeder, name, props, replier) = req.into_parts();
+            match self.create_recording(&conn, feeder, &name, props) {
+                Ok(stream) => {
+                    replier.accept(&stream.source_name().unwrap_or_default());
+                    self.recordings.push(Recording {
+                        stream,
+                        conn,
+                        corked: true,
+                    });
+                }
+                Err((status, reason)) => replier.refuse(status, &reason),
+            }
+        }
+        self.recordings.retain_mut(|r| {
+            if r.stream.killed() {
+                log::info!("stream {} was killed; closing its tunnel", r.conn.label);
+                r.conn.kill();
+                return false;
+            }
+            if r.conn.is_closed() {
+                return false;
+            }
+            // Record only while the far end has readers (privacy, CPU, bandwidth).
+            let want = r.conn.recording();
+            if want == r.corked {
+                r.corked = !want;
+                r.stream.cork(r.corked);
+                log::info!(
+                    "record tunnel {}: {}",
+                    r.conn.label,
+                    if want {
+                        "recording"
+                    } else {
+                        "paused (no readers)"
+                    }
+                );
+            }
+            true
         });
     }
 
@@ -154,16 +231,62 @@ impl MainState {
         .map_err(|e| (404, e))
     }
 
+    fn create_recording(
+        &self,
+        conn: &ConnShared,
+        feeder: Feeder,
+        name: &str,
+        props: Vec<(String, String)>,
+    ) -> Result<SourceOutput, (u16, String)> {
+        let spec = SampleSpec::new("float32le", conn.rate, conn.channels).map_err(|e| (415, e))?;
+        let map = ChannelMap::parse(&conn.channel_map, conn.channels)
+            .or_else(|_| {
+                ChannelMap::default_for(conn.channels).ok_or_else(|| "no channel map".to_string())
+            })
+            .map_err(|e| (415, e))?;
+        let mut pl = Proplist::new();
+        pl.set("media.name", name);
+        pl.set("application.name", "opus-tunnel");
+        pl.set("media.role", "phone");
+        for (k, v) in props {
+            pl.set(&k, &v);
+        }
+        SourceOutput::new(
+            &self.module,
+            SourceOutputConfig {
+                source: conn.device.as_deref().or(self.default_source.as_deref()),
+                spec,
+                map,
+                props: pl,
+                requested_latency_usec: 10_000,
+                start_corked: true,
+                driver: c"module-opus-protocol-tcp",
+                on_kill: self.host.waker.get().cloned(),
+            },
+            Box::new(CaptureIo(feeder)),
+        )
+        .map_err(|e| (404, e))
+    }
+
     /// Publishes each stream's statistics as its properties. Main thread, once a second.
     fn publish(&mut self) {
         for a in &self.active {
-            let mut p = Proplist::new();
-            for (k, v) in a.conn.stat_properties() {
-                p.set(&k, &v);
-            }
-            a.stream.update_proplist(&p);
+            a.stream
+                .update_proplist(&to_proplist(a.conn.stat_properties()));
+        }
+        for r in &self.recordings {
+            r.stream
+                .update_proplist(&to_proplist(r.conn.stat_properties()));
         }
     }
+}
+
+fn to_proplist(pairs: Vec<(String, String)>) -> Proplist {
+    let mut p = Proplist::new();
+    for (k, v) in pairs {
+        p.set(&k, &v);
+    }
+    p
 }
 
 /// The stream's side on the sink's IO thread.
@@ -303,14 +426,17 @@ impl PaModule for Receiver {
         let listener = bind(ma.get("listen").as_deref(), port)?;
         let host = Arc::new(PulseHost {
             requests: Mutex::new(VecDeque::new()),
+            records: Mutex::new(VecDeque::new()),
             waker: OnceLock::new(),
         });
         let main = Rc::new(RefCell::new(MainState {
             module: *module,
             host: host.clone(),
             default_sink: sink.clone(),
+            default_source: ma.get("source"),
             target_usec: target_ms * 1000,
             active: Vec::new(),
+            recordings: Vec::new(),
         }));
         let m2 = main.clone();
         let waker = MainWaker::new(&core, move || {
@@ -351,7 +477,7 @@ impl PaModule for Receiver {
     fn n_used(&self) -> i32 {
         self.main
             .try_borrow()
-            .map(|m| m.active.len() as i32)
+            .map(|m| (m.active.len() + m.recordings.len()) as i32)
             .unwrap_or(0)
     }
 }
@@ -371,7 +497,17 @@ impl Drop for Receiver {
                     .4
                     .refuse(503, "the receiver is shutting down");
             }
+            let records: Vec<RecordRequest> = match m.host.records.lock() {
+                Ok(mut q) => q.drain(..).collect(),
+                Err(_) => Vec::new(),
+            };
+            for req in records {
+                req.into_parts()
+                    .4
+                    .refuse(503, "the receiver is shutting down");
+            }
             m.active.clear();
+            m.recordings.clear();
         }
         log::info!("stopped listening on port {}", self.port);
     }

@@ -7,8 +7,11 @@
 //! and reconnects with back-off when the link is down; the main thread publishes statistics
 //! as sink properties once a second.
 
-use opus_tunnel_core::codec::{self, StreamFormat};
-use opus_tunnel_core::params::{self, Compression, OpusKnobs, ServerAddr, KNOB_KEYS};
+use opus_tunnel_core::args::{
+    apply_knob_changes, effective_properties, parse_tunnel_args, Defaults,
+};
+use opus_tunnel_core::codec::StreamFormat;
+use opus_tunnel_core::params::{Compression, OpusKnobs, ServerAddr, KNOB_KEYS};
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_core::tx::{self, Feeder, Shared, WorkerConfig};
 use opus_tunnel_pulse::hooks::{watch_sink_proplist, HookSlot, MessageHandler};
@@ -83,66 +86,20 @@ struct Control {
 impl Control {
     /// The effective value of every knob (and `compression`), as properties.
     fn effective(&self) -> Vec<(String, String)> {
-        let mut v = vec![(
-            "compression".to_string(),
-            self.compression.as_str().to_string(),
-        )];
-        v.extend(
-            self.shared
-                .knobs()
-                .properties()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v)),
-        );
-        v
+        effective_properties(self.compression, &self.shared.knobs())
     }
 
     /// Applies what can be applied; returns the refusals (each names the key and the range).
     fn apply(&self, pairs: &[(String, String)]) -> Vec<String> {
-        let mut knobs = self.shared.knobs();
-        let mut errors = Vec::new();
-        let mut changed = Vec::new();
-        for (key, value) in pairs {
-            if key == "compression" {
-                if Compression::parse(value).ok() != Some(self.compression) {
-                    errors.push(format!(
-                        "compression: {value:?} is not accepted (it cannot change while the module is loaded; \
-                         it is {}: reload the module with compression={value} instead)",
-                        self.compression.as_str()
-                    ));
-                }
-                continue;
-            }
-            if !KNOB_KEYS.contains(&key.as_str()) {
-                errors.push(format!(
-                    "{key}: not a knob; accepted: compression, {}",
-                    KNOB_KEYS.join(", ")
-                ));
-                continue;
-            }
-            if knobs.get(key).as_deref() == Some(value.as_str()) {
-                continue;
-            }
-            let mut trial = knobs;
-            match trial.set(key, value) {
-                Err(e) => errors.push(e.to_string()),
-                Ok(()) => match codec::Encoder::new(self.compression, self.fmt, &trial) {
-                    Ok(_) => {
-                        knobs = trial;
-                        changed.push(format!("{key}={}", knobs.get(key).unwrap_or_default()));
-                    }
-                    Err(e) => errors.push(format!("{key}: {value:?} is not accepted here: {e}")),
-                },
-            }
+        let u = apply_knob_changes(self.shared.knobs(), self.compression, self.fmt, pairs);
+        if !u.changed.is_empty() {
+            self.shared.set_knobs(u.knobs);
+            log::info!("{}: retuned {}", self.name, u.changed.join(" "));
         }
-        if !changed.is_empty() {
-            self.shared.set_knobs(knobs);
-            log::info!("{}: retuned {}", self.name, changed.join(" "));
-        }
-        for e in &errors {
+        for e in &u.errors {
             log::warn!("{}: refused {e}", self.name);
         }
-        errors
+        u.errors
     }
 
     /// A `pactl send-message /opus_tunnel/<sink> MESSAGE PARAMS` request.
@@ -215,18 +172,6 @@ impl SinkIo for SenderIo {
     }
 }
 
-fn parse_u32(ma: &Modargs, key: &str, default: u32, lo: u32, hi: u32) -> Result<u32, String> {
-    match ma.get(key) {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<u32>() {
-            Ok(n) if (lo..=hi).contains(&n) => Ok(n),
-            _ => Err(format!(
-                "{key}: {v:?} is not accepted (an integer from {lo} to {hi})"
-            )),
-        },
-    }
-}
-
 /// Sink name from the server address: `tunnel-opus.<host>`.
 fn default_sink_name(addr: &ServerAddr) -> String {
     let host = match addr {
@@ -254,68 +199,32 @@ impl PaModule for TunnelSink {
         let arg = module.argument();
         let ma = Modargs::new(arg.as_deref(), &valid_args())?;
 
-        let server = ma.get("server").ok_or_else(|| {
-            "server: missing; give the receiver's address, e.g. server=tcp:192.168.1.10:4715"
-                .to_string()
-        })?;
-        let addr =
-            params::parse_server(&server, params::DEFAULT_PORT).map_err(|e| e.to_string())?;
-        let compression = match ma.get("compression") {
-            None => Compression::Opus,
-            Some(v) => Compression::parse(&v).map_err(|e| e.to_string())?,
-        };
-        let mut knobs = OpusKnobs::default();
-        for key in KNOB_KEYS {
-            if let Some(v) = ma.get(key) {
-                knobs.set(key, &v).map_err(|e| e.to_string())?;
-            }
-        }
-        let default_format = match compression {
-            Compression::Opus => "float32le",
-            Compression::None => "s16le",
-        };
-        let format = ma
-            .get("format")
-            .unwrap_or_else(|| default_format.to_string());
-        let rate = parse_u32(&ma, "rate", 48000, 1, 384_000)?;
-        let channels = parse_u32(&ma, "channels", 2, 1, 32)? as u8;
-        let spec = SampleSpec::new(&format, rate, channels)?;
+        let get = |k: &str| ma.get(k);
+        let a = parse_tunnel_args(
+            &get,
+            &Defaults {
+                channels: 2,
+                knobs: OpusKnobs::default(),
+            },
+        )?;
+        let (addr, compression, knobs) = (a.addr.clone(), a.compression, a.knobs);
+        let (rate, channels, latency_msec, skew_ppm) =
+            (a.rate, a.channels, a.latency_msec, a.skew_ppm);
+        let spec = SampleSpec::new(&a.format, rate, channels)?;
         let sample_format = SampleFormat::parse(&spec.format_name()).map_err(|e| e.to_string())?;
         let fmt = StreamFormat { rate, channels };
-        codec::validate(compression, &fmt).map_err(|e| e.to_string())?;
         let map = match ma.get("channel_map") {
             Some(m) => ChannelMap::parse(&m, channels)?,
             None => ChannelMap::default_for(channels).ok_or_else(|| {
                 format!("channels: no default channel map for {channels} channels")
             })?,
         };
-        let latency_msec = parse_u32(&ma, "latency_msec", 10, 1, 200)?;
-        let skew_ppm = match ma.get("clock_skew_ppm") {
-            None => 0.0,
-            Some(v) => match v.trim().parse::<f64>() {
-                Ok(p) if (-100_000.0..=100_000.0).contains(&p) => p,
-                _ => {
-                    return Err(format!(
-                        "clock_skew_ppm: {v:?} is not accepted (a number from -100000 to 100000)"
-                    ))
-                }
-            },
-        };
         let remote_sink = ma.get("sink");
-        let cookie = match ma.get("cookie") {
-            None => None,
-            Some(p) => Some(
-                opus_tunnel_core::auth::Cookie::load(std::path::Path::new(&p))
-                    .map_err(|e| format!("cookie: {e}"))?,
-            ),
-        };
+        let cookie = a.cookie;
         let sink_name = ma
             .get("sink_name")
             .unwrap_or_else(|| default_sink_name(&addr));
         let user_props = ma.get_proplist("sink_properties")?;
-        // Checks the knobs against the codec once, so that load-module fails on what the
-        // encoder would refuse rather than the worker later.
-        codec::Encoder::new(compression, fmt, &knobs).map_err(|e| format!("codec: {e}"))?;
 
         // Half a second of audio between the IO thread and the worker: room for scheduling
         // hiccups; the worker trims anything beyond its target so latency stays low.

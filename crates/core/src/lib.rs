@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod acl;
+pub mod args;
 pub mod auth;
 pub mod codec;
 pub mod dll;

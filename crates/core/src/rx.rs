@@ -13,7 +13,7 @@ use crate::handshake::{
 };
 use crate::jitter::{JitterBuffer, Playout, PushResult};
 use crate::net::Conn;
-use crate::params::{OpusKnobs, ServerAddr, KNOB_KEYS};
+use crate::params::{Compression, OpusKnobs, ServerAddr, KNOB_KEYS};
 use crate::playout::{Playout as PlayoutEngine, PlayoutConfig, PlayoutState, PlayoutStats};
 use crate::rtp::{self, Control};
 use crate::samples::SampleFormat;
@@ -925,6 +925,18 @@ struct Receive {
     max_usec: u64,
     /// `OPUS_TUNNEL_TRACE` set in the daemon's environment: log the engine's state 10×/s.
     trace: bool,
+    /// The desktop end of a record tunnel tells the far end when to record and how.
+    upstream: Option<Arc<Upstream>>,
+    up_running: Option<bool>,
+    up_gen: u64,
+}
+
+/// What the desktop end of a record tunnel relays to the capturing end.
+struct Upstream {
+    /// A stream records from the tunnel source.
+    running: AtomicBool,
+    knobs: Mutex<OpusKnobs>,
+    knobs_gen: AtomicU64,
 }
 
 impl Receive {
@@ -954,6 +966,9 @@ impl Receive {
             payload_type,
             max_usec,
             trace: std::env::var_os("OPUS_TUNNEL_TRACE").is_some(),
+            upstream: None,
+            up_running: None,
+            up_gen: 0,
         }
     }
 
@@ -1013,6 +1028,9 @@ impl Receive {
             if let Err(e) = self.tick() {
                 return e;
             }
+            if let Err(e) = self.relay_upstream(&mut reporter) {
+                return e;
+            }
             if last_stats.elapsed() >= Duration::from_millis(100) {
                 last_stats = Instant::now();
                 if let Ok(mut st) = self.conn.playout.lock() {
@@ -1057,6 +1075,59 @@ impl Receive {
                 }
             }
         }
+    }
+
+    /// Desktop end of a record tunnel: tells the far end to record (or stop) as readers come
+    /// and go, and relays knob changes.
+    fn relay_upstream(&mut self, w: &mut Conn) -> Result<(), String> {
+        let Some(u) = self.upstream.clone() else {
+            return Ok(());
+        };
+        let mut msgs = Vec::new();
+        let running = u.running.load(Ordering::SeqCst);
+        if self.up_running != Some(running) {
+            self.up_running = Some(running);
+            msgs.push(if running {
+                Control::Resume
+            } else {
+                Control::Pause
+            });
+        }
+        let gen = u.knobs_gen.load(Ordering::SeqCst);
+        if gen != self.up_gen {
+            self.up_gen = gen;
+            let knobs = u.knobs.lock().map(|k| *k).unwrap_or_default();
+            let kv = knobs
+                .properties()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            msgs.push(Control::Knobs(kv));
+        }
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let mut pkt = Vec::new();
+        rtp::write_rtcp(0, &msgs, &mut pkt);
+        let mut out = Vec::new();
+        framing::frame(&pkt, &mut out).map_err(|e| e.to_string())?;
+        w.write_all(&out)
+            .map_err(|e| format!("cannot reach the far end: {e}"))
+    }
+
+    /// A new connection of a record tunnel: everything but the ring and the device counters
+    /// starts afresh.
+    fn new_session(&mut self, decoder: Decoder) {
+        self.decoder = decoder;
+        self.jitter.reset();
+        self.deframer = Deframer::new(MAX_FRAME);
+        self.playout.reset();
+        self.out.clear();
+        self.base = self.last;
+        self.ssrc = None;
+        self.restart = false;
+        self.up_running = None;
+        self.conn.paused.store(false, Ordering::Relaxed);
     }
 
     /// Device reports in, concealment if the stream is late, resampled audio out to the ring.
@@ -1300,5 +1371,267 @@ impl Playback {
     /// Audio waiting in the ring, µs.
     pub fn queued_usec(&self) -> u64 {
         self.conn.samples_to_usec(self.ring.slots())
+    }
+}
+
+/// The desktop end of a record tunnel (`module-tunnel-source-opus`).
+pub struct RecordClientConfig {
+    /// The capturing end (`module-opus-protocol-tcp`).
+    pub addr: ServerAddr,
+    /// The source to record there (`None`: its default source).
+    pub remote_source: Option<String>,
+    /// Our source's name (the far end names its recording stream after it).
+    pub name: String,
+    /// Our host name.
+    pub host: String,
+    /// Opus or L16.
+    pub compression: Compression,
+    /// Rate and channels.
+    pub fmt: StreamFormat,
+    /// Channel map, PulseAudio's text form.
+    pub channel_map: String,
+    /// Buffer target, µs (the playout engine holds it against drift).
+    pub target_usec: u64,
+    /// The most the target may grow to after underruns, µs.
+    pub max_usec: u64,
+    /// The cookie to prove when the far end asks.
+    pub cookie: Option<Cookie>,
+}
+
+struct ClientShared {
+    stop: AtomicBool,
+    up: Arc<Upstream>,
+    conn: Arc<ConnShared>,
+    sock: Mutex<Option<Conn>>,
+    reconnects: AtomicU64,
+}
+
+/// A running record tunnel, desktop end: a thread that connects (and reconnects with
+/// back-off), asks the far end to record only while [`RecordClient::set_running`] says
+/// someone reads, and plays what arrives through the drift-correcting engine into the ring
+/// behind the [`Playback`]. Dropping it stops the thread.
+pub struct RecordClient {
+    shared: Arc<ClientShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Starts the desktop end of a record tunnel. The [`Playback`] is for the source's real-time
+/// thread (it pops what the source posts).
+pub fn start_record(
+    cfg: RecordClientConfig,
+    knobs: OpusKnobs,
+) -> Result<(Playback, RecordClient), String> {
+    let hello = Hello {
+        version: crate::handshake::VERSION,
+        direction: Direction::Record,
+        name: cfg.name.clone(),
+        host: cfg.host.clone(),
+        device: cfg.remote_source.clone(),
+        codec: cfg.compression,
+        rate: cfg.fmt.rate,
+        channels: cfg.fmt.channels,
+        channel_map: cfg.channel_map.clone(),
+        frame_usec: knobs.frame_size.usec(),
+        target_latency_usec: None,
+        fields: Default::default(),
+    };
+    let conn = new_conn(&hello, cfg.target_usec, cfg.addr.to_string());
+    let rcfg = RecvConfig {
+        anonymous: true,
+        acl: None,
+        cookie: None,
+        sink: None,
+        target_usec: cfg.target_usec,
+        max_usec: cfg.max_usec.max(cfg.target_usec),
+        max_connections: 1,
+    };
+    let decoder = Decoder::new(cfg.compression, cfg.fmt).map_err(|e| e.to_string())?;
+    let engine = PlayoutEngine::new(PlayoutConfig {
+        rate: cfg.fmt.rate,
+        channels: cfg.fmt.channels,
+        target_usec: rcfg.target_usec,
+        max_usec: rcfg.max_usec,
+    })
+    .map_err(|e| e.to_string())?;
+    let (producer, consumer, report_tx, report_rx) = playout_rings(&conn, &rcfg);
+    let mut receive = Receive::new(
+        conn.clone(),
+        decoder,
+        producer,
+        report_rx,
+        engine,
+        codec::payload_type(cfg.compression),
+        rcfg.max_usec,
+    );
+    let up = Arc::new(Upstream {
+        running: AtomicBool::new(false),
+        knobs: Mutex::new(knobs),
+        knobs_gen: AtomicU64::new(0),
+    });
+    receive.upstream = Some(up.clone());
+    let shared = Arc::new(ClientShared {
+        stop: AtomicBool::new(false),
+        up,
+        conn: conn.clone(),
+        sock: Mutex::new(None),
+        reconnects: AtomicU64::new(0),
+    });
+    let s2 = shared.clone();
+    let thread = thread::Builder::new()
+        .name("opus-tunnel-rec".into())
+        .spawn(move || record_client_loop(cfg, hello, receive, s2))
+        .map_err(|e| format!("cannot start the tunnel's thread: {e}"))?;
+    Ok((
+        Playback::new(conn, consumer, report_tx),
+        RecordClient {
+            shared,
+            thread: Some(thread),
+        },
+    ))
+}
+
+fn record_client_loop(
+    cfg: RecordClientConfig,
+    hello: Hello,
+    mut receive: Receive,
+    shared: Arc<ClientShared>,
+) {
+    let mut backoff = crate::params::Backoff::new();
+    let mut failures = 0u32;
+    let mut ever = false;
+    let name = cfg.name.clone();
+    while !shared.stop.load(Ordering::SeqCst) {
+        shared.conn.stats.set_state(if ever {
+            TunnelState::Reconnecting
+        } else {
+            TunnelState::Connecting
+        });
+        let mut h = hello.clone();
+        let knobs = shared.up.knobs.lock().map(|k| *k).unwrap_or_default();
+        for (k, v) in knobs.properties() {
+            h.fields.insert(k.to_string(), v);
+        }
+        let gen = shared.up.knobs_gen.load(Ordering::SeqCst);
+        match tx::client_handshake(&cfg.addr, h, cfg.cookie.clone(), &shared.sock, &name) {
+            Ok((mut conn, reply, rest)) => {
+                if ever {
+                    shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                ever = true;
+                failures = 0;
+                backoff.reset();
+                let dev = reply.fields.get("Device").cloned().unwrap_or_default();
+                log::info!(
+                    "{name}: connected to {}, recording its source {dev}",
+                    cfg.addr
+                );
+                match Decoder::new(cfg.compression, cfg.fmt) {
+                    Ok(d) => receive.new_session(d),
+                    Err(e) => {
+                        log::error!("{name}: {e}");
+                        break;
+                    }
+                }
+                receive.up_gen = gen;
+                shared.conn.stats.set_state(TunnelState::Streaming);
+                let why = receive.run(&mut conn, rest, &shared.stop);
+                conn.shutdown();
+                if let Ok(mut s) = shared.sock.lock() {
+                    *s = None;
+                }
+                if shared.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                log::warn!("{name}: link to {} lost ({why}); reconnecting", cfg.addr);
+            }
+            Err(e) => {
+                if let Ok(mut s) = shared.sock.lock() {
+                    *s = None;
+                }
+                failures += 1;
+                if failures == 1 {
+                    log::warn!(
+                        "{name}: cannot reach {}: {e}; retrying with back-off",
+                        cfg.addr
+                    );
+                } else {
+                    log::debug!("{name}: retry {failures} to {} failed: {e}", cfg.addr);
+                }
+            }
+        }
+        let until = Instant::now() + backoff.next_delay();
+        while Instant::now() < until && !shared.stop.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    shared.conn.stats.set_state(TunnelState::Closed);
+}
+
+impl RecordClient {
+    /// Whether someone records from the tunnel source (lock-free; the source's real-time
+    /// thread calls it). The far end records only while this is true.
+    pub fn set_running(&self, on: bool) {
+        self.shared.up.running.store(on, Ordering::SeqCst);
+    }
+
+    /// A handle for the real-time thread to call [`RecordClient::set_running`] through.
+    pub fn running_flag(&self) -> RunningFlag {
+        RunningFlag(self.shared.clone())
+    }
+
+    /// The knobs the far end's encoder is asked to use.
+    pub fn knobs(&self) -> OpusKnobs {
+        self.shared.up.knobs.lock().map(|k| *k).unwrap_or_default()
+    }
+
+    /// Relays new knobs to the far end's encoder (live, no reconnect). Check them first.
+    pub fn set_knobs(&self, knobs: OpusKnobs) {
+        if let Ok(mut k) = self.shared.up.knobs.lock() {
+            *k = knobs;
+        }
+        self.shared.up.knobs_gen.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The statistics as `opus.tunnel.*` properties (call about once a second).
+    pub fn stat_properties(&self) -> Vec<(String, String)> {
+        let mut v = self.shared.conn.stat_properties();
+        if !self.shared.up.running.load(Ordering::SeqCst) {
+            for (k, val) in v.iter_mut() {
+                if k == "opus.tunnel.state" && val == "streaming" {
+                    *val = "idle".into();
+                }
+            }
+        }
+        v.push((
+            "opus.tunnel.reconnects".into(),
+            self.shared.reconnects.load(Ordering::Relaxed).to_string(),
+        ));
+        v
+    }
+}
+
+/// Lets a real-time thread say whether the tunnel source has readers.
+pub struct RunningFlag(Arc<ClientShared>);
+
+impl RunningFlag {
+    /// See [`RecordClient::set_running`].
+    pub fn set(&self, on: bool) {
+        self.0.up.running.store(on, Ordering::SeqCst);
+    }
+}
+
+impl Drop for RecordClient {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // A connect in progress can take up to 3 s; a blocked read or handshake ends when its
+        // socket is shut down.
+        if let Ok(s) = self.shared.sock.lock() {
+            if let Some(c) = s.as_ref() {
+                c.shutdown();
+            }
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

@@ -1,0 +1,301 @@
+//! The arguments the tunnel modules share (`server`, `compression`, the Opus knobs, sample
+//! spec numbers, `latency_msec`, `clock_skew_ppm`, `cookie`), parsed from any key → value
+//! lookup (PulseAudio's modargs, PipeWire's properties), and live knob updates checked the
+//! same way. Every error names the key and what is accepted.
+use crate::auth::Cookie;
+use crate::codec::{self, Encoder, StreamFormat};
+use crate::params::{self, Compression, OpusKnobs, ServerAddr, KNOB_KEYS};
+
+/// What a tunnel module was asked for.
+#[derive(Debug)]
+pub struct TunnelArgs {
+    /// The far end (`server`).
+    pub addr: ServerAddr,
+    /// `compression`.
+    pub compression: Compression,
+    /// The knobs, defaults overridden by the arguments.
+    pub knobs: OpusKnobs,
+    /// `format` (unchecked here: the daemon knows its format names), or the default for
+    /// the compression.
+    pub format: String,
+    /// `rate`.
+    pub rate: u32,
+    /// `channels`.
+    pub channels: u8,
+    /// `latency_msec`: the local device's block.
+    pub latency_msec: u32,
+    /// `clock_skew_ppm` (a test aid).
+    pub skew_ppm: f64,
+    /// `cookie`, loaded.
+    pub cookie: Option<Cookie>,
+}
+
+/// Defaults that differ between the play and the record tunnel.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    /// Channels when `channels` is not given.
+    pub channels: u8,
+    /// Knobs when not given.
+    pub knobs: OpusKnobs,
+}
+
+/// An unsigned argument in `lo..=hi`.
+pub fn parse_u32(
+    get: &dyn Fn(&str) -> Option<String>,
+    key: &str,
+    default: u32,
+    lo: u32,
+    hi: u32,
+) -> Result<u32, String> {
+    match get(key) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "{key}: {v:?} is not accepted (an integer from {lo} to {hi})"
+            )),
+        },
+    }
+}
+
+/// Parses the shared tunnel arguments and checks that the encoder accepts the combination.
+pub fn parse_tunnel_args(
+    get: &dyn Fn(&str) -> Option<String>,
+    d: &Defaults,
+) -> Result<TunnelArgs, String> {
+    let server = get("server").ok_or_else(|| {
+        "server: missing; give the far end's address, e.g. server=tcp:192.168.1.10:4715".to_string()
+    })?;
+    let addr = params::parse_server(&server, params::DEFAULT_PORT).map_err(|e| e.to_string())?;
+    let compression = match get("compression") {
+        None => Compression::Opus,
+        Some(v) => Compression::parse(&v).map_err(|e| e.to_string())?,
+    };
+    let mut knobs = d.knobs;
+    for key in KNOB_KEYS {
+        if let Some(v) = get(key) {
+            knobs.set(key, &v).map_err(|e| e.to_string())?;
+        }
+    }
+    let format = get("format").unwrap_or_else(|| {
+        match compression {
+            Compression::Opus => "float32le",
+            Compression::None => "s16le",
+        }
+        .to_string()
+    });
+    let rate = parse_u32(get, "rate", 48000, 1, 384_000)?;
+    let channels = parse_u32(get, "channels", u32::from(d.channels), 1, 32)? as u8;
+    let fmt = StreamFormat { rate, channels };
+    codec::validate(compression, &fmt).map_err(|e| e.to_string())?;
+    let latency_msec = parse_u32(get, "latency_msec", 10, 1, 200)?;
+    let skew_ppm = match get("clock_skew_ppm") {
+        None => 0.0,
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(p) if (-100_000.0..=100_000.0).contains(&p) => p,
+            _ => {
+                return Err(format!(
+                    "clock_skew_ppm: {v:?} is not accepted (a number from -100000 to 100000)"
+                ))
+            }
+        },
+    };
+    let cookie = match get("cookie") {
+        None => None,
+        Some(p) => {
+            Some(Cookie::load(std::path::Path::new(&p)).map_err(|e| format!("cookie: {e}"))?)
+        }
+    };
+    // Load-module fails on what the encoder would refuse, not the worker later.
+    Encoder::new(compression, fmt, &knobs).map_err(|e| format!("codec: {e}"))?;
+    Ok(TunnelArgs {
+        addr,
+        compression,
+        knobs,
+        format,
+        rate,
+        channels,
+        latency_msec,
+        skew_ppm,
+        cookie,
+    })
+}
+
+/// The effective value of every knob and of `compression`, as properties.
+pub fn effective_properties(compression: Compression, knobs: &OpusKnobs) -> Vec<(String, String)> {
+    let mut v = vec![("compression".to_string(), compression.as_str().to_string())];
+    v.extend(
+        knobs
+            .properties()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v)),
+    );
+    v
+}
+
+/// The outcome of [`apply_knob_changes`].
+#[derive(Debug)]
+pub struct KnobUpdate {
+    /// The knobs to use from now on.
+    pub knobs: OpusKnobs,
+    /// `key=value` of what changed (empty: nothing to do).
+    pub changed: Vec<String>,
+    /// One message per refused pair, naming the key and what is accepted.
+    pub errors: Vec<String>,
+}
+
+/// Applies `key=value` pairs to `current` live: each knob is checked on its own and against
+/// the encoder; `compression` cannot change while loaded; unknown keys are refused.
+pub fn apply_knob_changes(
+    current: OpusKnobs,
+    compression: Compression,
+    fmt: StreamFormat,
+    pairs: &[(String, String)],
+) -> KnobUpdate {
+    let mut knobs = current;
+    let mut errors = Vec::new();
+    let mut changed = Vec::new();
+    for (key, value) in pairs {
+        if key == "compression" {
+            if Compression::parse(value).ok() != Some(compression) {
+                errors.push(format!(
+                    "compression: {value:?} is not accepted (it cannot change while the module is \
+                     loaded; it is {}: reload the module with compression={value} instead)",
+                    compression.as_str()
+                ));
+            }
+            continue;
+        }
+        if !KNOB_KEYS.contains(&key.as_str()) {
+            errors.push(format!(
+                "{key}: not a knob; accepted: compression, {}",
+                KNOB_KEYS.join(", ")
+            ));
+            continue;
+        }
+        if knobs.get(key).as_deref() == Some(value.as_str()) {
+            continue;
+        }
+        let mut trial = knobs;
+        match trial.set(key, value) {
+            Err(e) => errors.push(e.to_string()),
+            Ok(()) => match Encoder::new(compression, fmt, &trial) {
+                Ok(_) => {
+                    knobs = trial;
+                    changed.push(format!("{key}={}", knobs.get(key).unwrap_or_default()));
+                }
+                Err(e) => errors.push(format!("{key}: {value:?} is not accepted here: {e}")),
+            },
+        }
+    }
+    KnobUpdate {
+        knobs,
+        changed,
+        errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn getter(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k: &str| m.get(k).cloned()
+    }
+
+    fn defaults() -> Defaults {
+        Defaults {
+            channels: 2,
+            knobs: OpusKnobs::default(),
+        }
+    }
+
+    #[test]
+    fn parses_and_defaults() {
+        let a = parse_tunnel_args(
+            &getter(&[("server", "host:1234"), ("compression.bitrate", "32k")]),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(a.addr.to_string(), "tcp:host:1234");
+        assert_eq!(a.knobs.bitrate, 32000);
+        assert_eq!((a.rate, a.channels, a.latency_msec), (48000, 2, 10));
+        assert_eq!(a.format, "float32le");
+        let pcm = parse_tunnel_args(
+            &getter(&[("server", "h"), ("compression", "none"), ("rate", "44100")]),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(pcm.format, "s16le");
+        assert_eq!(pcm.rate, 44100);
+    }
+
+    #[test]
+    fn refusals_name_the_key() {
+        for (pairs, key) in [
+            (vec![], "server"),
+            (vec![("server", "h"), ("compression", "zip")], "compression"),
+            (vec![("server", "h"), ("rate", "44100")], "rate"),
+            (vec![("server", "h"), ("channels", "0")], "channels"),
+            (
+                vec![("server", "h"), ("latency_msec", "500")],
+                "latency_msec",
+            ),
+            (
+                vec![("server", "h"), ("clock_skew_ppm", "x")],
+                "clock_skew_ppm",
+            ),
+            (
+                vec![("server", "h"), ("compression.opus.complexity", "11")],
+                "compression.opus.complexity",
+            ),
+            (
+                vec![("server", "h"), ("cookie", "/nonexistent/cookie")],
+                "cookie",
+            ),
+        ] {
+            let e = parse_tunnel_args(&getter(&pairs), &defaults()).unwrap_err();
+            assert!(e.starts_with(key), "{e:?} should start with {key}");
+        }
+    }
+
+    #[test]
+    fn live_updates() {
+        let fmt = StreamFormat {
+            rate: 48000,
+            channels: 2,
+        };
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let u = apply_knob_changes(
+            OpusKnobs::default(),
+            Compression::Opus,
+            fmt,
+            &pairs(&[
+                ("compression.bitrate", "16000"),
+                ("compression.opus.complexity", "11"),
+                ("compression", "none"),
+                ("bogus", "1"),
+                ("compression.frame_size", "20"),
+            ]),
+        );
+        assert_eq!(u.knobs.bitrate, 16000);
+        assert_eq!(u.knobs.complexity, 10);
+        assert_eq!(u.changed, vec!["compression.bitrate=16000".to_string()]);
+        assert_eq!(u.errors.len(), 3);
+        assert!(u.errors[0].starts_with("compression.opus.complexity"));
+        assert!(u.errors[1].starts_with("compression:"));
+        assert!(u.errors[2].starts_with("bogus"));
+        let props = effective_properties(Compression::Opus, &u.knobs);
+        assert!(props.contains(&("compression.bitrate".to_string(), "16000".to_string())));
+        assert_eq!(props[0], ("compression".to_string(), "opus".to_string()));
+    }
+}
