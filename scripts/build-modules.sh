@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=release; flag=--release
 [ "${1:-}" = "--debug" ] && { profile=debug; flag=; }
-MODULES=(module-tunnel-sink-opus module-opus-protocol-tcp)
+MODULES=(module-tunnel-sink-opus module-tunnel-source-opus module-opus-protocol-tcp)
 args=()
 for m in "${MODULES[@]}"; do args+=(-p "$m"); done
 cargo build $flag "${args[@]}"

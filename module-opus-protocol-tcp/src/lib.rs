@@ -89,12 +89,14 @@ impl Host for PulseHost {
     }
 }
 
-/// A record tunnel's recording stream (main thread): corked while the far end has no
-/// readers.
+/// A record tunnel (main thread). Its recording stream exists only while the far end has
+/// readers (privacy, CPU, bandwidth); in between, its callback is parked here.
 struct Recording {
-    stream: SourceOutput,
+    stream: Option<SourceOutput>,
+    parked: Option<Box<dyn SourceOutputIo>>,
     conn: Arc<ConnShared>,
-    corked: bool,
+    name: String,
+    props: Vec<(String, String)>,
 }
 
 /// The recording stream's side on the source's IO thread.
@@ -154,20 +156,30 @@ impl MainState {
         };
         for req in records {
             let (conn, feeder, name, props, replier) = req.into_parts();
-            match self.create_recording(&conn, feeder, &name, props) {
-                Ok(stream) => {
-                    replier.accept(&stream.source_name().unwrap_or_default());
+            let source = conn.device.clone().or_else(|| self.default_source.clone());
+            match self.module.core().source_name(source.as_deref()) {
+                Some(found) => {
+                    replier.accept(&found);
                     self.recordings.push(Recording {
-                        stream,
+                        stream: None,
+                        parked: Some(Box::new(CaptureIo(feeder))),
                         conn,
-                        corked: true,
+                        name,
+                        props,
                     });
                 }
-                Err((status, reason)) => replier.refuse(status, &reason),
+                None => replier.refuse(
+                    404,
+                    &match source {
+                        Some(n) => format!("no source named {n:?}"),
+                        None => "there is no default source".into(),
+                    },
+                ),
             }
         }
-        self.recordings.retain_mut(|r| {
-            if r.stream.killed() {
+        let mut recordings = std::mem::take(&mut self.recordings);
+        recordings.retain_mut(|r| {
+            if r.stream.as_ref().is_some_and(|s| s.killed()) {
                 log::info!("stream {} was killed; closing its tunnel", r.conn.label);
                 r.conn.kill();
                 return false;
@@ -175,23 +187,30 @@ impl MainState {
             if r.conn.is_closed() {
                 return false;
             }
-            // Record only while the far end has readers (privacy, CPU, bandwidth).
             let want = r.conn.recording();
-            if want == r.corked {
-                r.corked = !want;
-                r.stream.cork(r.corked);
-                log::info!(
-                    "record tunnel {}: {}",
-                    r.conn.label,
-                    if want {
-                        "recording"
-                    } else {
-                        "paused (no readers)"
+            if want && r.stream.is_none() {
+                if let Some(io) = r.parked.take() {
+                    match self.create_recording(&r.conn, io, &r.name, r.props.clone()) {
+                        Ok(stream) => {
+                            log::info!("record tunnel {}: recording", r.conn.label);
+                            r.stream = Some(stream);
+                        }
+                        Err((_, e)) => {
+                            log::warn!("record tunnel {}: cannot record: {e}", r.conn.label);
+                            r.conn.kill();
+                            return false;
+                        }
                     }
-                );
+                }
+            } else if !want {
+                if let Some(stream) = r.stream.take() {
+                    r.parked = Some(stream.close());
+                    log::info!("record tunnel {}: stopped (no readers)", r.conn.label);
+                }
             }
             true
         });
+        self.recordings = recordings;
     }
 
     fn create_stream(
@@ -234,7 +253,7 @@ impl MainState {
     fn create_recording(
         &self,
         conn: &ConnShared,
-        feeder: Feeder,
+        io: Box<dyn SourceOutputIo>,
         name: &str,
         props: Vec<(String, String)>,
     ) -> Result<SourceOutput, (u16, String)> {
@@ -259,11 +278,11 @@ impl MainState {
                 map,
                 props: pl,
                 requested_latency_usec: 10_000,
-                start_corked: true,
+                start_corked: false,
                 driver: c"module-opus-protocol-tcp",
                 on_kill: self.host.waker.get().cloned(),
             },
-            Box::new(CaptureIo(feeder)),
+            io,
         )
         .map_err(|e| (404, e))
     }
@@ -275,8 +294,9 @@ impl MainState {
                 .update_proplist(&to_proplist(a.conn.stat_properties()));
         }
         for r in &self.recordings {
-            r.stream
-                .update_proplist(&to_proplist(r.conn.stat_properties()));
+            if let Some(stream) = &r.stream {
+                stream.update_proplist(&to_proplist(r.conn.stat_properties()));
+            }
         }
     }
 }

@@ -794,11 +794,13 @@ fn serve_capture(
         fmt,
         sample_format: SampleFormat::F32Le,
         channel_map: hello.channel_map.clone(),
-        block_usec: 20_000,
+        // Sources post in blocks of their own choosing (module-sine-source: up to 2 s); the
+        // encoder keeps up to three of them before it drops old audio.
+        block_usec: 1_000_000,
         cookie: None,
     };
-    // Half a second between the recording stream and the encoder.
-    let ring_bytes = 4 * usize::from(hello.channels) * hello.rate as usize / 2;
+    // Three seconds between the recording stream and the encoder (float32).
+    let ring_bytes = 4 * usize::from(hello.channels) * hello.rate as usize * 3;
     let (feeder, tshared, consumer) = tx::record_feeder(&wcfg, knobs, ring_bytes);
     let _ = conn.record.set(tshared.clone());
     let (tx, rx) = mpsc::channel();
@@ -1041,8 +1043,8 @@ impl Receive {
                     log::info!(
                         "trace {} dev consumed={} missing={} ring={} fifo={} produced={} {:?}",
                         self.conn.now_usec(),
-                        self.last.consumed - self.base.consumed,
-                        self.last.missing - self.base.missing,
+                        self.last.consumed.saturating_sub(self.base.consumed),
+                        self.last.missing.saturating_sub(self.base.missing),
                         self.conn.fill.load(Ordering::Relaxed),
                         c.fifo_frames(),
                         c.produced(),
@@ -1121,9 +1123,7 @@ impl Receive {
         self.decoder = decoder;
         self.jitter.reset();
         self.deframer = Deframer::new(MAX_FRAME);
-        self.playout.reset();
-        self.out.clear();
-        self.base = self.last;
+        self.restart_engine();
         self.ssrc = None;
         self.restart = false;
         self.up_running = None;
@@ -1137,8 +1137,8 @@ impl Receive {
             if !self.restart && !self.conn.paused.load(Ordering::Relaxed) {
                 self.playout.on_device(
                     r.now_usec,
-                    r.consumed - self.base.consumed,
-                    r.missing - self.base.missing,
+                    r.consumed.saturating_sub(self.base.consumed),
+                    r.missing.saturating_sub(self.base.missing),
                 );
             }
         }
@@ -1156,7 +1156,7 @@ impl Receive {
         }
         // Nothing is produced before the device has started to pull: until then the audio
         // waits in the engine (which slews it down if it passes the maximum latency).
-        if self.last.consumed + self.last.missing == self.base.consumed + self.base.missing {
+        if self.last.consumed + self.last.missing == 0 {
             return Ok(());
         }
         self.playout.produce(&mut self.out);
@@ -1170,11 +1170,20 @@ impl Receive {
                 "{}: the device stopped taking audio; restarting playout",
                 self.conn.label
             );
-            self.out.clear();
-            self.playout.reset();
-            self.base = self.last;
+            self.restart_engine();
         }
         Ok(())
+    }
+
+    /// Starts the engine afresh. What is still in the ring will be played by the device
+    /// after the restart: the engine's device count starts once that is gone.
+    fn restart_engine(&mut self) {
+        let ch = usize::from(self.conn.channels.max(1));
+        let in_ring = (self.ring.buffer().capacity() - self.ring.slots()) / ch;
+        self.playout.reset();
+        self.out.clear();
+        self.base = self.last;
+        self.base.consumed += in_ring as u64;
     }
 
     /// Moves produced audio into the ring, as much as fits; the rest waits in `out` (it is
@@ -1237,9 +1246,7 @@ impl Receive {
                 // After a pause the ring has run dry: the engine starts afresh, counting the
                 // device from here.
                 self.restart = false;
-                self.playout.reset();
-                self.out.clear();
-                self.base = self.last;
+                self.restart_engine();
             }
             self.conn.paused.store(false, Ordering::Relaxed);
             self.conn

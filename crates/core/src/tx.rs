@@ -205,13 +205,17 @@ impl Feeder {
         if !running {
             return;
         }
-        let n = data.len() - data.len() % self.frame_bytes.max(1);
-        match self.ring.write_chunk_uninit(n) {
-            Ok(chunk) => {
-                chunk.fill_from_iter(data[..n].iter().copied());
-            }
-            Err(_) => {
-                self.shared.stats.overruns.fetch_add(1, Ordering::Relaxed);
+        let fb = self.frame_bytes.max(1);
+        let n = data.len() - data.len() % fb;
+        // What does not fit is dropped (the worker is behind: link stalled), never waited for.
+        let room = self.ring.slots() - self.ring.slots() % fb;
+        let take = n.min(room);
+        if take < n {
+            self.shared.stats.overruns.fetch_add(1, Ordering::Relaxed);
+        }
+        if take > 0 {
+            if let Ok(chunk) = self.ring.write_chunk_uninit(take) {
+                chunk.fill_from_iter(data[..take].iter().copied());
             }
         }
         self.shared.wake_worker();
@@ -400,6 +404,8 @@ pub(crate) fn serve_record(
     remote: Arc<dyn RemoteCapture>,
 ) -> String {
     shared.set_worker(thread::current());
+    // The handshake left a short read timeout on the socket; the reader thread blocks.
+    let _ = conn.set_timeouts(None, Some(WRITE_TIMEOUT));
     let mut w = Worker::new(cfg, ring, shared);
     w.remote = Some(remote);
     let why = match w.stream(conn) {
@@ -918,7 +924,13 @@ fn read_loop(mut conn: Conn, tx: mpsc::Sender<Incoming>, worker: Thread) {
                     }
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted
+                        | std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => break e.to_string(),
         }
     };

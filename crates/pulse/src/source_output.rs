@@ -167,12 +167,31 @@ impl SourceOutput {
     }
 }
 
+impl SourceOutput {
+    /// Removes the stream and gives back its callback (to be used for a new stream later).
+    pub fn close(self) -> Box<dyn SourceOutputIo> {
+        struct Parked;
+        impl SourceOutputIo for Parked {
+            fn push(&mut self, _: &[u8]) {}
+        }
+        // SAFETY: main thread. Unlink first: after it the IO thread no longer calls push, so
+        // the callback can be taken out of the state; Drop then frees the rest.
+        unsafe {
+            if !self.killed() {
+                sys::pa_source_output_unlink(self.so);
+                self.killed.store(true, Ordering::SeqCst);
+            }
+            std::mem::replace(&mut (*self.state).io, Box::new(Parked))
+        }
+    }
+}
+
 impl Drop for SourceOutput {
     fn drop(&mut self) {
         // SAFETY: main thread. Unlinking removes the stream from the source's IO thread
         // synchronously; then our reference and state go.
         unsafe {
-            if !self.killed() {
+            if !self.killed.load(Ordering::SeqCst) {
                 sys::pa_source_output_unlink(self.so);
             }
             (*self.so).userdata = std::ptr::null_mut();

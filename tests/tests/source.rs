@@ -1,0 +1,289 @@
+//! The microphone direction: `module-tunnel-source-opus` on the desktop daemon records the
+//! receiving daemon's source through `module-opus-protocol-tcp`. The "microphone" is the
+//! receiver's null sink monitor with a 700 Hz tone playing into it: it delivers audio in
+//! steady small blocks like a sound card. (`module-sine-source` does not: it posts up to 2 s
+//! at once when a reader arrives, which no drift-correcting buffer of 60 ms can smooth.)
+use opus_tunnel_tests::{
+    channel, dominant_frequency, free_port, play_loop, require_modules, rms_dbfs, serial,
+    tone_loop, CountingProxy, Daemon, Player, Recorder,
+};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const MODULES: &[&str] = &["module-tunnel-source-opus", "module-opus-protocol-tcp"];
+
+struct Setup {
+    receiver: Daemon,
+    desktop: Daemon,
+    proxy: CountingProxy,
+    _mic: Player,
+}
+
+/// The stand-in microphone's source on the receiver.
+const MIC: &str = "null.monitor";
+
+fn receiver_lines(port: u16) -> Vec<String> {
+    vec![
+        format!("set-default-source {MIC}"),
+        format!(
+            "load-module module-opus-protocol-tcp port={port} listen=127.0.0.1 auth-anonymous=1"
+        ),
+    ]
+}
+
+fn mic_tone(receiver: &Daemon) -> Player {
+    play_loop(receiver, "null", tone_loop(700.0, 700.0, -6.0))
+}
+
+fn setup(mic_args: &str) -> Setup {
+    let port = free_port();
+    let mut b = Daemon::builder().name("mic-rx");
+    for l in receiver_lines(port) {
+        b = b.line(l);
+    }
+    let receiver = b.start().expect("receiver");
+    let mic = mic_tone(&receiver);
+    let desktop = Daemon::builder()
+        .name("mic-desktop")
+        .start()
+        .expect("desktop");
+    let proxy = CountingProxy::start(port);
+    desktop
+        .load_module(
+            "module-tunnel-source-opus",
+            &format!(
+                "source_name=mic server=tcp:127.0.0.1:{} {mic_args}",
+                proxy.port()
+            ),
+        )
+        .expect("tunnel source");
+    Setup {
+        receiver,
+        desktop,
+        proxy,
+        _mic: mic,
+    }
+}
+
+fn source_props(d: &Daemon, name: &str) -> HashMap<String, String> {
+    let text = d.pactl_ok(&["list", "sources"]);
+    for block in text.split("Source #").skip(1) {
+        if !block.contains(&format!("Name: {name}\n")) {
+            continue;
+        }
+        return block
+            .lines()
+            .filter_map(|l| l.trim().split_once(" = "))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect();
+    }
+    panic!("no source {name} in\n{text}");
+}
+
+fn num(p: &HashMap<String, String>, k: &str) -> f64 {
+    p.get(k).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// Left channel of a stereo recording as f32, its frequency and level.
+fn tone_of(audio: &[i16]) -> (f64, f64) {
+    let l = channel(audio, 0, 2);
+    (dominant_frequency(&l, 48_000), rms_dbfs(&l))
+}
+
+/// Our record streams on the receiver (the background reader is not one).
+fn tunnel_outputs(d: &Daemon) -> usize {
+    d.pactl_ok(&["list", "source-outputs"])
+        .matches("module-opus-protocol-tcp")
+        .count()
+}
+
+#[test]
+fn m1_tone_from_the_remote_microphone() {
+    let _g = serial();
+    if !require_modules("m1", MODULES) {
+        return;
+    }
+    let s = setup("");
+    let direct = Recorder::start(&s.receiver, MIC).read(2.0).expect("direct");
+    let (f0, l0) = tone_of(&direct);
+    let mut rec = Recorder::start(&s.desktop, "mic");
+    let _ = rec.read(3.0).expect("warm-up");
+    let audio = rec.read(3.0).expect("recording");
+    let (f, l) = tone_of(&audio);
+    println!(
+        "remote microphone: {f:.1} Hz at {l:.2} dBFS (at the source: {f0:.1} Hz at {l0:.2} dBFS)"
+    );
+    assert!((f - 700.0).abs() <= 5.0, "frequency {f}");
+    assert!(
+        (l - l0).abs() <= 1.0,
+        "level {l} dBFS vs {l0} at the source"
+    );
+    assert_eq!(
+        tunnel_outputs(&s.receiver),
+        1,
+        "one recording stream while we read"
+    );
+}
+
+#[test]
+fn m2_nothing_recorded_or_sent_without_readers() {
+    let _g = serial();
+    if !require_modules("m2", MODULES) {
+        return;
+    }
+    let s = setup("");
+    // Read once, stop, and check the far end stops too.
+    {
+        let mut rec = Recorder::start(&s.desktop, "mic");
+        let _ = rec.read(1.0).expect("recording");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let b0 = s.proxy.bytes_to_client() + s.proxy.bytes_to_server();
+    std::thread::sleep(Duration::from_secs(10));
+    let idle = s.proxy.bytes_to_client() + s.proxy.bytes_to_server() - b0;
+    let outputs = tunnel_outputs(&s.receiver);
+    let state = source_props(&s.desktop, "mic")
+        .get("opus.tunnel.state")
+        .cloned()
+        .unwrap_or_default();
+    println!("no reader: {idle} bytes in 10 s on the wire, {outputs} recording streams at the far end, state {state}");
+    assert!(idle < 2048, "{idle} bytes crossed the wire in 10 s");
+    assert_eq!(outputs, 0, "the far end still records");
+}
+
+#[test]
+fn m3_bitrate_changes_live() {
+    let _g = serial();
+    if !require_modules("m3", MODULES) {
+        return;
+    }
+    // Constant bitrate, so that the wire shows the knob exactly (VBR spends less on a sine).
+    let s = setup("compression.bitrate=32000 compression.opus.vbr=false");
+    let mut rec = Recorder::start(&s.desktop, "mic");
+    let _ = rec.read(2.0).expect("warm-up");
+    let rate_over = |rec: &mut Recorder, secs: f64| {
+        let b0 = s.proxy.bytes_to_client();
+        let t0 = Instant::now();
+        let _ = rec.read(secs).expect("recording");
+        (s.proxy.bytes_to_client() - b0) as f64 * 8.0 / t0.elapsed().as_secs_f64()
+    };
+    let before = rate_over(&mut rec, 5.0);
+    let reconnects0 = num(&source_props(&s.desktop, "mic"), "opus.tunnel.reconnects");
+    s.desktop
+        .cli("update-source-proplist mic compression.bitrate=16000");
+    let _ = rec.read(1.0).expect("settle");
+    let after = rate_over(&mut rec, 5.0);
+    let p = source_props(&s.desktop, "mic");
+    // The wire carries 14 bytes of RTP and framing per 20 ms packet: +5.6 kbit/s.
+    let expect = 16_000.0 + 5_600.0;
+    println!(
+        "wire from the far end: {:.1} kbit/s at 32k, {:.1} kbit/s after update-source-proplist \
+         compression.bitrate=16000 (expected {:.1}); property {}",
+        before / 1000.0,
+        after / 1000.0,
+        expect / 1000.0,
+        p.get("compression.bitrate").cloned().unwrap_or_default()
+    );
+    assert!((after - expect).abs() / expect <= 0.15, "wire rate {after}");
+    assert_eq!(
+        p.get("compression.bitrate").map(String::as_str),
+        Some("16000")
+    );
+    assert_eq!(
+        num(&p, "opus.tunnel.reconnects"),
+        reconnects0,
+        "it reconnected"
+    );
+    let audio = rec.read(2.0).expect("recording");
+    let (f, _) = tone_of(&audio);
+    assert!((f - 700.0).abs() <= 5.0, "frequency {f} after the change");
+}
+
+#[test]
+fn m4_receiver_restart_while_recording() {
+    let _g = serial();
+    if !require_modules("m4", MODULES) {
+        return;
+    }
+    let mut s = setup("");
+    let mut rec = Recorder::start(&s.desktop, "mic");
+    let _ = rec.read(2.0).expect("warm-up");
+    s.receiver.kill();
+    // Wait until the tunnel source has run dry (what was buffered has played).
+    let t_gone = Instant::now();
+    loop {
+        let audio = rec.read(0.5).expect("recording");
+        let (_, l) = tone_of(&audio);
+        if l < -40.0 {
+            break;
+        }
+        assert!(
+            t_gone.elapsed() < Duration::from_secs(5),
+            "the tone did not stop"
+        );
+    }
+    s.receiver.restart().expect("restart");
+    s._mic = mic_tone(&s.receiver);
+    let t0 = Instant::now();
+    let mut back = None;
+    while t0.elapsed() < Duration::from_secs(10) {
+        let audio = rec.read(0.5).expect("recording");
+        let (f, l) = tone_of(&audio);
+        if (f - 700.0).abs() <= 5.0 && l > -40.0 {
+            back = Some(t0.elapsed());
+            break;
+        }
+    }
+    let back = back.expect("the tone did not come back within 10 s");
+    println!(
+        "receiver restarted: the tone is back after {:.2} s",
+        back.as_secs_f64()
+    );
+    assert!(back <= Duration::from_secs(5), "took {back:?}");
+}
+
+fn skew_case(ppm: i32) {
+    let _g = serial();
+    if !require_modules("m5", MODULES) {
+        return;
+    }
+    let secs: u64 = std::env::var("OPUS_TUNNEL_DRIFT_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let s = setup(&format!("clock_skew_ppm={ppm}"));
+    let mut rec = Recorder::start(&s.desktop, "mic");
+    let start = Instant::now();
+    let mut at10 = f64::NAN;
+    let mut last = HashMap::new();
+    while start.elapsed() < Duration::from_secs(secs) {
+        let _ = rec.read(1.0).expect("recording");
+        last = source_props(&s.desktop, "mic");
+        if start.elapsed() >= Duration::from_secs(10) && at10.is_nan() {
+            at10 = num(&last, "opus.tunnel.underruns");
+        }
+    }
+    let drift = num(&last, "opus.tunnel.drift_ppm");
+    let under = num(&last, "opus.tunnel.underruns");
+    let err =
+        num(&last, "opus.tunnel.latency_usec") - num(&last, "opus.tunnel.target_latency_usec");
+    println!(
+        "tunnel source at {ppm:+} ppm over {secs} s: drift {drift:.1} ppm, underruns {under} ({at10} at 10 s), latency - target {:.2} ms",
+        err / 1000.0
+    );
+    assert!(
+        (drift.abs() - f64::from(ppm.abs())).abs() <= 30.0,
+        "drift {drift}"
+    );
+    assert_eq!(under, at10, "underruns after the first 10 s");
+}
+
+#[test]
+fn m5_skew_plus_500_ppm() {
+    skew_case(500);
+}
+
+#[test]
+fn m6_skew_minus_500_ppm() {
+    skew_case(-500);
+}
