@@ -62,8 +62,8 @@ pub fn click_latencies(
     let silence = vec![0u8; block * CHANNELS * 2];
     let mut click = Vec::with_capacity(silence.len());
     for i in 0..block {
-        let v = ((i as f64 * 2.0 * std::f64::consts::PI * 2000.0 / RATE as f64).sin() * 16000.0)
-            as i16;
+        let v =
+            ((i as f64 * 2.0 * std::f64::consts::PI * 2000.0 / RATE as f64).sin() * 16000.0) as i16;
         for _ in 0..CHANNELS {
             click.extend_from_slice(&v.to_le_bytes());
         }

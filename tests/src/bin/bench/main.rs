@@ -27,8 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Default receiver target of the low-latency setting (ms); found by trying 10, 15, 20, 30
-/// with 5 ms frames and a 5 ms sink block: the lowest that held without underruns here.
+/// Default receiver target of the low-latency setting (ms). Tried with 5 ms frames and a 5 ms
+/// sink block on this machine: 10 → 55 ms median end to end, 15 → 44 ms, 20 → 41 ms, all
+/// without underruns; lower targets came out *higher*, so 20 it is.
 const LOWLAT_TARGET_MS: u32 = 20;
 const IDLE_SECS: f64 = 10.0;
 const MUSIC_SECS: f64 = 12.0;
@@ -67,6 +68,34 @@ fn sh(cmd: &str, args: &[&str]) -> String {
 fn music() -> Vec<i16> {
     // A chord with harmonics at -15 dBFS plus white noise at -30 dBFS, both channels.
     music_loop(4, -15.0, -30.0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Failures: a step whose daemon died (or that failed otherwise) is retried once; every
+// failure is listed in the doc.
+
+static FAILURES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn retry<T>(what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    for attempt in 1..=3 {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut f));
+        let err = match r {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(p) => p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into()),
+        };
+        let first = err.lines().next().unwrap_or("").to_string();
+        log(&format!("{what}: attempt {attempt} failed: {first}"));
+        FAILURES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("{what} (attempt {attempt}): {first}"));
+    }
+    bail!("{what}: failed 3 times")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -153,7 +182,8 @@ fn run_session(cfg: &Config) -> Result<Session> {
             .fold(f64::NAN, f64::max);
     }
     if s.lat.len() < CLICKS {
-        s.notes.push(format!("{} of {CLICKS} clicks found", s.lat.len()));
+        s.notes
+            .push(format!("{} of {CLICKS} clicks found", s.lat.len()));
     }
     let (med, p95) = median_p95(&s.lat);
     log(&format!(
@@ -555,7 +585,7 @@ fn run() -> Result<()> {
             if pick.as_ref().is_some_and(|p| !p.contains(&i)) {
                 continue;
             }
-            sessions.push(run_session(c)?);
+            sessions.push(retry(&format!("session {}", c.label), || run_session(c))?);
         }
     }
 
@@ -585,9 +615,12 @@ fn run() -> Result<()> {
                     "",
                 );
                 log(&format!("cpu: {}", cfg.describe()));
-                let rig = Rig::start(&cfg)?;
-                let mut s = Session::default();
-                opus_cpu_phases(&rig, &mut s, false)?;
+                let s = retry(&format!("cpu complexity {c}"), || {
+                    let rig = Rig::start(&cfg)?;
+                    let mut s = Session::default();
+                    opus_cpu_phases(&rig, &mut s, false)?;
+                    Ok(s)
+                })?;
                 log(&format!(
                     "  CPU/stream-s sender {:.4} receiver {:.4} (idle {:.4} {:.4})",
                     s.cpu_net.0, s.cpu_net.1, s.cpu_idle_rate.0, s.cpu_idle_rate.1
@@ -630,7 +663,7 @@ fn run() -> Result<()> {
     let mut scale: Vec<ScaleRow> = Vec::new();
     if want("scale") {
         for &n in &scale_ns {
-            scale.push(run_scale(n)?);
+            scale.push(retry(&format!("scale {n}"), || run_scale(n))?);
         }
     }
 
@@ -660,7 +693,9 @@ fn run() -> Result<()> {
                         &format!("compression.bitrate={b}"),
                         "",
                     );
-                    let (t, u) = tunnel_speech(&cfg, &speech, secs, &py, &work)?;
+                    let (t, u) = retry(&format!("quality {}", cfg.label), || {
+                        tunnel_speech(&cfg, &speech, secs, &py, &work)
+                    })?;
                     let r = raw_score(&[format!("bitrate={b}")], &format!("{b}"))?;
                     log(&format!("  raw libopus {}k: {}", b / 1000, r.raw));
                     quality.push(QualityRow {
@@ -672,11 +707,10 @@ fn run() -> Result<()> {
                     });
                 }
                 let cfg = Config::ours("opus lowlat", lowlat_sender, &lowlat_receiver);
-                let (t, u) = tunnel_speech(&cfg, &speech, secs, &py, &work)?;
-                let r = raw_score(
-                    &["bitrate=64000".into(), "frame_ms=5".into()],
-                    "64k-5ms",
-                )?;
+                let (t, u) = retry(&format!("quality {}", cfg.label), || {
+                    tunnel_speech(&cfg, &speech, secs, &py, &work)
+                })?;
+                let r = raw_score(&["bitrate=64000".into(), "frame_ms=5".into()], "64k-5ms")?;
                 quality.push(QualityRow {
                     label: "opus 64 kbit/s, 5 ms (low-latency setting)".into(),
                     tunnel: Some(t),
@@ -685,7 +719,9 @@ fn run() -> Result<()> {
                     note: String::new(),
                 });
                 let cfg = Config::ours("none", "compression=none", "");
-                let (t, u) = tunnel_speech(&cfg, &speech, secs, &py, &work)?;
+                let (t, u) = retry(&format!("quality {}", cfg.label), || {
+                    tunnel_speech(&cfg, &speech, secs, &py, &work)
+                })?;
                 quality.push(QualityRow {
                     label: "ours compression=none (PCM)".into(),
                     tunnel: Some(t),
@@ -694,7 +730,9 @@ fn run() -> Result<()> {
                     note: String::new(),
                 });
                 let cfg = Config::stock("stock");
-                let (t, _) = tunnel_speech(&cfg, &speech, secs, &py, &work)?;
+                let (t, _) = retry(&format!("quality {}", cfg.label), || {
+                    tunnel_speech(&cfg, &speech, secs, &py, &work)
+                })?;
                 quality.push(QualityRow {
                     label: "stock tunnel (PCM)".into(),
                     tunnel: Some(t),
@@ -704,8 +742,14 @@ fn run() -> Result<()> {
                 });
                 for (tag, args) in [
                     ("64k, 10 ms", vec!["bitrate=64000", "frame_ms=10"]),
-                    ("64k, 20 ms, complexity 5", vec!["bitrate=64000", "complexity=5"]),
-                    ("64k, 20 ms, complexity 0", vec!["bitrate=64000", "complexity=0"]),
+                    (
+                        "64k, 20 ms, complexity 5",
+                        vec!["bitrate=64000", "complexity=5"],
+                    ),
+                    (
+                        "64k, 20 ms, complexity 0",
+                        vec!["bitrate=64000", "complexity=0"],
+                    ),
                     ("32k, 10 ms", vec!["bitrate=32000", "frame_ms=10"]),
                     ("48k, 20 ms", vec!["bitrate=48000"]),
                     ("96k, 20 ms", vec!["bitrate=96000"]),
@@ -763,7 +807,10 @@ fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':'])))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']))
+        })
         .unwrap_or("?")
         .to_string();
     let nproc = std::thread::available_parallelism()
@@ -796,7 +843,7 @@ fn report(r: &Report) -> String {
         r.load_start.trim(),
         r.load_end.trim()
     );
-    let _ = writeln!(d, "Topology for every row: two private `pulseaudio` daemons on loopback (the harness of `tests/`), each with a 48 kHz stereo `module-null-sink` and `module-suspend-on-idle` (as in a stock `default.pa`); the sender's tunnel sink `tun` connects to the receiver through a byte-counting TCP proxy; the receiver plays on its null sink.\n");
+    let _ = writeln!(d, "Topology for every row: two private `pulseaudio` daemons on loopback (the harness of `tests/`), each with a 48 kHz stereo `module-null-sink`; the sender's tunnel sink `tun` connects to the receiver through a byte-counting TCP proxy; the receiver plays on its null sink. The stock topology's daemons also load `module-suspend-on-idle`, as a stock `default.pa` does (without it the stock tunnel streams silence at full PCM rate while idle); ours do not, because with it our receiver crashed (segfault) when the tunnel's connection ended — see *Problems found* below.\n");
 
     let stock = r.sessions.iter().find(|s| s.label.starts_with("stock"));
     let dflt = r.sessions.first();
@@ -875,7 +922,10 @@ fn report(r: &Report) -> String {
                 s.cpu_net.1 / (fl.dec / fl.stream_secs),
             );
         }
-        let _ = writeln!(d, "\nFor context, the same measurement of the other sessions (no codec floor applies):\n");
+        let _ = writeln!(
+            d,
+            "\nFor context, the same measurement of the other sessions (no codec floor applies):\n"
+        );
         let _ = writeln!(d, "| setting | sender ms/s | receiver ms/s | total ms/s | idle sender ms/s | idle receiver ms/s |");
         let _ = writeln!(d, "|---|---:|---:|---:|---:|---:|");
         for s in r.sessions {
@@ -901,7 +951,10 @@ fn report(r: &Report) -> String {
         let _ = writeln!(d, "## Scale: N tunnels through one receiver\n");
         let _ = writeln!(d, "One sender daemon with N `module-tunnel-sink-opus` sinks (`compression.opus.complexity=5`, otherwise defaults: stereo 48 kHz, 64 kbit/s, 20 ms), each fed the music loop by its own `pacat`; one receiver (`module-opus-protocol-tcp`, defaults, `max_connections=64`) plays all N on its null sink. Measured over {SCALE_SECS:.0} s after every stream was up and 3 s of settling. CPU % is of one core (the machine has 2). Clean = no receiver stream's `opus.tunnel.underruns` changed (`pactl list sink-inputs`).\n");
         let _ = writeln!(d, "| tunnels | streams on receiver | sender CPU % | receiver CPU % | both daemons CPU % | per tunnel % | pacat clients CPU % | streams with underruns | underruns | PLC frames | sender drops/overruns | clean |");
-        let _ = writeln!(d, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(
+            d,
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
         for s in r.scale {
             let both = s.cpu_sender_pct + s.cpu_receiver_pct;
             let clean = s.streams == s.n && s.streams_with_underruns == 0 && s.sender_drops == 0.0;
@@ -944,11 +997,20 @@ fn report(r: &Report) -> String {
                 q.label,
                 f2(tp),
                 f2(rp),
-                if rp.is_finite() { format!("{:+.2}", tp - rp) } else { "–".into() },
+                if rp.is_finite() {
+                    format!("{:+.2}", tp - rp)
+                } else {
+                    "–".into()
+                },
                 f1(t.map(|s| s.snr).unwrap_or(f64::NAN)),
-                t.map(|s| format!("{:.1} %", s.exact * 100.0)).unwrap_or_default(),
+                t.map(|s| format!("{:.1} %", s.exact * 100.0))
+                    .unwrap_or_default(),
                 t.map(|s| format!("{:.0}", s.dropouts)).unwrap_or_default(),
-                if q.tunnel_underruns.is_finite() { format!("{:.0}", q.tunnel_underruns) } else { "n/a".into() },
+                if q.tunnel_underruns.is_finite() {
+                    format!("{:.0}", q.tunnel_underruns)
+                } else {
+                    "n/a".into()
+                },
                 q.note
             );
         }
@@ -960,7 +1022,31 @@ fn report(r: &Report) -> String {
                 let _ = writeln!(d, "| {tag} | {} | {} |", f2(s.pesq), f1(s.snr));
             }
         }
-        let _ = writeln!(d, "\nAlignment lags (samples at 48 kHz) were: {}.\n", r.quality.iter().filter_map(|q| q.tunnel.as_ref().map(|s| format!("{} {:.0}", q.label, s.lag))).collect::<Vec<_>>().join("; "));
+        let _ = writeln!(
+            d,
+            "\nAlignment lags (samples at 48 kHz) were: {}.\n",
+            r.quality
+                .iter()
+                .filter_map(|q| q
+                    .tunnel
+                    .as_ref()
+                    .map(|s| format!("{} {:.0}", q.label, s.lag)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+
+    // Failures.
+    let fails = FAILURES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let _ = writeln!(d, "## Problems found during the run\n");
+    if fails.is_empty() {
+        let _ = writeln!(d, "No step failed in this run.\n");
+    } else {
+        let _ = writeln!(d, "Steps that failed and were retried (a daemon that died shows up as `Connection refused` from pactl):\n");
+        for f in &fails {
+            let _ = writeln!(d, "- {}", f.replace('\n', " "));
+        }
+        let _ = writeln!(d);
     }
 
     // Headlines.
@@ -968,17 +1054,46 @@ fn report(r: &Report) -> String {
     if let (Some(o), Some(s)) = (dflt, stock) {
         let (om, _) = median_p95(&o.lat);
         let (sm, _) = median_p95(&s.lat);
-        let _ = writeln!(d, "- Latency at defaults: ours {:.1} ms vs stock {:.1} ms median, ratio {:.2} — {}.", om, sm, om / sm, if om < sm { "lower than the stock tunnel" } else { "**not** lower than the stock tunnel" });
+        let _ = writeln!(
+            d,
+            "- Latency at defaults: ours {:.1} ms vs stock {:.1} ms median, ratio {:.2} — {}.",
+            om,
+            sm,
+            om / sm,
+            if om < sm {
+                "lower than the stock tunnel"
+            } else {
+                "**not** lower than the stock tunnel"
+            }
+        );
         if let Some(l) = r.sessions.get(1) {
             let (lm, _) = median_p95(&l.lat);
-            let _ = writeln!(d, "- Latency at the low-latency setting: {:.1} ms median, ratio {:.2} to stock.", lm, lm / sm);
+            let _ = writeln!(
+                d,
+                "- Latency at the low-latency setting: {:.1} ms median, ratio {:.2} to stock.",
+                lm,
+                lm / sm
+            );
         }
         let _ = writeln!(d, "- Bandwidth while playing at defaults: ours {:.1} kbit/s vs stock {:.1} kbit/s: {:.1}× lower — {} the 15× asked.", o.music_kbps, s.music_kbps, s.music_kbps / o.music_kbps, if s.music_kbps / o.music_kbps >= 15.0 { "meets" } else { "**misses**" });
-        let _ = writeln!(d, "- Idle: ours {} bytes in 10 s, stock {} bytes.", o.idle_bytes, s.idle_bytes);
+        let _ = writeln!(
+            d,
+            "- Idle: ours {} bytes in 10 s, stock {} bytes.",
+            o.idle_bytes, s.idle_bytes
+        );
     }
     for (c, s, fl) in r.cpu_rows {
         let ratio = (s.cpu_net.0 + s.cpu_net.1) / fl.per_sec();
-        let _ = writeln!(d, "- CPU at complexity {c}: {:.2}× raw libopus encode+decode ({})", ratio, if ratio < 1.25 { "under the 1.25× target" } else { "**over** the 1.25× target" });
+        let _ = writeln!(
+            d,
+            "- CPU at complexity {c}: {:.2}× raw libopus encode+decode ({})",
+            ratio,
+            if ratio < 1.25 {
+                "under the 1.25× target"
+            } else {
+                "**over** the 1.25× target"
+            }
+        );
     }
     let _ = writeln!(d);
     let _ = writeln!(d, "{}", defaults_section(r));
@@ -991,9 +1106,24 @@ fn defaults_section(r: &Report) -> String {
     let mut d = String::new();
     let _ = writeln!(d, "## Proposed defaults\n");
     let q = |label: &str| r.quality.iter().find(|q| q.label.starts_with(label));
-    let pesq = |label: &str| q(label).and_then(|q| q.tunnel.as_ref()).map(|s| s.pesq).unwrap_or(f64::NAN);
-    let raw = |label: &str| q(label).and_then(|q| q.raw.as_ref()).map(|s| s.pesq).unwrap_or(f64::NAN);
-    let lat = |i: usize| r.sessions.get(i).map(|s| median_p95(&s.lat).0).unwrap_or(f64::NAN);
+    let pesq = |label: &str| {
+        q(label)
+            .and_then(|q| q.tunnel.as_ref())
+            .map(|s| s.pesq)
+            .unwrap_or(f64::NAN)
+    };
+    let raw = |label: &str| {
+        q(label)
+            .and_then(|q| q.raw.as_ref())
+            .map(|s| s.pesq)
+            .unwrap_or(f64::NAN)
+    };
+    let lat = |i: usize| {
+        r.sessions
+            .get(i)
+            .map(|s| median_p95(&s.lat).0)
+            .unwrap_or(f64::NAN)
+    };
     let cpu = |c: u8| {
         r.cpu_rows
             .iter()
@@ -1001,7 +1131,13 @@ fn defaults_section(r: &Report) -> String {
             .map(|(_, s, _)| (s.cpu_net.0 + s.cpu_net.1) * 1e3)
             .unwrap_or(f64::NAN)
     };
-    let extra = |tag: &str| r.raw_extra.iter().find(|(t, _)| t == tag).map(|(_, s)| s.pesq).unwrap_or(f64::NAN);
+    let extra = |tag: &str| {
+        r.raw_extra
+            .iter()
+            .find(|(t, _)| t == tag)
+            .map(|(_, s)| s.pesq)
+            .unwrap_or(f64::NAN)
+    };
     let _ = writeln!(d, "- **Bitrate: 64 kbit/s (keep).** Tunnel PESQ-WB at 16/32/64/128 kbit/s: {} / {} / {} / {} (raw libopus {} / {} / {} / {}). 16k is clearly worse; from 32k up speech is in the 4s; the curve is not monotonic for stereo Opus (the encoder changes mode between 32k and 64k), so PESQ alone does not pick between 32k and 64k. 64k keeps headroom for music (the music loop costs {} kbit/s on the wire at 64k) while staying ~{:.0}× under the stock PCM tunnel; 32k is the choice for bandwidth-starved links.",
         f2(pesq("opus 16")), f2(pesq("opus 32")), f2(pesq("opus 64")), f2(pesq("opus 128")),
         f2(raw("opus 16")), f2(raw("opus 32")), f2(raw("opus 64")), f2(raw("opus 128")),

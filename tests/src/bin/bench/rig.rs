@@ -47,13 +47,20 @@ impl Config {
     /// What is loaded, for the doc.
     pub fn describe(&self) -> String {
         match self.kind {
-            Kind::Ours => format!(
-                "`{SENDER} {}` → `{RECEIVER} {}`",
-                self.sender_args.trim(),
-                self.receiver_args.trim()
-            )
-            .replace("  ", " ")
-            .replace(" `", "`"),
+            Kind::Ours => {
+                let part = |m: &str, a: &str| {
+                    if a.trim().is_empty() {
+                        format!("`{m}`")
+                    } else {
+                        format!("`{m} {}`", a.trim())
+                    }
+                };
+                format!(
+                    "{} → {}",
+                    part(SENDER, &self.sender_args),
+                    part(RECEIVER, &self.receiver_args)
+                )
+            }
             Kind::Stock => "`module-tunnel-sink-new` → `module-native-protocol-tcp`".into(),
         }
     }
@@ -132,9 +139,16 @@ impl Rig {
     pub fn start(cfg: &Config) -> Result<Rig> {
         let port = free_port();
         // module-suspend-on-idle as in a stock default.pa, on both ends.
-        let mut rb = Daemon::builder()
-            .name("receiver")
-            .line("load-module module-suspend-on-idle");
+        let soi = |who: &str| -> String {
+            let v =
+                std::env::var("BENCH_SUSPEND_ON_IDLE").unwrap_or_else(|_| "sender,receiver".into());
+            if v.split(',').any(|x| x == who) {
+                "load-module module-suspend-on-idle".into()
+            } else {
+                String::new()
+            }
+        };
+        let mut rb = Daemon::builder().name("receiver").line(soi("receiver"));
         rb = match cfg.kind {
             Kind::Ours => rb.line(format!(
                 "load-module {RECEIVER} port={port} listen=127.0.0.1 auth-anonymous=1 sink=null {}",
@@ -146,7 +160,7 @@ impl Rig {
         let proxy = CountingProxy::start(port);
         let sender = Daemon::builder()
             .name("sender")
-            .line("load-module module-suspend-on-idle")
+            .line(soi("sender"))
             .start()?;
         let (module, extra) = match cfg.kind {
             Kind::Ours => (SENDER, cfg.sender_args.as_str()),
