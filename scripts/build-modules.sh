@@ -12,6 +12,8 @@ for m in "${MODULES[@]}"; do args+=(-p "$m"); done
 cargo build $flag "${args[@]}"
 mkdir -p target/modules
 for m in "${MODULES[@]}"; do
-  cp -f "target/$profile/lib${m//-/_}.so" "target/modules/$m.so"
+  # Copy then rename: overwriting a loaded .so in place crashes the daemons that use it.
+  cp -f "target/$profile/lib${m//-/_}.so" "target/modules/.$m.so.tmp"
+  mv -f "target/modules/.$m.so.tmp" "target/modules/$m.so"
 done
 echo "modules in $(pwd)/target/modules: ${MODULES[*]}"

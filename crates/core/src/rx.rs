@@ -83,6 +83,8 @@ pub struct ConnShared {
     record: OnceLock<Arc<tx::Shared>>,
     /// Record tunnels: the far end has readers, so the capture should run.
     recording: AtomicBool,
+    /// The engine restarted: the real-time side drops what the ring holds.
+    flush: AtomicBool,
     /// The clock both threads time the stream with (µs since the connection began).
     epoch: Instant,
     /// The playout engine's figures, refreshed by the connection thread every 100 ms.
@@ -316,6 +318,7 @@ pub struct Receiver {
 struct RecvShared {
     stop: AtomicBool,
     connections: AtomicUsize,
+    handshaking: AtomicUsize,
     cfg: RecvConfig,
     host: Arc<dyn Host>,
     live: Mutex<Vec<Arc<ConnShared>>>,
@@ -333,6 +336,7 @@ impl Receiver {
         let shared = Arc::new(RecvShared {
             stop: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
+            handshaking: AtomicUsize::new(0),
             cfg,
             host,
             live: Mutex::new(Vec::new()),
@@ -353,7 +357,7 @@ impl Receiver {
         self.local
     }
 
-    /// Connections currently open (handshaking or streaming).
+    /// Tunnels past their handshake (streaming, or waiting for their stream).
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
     }
@@ -405,12 +409,12 @@ fn accept_loop(listener: TcpListener, shared: Arc<RecvShared>) {
     }
 }
 
-/// Counts this connection among the open ones for as long as it lives.
-struct Slot<'a>(&'a RecvShared);
+/// Counts a connection in a counter for as long as it lives.
+struct Slot<'a>(&'a AtomicUsize);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -476,9 +480,20 @@ fn read_message(
 }
 
 fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
-    let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
-    let _slot = Slot(&shared);
+    // Connections still in their handshake are counted apart, so that peers who never
+    // complete one (they are closed at the 5 s deadline) cannot keep real tunnels out.
+    let h = shared.handshaking.fetch_add(1, Ordering::SeqCst) + 1;
+    let handshake_slot = Slot(&shared.handshaking);
     let cfg = &shared.cfg;
+    if h > cfg.max_connections.max(64) {
+        refuse(
+            &mut stream,
+            peer,
+            STATUS_TOO_MANY_CONNECTIONS,
+            "too many connections in their handshake",
+        );
+        return;
+    }
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(4)));
     // PulseAudio's rules: anonymous, or an address in the ACL, needs nothing more; anyone
@@ -497,15 +512,6 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
             return;
         }
     };
-    if n > cfg.max_connections {
-        refuse(
-            &mut stream,
-            peer,
-            STATUS_TOO_MANY_CONNECTIONS,
-            &format!("max_connections={} reached", cfg.max_connections),
-        );
-        return;
-    }
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let parsed = read_message(&mut stream, &[], deadline, &shared.stop).and_then(|(text, rest)| {
         Hello::parse(&text)
@@ -565,6 +571,18 @@ fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<RecvShared>) {
         refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
         return;
     }
+    let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+    let _slot = Slot(&shared.connections);
+    drop(handshake_slot);
+    if n > cfg.max_connections {
+        refuse(
+            &mut stream,
+            peer,
+            STATUS_TOO_MANY_CONNECTIONS,
+            &format!("max_connections={} reached", cfg.max_connections),
+        );
+        return;
+    }
     let conn = new_conn(&hello, cfg.target_usec, peer.to_string());
     if let Ok(mut live) = shared.live.lock() {
         live.retain(|c| !c.is_closed());
@@ -596,6 +614,7 @@ fn new_conn(hello: &Hello, target_usec: u64, peer: String) -> Arc<ConnShared> {
         peer,
         record: OnceLock::new(),
         recording: AtomicBool::new(false),
+        flush: AtomicBool::new(false),
     })
 }
 
@@ -1157,6 +1176,14 @@ impl Receive {
         // Nothing is produced before the device has started to pull: until then the audio
         // waits in the engine (which slews it down if it passes the maximum latency).
         if self.last.consumed + self.last.missing == 0 {
+            // A sink that never pulls (e.g. PulseAudio mixes at most 32 streams per sink)
+            // must not make us hold audio without bound.
+            let fifo_usec = self.playout.controller().fifo_frames() * 1_000_000
+                / u64::from(self.conn.rate.max(1));
+            if fifo_usec > self.max_usec {
+                self.conn.stats.overruns.fetch_add(1, Ordering::Relaxed);
+                self.restart_engine();
+            }
             return Ok(());
         }
         self.playout.produce(&mut self.out);
@@ -1175,15 +1202,15 @@ impl Receive {
         Ok(())
     }
 
-    /// Starts the engine afresh. What is still in the ring will be played by the device
-    /// after the restart: the engine's device count starts once that is gone.
+    /// Starts the engine afresh. What is still in the ring is stale: the real-time side
+    /// throws it away at its next pop (uncounted), so the engine starts from an empty ring.
     fn restart_engine(&mut self) {
-        let ch = usize::from(self.conn.channels.max(1));
-        let in_ring = (self.ring.buffer().capacity() - self.ring.slots()) / ch;
+        if self.ring.buffer().capacity() > self.ring.slots() {
+            self.conn.flush.store(true, Ordering::SeqCst);
+        }
         self.playout.reset();
         self.out.clear();
         self.base = self.last;
-        self.base.consumed += in_ring as u64;
     }
 
     /// Moves produced audio into the ring, as much as fits; the rest waits in `out` (it is
@@ -1353,6 +1380,12 @@ impl Playback {
 
     fn pop_with(&mut self, want: usize, mut put: impl FnMut(usize, f32)) {
         let ch = usize::from(self.conn.channels.max(1));
+        if self.conn.flush.swap(false, Ordering::SeqCst) {
+            let stale = self.ring.slots();
+            if let Ok(c) = self.ring.read_chunk(stale) {
+                c.commit_all();
+            }
+        }
         let want = (want / ch) * ch;
         let take = (self.ring.slots().min(want) / ch) * ch;
         if let Ok(chunk) = self.ring.read_chunk(take) {
