@@ -255,6 +255,8 @@ fn run_floor(bin: &Path, input: &Path, args: &[String]) -> Result<Floor> {
 
 struct ScaleRow {
     n: usize,
+    /// Open file descriptors of (sender, receiver) daemons while the N streams play.
+    fds: (usize, usize),
     cpu_sender_pct: f64,
     cpu_receiver_pct: f64,
     cpu_pacat_pct: f64,
@@ -267,6 +269,12 @@ struct ScaleRow {
 
 fn run_scale(n: usize) -> Result<ScaleRow> {
     log(&format!("scale: {n} tunnels"));
+    // PulseAudio's daemon.conf default rlimit-nofile=256 is too few for one daemon holding
+    // dozens of tunnels and their clients ("accept(): Too many open files" at 32): both
+    // daemons of this section read a daemon.conf (PULSE_CONFIG, inherited) that raises it.
+    let conf = std::env::temp_dir().join(format!("ot-bench-daemon-{}.conf", std::process::id()));
+    std::fs::write(&conf, "rlimit-nofile = 8192\n")?;
+    std::env::set_var("PULSE_CONFIG", &conf);
     let port = free_port();
     let receiver = Daemon::builder()
         .name("receiver")
@@ -275,14 +283,15 @@ fn run_scale(n: usize) -> Result<ScaleRow> {
             rig::RECEIVER
         ))
         .start()?;
-    let mut b = Daemon::builder().name("sender");
+    let sender = Daemon::builder().name("sender").start()?;
     for k in 0..n {
-        b = b.line(format!(
-            "load-module {} sink_name=t{k} server=tcp:127.0.0.1:{port} sink=null compression.opus.complexity=5",
-            rig::SENDER
-        ));
+        sender
+            .load_module(
+                rig::SENDER,
+                &format!("sink_name=t{k} server=tcp:127.0.0.1:{port} sink=null compression.opus.complexity=5"),
+            )
+            .map_err(|e| anyhow!("load tunnel t{k}: {e}"))?;
     }
-    let sender = b.start()?;
     let m = music();
     let players: Vec<Player> = (0..n)
         .map(|k| play_loop(&sender, &format!("t{k}"), m.clone()))
@@ -316,6 +325,13 @@ fn run_scale(n: usize) -> Result<ScaleRow> {
             })
             .sum()
     };
+    std::env::remove_var("PULSE_CONFIG");
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let fds_now = (fds(sender.pid()), fds(receiver.pid()));
     let before = snap(&receiver);
     let d0 = drops(&sender);
     let pacat_cpu = |ps: &[Player]| -> f64 { ps.iter().map(|p| cpu_secs(p.pid())).sum() };
@@ -357,6 +373,7 @@ fn run_scale(n: usize) -> Result<ScaleRow> {
     drop(players);
     let row = ScaleRow {
         n,
+        fds: fds_now,
         cpu_sender_pct: (cs1 - cs) / secs * 100.0,
         cpu_receiver_pct: (cr1 - cr) / secs * 100.0,
         cpu_pacat_pct: (cp1 - cp) / secs * 100.0,
@@ -663,7 +680,10 @@ fn run() -> Result<()> {
     let mut scale: Vec<ScaleRow> = Vec::new();
     if want("scale") {
         for &n in &scale_ns {
-            scale.push(retry(&format!("scale {n}"), || run_scale(n))?);
+            match retry(&format!("scale {n}"), || run_scale(n)) {
+                Ok(r) => scale.push(r),
+                Err(e) => log(&format!("{e:#}")),
+            }
         }
     }
 
@@ -949,7 +969,7 @@ fn report(r: &Report) -> String {
     // Scale.
     if !r.scale.is_empty() {
         let _ = writeln!(d, "## Scale: N tunnels through one receiver\n");
-        let _ = writeln!(d, "One sender daemon with N `module-tunnel-sink-opus` sinks (`compression.opus.complexity=5`, otherwise defaults: stereo 48 kHz, 64 kbit/s, 20 ms), each fed the music loop by its own `pacat`; one receiver (`module-opus-protocol-tcp`, defaults, `max_connections=64`) plays all N on its null sink. Measured over {SCALE_SECS:.0} s after every stream was up and 3 s of settling. CPU % is of one core (the machine has 2). Clean = no receiver stream's `opus.tunnel.underruns` changed (`pactl list sink-inputs`).\n");
+        let _ = writeln!(d, "One sender daemon with N `module-tunnel-sink-opus` sinks (`compression.opus.complexity=5`, otherwise defaults: stereo 48 kHz, 64 kbit/s, 20 ms), each fed the music loop by its own `pacat`; one receiver (`module-opus-protocol-tcp`, defaults, `max_connections=64`) plays all N on its null sink. Measured over {SCALE_SECS:.0} s after every stream was up and 3 s of settling. CPU % is of one core (the machine has 2). Clean = no receiver stream's `opus.tunnel.underruns` changed (`pactl list sink-inputs`). Both daemons run with `rlimit-nofile = 8192` (a daemon.conf given by `PULSE_CONFIG`): at PulseAudio's default `rlimit-nofile = 256` the sender daemon with 32 tunnels and their 32 pacat clients ran out of descriptors (`accept(): Too many open files`) and the run failed (see the fds column for what N tunnels hold).\n");
         let _ = writeln!(d, "| tunnels | streams on receiver | sender CPU % | receiver CPU % | both daemons CPU % | per tunnel % | pacat clients CPU % | streams with underruns | underruns | PLC frames | sender drops/overruns | clean |");
         let _ = writeln!(
             d,
@@ -960,7 +980,7 @@ fn report(r: &Report) -> String {
             let clean = s.streams == s.n && s.streams_with_underruns == 0 && s.sender_drops == 0.0;
             let _ = writeln!(
                 d,
-                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {} | {:.0} | {:.0} | {:.0} | {} |",
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {} | {:.0} | {:.0} | {:.0} | {} / {} | {} |",
                 s.n,
                 s.streams,
                 s.cpu_sender_pct,
@@ -972,6 +992,8 @@ fn report(r: &Report) -> String {
                 s.underruns,
                 s.plc,
                 s.sender_drops,
+                s.fds.0,
+                s.fds.1,
                 if clean { "yes" } else { "**no**" }
             );
         }
