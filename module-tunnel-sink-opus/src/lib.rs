@@ -8,10 +8,11 @@
 //! as sink properties once a second.
 
 use opus_tunnel_core::args::{
-    apply_knob_changes, effective_properties, parse_tunnel_args, Defaults,
+    apply_knob_changes, default_device_name, effective_properties, knob_message, message_path,
+    parse_tunnel_args, Defaults,
 };
 use opus_tunnel_core::codec::StreamFormat;
-use opus_tunnel_core::params::{Compression, OpusKnobs, ServerAddr, KNOB_KEYS};
+use opus_tunnel_core::params::{Compression, OpusKnobs, KNOB_KEYS};
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_core::tx::{self, Feeder, Shared, WorkerConfig};
 use opus_tunnel_pulse::hooks::{watch_sink_proplist, HookSlot, MessageHandler};
@@ -104,30 +105,20 @@ impl Control {
 
     /// A `pactl send-message /opus_tunnel/<sink> MESSAGE PARAMS` request.
     fn message(&self, message: &str, params: &str, sink: &Sink) -> Result<String, String> {
-        match message {
-            "get" => {
+        knob_message(
+            message,
+            params,
+            || {
                 let mut out = self.effective();
                 out.extend(self.shared.stat_properties_peek());
-                Ok(out.iter().map(|(k, v)| format!("{k}={v}\n")).collect())
-            }
-            "set" => {
-                let mut pairs = Vec::new();
-                for word in params.split_whitespace() {
-                    match word.split_once('=') {
-                        Some((k, v)) => pairs.push((k.to_string(), v.to_string())),
-                        None => return Err(format!("{word:?}: expected key=value")),
-                    }
-                }
-                let errors = self.apply(&pairs);
+                out
+            },
+            |pairs| {
+                let errors = self.apply(pairs);
                 sink.update_proplist(&to_proplist(&self.effective()));
-                if errors.is_empty() {
-                    Ok("ok".into())
-                } else {
-                    Err(errors.join("; "))
-                }
-            }
-            other => Err(format!("unknown message {other:?}; accepted: get, set")),
-        }
+                errors
+            },
+        )
     }
 }
 
@@ -137,22 +128,6 @@ fn to_proplist(pairs: &[(String, String)]) -> Proplist {
         p.set(k, v);
     }
     p
-}
-
-/// The object path of a tunnel sink's message handler: `/opus_tunnel/<sink name>`, with
-/// characters PulseAudio does not allow in paths replaced by `_`.
-fn message_path(sink_name: &str) -> String {
-    let clean: String = sink_name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("/opus_tunnel/{clean}")
 }
 
 /// The sink's IO-thread side: hands rendered audio to the tunnel's worker.
@@ -170,28 +145,6 @@ impl SinkIo for SenderIo {
     fn extra_latency_usec(&self) -> u64 {
         self.0.latency_usec()
     }
-}
-
-/// Sink name from the server address: `tunnel-opus.<host>`.
-fn default_sink_name(addr: &ServerAddr) -> String {
-    let host = match addr {
-        ServerAddr::Tcp { host, .. } => host.clone(),
-        ServerAddr::Unix(p) => p
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    };
-    let clean: String = host
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("tunnel-opus.{clean}")
 }
 
 impl PaModule for TunnelSink {
@@ -223,7 +176,7 @@ impl PaModule for TunnelSink {
         let cookie = a.cookie;
         let sink_name = ma
             .get("sink_name")
-            .unwrap_or_else(|| default_sink_name(&addr));
+            .unwrap_or_else(|| default_device_name("tunnel-opus", &addr));
         let user_props = ma.get_proplist("sink_properties")?;
 
         // Half a second of audio between the IO thread and the worker: room for scheduling

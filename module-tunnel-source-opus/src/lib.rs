@@ -8,10 +8,11 @@
 //! (`opus_tunnel_core::rx::start_record`); the main thread publishes statistics and relays
 //! knob changes (`update-source-proplist`, `pactl send-message /opus_tunnel/<source>`).
 use opus_tunnel_core::args::{
-    apply_knob_changes, effective_properties, parse_tunnel_args, Defaults,
+    apply_knob_changes, default_device_name, effective_properties, knob_message, message_path,
+    parse_tunnel_args, Defaults,
 };
 use opus_tunnel_core::codec::StreamFormat;
-use opus_tunnel_core::params::{Compression, OpusKnobs, ServerAddr, Signal, KNOB_KEYS};
+use opus_tunnel_core::params::{Compression, OpusKnobs, Signal, KNOB_KEYS};
 use opus_tunnel_core::rx::{start_record, Playback, RecordClient, RecordClientConfig, RunningFlag};
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_pulse::hooks::{watch_source_proplist, HookSlot, MessageHandler};
@@ -158,27 +159,6 @@ fn to_proplist(pairs: &[(String, String)]) -> Proplist {
     p
 }
 
-fn default_source_name(addr: &ServerAddr) -> String {
-    let host = match addr {
-        ServerAddr::Tcp { host, .. } => host.clone(),
-        ServerAddr::Unix(p) => p
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-    };
-    let clean: String = host
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("tunnel-opus-source.{clean}")
-}
-
 impl PaModule for TunnelSource {
     fn init(module: &ModuleRef) -> Result<Self, String> {
         let arg = module.argument();
@@ -218,7 +198,7 @@ impl PaModule for TunnelSource {
         let remote_source = ma.get("source");
         let name = ma
             .get("source_name")
-            .unwrap_or_else(|| default_source_name(&a.addr));
+            .unwrap_or_else(|| default_device_name("tunnel-opus-source", &a.addr));
         let user_props = ma.get_proplist("source_properties")?;
         let (playback, client) = start_record(
             RecordClientConfig {
@@ -316,18 +296,7 @@ impl PaModule for TunnelSource {
             }
         });
         let (c2, s2) = (control.clone(), Rc::downgrade(&source));
-        let path = format!(
-            "/opus_tunnel/{}",
-            source
-                .name()
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || ".-_".contains(c) {
-                    c
-                } else {
-                    '_'
-                })
-                .collect::<String>()
-        );
+        let path = message_path(&source.name());
         let messages = MessageHandler::register(
             &module.core(),
             &path,
@@ -336,30 +305,20 @@ impl PaModule for TunnelSource {
                 let Some(source) = s2.upgrade() else {
                     return Err("the source is gone".into());
                 };
-                match msg {
-                    "get" => {
+                knob_message(
+                    msg,
+                    params,
+                    || {
                         let mut out = c2.effective();
                         out.extend(c2.client.stat_properties());
-                        Ok(out.iter().map(|(k, v)| format!("{k}={v}\n")).collect())
-                    }
-                    "set" => {
-                        let mut pairs = Vec::new();
-                        for word in params.split_whitespace() {
-                            match word.split_once('=') {
-                                Some((k, v)) => pairs.push((k.to_string(), v.to_string())),
-                                None => return Err(format!("{word:?}: expected key=value")),
-                            }
-                        }
-                        let errors = c2.apply(&pairs);
+                        out
+                    },
+                    |pairs| {
+                        let errors = c2.apply(pairs);
                         source.update_proplist(&to_proplist(&c2.effective()));
-                        if errors.is_empty() {
-                            Ok("ok".into())
-                        } else {
-                            Err(errors.join("; "))
-                        }
-                    }
-                    other => Err(format!("unknown message {other:?}; accepted: get, set")),
-                }
+                        errors
+                    },
+                )
             },
         );
         let (timer_source, timer_client) = (source.clone(), client.clone());

@@ -195,6 +195,78 @@ pub fn apply_knob_changes(
     }
 }
 
+/// A device name from the far end's address: `<prefix>.<host>` (e.g. `tunnel-opus.desk7`),
+/// characters other than letters, digits, `-` and `.` replaced by `_`.
+pub fn default_device_name(prefix: &str, addr: &ServerAddr) -> String {
+    let host = match addr {
+        ServerAddr::Tcp { host, .. } => host.clone(),
+        ServerAddr::Unix(p) => p
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let clean: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{prefix}.{clean}")
+}
+
+/// The object path of a tunnel device's message handler (`pactl send-message`):
+/// `/opus_tunnel/<device name>`, characters PulseAudio does not allow in paths replaced by `_`.
+pub fn message_path(device_name: &str) -> String {
+    let clean: String = device_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("/opus_tunnel/{clean}")
+}
+
+/// Answers a tunnel device's message: `get` lists `key=value` lines (what `get_all` returns),
+/// `set "k=v k2=v2"` hands the pairs to `apply`, which returns the refusals (answered as one
+/// error), else `ok`.
+pub fn knob_message(
+    message: &str,
+    params: &str,
+    get_all: impl FnOnce() -> Vec<(String, String)>,
+    apply: impl FnOnce(&[(String, String)]) -> Vec<String>,
+) -> Result<String, String> {
+    match message {
+        "get" => Ok(get_all()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect()),
+        "set" => {
+            let mut pairs = Vec::new();
+            for word in params.split_whitespace() {
+                match word.split_once('=') {
+                    Some((k, v)) => pairs.push((k.to_string(), v.to_string())),
+                    None => return Err(format!("{word:?}: expected key=value")),
+                }
+            }
+            let errors = apply(&pairs);
+            if errors.is_empty() {
+                Ok("ok".into())
+            } else {
+                Err(errors.join("; "))
+            }
+        }
+        other => Err(format!("unknown message {other:?}; accepted: get, set")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +334,26 @@ mod tests {
             let e = parse_tunnel_args(&getter(&pairs), &defaults()).unwrap_err();
             assert!(e.starts_with(key), "{e:?} should start with {key}");
         }
+    }
+
+    #[test]
+    fn messages() {
+        assert_eq!(message_path("tun el/1"), "/opus_tunnel/tun_el_1");
+        let addr = params::parse_server("[::1]:4715", 4715).unwrap();
+        assert_eq!(default_device_name("tunnel-opus", &addr), "tunnel-opus.__1");
+        let get = || vec![("a".to_string(), "1".to_string())];
+        assert_eq!(knob_message("get", "", get, |_| vec![]).unwrap(), "a=1\n");
+        let got = knob_message("set", "x=1 y=2", Vec::new, |p| {
+            assert_eq!(p.len(), 2);
+            vec![]
+        });
+        assert_eq!(got.unwrap(), "ok");
+        assert!(knob_message("set", "x", Vec::new, |_| vec![]).is_err());
+        assert_eq!(
+            knob_message("set", "x=1", Vec::new, |_| vec!["no".into()]).unwrap_err(),
+            "no"
+        );
+        assert!(knob_message("frob", "", Vec::new, |_| vec![]).is_err());
     }
 
     #[test]
