@@ -10,8 +10,8 @@
 
 pub mod analysis;
 pub mod daemon;
-pub mod pipewire;
 pub mod impair;
+pub mod pipewire;
 pub mod proxy;
 pub mod signal;
 

@@ -28,7 +28,9 @@ fn thread_cpu() -> f64 {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let input = args.next().expect("usage: bench_floor IN.raw [key=value ...]");
+    let input = args
+        .next()
+        .expect("usage: bench_floor IN.raw [key=value ...]");
     let mut channels = 2u8;
     let mut rate = 48_000u32;
     let mut knobs = OpusKnobs::default();
