@@ -481,7 +481,7 @@ fn json_num(j: &str, key: &str) -> f64 {
     j.find(&pat)
         .map(|i| &j[i + pat.len()..])
         .and_then(|r| {
-            r.split(|c| c == ',' || c == '}')
+            r.split([',', '}'])
                 .next()
                 .and_then(|v| v.trim().parse().ok())
         })
