@@ -39,10 +39,10 @@ def write_raw(path, x):
     y.tofile(path)
 
 
-def speech(out):
+def espeak(voice, text):
     with tempfile.NamedTemporaryFile(suffix=".wav") as f:
         subprocess.run(
-            ["espeak-ng", "-v", "en-us", "-s", "150", "-w", f.name, " ".join(SENTENCES)],
+            ["espeak-ng", "-v", voice, "-s", "150", "-w", f.name, text],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -50,7 +50,16 @@ def speech(out):
             sr = w.getframerate()
             ch = w.getnchannels()
             x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
-            x = x.reshape(-1, ch).mean(axis=1) / 32768.0
+            return sr, x.reshape(-1, ch).mean(axis=1) / 32768.0
+
+
+def speech(out):
+    # A male and a female voice, alternating sentences (Harvard sentences).
+    parts = []
+    for i, s in enumerate(SENTENCES):
+        sr, x = espeak("en-us" if i % 2 == 0 else "en-us+f3", s)
+        parts += [x, np.zeros(sr * 3 // 10)]
+    x = np.concatenate(parts)
     g = np.gcd(sr, RATE)
     y = resample_poly(x, RATE // g, sr // g)
     # Active speech level about -26 dBov (P.56-ish, RMS over the louder half of 10 ms blocks).
@@ -84,6 +93,14 @@ def score(ref_path, deg_path):
     ds = seg.mean(axis=1)
     err = ds - r
     out["snr_db"] = float(10 * np.log10((r ** 2).sum() / max((err ** 2).sum(), 1e-20)))
+    # Dropouts: 10 ms blocks where the reference is active (> -45 dBFS) and the received
+    # audio is 20 dB or more below it; neighbouring blocks count as one dropout.
+    n = len(r) // 480 * 480
+    er = (r[:n].reshape(-1, 480) ** 2).mean(axis=1)
+    ed = (ds[:n].reshape(-1, 480) ** 2).mean(axis=1)
+    bad = (er > 10 ** (-45 / 10) / 2) & (ed < er / 100)
+    out["dropouts"] = int(np.sum(bad[1:] & ~bad[:-1]) + (1 if len(bad) and bad[0] else 0))
+    out["dropout_ms"] = int(bad.sum() * 10)
     ri = np.round(ref * 32768).astype(np.int32)
     si = np.round(seg * 32768).astype(np.int32)
     out["bit_exact_fraction"] = float((ri == si).mean())

@@ -970,10 +970,10 @@ fn report(r: &Report) -> String {
     if !r.scale.is_empty() {
         let _ = writeln!(d, "## Scale: N tunnels through one receiver\n");
         let _ = writeln!(d, "One sender daemon with N `module-tunnel-sink-opus` sinks (`compression.opus.complexity=5`, otherwise defaults: stereo 48 kHz, 64 kbit/s, 20 ms), each fed the music loop by its own `pacat`; one receiver (`module-opus-protocol-tcp`, defaults, `max_connections=64`) plays all N on its null sink. Measured over {SCALE_SECS:.0} s after every stream was up and 3 s of settling. CPU % is of one core (the machine has 2). Clean = no receiver stream's `opus.tunnel.underruns` changed (`pactl list sink-inputs`). Both daemons run with `rlimit-nofile = 8192` (a daemon.conf given by `PULSE_CONFIG`): at PulseAudio's default `rlimit-nofile = 256` the sender daemon with 32 tunnels and their 32 pacat clients ran out of descriptors (`accept(): Too many open files`) and the run failed (see the fds column for what N tunnels hold).\n");
-        let _ = writeln!(d, "| tunnels | streams on receiver | sender CPU % | receiver CPU % | both daemons CPU % | per tunnel % | pacat clients CPU % | streams with underruns | underruns | PLC frames | sender drops/overruns | clean |");
+        let _ = writeln!(d, "| tunnels | streams on receiver | sender CPU % | receiver CPU % | both daemons CPU % | per tunnel % | pacat clients CPU % | streams with underruns | underruns | PLC frames | sender drops/overruns | fds sender / receiver | clean |");
         let _ = writeln!(
             d,
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
         );
         for s in r.scale {
             let both = s.cpu_sender_pct + s.cpu_receiver_pct;
@@ -1044,6 +1044,7 @@ fn report(r: &Report) -> String {
                 let _ = writeln!(d, "| {tag} | {} | {} |", f2(s.pesq), f1(s.snr));
             }
         }
+        let _ = writeln!(d, "\nNote on SNR and bit-exactness: our receiver plays every stream, PCM included, through the drift-correcting resampler (rubato), so the received waveform is shifted by a fraction of a sample that the integer cross-correlation cannot undo; the SNR column is therefore not a codec figure for our rows, and `compression=none` is **not bit-exact** (the stock PCM tunnel, which does not resample here, is near-exact). PESQ, which aligns on its own, is unaffected.");
         let _ = writeln!(
             d,
             "\nAlignment lags (samples at 48 kHz) were: {}.\n",
