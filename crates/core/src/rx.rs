@@ -639,6 +639,36 @@ fn await_answer(
     }
 }
 
+/// Properties of a tunnel's stream: who is at the other end, and the codec.
+fn stream_props(peer: SocketAddr, hello: &Hello) -> Vec<(String, String)> {
+    vec![
+        ("opus.tunnel.peer".to_string(), peer.to_string()),
+        ("opus.tunnel.remote_name".to_string(), hello.name.clone()),
+        ("opus.tunnel.remote_host".to_string(), hello.host.clone()),
+        ("compression".to_string(), hello.codec.as_str().to_string()),
+    ]
+}
+
+/// Ends the handshake once the host has answered: the `200` with the device, or the
+/// host's refusal. `None` (connection marked closed, host told) if there is no tunnel.
+fn conclude(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    rx: &mpsc::Receiver<Result<String, (u16, String)>>,
+    shared: &RecvShared,
+    conn: &ConnShared,
+    verified: &Option<Verified>,
+) -> Option<String> {
+    match await_answer(rx, shared) {
+        Ok(device) if accept(stream, &device, verified) => return Some(device),
+        Ok(_) => {}
+        Err((status, reason)) => refuse(stream, peer, status, &reason),
+    }
+    conn.closed.store(true, Ordering::SeqCst);
+    shared.host.changed();
+    None
+}
+
 /// Sends the `200` (signed when the peer proved the cookie); false if the peer is gone.
 fn accept(stream: &mut TcpStream, device: &str, verified: &Option<Verified>) -> bool {
     let mut ok = Reply::ok();
@@ -687,12 +717,7 @@ fn serve_play(
     };
     let (producer, consumer, report_tx, report_rx) = playout_rings(&conn, cfg);
     let (tx, rx) = mpsc::channel();
-    let props = vec![
-        ("opus.tunnel.peer".to_string(), peer.to_string()),
-        ("opus.tunnel.remote_name".to_string(), hello.name.clone()),
-        ("opus.tunnel.remote_host".to_string(), hello.host.clone()),
-        ("compression".to_string(), hello.codec.as_str().to_string()),
-    ];
+    let props = stream_props(peer, hello);
     shared.host.open(StreamRequest {
         conn: conn.clone(),
         playback: Playback::new(conn.clone(), consumer, report_tx),
@@ -700,20 +725,9 @@ fn serve_play(
         props,
         reply: tx,
     });
-    let sink = match await_answer(&rx, shared) {
-        Ok(s) => s,
-        Err((status, reason)) => {
-            refuse(&mut stream, peer, status, &reason);
-            conn.closed.store(true, Ordering::SeqCst);
-            shared.host.changed();
-            return;
-        }
-    };
-    if !accept(&mut stream, &sink, &verified) {
-        conn.closed.store(true, Ordering::SeqCst);
-        shared.host.changed();
+    let Some(sink) = conclude(&mut stream, peer, &rx, shared, &conn, &verified) else {
         return;
-    }
+    };
     log::info!(
         "tunnel {label} from {peer} plays on {sink} ({}, {} Hz, {} ch)",
         hello.codec.as_str(),
@@ -823,12 +837,7 @@ fn serve_capture(
     let (feeder, tshared, consumer) = tx::record_feeder(&wcfg, knobs, ring_bytes);
     let _ = conn.record.set(tshared.clone());
     let (tx, rx) = mpsc::channel();
-    let props = vec![
-        ("opus.tunnel.peer".to_string(), peer.to_string()),
-        ("opus.tunnel.remote_name".to_string(), hello.name.clone()),
-        ("opus.tunnel.remote_host".to_string(), hello.host.clone()),
-        ("compression".to_string(), hello.codec.as_str().to_string()),
-    ];
+    let props = stream_props(peer, hello);
     shared.host.open_record(RecordRequest {
         conn: conn.clone(),
         feeder,
@@ -836,20 +845,9 @@ fn serve_capture(
         props,
         reply: tx,
     });
-    let source = match await_answer(&rx, shared) {
-        Ok(s) => s,
-        Err((status, reason)) => {
-            refuse(&mut stream, peer, status, &reason);
-            conn.closed.store(true, Ordering::SeqCst);
-            shared.host.changed();
-            return;
-        }
-    };
-    if !accept(&mut stream, &source, &verified) {
-        conn.closed.store(true, Ordering::SeqCst);
-        shared.host.changed();
+    let Some(source) = conclude(&mut stream, peer, &rx, shared, &conn, &verified) else {
         return;
-    }
+    };
     log::info!(
         "record tunnel {label} from {peer} records {source} ({}, {} Hz, {} ch), while it has readers",
         hello.codec.as_str(),
