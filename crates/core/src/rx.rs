@@ -948,6 +948,8 @@ struct Receive {
     upstream: Option<Arc<Upstream>>,
     up_running: Option<bool>,
     up_gen: u64,
+    /// Since when the engine's correction has been at its limit.
+    saturated_since: Option<Instant>,
 }
 
 /// What the desktop end of a record tunnel relays to the capturing end.
@@ -988,6 +990,7 @@ impl Receive {
             upstream: None,
             up_running: None,
             up_gen: 0,
+            saturated_since: None,
         }
     }
 
@@ -1186,6 +1189,24 @@ impl Receive {
         }
         self.playout.produce(&mut self.out);
         self.flush();
+        // Watchdog: the engine's loop can lose its estimate after a burst (a stall, the first
+        // stream on an idle sink) and hold its full 1 % correction for many seconds, an
+        // audible pitch shift. Held for 1.5 s, start afresh instead (a short gap).
+        let st = self.playout.stats();
+        if st.state == PlayoutState::Locked && st.drift_ppm.abs() >= 9_000.0 {
+            let since = *self.saturated_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_millis(1500) {
+                log::debug!(
+                    "{}: drift correction saturated for 1.5 s; restarting playout",
+                    self.conn.label
+                );
+                self.saturated_since = None;
+                self.conn.stats.overruns.fetch_add(1, Ordering::Relaxed);
+                self.restart_engine();
+            }
+        } else {
+            self.saturated_since = None;
+        }
         // The device stopped pulling (suspended, moved, stalled): what waits is stale. Start
         // afresh rather than drop audio behind the engine's back.
         let limit = self.out_limit();
