@@ -254,9 +254,12 @@ context.spa-libs = {
 }
 context.modules = [
     { name = libpipewire-module-protocol-native }
+    { name = libpipewire-module-metadata }
+    { name = libpipewire-module-access args = { } }
+    { name = libpipewire-module-spa-node-factory }
     { name = libpipewire-module-client-node }
     { name = libpipewire-module-adapter }
-    { name = libpipewire-module-metadata }
+    { name = libpipewire-module-link-factory }
     { name = libpipewire-module-opus-protocol-tcp
       args = { server.address = [ "tcp:127.0.0.1:$pwport" ] auth.anonymous = true } }
     { name = libpipewire-module-opus-tunnel
