@@ -1191,13 +1191,14 @@ impl Receive {
         self.flush();
         // Watchdog: the engine's loop can lose its estimate after a burst (a stall, the first
         // stream on an idle sink) and hold its full 1 % correction for many seconds, an
-        // audible pitch shift. Held for 1.5 s, start afresh instead (a short gap).
+        // audible pitch shift. Held for 3 s (a normal start takes up to ~1.5 s), start
+        // afresh instead (a short gap).
         let st = self.playout.stats();
         if st.state == PlayoutState::Locked && st.drift_ppm.abs() >= 9_000.0 {
             let since = *self.saturated_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= Duration::from_millis(1500) {
+            if since.elapsed() >= Duration::from_secs(3) {
                 log::debug!(
-                    "{}: drift correction saturated for 1.5 s; restarting playout",
+                    "{}: drift correction saturated for 3 s; restarting playout",
                     self.conn.label
                 );
                 self.saturated_since = None;
