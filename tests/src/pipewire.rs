@@ -573,10 +573,12 @@ impl PipeWire {
             pending: Vec::new(),
             reader: Some(reader),
         };
-        match r.rx.recv_timeout(Duration::from_secs(5)) {
+        // A freshly (re)started daemon's session manager can take several seconds to link a
+        // new stream on a loaded machine.
+        match r.rx.recv_timeout(Duration::from_secs(15)) {
             Ok(chunk) => r.pending = chunk,
             Err(e) => panic!(
-                "parec on {source} of {} delivered nothing in 5 s ({e})\n{}",
+                "parec on {source} of {} delivered nothing in 15 s ({e})\n{}",
                 self.name,
                 self.log()
             ),
