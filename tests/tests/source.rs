@@ -205,7 +205,10 @@ fn m3_bitrate_changes_live() {
             break;
         }
     }
-    println!("tone at {f:.1} Hz {:.1} s after the measurement", t0.elapsed().as_secs_f64());
+    println!(
+        "tone at {f:.1} Hz {:.1} s after the measurement",
+        t0.elapsed().as_secs_f64()
+    );
     assert!((f - 700.0).abs() <= 5.0, "frequency {f} after the change");
 }
 
