@@ -703,8 +703,6 @@ fn disconnects_recover_within_2s() {
 /// (`opus.tunnel.latency_usec` of its sink-input) is back near the 60 ms target within 5 s
 /// of the end of the stall.
 #[test]
-#[ignore = "known shortfall: after a 2 s stall the playout engine raises its target (~105 ms) \
-            and holds a +1 % resampling correction for more than 5 s; run with --ignored"]
 fn stall_2s_then_latency_back_at_target() {
     let test = "stall_2s_then_latency_back_at_target";
     if skip(test) {

@@ -92,6 +92,20 @@ impl Dll {
         }
     }
 
+    /// Moves the line onto `(t, pos)` keeping the rate, without counting a re-phase (the
+    /// caller knows the observation is the better anchor: the earliest of a burst).
+    pub fn anchor(&mut self, t: f64, pos: f64) {
+        if !t.is_finite() || !pos.is_finite() {
+            return;
+        }
+        self.t0 = t;
+        self.p0 = pos;
+        self.clipped_run = 0;
+        if self.updates == 0 {
+            self.updates = 1;
+        }
+    }
+
     /// Shifts the position of the line by `frames` (the observed clock jumped by a known
     /// amount) without touching the time base.
     pub fn shift(&mut self, frames: f64) {

@@ -74,6 +74,11 @@ use std::collections::VecDeque;
 pub const MAX_CORRECTION: f64 = 0.01;
 /// Latency errors larger than this (seconds) are slewed instead of resampled.
 pub const SLEW_SEC: f64 = 0.2;
+/// For this long (seconds) after the stream restarts (a pause, a stall longer than the
+/// concealment), the arrival line follows the earliest packet instead of averaging.
+pub const ACQUIRE_SEC: f64 = 1.0;
+/// When playback starts, a latency error above this (seconds) is cut or padded at once.
+pub const START_ALIGN_SEC: f64 = 0.003;
 /// A slew, once started, goes on until the error is under this (seconds).
 pub const SLEW_DONE_SEC: f64 = 0.005;
 /// The target steps down by one device period after this long (seconds) without underrun.
@@ -260,6 +265,7 @@ pub struct Controller {
     device: Dll,
     stream_t_start: f64,
     device_t_start: f64,
+    acquire_until: f64,
     // stream positions
     have_pos: bool,
     next_pos: i64,
@@ -288,6 +294,9 @@ pub struct Controller {
     in_conceal: bool,
     episode_conceal: u64,
     pending_insert: u64,
+    episode_raise: u64,
+    /// The slew under way aligns a (re)start: not counted as an overrun.
+    aligning: bool,
     // counters
     underruns: u64,
     concealments: u64,
@@ -325,6 +334,7 @@ impl Controller {
             device: Dll::new(rate, DLL_BW0),
             stream_t_start: 0.0,
             device_t_start: 0.0,
+            acquire_until: f64::NEG_INFINITY,
             have_pos: false,
             next_pos: 0,
             fifo: 0,
@@ -349,6 +359,8 @@ impl Controller {
             in_conceal: false,
             episode_conceal: 0,
             pending_insert: 0,
+            episode_raise: 0,
+            aligning: false,
             underruns: 0,
             concealments: 0,
             concealed_frames: 0,
@@ -420,6 +432,8 @@ impl Controller {
             // Not playing: start over from this packet (pause, first packet).
             self.next_pos = pos;
             self.stream.rephase(t, end as f64);
+            // What arrives first after a pause or a stall is the oldest of a backlog.
+            self.acquire_until = t + ACQUIRE_SEC;
         } else if d > max_gap || d < -(self.rate as i64) {
             // A jump of the stream position: join the audio, keep the latency.
             self.discontinuities += 1;
@@ -440,7 +454,16 @@ impl Controller {
         let bw = self.sched(t, self.stream_t_start, DLL_T0, DLL_BW0, DLL_BW_MIN);
         self.stream.set_bandwidth(bw);
         let rephases = self.stream.rephases();
-        self.stream.update(t, end as f64);
+        if t < self.acquire_until {
+            // Re-acquiring after a restart: the line follows the earliest packet (a backlog
+            // arriving in one burst moves its phase, not its rate).
+            let e = end as f64 - self.stream.position_at(t);
+            if e > 0.0 {
+                self.stream.anchor(t, end as f64);
+            }
+        } else {
+            self.stream.update(t, end as f64);
+        }
         if self.stream.rephases() != rephases && self.state != PlayoutState::Buffering {
             // The stream clock jumped or changed: acquire its rate again, wide.
             self.stream_t_start = t;
@@ -449,6 +472,7 @@ impl Controller {
             // Fresh audio: a concealment episode (if any) is over.
             self.in_conceal = false;
             self.episode_conceal = 0;
+            self.episode_raise = 0;
             self.pending_insert = 0;
         }
         skip
@@ -563,10 +587,7 @@ impl Controller {
         let slewing_on =
             self.state == PlayoutState::Slewing && err.abs() > SLEW_DONE_SEC * self.rate;
         if slewing_on || err.abs() > SLEW_SEC * self.rate || lat > self.max_frames {
-            self.slew = (lat - self.target).round() as i64;
-            self.setpoint = self.target;
-            self.state = PlayoutState::Slewing;
-            self.pi.filt = 0.0;
+            self.start_slew(err);
             return;
         }
         if self.state == PlayoutState::Slewing {
@@ -578,6 +599,17 @@ impl Controller {
         let wn = self.sched(t, self.lock_t, SCHED_T0, WN0, WN_MIN);
         let ff = self.feed_forward() + glide;
         self.ratio = 1.0 + self.pi.update(e, ff, dt, wn);
+    }
+
+    /// Starts (or continues) a slew of the latency straight to the target; `err` is the
+    /// latency minus the setpoint, frames.
+    fn start_slew(&mut self, err: f64) {
+        let lat = err + self.setpoint;
+        self.slew = (lat - self.target).round() as i64;
+        self.setpoint = self.target;
+        self.state = PlayoutState::Slewing;
+        self.pi.filt = 0.0;
+        self.aligning = false;
     }
 
     /// The correction the two DLLs' rates call for (device rate / stream rate − 1), once
@@ -607,8 +639,30 @@ impl Controller {
                     self.stable_since = self.last_tick;
                 }
                 self.pi.filt = 0.0;
+                // Playback starts again after a pause or a stall: whatever the estimate says
+                // beyond a few ms of the target is cut or padded at once (inaudible there),
+                // not resampled. (At the very first start the loop acquires by resampling.)
+                let err = self.latency_frames_at(self.last_tick) - self.setpoint;
+                let restart = self.last_tick < self.acquire_until + ACQUIRE_SEC;
+                if restart && err.abs() > START_ALIGN_SEC * self.rate {
+                    self.start_slew(err);
+                    self.aligning = true;
+                }
             } else {
                 return plan;
+            }
+        } else if self.state == PlayoutState::Locked {
+            // A burst (the backlog after a stall) must not reach the ring before the next
+            // device report would slew it: check here too, before feeding.
+            let err = self.latency_frames_at(self.last_tick) - self.setpoint;
+            // Shortly after a restart the rest of a backlog may still come: align as at a start.
+            let aligning = self.last_tick < self.acquire_until + ACQUIRE_SEC;
+            if (aligning && err.abs() > START_ALIGN_SEC * self.rate)
+                || err > SLEW_SEC * self.rate
+                || err + self.setpoint > self.max_frames
+            {
+                self.start_slew(err);
+                self.aligning = aligning && err <= SLEW_SEC * self.rate;
             }
         }
         if self.state == PlayoutState::Slewing {
@@ -626,7 +680,10 @@ impl Controller {
                 self.slew = 0;
             }
             if self.slew == 0 {
-                self.overruns += 1;
+                if !self.aligning {
+                    self.overruns += 1;
+                }
+                self.aligning = false;
                 self.state = PlayoutState::Locked;
             }
         }
@@ -679,6 +736,7 @@ impl Controller {
             self.concealments += 1;
             let t = self.last_tick;
             self.pending_insert = self.raise_target(t, true);
+            self.episode_raise = self.pending_insert;
         }
         let ins = self.pending_insert.min(frames);
         self.pending_insert -= ins;
@@ -687,8 +745,13 @@ impl Controller {
         self.concealed_frames += frames;
         self.episode_conceal += frames;
         if self.episode_conceal as f64 >= MAX_CONCEAL_SEC * self.rate {
-            // The sender paused: stop concealing, buffer again when packets return.
+            // The sender paused (or the link is down): stop concealing, buffer again when
+            // packets return. A gap this long says nothing about jitter: the target goes
+            // back to where it was before the episode.
             self.state = PlayoutState::Buffering;
+            self.target = (self.target - self.episode_raise as f64).max(self.base_target);
+            self.setpoint = self.target;
+            self.episode_raise = 0;
         }
     }
 
