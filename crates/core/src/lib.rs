@@ -18,6 +18,7 @@ pub mod jitter;
 mod net;
 pub mod params;
 pub mod playout;
+pub mod quality;
 pub mod rtp;
 pub mod rx;
 pub mod samples;
