@@ -16,6 +16,8 @@ cargo build $flag "${args[@]}"
 mkdir -p target/pipewire-modules
 for m in "${MODULES[@]}"; do
   lib=${m#lib}
-  cp -f "target/$profile/lib${lib//-/_}.so" "target/pipewire-modules/$m.so"
+  # Copy then rename: overwriting a loaded .so in place crashes the daemons that use it.
+  cp -f "target/$profile/lib${lib//-/_}.so" "target/pipewire-modules/.$m.so.new"
+  mv -f "target/pipewire-modules/.$m.so.new" "target/pipewire-modules/$m.so"
 done
 echo "PipeWire modules in $(pwd)/target/pipewire-modules: ${MODULES[*]}"

@@ -2,7 +2,11 @@
 //! TCP (default port 4715); each tunnel that connects (from `module-tunnel-sink-opus` on
 //! PulseAudio or `libpipewire-module-opus-tunnel` on PipeWire) becomes a playback stream
 //! (`Stream/Output/Audio`, F32 interleaved at the tunnel's rate and channels) that the session
-//! manager links to `target.object` or the default sink.
+//! manager links to `target.object` or the default sink. A record tunnel (from
+//! `module-tunnel-source-opus` or `libpipewire-module-opus-tunnel` with `tunnel.mode =
+//! source`) gets a capture stream (`Stream/Input/Audio`) on the source it names,
+//! `target.source` or the default source — only while the desktop end has readers; what it
+//! captures is encoded and sent (`opus_tunnel_core::rx::Host::open_record`).
 //!
 //! The network side is `opus_tunnel_core::rx` (a listener thread, a thread per connection,
 //! lock-free rings); this module is the PipeWire glue: the main thread creates and removes the
@@ -13,7 +17,10 @@
 use opus_tunnel_core::acl::IpAcl;
 use opus_tunnel_core::auth::Cookie;
 use opus_tunnel_core::params::{parse_bool, DEFAULT_PORT};
-use opus_tunnel_core::rx::{self, ConnShared, Host, Playback, RecvConfig, StreamRequest};
+use opus_tunnel_core::rx::{
+    self, ConnShared, Host, Playback, RecordRequest, RecvConfig, StreamRequest,
+};
+use opus_tunnel_core::tx::Feeder;
 use opus_tunnel_pipewire::{
     channel_positions, declare_pw_module, parse_json_list, parse_object, Args, Context, Direction,
     Event, EventHandle, ModuleInfo, PwModule, Stream, StreamIo, StreamSpec, StreamState, Timer,
@@ -29,6 +36,7 @@ const USAGE: &str = "( server.address = [ \"tcp:[ADDR:]PORT\" ] )  listen addres
 ( auth.ip-acl = \"ADDR[/BITS];...\" )  peers admitted by address
 ( auth.cookie = <path> )  others must prove this cookie (challenge-response)
 ( target.object = <node.name> )  sink tunnels play on when the sender names none, default: the default sink
+( target.source = <node.name> )  source record tunnels record from when the desktop names none (NAME.monitor: a sink's monitor), default: the default source
 ( sess.latency.msec = <10-2000> )  receive buffer target, default 60
 ( sess.latency.max.msec = <ms> )  the most the target may grow to after underruns, default 500
 ( max.connections = <1-1024> )  concurrent tunnels, default 64
@@ -40,6 +48,7 @@ const VALID_ARGS: &[&str] = &[
     "auth.ip-acl",
     "auth.cookie",
     "target.object",
+    "target.source",
     "sess.latency.msec",
     "sess.latency.max.msec",
     "max.connections",
@@ -50,6 +59,7 @@ const VALID_ARGS: &[&str] = &[
 /// for the main thread, which is woken through a main-loop event.
 struct PwHost {
     requests: Mutex<VecDeque<StreamRequest>>,
+    records: Mutex<VecDeque<RecordRequest>>,
     waker: OnceLock<EventHandle>,
 }
 
@@ -69,6 +79,13 @@ impl Host for PwHost {
         self.wake();
     }
 
+    fn open_record(&self, req: RecordRequest) {
+        if let Ok(mut q) = self.records.lock() {
+            q.push_back(req);
+        }
+        self.wake();
+    }
+
     fn changed(&self) {
         self.wake();
     }
@@ -82,14 +99,49 @@ struct Active {
     dead: Rc<Cell<bool>>,
 }
 
+/// Where a record tunnel's capture stream records from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CaptureTarget {
+    /// `target.object` of the stream (`None`: the default source).
+    node: Option<String>,
+    /// The node is a sink and the stream records its monitor (`stream.capture.sink`).
+    monitor: bool,
+    /// The name answered to the desktop end.
+    label: String,
+}
+
+/// A record tunnel (main thread). Its capture stream exists only while the desktop end has
+/// readers (privacy, CPU, bandwidth); in between, its real-time side is parked here.
+struct Recording {
+    stream: Option<Stream>,
+    dead: Rc<Cell<bool>>,
+    parked: Option<Box<dyn StreamIo>>,
+    conn: Arc<ConnShared>,
+    name: String,
+    props: Vec<(String, String)>,
+    target: CaptureTarget,
+}
+
+/// The capture stream's side on PipeWire's data thread: hands what it records to the
+/// tunnel's encoder (float32, native endian = the wire's float32le on the hosts we build for).
+struct CaptureIo(Feeder);
+
+impl StreamIo for CaptureIo {
+    fn consume(&mut self, data: &[u8]) {
+        self.0.push(data, true);
+    }
+}
+
 /// Main-thread state.
 struct MainState {
     ctx: Context,
     host: Arc<PwHost>,
     target: Option<String>,
+    target_source: Option<String>,
     target_usec: u64,
     extra_props: Vec<(String, String)>,
     active: Vec<Active>,
+    recordings: Vec<Recording>,
 }
 
 /// The stream's side on PipeWire's data thread.
@@ -136,6 +188,205 @@ impl MainState {
             }
             !a.conn.is_closed()
         });
+        self.service_records();
+    }
+
+    /// Where a record tunnel records: the source it asked for, `target.source`, or the
+    /// default source. A name that is not a node of the graph now (checked on the spot: the
+    /// module runs inside the daemon) is refused with 404 like the PulseAudio receiver does;
+    /// `NAME.monitor` (PulseAudio's name of a sink's monitor) records the sink `NAME`'s
+    /// monitor.
+    fn resolve_source(&self, wanted: Option<&str>) -> Result<CaptureTarget, String> {
+        let nodes = self.ctx.nodes();
+        let is_source = |c: &str| c.starts_with("Audio/Source") || c == "Audio/Duplex";
+        let Some(name) = wanted else {
+            if nodes.iter().any(|n| is_source(&n.media_class)) {
+                return Ok(CaptureTarget {
+                    node: None,
+                    monitor: false,
+                    label: "@DEFAULT_SOURCE@".into(),
+                });
+            }
+            return Err("there is no default source (no Audio/Source node)".into());
+        };
+        if let Some(n) = nodes.iter().find(|n| n.name == name) {
+            if is_source(&n.media_class) {
+                return Ok(CaptureTarget {
+                    node: Some(name.into()),
+                    monitor: false,
+                    label: name.into(),
+                });
+            }
+            if n.media_class.starts_with("Audio/Sink") {
+                return Ok(CaptureTarget {
+                    node: Some(name.into()),
+                    monitor: true,
+                    label: format!("{name}.monitor"),
+                });
+            }
+            return Err(format!(
+                "{name:?} is a {} node, not a source",
+                n.media_class
+            ));
+        }
+        if let Some(sink) = name.strip_suffix(".monitor") {
+            if nodes
+                .iter()
+                .any(|n| n.name == sink && n.media_class.starts_with("Audio/Sink"))
+            {
+                return Ok(CaptureTarget {
+                    node: Some(sink.into()),
+                    monitor: true,
+                    label: name.into(),
+                });
+            }
+        }
+        Err(format!("no source named {name:?}"))
+    }
+
+    /// Answers new record tunnels; creates each one's capture stream while its desktop end
+    /// has readers and destroys it when they go; drops the tunnels that ended.
+    fn service_records(&mut self) {
+        let records: Vec<RecordRequest> = match self.host.records.lock() {
+            Ok(mut q) => q.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for req in records {
+            let (conn, feeder, name, props, replier) = req.into_parts();
+            let wanted = conn.device.clone().or_else(|| self.target_source.clone());
+            match self.resolve_source(wanted.as_deref()) {
+                Ok(target) => {
+                    log::info!(
+                        "record tunnel {} records {} while it has readers",
+                        conn.label,
+                        target.label
+                    );
+                    replier.accept(&target.label);
+                    self.recordings.push(Recording {
+                        stream: None,
+                        dead: Rc::new(Cell::new(false)),
+                        parked: Some(Box::new(CaptureIo(feeder))),
+                        conn,
+                        name,
+                        props,
+                        target,
+                    });
+                }
+                Err(e) => {
+                    log::warn!("record tunnel {}: {e}", conn.label);
+                    replier.refuse(404, &e);
+                }
+            }
+        }
+        let mut recordings = std::mem::take(&mut self.recordings);
+        recordings.retain_mut(|r| {
+            if r.stream.is_some() && r.dead.get() {
+                log::info!(
+                    "capture stream of {} is gone; closing its tunnel",
+                    r.conn.label
+                );
+                r.conn.kill();
+                return false;
+            }
+            if r.conn.is_closed() {
+                return false;
+            }
+            let want = r.conn.recording();
+            if want && r.stream.is_none() {
+                if let Some(io) = r.parked.take() {
+                    match self.create_capture(r, io) {
+                        Ok((stream, dead)) => {
+                            log::info!("record tunnel {}: recording", r.conn.label);
+                            r.stream = Some(stream);
+                            r.dead = dead;
+                        }
+                        Err(e) => {
+                            log::warn!("record tunnel {}: cannot record: {e}", r.conn.label);
+                            r.conn.kill();
+                            return false;
+                        }
+                    }
+                }
+            } else if !want {
+                if let Some(stream) = r.stream.take() {
+                    r.parked = stream.into_io();
+                    log::info!("record tunnel {}: stopped (no readers)", r.conn.label);
+                    if r.parked.is_none() {
+                        r.conn.kill();
+                        return false;
+                    }
+                }
+            }
+            true
+        });
+        self.recordings = recordings;
+    }
+
+    fn create_capture(
+        &self,
+        r: &Recording,
+        io: Box<dyn StreamIo>,
+    ) -> Result<(Stream, Rc<Cell<bool>>), String> {
+        let conn = &r.conn;
+        let want = (u64::from(conn.rate) * self.target_usec / 2_000_000).clamp(256, 8192);
+        let quantum = 1u64 << (63 - want.leading_zeros());
+        let mut p: Vec<(String, String)> = vec![
+            ("media.class".into(), "Stream/Input/Audio".into()),
+            ("media.type".into(), "Audio".into()),
+            ("media.category".into(), "Capture".into()),
+            ("media.role".into(), "Communication".into()),
+            ("media.name".into(), r.name.clone()),
+            ("node.description".into(), r.name.clone()),
+            (
+                "node.name".into(),
+                format!("opus-tunnel-rec.{}", clean(&conn.label)),
+            ),
+            ("application.name".into(), "opus-tunnel".into()),
+            ("node.latency".into(), format!("{quantum}/{}", conn.rate)),
+            // Down-mix as PulseAudio does (stereo → mono averages the channels): PipeWire's
+            // default matrix sums at -3 dB each, which lifts a stereo source by 3 dB in a
+            // mono tunnel (and can clip).
+            ("channelmix.normalize".into(), "true".into()),
+        ];
+        if let Some(node) = &r.target.node {
+            p.push(("target.object".into(), node.clone()));
+        }
+        if r.target.monitor {
+            p.push(("stream.capture.sink".into(), "true".into()));
+        }
+        p.extend(r.props.iter().cloned());
+        p.extend(self.extra_props.iter().cloned());
+        p.extend(conn.stat_properties());
+        let positions = channel_positions(&conn.channel_map, conn.channels);
+        let dead = Rc::new(Cell::new(false));
+        let d2 = dead.clone();
+        let host = self.host.clone();
+        let label = conn.label.clone();
+        let stream = Stream::new(
+            &self.ctx,
+            &StreamSpec {
+                name: &r.name,
+                props: &p,
+                direction: Direction::Capture,
+                rate: conn.rate,
+                channels: conn.channels,
+                positions: &positions,
+            },
+            io,
+            Some(Box::new(move |st| match st {
+                StreamState::Error(e) => {
+                    log::warn!("capture stream of {label}: {e}");
+                    d2.set(true);
+                    host.wake();
+                }
+                StreamState::Unconnected => {
+                    d2.set(true);
+                    host.wake();
+                }
+                _ => {}
+            })),
+        )?;
+        Ok((stream, dead))
     }
 
     fn create_stream(
@@ -205,6 +456,11 @@ impl MainState {
     fn publish(&mut self) {
         for a in &self.active {
             a.stream.update_properties(&a.conn.stat_properties());
+        }
+        for r in &self.recordings {
+            if let Some(s) = &r.stream {
+                s.update_properties(&r.conn.stat_properties());
+            }
         }
     }
 }
@@ -347,6 +603,7 @@ impl PwModule for Receiver {
         )?;
         let max_connections = parse_num(args, "max.connections", 64usize, 1, 1024)?;
         let target = args.get("target.object").map(str::to_string);
+        let target_source = args.get("target.source").map(str::to_string);
         let extra_props = match args.get("stream.props") {
             None => Vec::new(),
             Some(v) => parse_object(v).map_err(|e| format!("stream.props: {e}"))?,
@@ -354,15 +611,18 @@ impl PwModule for Receiver {
         let listener = bind(&addrs)?;
         let host = Arc::new(PwHost {
             requests: Mutex::new(VecDeque::new()),
+            records: Mutex::new(VecDeque::new()),
             waker: OnceLock::new(),
         });
         let main = Rc::new(RefCell::new(MainState {
             ctx: ctx.clone(),
             host: host.clone(),
             target: target.clone(),
+            target_source,
             target_usec: target_ms * 1000,
             extra_props,
             active: Vec::new(),
+            recordings: Vec::new(),
         }));
         let m2 = main.clone();
         let event = Event::new(ctx, move || {
@@ -416,7 +676,17 @@ impl Drop for Receiver {
                     .4
                     .refuse(503, "the receiver is shutting down");
             }
+            let records: Vec<RecordRequest> = match m.host.records.lock() {
+                Ok(mut q) => q.drain(..).collect(),
+                Err(_) => Vec::new(),
+            };
+            for req in records {
+                req.into_parts()
+                    .4
+                    .refuse(503, "the receiver is shutting down");
+            }
             m.active.clear();
+            m.recordings.clear();
         }
         log::info!("stopped listening on {}", self.addr);
     }
@@ -426,7 +696,7 @@ declare_pw_module!(
     Receiver,
     ModuleInfo {
         author: "opus-tunnel developers",
-        description: "Receives Opus tunnels and plays each as a stream",
+        description: "Receives Opus tunnels: plays each sink tunnel as a stream, records a source for each source tunnel",
         usage: USAGE,
     }
 );

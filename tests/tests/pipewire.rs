@@ -10,8 +10,8 @@
 
 use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire, PwRecorder};
 use opus_tunnel_tests::{
-    analyse_stereo, free_port, has_tone, play_loop, require_modules, serial, tone_loop,
-    CountingProxy, Daemon, Recorder,
+    analyse_stereo, channel, dominant_frequency, free_port, has_tone, play_loop, require_modules,
+    rms_dbfs, serial, tone_loop, CountingProxy, Daemon, Recorder,
 };
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,10 @@ const PW_SENDER: &str = "libpipewire-module-opus-tunnel";
 const PW_RECEIVER: &str = "libpipewire-module-opus-protocol-tcp";
 const PA_SENDER: &str = "module-tunnel-sink-opus";
 const PA_RECEIVER: &str = "module-opus-protocol-tcp";
+const PA_SOURCE: &str = "module-tunnel-source-opus";
+/// The microphone tests' tone: 700 Hz on both channels, -6 dBFS peak.
+const MIC_HZ: f64 = 700.0;
+const MIC_PEAK: f64 = -6.0;
 const LEFT: f64 = 1000.0;
 const RIGHT: f64 = 1500.0;
 const LEVEL: f64 = -12.0;
@@ -411,4 +415,177 @@ fn pw7_stop_and_unload_while_playing() {
         pw.log()
     );
     assert!(pa.is_alive(), "{test}: the PulseAudio receiver died");
+}
+
+/// Left channel of a stereo recording: its dominant frequency and level (dBFS RMS).
+fn tone_of(audio: &[i16]) -> (f64, f64) {
+    let l = channel(audio, 0, 2);
+    (dominant_frequency(&l, 48_000), rms_dbfs(&l))
+}
+
+/// Reads 1 s slices until the left channel has carried the tone (±2 Hz, louder than -40 dBFS)
+/// for two seconds in a row, up to `timeout`; then returns the next `secs`. (A tunnel's
+/// playout engine can hold its full 1 % drift correction for a few seconds after it starts,
+/// before its watchdog restarts it: 7 Hz off at 700 Hz; the PulseAudio microphone tests give
+/// it time the same way.)
+fn settled_tone(rec: &mut Rec, secs: f64, timeout: Duration) -> Option<(Duration, Vec<i16>)> {
+    let t = Instant::now();
+    let mut good = 0;
+    while t.elapsed() < timeout {
+        let (f, l) = tone_of(&rec.read(1.0));
+        if (f - MIC_HZ).abs() <= 2.0 && l > -40.0 {
+            good += 1;
+            if good == 2 {
+                return Some((t.elapsed(), rec.read(secs)));
+            }
+        } else {
+            good = 0;
+        }
+    }
+    None
+}
+
+/// Checks a recording of the microphone tone against the same tone recorded at its source:
+/// frequency ±5 Hz, level ±1 dB. Prints both.
+fn check_mic(test: &str, got: &[i16], at_source: &[i16], logs: &dyn Fn() -> String) {
+    let (f0, l0) = tone_of(at_source);
+    let (f, l) = tone_of(got);
+    println!(
+        "{test}: microphone through the tunnel: {f:.1} Hz at {l:.2} dBFS (at the source: {f0:.1} Hz at {l0:.2} dBFS)"
+    );
+    assert!(
+        (f0 - MIC_HZ).abs() <= 5.0,
+        "{test}: the source itself has {f0} Hz\n{}",
+        logs()
+    );
+    assert!(
+        (f - MIC_HZ).abs() <= 5.0,
+        "{test}: frequency {f:.1} Hz\n{}",
+        logs()
+    );
+    assert!(
+        (l - l0).abs() <= 1.0,
+        "{test}: level {l:.2} dBFS vs {l0:.2} at the source\n{}",
+        logs()
+    );
+}
+
+/// Microphone direction, PipeWire receiver → PulseAudio desktop: `module-tunnel-source-opus`
+/// on PulseAudio records `null.monitor` of a PipeWire host through
+/// `libpipewire-module-opus-protocol-tcp`.
+///
+/// The stand-in microphone is the PipeWire null sink's monitor with a 700 Hz tone played into
+/// it (pacat through pipewire-pulse): headless, the null sink is driven by the graph's Dummy
+/// driver and delivers steady blocks like a sound card, and its monitor is what the PulseAudio
+/// tests use too (`null.monitor`), so the desktop can name it the same way on both daemons.
+/// The receiver maps `NAME.monitor` to a capture stream on the sink `NAME` with
+/// `stream.capture.sink = true` (WirePlumber links a capture stream to a sink's monitor only
+/// with that). A `support.null-audio-sink` with `media.class = Audio/Source/Virtual` was not
+/// needed. A source that does not exist is refused with 404 (checked here too), and the
+/// capture stream exists only while the desktop records.
+#[test]
+fn pw8_microphone_pipewire_receiver_to_pulseaudio() {
+    let test = "pw8_microphone_pipewire_receiver_to_pulseaudio";
+    if skip(test, &[PW_RECEIVER], &[PA_SOURCE]) {
+        return;
+    }
+    let _g = serial();
+    let port = free_port();
+    let pw = pw_receiver(port);
+    let _mic = pw.play_loop("null", tone_loop(MIC_HZ, MIC_HZ, MIC_PEAK));
+    let at_source = Rec::Pw(pw.recorder("null.monitor")).read(2.0);
+    let proxy = CountingProxy::start(port);
+    let desktop = Daemon::builder()
+        .name("pa-desktop")
+        .start()
+        .unwrap_or_else(|e| panic!("PulseAudio desktop: {e:#}"));
+    desktop
+        .load_module(
+            PA_SOURCE,
+            &format!(
+                "source_name=mic server=tcp:127.0.0.1:{} source=null.monitor",
+                proxy.port()
+            ),
+        )
+        .unwrap_or_else(|e| panic!("load {PA_SOURCE}: {e}\n{}", desktop.log_tail(30)));
+    let logs = || format!("{}\n--- pa desktop ---\n{}", pw.log(), desktop.log_tail(30));
+    let captures = || {
+        pw.nodes_where("media.class", "Stream/Input/Audio")
+            .into_iter()
+            .filter(|p| p.get("application.name").map(String::as_str) == Some("opus-tunnel"))
+            .count()
+    };
+    // Nobody records from `mic` yet: no capture stream at the receiver.
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_captures = captures();
+    let mut rec = Rec::Pa(Recorder::start(&desktop, "mic"));
+    let (waited, got) = settled_tone(&mut rec, 3.0, Duration::from_secs(15)).unwrap_or_else(|| {
+        panic!(
+            "{test}: no 700 Hz tone from the PipeWire microphone\n{}",
+            logs()
+        )
+    });
+    println!("{test}: tone after {waited:?}");
+    check_mic(test, &got, &at_source, &logs);
+    let recording_captures = captures();
+    let (b0, t0) = (proxy.bytes_to_client(), Instant::now());
+    let _ = rec.read(3.0);
+    let kbps = (proxy.bytes_to_client() - b0) as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1000.0;
+    println!(
+        "{test}: {kbps:.1} kbit/s from the receiver; capture streams at the receiver: {idle_captures} before reading, {recording_captures} while reading"
+    );
+    assert_eq!(
+        idle_captures, 0,
+        "{test}: the receiver recorded with no reader"
+    );
+    assert_eq!(
+        recording_captures, 1,
+        "{test}: one capture stream while reading"
+    );
+    // Voice defaults of the PulseAudio source module: 32 kbit/s (+ 5.6 kbit/s of RTP and
+    // framing at 20 ms; VBR spends less on a sine).
+    assert!(
+        kbps > 5.0 && kbps < 1.15 * 37.6,
+        "{test}: {kbps:.1} kbit/s from the receiver"
+    );
+    drop(rec);
+    // The reader went: the capture stream goes too (within a few seconds).
+    let t = Instant::now();
+    while captures() != 0 && t.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let after = captures();
+    println!(
+        "{test}: capture streams {:.1} s after the reader left: {after}",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        after, 0,
+        "{test}: the receiver still records with no reader"
+    );
+    // A source that is not there is refused with 404, and the desktop says so in its log.
+    let mark = desktop.log_mark();
+    desktop
+        .load_module(
+            PA_SOURCE,
+            &format!("source_name=nomic server=tcp:127.0.0.1:{port} source=no_such_source"),
+        )
+        .unwrap_or_else(|e| panic!("load {PA_SOURCE}: {e}"));
+    let t = Instant::now();
+    let refusal = loop {
+        let log = desktop.log_since(mark);
+        if let Some(line) = log.lines().find(|l| l.contains("404")) {
+            break Some(line.to_string());
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("{test}: missing source: {refusal:?}");
+    assert!(
+        refusal.is_some_and(|l| l.contains("no_such_source")),
+        "{test}: no 404 naming the missing source\n{}",
+        logs()
+    );
 }

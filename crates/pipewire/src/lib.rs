@@ -25,7 +25,7 @@ mod stream;
 
 pub use args::{parse_json_list, parse_object, Args};
 pub use logger::init_logging;
-pub use module::{module_init, Context, ModuleInfo, PwModule};
+pub use module::{module_init, Context, ModuleInfo, NodeInfo, PwModule};
 pub use source::{Event, EventHandle, Timer};
 pub use stream::{
     channel_positions, Direction, Stream, StreamHandle, StreamIo, StreamSpec, StreamState,

@@ -23,6 +23,7 @@ pub trait PwModule: Sized + 'static {
 }
 
 pub(crate) struct CtxInner {
+    pub(crate) context: *mut pw::pw_context,
     pub(crate) main_loop: *mut pw::pw_loop,
     pub(crate) core: Cell<*mut pw::pw_core>,
 }
@@ -34,10 +35,68 @@ pub struct Context {
     pub(crate) inner: Rc<CtxInner>,
 }
 
+/// A node of the daemon's graph, as [`Context::nodes`] lists it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub id: u32,
+    pub name: String,
+    pub media_class: String,
+}
+
+struct NodeScan(Vec<NodeInfo>);
+
+unsafe fn prop(props: *const pw::pw_properties, key: &CStr) -> String {
+    let v = pw::pw_properties_get(props, key.as_ptr());
+    if v.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(v).to_string_lossy().into_owned()
+    }
+}
+
+unsafe extern "C" fn scan_global(data: *mut c_void, global: *mut pw::pw_global) -> c_int {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let scan = &mut *(data as *mut NodeScan);
+        let ty = pw::pw_global_get_type(global);
+        if ty.is_null() || CStr::from_ptr(ty).to_bytes() != b"PipeWire:Interface:Node" {
+            return;
+        }
+        let props = pw::pw_global_get_properties(global);
+        if props.is_null() {
+            return;
+        }
+        scan.0.push(NodeInfo {
+            id: pw::pw_global_get_id(global),
+            name: prop(props, c"node.name"),
+            media_class: prop(props, c"media.class"),
+        });
+    }));
+    if r.is_err() {
+        log_error("panic while listing nodes (caught)");
+    }
+    0
+}
+
 impl Context {
     /// False once the daemon has taken the module's core away (shutdown in progress).
     pub fn connected(&self) -> bool {
         !self.inner.core.get().is_null()
+    }
+
+    /// Every node of the daemon's graph now (main thread; the module runs inside the daemon,
+    /// so this is a walk over the context's globals, no round trip).
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let mut scan = NodeScan(Vec::new());
+        // SAFETY: the context lives as long as the module; the callback only reads each
+        // global's type and properties during the call; `scan` outlives it.
+        unsafe {
+            pw::pw_context_for_each_global(
+                self.inner.context,
+                Some(scan_global),
+                &mut scan as *mut NodeScan as *mut c_void,
+            );
+        }
+        scan.0
     }
 }
 
@@ -174,6 +233,7 @@ pub fn module_init<M: PwModule>(
         }
         let ctx = Context {
             inner: Rc::new(CtxInner {
+                context,
                 main_loop,
                 core: Cell::new(core),
             }),

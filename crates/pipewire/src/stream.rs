@@ -6,6 +6,7 @@ use crate::module::Context;
 use crate::pw_sys as pw;
 use crate::spa_sys as spa;
 use libspa::param::audio::{AudioFormat, AudioInfoRaw};
+use libspa::pod::deserialize::PodDeserializer;
 use libspa::pod::serialize::PodSerializer;
 use libspa::pod::{Object, Value};
 use std::cell::{Cell, UnsafeCell};
@@ -58,6 +59,11 @@ pub struct StreamSpec<'a> {
 /// A stream's state-change callback (main thread).
 type StateCallback = Box<dyn FnMut(StreamState)>;
 
+/// A stream's callback for custom parameters set on its node (main thread): the `key`/`value`
+/// pairs of the `params` struct of a `Props` param, as `pw-cli set-param <node> Props
+/// '{ params = [ "key" value ... ] }'` sends them (values as text).
+type ParamsCallback = Box<dyn FnMut(Vec<(String, String)>)>;
+
 struct StreamData {
     raw: *mut pw::pw_stream,
     /// The live stream, or null once PipeWire destroyed it (its core went away first, at
@@ -67,10 +73,13 @@ struct StreamData {
     direction: Direction,
     hook: spa::spa_hook,
     events: pw::pw_stream_events,
-    // Used only on the data thread (process).
-    io: UnsafeCell<Box<dyn StreamIo>>,
+    // Used only on the data thread (process), and taken back by `Stream::into_io` after the
+    // stream is destroyed.
+    io: UnsafeCell<Option<Box<dyn StreamIo>>>,
     // Used only on the main thread (state_changed).
     on_state: UnsafeCell<Option<StateCallback>>,
+    // Used only on the main thread (param_changed).
+    on_params: UnsafeCell<Option<ParamsCallback>>,
 }
 
 /// A PipeWire stream. Dropping it destroys the stream (PipeWire stops its process callback
@@ -140,7 +149,10 @@ unsafe extern "C" fn on_process(data: *mut c_void) {
         pw::pw_stream_queue_buffer(raw, b);
         return;
     }
-    let io = &mut *(*d).io.get();
+    let Some(io) = (*(*d).io.get()).as_mut() else {
+        pw::pw_stream_queue_buffer(raw, b);
+        return;
+    };
     let ch = (*d).channels.max(1);
     let stride = 4 * ch;
     match (*d).direction {
@@ -190,6 +202,73 @@ unsafe extern "C" fn on_state_changed(
         if catch_unwind(AssertUnwindSafe(|| cb(st))).is_err() {
             log::error!("panic in a stream state callback (caught)");
         }
+    }
+}
+
+unsafe extern "C" fn on_param_changed(data: *mut c_void, id: u32, param: *const spa::spa_pod) {
+    if id != spa::SPA_PARAM_Props || param.is_null() {
+        return;
+    }
+    let d = data as *const StreamData;
+    // SAFETY: PipeWire hands a valid pod for the duration of the call: its header says how
+    // many bytes follow.
+    let bytes = std::slice::from_raw_parts(
+        param as *const u8,
+        std::mem::size_of::<spa::spa_pod>() + (*param).size as usize,
+    );
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let pairs = props_params(bytes);
+        if pairs.is_empty() {
+            return;
+        }
+        if let Some(cb) = (*(*d).on_params.get()).as_mut() {
+            cb(pairs);
+        }
+    }));
+    if r.is_err() {
+        log::error!("panic in a stream parameter callback (caught)");
+    }
+}
+
+/// The `params` struct of a `Props` object pod as key/value text pairs (numbers without a
+/// fraction are written as integers: `16000`, not `16000.0`). Anything else in the pod, or a
+/// pod that does not parse, gives nothing.
+pub(crate) fn props_params(bytes: &[u8]) -> Vec<(String, String)> {
+    let Ok((_, Value::Object(obj))) = PodDeserializer::deserialize_any_from(bytes) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in obj.properties {
+        if p.key != spa::SPA_PROP_params {
+            continue;
+        }
+        let Value::Struct(items) = p.value else {
+            continue;
+        };
+        let mut it = items.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            let Value::String(k) = k else { continue };
+            let v = match v {
+                Value::String(s) => s,
+                Value::Bool(b) => b.to_string(),
+                Value::Int(n) => n.to_string(),
+                Value::Long(n) => n.to_string(),
+                Value::Float(f) => number(f64::from(f)),
+                Value::Double(f) => number(f),
+                Value::Id(i) => i.0.to_string(),
+                _ => continue,
+            };
+            out.push((k, v));
+        }
+    }
+    out
+}
+
+fn number(f: f64) -> String {
+    if f.fract() == 0.0 && f.abs() < 1e15 {
+        format!("{}", f as i64)
+    } else {
+        f.to_string()
     }
 }
 
@@ -287,10 +366,12 @@ impl Stream {
                     destroy: Some(on_destroy),
                     state_changed: Some(on_state_changed),
                     process: Some(on_process),
+                    param_changed: Some(on_param_changed),
                     ..std::mem::zeroed()
                 },
-                io: UnsafeCell::new(io),
+                io: UnsafeCell::new(Some(io)),
                 on_state: UnsafeCell::new(on_state),
+                on_params: UnsafeCell::new(None),
             });
             let dp: *mut StreamData = &mut *data;
             pw::pw_stream_add_listener(
@@ -338,6 +419,39 @@ impl Stream {
         }
     }
 
+    /// Calls `cb` (main thread) with the key/value pairs of every `Props` param set on the
+    /// stream's node with custom `params` (`pw-cli set-param <node id> Props '{ params = [
+    /// "compression.bitrate" 16000 ] }'`). Replaces an earlier callback.
+    pub fn on_params(&self, cb: impl FnMut(Vec<(String, String)>) + 'static) {
+        // SAFETY: main thread only, like `on_param_changed` which reads it; not called from
+        // within that callback (the callback does not get the stream).
+        unsafe {
+            *self.data.on_params.get() = Some(Box::new(cb));
+        }
+    }
+
+    /// Destroys the stream and gives back its real-time side (to park it until a new stream
+    /// is made). `None` only if it was lost to a panic.
+    pub fn into_io(mut self) -> Option<Box<dyn StreamIo>> {
+        self.destroy();
+        // SAFETY: the stream is destroyed: no process callback runs any more.
+        unsafe { (*self.data.io.get()).take() }
+    }
+
+    fn destroy(&mut self) {
+        // SAFETY: the stream is ours; pw_stream_destroy stops the process callback (it
+        // synchronises with the data thread), removes our hook with the rest of its listeners
+        // and frees the stream; our data box is freed after it.
+        // If PipeWire already destroyed it (see `on_destroy`), there is nothing to do.
+        let raw = self.alive.replace(std::ptr::null_mut());
+        if !raw.is_null() {
+            debug_assert_eq!(raw, self.raw);
+            unsafe {
+                pw::pw_stream_destroy(raw);
+            }
+        }
+    }
+
     /// A handle for callbacks that must not own the stream.
     pub fn handle(&self) -> StreamHandle {
         StreamHandle(self.alive.clone())
@@ -370,17 +484,7 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        // SAFETY: the stream is ours; pw_stream_destroy stops the process callback (it
-        // synchronises with the data thread), removes our hook with the rest of its listeners
-        // and frees the stream; our data box is freed after it.
-        // If PipeWire already destroyed it (see `on_destroy`), there is nothing to do.
-        let raw = self.alive.replace(std::ptr::null_mut());
-        if !raw.is_null() {
-            debug_assert_eq!(raw, self.raw);
-            unsafe {
-                pw::pw_stream_destroy(raw);
-            }
-        }
+        self.destroy();
         let _ = &self.data;
     }
 }
