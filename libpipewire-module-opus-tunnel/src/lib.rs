@@ -2,50 +2,64 @@
 //! PipeWire host whose audio is encoded (Opus, or L16 PCM with `compression = none`) and
 //! streamed over TCP to `module-opus-protocol-tcp` (PulseAudio) or
 //! `libpipewire-module-opus-protocol-tcp` (PipeWire) on another machine, to be played there on
-//! `remote.sink`.
+//! `remote.sink`. With `tunnel.mode = source`, an `Audio/Source` node fed from `remote.source`
+//! on that machine (the user's microphone), recorded there only while something reads the
+//! node here (`opus_tunnel_core::rx::start_record`).
 //!
-//! Threads: the node's process callback on PipeWire's data thread pushes what it receives
-//! into a lock-free ring (`opus_tunnel_core::tx::Feeder`, never blocking); the core's worker
-//! thread converts, encodes, packetises, sends and reconnects; the main thread follows the
-//! node's state (streaming or not) and publishes statistics as node properties once a second.
-//!
-//! `tunnel.mode = source` (the microphone direction) is refused at load: the record
-//! direction does not exist in the core yet.
+//! Threads: sink: the node's process callback on PipeWire's data thread pushes what it
+//! receives into a lock-free ring (`opus_tunnel_core::tx::Feeder`, never blocking); the core's
+//! worker thread converts, encodes, packetises, sends and reconnects. Source: the core's thread
+//! receives, decodes and drift-corrects into a ring the node's process callback pops. The main
+//! thread follows the node's state (streaming or not), publishes statistics as node properties
+//! once a second and applies knob changes set on the node's `Props` param (`pw-cli set-param
+//! <id> Props '{ params = [ "compression.bitrate" 16000 ] }'`) live, without reconnecting.
 
+use opus_tunnel_core::args::{apply_knob_changes, effective_properties};
 use opus_tunnel_core::codec::{self, StreamFormat};
-use opus_tunnel_core::params::{self, Compression, OpusKnobs, KNOB_KEYS};
+use opus_tunnel_core::params::{self, Compression, OpusKnobs, Signal, KNOB_KEYS};
+use opus_tunnel_core::rx::{start_record, Playback, RecordClient, RecordClientConfig};
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_core::tx::{self, Feeder, Shared, WorkerConfig};
 use opus_tunnel_pipewire::{
     declare_pw_module, host_name, parse_json_list, parse_object, Args, Context, Direction,
-    ModuleInfo, PwModule, Stream, StreamIo, StreamSpec, StreamState, Timer,
+    ModuleInfo, PwModule, Stream, StreamHandle, StreamIo, StreamSpec, StreamState, Timer,
 };
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-const USAGE: &str = "tunnel.mode = sink  (source: not available yet)
-server.address = \"tcp:HOST:PORT\"  the receiver (port 4715 by default)
-( remote.sink = <sink name at the receiver> )  default: the receiver's choice
-( stream.props = { node.name = ... node.description = ... } )  properties of the sink node
+const USAGE: &str = "( tunnel.mode = sink | source )  default sink
+server.address = \"tcp:HOST:PORT\"  the far end (port 4715 by default)
+( remote.sink = <sink name at the receiver> )  sink mode; default: the receiver's choice
+( remote.source = <source name at the far end> )  source mode; default: its default source
+( stream.props = { node.name = ... node.description = ... } )  properties of the node
 ( audio.rate = <Hz> )  default 48000
-( audio.channels = <1-32> )  default 2
+( audio.channels = <1-32> )  default 2 (source mode: 1)
+( sess.latency.msec = <10-2000> )  source mode: receive buffer target, default 60
+( sess.latency.max.msec = <ms> )  source mode: the most the target may grow to, default 500
 ( audio.position = [ FL FR ... ] )  default: by channel count
 ( compression = opus | none )  default opus
-( compression.bitrate = <6000-510000> ) ( compression.frame_size = <2.5|5|10|20|40|60> )
+( compression.bitrate = <6000-510000> )  default 64000 (source mode: 32000)
+( compression.frame_size = <2.5|5|10|20|40|60> )
 ( compression.opus.complexity = <0-10> )
 ( compression.opus.max_bandwidth = <narrowband|mediumband|wideband|superwideband|fullband> )
-( compression.opus.signal = <auto|voice|music> ) ( compression.opus.vbr = <bool> )
+( compression.opus.signal = <auto|voice|music> )  default auto (source mode: voice)
+( compression.opus.vbr = <bool> )
 ( compression.opus.vbr_constraint = <bool> ) ( compression.opus.application = <voip|audio|lowdelay> )
 ( compression.opus.lsb_depth = <8-24> ) ( compression.opus.dtx = <bool> )
 ( compression.opus.fec = <bool> ) ( compression.opus.packet_loss = <0-100> )
-( auth.cookie = <path> )  a copy of the receiver's cookie, proven when it asks";
+( auth.cookie = <path> )  a copy of the receiver's cookie, proven when it asks
+The compression.* knobs also change live: pw-cli set-param <node id> Props '{ params = [ \"compression.bitrate\" 16000 ] }'";
 
 fn valid_args() -> Vec<&'static str> {
     let mut v = vec![
         "tunnel.mode",
         "server.address",
         "remote.sink",
+        "remote.source",
+        "sess.latency.msec",
+        "sess.latency.max.msec",
         "stream.props",
         "audio.rate",
         "audio.channels",
@@ -69,13 +83,88 @@ impl StreamIo for SinkIo {
     }
 }
 
+/// The source node's real-time side: plays what the tunnel's engine put in its ring.
+struct SourceIo(Playback);
+
+impl StreamIo for SourceIo {
+    fn fill(&mut self, out: &mut [f32]) {
+        self.0.pop(out);
+    }
+}
+
+/// Microphone defaults, as `module-tunnel-source-opus`: 32 kbit/s, voice.
+fn voice_knobs() -> OpusKnobs {
+    OpusKnobs {
+        bitrate: 32_000,
+        signal: Signal::Voice,
+        ..OpusKnobs::default()
+    }
+}
+
+/// The direction's own parts.
+enum Mode {
+    Sink {
+        shared: Arc<Shared>,
+        worker: Option<JoinHandle<()>>,
+    },
+    Source {
+        _client: Rc<RecordClient>,
+    },
+}
+
 /// The module instance.
 pub struct Tunnel {
-    // `Drop` stops and joins the worker first; then the timer and the stream go.
+    // `Drop` stops and joins a sink's worker first; then the timer and the stream go, then a
+    // source's tunnel thread (dropping the client joins it).
     _timer: Timer,
     _stream: Stream,
-    shared: Arc<Shared>,
-    worker: Option<JoinHandle<()>>,
+    mode: Mode,
+}
+
+/// Where the knobs live: the sink's encoder, or the far end's (relayed by the record client).
+#[derive(Clone)]
+enum KnobTarget {
+    Sink(Arc<Shared>),
+    Source(Rc<RecordClient>),
+}
+
+impl KnobTarget {
+    fn knobs(&self) -> OpusKnobs {
+        match self {
+            KnobTarget::Sink(s) => s.knobs(),
+            KnobTarget::Source(c) => c.knobs(),
+        }
+    }
+
+    fn set_knobs(&self, k: OpusKnobs) {
+        match self {
+            KnobTarget::Sink(s) => s.set_knobs(k),
+            KnobTarget::Source(c) => c.set_knobs(k),
+        }
+    }
+}
+
+/// Applies knob changes set on the node (`Props` → `params`) live: each is checked as at load
+/// (a bad one is refused with a log line naming the key and the accepted range), then the
+/// node's properties show the effective value of every knob again.
+fn knob_control(
+    node: String,
+    stream: StreamHandle,
+    target: KnobTarget,
+    compression: Compression,
+    fmt: StreamFormat,
+) -> impl FnMut(Vec<(String, String)>) + 'static {
+    move |pairs| {
+        let u = apply_knob_changes(target.knobs(), compression, fmt, &pairs);
+        if !u.changed.is_empty() {
+            target.set_knobs(u.knobs);
+            log::info!("{node}: retuned live: {}", u.changed.join(" "));
+        }
+        for e in &u.errors {
+            log::warn!("{node}: refused {e}");
+        }
+        stream.update_properties(&effective_properties(compression, &target.knobs()));
+    }
 }
 
 fn parse_u32(v: Option<&str>, key: &str, default: u32, lo: u32, hi: u32) -> Result<u32, String> {
@@ -154,15 +243,24 @@ fn clean(s: &str) -> String {
 impl PwModule for Tunnel {
     fn init(ctx: &Context, args: &Args) -> Result<Self, String> {
         args.check_keys(&valid_args())?;
-        match args.get("tunnel.mode").unwrap_or("sink") {
-            "sink" => {}
-            "source" => {
-                return Err("tunnel.mode: \"source\" is not available yet (the microphone direction is not built); use sink".into())
-            }
+        let source_mode = match args.get("tunnel.mode").unwrap_or("sink") {
+            "sink" => false,
+            "source" => true,
             other => {
                 return Err(format!(
-                    "tunnel.mode: {other:?} is not accepted (sink; source is not available yet)"
+                    "tunnel.mode: {other:?} is not accepted (sink or source)"
                 ))
+            }
+        };
+        if source_mode && args.get("remote.sink").is_some() {
+            return Err("remote.sink: only with tunnel.mode = sink (use remote.source)".into());
+        }
+        if !source_mode && args.get("remote.source").is_some() {
+            return Err("remote.source: only with tunnel.mode = source (use remote.sink)".into());
+        }
+        for key in ["sess.latency.msec", "sess.latency.max.msec"] {
+            if !source_mode && args.get(key).is_some() {
+                return Err(format!("{key}: only with tunnel.mode = source"));
             }
         }
         let server = args.get("server.address").ok_or_else(|| {
@@ -178,7 +276,11 @@ impl PwModule for Tunnel {
             None => Compression::Opus,
             Some(v) => Compression::parse(v).map_err(|e| e.to_string())?,
         };
-        let mut knobs = OpusKnobs::default();
+        let mut knobs = if source_mode {
+            voice_knobs()
+        } else {
+            OpusKnobs::default()
+        };
         for key in KNOB_KEYS {
             if let Some(v) = args.get(key) {
                 knobs.set(key, v).map_err(|e| e.to_string())?;
@@ -188,13 +290,11 @@ impl PwModule for Tunnel {
             None => Vec::new(),
             Some(v) => parse_object(v).map_err(|e| format!("stream.props: {e}"))?,
         };
+        let given = stream_props.clone();
         let lookup = |key: &str| -> Option<String> {
-            args.get(key).map(str::to_string).or_else(|| {
-                stream_props
-                    .iter()
-                    .find(|(k, _)| k == key)
-                    .map(|(_, v)| v.clone())
-            })
+            args.get(key)
+                .map(str::to_string)
+                .or_else(|| given.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()))
         };
         let rate = parse_u32(
             lookup("audio.rate").as_deref(),
@@ -206,7 +306,7 @@ impl PwModule for Tunnel {
         let channels = parse_u32(
             lookup("audio.channels").as_deref(),
             "audio.channels",
-            2,
+            if source_mode { 1 } else { 2 },
             1,
             32,
         )? as u8;
@@ -226,6 +326,44 @@ impl PwModule for Tunnel {
             params::ServerAddr::Tcp { host, .. } => host.clone(),
             params::ServerAddr::Unix(p) => p.display().to_string(),
         };
+        // The user's stream.props win (audio.* are ours to interpret, not node properties).
+        stream_props.retain(|(k, _)| !k.starts_with("audio."));
+        if source_mode {
+            let target_ms = parse_u32(
+                args.get("sess.latency.msec"),
+                "sess.latency.msec",
+                60,
+                10,
+                2000,
+            )?;
+            let max_ms = parse_u32(
+                args.get("sess.latency.max.msec"),
+                "sess.latency.max.msec",
+                500.max(target_ms),
+                target_ms,
+                10_000,
+            )?;
+            let node_name = lookup("node.name")
+                .unwrap_or_else(|| format!("tunnel-opus-source.{}", clean(&host_part)));
+            return Tunnel::source(
+                ctx,
+                SourceSetup {
+                    addr,
+                    remote_source: args.get("remote.source").map(str::to_string),
+                    node_name,
+                    description: lookup("node.description"),
+                    latency: lookup("node.latency"),
+                    compression,
+                    knobs,
+                    fmt,
+                    map,
+                    cookie,
+                    target_ms,
+                    max_ms,
+                    stream_props,
+                },
+            );
+        }
         let node_name =
             lookup("node.name").unwrap_or_else(|| format!("tunnel-opus.{}", clean(&host_part)));
         let description = lookup("node.description").unwrap_or_else(|| {
@@ -288,8 +426,6 @@ impl PwModule for Tunnel {
                 .map(|(k, v)| (k.to_string(), v)),
         );
         props.push(("opus.tunnel.state".into(), "connecting".into()));
-        // The user's stream.props win (audio.* are ours to interpret, not node properties).
-        stream_props.retain(|(k, _)| !k.starts_with("audio."));
         for (k, v) in stream_props {
             props.retain(|(pk, _)| *pk != k);
             props.push((k, v));
@@ -343,33 +479,178 @@ impl PwModule for Tunnel {
                 String::new()
             },
         );
+        stream.on_params(knob_control(
+            node_name.clone(),
+            stream.handle(),
+            KnobTarget::Sink(shared.clone()),
+            compression,
+            fmt,
+        ));
         // Statistics as node properties, once a second (main thread). The stream is owned by
-        // the module; the timer reaches it through a raw-free handle: a second `Stream`
-        // reference is not needed because the timer only updates properties.
+        // the module; the timer reaches it through a handle that does nothing once it is gone.
         let sh = shared.clone();
-        let updater = stream_updater(&stream);
+        let handle = stream.handle();
         let timer = Timer::new(ctx, 1_000_000, move || {
-            updater(&sh.stat_properties());
-        })?;
+            handle.update_properties(&sh.stat_properties());
+        });
+        let timer = match timer {
+            Ok(t) => t,
+            Err(e) => {
+                shared.stop_and_join(worker);
+                return Err(e);
+            }
+        };
         Ok(Tunnel {
             _timer: timer,
             _stream: stream,
-            shared,
-            worker: Some(worker),
+            mode: Mode::Sink {
+                shared,
+                worker: Some(worker),
+            },
         })
     }
 }
 
-/// A closure that updates the stream's properties (the timer must not own the stream).
-fn stream_updater(stream: &Stream) -> impl Fn(&[(String, String)]) + 'static {
-    let handle = stream.handle();
-    move |pairs| handle.update_properties(pairs)
+/// What a source-mode tunnel is made of (parsed arguments).
+struct SourceSetup {
+    addr: params::ServerAddr,
+    remote_source: Option<String>,
+    node_name: String,
+    description: Option<String>,
+    latency: Option<String>,
+    compression: Compression,
+    knobs: OpusKnobs,
+    fmt: StreamFormat,
+    map: String,
+    cookie: Option<opus_tunnel_core::auth::Cookie>,
+    target_ms: u32,
+    max_ms: u32,
+    stream_props: Vec<(String, String)>,
+}
+
+impl Tunnel {
+    /// `tunnel.mode = source`: an `Audio/Source` node fed by a record tunnel that runs at the
+    /// far end only while the node runs here (something reads it).
+    fn source(ctx: &Context, s: SourceSetup) -> Result<Tunnel, String> {
+        let (playback, client) = start_record(
+            RecordClientConfig {
+                addr: s.addr.clone(),
+                remote_source: s.remote_source.clone(),
+                name: s.node_name.clone(),
+                host: host_name(),
+                compression: s.compression,
+                fmt: s.fmt,
+                channel_map: s.map.clone(),
+                target_usec: u64::from(s.target_ms) * 1000,
+                max_usec: u64::from(s.max_ms) * 1000,
+                cookie: s.cookie,
+            },
+            s.knobs,
+        )?;
+        let client = Rc::new(client);
+        let rate = s.fmt.rate;
+        let description = s.description.unwrap_or_else(|| {
+            format!(
+                "Opus tunnel from {}{}",
+                s.addr,
+                s.remote_source
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            )
+        });
+        // A small block: the engine keeps the buffer; the graph's quantum adds to the delay.
+        let latency = s
+            .latency
+            .unwrap_or_else(|| format!("{}/{rate}", (u64::from(rate) * 512 / 48_000).max(64)));
+        let mut props: Vec<(String, String)> = vec![
+            ("media.class".into(), "Audio/Source".into()),
+            ("node.name".into(), s.node_name.clone()),
+            ("node.description".into(), description),
+            ("node.latency".into(), latency),
+            ("device.class".into(), "sound".into()),
+            ("device.icon-name".into(), "audio-input-microphone".into()),
+            ("opus.tunnel.server".into(), s.addr.to_string()),
+            (
+                "opus.tunnel.remote_source".into(),
+                s.remote_source.clone().unwrap_or_default(),
+            ),
+        ];
+        props.extend(effective_properties(s.compression, &s.knobs));
+        props.push(("opus.tunnel.state".into(), "connecting".into()));
+        for (k, v) in s.stream_props {
+            props.retain(|(pk, _)| *pk != k);
+            props.push((k, v));
+        }
+        let positions = opus_tunnel_pipewire::channel_positions(&s.map, s.fmt.channels);
+        let running = client.running_flag();
+        let name2 = s.node_name.clone();
+        let mut was = false;
+        let stream = Stream::new(
+            ctx,
+            &StreamSpec {
+                name: &s.node_name,
+                props: &props,
+                direction: Direction::Playback,
+                rate,
+                channels: s.fmt.channels,
+                positions: &positions,
+            },
+            Box::new(SourceIo(playback)),
+            Some(Box::new(move |st| {
+                if let StreamState::Error(e) = &st {
+                    log::warn!("{name2}: stream error: {e}");
+                }
+                // Something reads the node exactly while it streams: only then does the far
+                // end record.
+                let now = st == StreamState::Streaming;
+                if now != was {
+                    was = now;
+                    running.set(now);
+                    log::info!(
+                        "{name2}: {}",
+                        if now {
+                            "a reader: the far end records"
+                        } else {
+                            "no reader: the far end stops recording"
+                        }
+                    );
+                }
+            })),
+        )?;
+        stream.on_params(knob_control(
+            s.node_name.clone(),
+            stream.handle(),
+            KnobTarget::Source(client.clone()),
+            s.compression,
+            s.fmt,
+        ));
+        log::info!(
+            "source {} records {} at {} ({}, {rate} Hz, {} ch), while something reads it",
+            s.node_name,
+            s.remote_source.as_deref().unwrap_or("the default source"),
+            s.addr,
+            s.compression.as_str(),
+            s.fmt.channels
+        );
+        let (c2, handle) = (client.clone(), stream.handle());
+        let timer = Timer::new(ctx, 1_000_000, move || {
+            handle.update_properties(&c2.stat_properties());
+        })?;
+        Ok(Tunnel {
+            _timer: timer,
+            _stream: stream,
+            mode: Mode::Source { _client: client },
+        })
+    }
 }
 
 impl Drop for Tunnel {
     fn drop(&mut self) {
-        if let Some(w) = self.worker.take() {
-            self.shared.stop_and_join(w);
+        if let Mode::Sink { shared, worker } = &mut self.mode {
+            if let Some(w) = worker.take() {
+                shared.stop_and_join(w);
+            }
         }
     }
 }
@@ -378,7 +659,8 @@ declare_pw_module!(
     Tunnel,
     ModuleInfo {
         author: "opus-tunnel developers",
-        description: "Opus-compressed network tunnel sink (pairs with module-opus-protocol-tcp)",
+        description:
+            "Opus-compressed network tunnel sink or source (pairs with module-opus-protocol-tcp)",
         usage: USAGE,
     }
 );

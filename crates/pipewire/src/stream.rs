@@ -556,6 +556,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn params_of_props() {
+        use libspa::pod::{Property, PropertyFlags};
+        let obj = Object {
+            type_: spa::SPA_TYPE_OBJECT_Props,
+            id: spa::SPA_PARAM_Props,
+            properties: vec![Property {
+                key: spa::SPA_PROP_params,
+                flags: PropertyFlags::empty(),
+                value: Value::Struct(vec![
+                    Value::String("compression.bitrate".into()),
+                    Value::Int(16000),
+                    Value::String("compression.opus.vbr".into()),
+                    Value::Bool(false),
+                    Value::String("compression.frame_size".into()),
+                    Value::Float(2.5),
+                    Value::String("compression.opus.complexity".into()),
+                    Value::Double(5.0),
+                    Value::String("dangling".into()),
+                ]),
+            }],
+        };
+        let bytes = PodSerializer::serialize(std::io::Cursor::new(Vec::new()), &Value::Object(obj))
+            .unwrap()
+            .0
+            .into_inner();
+        assert_eq!(
+            props_params(&bytes),
+            vec![
+                ("compression.bitrate".to_string(), "16000".to_string()),
+                ("compression.opus.vbr".to_string(), "false".to_string()),
+                ("compression.frame_size".to_string(), "2.5".to_string()),
+                ("compression.opus.complexity".to_string(), "5".to_string()),
+            ]
+        );
+        assert!(props_params(&bytes[..10]).is_empty());
+        assert!(props_params(&[]).is_empty());
+    }
+
+    #[test]
     fn positions() {
         assert_eq!(
             channel_positions("front-left,front-right", 2),
