@@ -491,7 +491,7 @@ fn pw8_microphone_pipewire_receiver_to_pulseaudio() {
     }
     let _g = serial();
     let port = free_port();
-    let pw = pw_receiver(port);
+    let mut pw = pw_receiver(port);
     let _mic = pw.play_loop("null", tone_loop(MIC_HZ, MIC_HZ, MIC_PEAK));
     let at_source = Rec::Pw(pw.recorder("null.monitor")).read(2.0);
     let proxy = CountingProxy::start(port);
@@ -588,6 +588,21 @@ fn pw8_microphone_pipewire_receiver_to_pulseaudio() {
         "{test}: no 404 naming the missing source\n{}",
         logs()
     );
+    // The PipeWire receiver stops while it records for the desktop: it exits 0 and the
+    // PulseAudio desktop lives on.
+    let mut rec = Rec::Pa(Recorder::start(&desktop, "mic"));
+    let _ = rec.read(3.0);
+    let recording = captures();
+    let st = pw.stop();
+    println!(
+        "{test}: PipeWire receiver stopped while recording ({recording} capture streams): {st:?}"
+    );
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{test}: receiver exit {st:?}\n{}",
+        pw.log()
+    );
+    assert!(desktop.is_alive(), "{test}: the PulseAudio desktop died");
 }
 
 /// The global id of the node named `node` (its `object.id` as pw-dump shows it).
@@ -671,7 +686,7 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
         .read(2.0)
         .expect("recording the source itself");
     let proxy = CountingProxy::start(port);
-    let pw = PipeWire::builder()
+    let mut pw = PipeWire::builder()
         .name("pw-desktop")
         .module(
             PW_SENDER,
@@ -796,6 +811,34 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
         t.elapsed().as_secs_f64()
     );
     assert_eq!(left, 0, "{test}: the far end still records with no reader");
+    // Unloading the module while something records from it: the daemon lives on, the node
+    // goes, the far end stops recording; then the daemon stops cleanly.
+    let mut rec = Rec::Pw(pw.recorder("mic"));
+    let _ = rec.read(2.0);
+    let id = pw.module_id(PW_SENDER).expect("tunnel module id");
+    let out = pw.destroy(id);
+    std::thread::sleep(Duration::from_secs(2));
+    let alive = pw.is_alive();
+    let node_left = pw.node_props("mic").is_some();
+    let far = outputs();
+    println!(
+        "{test}: pw-cli destroy {id} while recording: {:?}; daemon alive {alive}, node left {node_left}, far-end streams {far}",
+        out.status
+    );
+    assert!(
+        alive,
+        "{test}: PipeWire died unloading the tunnel source\n{}",
+        pw.log()
+    );
+    assert!(!node_left, "{test}: the tunnel source is still there");
+    assert_eq!(far, 0, "{test}: the far end still records");
+    drop(rec);
+    let st = pw.stop();
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{test}: exit {st:?}\n{}",
+        pw.log()
+    );
 }
 
 /// Live control of the PipeWire tunnel sink: `compression.bitrate` 32000 → 16000 with
