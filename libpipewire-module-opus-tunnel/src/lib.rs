@@ -584,6 +584,8 @@ impl Tunnel {
         }
         let positions = opus_tunnel_pipewire::channel_positions(&s.map, s.fmt.channels);
         let running = client.running_flag();
+        let reading = Rc::new(std::cell::Cell::new(false));
+        let reading2 = reading.clone();
         let name2 = s.node_name.clone();
         let mut was = false;
         let stream = Stream::new(
@@ -607,6 +609,7 @@ impl Tunnel {
                 if now != was {
                     was = now;
                     running.set(now);
+                    reading2.set(now);
                     log::info!(
                         "{name2}: {}",
                         if now {
@@ -635,7 +638,17 @@ impl Tunnel {
         );
         let (c2, handle) = (client.clone(), stream.handle());
         let timer = Timer::new(ctx, 1_000_000, move || {
-            handle.update_properties(&c2.stat_properties());
+            let mut p = c2.stat_properties();
+            // With no reader the far end does not record: the tunnel is idle, whatever the
+            // (stopped) playout engine last said.
+            if !reading.get() {
+                for (k, v) in p.iter_mut() {
+                    if k == "opus.tunnel.state" && v != "connecting" && v != "reconnecting" {
+                        *v = "idle".into();
+                    }
+                }
+            }
+            handle.update_properties(&p);
         })?;
         Ok(Tunnel {
             _timer: timer,

@@ -745,6 +745,11 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
         "{test}: {idle} bytes crossed the wire with no reader"
     );
     assert_eq!(
+        props.get("opus.tunnel.state").map(String::as_str),
+        Some("idle"),
+        "{test}: state with no reader"
+    );
+    assert_eq!(
         idle_outputs, 0,
         "{test}: the far end records with no reader"
     );
@@ -1019,4 +1024,48 @@ fn pw10_live_bitrate_on_pipewire_sink() {
     );
     assert!(!out.status.success(), "{test}: pactl send-message worked?");
     assert_eq!(now.as_deref(), Some("32000"));
+}
+
+/// Microphone, PipeWire at both ends: a tunnel source (`tunnel.mode = source`) on one PipeWire
+/// records the other's `null.monitor` (a 700 Hz tone plays into its null sink) through
+/// `libpipewire-module-opus-protocol-tcp`. Frequency ±5 Hz, level ±1 dB.
+#[test]
+fn pw11_microphone_pipewire_to_pipewire() {
+    let test = "pw11_microphone_pipewire_to_pipewire";
+    if skip(test, &[PW_SENDER, PW_RECEIVER], &[]) {
+        return;
+    }
+    let _g = serial();
+    let port = free_port();
+    let rx = pw_receiver(port);
+    let _mic = rx.play_loop("null", tone_loop(MIC_HZ, MIC_HZ, MIC_PEAK));
+    let at_source = Rec::Pw(rx.recorder("null.monitor")).read(2.0);
+    let proxy = CountingProxy::start(port);
+    let desk = PipeWire::builder()
+        .name("pw-desktop")
+        .module(
+            PW_SENDER,
+            &format!(
+                "tunnel.mode = source server.address = \"tcp:127.0.0.1:{}\" remote.source = \"null.monitor\" \
+                 stream.props = {{ node.name = \"mic\" }}",
+                proxy.port()
+            ),
+        )
+        .start()
+        .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER} (source): {e:#}"));
+    wait_for_node(&desk, "mic");
+    let logs = || format!("{}\n{}", desk.log(), rx.log());
+    let mut rec = Rec::Pw(desk.recorder("mic"));
+    let (waited, got) = settled_tone(&mut rec, 3.0, Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("{test}: no 700 Hz tone on the tunnel source\n{}", logs()));
+    println!("{test}: tone after {waited:?}");
+    check_mic(test, &got, &at_source, &logs);
+    let (b0, t0) = (proxy.bytes_to_client(), Instant::now());
+    let _ = rec.read(3.0);
+    let kbps = (proxy.bytes_to_client() - b0) as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1000.0;
+    println!("{test}: {kbps:.1} kbit/s from the receiver");
+    assert!(
+        kbps > 5.0 && kbps < 1.15 * 37.6,
+        "{test}: {kbps:.1} kbit/s from the receiver"
+    );
 }
