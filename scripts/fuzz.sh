@@ -4,13 +4,15 @@
 #
 #   scripts/fuzz.sh [RUNS_PER_TARGET]        default 10000000; e.g. 20000 as a CI smoke test
 #   FUZZ_TARGETS="rtp deframer" scripts/fuzz.sh 100000     a subset
+#   FUZZ_TIMEOUT=60 scripts/fuzz.sh                          per-input time limit, s (default 10;
+#                                                             wall-clock: raise it on a busy machine)
 #
 # Installs what it needs: libopus-dev and pkg-config (Debian, as root) and cargo-fuzz (crates.io).
 # No nightly toolchain is needed: the machine's stable toolchain builds with
 # RUSTC_BOOTSTRAP=1, which unlocks the -Z flags (-Zsanitizer=address, …) cargo-fuzz passes.
 # Set FUZZ_TOOLCHAIN=nightly to use an installed nightly instead.
 #
-# Each target runs for RUNS executions (-runs=N -rss_limit_mb=2048 -timeout=10). The script
+# Each target runs for RUNS executions (-runs=N -rss_limit_mb=2048 -timeout=FUZZ_TIMEOUT). The script
 # prints executions, exec/s and peak RSS per target, and exits non-zero if any target
 # crashed, hung, ran out of memory or leaked. Inputs that fail are left in
 # fuzz/artifacts/TARGET/, the corpus grows in fuzz/corpus/TARGET/ (both ignored by git),
@@ -20,7 +22,9 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUNS=${1:-10000000}
 TARGETS=(${FUZZ_TARGETS:-handshake deframer rtp decode})
+TIMEOUT=${FUZZ_TIMEOUT:-10}
 case "$RUNS" in '' | *[!0-9]*) echo "fuzz.sh: RUNS_PER_TARGET must be a number, got '$RUNS'" >&2; exit 2 ;; esac
+case "$TIMEOUT" in '' | *[!0-9]*) echo "fuzz.sh: FUZZ_TIMEOUT must be a number of seconds, got '$TIMEOUT'" >&2; exit 2 ;; esac
 
 # --- what it needs -------------------------------------------------------------------------
 if ! pkg-config --exists opus 2>/dev/null; then
@@ -92,7 +96,7 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "$ROOT/fuzz/artifacts/$t"
   s0=$(date +%s.%N)
   set +e
-  "$BIN/$t" -runs="$RUNS" -rss_limit_mb=2048 -timeout=10 -max_len="$max_len" \
+  "$BIN/$t" -runs="$RUNS" -rss_limit_mb=2048 -timeout="$TIMEOUT" -max_len="$max_len" \
     -print_final_stats=1 -artifact_prefix="$ROOT/fuzz/artifacts/$t/" \
     "$ROOT/fuzz/corpus/$t" >"$log" 2>&1
   rc=$?
