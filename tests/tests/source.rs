@@ -149,6 +149,7 @@ fn m2_nothing_recorded_or_sent_without_readers() {
     println!("no reader: {idle} bytes in 10 s on the wire, {outputs} recording streams at the far end, state {state}");
     assert!(idle < 2048, "{idle} bytes crossed the wire in 10 s");
     assert_eq!(outputs, 0, "the far end still records");
+    assert_eq!(state, "idle", "opus.tunnel.state with no reader");
 }
 
 #[test]

@@ -92,6 +92,9 @@ pub const WAKE_USEC: u64 = 12_000;
 /// Slope at which the latency setpoint follows a changed target, seconds per second
 /// (500 ppm: a 40 ms step takes 80 s and shifts the pitch by under a cent).
 pub const GLIDE: f64 = 0.0005;
+/// Slope at which the setpoint rises to the target when playback started short of it,
+/// seconds per second (2000 ppm, 3.5 cents: 10 ms take 5 s).
+pub const START_GLIDE: f64 = 0.002;
 /// After this much audio concealed in a row (seconds) the stream is taken as paused: the
 /// engine stops asking for concealment and buffers again when packets come back.
 pub const MAX_CONCEAL_SEC: f64 = 0.5;
@@ -271,6 +274,8 @@ pub struct Controller {
     device_first_t: Option<f64>,
     /// The latest time the controller was told about (packet or device report), s.
     now_t: f64,
+    /// Slope of the setpoint toward the target ([`GLIDE`], or [`START_GLIDE`] at a start).
+    glide_rate: f64,
     // stream positions
     have_pos: bool,
     next_pos: i64,
@@ -342,6 +347,7 @@ impl Controller {
             acquire_until: f64::NEG_INFINITY,
             device_first_t: None,
             now_t: 0.0,
+            glide_rate: GLIDE,
             have_pos: false,
             next_pos: 0,
             fifo: 0,
@@ -586,16 +592,29 @@ impl Controller {
     }
 
     fn control(&mut self, t: f64, dt: f64) {
-        // The setpoint follows the target at GLIDE, the ratio carrying the slope.
-        let step = GLIDE * self.rate * dt;
+        // While playback starts the device's first pulls (it fills its own buffer) can leave
+        // us short of the target; padding would be a gap in the sound and resampling it back
+        // at once a pitch shift, so the setpoint starts where the latency is and rises to the
+        // target at START_GLIDE.
+        if self.state == PlayoutState::Locked && self.starting() {
+            let lat = self.latency_frames_at(t);
+            if lat < self.setpoint - START_ALIGN_SEC * self.rate {
+                self.setpoint = lat;
+                self.glide_rate = START_GLIDE;
+            }
+        }
+        // The setpoint follows the target, the ratio carrying the slope.
+        let rate = self.glide_rate;
+        let step = rate * self.rate * dt;
         let glide = if self.setpoint < self.target - step {
             self.setpoint += step;
-            GLIDE
+            rate
         } else if self.setpoint > self.target + step {
             self.setpoint -= step;
-            -GLIDE
+            -rate
         } else {
             self.setpoint = self.target;
+            self.glide_rate = GLIDE;
             0.0
         };
         let lat = self.latency_frames_at(t);

@@ -1657,7 +1657,11 @@ impl RecordClient {
         let mut v = self.shared.conn.stat_properties();
         if !self.shared.up.running.load(Ordering::SeqCst) {
             for (k, val) in v.iter_mut() {
-                if k == "opus.tunnel.state" && val == "streaming" {
+                // Nothing reads the tunnel source: the far end does not record, and the
+                // engine waits for audio that will not come until a reader appears.
+                if k == "opus.tunnel.state"
+                    && matches!(val.as_str(), "streaming" | "buffering" | "slewing")
+                {
                     *val = "idle".into();
                 }
             }
