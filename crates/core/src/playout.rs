@@ -93,8 +93,8 @@ pub const WAKE_USEC: u64 = 12_000;
 /// (500 ppm: a 40 ms step takes 80 s and shifts the pitch by under a cent).
 pub const GLIDE: f64 = 0.0005;
 /// Slope at which the setpoint rises to the target when playback started short of it,
-/// seconds per second (2000 ppm, 3.5 cents: 10 ms take 5 s).
-pub const START_GLIDE: f64 = 0.002;
+/// seconds per second (1000 ppm, 1.7 cents: 10 ms take 10 s).
+pub const START_GLIDE: f64 = 0.001;
 /// After this much audio concealed in a row (seconds) the stream is taken as paused: the
 /// engine stops asking for concealment and buffers again when packets come back.
 pub const MAX_CONCEAL_SEC: f64 = 0.5;
