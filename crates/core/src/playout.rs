@@ -77,6 +77,11 @@ pub const SLEW_SEC: f64 = 0.2;
 /// For this long (seconds) after the stream restarts (a pause, a stall longer than the
 /// concealment), the arrival line follows the earliest packet instead of averaging.
 pub const ACQUIRE_SEC: f64 = 1.0;
+/// For this long after the first lock (seconds) the loop's correction stays within
+/// [`ACQ_DEV`] of what the clock rates call for.
+pub const ACQ_SEC: f64 = 8.0;
+/// See [`ACQ_SEC`]: 1000 ppm (1.7 cents).
+pub const ACQ_DEV: f64 = 0.001;
 /// The DLLs' rates feed the ratio forward once they have run this long (seconds).
 pub const FF_AFTER_SEC: f64 = 3.0;
 /// When playback starts, a latency error above this (seconds) is cut or padded at once.
@@ -243,18 +248,28 @@ impl Pi {
     /// correction `ff` (ratio units), time step `dt` (s), natural frequency `wn` (rad/s).
     /// Returns the correction `ratio − 1`.
     pub fn update(&mut self, e: f64, ff: f64, dt: f64, wn: f64) -> f64 {
+        self.update_within(e, ff, dt, wn, 2.0 * MAX_CORRECTION)
+    }
+
+    /// As [`update`](Self::update), with the output also kept within `dev` of `ff` (the loop
+    /// may not move the pitch further from what the clock rates call for); the integrator
+    /// does not wind up against either bound.
+    pub fn update_within(&mut self, e: f64, ff: f64, dt: f64, wn: f64, dev: f64) -> f64 {
         let wf = 4.0 * wn;
         self.filt += (wf * dt).min(1.0) * (e - self.filt);
         let kp = 2.0 * wn;
         let ki = wn * wn;
         let p = -kp * self.filt;
         let cand = self.integ - ki * self.filt * dt;
+        let lo = (ff - dev).max(-MAX_CORRECTION);
+        let hi = (ff + dev).min(MAX_CORRECTION);
         let out_now = ff + p + self.integ;
-        let pushes_out = (cand - self.integ) * out_now > 0.0 && out_now.abs() >= MAX_CORRECTION;
+        let step = cand - self.integ;
+        let pushes_out = (step > 0.0 && out_now >= hi) || (step < 0.0 && out_now <= lo);
         if !pushes_out {
             self.integ = cand.clamp(-MAX_CORRECTION, MAX_CORRECTION);
         }
-        (ff + p + self.integ).clamp(-MAX_CORRECTION, MAX_CORRECTION)
+        (ff + p + self.integ).clamp(lo.min(hi), hi.max(lo))
     }
 }
 
@@ -654,7 +669,15 @@ impl Controller {
         }
         let e = err / self.rate;
         let wn = self.sched(t, self.lock_t, SCHED_T0, WN0, WN_MIN);
-        self.ratio = 1.0 + self.pi.update(e, ff, dt, wn);
+        // While the loop acquires, it may not move the pitch by more than ACQ_DEV from what
+        // the clock rates (and a glide) call for: the first seconds' estimates jump by whole
+        // device periods, and the wide loop would turn each jump into a 1 % pitch shift.
+        let dev = if t - self.lock_t < ACQ_SEC {
+            ACQ_DEV
+        } else {
+            2.0 * MAX_CORRECTION
+        };
+        self.ratio = 1.0 + self.pi.update_within(e, ff, dt, wn, dev);
     }
 
     /// Whether playback is still starting: the device has not pulled yet or began less than
