@@ -57,6 +57,18 @@
 //! After [`STABLE_SEC`] without either, the target steps back down by one period toward the
 //! configured target (the controller then resamples the excess away).
 //!
+//! # Starts and restarts
+//!
+//! The first second of playback is bursty on both sides: a device fills its own buffer with
+//! its first pulls (PipeWire pulls whole 1024-frame quanta), and after a pause or a stall the
+//! first packets are the oldest of a backlog that arrives in one burst. So: until the device
+//! pulls, the engine holds the target (the oldest audio goes); for [`ACQUIRE_SEC`] after a
+//! restart the arrival line follows the earliest packet; while playback starts an excess over
+//! [`START_CUT_SEC`] is cut and the ratio is held at what the clock rates say; a shortfall
+//! found when the start is over makes the setpoint start at the measured latency and rise to
+//! the target at [`START_GLIDE`]; for [`ACQ_SEC`] after the first lock the correction stays
+//! within [`ACQ_DEV`] of the clock rates, which feed forward only after [`FF_AFTER_SEC`].
+//!
 //! # Signs and units
 //!
 //! `ratio` = output frames per input frame (rubato's `fs_out / fs_in`). `drift_ppm =
