@@ -34,6 +34,7 @@ pub struct Dll {
     updates: u64,
     clipped_run: i32,
     rephases: u64,
+    hold_rate: bool,
 }
 
 impl Dll {
@@ -62,12 +63,19 @@ impl Dll {
             updates: 0,
             clipped_run: 0,
             rephases: 0,
+            hold_rate: false,
         }
     }
 
     /// Changes the loop bandwidth (Hz); takes effect at the next update.
     pub fn set_bandwidth(&mut self, bandwidth_hz: f64) {
         self.bandwidth = bandwidth_hz.max(0.0);
+    }
+
+    /// While `hold` is set the loop follows the phase only and keeps its rate (a young loop
+    /// fed with bursty observations would take their slope for a rate).
+    pub fn set_hold_rate(&mut self, hold: bool) {
+        self.hold_rate = hold;
     }
 
     /// The loop bandwidth, Hz.
@@ -155,7 +163,7 @@ impl Dll {
         let e_frames = e_clip * self.rate;
         self.p0 = pred + k1 * e_frames;
         self.t0 = t;
-        if dt > 0.0 {
+        if dt > 0.0 && !self.hold_rate {
             let k2 = (w * w / dt).min(1.0 / dt.max(1e-3));
             self.rate += k2 * e_frames;
             // A clock is never off by more than 10 % from its nominal rate.

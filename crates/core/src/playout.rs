@@ -49,9 +49,10 @@
 //!
 //! # Underruns and the target
 //!
-//! When the buffer is about to run dry (a late packet), [`Playout::conceal_needed`] asks for
-//! Opus PLC; the concealed frames stand in for the late audio (which is trimmed when it
-//! arrives). Each such episode is counted as a concealment, and each underrun the device
+//! When the buffer is about to run dry (a late packet: the device's next pull that the
+//! buffered audio cannot serve comes before the next wake-up, [`WAKE_USEC`]),
+//! [`Playout::conceal_needed`] asks for Opus PLC; the concealed frames stand in for the late
+//! audio (which is trimmed when it arrives). Each such episode is counted as a concealment, and each underrun the device
 //! reports as an underrun; both raise the target by one device period (bounded by
 //! `max_usec`; a concealment adds the period at once by concealing one period more).
 //! After [`STABLE_SEC`] without either, the target steps back down by one period toward the
@@ -62,12 +63,16 @@
 //! The first second of playback is bursty on both sides: a device fills its own buffer with
 //! its first pulls (PipeWire pulls whole 1024-frame quanta), and after a pause or a stall the
 //! first packets are the oldest of a backlog that arrives in one burst. So: until the device
-//! pulls, the engine holds the target (the oldest audio goes); for [`ACQUIRE_SEC`] after a
-//! restart the arrival line follows the earliest packet; while playback starts an excess over
-//! [`START_CUT_SEC`] is cut and the ratio is held at what the clock rates say; a shortfall
-//! found when the start is over makes the setpoint start at the measured latency and rise to
-//! the target at [`START_GLIDE`]; for [`ACQ_SEC`] after the first lock the correction stays
-//! within [`ACQ_DEV`] of the clock rates, which feed forward only after [`FF_AFTER_SEC`].
+//! pulls, the engine holds the target (the oldest audio goes); the first start of a stream
+//! holds [`START_HEADROOM_SEC`] more (a bursty sender's first packets are early ones); for
+//! [`ACQUIRE_SEC`] after a restart the arrival line follows the earliest packet; while
+//! playback starts an excess over [`START_CUT_SEC`] is cut and the ratio is held at what the
+//! clock rates say; when the start is over the setpoint starts at the measured latency and
+//! moves to the target at [`START_GLIDE`]; for [`ACQ_SEC`] after the first lock the
+//! correction stays within [`ACQ_DEV`] of the clock rates, which the DLLs follow (phase only
+//! before) and feed forward only after [`FF_AFTER_SEC`]. Before the device's first pull of
+//! audio the ring term of the latency is negative by the part of its period the device has
+//! already run through: its next pull takes that much of what comes.
 //!
 //! # Signs and units
 //!
@@ -98,6 +103,11 @@ pub const ACQ_DEV: f64 = 0.001;
 pub const FF_AFTER_SEC: f64 = 3.0;
 /// When playback starts, a latency error above this (seconds) is cut or padded at once.
 pub const START_ALIGN_SEC: f64 = 0.003;
+/// The first start holds this much latency (seconds) above the target until it is over,
+/// then glides to the target at [`START_GLIDE`]: the first packets can be the early ones of
+/// a sender that sends in bursts (a PipeWire sender's 20 ms packets ride 1024-frame quanta,
+/// arriving in a 20 ms sawtooth), and the estimate only learns their mean arrival later.
+pub const START_HEADROOM_SEC: f64 = 0.01;
 /// While playback starts, an excess above this (seconds) is cut at once.
 pub const START_CUT_SEC: f64 = 0.005;
 /// A slew, once started, goes on until the error is under this (seconds).
@@ -318,9 +328,15 @@ pub struct Controller {
     have_device: bool,
     dev_last: u64,
     period: f64,
+    /// Largest recent device pull (decaying peak), frames.
+    pull_peak: f64,
+    /// When the device last reported (pulled), seconds.
+    dev_report_t: f64,
     // loop
     state: PlayoutState,
     locked_once: bool,
+    /// Latency held above the target while the first start is under way, frames.
+    headroom: f64,
     lock_t: f64,
     last_tick: f64,
     pi: Pi,
@@ -389,8 +405,11 @@ impl Controller {
             have_device: false,
             dev_last: 0,
             period: rate * 0.01,
+            pull_peak: rate * 0.01,
+            dev_report_t: 0.0,
             state: PlayoutState::Buffering,
             locked_once: false,
+            headroom: 0.0,
             lock_t: 0.0,
             last_tick: 0.0,
             pi: Pi::default(),
@@ -499,6 +518,8 @@ impl Controller {
         }
         let bw = self.sched(t, self.stream_t_start, DLL_T0, DLL_BW0, DLL_BW_MIN);
         self.stream.set_bandwidth(bw);
+        self.stream
+            .set_hold_rate(t - self.stream_t_start < FF_AFTER_SEC);
         let rephases = self.stream.rephases();
         if t < self.acquire_until {
             // Re-acquiring after a restart: the line follows the earliest packet (a backlog
@@ -561,9 +582,17 @@ impl Controller {
         self.dev_last = dev_pos;
         if delta > 0 && (delta as f64) < self.rate {
             self.period += 0.1 * (delta as f64 - self.period);
+            // (A report the queue lost doubles a delta: not a pull size.)
+            let d = delta as f64;
+            if d <= 4.0 * self.period {
+                self.pull_peak = d.max(self.pull_peak - 0.01 * (self.pull_peak - d));
+            }
         }
+        self.dev_report_t = t;
         let bw = self.sched(t, self.device_t_start, DLL_T0, DLL_BW0, DLL_BW_MIN);
         self.device.set_bandwidth(bw);
+        self.device
+            .set_hold_rate(t - self.device_t_start < FF_AFTER_SEC);
         let rephases = self.device.rephases();
         self.device.update(t, dev_pos as f64);
         if self.device.rephases() != rephases {
@@ -619,7 +648,9 @@ impl Controller {
         } else {
             self.consumed as f64
         };
-        let ring = (self.produced as f64 - popped).max(0.0);
+        // Negative while the device runs ahead of an empty ring (before playback starts): its
+        // next pull takes that much of what comes.
+        let ring = self.produced as f64 - popped;
         s - v + self.delay + ring / self.ratio
     }
 
@@ -636,9 +667,12 @@ impl Controller {
                 self.start_pending = true;
             } else if self.start_pending {
                 self.start_pending = false;
+                self.headroom = 0.0;
                 let lat = self.latency_frames_at(t);
-                if lat < self.setpoint - START_ALIGN_SEC * self.rate {
+                if (lat - self.setpoint).abs() > START_ALIGN_SEC * self.rate {
                     self.setpoint = lat.max(0.0);
+                    self.glide_rate = START_GLIDE;
+                } else if self.setpoint > self.target {
                     self.glide_rate = START_GLIDE;
                 }
             }
@@ -646,7 +680,10 @@ impl Controller {
         // The setpoint follows the target, the ratio carrying the slope.
         let rate = self.glide_rate;
         let step = rate * self.rate * dt;
-        let glide = if self.setpoint < self.target - step {
+        // While starting the setpoint stays where the start put it.
+        let glide = if starting {
+            0.0
+        } else if self.setpoint < self.target - step {
             self.setpoint += step;
             rate
         } else if self.setpoint > self.target + step {
@@ -709,8 +746,9 @@ impl Controller {
     /// latency minus the setpoint, frames.
     fn start_slew(&mut self, err: f64) {
         let lat = err + self.setpoint;
-        self.slew = (lat - self.target).round() as i64;
-        self.setpoint = self.target;
+        let home = self.target + self.headroom;
+        self.slew = (lat - home).round() as i64;
+        self.setpoint = home;
         self.state = PlayoutState::Slewing;
         self.pi.filt = 0.0;
         self.aligning = false;
@@ -746,6 +784,11 @@ impl Controller {
                 self.state = PlayoutState::Locked;
                 if !self.locked_once {
                     self.locked_once = true;
+                    // The first start: the first packets may be the early ones of a sender
+                    // that sends in bursts or a sawtooth; hold a little more until the
+                    // estimate knows the mean.
+                    self.headroom = START_HEADROOM_SEC * self.rate;
+                    self.setpoint = self.target + self.headroom;
                     self.lock_t = self.last_tick;
                     self.stable_since = self.last_tick;
                 }
@@ -821,15 +864,28 @@ impl Controller {
         if self.episode_conceal as f64 >= MAX_CONCEAL_SEC * self.rate {
             return None;
         }
+        // The device pulls `p` frames at a time (each pull reported): the audio runs out at
+        // the first pull it cannot serve. Conceal when that comes before the next wake-up,
+        // not before: PLC for a packet that is merely late replaces its audio (a gap in PCM
+        // mode), and a PipeWire device's 1024-frame pull looked, spread over its quantum,
+        // like audio running out 20 ms early.
         let t = self.secs_ro(now_usec);
-        let popped = (self.device.position_at(t) - self.missing as f64).max(self.consumed as f64);
-        let ring = (self.produced as f64 - popped).max(0.0);
-        let usable = ring + (self.fifo / self.chunk * self.chunk) as f64 * self.ratio;
-        let guard = usec_to_frames(WAKE_USEC, self.rate) + self.delay;
-        if usable >= guard {
+        let p = self.pull_peak.max(1.0);
+        let dev_rate = self.device.rate().max(1.0);
+        let usable = self.produced.saturating_sub(self.consumed) as f64
+            + (self.fifo / self.chunk * self.chunk) as f64 * self.ratio
+            - self.delay;
+        // The next pull comes one mean period after the last (sooner than a peak one).
+        let next_pull = (self.dev_report_t + self.period.min(p) / dev_rate).max(t);
+        let served = (usable / p).floor().max(0.0);
+        let starve = next_pull + served * p / dev_rate;
+        let horizon = t + WAKE_USEC as f64 * 1e-6;
+        if starve >= horizon {
             return None;
         }
-        let mut need = guard - usable + self.chunk as f64;
+        let short = ((horizon - starve) * dev_rate / p).ceil().max(1.0);
+        let usable = usable.max(0.0);
+        let mut need = (served + short) * p - usable + self.chunk as f64;
         if !self.in_conceal {
             let room = (self.max_frames.max(self.base_target) - self.target).max(0.0);
             need += self.period.round().min(room);
@@ -1257,13 +1313,13 @@ mod tests {
             let mut r = Rig::new(60, 500, skew);
             // The device starts pulling 180 ms after the stream: that excess is cut at the
             // start, not resampled away (which would hold the 1 % limit for 15 s); the loop
-            // holds its ratio for the first second, then acquires the skew (within 200 ppm
-            // from 8 s on).
+            // holds its ratio for the first second, then acquires the skew (the DLLs learn
+            // the rates from 3 s on: within 200 ppm from 10 s on).
             for i in 0..30 {
                 r.run(1.0);
                 let d = r.ctl.stats().drift_ppm;
                 assert!(
-                    i < 7 || (d - skew).abs() < 200.0,
+                    i < 9 || (d - skew).abs() < 200.0,
                     "skew {skew}: drift {d:.1} ppm at {} s",
                     i + 1
                 );
