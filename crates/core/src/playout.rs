@@ -118,6 +118,9 @@ pub const STABLE_SEC: f64 = 60.0;
 /// keeps this much audio (plus one resampler chunk) ahead of the device before it asks for
 /// concealment.
 pub const WAKE_USEC: u64 = 12_000;
+/// Concealment comes this much (µs) before it would be too late at the next wake-up: the
+/// worker thread may wake late on a loaded machine, and a device's pull may come early.
+pub const CONCEAL_SLACK_USEC: u64 = 2_000;
 /// Slope at which the latency setpoint follows a changed target, seconds per second
 /// (500 ppm: a 40 ms step takes 80 s and shifts the pitch by under a cent).
 pub const GLIDE: f64 = 0.0005;
@@ -875,11 +878,15 @@ impl Controller {
         let usable = self.produced.saturating_sub(self.consumed) as f64
             + (self.fifo / self.chunk * self.chunk) as f64 * self.ratio
             - self.delay;
-        // The next pull comes one mean period after the last (sooner than a peak one).
-        let next_pull = (self.dev_report_t + self.period.min(p) / dev_rate).max(t);
+        // The next pull comes one mean period (sooner than a peak one) after the last on the
+        // device's timeline (its DLL line, less its jitter): a pull that came late is followed
+        // by one that catches up, not by one a period after it.
+        let due = self.dev_last as f64 + self.period.min(p);
+        let next_pull =
+            (t + (due - self.device.position_at(t)) / dev_rate - self.device.jitter_sec()).max(t);
         let served = (usable / p).floor().max(0.0);
         let starve = next_pull + served * p / dev_rate;
-        let horizon = t + WAKE_USEC as f64 * 1e-6;
+        let horizon = t + (WAKE_USEC + CONCEAL_SLACK_USEC) as f64 * 1e-6;
         if starve >= horizon {
             return None;
         }
@@ -975,6 +982,11 @@ impl Controller {
     /// The estimated device period, frames.
     pub fn device_period(&self) -> f64 {
         self.period
+    }
+
+    /// The largest recent device pull (decaying peak), frames.
+    pub fn device_pull_peak(&self) -> f64 {
+        self.pull_peak
     }
 
     /// The stream DLL.

@@ -574,7 +574,8 @@ struct StartFigures {
 /// machine: the sender's graph hands it 1024-frame quanta and it sends each 20 ms packet as
 /// soon as it is complete (one per quantum, two every 15th), the device pulls whole
 /// 1024-frame quanta and runs before the stream starts, and now and then a scheduling
-/// hiccup of 5–`hiccup_ms` ms holds a quantum's packets back (TCP keeps their order).
+/// hiccup of 5–`hiccup_ms` ms holds a quantum's packets back (TCP keeps their order), or
+/// one of the device's pulls 5–15 ms (the next one catches up), or the worker's timer 0–6 ms.
 fn simulate_start(seed: u64, secs: f64, hiccup_ms: f64) -> StartFigures {
     let mut rng = StdRng::seed_from_u64(seed);
     let f = f64::from(RATE);
@@ -642,6 +643,10 @@ fn simulate_start(seed: u64, secs: f64, hiccup_ms: f64) -> StartFigures {
             reports.push_back((to_us(t), consumed, missing));
             j += 1;
             next_pop = dev_start + j as f64 * q as f64 / f + rng.gen::<f64>() * 0.0005;
+            if rng.gen::<f64>() < 0.01 {
+                // The device's thread woke late: this pull comes late, the next on time.
+                next_pop += 0.005 + rng.gen::<f64>() * 0.01;
+            }
             continue;
         }
         let now = to_us(t);
@@ -653,6 +658,10 @@ fn simulate_start(seed: u64, secs: f64, hiccup_ms: f64) -> StartFigures {
             k += 1;
         } else {
             next_timer = t + 0.01;
+            if rng.gen::<f64>() < 0.02 {
+                // The worker thread wakes late.
+                next_timer += rng.gen::<f64>() * 0.006;
+            }
         }
         while let Some(n) = ctl.conceal_needed(now) {
             let before = ctl.stats().concealments;
