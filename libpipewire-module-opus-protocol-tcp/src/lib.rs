@@ -328,21 +328,14 @@ impl MainState {
         io: Box<dyn StreamIo>,
     ) -> Result<(Stream, Rc<Cell<bool>>), String> {
         let conn = &r.conn;
-        let want = (u64::from(conn.rate) * self.target_usec / 2_000_000).clamp(256, 8192);
-        let quantum = 1u64 << (63 - want.leading_zeros());
         let mut p: Vec<(String, String)> = vec![
             ("media.class".into(), "Stream/Input/Audio".into()),
-            ("media.type".into(), "Audio".into()),
             ("media.category".into(), "Capture".into()),
             ("media.role".into(), "Communication".into()),
-            ("media.name".into(), r.name.clone()),
-            ("node.description".into(), r.name.clone()),
             (
                 "node.name".into(),
                 format!("opus-tunnel-rec.{}", clean(&conn.label)),
             ),
-            ("application.name".into(), "opus-tunnel".into()),
-            ("node.latency".into(), format!("{quantum}/{}", conn.rate)),
             // Down-mix as PulseAudio does (stereo → mono averages the channels): PipeWire's
             // default matrix sums at -3 dB each, which lifts a stereo source by 3 dB in a
             // mono tunnel (and can clip).
@@ -355,38 +348,7 @@ impl MainState {
             p.push(("stream.capture.sink".into(), "true".into()));
         }
         p.extend(r.props.iter().cloned());
-        p.extend(self.extra_props.iter().cloned());
-        p.extend(conn.stat_properties());
-        let positions = channel_positions(&conn.channel_map, conn.channels);
-        let dead = Rc::new(Cell::new(false));
-        let d2 = dead.clone();
-        let host = self.host.clone();
-        let label = conn.label.clone();
-        let stream = Stream::new(
-            &self.ctx,
-            &StreamSpec {
-                name: &r.name,
-                props: &p,
-                direction: Direction::Capture,
-                rate: conn.rate,
-                channels: conn.channels,
-                positions: &positions,
-            },
-            io,
-            Some(Box::new(move |st| match st {
-                StreamState::Error(e) => {
-                    log::warn!("capture stream of {label}: {e}");
-                    d2.set(true);
-                    host.wake();
-                }
-                StreamState::Unconnected => {
-                    d2.set(true);
-                    host.wake();
-                }
-                _ => {}
-            })),
-        )?;
-        Ok((stream, dead))
+        self.open_stream(conn, &r.name, p, Direction::Capture, io, "capture stream")
     }
 
     fn create_stream(
@@ -397,26 +359,45 @@ impl MainState {
         props: Vec<(String, String)>,
         device: Option<&str>,
     ) -> Result<(Stream, Rc<Cell<bool>>), String> {
-        // A quantum near half the target, as a power of two (PipeWire's quanta are).
-        let want = (u64::from(conn.rate) * self.target_usec / 2_000_000).clamp(256, 8192);
-        let quantum = 1u64 << (63 - want.leading_zeros());
         let mut p: Vec<(String, String)> = vec![
             ("media.class".into(), "Stream/Output/Audio".into()),
-            ("media.type".into(), "Audio".into()),
             ("media.category".into(), "Playback".into()),
             ("media.role".into(), "Music".into()),
-            ("media.name".into(), name.into()),
-            ("node.description".into(), name.into()),
             (
                 "node.name".into(),
                 format!("opus-tunnel.{}", clean(&conn.label)),
             ),
-            ("application.name".into(), "opus-tunnel".into()),
-            ("node.latency".into(), format!("{quantum}/{}", conn.rate)),
         ];
         if let Some(d) = device {
             p.push(("target.object".into(), d.into()));
         }
+        p.extend(props);
+        let io = Box::new(ReceiverIo(playback));
+        self.open_stream(conn, name, p, Direction::Playback, io, "stream")
+    }
+
+    /// Creates a tunnel's stream with `props` (ours, then the tunnel's own) after the common
+    /// ones, and the module's extra and statistics properties after them. The flag turns true
+    /// (and the host wakes) when the stream fails or is disconnected.
+    fn open_stream(
+        &self,
+        conn: &ConnShared,
+        name: &str,
+        props: Vec<(String, String)>,
+        direction: Direction,
+        io: Box<dyn StreamIo>,
+        what: &'static str,
+    ) -> Result<(Stream, Rc<Cell<bool>>), String> {
+        // A quantum near half the target, as a power of two (PipeWire's quanta are).
+        let want = (u64::from(conn.rate) * self.target_usec / 2_000_000).clamp(256, 8192);
+        let quantum = 1u64 << (63 - want.leading_zeros());
+        let mut p: Vec<(String, String)> = vec![
+            ("media.type".into(), "Audio".into()),
+            ("media.name".into(), name.into()),
+            ("node.description".into(), name.into()),
+            ("application.name".into(), "opus-tunnel".into()),
+            ("node.latency".into(), format!("{quantum}/{}", conn.rate)),
+        ];
         p.extend(props);
         p.extend(self.extra_props.iter().cloned());
         p.extend(conn.stat_properties());
@@ -430,15 +411,15 @@ impl MainState {
             &StreamSpec {
                 name,
                 props: &p,
-                direction: Direction::Playback,
+                direction,
                 rate: conn.rate,
                 channels: conn.channels,
                 positions: &positions,
             },
-            Box::new(ReceiverIo(playback)),
+            io,
             Some(Box::new(move |st| match st {
                 StreamState::Error(e) => {
-                    log::warn!("stream of {label}: {e}");
+                    log::warn!("{what} of {label}: {e}");
                     d2.set(true);
                     host.wake();
                 }
