@@ -405,7 +405,10 @@ fn pw7_stop_and_unload_while_playing() {
         .unwrap_or_else(|e| panic!("{test}: restart: {e:#}"));
     wait_for_node(&pw, "tun");
     let _player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
-    wait_for_tone(&mut rec, Duration::from_secs(8))
+    // 20 s as for the receiver's restart above: on a loaded machine a freshly started
+    // WirePlumber has taken more than 8 s to link the player's stream to the tunnel sink
+    // (seen in CI: the stream stayed suspended, no link, WirePlumber still activating).
+    wait_for_tone(&mut rec, Duration::from_secs(20))
         .unwrap_or_else(|| panic!("{test}: no tone after the restart\n{}", pw.log()));
     let st = pw.stop();
     println!("{test}: PipeWire sender stopped while playing: {st:?}");
@@ -665,6 +668,24 @@ fn prop_num(pw: &PipeWire, node: &str, key: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Asserts a wire rate (bit/s) within 15 % of the expected one.
+fn assert_rate(test: &str, what: &str, got: f64, want: f64, logs: &dyn Fn() -> String) {
+    assert!(
+        (got - want).abs() / want <= 0.15,
+        "{test}: {got:.0} bit/s {what} (expected {want:.0} ±15 %)\n{}",
+        logs()
+    );
+}
+
+/// Asserts that the tunnel of `node` did not reconnect since its counter read `before`.
+fn assert_no_reconnect(test: &str, pw: &PipeWire, node: &str, before: f64) {
+    assert_eq!(
+        prop_num(pw, node, "opus.tunnel.reconnects"),
+        before,
+        "{test}: it reconnected"
+    );
+}
+
 /// Microphone direction, PipeWire desktop → PulseAudio receiver:
 /// `libpipewire-module-opus-tunnel` with `tunnel.mode = source` makes an `Audio/Source` node
 /// `mic` fed from the PulseAudio receiver's `null.monitor` (a 700 Hz tone plays into its null
@@ -795,16 +816,14 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
         after / 1000.0,
         expect / 1000.0
     );
-    assert!(
-        (after - expect).abs() / expect <= 0.15,
-        "{test}: {after} bit/s from the far end after compression.bitrate=16000\n{}",
-        logs()
+    assert_rate(
+        test,
+        "from the far end after compression.bitrate=16000",
+        after,
+        expect,
+        &logs,
     );
-    assert_eq!(
-        prop_num(&pw, "mic", "opus.tunnel.reconnects"),
-        reconnects0,
-        "{test}: it reconnected"
-    );
+    assert_no_reconnect(test, &pw, "mic", reconnects0);
     drop(rec);
     let t = Instant::now();
     while outputs() != 0 && t.elapsed() < Duration::from_secs(8) {
@@ -919,21 +938,9 @@ fn pw10_live_bitrate_on_pipewire_sink() {
         "{test}: compression.bitrate did not read 16000\n{}",
         logs()
     );
-    assert!(
-        (before - exp_before).abs() / exp_before <= 0.15,
-        "{test}: {before} bit/s at 32k\n{}",
-        logs()
-    );
-    assert!(
-        (after - exp_after).abs() / exp_after <= 0.15,
-        "{test}: {after} bit/s after the change to 16k\n{}",
-        logs()
-    );
-    assert_eq!(
-        prop_num(&pw, "tun", "opus.tunnel.reconnects"),
-        reconnects0,
-        "{test}: it reconnected"
-    );
+    assert_rate(test, "at 32k", before, exp_before, &logs);
+    assert_rate(test, "after the change to 16k", after, exp_after, &logs);
+    assert_no_reconnect(test, &pw, "tun", reconnects0);
     // Back to 32k live (at 16 kbit/s Opus codes this stereo tone as mono: the channels cannot
     // be told apart there); the wire follows again.
     set_params(&pw, "tun", r#""compression.bitrate" 32000"#);
@@ -951,16 +958,14 @@ fn pw10_live_bitrate_on_pipewire_sink() {
         again / 1000.0,
         exp_before / 1000.0
     );
-    assert!(
-        (again - exp_before).abs() / exp_before <= 0.15,
-        "{test}: {again} bit/s after the change back to 32k\n{}",
-        logs()
+    assert_rate(
+        test,
+        "after the change back to 32k",
+        again,
+        exp_before,
+        &logs,
     );
-    assert_eq!(
-        prop_num(&pw, "tun", "opus.tunnel.reconnects"),
-        reconnects0,
-        "{test}: it reconnected"
-    );
+    assert_no_reconnect(test, &pw, "tun", reconnects0);
     // The tone goes on at the receiver. (What the recorder holds from before is dropped; the
     // receiver's playout engine may hold its full 1 % correction for a few seconds after a
     // disturbance before its watchdog restarts it — a known limit — so allow 8 s.)
