@@ -1061,12 +1061,11 @@ impl Receive {
                 if self.trace {
                     let c = self.playout.controller();
                     log::info!(
-                        "trace {} dev consumed={} missing={} period={:.0} peak={:.0} ring={} fifo={} produced={} {:?}",
+                        "trace {} dev consumed={} missing={} period={:.0} ring={} fifo={} produced={} {:?}",
                         self.conn.now_usec(),
                         self.last.consumed.saturating_sub(self.base.consumed),
                         self.last.missing.saturating_sub(self.base.missing),
                         c.device_period(),
-                        c.device_pull_peak(),
                         self.conn.fill.load(Ordering::Relaxed),
                         c.fifo_frames(),
                         c.produced(),
