@@ -15,7 +15,8 @@
 //! Not part of CI: `cargo test --release -p opus-tunnel-tests --test ratematch -- --ignored
 //! --nocapture --test-threads=1` (after building the modules; `OPUS_TUNNEL_PW_MODULE_DIR` /
 //! `OPUS_TUNNEL_MODULE_DIR` point at them). `OPUS_TUNNEL_RATEMATCH_SECS` (default 45) is the
-//! length of each drift case, `OPUS_TUNNEL_RATEMATCH_CPU_SECS` (default 30) the CPU window.
+//! length of each drift case, `OPUS_TUNNEL_RATEMATCH_CPU_SECS` (default 30; 0: none) the CPU
+//! window, `OPUS_TUNNEL_RATEMATCH_SKEWS` (default `500,-500,110`) the skews in ppm.
 
 use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire};
 use opus_tunnel_tests::{
@@ -303,7 +304,13 @@ fn ratematch_compare() {
     let secs = env_secs("OPUS_TUNNEL_RATEMATCH_SECS", 45);
     let cpu_secs = env_secs("OPUS_TUNNEL_RATEMATCH_CPU_SECS", 30);
     let mut lines = Vec::new();
-    for skew in [500, -500, 110] {
+    // OPUS_TUNNEL_RATEMATCH_SKEWS="500,-500,110" (ppm) and OPUS_TUNNEL_RATEMATCH_CPU_SECS=0
+    // (no CPU case) select the cases.
+    let skews: Vec<i32> = std::env::var("OPUS_TUNNEL_RATEMATCH_SKEWS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![500, -500, 110]);
+    for skew in skews {
         for mode in MODES {
             let l = drift_case(mode, skew, secs);
             println!("{l}");
@@ -311,6 +318,9 @@ fn ratematch_compare() {
         }
     }
     for mode in MODES {
+        if cpu_secs == 0 {
+            break;
+        }
         let l = cpu_case(mode, 8, cpu_secs);
         println!("{l}");
         lines.push(l);
