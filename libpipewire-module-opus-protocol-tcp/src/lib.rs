@@ -40,7 +40,8 @@ const USAGE: &str = "( server.address = [ \"tcp:[ADDR:]PORT\" ] )  listen addres
 ( sess.latency.msec = <10-2000> )  receive buffer target, default 60
 ( sess.latency.max.msec = <ms> )  the most the target may grow to after underruns, default 500
 ( max.connections = <1-1024> )  concurrent tunnels, default 64
-( stream.props = { ... } )  extra properties of every tunnel's stream";
+( stream.props = { ... } )  extra properties of every tunnel's stream
+( opus.resampler = engine|pipewire )  who applies the drift correction: the core engine (rubato), or PipeWire's adapter through rate matching, default engine";
 
 const VALID_ARGS: &[&str] = &[
     "server.address",
@@ -53,6 +54,7 @@ const VALID_ARGS: &[&str] = &[
     "sess.latency.max.msec",
     "max.connections",
     "stream.props",
+    "opus.resampler",
 ];
 
 /// The daemon side of the receiver, seen from the connection threads: requests are queued
@@ -142,14 +144,20 @@ struct MainState {
     extra_props: Vec<(String, String)>,
     active: Vec<Active>,
     recordings: Vec<Recording>,
+    /// `opus.resampler = pipewire`: PipeWire's adapter resamples (rate matching).
+    pw_resampler: bool,
 }
 
-/// The stream's side on PipeWire's data thread.
-struct ReceiverIo(Playback);
+/// The stream's side on PipeWire's data thread; with `opus.resampler = pipewire` (the
+/// flag) it hands the engine's ratio to the stream's adapter.
+struct ReceiverIo(Playback, bool);
 
 impl StreamIo for ReceiverIo {
     fn fill(&mut self, out: &mut [f32]) {
         self.0.pop(out);
+    }
+    fn rate_match(&mut self) -> Option<f64> {
+        self.1.then(|| self.0.ratio())
     }
 }
 
@@ -372,7 +380,7 @@ impl MainState {
             p.push(("target.object".into(), d.into()));
         }
         p.extend(props);
-        let io = Box::new(ReceiverIo(playback));
+        let io = Box::new(ReceiverIo(playback, self.pw_resampler));
         self.open_stream(conn, name, p, Direction::Playback, io, "stream")
     }
 
@@ -589,6 +597,15 @@ impl PwModule for Receiver {
             None => Vec::new(),
             Some(v) => parse_object(v).map_err(|e| format!("stream.props: {e}"))?,
         };
+        let pw_resampler = match args.get("opus.resampler").map(str::trim) {
+            None | Some("engine") => false,
+            Some("pipewire") => true,
+            Some(v) => {
+                return Err(format!(
+                    "opus.resampler: {v:?} is not accepted (engine or pipewire)"
+                ))
+            }
+        };
         let listener = bind(&addrs)?;
         let host = Arc::new(PwHost {
             requests: Mutex::new(VecDeque::new()),
@@ -604,6 +621,7 @@ impl PwModule for Receiver {
             extra_props,
             active: Vec::new(),
             recordings: Vec::new(),
+            pw_resampler,
         }));
         let m2 = main.clone();
         let event = Event::new(ctx, move || {
@@ -627,6 +645,7 @@ impl PwModule for Receiver {
             target_usec: target_ms * 1000,
             max_usec: max_ms * 1000,
             max_connections,
+            external_resampler: pw_resampler,
         };
         let receiver = rx::Receiver::start(listener, cfg, host)
             .map_err(|e| format!("cannot start the listener: {e}"))?;

@@ -480,6 +480,7 @@ impl PaModule for Receiver {
             target_usec: target_ms * 1000,
             max_usec: max_ms * 1000,
             max_connections,
+            external_resampler: false,
         };
         let receiver = rx::Receiver::start(listener, cfg, host)
             .map_err(|e| format!("cannot start the listener: {e}"))?;

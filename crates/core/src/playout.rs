@@ -360,6 +360,13 @@ pub struct Controller {
     inserted: u64,
     late: u64,
     discontinuities: u64,
+    // external resampler (see `set_external_resampler`)
+    external: bool,
+    ext_raw_consumed: u64,
+    ext_raw_missing: u64,
+    ext_consumed: f64,
+    ext_missing: f64,
+    ext_produced: f64,
 }
 
 fn usec_to_frames(usec: u64, rate: f64) -> f64 {
@@ -428,7 +435,32 @@ impl Controller {
             inserted: 0,
             late: 0,
             discontinuities: 0,
+            external: false,
+            ext_raw_consumed: 0,
+            ext_raw_missing: 0,
+            ext_consumed: 0.0,
+            ext_missing: 0.0,
+            ext_produced: 0.0,
         })
+    }
+
+    /// External resampler mode: the audio is not resampled by the caller (it passes the
+    /// FIFO through at ratio 1, with no resampler delay) and whatever plays the ring applies
+    /// [`ratio`](Self::ratio) itself (output frames per input frame; e.g. PipeWire's adapter
+    /// through rate matching). The ring then holds stream frames and the device reports
+    /// stream frames; the controller converts both to device frames with the ratio in force
+    /// (`n · ratio`), so its device DLL, feed-forward and latency see the device's own clock
+    /// as with the internal resampler. Survives [`reset`](Self::reset).
+    pub fn set_external_resampler(&mut self, on: bool) {
+        self.external = on;
+        if on {
+            self.delay = 0.0;
+        }
+    }
+
+    /// Whether the external resampler mode is on.
+    pub fn external_resampler(&self) -> bool {
+        self.external
     }
 
     /// The configuration.
@@ -451,6 +483,7 @@ impl Controller {
         fresh.inserted = self.inserted;
         fresh.late = self.late;
         fresh.discontinuities = self.discontinuities;
+        fresh.external = self.external;
         *self = fresh;
     }
 
@@ -544,6 +577,11 @@ impl Controller {
     /// and `missing_total` frames it asked for that the ring did not have (both cumulative
     /// since the ring was created). Runs one step of the control loop.
     pub fn on_device(&mut self, now_usec: u64, consumed_total: u64, missing_total: u64) {
+        let (consumed_total, missing_total) = if self.external {
+            self.ext_device_frames(consumed_total, missing_total)
+        } else {
+            (consumed_total, missing_total)
+        };
         let t = self.secs(now_usec);
         self.now_t = self.now_t.max(t);
         if consumed_total < self.consumed || missing_total < self.missing {
@@ -600,6 +638,27 @@ impl Controller {
         }
         self.adapt_target(t);
         self.control(t, dt);
+    }
+
+    /// External resampler: the device's stream-frame totals → device-frame totals (each new
+    /// frame counts `ratio` device frames).
+    fn ext_device_frames(&mut self, consumed_raw: u64, missing_raw: u64) -> (u64, u64) {
+        if consumed_raw < self.ext_raw_consumed || missing_raw < self.ext_raw_missing {
+            // The ring was recreated: on_device starts the device side again.
+            self.ext_produced -= self.ext_consumed.min(self.ext_produced);
+            self.ext_consumed = 0.0;
+            self.ext_missing = 0.0;
+            self.ext_raw_consumed = 0;
+            self.ext_raw_missing = 0;
+        }
+        self.ext_consumed += (consumed_raw - self.ext_raw_consumed) as f64 * self.ratio;
+        self.ext_missing += (missing_raw - self.ext_raw_missing) as f64 * self.ratio;
+        self.ext_raw_consumed = consumed_raw;
+        self.ext_raw_missing = missing_raw;
+        (
+            self.ext_consumed.round() as u64,
+            self.ext_missing.round() as u64,
+        )
     }
 
     /// Raises the target by one device period (bounded); with `inserted` the caller adds
@@ -840,7 +899,13 @@ impl Controller {
     /// The resampler read `input_frames` from the FIFO and produced `output_frames`.
     pub fn on_produced(&mut self, input_frames: u64, output_frames: u64) {
         self.fifo = self.fifo.saturating_sub(input_frames);
-        self.produced = self.produced.saturating_add(output_frames);
+        if self.external {
+            // Stream frames into the ring: they will play as `ratio` device frames each.
+            self.ext_produced += output_frames as f64 * self.ratio;
+            self.produced = self.ext_produced.round() as u64;
+        } else {
+            self.produced = self.produced.saturating_add(output_frames);
+        }
     }
 
     /// Whether to conceal now, and how many frames (a multiple of 2.5 ms, for Opus PLC): the
@@ -1112,6 +1177,13 @@ impl Playout {
             self.fifo.push_front(0.0);
         }
         let mut left = plan.feed_frames as usize;
+        if self.ctl.external_resampler() {
+            // Whoever plays the ring resamples: pass the audio through.
+            let n = left.min(self.fifo.len() / ch);
+            out.extend(self.fifo.drain(..n * ch));
+            self.ctl.on_produced(n as u64, n as u64);
+            return;
+        }
         if self.resampler.set_resample_ratio(plan.ratio, true).is_err() {
             let _ = self.resampler.set_resample_ratio(1.0, true);
         }
@@ -1156,6 +1228,15 @@ impl Playout {
     /// Statistics.
     pub fn stats(&self) -> PlayoutStats {
         self.ctl.stats()
+    }
+
+    /// See [`Controller::set_external_resampler`]: the audio passes through unresampled and
+    /// the ring's reader applies [`PlayoutStats::ratio`].
+    pub fn set_external_resampler(&mut self, on: bool) {
+        self.ctl.set_external_resampler(on);
+        if !on {
+            self.ctl.delay = self.resampler.output_delay() as f64;
+        }
     }
 
     /// The control part.
@@ -1206,6 +1287,13 @@ mod tests {
         phase: f64,
         paused: bool,
         gap: i64,
+        /// External resampler mode: `Some(quantize)`; the device takes stream frames at
+        /// `1/ratio` per device frame (with `quantize`, as PipeWire 0.3.65's resampler does:
+        /// an input rate of `floor(48000 / ratio)` Hz).
+        ext: Option<bool>,
+        ext_phase: f64,
+        /// Frames the rig put into its ring (stream frames in external mode).
+        pushed: u64,
     }
 
     impl Rig {
@@ -1229,7 +1317,16 @@ mod tests {
                 phase: 0.0,
                 paused: false,
                 gap: 0,
+                ext: None,
+                ext_phase: 0.0,
+                pushed: 0,
             }
+        }
+
+        fn external(mut self, quantize: bool) -> Rig {
+            self.ctl.set_external_resampler(true);
+            self.ext = Some(quantize);
+            self
         }
 
         fn us(t: f64) -> u64 {
@@ -1249,11 +1346,26 @@ mod tests {
                     self.next_pkt = (self.k + 1) as f64 * 960.0 / self.fs;
                 } else {
                     self.t = self.next_pop;
-                    let ring = self.ctl.produced() - self.consumed;
-                    let take = ring.min(480);
+                    let ring = self.pushed - self.consumed;
+                    let want = match self.ext {
+                        None => 480,
+                        Some(q) => {
+                            let r = self.ctl.ratio();
+                            let inc = if q {
+                                (48_000.0 / r).floor() / 48_000.0
+                            } else {
+                                1.0 / r
+                            };
+                            self.ext_phase += 480.0 * inc;
+                            let n = self.ext_phase.floor();
+                            self.ext_phase -= n;
+                            n as u64
+                        }
+                    };
+                    let take = ring.min(want);
                     self.consumed += take;
                     if self.ctl.state() != PlayoutState::Buffering {
-                        self.missing += 480 - take;
+                        self.missing += want - take;
                     } else {
                         self.consumed += 0;
                     }
@@ -1268,10 +1380,16 @@ mod tests {
                 let plan = self.ctl.plan();
                 let mut left = plan.feed_frames;
                 while left >= 240 {
-                    self.phase += 240.0 * plan.ratio;
-                    let out = self.phase.floor();
-                    self.phase -= out;
-                    self.ctl.on_produced(240, out as u64);
+                    if self.ext.is_some() {
+                        self.pushed += 240;
+                        self.ctl.on_produced(240, 240);
+                    } else {
+                        self.phase += 240.0 * plan.ratio;
+                        let out = self.phase.floor();
+                        self.phase -= out;
+                        self.pushed += out as u64;
+                        self.ctl.on_produced(240, out as u64);
+                    }
                     left -= 240;
                 }
             }
@@ -1310,6 +1428,38 @@ mod tests {
             assert!((drift - skew).abs() < 20.0, "drift {drift} for skew {skew}");
             assert!(r.lat_err_ms().abs() < 0.5);
             assert_eq!(r.ctl.stats().underruns, 0);
+        }
+    }
+
+    #[test]
+    fn external_resampler_converges() {
+        // The ring's reader resamples (PipeWire's adapter through rate matching): the
+        // controller sees stream frames going out at 1/ratio per device frame and must neither
+        // be fooled in its device DLL nor in its latency. With PipeWire 0.3.65's 1 Hz steps
+        // of the input rate (20.8 ppm at 48 kHz) the loop dithers between two steps.
+        for quantize in [false, true] {
+            for skew in [-1500.0, 0.0, 110.0, 800.0] {
+                let mut r = Rig::new(60, 500, skew).external(quantize);
+                let mut worst: f64 = 0.0;
+                for i in 0..60 {
+                    r.run(1.0);
+                    if i >= 30 {
+                        worst = worst.max(r.lat_err_ms().abs());
+                    }
+                }
+                let drift = r.ctl.stats().drift_ppm;
+                println!(
+                    "external (quantized {quantize}), skew {skew} ppm: after 60 s drift \
+                     {drift:.2} ppm, latency error {:.3} ms (worst {worst:.3} ms over 30–60 s), \
+                     underruns {}",
+                    r.lat_err_ms(),
+                    r.ctl.stats().underruns
+                );
+                let tol = if quantize { 25.0 } else { 20.0 };
+                assert!((drift - skew).abs() < tol, "drift {drift} for skew {skew}");
+                assert!(worst < 1.0, "latency error {worst} ms");
+                assert_eq!(r.ctl.stats().underruns, 0);
+            }
         }
     }
 

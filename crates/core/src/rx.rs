@@ -44,6 +44,10 @@ pub struct RecvConfig {
     pub max_usec: u64,
     /// Concurrent connections; one more is refused with 503.
     pub max_connections: usize,
+    /// The host resamples: the engine passes the audio through at ratio 1 and the host's
+    /// real-time side applies [`Playback::ratio`] (see
+    /// [`crate::playout::Controller::set_external_resampler`]).
+    pub external_resampler: bool,
 }
 
 /// Largest RFC 4571 frame a sender may send us (an Opus packet is at most a few KB; a 60 ms
@@ -89,6 +93,8 @@ pub struct ConnShared {
     epoch: Instant,
     /// The playout engine's figures, refreshed by the connection thread every 100 ms.
     playout: Mutex<Option<PlayoutStats>>,
+    /// The engine's ratio (f64 bits), for an external resampler.
+    ratio_bits: AtomicU64,
 }
 
 impl ConnShared {
@@ -615,6 +621,7 @@ fn new_conn(hello: &Hello, target_usec: u64, peer: String) -> Arc<ConnShared> {
         record: OnceLock::new(),
         recording: AtomicBool::new(false),
         flush: AtomicBool::new(false),
+        ratio_bits: AtomicU64::new(1.0f64.to_bits()),
     })
 }
 
@@ -704,7 +711,10 @@ fn serve_play(
                 target_usec: cfg.target_usec,
                 max_usec: cfg.max_usec.max(cfg.target_usec),
             })
-            .map(|e| (d, e))
+            .map(|mut e| {
+                e.set_external_resampler(cfg.external_resampler);
+                (d, e)
+            })
             .map_err(|e| e.to_string())
         });
     let (decoder, engine) = match setup {
@@ -1189,6 +1199,9 @@ impl Receive {
             return Ok(());
         }
         self.playout.produce(&mut self.out);
+        self.conn
+            .ratio_bits
+            .store(self.playout.controller().ratio().to_bits(), Ordering::Relaxed);
         self.flush();
         // Watchdog: the engine's loop can lose its estimate after a burst (a stall, the first
         // stream on an idle sink) and hold its full 1 % correction for many seconds, an
@@ -1429,6 +1442,12 @@ impl Playback {
         self.conn.set_fill(self.ring.slots());
     }
 
+    /// The engine's resampling ratio (output frames per input frame) for a host that
+    /// resamples itself ([`RecvConfig::external_resampler`]); 1 before the engine runs.
+    pub fn ratio(&self) -> f64 {
+        f64::from_bits(self.conn.ratio_bits.load(Ordering::Relaxed))
+    }
+
     /// Audio waiting in the ring, µs.
     pub fn queued_usec(&self) -> u64 {
         self.conn.samples_to_usec(self.ring.slots())
@@ -1505,6 +1524,7 @@ pub fn start_record(
         target_usec: cfg.target_usec,
         max_usec: cfg.max_usec.max(cfg.target_usec),
         max_connections: 1,
+        external_resampler: false,
     };
     let decoder = Decoder::new(cfg.compression, cfg.fmt).map_err(|e| e.to_string())?;
     let engine = PlayoutEngine::new(PlayoutConfig {

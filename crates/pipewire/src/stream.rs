@@ -10,6 +10,7 @@ use libspa::pod::deserialize::PodDeserializer;
 use libspa::pod::serialize::PodSerializer;
 use libspa::pod::{Object, Value};
 use std::cell::{Cell, UnsafeCell};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::ffi::{c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -31,6 +32,15 @@ pub trait StreamIo: Send + 'static {
     }
     /// Capture: `data` holds whole interleaved f32 frames (native endian) as bytes.
     fn consume(&mut self, _data: &[u8]) {}
+    /// Playback: the rate the stream's adapter should resample at, as output (device) frames
+    /// per input (stream) frame, or `None` to leave PipeWire's rate matching alone. Asked at
+    /// every process cycle before [`fill`](Self::fill); written to the stream's
+    /// `SPA_IO_RateMatch` area (as module-pulse-tunnel and module-rtp-source do), which the
+    /// adapter's audioconvert applies from the next cycle (`rate_match.size` then says how
+    /// many input frames it wants).
+    fn rate_match(&mut self) -> Option<f64> {
+        None
+    }
 }
 
 /// A stream's state as PipeWire reports it.
@@ -80,6 +90,8 @@ struct StreamData {
     on_state: UnsafeCell<Option<StateCallback>>,
     // Used only on the main thread (param_changed).
     on_params: UnsafeCell<Option<ParamsCallback>>,
+    /// The stream's `SPA_IO_RateMatch` area (io_changed), or null.
+    rate_match: AtomicPtr<spa::spa_io_rate_match>,
 }
 
 /// A PipeWire stream. Dropping it destroys the stream (PipeWire stops its process callback
@@ -157,6 +169,15 @@ unsafe extern "C" fn on_process(data: *mut c_void) {
     let stride = 4 * ch;
     match (*d).direction {
         Direction::Playback => {
+            let rm = (*d).rate_match.load(Ordering::Acquire);
+            if !rm.is_null() {
+                if let Ok(Some(r)) = catch_unwind(AssertUnwindSafe(|| io.rate_match())) {
+                    if r.is_finite() && (0.5..2.0).contains(&r) {
+                        (*rm).rate = r;
+                        (*rm).flags |= spa::SPA_IO_RATE_MATCH_FLAG_ACTIVE;
+                    }
+                }
+            }
             let mut frames = sd.maxsize as usize / stride;
             if (*b).requested > 0 {
                 frames = frames.min((*b).requested as usize);
@@ -181,6 +202,19 @@ unsafe extern "C" fn on_process(data: *mut c_void) {
         }
     }
     pw::pw_stream_queue_buffer(raw, b);
+}
+
+unsafe extern "C" fn on_io_changed(data: *mut c_void, id: u32, area: *mut c_void, size: u32) {
+    if id != spa::SPA_IO_RateMatch {
+        return;
+    }
+    let d = data as *const StreamData;
+    let p = if area.is_null() || (size as usize) < std::mem::size_of::<spa::spa_io_rate_match>() {
+        std::ptr::null_mut()
+    } else {
+        area as *mut spa::spa_io_rate_match
+    };
+    (*d).rate_match.store(p, Ordering::Release);
 }
 
 unsafe extern "C" fn on_destroy(data: *mut c_void) {
@@ -367,11 +401,13 @@ impl Stream {
                     state_changed: Some(on_state_changed),
                     process: Some(on_process),
                     param_changed: Some(on_param_changed),
+                    io_changed: Some(on_io_changed),
                     ..std::mem::zeroed()
                 },
                 io: UnsafeCell::new(Some(io)),
                 on_state: UnsafeCell::new(on_state),
                 on_params: UnsafeCell::new(None),
+                rate_match: AtomicPtr::new(std::ptr::null_mut()),
             });
             let dp: *mut StreamData = &mut *data;
             pw::pw_stream_add_listener(
