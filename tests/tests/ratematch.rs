@@ -19,10 +19,10 @@
 //! window, `OPUS_TUNNEL_RATEMATCH_SKEWS` (default `500,-500,110`) the skews in ppm.
 
 use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire};
+use opus_tunnel_tests::Daemon;
 use opus_tunnel_tests::{
     channel, dominant_frequency, free_port, play_loop, require_modules, serial, tone_loop,
 };
-use opus_tunnel_tests::Daemon;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -135,7 +135,12 @@ fn tone_fit(x: &[f32], rate: u32) -> (f64, f64, f64, f64) {
         fmin = fmin.min(fb);
         fmax = fmax.max(fb);
     }
-    (f, 10.0 * (res / tot).log10(), worst, (fmax - fmin) / f * 1e6)
+    (
+        f,
+        10.0 * (res / tot).log10(),
+        worst,
+        (fmax - fmin) / f * 1e6,
+    )
 }
 
 /// One drift case: a PulseAudio sender at `skew_ppm`, L16 PCM, 1 kHz / 1.5 kHz at -12 dBFS.
@@ -195,7 +200,9 @@ fn drift_case(mode: &str, skew_ppm: i32, secs: u64) -> String {
             format!(
                 "{t:.0}s:{:+.2}ms/{}ppm",
                 err(p),
-                p.get("opus.tunnel.drift_ppm").map(String::as_str).unwrap_or("?")
+                p.get("opus.tunnel.drift_ppm")
+                    .map(String::as_str)
+                    .unwrap_or("?")
             )
         })
         .collect();
@@ -255,7 +262,11 @@ fn cpu_case(mode: &str, tunnels: usize, secs: u64) -> String {
             ),
         )
         .unwrap_or_else(|e| panic!("load {PA_SENDER}: {e}\n{}", pa.log_tail(30)));
-        players.push(play_loop(&pa, &format!("tun{i}"), tone_loop(1000.0, 1500.0, -12.0)));
+        players.push(play_loop(
+            &pa,
+            &format!("tun{i}"),
+            tone_loop(1000.0, 1500.0, -12.0),
+        ));
     }
     std::thread::sleep(Duration::from_secs(15));
     let streams = pw.nodes_where("application.name", "opus-tunnel");
@@ -263,7 +274,10 @@ fn cpu_case(mode: &str, tunnels: usize, secs: u64) -> String {
         .iter()
         .filter(|p| p.get("opus.tunnel.state").map(String::as_str) == Some("streaming"))
         .count();
-    let u0: f64 = streams.iter().map(|p| num(p, "opus.tunnel.underruns")).sum();
+    let u0: f64 = streams
+        .iter()
+        .map(|p| num(p, "opus.tunnel.underruns"))
+        .sum();
     let pid = pw.pid();
     let tck = 100.0; // sysconf(_SC_CLK_TCK) on Linux x86_64
     let c0 = cpu_by_thread(pid);
@@ -272,7 +286,10 @@ fn cpu_case(mode: &str, tunnels: usize, secs: u64) -> String {
     let c1 = cpu_by_thread(pid);
     let wall = t0.elapsed().as_secs_f64();
     let streams = pw.nodes_where("application.name", "opus-tunnel");
-    let u1: f64 = streams.iter().map(|p| num(p, "opus.tunnel.underruns")).sum();
+    let u1: f64 = streams
+        .iter()
+        .map(|p| num(p, "opus.tunnel.underruns"))
+        .sum();
     let mut by: BTreeMap<String, f64> = BTreeMap::new();
     let mut total = 0.0;
     for (k, v1) in &c1 {
@@ -298,7 +315,9 @@ fn cpu_case(mode: &str, tunnels: usize, secs: u64) -> String {
 #[ignore = "spike measurement; run by hand"]
 fn ratematch_compare() {
     let _g = serial();
-    if !require_pw_modules("ratematch", &[PW_RECEIVER]) || !require_modules("ratematch", &[PA_SENDER]) {
+    if !require_pw_modules("ratematch", &[PW_RECEIVER])
+        || !require_modules("ratematch", &[PA_SENDER])
+    {
         return;
     }
     let secs = env_secs("OPUS_TUNNEL_RATEMATCH_SECS", 45);

@@ -1199,9 +1199,10 @@ impl Receive {
             return Ok(());
         }
         self.playout.produce(&mut self.out);
-        self.conn
-            .ratio_bits
-            .store(self.playout.controller().ratio().to_bits(), Ordering::Relaxed);
+        self.conn.ratio_bits.store(
+            self.playout.controller().ratio().to_bits(),
+            Ordering::Relaxed,
+        );
         self.flush();
         // Watchdog: the engine's loop can lose its estimate after a burst (a stall, the first
         // stream on an idle sink) and hold its full 1 % correction for many seconds, an

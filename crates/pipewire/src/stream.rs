@@ -10,10 +10,10 @@ use libspa::pod::deserialize::PodDeserializer;
 use libspa::pod::serialize::PodSerializer;
 use libspa::pod::{Object, Value};
 use std::cell::{Cell, UnsafeCell};
-use std::sync::atomic::{AtomicPtr, Ordering};
 use std::ffi::{c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// Which way audio flows through the stream, seen from the module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
