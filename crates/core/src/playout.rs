@@ -835,7 +835,9 @@ impl Controller {
                     // The first start: the first packets may be the early ones of a sender
                     // that sends in bursts or a sawtooth; hold a little more until the
                     // estimate knows the mean.
-                    self.headroom = START_HEADROOM_SEC * self.rate;
+                    self.headroom = (START_HEADROOM_SEC * self.rate)
+                        .min(self.max_frames - self.target)
+                        .max(0.0);
                     self.setpoint = self.target + self.headroom;
                     self.lock_t = self.last_tick;
                     self.stable_since = self.last_tick;
@@ -1399,6 +1401,22 @@ mod tests {
             self.ctl.latency_usec(Self::us(self.t)) as f64 / 1000.0
                 - self.ctl.setpoint_frames() / 48.0
         }
+    }
+
+    #[test]
+    fn start_headroom_stays_under_the_maximum() {
+        // max_latency = target: the first start cannot hold its headroom above the target.
+        let mut r = Rig::new(60, 60, 0.0);
+        r.run(5.0);
+        let st = r.ctl.stats();
+        assert_eq!(st.state, PlayoutState::Locked, "{st:?}");
+        assert_eq!(st.overruns, 0, "{st:?}");
+        assert!(r.ctl.setpoint_frames() <= 60.0 * 48.0, "{st:?}");
+        // With room above the target it holds the headroom while starting.
+        let mut r = Rig::new(60, 500, 0.0);
+        r.run(0.5);
+        let sp = r.ctl.setpoint_frames() / 48.0;
+        assert!((sp - 80.0).abs() < 0.5, "setpoint {sp} ms while starting");
     }
 
     #[test]
