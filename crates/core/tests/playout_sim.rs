@@ -12,7 +12,7 @@
 //! (RMS about its mean, computed from the exact clocks) and its bias, and the ratio error
 //! RMS against the exact ratio of the two clocks, in ppm.
 
-use opus_tunnel_core::playout::{Controller, PlayoutConfig, PlayoutState};
+use opus_tunnel_core::playout::{Controller, Plan, PlayoutConfig, PlayoutState};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -85,6 +85,19 @@ impl Net {
         t = t.max(self.last);
         self.last = t;
         t
+    }
+}
+
+/// The resampler's counting model: feeds the plan's whole chunks, each giving
+/// `chunk · ratio` output frames (the fraction carried in `phase`).
+fn resample(ctl: &mut Controller, plan: &Plan, chunk: usize, phase: &mut f64) {
+    let mut left = plan.feed_frames;
+    while left >= chunk as u64 {
+        *phase += chunk as f64 * plan.ratio;
+        let out = phase.floor();
+        *phase -= out;
+        ctl.on_produced(chunk as u64, out as u64);
+        left -= chunk as u64;
     }
 }
 
@@ -287,14 +300,7 @@ fn simulate(c: Case) -> Figures {
         }
         let before = ctl.stats().overruns;
         let plan = ctl.plan();
-        let mut left = plan.feed_frames;
-        while left >= chunk as u64 {
-            phase += chunk as f64 * plan.ratio;
-            let out = phase.floor();
-            phase -= out;
-            ctl.on_produced(chunk as u64, out as u64);
-            left -= chunk as u64;
-        }
+        resample(&mut ctl, &plan, chunk, &mut phase);
         if t > metric_from {
             overruns_after += ctl.stats().overruns - before;
         }
@@ -672,14 +678,7 @@ fn simulate_start(seed: u64, secs: f64, hiccup_ms: f64) -> StartFigures {
             }
         }
         let plan = ctl.plan();
-        let mut left = plan.feed_frames;
-        while left >= chunk as u64 {
-            phase += chunk as f64 * plan.ratio;
-            let out = phase.floor();
-            phase -= out;
-            ctl.on_produced(chunk as u64, out as u64);
-            left -= chunk as u64;
-        }
+        resample(&mut ctl, &plan, chunk, &mut phase);
         if trace {
             eprintln!(
                 "t={:.3} {:?} lat={:.1} sp={:.1} tgt={:.1} ppm={:.0} ring={} fifo={} pkt={}",
