@@ -10,19 +10,38 @@
 pub mod acl;
 pub mod args;
 pub mod auth;
+pub mod client;
 pub mod codec;
+pub mod connection;
+pub mod decode;
 pub mod dll;
+pub mod encode;
 pub mod framing;
 pub mod handshake;
 pub mod jitter;
+pub mod link;
 mod net;
 pub mod params;
 pub mod playout;
 pub mod quality;
+pub mod report;
 pub mod rtp;
-pub mod rx;
 pub mod samples;
+pub mod server;
 pub mod stats;
-pub mod tx;
 
 pub use rtp::WireError;
+
+/// The receiving side under its former name (until the modules move to the role names).
+pub mod rx {
+    pub use crate::client::{start_record, RecordClient, RecordClientConfig, RunningFlag};
+    pub use crate::connection::ConnShared;
+    pub use crate::decode::Playback;
+    pub use crate::server::{Host, Receiver, RecordRequest, RecvConfig, Replier, StreamRequest};
+}
+
+/// The sending side under its former name (until the modules move to the role names).
+pub mod tx {
+    pub use crate::client::start_play as start;
+    pub use crate::encode::{Feeder, RemoteCapture, Shared, WorkerConfig};
+}

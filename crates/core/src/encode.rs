@@ -1,14 +1,17 @@
-//! The sending end of a play tunnel, independent of the sound server: a [`Feeder`] that the
-//! daemon's real-time thread pushes rendered audio into (lock-free, never blocking), and a
-//! worker thread that does everything that may block or allocate — connecting, the handshake,
-//! sample conversion, encoding, sending, reconnecting with back-off. A second small thread per
-//! connection reads what the receiver sends back (reports, goodbyes).
-use crate::auth::{ClientAuth, ClientStep, Cookie};
+//! The encode path, independent of the sound server: a [`Feeder`] that the daemon's real-time
+//! thread pushes rendered or recorded audio into (lock-free, never blocking), and a worker that
+//! does everything that may block or allocate — sample conversion, encoding, RTP, sending,
+//! keepalives — and applies what the far end says (reports, goodbyes, and for a record tunnel
+//! resume, pause and knobs). A second small thread per connection reads what the far end
+//! sends. Connecting and reconnecting are the client's ([`crate::client`]); serving a record
+//! tunnel is the server's ([`crate::server`]).
+use crate::auth::Cookie;
 use crate::codec::{Encoder, StreamFormat};
 use crate::framing::{self, Deframer};
-use crate::handshake::{Direction, HeadReader, Hello, Reply, STATUS_UNAUTHORIZED, VERSION};
+use crate::link::{DEAD_AFTER, KEEPALIVE, WRITE_TIMEOUT};
 use crate::net::Conn;
-use crate::params::{Backoff, Compression, OpusKnobs, ServerAddr};
+use crate::params::{Compression, OpusKnobs, ServerAddr};
+use crate::report::{Counters, Report, Sent};
 use crate::rtp::{self, Control, RtpSender};
 use crate::samples::SampleFormat;
 use crate::stats::{BitrateMeter, Stats, TunnelState};
@@ -20,19 +23,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
-/// How long the handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A send that cannot make progress for this long means the link is dead.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
-/// While idle, a keepalive this often (a 16-byte RTCP packet on the wire).
-const KEEPALIVE: Duration = Duration::from_secs(1);
-/// The receiver reports every second; this long without a word from it means it is gone
-/// (a dead host or a cut link that TCP has not noticed), and we reconnect.
-const DEAD_AFTER: Duration = Duration::from_secs(5);
-
-/// State shared between the main thread, the sink's IO thread and the worker.
+/// State shared between the main thread, the device's IO thread and the worker.
 pub struct Shared {
-    stop: AtomicBool,
+    pub(crate) stop: AtomicBool,
     /// A stream plays into the sink (set by the IO thread).
     pub running: AtomicBool,
     /// Counters of this tunnel.
@@ -45,13 +38,13 @@ pub struct Shared {
     bytes_per_sec: u64,
     knobs: Mutex<OpusKnobs>,
     /// Bumped by every knob change; the worker retunes its encoder when it sees a new value.
-    knobs_gen: AtomicU64,
+    pub(crate) knobs_gen: AtomicU64,
     last_bitrate: AtomicU64,
     meter: Mutex<BitrateMeter>,
     remote: Mutex<BTreeMap<String, String>>,
     /// A handle on the live connection, to unblock the worker at unload.
-    sock: Mutex<Option<Conn>>,
-    finished: AtomicBool,
+    pub(crate) sock: Mutex<Option<Conn>>,
+    pub(crate) finished: AtomicBool,
 }
 
 impl Shared {
@@ -128,7 +121,7 @@ impl Shared {
         }
     }
 
-    fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
 
@@ -140,13 +133,18 @@ impl Shared {
     /// The statistics as `opus.tunnel.*` properties (call about once a second: the bitrate is
     /// measured between calls).
     pub fn stat_properties(&self) -> Vec<(String, String)> {
+        self.report().properties()
+    }
+
+    /// The statistics (call about once a second: the bitrate is measured between calls).
+    pub fn report(&self) -> Report {
         let bytes = self.stats.snapshot().bytes_sent;
         let bitrate = match self.meter.lock() {
             Ok(mut m) => m.sample(Instant::now(), bytes),
             Err(_) => 0,
         };
         self.last_bitrate.store(bitrate, Ordering::Relaxed);
-        self.stat_properties_peek()
+        self.report_peek()
     }
 
     /// The statistics as of now, with the bitrate of the last [`stat_properties`] call
@@ -154,39 +152,49 @@ impl Shared {
     ///
     /// [`stat_properties`]: Self::stat_properties
     pub fn stat_properties_peek(&self) -> Vec<(String, String)> {
-        let s = self.stats.snapshot();
-        let bitrate = self.last_bitrate.load(Ordering::Relaxed);
-        let mut p = vec![
-            (
-                "opus.tunnel.state".to_string(),
-                s.state.as_str().to_string(),
-            ),
-            ("opus.tunnel.bitrate".to_string(), bitrate.to_string()),
-            (
-                "opus.tunnel.bytes_sent".to_string(),
-                s.bytes_sent.to_string(),
-            ),
-            (
-                "opus.tunnel.packets_sent".to_string(),
-                s.packets_sent.to_string(),
-            ),
-            (
-                "opus.tunnel.reconnects".to_string(),
-                s.reconnects.to_string(),
-            ),
-            (
-                "opus.tunnel.dropped_frames".to_string(),
-                s.dropped_frames.to_string(),
-            ),
-            ("opus.tunnel.overruns".to_string(), s.overruns.to_string()),
-        ];
-        if let Ok(r) = self.remote.lock() {
-            for (k, v) in r.iter() {
-                p.push((format!("opus.tunnel.remote.{k}"), v.clone()));
-            }
-        }
-        p
+        self.report_peek().properties()
     }
+
+    fn report_peek(&self) -> Report {
+        let s = self.stats.snapshot();
+        Report {
+            state: s.state.into(),
+            peer: None,
+            bitrate: self.last_bitrate.load(Ordering::Relaxed),
+            reconnects: Some(s.reconnects),
+            counters: Counters::Sent(Sent {
+                bytes_sent: s.bytes_sent,
+                packets_sent: s.packets_sent,
+                dropped_frames: s.dropped_frames,
+                overruns: s.overruns,
+                remote: self.remote.lock().map(|r| r.clone()).unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+/// What a play tunnel's worker needs to know.
+pub struct WorkerConfig {
+    /// The receiver.
+    pub addr: ServerAddr,
+    /// The device to play on at the receiver (`None`: its choice).
+    pub remote_sink: Option<String>,
+    /// Our device's name (the receiver names the stream after it).
+    pub name: String,
+    /// Our host name.
+    pub host: String,
+    /// Opus or L16.
+    pub compression: Compression,
+    /// Rate and channels.
+    pub fmt: StreamFormat,
+    /// The device's sample format (what the feeder receives).
+    pub sample_format: SampleFormat,
+    /// Channel map, PulseAudio's text form.
+    pub channel_map: String,
+    /// The device's block, µs (bounds how much audio the worker keeps queued).
+    pub block_usec: u64,
+    /// The cookie to prove when the receiver asks (`cookie=`).
+    pub cookie: Option<Cookie>,
 }
 
 /// The real-time side of a play tunnel: the daemon's IO thread pushes every rendered block
@@ -238,156 +246,6 @@ impl Feeder {
 }
 
 /// Starts a play tunnel's worker. `ring_bytes` is the capacity between the device and the
-/// worker (half a second is plenty). Returns the real-time side, the shared state and the
-/// worker's handle (stop it with [`Shared::stop_and_join`]).
-pub fn start(
-    cfg: WorkerConfig,
-    knobs: OpusKnobs,
-    ring_bytes: usize,
-) -> std::io::Result<(Feeder, Arc<Shared>, JoinHandle<()>)> {
-    let frame_bytes = cfg.sample_format.bytes_per_sample() * usize::from(cfg.fmt.channels);
-    let bytes_per_sec = frame_bytes as u64 * u64::from(cfg.fmt.rate);
-    let (producer, consumer) = rtrb::RingBuffer::<u8>::new(ring_bytes);
-    let shared = Arc::new(Shared::new(bytes_per_sec, knobs));
-    let worker = spawn(cfg, consumer, shared.clone())?;
-    shared.set_worker(worker.thread().clone());
-    let feeder = Feeder {
-        ring: producer,
-        shared: shared.clone(),
-        frame_bytes,
-    };
-    Ok((feeder, shared, worker))
-}
-
-/// What a play tunnel's worker needs to know.
-pub struct WorkerConfig {
-    /// The receiver.
-    pub addr: ServerAddr,
-    /// The device to play on at the receiver (`None`: its choice).
-    pub remote_sink: Option<String>,
-    /// Our device's name (the receiver names the stream after it).
-    pub name: String,
-    /// Our host name.
-    pub host: String,
-    /// Opus or L16.
-    pub compression: Compression,
-    /// Rate and channels.
-    pub fmt: StreamFormat,
-    /// The device's sample format (what the feeder receives).
-    pub sample_format: SampleFormat,
-    /// Channel map, PulseAudio's text form.
-    pub channel_map: String,
-    /// The device's block, µs (bounds how much audio the worker keeps queued).
-    pub block_usec: u64,
-    /// The cookie to prove when the receiver asks (`cookie=`).
-    pub cookie: Option<Cookie>,
-}
-
-fn spawn(
-    cfg: WorkerConfig,
-    ring: rtrb::Consumer<u8>,
-    shared: Arc<Shared>,
-) -> std::io::Result<JoinHandle<()>> {
-    thread::Builder::new()
-        .name("opus-tunnel-tx".into())
-        .spawn(move || {
-            let mut w = Worker::new(cfg, ring, shared);
-            w.run();
-        })
-}
-
-/// Reads one handshake message (after `pending`, bytes already received): its text and what
-/// followed it.
-fn read_message(
-    conn: &mut Conn,
-    pending: &[u8],
-    deadline: Instant,
-) -> Result<(String, Vec<u8>), String> {
-    let mut reader = HeadReader::new();
-    if !pending.is_empty() {
-        if let Some(m) = reader
-            .push(pending)
-            .map_err(|e| format!("bad handshake reply: {e}"))?
-        {
-            return Ok(m);
-        }
-    }
-    let mut buf = [0u8; 1024];
-    loop {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "no handshake reply within {} s",
-                HANDSHAKE_TIMEOUT.as_secs()
-            ));
-        }
-        let n = conn.read(&mut buf).map_err(|e| format!("handshake: {e}"))?;
-        if n == 0 {
-            return Err("the receiver closed the connection during the handshake \
-                        (not an opus-tunnel receiver?)"
-                .into());
-        }
-        if let Some(m) = reader
-            .push(&buf[..n])
-            .map_err(|e| format!("bad handshake reply: {e}"))?
-        {
-            return Ok(m);
-        }
-    }
-}
-
-/// Connects to `addr` and runs the client side of the handshake (with the cookie exchange if
-/// the receiver asks). `slot` receives a handle on the connection at once, so that an unload
-/// can shut it down under a blocked handshake. Returns the connection (write timeout set,
-/// no read timeout), the receiver's `200` reply and any bytes that followed it.
-pub(crate) fn client_handshake(
-    addr: &ServerAddr,
-    mut hello: Hello,
-    cookie: Option<Cookie>,
-    slot: &Mutex<Option<Conn>>,
-    name: &str,
-) -> Result<(Conn, Reply, Vec<u8>), String> {
-    let mut conn = Conn::connect(addr).map_err(|e| e.to_string())?;
-    if let (Ok(mut s), Ok(c)) = (slot.lock(), conn.try_clone()) {
-        *s = Some(c);
-    }
-    conn.set_timeouts(Some(HANDSHAKE_TIMEOUT), Some(HANDSHAKE_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    let mut auth = ClientAuth::new(cookie).map_err(|e| e.to_string())?;
-    let text = auth.hello_text(&mut hello);
-    conn.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-    let mut pending = Vec::new();
-    let reply = loop {
-        let (text, rest) = read_message(&mut conn, &pending, deadline)?;
-        pending = rest;
-        let reply = Reply::parse(&text).map_err(|e| format!("bad handshake reply: {e}"))?;
-        match auth.on_reply(&reply) {
-            Ok(ClientStep::SendAuth(msg)) => {
-                conn.write_all(msg.as_bytes()).map_err(|e| e.to_string())?;
-            }
-            Ok(ClientStep::Accepted { .. }) => break reply,
-            Ok(ClientStep::Refused) => {
-                return Err(format!(
-                    "the receiver refused the tunnel: {} {}",
-                    reply.status, reply.reason
-                ))
-            }
-            Err(e) if !reply.is_ok() && reply.status != STATUS_UNAUTHORIZED => {
-                log::debug!("{name}: {e}");
-                return Err(format!(
-                    "the receiver refused the tunnel: {} {}",
-                    reply.status, reply.reason
-                ));
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    };
-    conn.set_timeouts(None, Some(WRITE_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    Ok((conn, reply, pending))
-}
-
-/// What the far end of a record tunnel controls on the capturing side.
 pub trait RemoteCapture: Send + Sync {
     /// Start (`true`) or stop (`false`) recording: the far end has readers, or none.
     fn recording(&self, on: bool);
@@ -416,8 +274,9 @@ pub(crate) fn serve_record(
     why
 }
 
-/// A [`Feeder`] and its shared state for a capture served by [`serve_record`].
-pub(crate) fn record_feeder(
+/// A [`Feeder`], the shared state and the worker's end of the ring between them, for a tunnel
+/// sink's sender or a capture served by [`serve_record`].
+pub(crate) fn feeder(
     cfg: &WorkerConfig,
     knobs: OpusKnobs,
     ring_bytes: usize,
@@ -440,10 +299,12 @@ enum Incoming {
     Closed(String),
 }
 
-struct Worker {
-    cfg: WorkerConfig,
+/// The encode path of one tunnel: ring → sample conversion → encoder → RTP → the wire, with
+/// the far end's control messages applied between frames.
+pub(crate) struct Worker {
+    pub(crate) cfg: WorkerConfig,
     ring: rtrb::Consumer<u8>,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     encoder: Option<Encoder>,
     rtp: RtpSender,
     pcm: Vec<f32>,
@@ -451,19 +312,21 @@ struct Worker {
     payload: Vec<u8>,
     packet: Vec<u8>,
     wire: Vec<u8>,
-    ever_connected: bool,
     knobs_gen: u64,
     /// Serving a record tunnel: the far end's resume/pause/knobs control the capture.
     remote: Option<Arc<dyn RemoteCapture>>,
 }
 
-enum Ended {
+/// How a connection ended.
+pub(crate) enum Ended {
+    /// We stop (unload, or the far end closed a served tunnel).
     Stop,
+    /// The link was lost, for this reason.
     Lost(String),
 }
 
 impl Worker {
-    fn new(cfg: WorkerConfig, ring: rtrb::Consumer<u8>, shared: Arc<Shared>) -> Worker {
+    pub(crate) fn new(cfg: WorkerConfig, ring: rtrb::Consumer<u8>, shared: Arc<Shared>) -> Worker {
         Worker {
             cfg,
             ring,
@@ -475,13 +338,12 @@ impl Worker {
             payload: Vec::new(),
             packet: Vec::new(),
             wire: Vec::new(),
-            ever_connected: false,
             knobs_gen: 0,
             remote: None,
         }
     }
 
-    fn knobs(&self) -> OpusKnobs {
+    pub(crate) fn knobs(&self) -> OpusKnobs {
         self.shared.knobs()
     }
 
@@ -514,7 +376,7 @@ impl Worker {
     }
 
     /// Sleeps up to `d`, waking early on stop; keeps the ring drained meanwhile.
-    fn idle_wait(&mut self, d: Duration) -> bool {
+    pub(crate) fn idle_wait(&mut self, d: Duration) -> bool {
         let until = Instant::now() + d;
         loop {
             self.discard_ring();
@@ -529,96 +391,8 @@ impl Worker {
         }
     }
 
-    fn run(&mut self) {
-        let mut backoff = Backoff::new();
-        let mut failures = 0u32;
-        while !self.shared.stopped() {
-            self.shared.stats.set_state(if self.ever_connected {
-                TunnelState::Reconnecting
-            } else {
-                TunnelState::Connecting
-            });
-            match self.connect_and_handshake() {
-                Ok(conn) => {
-                    if self.ever_connected {
-                        self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    }
-                    self.ever_connected = true;
-                    failures = 0;
-                    backoff.reset();
-                    log::info!("{}: connected to {}", self.cfg.name, self.cfg.addr);
-                    match self.stream(conn) {
-                        Ended::Stop => break,
-                        Ended::Lost(why) => {
-                            log::warn!(
-                                "{}: link to {} lost ({why}); reconnecting",
-                                self.cfg.name,
-                                self.cfg.addr
-                            )
-                        }
-                    }
-                }
-                Err(e) => {
-                    if let Ok(mut s) = self.shared.sock.lock() {
-                        *s = None;
-                    }
-                    failures += 1;
-                    // First failure at warning level, then quietly, to keep the log readable.
-                    if failures == 1 {
-                        log::warn!(
-                            "{}: cannot reach {}: {e}; retrying with back-off",
-                            self.cfg.name,
-                            self.cfg.addr
-                        );
-                    } else {
-                        log::debug!(
-                            "{}: retry {failures} to {} failed: {e}",
-                            self.cfg.name,
-                            self.cfg.addr
-                        );
-                    }
-                }
-            }
-            let d = backoff.next_delay();
-            if !self.idle_wait(d) {
-                break;
-            }
-        }
-        self.shared.stats.set_state(TunnelState::Closed);
-        self.shared.finished.store(true, Ordering::SeqCst);
-    }
-
-    fn connect_and_handshake(&mut self) -> Result<Conn, String> {
-        let knobs = self.knobs();
-        let hello = Hello {
-            version: VERSION,
-            direction: Direction::Play,
-            name: self.cfg.name.clone(),
-            host: self.cfg.host.clone(),
-            device: self.cfg.remote_sink.clone(),
-            codec: self.cfg.compression,
-            rate: self.cfg.fmt.rate,
-            channels: self.cfg.fmt.channels,
-            channel_map: self.cfg.channel_map.clone(),
-            frame_usec: knobs.frame_size.usec(),
-            target_latency_usec: None,
-            fields: BTreeMap::new(),
-        };
-        let (conn, reply, _) = client_handshake(
-            &self.cfg.addr,
-            hello,
-            self.cfg.cookie.clone(),
-            &self.shared.sock,
-            &self.cfg.name,
-        )?;
-        if let Some(dev) = reply.fields.get("Device") {
-            log::info!("{}: the receiver plays on its sink {dev}", self.cfg.name);
-        }
-        Ok(conn)
-    }
-
     /// Streams until the link fails or the module stops.
-    fn stream(&mut self, mut conn: Conn) -> Ended {
+    pub(crate) fn stream(&mut self, mut conn: Conn) -> Ended {
         let (tx, rx) = mpsc::channel();
         let reader = match conn.try_clone() {
             Ok(r) => r,

@@ -1,0 +1,397 @@
+//! The desktop's side of a tunnel: one loop ([`keep_connected`]) that connects, runs the
+//! handshake, serves the link until it is lost and reconnects with back-off. It serves both
+//! the tunnel sink's sender ([`start_play`]: the encode path) and the tunnel source's record
+//! client ([`start_record`]: the decode path, asking the far end to record only while
+//! someone reads).
+use crate::auth::Cookie;
+use crate::codec::{Decoder, StreamFormat};
+use crate::connection::{new_conn, ConnShared};
+use crate::decode::{decode_path, Playback, Receive, Upstream};
+use crate::encode::{feeder, Ended, Feeder, Shared, Worker, WorkerConfig};
+use crate::handshake::{Direction, Hello, Reply, VERSION};
+use crate::link::client_handshake;
+use crate::net::Conn;
+use crate::params::{Backoff, Compression, OpusKnobs, ServerAddr};
+use crate::report::{Report, State};
+use crate::stats::{Stats, TunnelState};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// What one kind of tunnel does on each connection the loop makes.
+pub(crate) trait Session {
+    /// The hello for the next attempt.
+    fn hello(&mut self) -> Hello;
+    /// Serves a fresh connection until the link is lost or we stop.
+    fn serve(&mut self, conn: Conn, reply: Reply, rest: Vec<u8>) -> Ended;
+    /// Waits `d` before the next attempt; false: stop instead.
+    fn wait(&mut self, d: Duration) -> bool;
+}
+
+/// Where and as whom the loop connects, and what it shares with the module.
+pub(crate) struct Target<'a> {
+    pub addr: &'a ServerAddr,
+    pub cookie: Option<Cookie>,
+    /// Our device's name, for log lines.
+    pub name: &'a str,
+    pub stop: &'a AtomicBool,
+    /// A handle on the live connection, to unblock the loop at unload.
+    pub sock: &'a Mutex<Option<Conn>>,
+    pub stats: &'a Stats,
+}
+
+/// Connects, serves, reconnects with back-off, until `target.stop`. The tunnel's state is
+/// `connecting` before the first link and `reconnecting` between links; every link after
+/// the first is counted in `reconnects`. The first failure in a row is logged as a warning,
+/// the rest at debug level (a log stays readable while a receiver is down for hours).
+pub(crate) fn keep_connected(target: Target<'_>, session: &mut impl Session) {
+    let Target {
+        addr,
+        cookie,
+        name,
+        stop,
+        sock,
+        stats,
+    } = target;
+    let mut backoff = Backoff::new();
+    let mut failures = 0u32;
+    let mut ever = false;
+    let forget = || {
+        if let Ok(mut s) = sock.lock() {
+            *s = None;
+        }
+    };
+    while !stop.load(Ordering::SeqCst) {
+        stats.set_state(if ever {
+            TunnelState::Reconnecting
+        } else {
+            TunnelState::Connecting
+        });
+        match client_handshake(addr, session.hello(), cookie.clone(), sock, stop, name) {
+            Ok((conn, reply, rest)) => {
+                if ever {
+                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                ever = true;
+                failures = 0;
+                backoff.reset();
+                let ended = session.serve(conn, reply, rest);
+                forget();
+                match ended {
+                    Ended::Stop => break,
+                    Ended::Lost(_) if stop.load(Ordering::SeqCst) => break,
+                    Ended::Lost(why) => {
+                        log::warn!("{name}: link to {addr} lost ({why}); reconnecting")
+                    }
+                }
+            }
+            Err(e) => {
+                forget();
+                failures += 1;
+                if failures == 1 {
+                    log::warn!("{name}: cannot reach {addr}: {e}; retrying with back-off");
+                } else {
+                    log::debug!("{name}: retry {failures} to {addr} failed: {e}");
+                }
+            }
+        }
+        if !session.wait(backoff.next_delay()) {
+            break;
+        }
+    }
+    stats.set_state(TunnelState::Closed);
+}
+
+// ---- the tunnel sink's sender -----------------------------------------------------------------
+
+/// Starts a play tunnel's sender. `ring_bytes` is the capacity between the device and the
+/// worker (half a second is plenty). Returns the real-time side, the shared state and the
+/// worker's handle (stop it with [`Shared::stop_and_join`]).
+pub fn start_play(
+    cfg: WorkerConfig,
+    knobs: OpusKnobs,
+    ring_bytes: usize,
+) -> std::io::Result<(Feeder, Arc<Shared>, JoinHandle<()>)> {
+    let (feeder, shared, consumer) = feeder(&cfg, knobs, ring_bytes);
+    let s2 = shared.clone();
+    let worker = thread::Builder::new()
+        .name("opus-tunnel-tx".into())
+        .spawn(move || {
+            let (addr, name, cookie) = (cfg.addr.clone(), cfg.name.clone(), cfg.cookie.clone());
+            let mut w = Worker::new(cfg, consumer, s2.clone());
+            let target = Target {
+                addr: &addr,
+                cookie,
+                name: &name,
+                stop: &s2.stop,
+                sock: &s2.sock,
+                stats: &s2.stats,
+            };
+            keep_connected(target, &mut w);
+            s2.finished.store(true, Ordering::SeqCst);
+        })?;
+    shared.set_worker(worker.thread().clone());
+    Ok((feeder, shared, worker))
+}
+
+impl Session for Worker {
+    fn hello(&mut self) -> Hello {
+        Hello {
+            version: VERSION,
+            direction: Direction::Play,
+            name: self.cfg.name.clone(),
+            host: self.cfg.host.clone(),
+            device: self.cfg.remote_sink.clone(),
+            codec: self.cfg.compression,
+            rate: self.cfg.fmt.rate,
+            channels: self.cfg.fmt.channels,
+            channel_map: self.cfg.channel_map.clone(),
+            frame_usec: self.knobs().frame_size.usec(),
+            target_latency_usec: None,
+            fields: BTreeMap::new(),
+        }
+    }
+
+    fn serve(&mut self, conn: Conn, reply: Reply, _rest: Vec<u8>) -> Ended {
+        if let Some(dev) = reply.fields.get("Device") {
+            log::info!("{}: the receiver plays on its sink {dev}", self.cfg.name);
+        }
+        log::info!("{}: connected to {}", self.cfg.name, self.cfg.addr);
+        self.stream(conn)
+    }
+
+    fn wait(&mut self, d: Duration) -> bool {
+        self.idle_wait(d)
+    }
+}
+
+// ---- the tunnel source's record client --------------------------------------------------------
+
+/// The desktop end of a record tunnel (`module-tunnel-source-opus`).
+pub struct RecordClientConfig {
+    /// The capturing end (`module-opus-protocol-tcp`).
+    pub addr: ServerAddr,
+    /// The source to record there (`None`: its default source).
+    pub remote_source: Option<String>,
+    /// Our source's name (the far end names its recording stream after it).
+    pub name: String,
+    /// Our host name.
+    pub host: String,
+    /// Opus or L16.
+    pub compression: Compression,
+    /// Rate and channels.
+    pub fmt: StreamFormat,
+    /// Channel map, PulseAudio's text form.
+    pub channel_map: String,
+    /// Buffer target, µs (the playout engine holds it against drift).
+    pub target_usec: u64,
+    /// The most the target may grow to after underruns, µs.
+    pub max_usec: u64,
+    /// The cookie to prove when the far end asks.
+    pub cookie: Option<Cookie>,
+}
+
+struct ClientShared {
+    stop: AtomicBool,
+    up: Arc<Upstream>,
+    conn: Arc<ConnShared>,
+    sock: Mutex<Option<Conn>>,
+}
+
+/// A running record tunnel, desktop end: a thread that connects (and reconnects with
+/// back-off), asks the far end to record only while [`RecordClient::set_running`] says
+/// someone reads, and plays what arrives through the drift-correcting engine into the ring
+/// behind the [`Playback`]. Dropping it stops the thread.
+pub struct RecordClient {
+    shared: Arc<ClientShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Starts the desktop end of a record tunnel. The [`Playback`] is for the source's real-time
+/// thread (it pops what the source posts).
+pub fn start_record(
+    cfg: RecordClientConfig,
+    knobs: OpusKnobs,
+) -> Result<(Playback, RecordClient), String> {
+    let hello = Hello {
+        version: VERSION,
+        direction: Direction::Record,
+        name: cfg.name.clone(),
+        host: cfg.host.clone(),
+        device: cfg.remote_source.clone(),
+        codec: cfg.compression,
+        rate: cfg.fmt.rate,
+        channels: cfg.fmt.channels,
+        channel_map: cfg.channel_map.clone(),
+        frame_usec: knobs.frame_size.usec(),
+        target_latency_usec: None,
+        fields: Default::default(),
+    };
+    let conn = new_conn(&hello, cfg.target_usec, cfg.addr.to_string());
+    let (mut receive, playback) =
+        decode_path(&conn, cfg.compression, cfg.target_usec, cfg.max_usec, false)?;
+    let up = Arc::new(Upstream {
+        running: AtomicBool::new(false),
+        knobs: Mutex::new(knobs),
+        knobs_gen: AtomicU64::new(0),
+    });
+    receive.upstream = Some(up.clone());
+    let shared = Arc::new(ClientShared {
+        stop: AtomicBool::new(false),
+        up,
+        conn,
+        sock: Mutex::new(None),
+    });
+    let s2 = shared.clone();
+    let thread = thread::Builder::new()
+        .name("opus-tunnel-rec".into())
+        .spawn(move || {
+            let mut session = Recorder {
+                cfg: &cfg,
+                hello,
+                receive,
+                shared: &s2,
+                gen: 0,
+            };
+            let target = Target {
+                addr: &cfg.addr,
+                cookie: cfg.cookie.clone(),
+                name: &cfg.name,
+                stop: &s2.stop,
+                sock: &s2.sock,
+                stats: &s2.conn.stats,
+            };
+            keep_connected(target, &mut session);
+        })
+        .map_err(|e| format!("cannot start the tunnel's thread: {e}"))?;
+    Ok((
+        playback,
+        RecordClient {
+            shared,
+            thread: Some(thread),
+        },
+    ))
+}
+
+/// The record client's session: the hello carries the knobs; each link starts a fresh decode
+/// session.
+struct Recorder<'a> {
+    cfg: &'a RecordClientConfig,
+    hello: Hello,
+    receive: Receive,
+    shared: &'a ClientShared,
+    /// The knob generation the last hello carried.
+    gen: u64,
+}
+
+impl Session for Recorder<'_> {
+    fn hello(&mut self) -> Hello {
+        let mut h = self.hello.clone();
+        let knobs = self.shared.up.knobs.lock().map(|k| *k).unwrap_or_default();
+        for (k, v) in knobs.properties() {
+            h.fields.insert(k.to_string(), v);
+        }
+        self.gen = self.shared.up.knobs_gen.load(Ordering::SeqCst);
+        h
+    }
+
+    fn serve(&mut self, mut conn: Conn, reply: Reply, rest: Vec<u8>) -> Ended {
+        let name = &self.cfg.name;
+        let dev = reply.fields.get("Device").cloned().unwrap_or_default();
+        log::info!(
+            "{name}: connected to {}, recording its source {dev}",
+            self.cfg.addr
+        );
+        match Decoder::new(self.cfg.compression, self.cfg.fmt) {
+            Ok(d) => self.receive.new_session(d),
+            Err(e) => {
+                log::error!("{name}: {e}");
+                return Ended::Stop;
+            }
+        }
+        self.receive.up_gen = self.gen;
+        self.shared.conn.stats.set_state(TunnelState::Streaming);
+        let why = self.receive.run(&mut conn, rest, &self.shared.stop);
+        conn.shutdown();
+        Ended::Lost(why)
+    }
+
+    fn wait(&mut self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while Instant::now() < until && !self.shared.stop.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(50));
+        }
+        !self.shared.stop.load(Ordering::SeqCst)
+    }
+}
+
+impl RecordClient {
+    /// Whether someone records from the tunnel source (lock-free; the source's real-time
+    /// thread calls it). The far end records only while this is true.
+    pub fn set_running(&self, on: bool) {
+        self.shared.up.running.store(on, Ordering::SeqCst);
+    }
+
+    /// A handle for the real-time thread to call [`RecordClient::set_running`] through.
+    pub fn running_flag(&self) -> RunningFlag {
+        RunningFlag(self.shared.clone())
+    }
+
+    /// The knobs the far end's encoder is asked to use.
+    pub fn knobs(&self) -> OpusKnobs {
+        self.shared.up.knobs.lock().map(|k| *k).unwrap_or_default()
+    }
+
+    /// Relays new knobs to the far end's encoder (live, no reconnect). Check them first.
+    pub fn set_knobs(&self, knobs: OpusKnobs) {
+        if let Ok(mut k) = self.shared.up.knobs.lock() {
+            *k = knobs;
+        }
+        self.shared.up.knobs_gen.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The statistics as `opus.tunnel.*` properties (call about once a second).
+    pub fn stat_properties(&self) -> Vec<(String, String)> {
+        self.report().properties()
+    }
+
+    /// The statistics (call about once a second: the bitrate is measured between calls).
+    pub fn report(&self) -> Report {
+        let mut r = self.shared.conn.report();
+        // Nothing reads the tunnel source: the far end does not record, and the engine waits
+        // for audio that will not come until a reader appears.
+        if !self.shared.up.running.load(Ordering::SeqCst) && r.state.is_active() {
+            r.state = State::Idle;
+        }
+        r.reconnects = Some(self.shared.conn.stats.snapshot().reconnects);
+        r
+    }
+}
+
+/// Lets a real-time thread say whether the tunnel source has readers.
+pub struct RunningFlag(Arc<ClientShared>);
+
+impl RunningFlag {
+    /// See [`RecordClient::set_running`].
+    pub fn set(&self, on: bool) {
+        self.0.up.running.store(on, Ordering::SeqCst);
+    }
+}
+
+impl Drop for RecordClient {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // A connect in progress can take up to 3 s; a blocked read or handshake ends when its
+        // socket is shut down.
+        if let Ok(s) = self.shared.sock.lock() {
+            if let Some(c) = s.as_ref() {
+                c.shutdown();
+            }
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

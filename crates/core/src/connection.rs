@@ -1,0 +1,169 @@
+//! The state one tunnel's threads share: the connection's thread (network, decoding or
+//! encoding), the daemon's main thread (its stream, its properties) and the daemon's real-time
+//! thread (the ring's fill level, restarts).
+use crate::encode;
+use crate::handshake::Hello;
+use crate::playout::{PlayoutState, PlayoutStats};
+use crate::report::{Counters, Received, Report, State};
+use crate::stats::{BitrateMeter, Stats};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+/// What the connection thread shares with the main thread and the sink's IO thread.
+pub struct ConnShared {
+    /// `<sender's name>@<sender's host>`, for log lines.
+    pub label: String,
+    /// Sample rate of the stream.
+    pub rate: u32,
+    /// Channels of the stream.
+    pub channels: u8,
+    /// Channel map in PulseAudio's text form, as the sender gave it.
+    pub channel_map: String,
+    /// The device the sender asked for (`None`: the receiver's choice).
+    pub device: Option<String>,
+    /// Receive buffer target, µs.
+    pub target_usec: u64,
+    /// Counters of this connection.
+    pub stats: Stats,
+    /// The connection ended (set by its thread).
+    pub closed: AtomicBool,
+    /// The stream was killed or the module unloads: the connection thread should end.
+    pub(crate) killed: AtomicBool,
+    /// The sender said it paused (no stream plays into its sink).
+    pub paused: AtomicBool,
+    /// Samples in the ring after the last pop.
+    pub(crate) fill: AtomicU64,
+    meter: Mutex<BitrateMeter>,
+    peer: String,
+    /// Record tunnels: the capture's sender side (stopped when the connection is killed).
+    pub(crate) record: OnceLock<Arc<encode::Shared>>,
+    /// Record tunnels: the far end has readers, so the capture should run.
+    pub(crate) recording: AtomicBool,
+    /// The engine restarted: the real-time side drops what the ring holds.
+    pub(crate) flush: AtomicBool,
+    /// The clock both threads time the stream with (µs since the connection began).
+    epoch: Instant,
+    /// The playout engine's figures, refreshed by the connection thread every 100 ms.
+    pub(crate) playout: Mutex<Option<PlayoutStats>>,
+    /// The engine's ratio (f64 bits), for an external resampler.
+    pub(crate) ratio_bits: AtomicU64,
+}
+
+impl ConnShared {
+    /// Ends the connection (its stream was killed, or the receiver stops).
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        if let Some(t) = self.record.get() {
+            t.stop();
+        }
+    }
+
+    /// Record tunnels: whether the capture should run (the far end has readers). The host
+    /// corks its recording stream while this is false.
+    pub fn recording(&self) -> bool {
+        self.recording.load(Ordering::SeqCst)
+    }
+
+    /// The connection has ended; its stream should go.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+
+    /// Microseconds since the connection began (monotonic; cheap enough for the real-time
+    /// thread).
+    pub fn now_usec(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Records the ring's fill level (samples) after a pop.
+    pub fn set_fill(&self, samples: usize) {
+        self.fill.store(samples as u64, Ordering::Relaxed);
+    }
+
+    /// Interleaved samples of this stream as a duration, µs.
+    pub fn samples_to_usec(&self, samples: usize) -> u64 {
+        let per_sec = u64::from(self.rate) * u64::from(self.channels);
+        samples as u64 * 1_000_000 / per_sec.max(1)
+    }
+
+    fn latency_usec(&self) -> u64 {
+        self.samples_to_usec(self.fill.load(Ordering::Relaxed) as usize)
+    }
+
+    /// The statistics as `opus.tunnel.*` properties (call about once a second: the bitrate is
+    /// measured between calls).
+    pub fn stat_properties(&self) -> Vec<(String, String)> {
+        self.report().properties()
+    }
+
+    /// The statistics (call about once a second: the bitrate is measured between calls).
+    pub fn report(&self) -> Report {
+        if let Some(t) = self.record.get() {
+            // A record tunnel served here: the capture's sending side.
+            let mut r = t.report();
+            if !self.recording() {
+                r.state = State::Idle;
+            }
+            r.peer = Some(self.peer.clone());
+            return r;
+        }
+        let s = self.stats.snapshot();
+        let bitrate = match self.meter.lock() {
+            Ok(mut m) => m.sample(Instant::now(), s.bytes_received),
+            Err(_) => 0,
+        };
+        let p = self.playout.lock().ok().and_then(|p| *p);
+        let state = match p.map(|p| p.state) {
+            _ if self.paused.load(Ordering::Relaxed) => State::Idle,
+            Some(PlayoutState::Buffering) => State::Buffering,
+            Some(PlayoutState::Slewing) => State::Slewing,
+            Some(PlayoutState::Locked) => State::Streaming,
+            None => s.state.into(),
+        };
+        Report {
+            state,
+            peer: Some(self.peer.clone()),
+            bitrate,
+            reconnects: None,
+            counters: Counters::Received(Received {
+                latency_usec: p.map_or_else(|| self.latency_usec(), |p| p.latency_usec),
+                target_latency_usec: p.map_or(self.target_usec, |p| p.target_usec),
+                drift_ppm: p.map_or(0.0, |p| p.drift_ppm),
+                underruns: p.map_or(0, |p| p.underruns),
+                overruns: s.overruns + p.map_or(0, |p| p.overruns),
+                plc_frames: s.plc_frames,
+                late_packets: s.late_packets,
+                bytes_received: s.bytes_received,
+            }),
+        }
+    }
+}
+
+pub(crate) fn new_conn(hello: &Hello, target_usec: u64, peer: String) -> Arc<ConnShared> {
+    Arc::new(ConnShared {
+        label: format!("{}@{}", hello.name, hello.host),
+        rate: hello.rate,
+        channels: hello.channels,
+        channel_map: hello.channel_map.clone(),
+        device: hello.device.clone(),
+        target_usec,
+        stats: Stats::new(),
+        closed: AtomicBool::new(false),
+        killed: AtomicBool::new(false),
+        paused: AtomicBool::new(false),
+        fill: AtomicU64::new(0),
+        epoch: Instant::now(),
+        playout: Mutex::new(None),
+        meter: Mutex::new(BitrateMeter::default()),
+        peer,
+        record: OnceLock::new(),
+        recording: AtomicBool::new(false),
+        flush: AtomicBool::new(false),
+        ratio_bits: AtomicU64::new(1.0f64.to_bits()),
+    })
+}

@@ -1,0 +1,632 @@
+//! The decode path, independent of the sound server: read → deframe → RTP → jitter buffer
+//! (gaps → PLC) → decode → the drift-correcting playout engine → a lock-free ring, on the
+//! connection's thread; the daemon's real-time thread takes the audio out with
+//! [`Playback::pop`] and reports what it took. When playout starts afresh is decided in one
+//! place, [`RestartRules`]. Used by the receiver for play tunnels and by the tunnel source's
+//! record client.
+use crate::codec::{self, Decoder, StreamFormat};
+use crate::connection::ConnShared;
+use crate::framing::Deframer;
+use crate::jitter::{JitterBuffer, Playout, PushResult};
+use crate::link::{self, DEAD_AFTER, MAX_FRAME};
+use crate::net::Conn;
+use crate::params::Compression;
+use crate::params::OpusKnobs;
+use crate::playout::{Playout as PlayoutEngine, PlayoutConfig, PlayoutState, PlayoutStats};
+use crate::rtp::{self, Control};
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The rings between a playout engine and the real-time side: audio (room for the maximum
+/// latency plus two device periods) and device reports.
+#[allow(clippy::type_complexity)]
+fn playout_rings(
+    conn: &ConnShared,
+    max_usec: u64,
+) -> (
+    rtrb::Producer<f32>,
+    rtrb::Consumer<f32>,
+    rtrb::Producer<DeviceReport>,
+    rtrb::Consumer<DeviceReport>,
+) {
+    let cap_usec = max_usec + 250_000;
+    let cap = (u64::from(conn.rate) * u64::from(conn.channels) * cap_usec / 1_000_000) as usize;
+    let (producer, consumer) = rtrb::RingBuffer::<f32>::new(cap);
+    let (report_tx, report_rx) = rtrb::RingBuffer::<DeviceReport>::new(256);
+    (producer, consumer, report_tx, report_rx)
+}
+
+/// A decode path for `conn` (Opus or L16 at its rate and channels) and the real-time side that
+/// takes its audio: the decoder, the playout engine holding `target_usec` (growing at most to
+/// `max_usec`), and the rings between them.
+pub(crate) fn decode_path(
+    conn: &Arc<ConnShared>,
+    compression: Compression,
+    target_usec: u64,
+    max_usec: u64,
+    external_resampler: bool,
+) -> Result<(Receive, Playback), String> {
+    let fmt = StreamFormat {
+        rate: conn.rate,
+        channels: conn.channels,
+    };
+    let decoder = Decoder::new(compression, fmt).map_err(|e| e.to_string())?;
+    let max_usec = max_usec.max(target_usec);
+    let mut engine = PlayoutEngine::new(PlayoutConfig {
+        rate: conn.rate,
+        channels: conn.channels,
+        target_usec,
+        max_usec,
+    })
+    .map_err(|e| e.to_string())?;
+    engine.set_external_resampler(external_resampler);
+    let (producer, consumer, report_tx, report_rx) = playout_rings(conn, max_usec);
+    let receive = Receive::new(
+        conn.clone(),
+        decoder,
+        producer,
+        report_rx,
+        engine,
+        codec::payload_type(compression),
+        max_usec,
+    );
+    Ok((receive, Playback::new(conn.clone(), consumer, report_tx)))
+}
+
+/// What the real-time side reports to the connection thread after every pop: when, and the
+/// running totals of frames taken from the ring and frames that were missing (played as
+/// silence).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DeviceReport {
+    now_usec: u64,
+    consumed: u64,
+    missing: u64,
+}
+
+/// How often the connection thread wakes at least (the engine wants ≤ 12 ms).
+const WAKE: Duration = Duration::from_millis(10);
+
+/// The receive pipeline of one connection: deframe, RTP, jitter buffer (gaps → PLC), decode,
+/// then the drift-correcting playout engine, whose output goes into the ring.
+pub(crate) struct Receive {
+    conn: Arc<ConnShared>,
+    decoder: Decoder,
+    ring: rtrb::Producer<f32>,
+    reports: rtrb::Consumer<DeviceReport>,
+    playout: PlayoutEngine,
+    /// Device counters at the engine's last reset (it counts from there).
+    base: DeviceReport,
+    last: DeviceReport,
+    /// The sender paused; the engine restarts at the next packet.
+    restart: bool,
+    jitter: JitterBuffer,
+    deframer: Deframer,
+    pcm: Vec<f32>,
+    out: Vec<f32>,
+    ssrc: Option<u32>,
+    payload_type: u8,
+    /// `OPUS_TUNNEL_TRACE` set in the daemon's environment: log the engine's state 10×/s.
+    trace: bool,
+    /// The desktop end of a record tunnel tells the far end when to record and how.
+    pub(crate) upstream: Option<Arc<Upstream>>,
+    up_running: Option<bool>,
+    pub(crate) up_gen: u64,
+    /// When playout starts afresh.
+    rules: RestartRules,
+}
+
+/// What the desktop end of a record tunnel relays to the capturing end.
+pub(crate) struct Upstream {
+    /// A stream records from the tunnel source.
+    pub(crate) running: AtomicBool,
+    pub(crate) knobs: Mutex<OpusKnobs>,
+    pub(crate) knobs_gen: AtomicU64,
+}
+
+impl Receive {
+    pub(crate) fn new(
+        conn: Arc<ConnShared>,
+        decoder: Decoder,
+        ring: rtrb::Producer<f32>,
+        reports: rtrb::Consumer<DeviceReport>,
+        playout: PlayoutEngine,
+        payload_type: u8,
+        max_usec: u64,
+    ) -> Receive {
+        Receive {
+            conn,
+            decoder,
+            ring,
+            reports,
+            playout,
+            base: DeviceReport::default(),
+            last: DeviceReport::default(),
+            restart: false,
+            jitter: JitterBuffer::new(64),
+            deframer: Deframer::new(MAX_FRAME),
+            pcm: Vec::new(),
+            out: Vec::new(),
+            ssrc: None,
+            payload_type,
+            trace: std::env::var_os("OPUS_TUNNEL_TRACE").is_some(),
+            upstream: None,
+            up_running: None,
+            up_gen: 0,
+            rules: RestartRules::new(max_usec),
+        }
+    }
+
+    pub(crate) fn run(&mut self, stream: &mut Conn, rest: Vec<u8>, stop: &AtomicBool) -> String {
+        let _ = stream.set_timeouts(Some(WAKE), Some(Duration::from_secs(4)));
+        let mut reporter = match stream.try_clone() {
+            Ok(s) => s,
+            Err(e) => return e.to_string(),
+        };
+        let mut last_heard = Instant::now();
+        let mut last_report = Instant::now();
+        let mut last_stats = Instant::now();
+        let mut buf = vec![0u8; 16 * 1024];
+        if let Err(e) = self.consume(&rest) {
+            return e;
+        }
+        loop {
+            if self.conn.killed() || stop.load(Ordering::SeqCst) {
+                let bye = Control::Bye("stream closed by the receiver".into());
+                let _ = link::send_controls(&mut reporter, 0, &[bye]);
+                return "closed by the receiver".into();
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => return "the sender closed the connection".into(),
+                Ok(n) => {
+                    last_heard = Instant::now();
+                    self.conn
+                        .stats
+                        .bytes_received
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    if let Err(e) = self.consume(&buf[..n]) {
+                        return e;
+                    }
+                }
+                Err(e) if link::is_timeout(&e) => {
+                    if last_heard.elapsed() > DEAD_AFTER {
+                        return format!("nothing heard for {} s", DEAD_AFTER.as_secs());
+                    }
+                }
+                Err(e) => return e.to_string(),
+            }
+            if let Err(e) = self.tick() {
+                return e;
+            }
+            if let Err(e) = self.relay_upstream(&mut reporter) {
+                return e;
+            }
+            if last_stats.elapsed() >= Duration::from_millis(100) {
+                last_stats = Instant::now();
+                if let Ok(mut st) = self.conn.playout.lock() {
+                    *st = Some(self.playout.stats());
+                }
+                if self.trace {
+                    let c = self.playout.controller();
+                    log::info!(
+                        "trace {} dev consumed={} missing={} period={:.0} ring={} fifo={} produced={} {:?}",
+                        self.conn.now_usec(),
+                        self.last.consumed.saturating_sub(self.base.consumed),
+                        self.last.missing.saturating_sub(self.base.missing),
+                        c.device_period(),
+                        self.conn.fill.load(Ordering::Relaxed),
+                        c.fifo_frames(),
+                        c.produced(),
+                        self.playout.stats()
+                    );
+                }
+            }
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                last_report = Instant::now();
+                let p = self.playout.stats();
+                let s = self.conn.stats.snapshot();
+                let kv = vec![
+                    ("latency_usec".to_string(), p.latency_usec.to_string()),
+                    ("target_latency_usec".to_string(), p.target_usec.to_string()),
+                    ("drift_ppm".to_string(), format!("{:.1}", p.drift_ppm)),
+                    ("underruns".to_string(), p.underruns.to_string()),
+                    ("plc_frames".to_string(), s.plc_frames.to_string()),
+                ];
+                // While the sender is paused a bare keepalive says we are alive (14 bytes).
+                let msg = if self.conn.paused.load(Ordering::Relaxed) {
+                    Control::Keepalive
+                } else {
+                    Control::Report(kv)
+                };
+                if link::send_controls(&mut reporter, 0, &[msg]).is_err() {
+                    return "cannot send reports to the sender".into();
+                }
+            }
+        }
+    }
+
+    /// Desktop end of a record tunnel: tells the far end to record (or stop) as readers come
+    /// and go, and relays knob changes.
+    fn relay_upstream(&mut self, w: &mut Conn) -> Result<(), String> {
+        let Some(u) = self.upstream.clone() else {
+            return Ok(());
+        };
+        let mut msgs = Vec::new();
+        let running = u.running.load(Ordering::SeqCst);
+        if self.up_running != Some(running) {
+            self.up_running = Some(running);
+            msgs.push(if running {
+                Control::Resume
+            } else {
+                Control::Pause
+            });
+        }
+        let gen = u.knobs_gen.load(Ordering::SeqCst);
+        if gen != self.up_gen {
+            self.up_gen = gen;
+            let knobs = u.knobs.lock().map(|k| *k).unwrap_or_default();
+            let kv = knobs
+                .properties()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            msgs.push(Control::Knobs(kv));
+        }
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        link::send_controls(w, 0, &msgs)
+            .map(|_| ())
+            .map_err(|e| format!("cannot reach the far end: {e}"))
+    }
+
+    /// A new connection of a record tunnel: everything but the ring and the device counters
+    /// starts afresh.
+    pub(crate) fn new_session(&mut self, decoder: Decoder) {
+        self.decoder = decoder;
+        self.jitter.reset();
+        self.deframer = Deframer::new(MAX_FRAME);
+        self.restart_engine();
+        self.ssrc = None;
+        self.restart = false;
+        self.up_running = None;
+        self.conn.paused.store(false, Ordering::Relaxed);
+    }
+
+    /// Device reports in, concealment if the stream is late, resampled audio out to the ring.
+    fn tick(&mut self) -> Result<(), String> {
+        while let Ok(r) = self.reports.pop() {
+            self.last = r;
+            if !self.restart && !self.conn.paused.load(Ordering::Relaxed) {
+                self.playout.on_device(
+                    r.now_usec,
+                    r.consumed.saturating_sub(self.base.consumed),
+                    r.missing.saturating_sub(self.base.missing),
+                );
+            }
+        }
+        if self.restart || self.conn.paused.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let now = self.conn.now_usec();
+        if let Some(n) = self.playout.conceal_needed(now) {
+            self.pcm.clear();
+            self.decoder
+                .conceal(n, &mut self.pcm)
+                .map_err(|e| format!("concealment: {e}"))?;
+            self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
+            self.playout.on_conceal(&self.pcm);
+        }
+        // Nothing is produced before the device has started to pull: until then the audio
+        // waits in the engine (which slews it down if it passes the maximum latency).
+        if self.last.consumed + self.last.missing == 0 {
+            // A sink that never pulls (e.g. PulseAudio mixes at most 32 streams per sink)
+            // must not make us hold audio without bound.
+            let fifo_usec = self.playout.controller().fifo_frames() * 1_000_000
+                / u64::from(self.conn.rate.max(1));
+            if let Some(why) = self.rules.before_first_pull(fifo_usec) {
+                self.restart(why);
+            }
+            return Ok(());
+        }
+        self.playout.produce(&mut self.out);
+        self.conn.ratio_bits.store(
+            self.playout.controller().ratio().to_bits(),
+            Ordering::Relaxed,
+        );
+        self.flush();
+        let out_usec = self.conn.samples_to_usec(self.out.len());
+        if let Some(why) = self.rules.after_produce(&self.playout.stats(), out_usec) {
+            self.restart(why);
+        }
+        Ok(())
+    }
+
+    /// A restart the rules call for: counted as an overrun, logged, done.
+    fn restart(&mut self, why: Restart) {
+        self.conn.stats.overruns.fetch_add(1, Ordering::Relaxed);
+        log::debug!("{}: {}; restarting playout", self.conn.label, why.as_str());
+        self.restart_engine();
+    }
+
+    /// Starts the engine afresh. What is still in the ring is stale: the real-time side
+    /// throws it away at its next pop (uncounted), so the engine starts from an empty ring.
+    fn restart_engine(&mut self) {
+        if self.ring.buffer().capacity() > self.ring.slots() {
+            self.conn.flush.store(true, Ordering::SeqCst);
+        }
+        self.playout.reset();
+        self.out.clear();
+        self.base = self.last;
+    }
+
+    /// Moves produced audio into the ring, as much as fits; the rest waits in `out` (it is
+    /// part of the latency the engine accounts for, so it must not be dropped silently).
+    fn flush(&mut self) {
+        let n = self.out.len().min(self.ring.slots());
+        if n == 0 {
+            return;
+        }
+        if let Ok(chunk) = self.ring.write_chunk_uninit(n) {
+            chunk.fill_from_iter(self.out[..n].iter().copied());
+        }
+        self.out.drain(..n);
+    }
+
+    /// Feeds received bytes through the pipeline. An `Err` closes the connection.
+    fn consume(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.deframer.push(bytes);
+        loop {
+            let frame = match self.deframer.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("bad framing: {e}")),
+            };
+            if rtp::is_rtcp(&frame) {
+                let controls = rtp::parse_rtcp(&frame).map_err(|e| format!("bad RTCP: {e}"))?;
+                for c in controls {
+                    match c {
+                        Control::Pause => {
+                            self.conn.paused.store(true, Ordering::Relaxed);
+                            self.restart = true;
+                        }
+                        Control::Bye(why) => return Err(format!("the sender said goodbye: {why}")),
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            let (h, payload) = rtp::parse_rtp(&frame).map_err(|e| format!("bad RTP: {e}"))?;
+            if h.payload_type != self.payload_type {
+                return Err(format!(
+                    "RTP payload type {} where the handshake agreed on {}",
+                    h.payload_type, self.payload_type
+                ));
+            }
+            if self.ssrc != Some(h.ssrc) {
+                if self.ssrc.is_some() {
+                    self.jitter.reset();
+                    self.restart = true;
+                }
+                self.ssrc = Some(h.ssrc);
+            }
+            if self.restart {
+                // After a pause the ring has run dry: the engine starts afresh, counting the
+                // device from here.
+                self.restart = false;
+                self.restart_engine();
+            }
+            self.conn.paused.store(false, Ordering::Relaxed);
+            self.conn
+                .stats
+                .packets_received
+                .fetch_add(1, Ordering::Relaxed);
+            match self.jitter.push(h.seq, h.timestamp, payload.to_vec()) {
+                PushResult::Late | PushResult::Duplicate => {
+                    self.conn.stats.late_packets.fetch_add(1, Ordering::Relaxed);
+                }
+                PushResult::Overflow => {
+                    self.conn.stats.overruns.fetch_add(1, Ordering::Relaxed);
+                }
+                PushResult::Accepted => {}
+            }
+            self.drain_jitter()?;
+        }
+    }
+
+    /// The stream position of an RTP timestamp, in frames at the stream's rate.
+    fn position(&self, ts: u32) -> u32 {
+        let clock = self.decoder.rtp_clock_rate();
+        if clock == self.conn.rate {
+            ts
+        } else {
+            (u64::from(ts) * u64::from(self.conn.rate) / u64::from(clock.max(1))) as u32
+        }
+    }
+
+    fn drain_jitter(&mut self) -> Result<(), String> {
+        while let Some(p) = self.jitter.pop() {
+            self.pcm.clear();
+            let ts = match p {
+                Playout::Packet { payload, timestamp } => {
+                    if let Err(e) = self.decoder.decode(&payload, &mut self.pcm) {
+                        // A corrupt packet is concealed like a lost one, not fatal.
+                        log::debug!("{}: undecodable packet ({e}); concealed", self.conn.label);
+                        self.pcm.clear();
+                        let n = self.decoder.ticks_to_samples(codec::OPUS_RTP_CLOCK / 50);
+                        let _ = self.decoder.conceal(n, &mut self.pcm);
+                        self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                    timestamp
+                }
+                Playout::Missing { ticks, timestamp } => {
+                    let n = self.decoder.ticks_to_samples(ticks);
+                    if n > 0 {
+                        self.decoder
+                            .conceal(n, &mut self.pcm)
+                            .map_err(|e| format!("concealment: {e}"))?;
+                        self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                    timestamp
+                }
+            };
+            if !self.pcm.is_empty() {
+                let now = self.conn.now_usec();
+                let pos = self.position(ts);
+                self.playout.on_packet(now, pos, &self.pcm);
+            }
+        }
+        self.tick()
+    }
+}
+
+/// The stream's side on the daemon's real-time thread: takes the engine's audio out of the
+/// ring, plays silence where there is none, and reports what it took (and when) to the
+/// connection thread. Lock-free and allocation-free.
+pub struct Playback {
+    conn: Arc<ConnShared>,
+    ring: rtrb::Consumer<f32>,
+    reports: rtrb::Producer<DeviceReport>,
+    consumed: u64,
+    missing: u64,
+}
+
+impl Playback {
+    pub(crate) fn new(
+        conn: Arc<ConnShared>,
+        ring: rtrb::Consumer<f32>,
+        reports: rtrb::Producer<DeviceReport>,
+    ) -> Playback {
+        Playback {
+            conn,
+            ring,
+            reports,
+            consumed: 0,
+            missing: 0,
+        }
+    }
+
+    /// Fills `out` (interleaved samples) completely, with silence where nothing is there.
+    pub fn pop(&mut self, out: &mut [f32]) {
+        self.pop_with(out.len(), |i, v| out[i] = v);
+    }
+
+    /// Fills `out` with float32 little-endian samples (PulseAudio's `float32le`).
+    pub fn pop_bytes(&mut self, out: &mut [u8]) {
+        let n = out.len() / 4;
+        self.pop_with(n, |i, v| {
+            out[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes())
+        });
+    }
+
+    fn pop_with(&mut self, want: usize, mut put: impl FnMut(usize, f32)) {
+        let ch = usize::from(self.conn.channels.max(1));
+        if self.conn.flush.swap(false, Ordering::SeqCst) {
+            let stale = self.ring.slots();
+            if let Ok(c) = self.ring.read_chunk(stale) {
+                c.commit_all();
+            }
+        }
+        let want = (want / ch) * ch;
+        let take = (self.ring.slots().min(want) / ch) * ch;
+        if let Ok(chunk) = self.ring.read_chunk(take) {
+            let (a, b) = chunk.as_slices();
+            for (i, v) in a.iter().chain(b.iter()).enumerate() {
+                put(i, *v);
+            }
+            chunk.commit_all();
+        }
+        (take..want).for_each(|i| put(i, 0.0));
+        self.consumed += (take / ch) as u64;
+        self.missing += ((want - take) / ch) as u64;
+        // If the connection thread is behind, a report is dropped: the next one carries the
+        // running totals anyway.
+        let _ = self.reports.push(DeviceReport {
+            now_usec: self.conn.now_usec(),
+            consumed: self.consumed,
+            missing: self.missing,
+        });
+        self.conn.set_fill(self.ring.slots());
+    }
+
+    /// The engine's resampling ratio (output frames per input frame) for a host that
+    /// resamples itself ([`RecvConfig::external_resampler`]); 1 before the engine runs.
+    pub fn ratio(&self) -> f64 {
+        f64::from_bits(self.conn.ratio_bits.load(Ordering::Relaxed))
+    }
+
+    /// Audio waiting in the ring, µs.
+    pub fn queued_usec(&self) -> u64 {
+        self.conn.samples_to_usec(self.ring.slots())
+    }
+}
+
+/// Why playout starts afresh (besides a pause or a new sender, which restart at the next
+/// packet). Each restart is counted as an overrun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// The device has not pulled yet and the audio waiting for it passed the maximum latency
+    /// (a sink that never pulls: PulseAudio mixes at most 32 streams per sink).
+    NeverPulled,
+    /// The engine's correction was at its limit for 3 s: its loop lost the estimate after a
+    /// burst (a stall, the first stream on an idle sink), an audible pitch shift; a short gap
+    /// is better.
+    Saturated,
+    /// More produced audio waits outside the ring than the maximum latency: the device
+    /// stopped pulling (suspended, moved, stalled) and what waits is stale.
+    DeviceStopped,
+}
+
+impl Restart {
+    /// For the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Restart::NeverPulled => "the device never pulled",
+            Restart::Saturated => "drift correction saturated for 3 s",
+            Restart::DeviceStopped => "the device stopped taking audio",
+        }
+    }
+}
+
+/// The rules that start playout afresh, in one place; fed by the decode path after each step.
+pub struct RestartRules {
+    max_usec: u64,
+    /// Since when the engine's correction has been at its limit.
+    saturated_since: Option<Instant>,
+}
+
+impl RestartRules {
+    /// How long a saturated correction is tolerated.
+    const SATURATED_FOR: Duration = Duration::from_secs(3);
+    /// What counts as a saturated correction (the engine's limit is 1 %).
+    const SATURATED_PPM: f64 = 9_000.0;
+
+    /// Rules for a buffer whose latency may reach `max_usec`.
+    pub fn new(max_usec: u64) -> RestartRules {
+        RestartRules {
+            max_usec,
+            saturated_since: None,
+        }
+    }
+
+    /// Before the device's first pull: `fifo_usec` of audio waits in the engine.
+    pub fn before_first_pull(&mut self, fifo_usec: u64) -> Option<Restart> {
+        (fifo_usec > self.max_usec).then_some(Restart::NeverPulled)
+    }
+
+    /// After the engine produced: its figures, and `out_usec` of audio waiting outside the
+    /// ring.
+    pub fn after_produce(&mut self, st: &PlayoutStats, out_usec: u64) -> Option<Restart> {
+        if st.state == PlayoutState::Locked && st.drift_ppm.abs() >= Self::SATURATED_PPM {
+            let since = *self.saturated_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Self::SATURATED_FOR {
+                self.saturated_since = None;
+                return Some(Restart::Saturated);
+            }
+        } else {
+            self.saturated_since = None;
+        }
+        (out_usec > self.max_usec).then_some(Restart::DeviceStopped)
+    }
+}

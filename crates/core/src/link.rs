@@ -1,0 +1,241 @@
+//! The link between the two ends of a tunnel, whichever way the audio goes: both sides of the
+//! handshake and its cookie authentication, the one reader of handshake messages, the
+//! timeouts, and sending control (RTCP) packets on an established connection.
+//!
+//! The client side ([`client_handshake`]) is used by the tunnel sink's sender and by the tunnel
+//! source's record client; the server side ([`authenticate`], [`refuse`], [`accept`]) by the
+//! receiver. Nothing a peer sends can panic or grow memory without bound: a handshake
+//! message is capped by [`HeadReader`], and every wait has a deadline.
+use crate::auth::{ClientAuth, ClientStep, Cookie, ServerAuth, Verified};
+use crate::framing;
+use crate::handshake::{
+    HandshakeError, HeadReader, Hello, Reply, STATUS_BAD_REQUEST, STATUS_UNAUTHORIZED,
+};
+use crate::net::Conn;
+use crate::params::ServerAddr;
+use crate::rtp::{self, Control};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long the handshake may take, from either end.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A send that cannot make progress for this long means the link is dead.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
+/// While idle, a keepalive this often (a 16-byte RTCP packet on the wire).
+pub const KEEPALIVE: Duration = Duration::from_secs(1);
+/// Both ends speak at least once a second (audio, reports or keepalives); this long without a
+/// word from the other end means it is gone (a dead host or a cut link that TCP has not
+/// noticed).
+pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+/// Largest RFC 4571 frame a peer may send us (an Opus packet is at most a few KB; a 60 ms L16
+/// frame of 8 channels at 48 kHz is 46 KB).
+pub const MAX_FRAME: usize = 65535;
+/// How often a blocked handshake read looks at its deadline and stop flag.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Why a handshake message could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The peer closed the connection before the message was complete.
+    Closed,
+    /// The connection failed or timed out, or we are stopping (the text says which).
+    Io(String),
+    /// What arrived is not a handshake message.
+    Bad(HandshakeError),
+}
+
+/// Reads one handshake message (after `pending`, bytes already received), returning its text
+/// and what followed it. Gives up at `deadline`, or within 200 ms once `stop` is set. Sets
+/// a short read timeout on `conn`.
+pub(crate) fn read_message(
+    conn: &mut Conn,
+    pending: &[u8],
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Result<(String, Vec<u8>), ReadError> {
+    let mut reader = HeadReader::new();
+    if !pending.is_empty() {
+        if let Some(m) = reader.push(pending).map_err(ReadError::Bad)? {
+            return Ok(m);
+        }
+    }
+    let mut buf = [0u8; 2048];
+    let _ = conn.set_timeouts(Some(POLL), Some(WRITE_TIMEOUT));
+    loop {
+        if Instant::now() >= deadline {
+            return Err(ReadError::Io(format!(
+                "the handshake did not complete within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            )));
+        }
+        if stop.load(Ordering::SeqCst) {
+            return Err(ReadError::Io("stopping".into()));
+        }
+        let n = match conn.read(&mut buf) {
+            Ok(0) => return Err(ReadError::Closed),
+            Ok(n) => n,
+            Err(e) if is_timeout(&e) => continue,
+            Err(e) => return Err(ReadError::Io(e.to_string())),
+        };
+        if let Some(m) = reader.push(&buf[..n]).map_err(ReadError::Bad)? {
+            return Ok(m);
+        }
+    }
+}
+
+/// A read or write that only timed out (or was interrupted): try again.
+pub fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
+    )
+}
+
+/// Frames control messages as one RTCP packet (RFC 4571) and sends it.
+pub(crate) fn send_controls(
+    conn: &mut Conn,
+    ssrc: u32,
+    msgs: &[Control],
+) -> std::io::Result<usize> {
+    let mut pkt = Vec::new();
+    rtp::write_rtcp(ssrc, msgs, &mut pkt);
+    let mut w = Vec::new();
+    framing::frame(&pkt, &mut w)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    conn.write_all(&w)?;
+    Ok(w.len())
+}
+
+// ---- the server's side ----------------------------------------------------------------------
+
+/// Refuses a tunnel: the peer gets `status` and `reason`, the log says why.
+pub(crate) fn refuse(conn: &mut Conn, peer: SocketAddr, status: u16, reason: &str) {
+    log::warn!("refused a tunnel from {peer}: {reason}");
+    let _ = conn.write_all(Reply::refuse(status, reason).to_text().as_bytes());
+}
+
+/// Sends the `200` (signed when the peer proved the cookie); false if the peer is gone.
+pub(crate) fn accept(conn: &mut Conn, device: &str, verified: &Option<Verified>) -> bool {
+    let mut ok = Reply::ok();
+    ok.fields.insert("Device".into(), device.to_string());
+    if let Some(v) = verified {
+        v.sign(&mut ok);
+    }
+    conn.write_all(ok.to_text().as_bytes()).is_ok()
+}
+
+/// The cookie challenge: sends the `401` with our nonce, checks the peer's proof. On failure
+/// the peer has been sent the refusal and the reason is returned for the log.
+pub(crate) fn authenticate(
+    conn: &mut Conn,
+    cookie: Cookie,
+    hello_text: &str,
+    hello: &Hello,
+    rest: &mut Vec<u8>,
+    deadline: Instant,
+    stop: &AtomicBool,
+) -> Result<Verified, String> {
+    let mut sa = ServerAuth::new(cookie).map_err(|e| e.to_string())?;
+    let challenge = match sa.on_hello(hello_text, hello) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = conn.write_all(e.reply().to_text().as_bytes());
+            return Err(e.to_string());
+        }
+    };
+    conn.write_all(challenge.to_text().as_bytes())
+        .map_err(|e| e.to_string())?;
+    let (text, more) = match read_message(conn, rest, deadline, stop) {
+        Ok(m) => m,
+        Err(ReadError::Closed) => {
+            return Err("no answer to the cookie challenge: the peer closed the connection".into())
+        }
+        Err(ReadError::Io(e)) => return Err(format!("no answer to the cookie challenge: {e}")),
+        Err(ReadError::Bad(e)) => {
+            let _ = conn.write_all(
+                Reply::refuse(STATUS_BAD_REQUEST, format!("bad auth message: {e}"))
+                    .to_text()
+                    .as_bytes(),
+            );
+            return Err(format!("bad auth message: {e}"));
+        }
+    };
+    *rest = more;
+    match sa.on_auth(&text) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let _ = conn.write_all(e.reply().to_text().as_bytes());
+            Err(e.to_string())
+        }
+    }
+}
+
+// ---- the client's side ----------------------------------------------------------------------
+
+/// Connects to `addr` and runs the client side of the handshake (with the cookie exchange if
+/// the receiver asks). `slot` receives a handle on the connection at once, so that an unload
+/// can shut it down under a blocked handshake; `stop` ends a wait within 200 ms. Returns the
+/// connection (write timeout set, no read timeout), the receiver's `200` reply and any bytes
+/// that followed it.
+pub(crate) fn client_handshake(
+    addr: &ServerAddr,
+    mut hello: Hello,
+    cookie: Option<Cookie>,
+    slot: &Mutex<Option<Conn>>,
+    stop: &AtomicBool,
+    name: &str,
+) -> Result<(Conn, Reply, Vec<u8>), String> {
+    let mut conn = Conn::connect(addr).map_err(|e| e.to_string())?;
+    if let (Ok(mut s), Ok(c)) = (slot.lock(), conn.try_clone()) {
+        *s = Some(c);
+    }
+    conn.set_timeouts(Some(POLL), Some(HANDSHAKE_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut auth = ClientAuth::new(cookie).map_err(|e| e.to_string())?;
+    let text = auth.hello_text(&mut hello);
+    conn.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut pending = Vec::new();
+    let reply = loop {
+        let (text, rest) = match read_message(&mut conn, &pending, deadline, stop) {
+            Ok(m) => m,
+            Err(ReadError::Bad(e)) => return Err(format!("bad handshake reply: {e}")),
+            Err(ReadError::Closed) => {
+                return Err("the receiver closed the connection during the handshake \
+                            (not an opus-tunnel receiver?)"
+                    .into())
+            }
+            Err(ReadError::Io(e)) => return Err(format!("handshake: {e}")),
+        };
+        pending = rest;
+        let reply = Reply::parse(&text).map_err(|e| format!("bad handshake reply: {e}"))?;
+        match auth.on_reply(&reply) {
+            Ok(ClientStep::SendAuth(msg)) => {
+                conn.write_all(msg.as_bytes()).map_err(|e| e.to_string())?;
+            }
+            Ok(ClientStep::Accepted { .. }) => break reply,
+            Ok(ClientStep::Refused) => {
+                return Err(format!(
+                    "the receiver refused the tunnel: {} {}",
+                    reply.status, reply.reason
+                ))
+            }
+            Err(e) if !reply.is_ok() && reply.status != STATUS_UNAUTHORIZED => {
+                log::debug!("{name}: {e}");
+                return Err(format!(
+                    "the receiver refused the tunnel: {} {}",
+                    reply.status, reply.reason
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    conn.set_timeouts(None, Some(WRITE_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    Ok((conn, reply, pending))
+}

@@ -1,0 +1,584 @@
+//! The receiver's network side, independent of the sound server: a listener thread, a thread
+//! per accepted connection (limits, authentication, the hello), and dispatch — a play tunnel
+//! to the decode path ([`crate::decode`]), a record tunnel to the encode path
+//! ([`crate::encode`]). The daemon's side is a [`Host`]: it creates the stream for a tunnel
+//! and answers through a [`Replier`]; [`crate::session`] is the host logic both daemons
+//! share. Anything a peer sends that we cannot use closes that connection with a log line.
+use crate::acl::IpAcl;
+use crate::auth::{Cookie, Verified};
+use crate::codec::{self, StreamFormat};
+use crate::connection::{new_conn, ConnShared};
+use crate::decode::{decode_path, Playback};
+use crate::encode::{feeder, serve_record, Feeder, RemoteCapture, WorkerConfig};
+use crate::handshake::{
+    Direction, HandshakeError, Hello, Reply, STATUS_BAD_REQUEST, STATUS_FORBIDDEN,
+    STATUS_TOO_MANY_CONNECTIONS, STATUS_UNSUPPORTED_FORMAT, STATUS_VERSION_NOT_SUPPORTED,
+};
+use crate::link::{accept, authenticate, read_message, refuse, ReadError, HANDSHAKE_TIMEOUT};
+use crate::net::Conn;
+use crate::params::{OpusKnobs, ServerAddr, KNOB_KEYS};
+use crate::samples::SampleFormat;
+use crate::stats::TunnelState;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// The receiver's settings from its module arguments.
+pub struct RecvConfig {
+    /// Accept any peer (`auth-anonymous`).
+    pub anonymous: bool,
+    /// Peers allowed by address (`auth-ip-acl`).
+    pub acl: Option<IpAcl>,
+    /// Everyone else must prove this cookie (`auth-cookie`, when `auth-cookie-enabled`).
+    pub cookie: Option<Cookie>,
+    /// The device tunnels play on when the sender names none (`None`: the default).
+    pub sink: Option<String>,
+    /// Receive buffer target, µs.
+    pub target_usec: u64,
+    /// The most the target may grow to after underruns, µs (`max_latency_msec`).
+    pub max_usec: u64,
+    /// Concurrent connections; one more is refused with 503.
+    pub max_connections: usize,
+    /// The host resamples: the engine passes the audio through at ratio 1 and the host's
+    /// real-time side applies [`Playback::ratio`] (see
+    /// [`crate::playout::Controller::set_external_resampler`]).
+    pub external_resampler: bool,
+}
+
+/// Largest RFC 4571 frame a sender may send us (an Opus packet is at most a few KB; a 60 ms
+/// What the sound server does for the receiver (implemented by each daemon's module).
+pub trait Host: Send + Sync + 'static {
+    /// A tunnel passed its handshake: create a playback stream fed by the request's
+    /// [`Playback`] on `conn.device` (or the host's default), then answer through the
+    /// [`Replier`] — from any thread, within 5 s.
+    fn open(&self, req: StreamRequest);
+    /// A record tunnel passed its handshake: create a recording stream, *corked*, on
+    /// `conn.device` (or the host's default source), whose audio goes to the request's
+    /// [`Feeder`]; keep it corked while [`ConnShared::recording`] is false (check on
+    /// every [`Host::changed`]); answer through the [`Replier`]. The default refuses.
+    fn open_record(&self, req: RecordRequest) {
+        req.into_parts().4.refuse(
+            STATUS_UNSUPPORTED_FORMAT,
+            "this receiver does not serve record tunnels",
+        );
+    }
+    /// A connection ended: the host should remove the streams whose
+    /// [`ConnShared::is_closed`] is true.
+    fn changed(&self);
+}
+
+/// A handshaken tunnel waiting for its stream.
+pub struct StreamRequest {
+    /// The connection's shared state (format, statistics, flags).
+    pub conn: Arc<ConnShared>,
+    /// The real-time side of the stream: hand it to the stream's callback.
+    pub playback: Playback,
+    /// `<sender's sink> on <sender's host>`.
+    pub media_name: String,
+    /// Properties for the stream (peer, remote name, codec).
+    pub props: Vec<(String, String)>,
+    reply: mpsc::Sender<Result<String, (u16, String)>>,
+}
+
+impl StreamRequest {
+    /// Splits the request; the [`Replier`] answers the peer.
+    pub fn into_parts(
+        self,
+    ) -> (
+        Arc<ConnShared>,
+        Playback,
+        String,
+        Vec<(String, String)>,
+        Replier,
+    ) {
+        (
+            self.conn,
+            self.playback,
+            self.media_name,
+            self.props,
+            Replier(self.reply),
+        )
+    }
+}
+
+/// A handshaken record tunnel waiting for its recording stream.
+pub struct RecordRequest {
+    /// The connection's shared state (format, statistics, flags).
+    pub conn: Arc<ConnShared>,
+    /// The real-time side: the recording stream's callback pushes what it records here
+    /// (float32le at the connection's rate and channels).
+    pub feeder: Feeder,
+    /// `<far end's source> on <far end's host>`.
+    pub media_name: String,
+    /// Properties for the stream.
+    pub props: Vec<(String, String)>,
+    reply: mpsc::Sender<Result<String, (u16, String)>>,
+}
+
+impl RecordRequest {
+    /// Splits the request; the [`Replier`] answers the peer.
+    pub fn into_parts(
+        self,
+    ) -> (
+        Arc<ConnShared>,
+        Feeder,
+        String,
+        Vec<(String, String)>,
+        Replier,
+    ) {
+        (
+            self.conn,
+            self.feeder,
+            self.media_name,
+            self.props,
+            Replier(self.reply),
+        )
+    }
+}
+
+/// Answers a [`StreamRequest`] or [`RecordRequest`].
+pub struct Replier(mpsc::Sender<Result<String, (u16, String)>>);
+
+impl Replier {
+    /// The stream plays on `device`.
+    pub fn accept(self, device: &str) {
+        let _ = self.0.send(Ok(device.to_string()));
+    }
+
+    /// No stream: the peer gets `status` (e.g. 404) and `reason`.
+    pub fn refuse(self, status: u16, reason: &str) {
+        let _ = self.0.send(Err((status, reason.to_string())));
+    }
+}
+
+/// The receiver: listener thread, connection threads, limits. Dropping it stops all of them
+/// (connections end within ~200 ms).
+pub struct Receiver {
+    shared: Arc<RecvShared>,
+    listener: Option<JoinHandle<()>>,
+    local: SocketAddr,
+}
+
+struct RecvShared {
+    stop: AtomicBool,
+    connections: AtomicUsize,
+    handshaking: AtomicUsize,
+    cfg: RecvConfig,
+    host: Arc<dyn Host>,
+    live: Mutex<Vec<Arc<ConnShared>>>,
+}
+
+impl Receiver {
+    /// Serves tunnels arriving on `listener` (already bound) through `host`.
+    pub fn start(
+        listener: TcpListener,
+        cfg: RecvConfig,
+        host: Arc<dyn Host>,
+    ) -> std::io::Result<Receiver> {
+        let local = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let shared = Arc::new(RecvShared {
+            stop: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+            handshaking: AtomicUsize::new(0),
+            cfg,
+            host,
+            live: Mutex::new(Vec::new()),
+        });
+        let s2 = shared.clone();
+        let listener = thread::Builder::new()
+            .name("opus-tunnel-listen".into())
+            .spawn(move || accept_loop(listener, s2))?;
+        Ok(Receiver {
+            shared,
+            listener: Some(listener),
+            local,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Tunnels past their handshake (streaming, or waiting for their stream).
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Ok(live) = self.shared.live.lock() {
+            for c in live.iter() {
+                c.kill();
+            }
+        }
+        if let Some(l) = self.listener.take() {
+            let _ = l.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<RecvShared>) {
+    let mut workers: Vec<JoinHandle<()>> = Vec::new();
+    while !shared.stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let s = shared.clone();
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_nodelay(true);
+                let stream = Conn::from(stream);
+                match thread::Builder::new()
+                    .name("opus-tunnel-conn".into())
+                    .spawn(move || serve(stream, peer, s))
+                {
+                    Ok(h) => workers.push(h),
+                    Err(e) => {
+                        log::error!("cannot start a thread for {peer}: {e}; connection dropped")
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(200));
+            }
+        }
+        workers.retain(|h| !h.is_finished());
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
+/// Counts a connection in a counter for as long as it lives.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+/// One accepted connection: limits, authentication, the hello, then the tunnel it asks for.
+fn serve(mut stream: Conn, peer: SocketAddr, shared: Arc<RecvShared>) {
+    // Connections still in their handshake are counted apart, so that peers who never
+    // complete one (they are closed at the 5 s deadline) cannot keep real tunnels out.
+    let h = shared.handshaking.fetch_add(1, Ordering::SeqCst) + 1;
+    let handshake_slot = Slot(&shared.handshaking);
+    let cfg = &shared.cfg;
+    if h > cfg.max_connections.max(64) {
+        refuse(
+            &mut stream,
+            peer,
+            STATUS_TOO_MANY_CONNECTIONS,
+            "too many connections in their handshake",
+        );
+        return;
+    }
+    // PulseAudio's rules: anonymous, or an address in the ACL, needs nothing more; anyone
+    // else must prove the cookie, if cookie authentication is on.
+    let trusted = cfg.anonymous || cfg.acl.as_ref().is_some_and(|a| a.allows(peer.ip()));
+    let cookie = match (&cfg.cookie, trusted) {
+        (_, true) => None,
+        (Some(c), false) => Some(c.clone()),
+        (None, false) => {
+            refuse(
+                &mut stream,
+                peer,
+                STATUS_FORBIDDEN,
+                "address not allowed by auth-ip-acl, and cookie authentication is off",
+            );
+            return;
+        }
+    };
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    let parsed = read_message(&mut stream, &[], deadline, &shared.stop).and_then(|(text, rest)| {
+        Hello::parse(&text)
+            .map(|h| (text, h, rest))
+            .map_err(ReadError::Bad)
+    });
+    let (hello_text, hello, mut rest) = match parsed {
+        Ok(h) => h,
+        Err(ReadError::Bad(HandshakeError::Version { theirs })) => {
+            let mut r = Reply::refuse(
+                STATUS_VERSION_NOT_SUPPORTED,
+                format!("protocol version {theirs} is not supported"),
+            );
+            r.fields
+                .insert("Supported".into(), crate::handshake::VERSION.to_string());
+            log::warn!("refused a tunnel from {peer}: it speaks protocol version {theirs}");
+            let _ = stream.write_all(r.to_text().as_bytes());
+            return;
+        }
+        Err(ReadError::Bad(e)) => {
+            refuse(
+                &mut stream,
+                peer,
+                STATUS_BAD_REQUEST,
+                &format!("bad handshake: {e}"),
+            );
+            return;
+        }
+        Err(ReadError::Closed) => {
+            log::warn!(
+                "closed a connection from {peer} without a handshake: closed before the handshake was complete"
+            );
+            return;
+        }
+        Err(ReadError::Io(e)) => {
+            log::warn!("closed a connection from {peer} without a handshake: {e}");
+            return;
+        }
+    };
+    let mut verified = None;
+    if let Some(cookie) = cookie {
+        match authenticate(
+            &mut stream,
+            cookie,
+            &hello_text,
+            &hello,
+            &mut rest,
+            deadline,
+            &shared.stop,
+        ) {
+            Ok(v) => verified = Some(v),
+            Err(why) => {
+                log::warn!("refused a tunnel from {peer}: {why}");
+                return;
+            }
+        }
+    }
+    let fmt = StreamFormat {
+        rate: hello.rate,
+        channels: hello.channels,
+    };
+    if let Err(e) = codec::validate(hello.codec, &fmt) {
+        refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
+        return;
+    }
+    let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+    let _slot = Slot(&shared.connections);
+    drop(handshake_slot);
+    if n > cfg.max_connections {
+        refuse(
+            &mut stream,
+            peer,
+            STATUS_TOO_MANY_CONNECTIONS,
+            &format!("max_connections={} reached", cfg.max_connections),
+        );
+        return;
+    }
+    let conn = new_conn(&hello, cfg.target_usec, peer.to_string());
+    if let Ok(mut live) = shared.live.lock() {
+        live.retain(|c| !c.is_closed());
+        live.push(conn.clone());
+    }
+    match hello.direction {
+        Direction::Play => serve_play(stream, peer, &shared, &hello, conn, rest, verified),
+        Direction::Record => serve_capture(stream, peer, &shared, &hello, conn, verified),
+    }
+}
+
+fn await_answer(
+    rx: &mpsc::Receiver<Result<String, (u16, String)>>,
+    shared: &RecvShared,
+) -> Result<String, (u16, String)> {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(a) => return a,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if shared.stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+                    return Err((503, "the receiver is busy or shutting down".into()));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err((503, "the receiver is shutting down".into()))
+            }
+        }
+    }
+}
+
+/// Properties of a tunnel's stream: who is at the other end, and the codec.
+fn stream_props(peer: SocketAddr, hello: &Hello) -> Vec<(String, String)> {
+    vec![
+        ("opus.tunnel.peer".to_string(), peer.to_string()),
+        ("opus.tunnel.remote_name".to_string(), hello.name.clone()),
+        ("opus.tunnel.remote_host".to_string(), hello.host.clone()),
+        ("compression".to_string(), hello.codec.as_str().to_string()),
+    ]
+}
+
+/// Ends the handshake once the host has answered: the `200` with the device, or the
+/// host's refusal. `None` (connection marked closed, host told) if there is no tunnel.
+fn conclude(
+    stream: &mut Conn,
+    peer: SocketAddr,
+    rx: &mpsc::Receiver<Result<String, (u16, String)>>,
+    shared: &RecvShared,
+    conn: &ConnShared,
+    verified: &Option<Verified>,
+) -> Option<String> {
+    match await_answer(rx, shared) {
+        Ok(device) if accept(stream, &device, verified) => return Some(device),
+        Ok(_) => {}
+        Err((status, reason)) => refuse(stream, peer, status, &reason),
+    }
+    conn.closed.store(true, Ordering::SeqCst);
+    shared.host.changed();
+    None
+}
+
+fn serve_play(
+    mut stream: Conn,
+    peer: SocketAddr,
+    shared: &Arc<RecvShared>,
+    hello: &Hello,
+    conn: Arc<ConnShared>,
+    rest: Vec<u8>,
+    verified: Option<Verified>,
+) {
+    let cfg = &shared.cfg;
+    let label = conn.label.clone();
+    let setup = decode_path(
+        &conn,
+        hello.codec,
+        cfg.target_usec,
+        cfg.max_usec,
+        cfg.external_resampler,
+    );
+    let (mut receive, playback) = match setup {
+        Ok(x) => x,
+        Err(e) => {
+            refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e);
+            conn.closed.store(true, Ordering::SeqCst);
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::channel();
+    let props = stream_props(peer, hello);
+    shared.host.open(StreamRequest {
+        conn: conn.clone(),
+        playback,
+        media_name: format!("{} on {}", hello.name, hello.host),
+        props,
+        reply: tx,
+    });
+    let Some(sink) = conclude(&mut stream, peer, &rx, shared, &conn, &verified) else {
+        return;
+    };
+    log::info!(
+        "tunnel {label} from {peer} plays on {sink} ({}, {} Hz, {} ch)",
+        hello.codec.as_str(),
+        hello.rate,
+        hello.channels
+    );
+    conn.stats.set_state(TunnelState::Streaming);
+    let why = receive.run(&mut stream, rest, &shared.stop);
+    log::info!("tunnel {label} from {peer} ended: {why}");
+    conn.stats.set_state(TunnelState::Closed);
+    conn.closed.store(true, Ordering::SeqCst);
+    stream.shutdown();
+    shared.host.changed();
+}
+
+/// Tells the host when the far end of a record tunnel wants audio.
+struct HostCapture {
+    conn: Arc<ConnShared>,
+    host: Arc<dyn Host>,
+}
+
+impl RemoteCapture for HostCapture {
+    fn recording(&self, on: bool) {
+        self.conn.recording.store(on, Ordering::SeqCst);
+        self.host.changed();
+    }
+}
+
+/// A record tunnel: we record a local source (only while the peer has readers), encode with
+/// the knobs the peer asked for, and send.
+fn serve_capture(
+    mut stream: Conn,
+    peer: SocketAddr,
+    shared: &Arc<RecvShared>,
+    hello: &Hello,
+    conn: Arc<ConnShared>,
+    verified: Option<Verified>,
+) {
+    let label = conn.label.clone();
+    let fmt = StreamFormat {
+        rate: hello.rate,
+        channels: hello.channels,
+    };
+    let mut knobs = OpusKnobs::default();
+    for (k, v) in &hello.fields {
+        if let Some(key) = KNOB_KEYS.iter().find(|key| key.eq_ignore_ascii_case(k)) {
+            if let Err(e) = knobs.set(key, v) {
+                refuse(&mut stream, peer, STATUS_BAD_REQUEST, &e.to_string());
+                conn.closed.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+    if let Err(e) = codec::Encoder::new(hello.codec, fmt, &knobs) {
+        refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
+        conn.closed.store(true, Ordering::SeqCst);
+        return;
+    }
+    let wcfg = WorkerConfig {
+        addr: ServerAddr::Tcp {
+            host: peer.ip().to_string(),
+            port: peer.port(),
+        },
+        remote_sink: None,
+        name: label.clone(),
+        host: String::new(),
+        compression: hello.codec,
+        fmt,
+        sample_format: SampleFormat::F32Le,
+        channel_map: hello.channel_map.clone(),
+        // Sources post in blocks of their own choosing (module-sine-source: up to 2 s); the
+        // encoder keeps up to three of them before it drops old audio.
+        block_usec: 1_000_000,
+        cookie: None,
+    };
+    // Three seconds between the recording stream and the encoder (float32).
+    let ring_bytes = 4 * usize::from(hello.channels) * hello.rate as usize * 3;
+    let (feeder, tshared, consumer) = feeder(&wcfg, knobs, ring_bytes);
+    let _ = conn.record.set(tshared.clone());
+    let (tx, rx) = mpsc::channel();
+    let props = stream_props(peer, hello);
+    shared.host.open_record(RecordRequest {
+        conn: conn.clone(),
+        feeder,
+        media_name: format!("{} on {}", hello.name, hello.host),
+        props,
+        reply: tx,
+    });
+    let Some(source) = conclude(&mut stream, peer, &rx, shared, &conn, &verified) else {
+        return;
+    };
+    log::info!(
+        "record tunnel {label} from {peer} records {source} ({}, {} Hz, {} ch), while it has readers",
+        hello.codec.as_str(),
+        hello.rate,
+        hello.channels
+    );
+    let remote: Arc<dyn RemoteCapture> = Arc::new(HostCapture {
+        conn: conn.clone(),
+        host: shared.host.clone(),
+    });
+    let why = serve_record(wcfg, consumer, tshared, stream, remote);
+    log::info!("record tunnel {label} from {peer} ended: {why}");
+    conn.recording.store(false, Ordering::SeqCst);
+    conn.closed.store(true, Ordering::SeqCst);
+    shared.host.changed();
+}
