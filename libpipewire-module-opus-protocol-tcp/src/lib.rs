@@ -16,20 +16,19 @@
 
 use opus_tunnel_core::acl::IpAcl;
 use opus_tunnel_core::auth::Cookie;
+use opus_tunnel_core::connection::ConnShared;
+use opus_tunnel_core::decode::Playback;
+use opus_tunnel_core::encode::Feeder;
 use opus_tunnel_core::params::{parse_bool, DEFAULT_PORT};
-use opus_tunnel_core::rx::{
-    self, ConnShared, Host, Playback, RecordRequest, RecvConfig, StreamRequest,
-};
-use opus_tunnel_core::tx::Feeder;
+use opus_tunnel_core::server::{self, RecvConfig};
+use opus_tunnel_core::session::{Daemon, Refusal, Sessions, StreamHandle};
 use opus_tunnel_pipewire::{
     channel_positions, declare_pw_module, parse_json_list, parse_object, Args, Context, Direction,
     Event, EventHandle, ModuleInfo, PwModule, Stream, StreamIo, StreamSpec, StreamState, Timer,
 };
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, OnceLock};
 
 const USAGE: &str = "( server.address = [ \"tcp:[ADDR:]PORT\" ] )  listen address, default tcp:4715 (all addresses)
 ( auth.anonymous = <bool> )  accept any peer, default false
@@ -57,48 +56,31 @@ const VALID_ARGS: &[&str] = &[
     "opus.resampler",
 ];
 
-/// The daemon side of the receiver, seen from the connection threads: requests are queued
-/// for the main thread, which is woken through a main-loop event.
-struct PwHost {
-    requests: Mutex<VecDeque<StreamRequest>>,
-    records: Mutex<VecDeque<RecordRequest>>,
-    waker: OnceLock<EventHandle>,
+/// The PipeWire side of the receiver's sessions (main thread).
+struct Pipewire {
+    ctx: Context,
+    target_usec: u64,
+    extra_props: Vec<(String, String)>,
+    /// `opus.resampler = pipewire`: PipeWire's adapter resamples (rate matching).
+    pw_resampler: bool,
+    /// Wakes the main thread when a stream fails or is disconnected.
+    waker: Option<EventHandle>,
 }
 
-impl PwHost {
-    fn wake(&self) {
-        if let Some(w) = self.waker.get() {
-            w.signal();
-        }
-    }
-}
-
-impl Host for PwHost {
-    fn open(&self, req: StreamRequest) {
-        if let Ok(mut q) = self.requests.lock() {
-            q.push_back(req);
-        }
-        self.wake();
-    }
-
-    fn open_record(&self, req: RecordRequest) {
-        if let Ok(mut q) = self.records.lock() {
-            q.push_back(req);
-        }
-        self.wake();
-    }
-
-    fn changed(&self) {
-        self.wake();
-    }
-}
-
-/// A tunnel whose stream is playing (main thread).
-struct Active {
+/// A tunnel's stream, and whether it failed or was disconnected (its node destroyed, e.g.
+/// `pw-cli destroy`).
+struct PwStream {
     stream: Stream,
-    conn: Arc<ConnShared>,
-    /// The stream failed or was disconnected (its node destroyed, e.g. `pw-cli destroy`).
     dead: Rc<Cell<bool>>,
+}
+
+impl StreamHandle for PwStream {
+    fn gone(&self) -> bool {
+        self.dead.get()
+    }
+    fn publish(&self, props: &[(String, String)]) {
+        self.stream.update_properties(props);
+    }
 }
 
 /// Where a record tunnel's capture stream records from.
@@ -108,20 +90,6 @@ struct CaptureTarget {
     node: Option<String>,
     /// The node is a sink and the stream records its monitor (`stream.capture.sink`).
     monitor: bool,
-    /// The name answered to the desktop end.
-    label: String,
-}
-
-/// A record tunnel (main thread). Its capture stream exists only while the desktop end has
-/// readers (privacy, CPU, bandwidth); in between, its real-time side is parked here.
-struct Recording {
-    stream: Option<Stream>,
-    dead: Rc<Cell<bool>>,
-    parked: Option<Box<dyn StreamIo>>,
-    conn: Arc<ConnShared>,
-    name: String,
-    props: Vec<(String, String)>,
-    target: CaptureTarget,
 }
 
 /// The capture stream's side on PipeWire's data thread: hands what it records to the
@@ -132,20 +100,6 @@ impl StreamIo for CaptureIo {
     fn consume(&mut self, data: &[u8]) {
         self.0.push(data, true);
     }
-}
-
-/// Main-thread state.
-struct MainState {
-    ctx: Context,
-    host: Arc<PwHost>,
-    target: Option<String>,
-    target_source: Option<String>,
-    target_usec: u64,
-    extra_props: Vec<(String, String)>,
-    active: Vec<Active>,
-    recordings: Vec<Recording>,
-    /// `opus.resampler = pipewire`: PipeWire's adapter resamples (rate matching).
-    pw_resampler: bool,
 }
 
 /// The stream's side on PipeWire's data thread; with `opus.resampler = pipewire` (the
@@ -161,212 +115,39 @@ impl StreamIo for ReceiverIo {
     }
 }
 
-impl MainState {
-    /// Creates streams for new tunnels and removes those that ended. Main thread.
-    fn service(&mut self) {
-        let requests: Vec<StreamRequest> = match self.host.requests.lock() {
-            Ok(mut q) => q.drain(..).collect(),
-            Err(_) => Vec::new(),
-        };
-        for req in requests {
-            let (conn, playback, name, props, replier) = req.into_parts();
-            let device = conn.device.clone().or_else(|| self.target.clone());
-            match self.create_stream(&conn, playback, &name, props, device.as_deref()) {
-                Ok((stream, dead)) => {
-                    log::info!(
-                        "tunnel {} plays as stream {:?} on {}",
-                        conn.label,
-                        name,
-                        device.as_deref().unwrap_or("the default sink")
-                    );
-                    replier.accept(device.as_deref().unwrap_or("@DEFAULT_SINK@"));
-                    self.active.push(Active { stream, conn, dead });
-                }
-                Err(e) => {
-                    log::warn!("tunnel {}: {e}", conn.label);
-                    replier.refuse(503, &e);
-                }
-            }
-        }
-        self.active.retain(|a| {
-            if a.dead.get() {
-                log::info!("stream of {} is gone; closing its tunnel", a.conn.label);
-                a.conn.kill();
-                return false;
-            }
-            !a.conn.is_closed()
-        });
-        self.service_records();
-    }
+fn is_source(class: &str) -> bool {
+    class.starts_with("Audio/Source") || class == "Audio/Duplex"
+}
 
-    /// Where a record tunnel records: the source it asked for, `target.source`, or the
-    /// default source. A name that is not a node of the graph now (checked on the spot: the
-    /// module runs inside the daemon) is refused with 404 like the PulseAudio receiver does;
-    /// `NAME.monitor` (PulseAudio's name of a sink's monitor) records the sink `NAME`'s
-    /// monitor.
-    fn resolve_source(&self, wanted: Option<&str>) -> Result<CaptureTarget, String> {
-        let nodes = self.ctx.nodes();
-        let is_source = |c: &str| c.starts_with("Audio/Source") || c == "Audio/Duplex";
-        let Some(name) = wanted else {
-            if nodes.iter().any(|n| is_source(&n.media_class)) {
-                return Ok(CaptureTarget {
-                    node: None,
-                    monitor: false,
-                    label: "@DEFAULT_SOURCE@".into(),
-                });
-            }
-            return Err("there is no default source (no Audio/Source node)".into());
-        };
-        if let Some(n) = nodes.iter().find(|n| n.name == name) {
-            if is_source(&n.media_class) {
-                return Ok(CaptureTarget {
-                    node: Some(name.into()),
-                    monitor: false,
-                    label: name.into(),
-                });
-            }
-            if n.media_class.starts_with("Audio/Sink") {
-                return Ok(CaptureTarget {
-                    node: Some(name.into()),
-                    monitor: true,
-                    label: format!("{name}.monitor"),
-                });
-            }
-            return Err(format!(
-                "{name:?} is a {} node, not a source",
-                n.media_class
-            ));
-        }
-        if let Some(sink) = name.strip_suffix(".monitor") {
-            if nodes
-                .iter()
-                .any(|n| n.name == sink && n.media_class.starts_with("Audio/Sink"))
-            {
-                return Ok(CaptureTarget {
-                    node: Some(sink.into()),
-                    monitor: true,
-                    label: name.into(),
-                });
-            }
-        }
-        Err(format!("no source named {name:?}"))
-    }
+fn is_sink(class: &str) -> bool {
+    class.starts_with("Audio/Sink")
+}
 
-    /// Answers new record tunnels; creates each one's capture stream while its desktop end
-    /// has readers and destroys it when they go; drops the tunnels that ended.
-    fn service_records(&mut self) {
-        let records: Vec<RecordRequest> = match self.host.records.lock() {
-            Ok(mut q) => q.drain(..).collect(),
-            Err(_) => Vec::new(),
-        };
-        for req in records {
-            let (conn, feeder, name, props, replier) = req.into_parts();
-            let wanted = conn.device.clone().or_else(|| self.target_source.clone());
-            match self.resolve_source(wanted.as_deref()) {
-                Ok(target) => {
-                    log::info!(
-                        "record tunnel {} records {} while it has readers",
-                        conn.label,
-                        target.label
-                    );
-                    replier.accept(&target.label);
-                    self.recordings.push(Recording {
-                        stream: None,
-                        dead: Rc::new(Cell::new(false)),
-                        parked: Some(Box::new(CaptureIo(feeder))),
-                        conn,
-                        name,
-                        props,
-                        target,
-                    });
-                }
-                Err(e) => {
-                    log::warn!("record tunnel {}: {e}", conn.label);
-                    replier.refuse(404, &e);
-                }
-            }
-        }
-        let mut recordings = std::mem::take(&mut self.recordings);
-        recordings.retain_mut(|r| {
-            if r.stream.is_some() && r.dead.get() {
-                log::info!(
-                    "capture stream of {} is gone; closing its tunnel",
-                    r.conn.label
-                );
-                r.conn.kill();
-                return false;
-            }
-            if r.conn.is_closed() {
-                return false;
-            }
-            let want = r.conn.recording();
-            if want && r.stream.is_none() {
-                if let Some(io) = r.parked.take() {
-                    match self.create_capture(r, io) {
-                        Ok((stream, dead)) => {
-                            log::info!("record tunnel {}: recording", r.conn.label);
-                            r.stream = Some(stream);
-                            r.dead = dead;
-                        }
-                        Err(e) => {
-                            log::warn!("record tunnel {}: cannot record: {e}", r.conn.label);
-                            r.conn.kill();
-                            return false;
-                        }
-                    }
-                }
-            } else if !want {
-                if let Some(stream) = r.stream.take() {
-                    r.parked = stream.into_io();
-                    log::info!("record tunnel {}: stopped (no readers)", r.conn.label);
-                    if r.parked.is_none() {
-                        r.conn.kill();
-                        return false;
-                    }
-                }
-            }
-            true
-        });
-        self.recordings = recordings;
-    }
+impl Daemon for Pipewire {
+    type Play = PwStream;
+    type Capture = PwStream;
+    type Parked = Box<dyn StreamIo>;
+    type Source = CaptureTarget;
 
-    fn create_capture(
-        &self,
-        r: &Recording,
-        io: Box<dyn StreamIo>,
-    ) -> Result<(Stream, Rc<Cell<bool>>), String> {
-        let conn = &r.conn;
-        let mut p: Vec<(String, String)> = vec![
-            ("media.class".into(), "Stream/Input/Audio".into()),
-            ("media.category".into(), "Capture".into()),
-            ("media.role".into(), "Communication".into()),
-            (
-                "node.name".into(),
-                format!("opus-tunnel-rec.{}", clean(&conn.label)),
-            ),
-            // Down-mix as PulseAudio does (stereo → mono averages the channels): PipeWire's
-            // default matrix sums at -3 dB each, which lifts a stereo source by 3 dB in a
-            // mono tunnel (and can clip).
-            ("channelmix.normalize".into(), "true".into()),
-        ];
-        if let Some(node) = &r.target.node {
-            p.push(("target.object".into(), node.clone()));
-        }
-        if r.target.monitor {
-            p.push(("stream.capture.sink".into(), "true".into()));
-        }
-        p.extend(r.props.iter().cloned());
-        self.open_stream(conn, &r.name, p, Direction::Capture, io, "capture stream")
-    }
-
-    fn create_stream(
-        &self,
+    /// The sink must be a node of the graph now (checked on the spot, as the PulseAudio
+    /// receiver does: the module runs inside the daemon); the session manager links the
+    /// stream to it.
+    fn open_play(
+        &mut self,
         conn: &ConnShared,
+        device: Option<&str>,
         playback: Playback,
         name: &str,
         props: Vec<(String, String)>,
-        device: Option<&str>,
-    ) -> Result<(Stream, Rc<Cell<bool>>), String> {
+    ) -> Result<(PwStream, String), Refusal> {
+        let nodes = self.ctx.nodes();
+        let found = match device {
+            Some(d) => nodes.iter().any(|n| n.name == d && is_sink(&n.media_class)),
+            None => nodes.iter().any(|n| is_sink(&n.media_class)),
+        };
+        if !found {
+            return Err(Refusal::no_device("sink", device));
+        }
         let mut p: Vec<(String, String)> = vec![
             ("media.class".into(), "Stream/Output/Audio".into()),
             ("media.category".into(), "Playback".into()),
@@ -381,12 +162,100 @@ impl MainState {
         }
         p.extend(props);
         let io = Box::new(ReceiverIo(playback, self.pw_resampler));
-        self.open_stream(conn, name, p, Direction::Playback, io, "stream")
+        let stream = self
+            .open_stream(conn, name, p, Direction::Playback, io, "stream")
+            .map_err(Refusal::refused)?;
+        Ok((stream, device.unwrap_or("@DEFAULT_SINK@").to_string()))
     }
 
+    /// The source it asked for, `target.source`, or the default source; `NAME.monitor`
+    /// (PulseAudio's name of a sink's monitor) records the sink `NAME`'s monitor.
+    fn resolve_source(&mut self, wanted: Option<&str>) -> Result<(CaptureTarget, String), Refusal> {
+        let nodes = self.ctx.nodes();
+        let Some(name) = wanted else {
+            if nodes.iter().any(|n| is_source(&n.media_class)) {
+                let t = CaptureTarget {
+                    node: None,
+                    monitor: false,
+                };
+                return Ok((t, "@DEFAULT_SOURCE@".into()));
+            }
+            return Err(Refusal::no_device("source", None));
+        };
+        if let Some(n) = nodes.iter().find(|n| n.name == name) {
+            if is_source(&n.media_class) || is_sink(&n.media_class) {
+                let monitor = is_sink(&n.media_class);
+                let label = if monitor {
+                    format!("{name}.monitor")
+                } else {
+                    name.into()
+                };
+                let t = CaptureTarget {
+                    node: Some(name.into()),
+                    monitor,
+                };
+                return Ok((t, label));
+            }
+        }
+        if let Some(sink) = name.strip_suffix(".monitor") {
+            if nodes
+                .iter()
+                .any(|n| n.name == sink && is_sink(&n.media_class))
+            {
+                let t = CaptureTarget {
+                    node: Some(sink.into()),
+                    monitor: true,
+                };
+                return Ok((t, name.into()));
+            }
+        }
+        Err(Refusal::no_device("source", Some(name)))
+    }
+
+    fn park(&mut self, feeder: Feeder) -> Box<dyn StreamIo> {
+        Box::new(CaptureIo(feeder))
+    }
+
+    fn open_capture(
+        &mut self,
+        conn: &ConnShared,
+        target: &CaptureTarget,
+        io: Box<dyn StreamIo>,
+        name: &str,
+        props: Vec<(String, String)>,
+    ) -> Result<PwStream, String> {
+        let mut p: Vec<(String, String)> = vec![
+            ("media.class".into(), "Stream/Input/Audio".into()),
+            ("media.category".into(), "Capture".into()),
+            ("media.role".into(), "Communication".into()),
+            (
+                "node.name".into(),
+                format!("opus-tunnel-rec.{}", clean(&conn.label)),
+            ),
+            // Down-mix as PulseAudio does (stereo → mono averages the channels): PipeWire's
+            // default matrix sums at -3 dB each, which lifts a stereo source by 3 dB in a
+            // mono tunnel (and can clip).
+            ("channelmix.normalize".into(), "true".into()),
+        ];
+        if let Some(node) = &target.node {
+            p.push(("target.object".into(), node.clone()));
+        }
+        if target.monitor {
+            p.push(("stream.capture.sink".into(), "true".into()));
+        }
+        p.extend(props);
+        self.open_stream(conn, name, p, Direction::Capture, io, "capture stream")
+    }
+
+    fn close_capture(&mut self, s: PwStream) -> Option<Box<dyn StreamIo>> {
+        s.stream.into_io()
+    }
+}
+
+impl Pipewire {
     /// Creates a tunnel's stream with `props` (ours, then the tunnel's own) after the common
-    /// ones, and the module's extra and statistics properties after them. The flag turns true
-    /// (and the host wakes) when the stream fails or is disconnected.
+    /// ones, and the module's extra and statistics properties after them. It is marked gone
+    /// (and the main thread woken) when it fails or is disconnected.
     fn open_stream(
         &self,
         conn: &ConnShared,
@@ -395,7 +264,7 @@ impl MainState {
         direction: Direction,
         io: Box<dyn StreamIo>,
         what: &'static str,
-    ) -> Result<(Stream, Rc<Cell<bool>>), String> {
+    ) -> Result<PwStream, String> {
         // A quantum near half the target, as a power of two (PipeWire's quanta are).
         let want = (u64::from(conn.rate) * self.target_usec / 2_000_000).clamp(256, 8192);
         let quantum = 1u64 << (63 - want.leading_zeros());
@@ -412,8 +281,14 @@ impl MainState {
         let positions = channel_positions(&conn.channel_map, conn.channels);
         let dead = Rc::new(Cell::new(false));
         let d2 = dead.clone();
-        let host = self.host.clone();
+        let waker = self.waker.clone();
         let label = conn.label.clone();
+        let gone = move || {
+            d2.set(true);
+            if let Some(w) = &waker {
+                w.signal();
+            }
+        };
         let stream = Stream::new(
             &self.ctx,
             &StreamSpec {
@@ -428,29 +303,13 @@ impl MainState {
             Some(Box::new(move |st| match st {
                 StreamState::Error(e) => {
                     log::warn!("{what} of {label}: {e}");
-                    d2.set(true);
-                    host.wake();
+                    gone();
                 }
-                StreamState::Unconnected => {
-                    d2.set(true);
-                    host.wake();
-                }
+                StreamState::Unconnected => gone(),
                 _ => {}
             })),
         )?;
-        Ok((stream, dead))
-    }
-
-    /// Publishes each stream's statistics as its node properties. Main thread, once a second.
-    fn publish(&mut self) {
-        for a in &self.active {
-            a.stream.update_properties(&a.conn.stat_properties());
-        }
-        for r in &self.recordings {
-            if let Some(s) = &r.stream {
-                s.update_properties(&r.conn.stat_properties());
-            }
-        }
+        Ok(PwStream { stream, dead })
     }
 }
 
@@ -466,12 +325,18 @@ fn clean(s: &str) -> String {
         .collect()
 }
 
+/// Main-thread state: the daemon's side and the tunnels.
+struct Main {
+    pw: Pipewire,
+    sessions: Sessions<Pipewire>,
+}
+
 /// The module instance.
 pub struct Receiver {
-    receiver: Option<rx::Receiver>,
+    receiver: Option<server::Receiver>,
     _timer: Timer,
     _event: Event,
-    main: Rc<RefCell<MainState>>,
+    main: Rc<RefCell<Main>>,
     addr: SocketAddr,
 }
 
@@ -607,34 +472,36 @@ impl PwModule for Receiver {
             }
         };
         let listener = bind(&addrs)?;
-        let host = Arc::new(PwHost {
-            requests: Mutex::new(VecDeque::new()),
-            records: Mutex::new(VecDeque::new()),
-            waker: OnceLock::new(),
-        });
-        let main = Rc::new(RefCell::new(MainState {
-            ctx: ctx.clone(),
-            host: host.clone(),
-            target: target.clone(),
-            target_source,
-            target_usec: target_ms * 1000,
-            extra_props,
-            active: Vec::new(),
-            recordings: Vec::new(),
-            pw_resampler,
+        let main = Rc::new(RefCell::new(Main {
+            pw: Pipewire {
+                ctx: ctx.clone(),
+                target_usec: target_ms * 1000,
+                extra_props,
+                pw_resampler,
+                waker: None,
+            },
+            sessions: Sessions::new(target.clone(), target_source),
         }));
         let m2 = main.clone();
         let event = Event::new(ctx, move || {
             if let Ok(mut m) = m2.try_borrow_mut() {
-                m.service();
+                let Main { pw, sessions } = &mut *m;
+                sessions.service(pw);
             }
         })?;
-        let _ = host.waker.set(event.handle());
+        let host = {
+            let mut m = main.borrow_mut();
+            m.pw.waker = Some(event.handle());
+            let handle = event.handle();
+            m.sessions.set_waker(move || handle.signal());
+            m.sessions.host()
+        };
         let m3 = main.clone();
         let timer = Timer::new(ctx, 1_000_000, move || {
             if let Ok(mut m) = m3.try_borrow_mut() {
-                m.service();
-                m.publish();
+                let Main { pw, sessions } = &mut *m;
+                sessions.service(pw);
+                sessions.publish();
             }
         })?;
         let cfg = RecvConfig {
@@ -647,7 +514,7 @@ impl PwModule for Receiver {
             max_connections,
             external_resampler: pw_resampler,
         };
-        let receiver = rx::Receiver::start(listener, cfg, host)
+        let receiver = server::Receiver::start(listener, cfg, host)
             .map_err(|e| format!("cannot start the listener: {e}"))?;
         let addr = receiver.local_addr();
         log::info!("listening for opus tunnels on {addr}");
@@ -667,26 +534,7 @@ impl Drop for Receiver {
         // still queued are refused, then the streams go.
         drop(self.receiver.take());
         if let Ok(mut m) = self.main.try_borrow_mut() {
-            let pending: Vec<StreamRequest> = match m.host.requests.lock() {
-                Ok(mut q) => q.drain(..).collect(),
-                Err(_) => Vec::new(),
-            };
-            for req in pending {
-                req.into_parts()
-                    .4
-                    .refuse(503, "the receiver is shutting down");
-            }
-            let records: Vec<RecordRequest> = match m.host.records.lock() {
-                Ok(mut q) => q.drain(..).collect(),
-                Err(_) => Vec::new(),
-            };
-            for req in records {
-                req.into_parts()
-                    .4
-                    .refuse(503, "the receiver is shutting down");
-            }
-            m.active.clear();
-            m.recordings.clear();
+            m.sessions.shutdown();
         }
         log::info!("stopped listening on {}", self.addr);
     }

@@ -9,11 +9,12 @@
 
 use opus_tunnel_core::acl::IpAcl;
 use opus_tunnel_core::auth::Cookie;
+use opus_tunnel_core::connection::ConnShared;
+use opus_tunnel_core::decode::Playback;
+use opus_tunnel_core::encode::Feeder;
 use opus_tunnel_core::params::{parse_bool, DEFAULT_PORT};
-use opus_tunnel_core::rx::{
-    self, ConnShared, Host, Playback, RecordRequest, RecvConfig, StreamRequest,
-};
-use opus_tunnel_core::tx::Feeder;
+use opus_tunnel_core::server::{self, RecvConfig};
+use opus_tunnel_core::session::{Daemon, Refusal, Sessions, StreamHandle};
 use opus_tunnel_pulse::mainloop::{MainTimer, MainWaker, WakeHandle};
 use opus_tunnel_pulse::module::ModuleInfo;
 use opus_tunnel_pulse::sink_input::{SinkInput, SinkInputConfig, SinkInputIo};
@@ -22,10 +23,8 @@ use opus_tunnel_pulse::{
     declare_module, ChannelMap, Modargs, ModuleRef, PaModule, Proplist, SampleSpec,
 };
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex, OnceLock};
 
 const USAGE: &std::ffi::CStr = c"port=<TCP port, default 4715> \
 listen=<address to listen on; default: all> \
@@ -53,50 +52,36 @@ const VALID_ARGS: &[&str] = &[
     "max_connections",
 ];
 
-/// The daemon side of the receiver, seen from the connection threads: requests are queued
-/// for the main thread, which is woken through an eventfd.
-struct PulseHost {
-    requests: Mutex<VecDeque<StreamRequest>>,
-    records: Mutex<VecDeque<RecordRequest>>,
-    waker: OnceLock<WakeHandle>,
+/// The PulseAudio side of the receiver's sessions (main thread).
+struct Pulse {
+    module: ModuleRef,
+    target_usec: u64,
+    /// Wakes the main thread when the daemon kills one of our streams.
+    waker: Option<WakeHandle>,
 }
 
-impl PulseHost {
-    fn wake(&self) {
-        if let Some(w) = self.waker.get() {
-            w.wake();
-        }
-    }
-}
+/// A tunnel's playback stream.
+struct Played(SinkInput);
 
-impl Host for PulseHost {
-    fn open(&self, req: StreamRequest) {
-        if let Ok(mut q) = self.requests.lock() {
-            q.push_back(req);
-        }
-        self.wake();
+impl StreamHandle for Played {
+    fn gone(&self) -> bool {
+        self.0.killed()
     }
-
-    fn open_record(&self, req: RecordRequest) {
-        if let Ok(mut q) = self.records.lock() {
-            q.push_back(req);
-        }
-        self.wake();
-    }
-
-    fn changed(&self) {
-        self.wake();
+    fn publish(&self, props: &[(String, String)]) {
+        self.0.update_proplist(&to_proplist(props));
     }
 }
 
-/// A record tunnel (main thread). Its recording stream exists only while the far end has
-/// readers (privacy, CPU, bandwidth); in between, its callback is parked here.
-struct Recording {
-    stream: Option<SourceOutput>,
-    parked: Option<Box<dyn SourceOutputIo>>,
-    conn: Arc<ConnShared>,
-    name: String,
-    props: Vec<(String, String)>,
+/// A record tunnel's capture stream.
+struct Captured(SourceOutput);
+
+impl StreamHandle for Captured {
+    fn gone(&self) -> bool {
+        self.0.killed()
+    }
+    fn publish(&self, props: &[(String, String)]) {
+        self.0.update_proplist(&to_proplist(props));
+    }
 }
 
 /// The recording stream's side on the source's IO thread.
@@ -106,207 +91,6 @@ impl SourceOutputIo for CaptureIo {
     fn push(&mut self, data: &[u8]) {
         self.0.push(data, true);
     }
-}
-
-/// A tunnel whose stream is playing (main thread).
-struct Active {
-    stream: SinkInput,
-    conn: Arc<ConnShared>,
-}
-
-/// Main-thread state.
-struct MainState {
-    module: ModuleRef,
-    host: Arc<PulseHost>,
-    default_sink: Option<String>,
-    default_source: Option<String>,
-    target_usec: u64,
-    active: Vec<Active>,
-    recordings: Vec<Recording>,
-}
-
-impl MainState {
-    /// Creates streams for new tunnels and removes those that ended. Main thread.
-    fn service(&mut self) {
-        let requests: Vec<StreamRequest> = match self.host.requests.lock() {
-            Ok(mut q) => q.drain(..).collect(),
-            Err(_) => Vec::new(),
-        };
-        for req in requests {
-            let (conn, playback, name, props, replier) = req.into_parts();
-            match self.create_stream(&conn, playback, &name, props) {
-                Ok(stream) => {
-                    replier.accept(&stream.sink_name().unwrap_or_default());
-                    self.active.push(Active { stream, conn });
-                }
-                Err((status, reason)) => replier.refuse(status, &reason),
-            }
-        }
-        self.active.retain(|a| {
-            if a.stream.killed() {
-                log::info!("stream {} was killed; closing its tunnel", a.conn.label);
-                a.conn.kill();
-                return false;
-            }
-            !a.conn.is_closed()
-        });
-        let records: Vec<RecordRequest> = match self.host.records.lock() {
-            Ok(mut q) => q.drain(..).collect(),
-            Err(_) => Vec::new(),
-        };
-        for req in records {
-            let (conn, feeder, name, props, replier) = req.into_parts();
-            let source = conn.device.clone().or_else(|| self.default_source.clone());
-            match self.module.core().source_name(source.as_deref()) {
-                Some(found) => {
-                    replier.accept(&found);
-                    self.recordings.push(Recording {
-                        stream: None,
-                        parked: Some(Box::new(CaptureIo(feeder))),
-                        conn,
-                        name,
-                        props,
-                    });
-                }
-                None => replier.refuse(
-                    404,
-                    &match source {
-                        Some(n) => format!("no source named {n:?}"),
-                        None => "there is no default source".into(),
-                    },
-                ),
-            }
-        }
-        let mut recordings = std::mem::take(&mut self.recordings);
-        recordings.retain_mut(|r| {
-            if r.stream.as_ref().is_some_and(|s| s.killed()) {
-                log::info!("stream {} was killed; closing its tunnel", r.conn.label);
-                r.conn.kill();
-                return false;
-            }
-            if r.conn.is_closed() {
-                return false;
-            }
-            let want = r.conn.recording();
-            if want && r.stream.is_none() {
-                if let Some(io) = r.parked.take() {
-                    match self.create_recording(&r.conn, io, &r.name, r.props.clone()) {
-                        Ok(stream) => {
-                            log::info!("record tunnel {}: recording", r.conn.label);
-                            r.stream = Some(stream);
-                        }
-                        Err((_, e)) => {
-                            log::warn!("record tunnel {}: cannot record: {e}", r.conn.label);
-                            r.conn.kill();
-                            return false;
-                        }
-                    }
-                }
-            } else if !want {
-                if let Some(stream) = r.stream.take() {
-                    r.parked = Some(stream.close());
-                    log::info!("record tunnel {}: stopped (no readers)", r.conn.label);
-                }
-            }
-            true
-        });
-        self.recordings = recordings;
-    }
-
-    fn create_stream(
-        &self,
-        conn: &ConnShared,
-        playback: Playback,
-        name: &str,
-        props: Vec<(String, String)>,
-    ) -> Result<SinkInput, (u16, String)> {
-        let spec = SampleSpec::new("float32le", conn.rate, conn.channels).map_err(|e| (415, e))?;
-        let map = ChannelMap::parse(&conn.channel_map, conn.channels)
-            .or_else(|_| {
-                ChannelMap::default_for(conn.channels).ok_or_else(|| "no channel map".to_string())
-            })
-            .map_err(|e| (415, e))?;
-        let mut pl = Proplist::new();
-        pl.set("media.name", name);
-        pl.set("application.name", "opus-tunnel");
-        pl.set("media.role", "music");
-        for (k, v) in props {
-            pl.set(&k, &v);
-        }
-        let device = conn.device.clone().or_else(|| self.default_sink.clone());
-        SinkInput::new(
-            &self.module,
-            SinkInputConfig {
-                sink: device.as_deref(),
-                spec,
-                map,
-                props: pl,
-                requested_latency_usec: (self.target_usec / 2).clamp(5_000, 100_000),
-                driver: c"module-opus-protocol-tcp",
-                on_kill: self.host.waker.get().cloned(),
-            },
-            Box::new(ReceiverIo(playback)),
-        )
-        .map_err(|e| (404, e))
-    }
-
-    fn create_recording(
-        &self,
-        conn: &ConnShared,
-        io: Box<dyn SourceOutputIo>,
-        name: &str,
-        props: Vec<(String, String)>,
-    ) -> Result<SourceOutput, (u16, String)> {
-        let spec = SampleSpec::new("float32le", conn.rate, conn.channels).map_err(|e| (415, e))?;
-        let map = ChannelMap::parse(&conn.channel_map, conn.channels)
-            .or_else(|_| {
-                ChannelMap::default_for(conn.channels).ok_or_else(|| "no channel map".to_string())
-            })
-            .map_err(|e| (415, e))?;
-        let mut pl = Proplist::new();
-        pl.set("media.name", name);
-        pl.set("application.name", "opus-tunnel");
-        pl.set("media.role", "phone");
-        for (k, v) in props {
-            pl.set(&k, &v);
-        }
-        SourceOutput::new(
-            &self.module,
-            SourceOutputConfig {
-                source: conn.device.as_deref().or(self.default_source.as_deref()),
-                spec,
-                map,
-                props: pl,
-                requested_latency_usec: 10_000,
-                start_corked: false,
-                driver: c"module-opus-protocol-tcp",
-                on_kill: self.host.waker.get().cloned(),
-            },
-            io,
-        )
-        .map_err(|e| (404, e))
-    }
-
-    /// Publishes each stream's statistics as its properties. Main thread, once a second.
-    fn publish(&mut self) {
-        for a in &self.active {
-            a.stream
-                .update_proplist(&to_proplist(a.conn.stat_properties()));
-        }
-        for r in &self.recordings {
-            if let Some(stream) = &r.stream {
-                stream.update_proplist(&to_proplist(r.conn.stat_properties()));
-            }
-        }
-    }
-}
-
-fn to_proplist(pairs: Vec<(String, String)>) -> Proplist {
-    let mut p = Proplist::new();
-    for (k, v) in pairs {
-        p.set(&k, &v);
-    }
-    p
 }
 
 /// The stream's side on the sink's IO thread.
@@ -322,14 +106,133 @@ impl SinkInputIo for ReceiverIo {
     }
 }
 
+/// The stream's format and properties (ours, then the tunnel's).
+fn stream_setup(
+    conn: &ConnShared,
+    name: &str,
+    role: &str,
+    props: Vec<(String, String)>,
+) -> Result<(SampleSpec, ChannelMap, Proplist), Refusal> {
+    let spec = SampleSpec::new("float32le", conn.rate, conn.channels).map_err(Refusal::format)?;
+    let map = ChannelMap::parse(&conn.channel_map, conn.channels)
+        .or_else(|_| {
+            ChannelMap::default_for(conn.channels).ok_or_else(|| "no channel map".to_string())
+        })
+        .map_err(Refusal::format)?;
+    let mut pl = Proplist::new();
+    pl.set("media.name", name);
+    pl.set("application.name", "opus-tunnel");
+    pl.set("media.role", role);
+    for (k, v) in props {
+        pl.set(&k, &v);
+    }
+    Ok((spec, map, pl))
+}
+
+impl Daemon for Pulse {
+    type Play = Played;
+    type Capture = Captured;
+    type Parked = Box<dyn SourceOutputIo>;
+    /// The source as asked for (`None`: the default source at the time a reader comes).
+    type Source = Option<String>;
+
+    fn open_play(
+        &mut self,
+        conn: &ConnShared,
+        device: Option<&str>,
+        playback: Playback,
+        name: &str,
+        props: Vec<(String, String)>,
+    ) -> Result<(Played, String), Refusal> {
+        if self.module.core().sink_name(device).is_none() {
+            return Err(Refusal::no_device("sink", device));
+        }
+        let (spec, map, pl) = stream_setup(conn, name, "music", props)?;
+        let stream = SinkInput::new(
+            &self.module,
+            SinkInputConfig {
+                sink: device,
+                spec,
+                map,
+                props: pl,
+                requested_latency_usec: (self.target_usec / 2).clamp(5_000, 100_000),
+                driver: c"module-opus-protocol-tcp",
+                on_kill: self.waker.clone(),
+            },
+            Box::new(ReceiverIo(playback)),
+        )
+        .map_err(Refusal::refused)?;
+        let on = stream.sink_name().unwrap_or_default();
+        Ok((Played(stream), on))
+    }
+
+    fn resolve_source(
+        &mut self,
+        wanted: Option<&str>,
+    ) -> Result<(Option<String>, String), Refusal> {
+        match self.module.core().source_name(wanted) {
+            Some(found) => Ok((wanted.map(str::to_string), found)),
+            None => Err(Refusal::no_device("source", wanted)),
+        }
+    }
+
+    fn park(&mut self, feeder: Feeder) -> Box<dyn SourceOutputIo> {
+        Box::new(CaptureIo(feeder))
+    }
+
+    fn open_capture(
+        &mut self,
+        conn: &ConnShared,
+        source: &Option<String>,
+        io: Box<dyn SourceOutputIo>,
+        name: &str,
+        props: Vec<(String, String)>,
+    ) -> Result<Captured, String> {
+        let (spec, map, pl) = stream_setup(conn, name, "phone", props).map_err(|r| r.reason)?;
+        SourceOutput::new(
+            &self.module,
+            SourceOutputConfig {
+                source: source.as_deref(),
+                spec,
+                map,
+                props: pl,
+                requested_latency_usec: 10_000,
+                start_corked: false,
+                driver: c"module-opus-protocol-tcp",
+                on_kill: self.waker.clone(),
+            },
+            io,
+        )
+        .map(Captured)
+    }
+
+    fn close_capture(&mut self, stream: Captured) -> Option<Box<dyn SourceOutputIo>> {
+        Some(stream.0.close())
+    }
+}
+
+fn to_proplist(pairs: &[(String, String)]) -> Proplist {
+    let mut p = Proplist::new();
+    for (k, v) in pairs {
+        p.set(k, v);
+    }
+    p
+}
+
+/// Main-thread state: the daemon's side and the tunnels.
+struct Main {
+    pulse: Pulse,
+    sessions: Sessions<Pulse>,
+}
+
 /// The module instance.
 pub struct Receiver {
     // Drop order: the network side first (connections end, no new requests), then the
     // main-loop hooks, then the streams.
-    receiver: Option<rx::Receiver>,
+    receiver: Option<server::Receiver>,
     _timer: MainTimer,
     _waker: MainWaker,
-    main: Rc<RefCell<MainState>>,
+    main: Rc<RefCell<Main>>,
     port: u16,
 }
 
@@ -444,32 +347,34 @@ impl PaModule for Receiver {
             }
         }
         let listener = bind(ma.get("listen").as_deref(), port)?;
-        let host = Arc::new(PulseHost {
-            requests: Mutex::new(VecDeque::new()),
-            records: Mutex::new(VecDeque::new()),
-            waker: OnceLock::new(),
-        });
-        let main = Rc::new(RefCell::new(MainState {
-            module: *module,
-            host: host.clone(),
-            default_sink: sink.clone(),
-            default_source: ma.get("source"),
-            target_usec: target_ms * 1000,
-            active: Vec::new(),
-            recordings: Vec::new(),
+        let main = Rc::new(RefCell::new(Main {
+            pulse: Pulse {
+                module: *module,
+                target_usec: target_ms * 1000,
+                waker: None,
+            },
+            sessions: Sessions::new(sink.clone(), ma.get("source")),
         }));
         let m2 = main.clone();
         let waker = MainWaker::new(&core, move || {
             if let Ok(mut m) = m2.try_borrow_mut() {
-                m.service();
+                let Main { pulse, sessions } = &mut *m;
+                sessions.service(pulse);
             }
         })?;
-        let _ = host.waker.set(waker.handle());
+        let host = {
+            let mut m = main.borrow_mut();
+            m.pulse.waker = Some(waker.handle());
+            let handle = waker.handle();
+            m.sessions.set_waker(move || handle.wake());
+            m.sessions.host()
+        };
         let m3 = main.clone();
         let timer = MainTimer::new(&core, 1_000_000, move || {
             if let Ok(mut m) = m3.try_borrow_mut() {
-                m.service();
-                m.publish();
+                let Main { pulse, sessions } = &mut *m;
+                sessions.service(pulse);
+                sessions.publish();
             }
         });
         let cfg = RecvConfig {
@@ -482,7 +387,7 @@ impl PaModule for Receiver {
             max_connections,
             external_resampler: false,
         };
-        let receiver = rx::Receiver::start(listener, cfg, host)
+        let receiver = server::Receiver::start(listener, cfg, host)
             .map_err(|e| format!("cannot start the listener: {e}"))?;
         let local = receiver.local_addr();
         log::info!("listening for opus tunnels on {local}");
@@ -498,7 +403,7 @@ impl PaModule for Receiver {
     fn n_used(&self) -> i32 {
         self.main
             .try_borrow()
-            .map(|m| (m.active.len() + m.recordings.len()) as i32)
+            .map(|m| m.sessions.len() as i32)
             .unwrap_or(0)
     }
 }
@@ -506,29 +411,10 @@ impl PaModule for Receiver {
 impl Drop for Receiver {
     fn drop(&mut self) {
         // Ends every connection (their threads notice within ~200 ms) and joins them; a
-        // request still queued is refused when it is dropped below.
+        // request still queued is refused, then the streams go.
         drop(self.receiver.take());
         if let Ok(mut m) = self.main.try_borrow_mut() {
-            let pending: Vec<StreamRequest> = match m.host.requests.lock() {
-                Ok(mut q) => q.drain(..).collect(),
-                Err(_) => Vec::new(),
-            };
-            for req in pending {
-                req.into_parts()
-                    .4
-                    .refuse(503, "the receiver is shutting down");
-            }
-            let records: Vec<RecordRequest> = match m.host.records.lock() {
-                Ok(mut q) => q.drain(..).collect(),
-                Err(_) => Vec::new(),
-            };
-            for req in records {
-                req.into_parts()
-                    .4
-                    .refuse(503, "the receiver is shutting down");
-            }
-            m.active.clear();
-            m.recordings.clear();
+            m.sessions.shutdown();
         }
         log::info!("stopped listening on port {}", self.port);
     }

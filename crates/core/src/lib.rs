@@ -28,6 +28,7 @@ pub mod report;
 pub mod rtp;
 pub mod samples;
 pub mod server;
+pub mod session;
 pub mod stats;
 
 pub use rtp::WireError;
