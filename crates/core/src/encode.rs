@@ -229,6 +229,11 @@ impl Feeder {
         self.shared.wake_worker();
     }
 
+    /// The knobs the encoder uses now (a record tunnel's far end may change them live).
+    pub fn knobs(&self) -> OpusKnobs {
+        self.shared.knobs()
+    }
+
     /// The device started or stopped running.
     pub fn set_running(&mut self, running: bool) {
         self.shared.running.store(running, Ordering::SeqCst);

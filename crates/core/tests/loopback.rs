@@ -1,0 +1,689 @@
+//! In-process loopback tests: the real receiver (`server`), the real tunnel sink sender
+//! (`client::start_play`) and the real record client (`client::start_record`) on 127.0.0.1,
+//! against a fake daemon that implements `session::Daemon`. Each covers one behaviour of the
+//! network side in well under a second: the refusals (400, 403, 404, 415, 503, 505),
+//! cookie authentication, audio both ways, reconnects, pause and resume, parking of record
+//! streams, and the knob relay.
+//!
+//! `cargo test --release -p opus-tunnel-core --test loopback`
+use opus_tunnel_core::acl::IpAcl;
+use opus_tunnel_core::auth::Cookie;
+use opus_tunnel_core::client::{start_play, start_record, RecordClientConfig};
+use opus_tunnel_core::codec::StreamFormat;
+use opus_tunnel_core::connection::ConnShared;
+use opus_tunnel_core::decode::Playback;
+use opus_tunnel_core::encode::{Feeder, Shared, WorkerConfig};
+use opus_tunnel_core::handshake::{Direction, Hello, Reply, VERSION};
+use opus_tunnel_core::params::{Compression, OpusKnobs, ServerAddr};
+use opus_tunnel_core::samples::SampleFormat;
+use opus_tunnel_core::server::{Receiver, RecvConfig};
+use opus_tunnel_core::session::{Daemon, Refusal, Sessions, StreamHandle};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+const RATE: u32 = 48_000;
+const CH: u8 = 2;
+/// The fake devices' period.
+const BLOCK: Duration = Duration::from_millis(10);
+const BLOCK_FRAMES: usize = 480;
+
+// ---- the fake daemon ---------------------------------------------------------------------------
+
+/// What the fake daemon's streams did, for the tests to read.
+#[derive(Default)]
+struct Seen {
+    /// Everything the play streams took out of their rings (interleaved).
+    played: Mutex<Vec<f32>>,
+    /// The last properties published on any stream.
+    props: Mutex<Vec<(String, String)>>,
+    captures_opened: AtomicUsize,
+    captures_closed: AtomicUsize,
+    /// The knobs the capture's encoder used at its last block.
+    capture_knobs: Mutex<Option<OpusKnobs>>,
+    /// The next play stream the daemon looks at is "killed" (as `pactl kill-sink-input`
+    /// does).
+    kill: AtomicBool,
+}
+
+/// A thread that runs at the device's pace until stopped.
+struct Device {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Device {
+    fn run<T: Send + 'static>(
+        mut state: T,
+        mut step: impl FnMut(&mut T) + Send + 'static,
+    ) -> (Device, Arc<Mutex<Option<T>>>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let back = Arc::new(Mutex::new(None));
+        let (s2, b2) = (stop.clone(), back.clone());
+        let thread = thread::spawn(move || {
+            let mut next = Instant::now();
+            while !s2.load(Ordering::SeqCst) {
+                step(&mut state);
+                next += BLOCK;
+                thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            *b2.lock().unwrap() = Some(state);
+        });
+        (
+            Device {
+                stop,
+                thread: Some(thread),
+            },
+            back,
+        )
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct FakePlay {
+    _device: Device,
+    seen: Arc<Seen>,
+    killed: std::cell::Cell<bool>,
+}
+
+impl StreamHandle for FakePlay {
+    /// Killed once when the test asks ([`Seen::kill`]), for good.
+    fn gone(&self) -> bool {
+        if self.seen.kill.swap(false, Ordering::SeqCst) {
+            self.killed.set(true);
+        }
+        self.killed.get()
+    }
+    fn publish(&self, props: &[(String, String)]) {
+        *self.seen.props.lock().unwrap() = props.to_vec();
+    }
+}
+
+/// A capture stream: its device thread feeds a 440 Hz tone to the encoder and gives the
+/// feeder back when stopped.
+struct FakeCapture {
+    device: Device,
+    back: Arc<Mutex<Option<(Feeder, Tone)>>>,
+    seen: Arc<Seen>,
+}
+
+impl StreamHandle for FakeCapture {
+    fn gone(&self) -> bool {
+        false
+    }
+    fn publish(&self, props: &[(String, String)]) {
+        *self.seen.props.lock().unwrap() = props.to_vec();
+    }
+}
+
+/// One sink (`speakers`), one source (`mic`, a 440 Hz tone); `refuse_play` makes every play
+/// stream fail as a daemon that is out of streams would.
+struct Fake {
+    seen: Arc<Seen>,
+    refuse_play: bool,
+}
+
+impl Daemon for Fake {
+    type Play = FakePlay;
+    type Capture = FakeCapture;
+    type Parked = Feeder;
+    type Source = ();
+
+    fn open_play(
+        &mut self,
+        _conn: &ConnShared,
+        device: Option<&str>,
+        mut playback: Playback,
+        _name: &str,
+        _props: Vec<(String, String)>,
+    ) -> Result<(FakePlay, String), Refusal> {
+        if !matches!(device, None | Some("speakers")) {
+            return Err(Refusal::no_device("sink", device));
+        }
+        if self.refuse_play {
+            return Err(Refusal::refused("the daemon refused the stream"));
+        }
+        let seen = self.seen.clone();
+        let mut buf = vec![0f32; BLOCK_FRAMES * usize::from(CH)];
+        let (device, _) = Device::run((), move |_| {
+            playback.pop(&mut buf);
+            seen.played.lock().unwrap().extend_from_slice(&buf);
+        });
+        let play = FakePlay {
+            _device: device,
+            seen: self.seen.clone(),
+            killed: std::cell::Cell::new(false),
+        };
+        Ok((play, "speakers".into()))
+    }
+
+    fn resolve_source(&mut self, wanted: Option<&str>) -> Result<((), String), Refusal> {
+        match wanted {
+            None | Some("mic") => Ok(((), "mic".into())),
+            Some(other) => Err(Refusal::no_device("source", Some(other))),
+        }
+    }
+
+    fn park(&mut self, feeder: Feeder) -> Feeder {
+        feeder
+    }
+
+    fn open_capture(
+        &mut self,
+        _conn: &ConnShared,
+        _source: &(),
+        feeder: Feeder,
+        _name: &str,
+        _props: Vec<(String, String)>,
+    ) -> Result<FakeCapture, String> {
+        self.seen.captures_opened.fetch_add(1, Ordering::SeqCst);
+        let seen = self.seen.clone();
+        let (device, back) = Device::run((feeder, Tone::new(440.0)), move |(feeder, tone)| {
+            let bytes: Vec<u8> = tone.block().iter().flat_map(|v| v.to_le_bytes()).collect();
+            feeder.push(&bytes, true);
+            *seen.capture_knobs.lock().unwrap() = Some(feeder.knobs());
+        });
+        Ok(FakeCapture {
+            device,
+            back,
+            seen: self.seen.clone(),
+        })
+    }
+
+    fn close_capture(&mut self, mut stream: FakeCapture) -> Option<Feeder> {
+        stream.device.stop();
+        self.seen.captures_closed.fetch_add(1, Ordering::SeqCst);
+        let back = stream.back.lock().unwrap().take();
+        back.map(|(feeder, _)| feeder)
+    }
+}
+
+// ---- signals -----------------------------------------------------------------------------------
+
+/// A stereo sine at -12 dBFS, a block at a time.
+struct Tone {
+    freq: f64,
+    n: u64,
+}
+
+impl Tone {
+    fn new(freq: f64) -> Tone {
+        Tone { freq, n: 0 }
+    }
+
+    fn block(&mut self) -> Vec<f32> {
+        let mut v = Vec::with_capacity(BLOCK_FRAMES * usize::from(CH));
+        for _ in 0..BLOCK_FRAMES {
+            let t = self.n as f64 / f64::from(RATE);
+            let x = (0.25 * (2.0 * std::f64::consts::PI * self.freq * t).sin()) as f32;
+            v.extend((0..CH).map(|_| x));
+            self.n += 1;
+        }
+        v
+    }
+}
+
+/// The left channel's frequency (from zero crossings) and RMS level over its non-silent part,
+/// and how many frames were non-silent.
+fn analyse(interleaved: &[f32]) -> (f64, f64, usize) {
+    let left: Vec<f32> = interleaved.chunks(usize::from(CH)).map(|f| f[0]).collect();
+    let first = left
+        .iter()
+        .position(|v| v.abs() > 0.01)
+        .unwrap_or(left.len());
+    let last = left.iter().rposition(|v| v.abs() > 0.01).unwrap_or(0);
+    if last <= first + 480 {
+        return (0.0, 0.0, 0);
+    }
+    let part = &left[first..=last];
+    let crossings = part
+        .windows(2)
+        .filter(|w| w[0] < 0.0 && w[1] >= 0.0)
+        .count();
+    let secs = part.len() as f64 / f64::from(RATE);
+    let rms = (part.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / part.len() as f64).sqrt();
+    (crossings as f64 / secs, rms, part.len())
+}
+
+/// Waits until `cond` holds, at most `limit`; whether it did.
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    cond()
+}
+
+// ---- the rig -----------------------------------------------------------------------------------
+
+/// The receiver on 127.0.0.1 with the fake daemon's main thread behind it.
+struct Rig {
+    receiver: Option<Receiver>,
+    addr: SocketAddr,
+    seen: Arc<Seen>,
+    main: Option<(mpsc::Sender<bool>, JoinHandle<()>)>,
+}
+
+fn config() -> RecvConfig {
+    RecvConfig {
+        anonymous: true,
+        acl: None,
+        cookie: None,
+        sink: None,
+        target_usec: 40_000,
+        max_usec: 500_000,
+        max_connections: 4,
+        external_resampler: false,
+    }
+}
+
+impl Rig {
+    fn start(cfg: RecvConfig, refuse_play: bool) -> Rig {
+        let seen = Arc::new(Seen::default());
+        let (wake_tx, wake_rx) = mpsc::channel::<bool>();
+        let (host_tx, host_rx) = mpsc::channel();
+        let s2 = seen.clone();
+        let w2 = wake_tx.clone();
+        // The daemon's main thread: services the sessions when woken, publishes every 100 ms.
+        let main = thread::spawn(move || {
+            let mut fake = Fake {
+                seen: s2,
+                refuse_play,
+            };
+            let mut sessions: Sessions<Fake> = Sessions::new(None, None);
+            sessions.set_waker(move || {
+                let _ = w2.send(false);
+            });
+            host_tx.send(sessions.host()).unwrap();
+            loop {
+                match wake_rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(true) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Ok(false) => sessions.service(&mut fake),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        sessions.service(&mut fake);
+                        sessions.publish();
+                    }
+                }
+            }
+            sessions.shutdown();
+        });
+        let host = host_rx.recv().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let receiver = Receiver::start(listener, cfg, host).unwrap();
+        let addr = receiver.local_addr();
+        Rig {
+            receiver: Some(receiver),
+            addr,
+            seen,
+            main: Some((wake_tx, main)),
+        }
+    }
+
+    fn server(&self) -> ServerAddr {
+        ServerAddr::Tcp {
+            host: "127.0.0.1".into(),
+            port: self.addr.port(),
+        }
+    }
+
+    fn prop(&self, key: &str) -> Option<String> {
+        let p = self.seen.props.lock().unwrap();
+        p.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        drop(self.receiver.take());
+        if let Some((tx, main)) = self.main.take() {
+            let _ = tx.send(true);
+            let _ = main.join();
+        }
+    }
+}
+
+/// A tunnel sink's sender with a device that plays `freq` while `running` is set.
+struct Sender {
+    shared: Arc<Shared>,
+    worker: Option<JoinHandle<()>>,
+    device: Device,
+    running: Arc<AtomicBool>,
+}
+
+impl Sender {
+    fn start(addr: ServerAddr, device: Option<&str>, cookie: Option<Cookie>, freq: f64) -> Sender {
+        let cfg = WorkerConfig {
+            addr,
+            remote_sink: device.map(str::to_string),
+            name: "loop".into(),
+            host: "test".into(),
+            compression: Compression::Opus,
+            fmt: StreamFormat {
+                rate: RATE,
+                channels: CH,
+            },
+            sample_format: SampleFormat::F32Le,
+            channel_map: "front-left,front-right".into(),
+            block_usec: 10_000,
+            cookie,
+        };
+        let (feeder, shared, worker) = start_play(cfg, OpusKnobs::default(), 192_000).unwrap();
+        let running = Arc::new(AtomicBool::new(true));
+        let r2 = running.clone();
+        let (device, _) = Device::run((feeder, Tone::new(freq), None), move |(f, tone, was)| {
+            let on = r2.load(Ordering::SeqCst);
+            if *was != Some(on) {
+                f.set_running(on);
+                *was = Some(on);
+            }
+            let bytes: Vec<u8> = tone.block().iter().flat_map(|v| v.to_le_bytes()).collect();
+            f.push(&bytes, on);
+        });
+        Sender {
+            shared,
+            worker: Some(worker),
+            device,
+            running,
+        }
+    }
+
+    fn state(&self) -> String {
+        self.shared.stats.state().as_str().to_string()
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.device.stop();
+        if let Some(w) = self.worker.take() {
+            self.shared.stop_and_join(w);
+        }
+    }
+}
+
+/// Sends `hello` (or raw text) and reads the reply.
+fn handshake(addr: SocketAddr, text: &str) -> Reply {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(text.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(2).any(|w| w == b"\n\n") {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let end = buf
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map_or(buf.len(), |p| p + 2);
+    Reply::parse(&String::from_utf8_lossy(&buf[..end])).unwrap()
+}
+
+fn hello(direction: Direction, device: Option<&str>) -> Hello {
+    Hello {
+        version: VERSION,
+        direction,
+        name: "raw".into(),
+        host: "test".into(),
+        device: device.map(str::to_string),
+        codec: Compression::Opus,
+        rate: RATE,
+        channels: CH,
+        channel_map: "front-left,front-right".into(),
+        frame_usec: 20_000,
+        target_latency_usec: None,
+        fields: Default::default(),
+    }
+}
+
+fn played_tone(seen: &Seen) -> (f64, f64, usize) {
+    analyse(&seen.played.lock().unwrap())
+}
+
+// ---- the tests ---------------------------------------------------------------------------------
+
+#[test]
+fn refusals_bad_request_version_format() {
+    let rig = Rig::start(config(), false);
+    let r = handshake(rig.addr, "GET / HTTP/1.1\nHost: x\n\n");
+    assert_eq!(r.status, 400, "{r:?}");
+    let text = hello(Direction::Play, None).to_text().replacen(
+        &format!("OPUS-TUNNEL/{VERSION}"),
+        "OPUS-TUNNEL/99",
+        1,
+    );
+    let r = handshake(rig.addr, &text);
+    assert_eq!(r.status, 505, "{r:?}");
+    assert_eq!(r.fields.get("Supported"), Some(&VERSION.to_string()));
+    let mut h = hello(Direction::Play, None);
+    h.rate = 12_345;
+    let r = handshake(rig.addr, &h.to_text());
+    assert_eq!(r.status, 415, "{r:?}");
+}
+
+#[test]
+fn refusals_no_such_device() {
+    let rig = Rig::start(config(), false);
+    let r = handshake(rig.addr, &hello(Direction::Play, Some("nowhere")).to_text());
+    assert_eq!(
+        (r.status, r.reason.as_str()),
+        (404, "no sink named \"nowhere\"")
+    );
+    let r = handshake(
+        rig.addr,
+        &hello(Direction::Record, Some("nowhere")).to_text(),
+    );
+    assert_eq!(
+        (r.status, r.reason.as_str()),
+        (404, "no source named \"nowhere\"")
+    );
+}
+
+#[test]
+fn refusals_forbidden_and_unavailable() {
+    // Nobody anonymous, an ACL that does not hold 127.0.0.1, no cookie: 403.
+    let mut cfg = config();
+    cfg.anonymous = false;
+    cfg.acl = Some(IpAcl::parse("auth-ip-acl", "10.0.0.0/8").unwrap());
+    let rig = Rig::start(cfg, false);
+    let r = handshake(rig.addr, &hello(Direction::Play, None).to_text());
+    assert_eq!(r.status, 403, "{r:?}");
+    drop(rig);
+    // The daemon refuses the stream: 503 with its reason.
+    let rig = Rig::start(config(), true);
+    let r = handshake(rig.addr, &hello(Direction::Play, None).to_text());
+    assert_eq!(
+        (r.status, r.reason.as_str()),
+        (503, "the daemon refused the stream")
+    );
+    drop(rig);
+    // One connection too many: 503.
+    let mut cfg = config();
+    cfg.max_connections = 1;
+    let rig = Rig::start(cfg, false);
+    let first = Sender::start(rig.server(), None, None, 1000.0);
+    assert!(wait_for(Duration::from_secs(2), || first.state() == "streaming"));
+    let r = handshake(rig.addr, &hello(Direction::Play, None).to_text());
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.reason.contains("max_connections=1"), "{r:?}");
+}
+
+#[test]
+fn a_tone_plays_through() {
+    let rig = Rig::start(config(), false);
+    let tx = Sender::start(rig.server(), Some("speakers"), None, 1000.0);
+    let enough = wait_for(Duration::from_secs(2), || {
+        played_tone(&rig.seen).2 >= 14_400
+    });
+    let (freq, rms, n) = played_tone(&rig.seen);
+    assert!(enough, "only {n} frames of audio arrived");
+    assert!((freq - 1000.0).abs() < 5.0, "tone at {freq:.1} Hz");
+    let db = 20.0 * (rms / (0.25 / 2f64.sqrt())).log10();
+    assert!(db.abs() < 1.5, "level {db:+.2} dB off");
+    assert_eq!(tx.state(), "streaming");
+    assert!(tx.shared.stats.snapshot().bytes_sent > 0);
+    // The stream's statistics reach its properties.
+    assert!(wait_for(Duration::from_secs(1), || rig
+        .prop("opus.tunnel.state")
+        .is_some()));
+    assert_eq!(
+        rig.prop("opus.tunnel.peer")
+            .map(|p| p.starts_with("127.0.0.1:")),
+        Some(true)
+    );
+}
+
+#[test]
+fn cookie_authentication() {
+    let cookie = Cookie::from_bytes(&[7u8; 256]).unwrap();
+    let mut cfg = config();
+    cfg.anonymous = false;
+    cfg.cookie = Some(cookie.clone());
+    let rig = Rig::start(cfg, false);
+    let wrong = Sender::start(
+        rig.server(),
+        None,
+        Some(Cookie::from_bytes(&[8u8; 256]).unwrap()),
+        500.0,
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert_ne!(wrong.state(), "streaming");
+    assert_eq!(played_tone(&rig.seen).2, 0, "a wrong cookie played");
+    drop(wrong);
+    let right = Sender::start(rig.server(), None, Some(cookie), 1000.0);
+    assert!(wait_for(Duration::from_secs(2), || played_tone(&rig.seen)
+        .2
+        >= 4_800));
+    assert_eq!(right.state(), "streaming");
+    let (freq, _, _) = played_tone(&rig.seen);
+    assert!((freq - 1000.0).abs() < 10.0, "tone at {freq:.1} Hz");
+}
+
+#[test]
+fn a_killed_stream_reconnects() {
+    let rig = Rig::start(config(), false);
+    let tx = Sender::start(rig.server(), None, None, 1000.0);
+    assert!(wait_for(Duration::from_secs(2), || played_tone(&rig.seen)
+        .2
+        >= 4_800));
+    rig.seen.kill.store(true, Ordering::SeqCst);
+    assert!(
+        wait_for(Duration::from_secs(3), || tx
+            .shared
+            .stats
+            .snapshot()
+            .reconnects
+            == 1
+            && tx.state() == "streaming"),
+        "no reconnect: state {}",
+        tx.state()
+    );
+    rig.seen.played.lock().unwrap().clear();
+    assert!(wait_for(Duration::from_secs(2), || played_tone(&rig.seen)
+        .2
+        >= 4_800));
+}
+
+#[test]
+fn pause_and_resume() {
+    let rig = Rig::start(config(), false);
+    let tx = Sender::start(rig.server(), None, None, 1000.0);
+    assert!(wait_for(Duration::from_secs(2), || played_tone(&rig.seen)
+        .2
+        >= 4_800));
+    tx.running.store(false, Ordering::SeqCst);
+    assert!(wait_for(Duration::from_secs(1), || tx.state() == "idle"));
+    assert!(wait_for(Duration::from_secs(1), || rig
+        .prop("opus.tunnel.state")
+        .as_deref()
+        == Some("idle")));
+    rig.seen.played.lock().unwrap().clear();
+    tx.running.store(true, Ordering::SeqCst);
+    assert!(wait_for(Duration::from_secs(2), || played_tone(&rig.seen)
+        .2
+        >= 4_800));
+    assert_eq!(tx.state(), "streaming");
+    assert_eq!(tx.shared.stats.snapshot().reconnects, 0);
+}
+
+#[test]
+fn record_tunnel_parks_and_relays_knobs() {
+    let rig = Rig::start(config(), false);
+    let cfg = RecordClientConfig {
+        addr: rig.server(),
+        remote_source: Some("mic".into()),
+        name: "mic-tunnel".into(),
+        host: "test".into(),
+        compression: Compression::Opus,
+        fmt: StreamFormat {
+            rate: RATE,
+            channels: CH,
+        },
+        channel_map: "front-left,front-right".into(),
+        target_usec: 40_000,
+        max_usec: 500_000,
+        cookie: None,
+    };
+    let (mut playback, client) = start_record(cfg, OpusKnobs::default()).unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g2 = got.clone();
+    let mut buf = vec![0f32; BLOCK_FRAMES * usize::from(CH)];
+    let (_source, _) = Device::run((), move |_| {
+        playback.pop(&mut buf);
+        g2.lock().unwrap().extend_from_slice(&buf);
+    });
+    // No reader: connected, nothing recorded.
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(rig.seen.captures_opened.load(Ordering::SeqCst), 0);
+    client.set_running(true);
+    assert!(wait_for(Duration::from_secs(2), || analyse(
+        &got.lock().unwrap()
+    )
+    .2 >= 4_800));
+    let (freq, _, _) = analyse(&got.lock().unwrap());
+    assert!((freq - 440.0).abs() < 5.0, "tone at {freq:.1} Hz");
+    assert_eq!(rig.seen.captures_opened.load(Ordering::SeqCst), 1);
+    // Knobs relayed live to the far end's encoder.
+    let mut knobs = client.knobs();
+    knobs.bitrate = 24_000;
+    client.set_knobs(knobs);
+    assert!(wait_for(Duration::from_secs(1), || {
+        rig.seen.capture_knobs.lock().unwrap().map(|k| k.bitrate) == Some(24_000)
+    }));
+    // The reader leaves: the capture is parked; it comes back with the next reader.
+    client.set_running(false);
+    assert!(wait_for(Duration::from_secs(1), || rig
+        .seen
+        .captures_closed
+        .load(Ordering::SeqCst)
+        == 1));
+    client.set_running(true);
+    assert!(wait_for(Duration::from_secs(1), || rig
+        .seen
+        .captures_opened
+        .load(Ordering::SeqCst)
+        == 2));
+    let r = client.report();
+    assert_eq!(r.reconnects, Some(0));
+}
