@@ -239,26 +239,33 @@ impl Tone {
     }
 }
 
-/// The left channel's frequency (from zero crossings) and RMS level over its non-silent part,
-/// and how many frames were non-silent.
+/// The left channel's frequency, RMS level and length (frames) over its non-silent part, its
+/// first 20 ms (the codec's onset) left out.
 fn analyse(interleaved: &[f32]) -> (f64, f64, usize) {
     let left: Vec<f32> = interleaved.chunks(usize::from(CH)).map(|f| f[0]).collect();
-    let first = left
-        .iter()
-        .position(|v| v.abs() > 0.01)
-        .unwrap_or(left.len());
+    let Some(first) = left.iter().position(|v| v.abs() > 0.01) else {
+        return (0.0, 0.0, 0);
+    };
     let last = left.iter().rposition(|v| v.abs() > 0.01).unwrap_or(0);
+    let first = first + 960;
     if last <= first + 480 {
         return (0.0, 0.0, 0);
     }
     let part = &left[first..=last];
-    let crossings = part
+    // Upward zero crossings, placed between samples by linear interpolation: the frequency is
+    // the number of whole periods between the first and the last over their distance.
+    let crossings: Vec<f64> = part
         .windows(2)
-        .filter(|w| w[0] < 0.0 && w[1] >= 0.0)
-        .count();
-    let secs = part.len() as f64 / f64::from(RATE);
-    let rms = (part.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / part.len() as f64).sqrt();
-    (crossings as f64 / secs, rms, part.len())
+        .enumerate()
+        .filter(|(_, w)| w[0] < 0.0 && w[1] >= 0.0)
+        .map(|(i, w)| i as f64 + f64::from(w[0] / (w[0] - w[1])))
+        .collect();
+    let freq = match (crossings.first(), crossings.last()) {
+        (Some(a), Some(b)) if b > a => (crossings.len() - 1) as f64 * f64::from(RATE) / (b - a),
+        _ => 0.0,
+    };
+    let power = part.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / part.len() as f64;
+    (freq, power.sqrt(), part.len())
 }
 
 /// Waits until `cond` holds, at most `limit`; whether it did.
