@@ -21,13 +21,13 @@ use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::Feeder;
 use opus_tunnel_core::params::{parse_bool, DEFAULT_PORT};
 use opus_tunnel_core::server::{self, RecvConfig};
-use opus_tunnel_core::session::{Daemon, Refusal, Sessions, StreamHandle};
+use opus_tunnel_core::session::{Daemon, NewStream, Refusal, Sessions, StreamHandle};
 use opus_tunnel_pipewire::{
     channel_positions, declare_pw_module, parse_json_list, parse_object, Args, Context, Direction,
     Event, EventHandle, ModuleInfo, PwModule, Stream, StreamIo, StreamSpec, StreamState, Timer,
 };
 use std::cell::{Cell, RefCell};
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
 const USAGE: &str = "( server.address = [ \"tcp:[ADDR:]PORT\" ] )  listen address, default tcp:4715 (all addresses)
@@ -115,6 +115,20 @@ impl StreamIo for ReceiverIo {
     }
 }
 
+/// What a tunnel's stream is: its class, category, role and node name.
+fn kind_props(class: &str, category: &str, role: &str, node: String) -> Vec<(String, String)> {
+    let mut p: Vec<(String, String)> = [
+        ("media.class", class),
+        ("media.category", category),
+        ("media.role", role),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    p.push(("node.name".into(), node));
+    p
+}
+
 fn is_source(class: &str) -> bool {
     class.starts_with("Audio/Source") || class == "Audio/Duplex"
 }
@@ -134,12 +148,10 @@ impl Daemon for Pipewire {
     /// stream to it.
     fn open_play(
         &mut self,
-        conn: &ConnShared,
         device: Option<&str>,
-        playback: Playback,
-        name: &str,
-        props: Vec<(String, String)>,
+        new: NewStream<'_, Playback>,
     ) -> Result<(PwStream, String), Refusal> {
+        let conn = new.conn;
         let nodes = self.ctx.nodes();
         let found = match device {
             Some(d) => nodes.iter().any(|n| n.name == d && is_sink(&n.media_class)),
@@ -148,22 +160,15 @@ impl Daemon for Pipewire {
         if !found {
             return Err(Refusal::no_device("sink", device));
         }
-        let mut p: Vec<(String, String)> = vec![
-            ("media.class".into(), "Stream/Output/Audio".into()),
-            ("media.category".into(), "Playback".into()),
-            ("media.role".into(), "Music".into()),
-            (
-                "node.name".into(),
-                format!("opus-tunnel.{}", clean(&conn.label)),
-            ),
-        ];
+        let node = format!("opus-tunnel.{}", clean(&conn.label));
+        let mut p = kind_props("Stream/Output/Audio", "Playback", "Music", node);
         if let Some(d) = device {
             p.push(("target.object".into(), d.into()));
         }
-        p.extend(props);
-        let io = Box::new(ReceiverIo(playback, self.pw_resampler));
+        p.extend(new.props);
+        let io = Box::new(ReceiverIo(new.io, self.pw_resampler));
         let stream = self
-            .open_stream(conn, name, p, Direction::Playback, io, "stream")
+            .open_stream(conn, new.name, p, Direction::Playback, io, "stream")
             .map_err(Refusal::refused)?;
         Ok((stream, device.unwrap_or("@DEFAULT_SINK@").to_string()))
     }
@@ -218,33 +223,31 @@ impl Daemon for Pipewire {
 
     fn open_capture(
         &mut self,
-        conn: &ConnShared,
         target: &CaptureTarget,
-        io: Box<dyn StreamIo>,
-        name: &str,
-        props: Vec<(String, String)>,
+        new: NewStream<'_, Box<dyn StreamIo>>,
     ) -> Result<PwStream, String> {
-        let mut p: Vec<(String, String)> = vec![
-            ("media.class".into(), "Stream/Input/Audio".into()),
-            ("media.category".into(), "Capture".into()),
-            ("media.role".into(), "Communication".into()),
-            (
-                "node.name".into(),
-                format!("opus-tunnel-rec.{}", clean(&conn.label)),
-            ),
-            // Down-mix as PulseAudio does (stereo → mono averages the channels): PipeWire's
-            // default matrix sums at -3 dB each, which lifts a stereo source by 3 dB in a
-            // mono tunnel (and can clip).
-            ("channelmix.normalize".into(), "true".into()),
-        ];
+        let conn = new.conn;
+        let node = format!("opus-tunnel-rec.{}", clean(&conn.label));
+        let mut p = kind_props("Stream/Input/Audio", "Capture", "Communication", node);
+        // Down-mix as PulseAudio does (stereo → mono averages the channels): PipeWire's
+        // default matrix sums at -3 dB each, which lifts a stereo source by 3 dB in a mono
+        // tunnel (and can clip).
+        p.push(("channelmix.normalize".into(), "true".into()));
         if let Some(node) = &target.node {
             p.push(("target.object".into(), node.clone()));
         }
         if target.monitor {
             p.push(("stream.capture.sink".into(), "true".into()));
         }
-        p.extend(props);
-        self.open_stream(conn, name, p, Direction::Capture, io, "capture stream")
+        p.extend(new.props);
+        self.open_stream(
+            conn,
+            new.name,
+            p,
+            Direction::Capture,
+            new.io,
+            "capture stream",
+        )
     }
 
     fn close_capture(&mut self, s: PwStream) -> Option<Box<dyn StreamIo>> {
@@ -377,12 +380,7 @@ fn parse_address(s: &str) -> Result<Vec<SocketAddr>, String> {
     if rest.starts_with("unix:") || rest.is_empty() {
         return Err(err());
     }
-    let all = |port: u16| {
-        vec![
-            SocketAddr::new(IpAddr::from([0u16; 8]), port),
-            SocketAddr::new(IpAddr::from([0u8; 4]), port),
-        ]
-    };
+    let all = server::any_address;
     if let Ok(port) = rest.parse::<u16>() {
         return Ok(all(port));
     }
@@ -394,17 +392,6 @@ fn parse_address(s: &str) -> Result<Vec<SocketAddr>, String> {
         return Ok(vec![SocketAddr::new(ip, DEFAULT_PORT)]);
     }
     Err(err())
-}
-
-fn bind(addrs: &[SocketAddr]) -> Result<TcpListener, String> {
-    let mut last = String::new();
-    for a in addrs {
-        match TcpListener::bind(a) {
-            Ok(l) => return Ok(l),
-            Err(e) => last = format!("cannot listen on {a}: {e}"),
-        }
-    }
-    Err(last)
 }
 
 impl PwModule for Receiver {
@@ -471,7 +458,7 @@ impl PwModule for Receiver {
                 ))
             }
         };
-        let listener = bind(&addrs)?;
+        let listener = server::bind(&addrs)?;
         let main = Rc::new(RefCell::new(Main {
             pw: Pipewire {
                 ctx: ctx.clone(),

@@ -14,7 +14,7 @@ use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::Feeder;
 use opus_tunnel_core::params::{parse_bool, DEFAULT_PORT};
 use opus_tunnel_core::server::{self, RecvConfig};
-use opus_tunnel_core::session::{Daemon, Refusal, Sessions, StreamHandle};
+use opus_tunnel_core::session::{Daemon, NewStream, Refusal, Sessions, StreamHandle};
 use opus_tunnel_pulse::mainloop::{MainTimer, MainWaker, WakeHandle};
 use opus_tunnel_pulse::module::ModuleInfo;
 use opus_tunnel_pulse::sink_input::{SinkInput, SinkInputConfig, SinkInputIo};
@@ -138,16 +138,13 @@ impl Daemon for Pulse {
 
     fn open_play(
         &mut self,
-        conn: &ConnShared,
         device: Option<&str>,
-        playback: Playback,
-        name: &str,
-        props: Vec<(String, String)>,
+        new: NewStream<'_, Playback>,
     ) -> Result<(Played, String), Refusal> {
         if self.module.core().sink_name(device).is_none() {
             return Err(Refusal::no_device("sink", device));
         }
-        let (spec, map, pl) = stream_setup(conn, name, "music", props)?;
+        let (spec, map, pl) = stream_setup(new.conn, new.name, "music", new.props)?;
         let stream = SinkInput::new(
             &self.module,
             SinkInputConfig {
@@ -159,7 +156,7 @@ impl Daemon for Pulse {
                 driver: c"module-opus-protocol-tcp",
                 on_kill: self.waker.clone(),
             },
-            Box::new(ReceiverIo(playback)),
+            Box::new(ReceiverIo(new.io)),
         )
         .map_err(Refusal::refused)?;
         let on = stream.sink_name().unwrap_or_default();
@@ -182,13 +179,11 @@ impl Daemon for Pulse {
 
     fn open_capture(
         &mut self,
-        conn: &ConnShared,
         source: &Option<String>,
-        io: Box<dyn SourceOutputIo>,
-        name: &str,
-        props: Vec<(String, String)>,
+        new: NewStream<'_, Box<dyn SourceOutputIo>>,
     ) -> Result<Captured, String> {
-        let (spec, map, pl) = stream_setup(conn, name, "phone", props).map_err(|r| r.reason)?;
+        let (spec, map, pl) =
+            stream_setup(new.conn, new.name, "phone", new.props).map_err(|r| r.reason)?;
         SourceOutput::new(
             &self.module,
             SourceOutputConfig {
@@ -201,7 +196,7 @@ impl Daemon for Pulse {
                 driver: c"module-opus-protocol-tcp",
                 on_kill: self.waker.clone(),
             },
-            io,
+            new.io,
         )
         .map(Captured)
     }
@@ -265,20 +260,9 @@ fn bind(listen: Option<&str>, port: u16) -> Result<TcpListener, String> {
                 })?;
             vec![SocketAddr::new(ip, port)]
         }
-        // Dual-stack "::" where the machine has IPv6, else all IPv4 addresses.
-        None => vec![
-            SocketAddr::new(IpAddr::from([0u16; 8]), port),
-            SocketAddr::new(IpAddr::from([0u8; 4]), port),
-        ],
+        None => server::any_address(port),
     };
-    let mut last = String::new();
-    for a in &addrs {
-        match TcpListener::bind(a) {
-            Ok(l) => return Ok(l),
-            Err(e) => last = format!("cannot listen on {a}: {e}"),
-        }
-    }
-    Err(last)
+    server::bind(&addrs)
 }
 
 impl PaModule for Receiver {

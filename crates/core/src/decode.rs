@@ -63,15 +63,27 @@ pub(crate) fn decode_path(
     .map_err(|e| e.to_string())?;
     engine.set_external_resampler(external_resampler);
     let (producer, consumer, report_tx, report_rx) = playout_rings(conn, max_usec);
-    let receive = Receive::new(
-        conn.clone(),
+    let receive = Receive {
+        conn: conn.clone(),
         decoder,
-        producer,
-        report_rx,
-        engine,
-        codec::payload_type(compression),
-        max_usec,
-    );
+        ring: producer,
+        reports: report_rx,
+        playout: engine,
+        base: DeviceReport::default(),
+        last: DeviceReport::default(),
+        restart: false,
+        jitter: JitterBuffer::new(64),
+        deframer: Deframer::new(MAX_FRAME),
+        pcm: Vec::new(),
+        out: Vec::new(),
+        ssrc: None,
+        payload_type: codec::payload_type(compression),
+        trace: std::env::var_os("OPUS_TUNNEL_TRACE").is_some(),
+        upstream: None,
+        up_running: None,
+        up_gen: 0,
+        rules: RestartRules::new(max_usec),
+    };
     Ok((receive, Playback::new(conn.clone(), consumer, report_tx)))
 }
 
@@ -126,38 +138,6 @@ pub(crate) struct Upstream {
 }
 
 impl Receive {
-    pub(crate) fn new(
-        conn: Arc<ConnShared>,
-        decoder: Decoder,
-        ring: rtrb::Producer<f32>,
-        reports: rtrb::Consumer<DeviceReport>,
-        playout: PlayoutEngine,
-        payload_type: u8,
-        max_usec: u64,
-    ) -> Receive {
-        Receive {
-            conn,
-            decoder,
-            ring,
-            reports,
-            playout,
-            base: DeviceReport::default(),
-            last: DeviceReport::default(),
-            restart: false,
-            jitter: JitterBuffer::new(64),
-            deframer: Deframer::new(MAX_FRAME),
-            pcm: Vec::new(),
-            out: Vec::new(),
-            ssrc: None,
-            payload_type,
-            trace: std::env::var_os("OPUS_TUNNEL_TRACE").is_some(),
-            upstream: None,
-            up_running: None,
-            up_gen: 0,
-            rules: RestartRules::new(max_usec),
-        }
-    }
-
     pub(crate) fn run(&mut self, stream: &mut Conn, rest: Vec<u8>, stop: &AtomicBool) -> String {
         let _ = stream.set_timeouts(Some(WAKE), Some(Duration::from_secs(4)));
         let mut reporter = match stream.try_clone() {

@@ -161,49 +161,44 @@ impl Report {
 mod tests {
     use super::*;
 
-    #[test]
-    fn receive_side_properties() {
+    fn report(state: State, reconnects: Option<u64>, counters: Counters) -> Vec<(String, String)> {
         let r = Report {
-            state: State::Buffering,
+            state,
             peer: Some("127.0.0.1:5000".into()),
             bitrate: 64_000,
-            reconnects: None,
-            counters: Counters::Received(Received {
-                latency_usec: 60_000,
-                drift_ppm: 12.345,
-                ..Default::default()
-            }),
+            reconnects,
+            counters,
         };
-        let p = r.properties();
-        let get = |k: &str| p.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
-        assert_eq!(get("opus.tunnel.state"), Some("buffering"));
-        assert_eq!(get("opus.tunnel.peer"), Some("127.0.0.1:5000"));
-        assert_eq!(get("opus.tunnel.drift_ppm"), Some("12.3"));
-        assert_eq!(get("opus.tunnel.latency_usec"), Some("60000"));
-        assert_eq!(get("opus.tunnel.reconnects"), None);
-        assert_eq!(p.len(), 11);
+        r.properties()
+    }
+
+    fn get<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
+        p.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
     }
 
     #[test]
-    fn send_side_properties() {
-        let mut remote = BTreeMap::new();
-        remote.insert("latency_usec".to_string(), "61000".to_string());
-        let r = Report {
-            state: State::Idle,
-            peer: None,
-            bitrate: 0,
-            reconnects: Some(2),
-            counters: Counters::Sent(Sent {
-                bytes_sent: 10,
-                remote,
-                ..Default::default()
-            }),
+    fn properties_of_both_sides() {
+        let received = Received {
+            latency_usec: 60_000,
+            drift_ppm: 12.345,
+            ..Default::default()
         };
-        let p = r.properties();
-        let get = |k: &str| p.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
-        assert_eq!(get("opus.tunnel.state"), Some("idle"));
-        assert_eq!(get("opus.tunnel.reconnects"), Some("2"));
-        assert_eq!(get("opus.tunnel.remote.latency_usec"), Some("61000"));
-        assert_eq!(get("opus.tunnel.bytes_sent"), Some("10"));
+        let p = report(State::Buffering, None, Counters::Received(received));
+        assert_eq!(get(&p, "opus.tunnel.state"), Some("buffering"));
+        assert_eq!(get(&p, "opus.tunnel.peer"), Some("127.0.0.1:5000"));
+        assert_eq!(get(&p, "opus.tunnel.drift_ppm"), Some("12.3"));
+        assert_eq!(get(&p, "opus.tunnel.latency_usec"), Some("60000"));
+        assert_eq!(get(&p, "opus.tunnel.reconnects"), None);
+        assert_eq!(p.len(), 11);
+        let mut sent = Sent {
+            bytes_sent: 10,
+            ..Default::default()
+        };
+        sent.remote.insert("latency_usec".into(), "61000".into());
+        let p = report(State::Idle, Some(2), Counters::Sent(sent));
+        assert_eq!(get(&p, "opus.tunnel.state"), Some("idle"));
+        assert_eq!(get(&p, "opus.tunnel.reconnects"), Some("2"));
+        assert_eq!(get(&p, "opus.tunnel.remote.latency_usec"), Some("61000"));
+        assert_eq!(get(&p, "opus.tunnel.bytes_sent"), Some("10"));
     }
 }

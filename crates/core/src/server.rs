@@ -71,68 +71,32 @@ pub trait Host: Send + Sync + 'static {
     fn changed(&self);
 }
 
-/// A handshaken tunnel waiting for its stream.
-pub struct StreamRequest {
+/// A handshaken tunnel waiting for its stream: `io` is the real-time side to hand to the
+/// stream's callback — a [`Playback`] for a play tunnel, a [`Feeder`] (float32le at the
+/// connection's rate and channels) for a record tunnel.
+pub struct Request<IO> {
     /// The connection's shared state (format, statistics, flags).
     pub conn: Arc<ConnShared>,
-    /// The real-time side of the stream: hand it to the stream's callback.
-    pub playback: Playback,
-    /// `<sender's sink> on <sender's host>`.
+    /// The real-time side of the stream.
+    pub io: IO,
+    /// `<sender's device> on <sender's host>`.
     pub media_name: String,
     /// Properties for the stream (peer, remote name, codec).
     pub props: Vec<(String, String)>,
     reply: mpsc::Sender<Result<String, (u16, String)>>,
 }
 
-impl StreamRequest {
+/// A play tunnel waiting for its playback stream.
+pub type StreamRequest = Request<Playback>;
+/// A record tunnel waiting for its recording stream.
+pub type RecordRequest = Request<Feeder>;
+
+impl<IO> Request<IO> {
     /// Splits the request; the [`Replier`] answers the peer.
-    pub fn into_parts(
-        self,
-    ) -> (
-        Arc<ConnShared>,
-        Playback,
-        String,
-        Vec<(String, String)>,
-        Replier,
-    ) {
+    pub fn into_parts(self) -> (Arc<ConnShared>, IO, String, Vec<(String, String)>, Replier) {
         (
             self.conn,
-            self.playback,
-            self.media_name,
-            self.props,
-            Replier(self.reply),
-        )
-    }
-}
-
-/// A handshaken record tunnel waiting for its recording stream.
-pub struct RecordRequest {
-    /// The connection's shared state (format, statistics, flags).
-    pub conn: Arc<ConnShared>,
-    /// The real-time side: the recording stream's callback pushes what it records here
-    /// (float32le at the connection's rate and channels).
-    pub feeder: Feeder,
-    /// `<far end's source> on <far end's host>`.
-    pub media_name: String,
-    /// Properties for the stream.
-    pub props: Vec<(String, String)>,
-    reply: mpsc::Sender<Result<String, (u16, String)>>,
-}
-
-impl RecordRequest {
-    /// Splits the request; the [`Replier`] answers the peer.
-    pub fn into_parts(
-        self,
-    ) -> (
-        Arc<ConnShared>,
-        Feeder,
-        String,
-        Vec<(String, String)>,
-        Replier,
-    ) {
-        (
-            self.conn,
-            self.feeder,
+            self.io,
             self.media_name,
             self.props,
             Replier(self.reply),
@@ -467,7 +431,7 @@ fn serve_play(
     let props = stream_props(peer, hello);
     shared.host.open(StreamRequest {
         conn: conn.clone(),
-        playback,
+        io: playback,
         media_name: format!("{} on {}", hello.name, hello.host),
         props,
         reply: tx,
@@ -558,7 +522,7 @@ fn serve_capture(
     let props = stream_props(peer, hello);
     shared.host.open_record(RecordRequest {
         conn: conn.clone(),
-        feeder,
+        io: feeder,
         media_name: format!("{} on {}", hello.name, hello.host),
         props,
         reply: tx,
@@ -581,4 +545,25 @@ fn serve_capture(
     conn.recording.store(false, Ordering::SeqCst);
     conn.closed.store(true, Ordering::SeqCst);
     shared.host.changed();
+}
+
+/// Every address on `port`: dual-stack `::` where the machine has IPv6, else all IPv4
+/// addresses (try them in this order with [`bind`]).
+pub fn any_address(port: u16) -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::new(std::net::IpAddr::from([0u16; 8]), port),
+        SocketAddr::new(std::net::IpAddr::from([0u8; 4]), port),
+    ]
+}
+
+/// Listens on the first of `addrs` that can be bound; the error names the last that failed.
+pub fn bind(addrs: &[SocketAddr]) -> Result<TcpListener, String> {
+    let mut last = "no address to listen on".to_string();
+    for a in addrs {
+        match TcpListener::bind(a) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = format!("cannot listen on {a}: {e}"),
+        }
+    }
+    Err(last)
 }

@@ -57,6 +57,18 @@ impl Refusal {
     }
 }
 
+/// A stream for the daemon to create for a tunnel.
+pub struct NewStream<'a, IO> {
+    /// The tunnel (format, channel map, label, statistics).
+    pub conn: &'a ConnShared,
+    /// `<far end's device> on <far end's host>`.
+    pub name: &'a str,
+    /// The tunnel's properties (peer, remote name, codec), after the daemon's own.
+    pub props: Vec<(String, String)>,
+    /// The real-time side for the stream's callback.
+    pub io: IO,
+}
+
 /// A stream the daemon created for a tunnel.
 pub trait StreamHandle {
     /// The stream is gone (killed, destroyed, failed): its tunnel ends.
@@ -76,15 +88,12 @@ pub trait Daemon {
     /// Where a record tunnel records (resolved when it arrives).
     type Source;
 
-    /// Creates the playback stream of a tunnel on `device` (`None`: the default sink), fed by
-    /// `playback`; returns it and the name of the device it plays on.
+    /// Creates the playback stream of a tunnel on `device` (`None`: the default sink); returns
+    /// it and the name of the device it plays on.
     fn open_play(
         &mut self,
-        conn: &ConnShared,
         device: Option<&str>,
-        playback: Playback,
-        name: &str,
-        props: Vec<(String, String)>,
+        new: NewStream<'_, Playback>,
     ) -> Result<(Self::Play, String), Refusal>;
 
     /// Finds the source `wanted` (`None`: the default source) and the name to answer with.
@@ -93,14 +102,11 @@ pub trait Daemon {
     /// Wraps what a capture stream's callback feeds, before its first stream.
     fn park(&mut self, feeder: Feeder) -> Self::Parked;
 
-    /// Creates a capture stream on `source` whose real-time side is `io`.
+    /// Creates a capture stream on `source`.
     fn open_capture(
         &mut self,
-        conn: &ConnShared,
         source: &Self::Source,
-        io: Self::Parked,
-        name: &str,
-        props: Vec<(String, String)>,
+        new: NewStream<'_, Self::Parked>,
     ) -> Result<Self::Capture, String>;
 
     /// Destroys a capture stream and takes its real-time side back (`None`: it was lost, and
@@ -218,7 +224,13 @@ impl<D: Daemon> Sessions<D> {
         for req in Queue::take(&self.queue.plays) {
             let (conn, playback, name, props, replier) = req.into_parts();
             let device = conn.device.clone().or_else(|| self.default_sink.clone());
-            match daemon.open_play(&conn, device.as_deref(), playback, &name, props) {
+            let new = NewStream {
+                conn: &conn,
+                name: &name,
+                props,
+                io: playback,
+            };
+            match daemon.open_play(device.as_deref(), new) {
                 Ok((stream, on)) => {
                     log::info!("tunnel {} plays as stream {name:?} on {on}", conn.label);
                     replier.accept(&on);
@@ -307,7 +319,13 @@ fn follow_readers<D: Daemon>(daemon: &mut D, r: &mut Record<D>) -> bool {
     let want = r.conn.recording();
     if want && r.stream.is_none() {
         if let Some(io) = r.parked.take() {
-            match daemon.open_capture(&r.conn, &r.source, io, &r.name, r.props.clone()) {
+            let new = NewStream {
+                conn: &r.conn,
+                name: &r.name,
+                props: r.props.clone(),
+                io,
+            };
+            match daemon.open_capture(&r.source, new) {
                 Ok(stream) => {
                     log::info!("record tunnel {}: recording", r.conn.label);
                     r.stream = Some(stream);

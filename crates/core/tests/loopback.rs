@@ -10,14 +10,13 @@ use opus_tunnel_core::acl::IpAcl;
 use opus_tunnel_core::auth::Cookie;
 use opus_tunnel_core::client::{start_play, start_record, RecordClientConfig};
 use opus_tunnel_core::codec::StreamFormat;
-use opus_tunnel_core::connection::ConnShared;
 use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::{Feeder, Shared, WorkerConfig};
 use opus_tunnel_core::handshake::{Direction, Hello, Reply, VERSION};
 use opus_tunnel_core::params::{Compression, OpusKnobs, ServerAddr};
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_core::server::{Receiver, RecvConfig};
-use opus_tunnel_core::session::{Daemon, Refusal, Sessions, StreamHandle};
+use opus_tunnel_core::session::{Daemon, NewStream, Refusal, Sessions, StreamHandle};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -147,12 +146,10 @@ impl Daemon for Fake {
 
     fn open_play(
         &mut self,
-        _conn: &ConnShared,
         device: Option<&str>,
-        mut playback: Playback,
-        _name: &str,
-        _props: Vec<(String, String)>,
+        new: NewStream<'_, Playback>,
     ) -> Result<(FakePlay, String), Refusal> {
+        let mut playback = new.io;
         if !matches!(device, None | Some("speakers")) {
             return Err(Refusal::no_device("sink", device));
         }
@@ -186,12 +183,10 @@ impl Daemon for Fake {
 
     fn open_capture(
         &mut self,
-        _conn: &ConnShared,
         _source: &(),
-        feeder: Feeder,
-        _name: &str,
-        _props: Vec<(String, String)>,
+        new: NewStream<'_, Feeder>,
     ) -> Result<FakeCapture, String> {
+        let feeder = new.io;
         self.seen.captures_opened.fetch_add(1, Ordering::SeqCst);
         let seen = self.seen.clone();
         let (device, back) = Device::run((feeder, Tone::new(440.0)), move |(feeder, tone)| {
