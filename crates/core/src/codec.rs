@@ -620,6 +620,13 @@ mod tests {
         v
     }
 
+    /// A stereo encoder and decoder at `rate` with the default knobs.
+    fn stereo_pair(c: Compression, rate: u32) -> (Encoder, Decoder) {
+        let fmt = StreamFormat { rate, channels: 2 };
+        let enc = Encoder::new(c, fmt, &OpusKnobs::default()).unwrap();
+        (enc, Decoder::new(c, fmt).unwrap())
+    }
+
     fn deinterleave(x: &[f32]) -> (Vec<f32>, Vec<f32>) {
         (
             x.iter().step_by(2).copied().collect(),
@@ -651,17 +658,13 @@ mod tests {
 
     #[test]
     fn opus_sine_round_trip() {
-        let fmt = StreamFormat {
-            rate: 48000,
-            channels: 2,
-        };
-        let knobs = OpusKnobs::default();
-        let mut enc = Encoder::new(Compression::Opus, fmt, &knobs).unwrap();
-        let mut dec = Decoder::new(Compression::Opus, fmt).unwrap();
+        let (mut enc, mut dec) = stereo_pair(Compression::Opus, 48000);
         assert_eq!(enc.frame_samples(), 960);
         assert_eq!(enc.payload_type(), 96);
-        assert_eq!(enc.rtp_clock_rate(), 48000);
-        assert_eq!(enc.rtp_ticks_per_frame(), 960);
+        assert_eq!(
+            (enc.rtp_clock_rate(), enc.rtp_ticks_per_frame()),
+            (48000, 960)
+        );
         let amp = 0.5;
         let src = stereo_sine(48000, 1.0, 1000.0, 1500.0, amp);
         let mut pkt = Vec::new();
@@ -830,17 +833,13 @@ mod tests {
 
     #[test]
     fn l16_bit_exact() {
-        let fmt = StreamFormat {
-            rate: 44100,
-            channels: 2,
-        };
-        let knobs = OpusKnobs::default();
-        let mut enc = Encoder::new(Compression::None, fmt, &knobs).unwrap();
-        let mut dec = Decoder::new(Compression::None, fmt).unwrap();
+        let (mut enc, mut dec) = stereo_pair(Compression::None, 44100);
         assert_eq!(enc.frame_samples(), 882);
         assert_eq!(enc.payload_type(), 97);
-        assert_eq!(enc.rtp_clock_rate(), 44100);
-        assert_eq!(enc.rtp_ticks_per_frame(), 882);
+        assert_eq!(
+            (enc.rtp_clock_rate(), enc.rtp_ticks_per_frame()),
+            (44100, 882)
+        );
         let pcm: Vec<f32> = (0..882 * 2)
             .map(|i| ((i * 37 % 65536) - 32768) as f32 / 32768.0)
             .collect();

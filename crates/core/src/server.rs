@@ -371,6 +371,26 @@ fn await_answer(
     }
 }
 
+/// The request for a tunnel's stream, and where its answer arrives. The stream's properties
+/// say who is at the other end, and the codec.
+#[allow(clippy::type_complexity)]
+fn request<IO>(
+    peer: SocketAddr,
+    hello: &Hello,
+    conn: &Arc<ConnShared>,
+    io: IO,
+) -> (Request<IO>, mpsc::Receiver<Result<String, (u16, String)>>) {
+    let (reply, rx) = mpsc::channel();
+    let req = Request {
+        conn: conn.clone(),
+        io,
+        media_name: format!("{} on {}", hello.name, hello.host),
+        props: stream_props(peer, hello),
+        reply,
+    };
+    (req, rx)
+}
+
 /// Properties of a tunnel's stream: who is at the other end, and the codec.
 fn stream_props(peer: SocketAddr, hello: &Hello) -> Vec<(String, String)> {
     vec![
@@ -427,15 +447,8 @@ fn serve_play(
             return;
         }
     };
-    let (tx, rx) = mpsc::channel();
-    let props = stream_props(peer, hello);
-    shared.host.open(StreamRequest {
-        conn: conn.clone(),
-        io: playback,
-        media_name: format!("{} on {}", hello.name, hello.host),
-        props,
-        reply: tx,
-    });
+    let (req, rx) = request(peer, hello, &conn, playback);
+    shared.host.open(req);
     let Some(sink) = conclude(&mut stream, peer, &rx, shared, &conn, &verified) else {
         return;
     };
@@ -518,15 +531,8 @@ fn serve_capture(
     let ring_bytes = 4 * usize::from(hello.channels) * hello.rate as usize * 3;
     let (feeder, tshared, consumer) = feeder(&wcfg, knobs, ring_bytes);
     let _ = conn.record.set(tshared.clone());
-    let (tx, rx) = mpsc::channel();
-    let props = stream_props(peer, hello);
-    shared.host.open_record(RecordRequest {
-        conn: conn.clone(),
-        io: feeder,
-        media_name: format!("{} on {}", hello.name, hello.host),
-        props,
-        reply: tx,
-    });
+    let (req, rx) = request(peer, hello, &conn, feeder);
+    shared.host.open_record(req);
     let Some(source) = conclude(&mut stream, peer, &rx, shared, &conn, &verified) else {
         return;
     };
