@@ -6,13 +6,13 @@
 //! `module-tunnel-source-opus` or `libpipewire-module-opus-tunnel` with `tunnel.mode =
 //! source`) gets a capture stream (`Stream/Input/Audio`) on the source it names,
 //! `target.source` or the default source — only while the desktop end has readers; what it
-//! captures is encoded and sent (`opus_tunnel_core::rx::Host::open_record`).
+//! captures is encoded and sent.
 //!
-//! The network side is `opus_tunnel_core::rx` (a listener thread, a thread per connection,
-//! lock-free rings); this module is the PipeWire glue: the main thread creates and removes the
-//! streams (woken through a main-loop event) and publishes their statistics as node properties
-//! once a second; each stream's process callback on PipeWire's data thread takes the audio out
-//! with `Playback::pop`.
+//! The network side is `opus_tunnel_core::server` (a listener thread, a thread per
+//! connection, lock-free rings) and the main-thread logic `opus_tunnel_core::session`; this
+//! module is the PipeWire glue: it implements `session::Daemon`, wakes the main loop through a
+//! main-loop event, and each stream's process callback on PipeWire's data thread takes the
+//! audio out with `Playback::pop`.
 
 use opus_tunnel_core::acl::IpAcl;
 use opus_tunnel_core::auth::Cookie;

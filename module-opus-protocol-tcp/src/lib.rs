@@ -2,10 +2,11 @@
 //! accepted tunnel from `module-tunnel-sink-opus` becomes a stream (sink-input) on a local
 //! sink, decoded through a jitter buffer with Opus packet-loss concealment.
 //!
-//! The network side is `opus_tunnel_core::rx` (a listener thread, a thread per connection,
-//! lock-free rings); this module is the PulseAudio glue: the main thread creates and removes
-//! the streams (woken through an eventfd) and publishes their statistics, and each stream's
-//! callback on the sink's IO thread takes audio out of its ring.
+//! The network side is `opus_tunnel_core::server` (a listener thread, a thread per
+//! connection, lock-free rings) and the main-thread logic `opus_tunnel_core::session`; this
+//! module is the PulseAudio glue: it implements `session::Daemon` (a sink-input per play
+//! tunnel, a source-output per record tunnel while it has readers), wakes the main loop through
+//! an eventfd, and each stream's callback on the sink's IO thread takes audio out of its ring.
 
 use opus_tunnel_core::acl::IpAcl;
 use opus_tunnel_core::auth::Cookie;
