@@ -160,8 +160,10 @@ load-module module-null-sink sink_name=null rate=48000 channels=2
 set-default-sink null
 EOF
   # No --dl-search-path: the daemon finds modules only in its own directory.
-  pa "$n" pulseaudio -n -F "$d/init.pa" --daemonize=no --exit-idle-time=-1 --use-pid-file=no \
-    --disable-shm=yes --log-target="file:$d/daemon.log" --log-level=info &
+  # Started through env (which execs the daemon), not the shell function pa: $! is then the
+  # daemon's own pid, which the cleanup stops (a function's $! is its subshell's).
+  env -u DISPLAY $(pa_env "$n") pulseaudio -n -F "$d/init.pa" --daemonize=no --exit-idle-time=-1 \
+    --use-pid-file=no --disable-shm=yes --log-target="file:$d/daemon.log" --log-level=info &
   pids+=($!)
   for _ in $(seq 100); do
     pa "$n" pactl info >/dev/null 2>&1 && return 0
@@ -202,8 +204,8 @@ EOF
 tone_through() {
   local s=$1 r=$2 rec=$rundir/$2.raw
   rm -f "$rec"
-  pa "$r" timeout 13 parec --raw --format=s16le --rate=48000 --channels=2 --latency-msec=50 \
-    -d null.monitor "$rec" &
+  env -u DISPLAY $(pa_env "$r") timeout 13 parec --raw --format=s16le --rate=48000 --channels=2 \
+    --latency-msec=50 -d null.monitor "$rec" &
   local rec_pid=$!; pids+=($rec_pid)
   sleep 1
   python3 -c '
@@ -301,6 +303,13 @@ fi
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 pids=()
+# None of the daemons (nor their clients) outlives the test: every one was started with a path
+# under $rundir on its command line.
+if pgrep -f "$rundir/" >/dev/null; then
+  pgrep -af "$rundir/" >&2
+  die "processes started by the test are still running"
+fi
+echo "    every daemon started here is stopped (none left under $rundir)"
 say "dpkg --purge ${built[*]}"
 dpkg --purge "${built[@]}" >/dev/null || die "dpkg --purge failed"
 installed_by_us=0
