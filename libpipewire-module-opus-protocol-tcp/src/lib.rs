@@ -477,7 +477,9 @@ impl PwModule for Receiver {
             }
         })?;
         let host = {
-            let mut m = main.borrow_mut();
+            let mut m = main
+                .try_borrow_mut()
+                .map_err(|_| "the module state is busy".to_string())?;
             m.pw.waker = Some(event.handle());
             let handle = event.handle();
             m.sessions.set_waker(move || handle.signal());

@@ -348,7 +348,9 @@ impl PaModule for Receiver {
             }
         })?;
         let host = {
-            let mut m = main.borrow_mut();
+            let mut m = main
+                .try_borrow_mut()
+                .map_err(|_| "the module state is busy".to_string())?;
             m.pulse.waker = Some(waker.handle());
             let handle = waker.handle();
             m.sessions.set_waker(move || handle.wake());
