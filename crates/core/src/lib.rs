@@ -9,8 +9,10 @@
 
 pub mod acl;
 pub mod args;
+pub mod argtable;
 pub mod auth;
 pub mod codec;
+pub mod control;
 pub mod dll;
 pub mod framing;
 pub mod handshake;

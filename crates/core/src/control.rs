@@ -1,0 +1,213 @@
+//! Live control of a tunnel's Opus knobs, the same for every module and daemon: the effective
+//! values as properties, changes checked as at load (a bad value is refused with a log line
+//! naming the key and the accepted range), property-list changes, and the `get`/`set`
+//! messages (`pactl send-message /opus_tunnel/<device>`). The module only moves properties
+//! between this and its daemon.
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::args::{apply_knob_changes, effective_properties, knob_message};
+use crate::codec::StreamFormat;
+use crate::params::{Compression, OpusKnobs};
+use crate::rx::RecordClient;
+use crate::tx::Shared;
+
+/// Where the knobs live: a sending tunnel's encoder, or the far end's (relayed by a record
+/// tunnel's client).
+pub trait KnobStore {
+    /// The knobs in effect.
+    fn knobs(&self) -> OpusKnobs;
+    /// Puts `knobs` into effect.
+    fn set_knobs(&self, knobs: OpusKnobs);
+}
+
+impl KnobStore for Arc<Shared> {
+    fn knobs(&self) -> OpusKnobs {
+        Shared::knobs(self)
+    }
+    fn set_knobs(&self, knobs: OpusKnobs) {
+        Shared::set_knobs(self, knobs)
+    }
+}
+
+impl KnobStore for Rc<RecordClient> {
+    fn knobs(&self) -> OpusKnobs {
+        RecordClient::knobs(self)
+    }
+    fn set_knobs(&self, knobs: OpusKnobs) {
+        RecordClient::set_knobs(self, knobs)
+    }
+}
+
+/// A tunnel device's knob control (main thread).
+pub struct KnobControl {
+    store: Box<dyn KnobStore>,
+    compression: Compression,
+    fmt: StreamFormat,
+    name: String,
+    retuned: &'static str,
+}
+
+impl KnobControl {
+    /// Control of `store`'s knobs for the device `name`; `retuned` starts the log line of an
+    /// applied change (e.g. `retuned`).
+    pub fn new(
+        store: impl KnobStore + 'static,
+        compression: Compression,
+        fmt: StreamFormat,
+        name: String,
+        retuned: &'static str,
+    ) -> KnobControl {
+        KnobControl {
+            store: Box::new(store),
+            compression,
+            fmt,
+            name,
+            retuned,
+        }
+    }
+
+    /// The effective value of every knob (and `compression`), as properties.
+    pub fn effective(&self) -> Vec<(String, String)> {
+        effective_properties(self.compression, &self.store.knobs())
+    }
+
+    /// Applies what can be applied; returns the refusals (each names the key and the range).
+    pub fn apply(&self, pairs: &[(String, String)]) -> Vec<String> {
+        let u = apply_knob_changes(self.store.knobs(), self.compression, self.fmt, pairs);
+        if !u.changed.is_empty() {
+            self.store.set_knobs(u.knobs);
+            log::info!("{}: {} {}", self.name, self.retuned, u.changed.join(" "));
+        }
+        for e in &u.errors {
+            log::warn!("{}: refused {e}", self.name);
+        }
+        u.errors
+    }
+
+    /// The device's properties changed (`update-sink-proplist` …; `get` reads one): applies
+    /// the knob keys whose value differs from the effective one and returns the effective
+    /// values to put back on the device, or `None` when no knob changed (as when the device
+    /// shows what this returned).
+    pub fn properties_changed(
+        &self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Option<Vec<(String, String)>> {
+        let changed: Vec<(String, String)> = self
+            .effective()
+            .into_iter()
+            .filter_map(|(k, eff)| get(&k).filter(|v| *v != eff).map(|v| (k, v)))
+            .collect();
+        if changed.is_empty() {
+            return None;
+        }
+        self.apply(&changed);
+        Some(self.effective())
+    }
+
+    /// Applies `pairs` and hands the effective values to `publish` (a node's `Props` change).
+    pub fn apply_and_publish(
+        &self,
+        pairs: &[(String, String)],
+        publish: impl FnOnce(&[(String, String)]),
+    ) -> Vec<String> {
+        let errors = self.apply(pairs);
+        publish(&self.effective());
+        errors
+    }
+
+    /// A `MESSAGE PARAMS` request (`get`: the effective knobs and `stats`; `set "k=v …"`:
+    /// applied, then the effective values go to `publish`).
+    pub fn message(
+        &self,
+        message: &str,
+        params: &str,
+        stats: impl FnOnce() -> Vec<(String, String)>,
+        publish: impl FnOnce(&[(String, String)]),
+    ) -> Result<String, String> {
+        knob_message(
+            message,
+            params,
+            || {
+                let mut out = self.effective();
+                out.extend(stats());
+                out
+            },
+            |pairs| self.apply_and_publish(pairs, publish),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    struct Cellar(Rc<Cell<OpusKnobs>>);
+
+    impl KnobStore for Cellar {
+        fn knobs(&self) -> OpusKnobs {
+            self.0.get()
+        }
+        fn set_knobs(&self, knobs: OpusKnobs) {
+            self.0.set(knobs)
+        }
+    }
+
+    fn control() -> (KnobControl, Rc<Cell<OpusKnobs>>) {
+        let cell = Rc::new(Cell::new(OpusKnobs::default()));
+        let fmt = StreamFormat {
+            rate: 48000,
+            channels: 2,
+        };
+        let c = KnobControl::new(
+            Cellar(cell.clone()),
+            Compression::Opus,
+            fmt,
+            "t".into(),
+            "retuned",
+        );
+        (c, cell)
+    }
+
+    #[test]
+    fn properties_changed() {
+        let (c, cell) = control();
+        assert_eq!(c.properties_changed(|_| None), None);
+        let same = c.effective();
+        let get = |k: &str| same.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
+        assert_eq!(c.properties_changed(get), None);
+        let got = c
+            .properties_changed(|k| (k == "compression.bitrate").then(|| "16000".to_string()))
+            .unwrap();
+        assert_eq!(cell.get().bitrate, 16000);
+        assert!(got.contains(&("compression.bitrate".into(), "16000".into())));
+        // A refused value: nothing changes, the effective values go back.
+        let got = c
+            .properties_changed(|k| (k == "compression.opus.complexity").then(|| "11".to_string()))
+            .unwrap();
+        assert!(got.contains(&("compression.opus.complexity".into(), "10".into())));
+    }
+
+    #[test]
+    fn messages() {
+        let (c, cell) = control();
+        let published = Cell::new(false);
+        let stats = || vec![("opus.tunnel.state".to_string(), "idle".to_string())];
+        let out = c.message("get", "", stats, |_| unreachable!()).unwrap();
+        assert!(out.contains("compression.bitrate=64000\n") && out.contains("state=idle"));
+        let r = c.message("set", "compression.bitrate=20k", Vec::new, |p| {
+            published.set(
+                p.iter()
+                    .any(|(k, v)| k == "compression.bitrate" && v == "20000"),
+            )
+        });
+        assert_eq!(r.unwrap(), "ok");
+        assert!(published.get());
+        assert_eq!(cell.get().bitrate, 20000);
+        let e = c
+            .message("set", "compression.opus.complexity=11", Vec::new, |_| {})
+            .unwrap_err();
+        assert!(e.contains("0 to 10"), "{e}");
+    }
+}
