@@ -350,13 +350,21 @@ pub fn check_module_doc(table: &[Arg], source: &str) -> Result<(), String> {
 /// The Markdown table of `table` (`| argument | accepts | meaning | default |`), for manuals.
 pub fn markdown(table: &[Arg]) -> String {
     let mut s = String::from("| argument | accepts | meaning | default |\n|---|---|---|---|\n");
+    // Code font for what Markdown would take for HTML or links.
+    let code = |t: &str| {
+        if t.contains(['<', '[', '{']) {
+            format!("`{t}`")
+        } else {
+            t.to_string()
+        }
+    };
     for a in table {
         s.push_str(&format!(
             "| `{}` | {} | {} | {} |\n",
             a.key,
-            a.accepts.replace('|', ", "),
+            code(&a.accepts.replace('|', ", ")),
             a.help,
-            a.default
+            code(a.default)
         ));
     }
     s
@@ -437,5 +445,23 @@ mod tests {
         assert!(e.contains("port: documented default \"80\""), "{e}");
         assert!(e.contains("bogus: documented"), "{e}");
         assert!(e.contains("listen: an argument missing"), "{e}");
+    }
+}
+/// Prints every table as Markdown, to paste into a module's manual:
+/// `cargo test -p opus-tunnel-core --lib -- --ignored print_tables --nocapture`.
+#[cfg(test)]
+mod print {
+    #[test]
+    #[ignore]
+    fn print_tables() {
+        for t in [
+            super::TUNNEL_SINK,
+            super::TUNNEL_SOURCE,
+            super::RECEIVER,
+            super::PW_TUNNEL,
+            super::PW_RECEIVER,
+        ] {
+            println!("{}", super::markdown(t));
+        }
     }
 }
