@@ -417,7 +417,10 @@ mod tests {
 
     #[test]
     fn integers() {
-        assert_eq!(int::<u16>(RECEIVER, "port", None), Ok(4715));
+        assert_eq!(
+            int::<u16>(RECEIVER, "port", None),
+            Ok(crate::params::DEFAULT_PORT)
+        );
         assert_eq!(int::<u16>(RECEIVER, "port", Some(" 80 ")), Ok(80));
         assert_eq!(
             int::<u32>(TUNNEL_SINK, "latency_msec", Some("500")).unwrap_err(),
