@@ -67,8 +67,8 @@
 //! or not), publishes statistics as node properties once a second and applies knob changes.
 
 use opus_tunnel_core::args::{
-    check_encoder, effective_properties, load_cookie, parse_compression, parse_knobs,
-    parse_latency_bounds, voice_knobs,
+    check_encoder, codec_summary, device_description, effective_properties, load_cookie,
+    parse_compression, parse_knobs, parse_latency_bounds, voice_knobs,
 };
 use opus_tunnel_core::argtable::{self, keys, PW_TUNNEL, PW_TUNNEL_USAGE};
 use opus_tunnel_core::codec::{self, StreamFormat};
@@ -306,16 +306,8 @@ impl PwModule for Tunnel {
         }
         let node_name =
             lookup("node.name").unwrap_or_else(|| format!("tunnel-opus.{}", clean(&host_part)));
-        let description = lookup("node.description").unwrap_or_else(|| {
-            format!(
-                "Opus tunnel to {}{}",
-                addr,
-                remote_sink
-                    .as_deref()
-                    .map(|s| format!(" ({s})"))
-                    .unwrap_or_default()
-            )
-        });
+        let description = lookup("node.description")
+            .unwrap_or_else(|| device_description("to", &addr, remote_sink.as_deref()));
         // The graph's block for this node: 1024 frames at 48 kHz (~21 ms) unless given.
         let latency = lookup("node.latency")
             .unwrap_or_else(|| format!("{}/{rate}", (u64::from(rate) * 1024 / 48_000).max(64)));
@@ -401,17 +393,8 @@ impl PwModule for Tunnel {
             }
         };
         log::info!(
-            "sink {node_name} tunnels to {addr} ({}{}, {rate} Hz, {channels} ch)",
-            compression.as_str(),
-            if compression == Compression::Opus {
-                format!(
-                    " {} bit/s, {} ms frames",
-                    knobs.bitrate,
-                    knobs.frame_size.as_str()
-                )
-            } else {
-                String::new()
-            },
+            "sink {node_name} tunnels to {addr} ({}, {rate} Hz, {channels} ch)",
+            codec_summary(compression, &knobs),
         );
         stream.on_params(knob_control(
             node_name.clone(),
@@ -483,16 +466,9 @@ impl Tunnel {
         )?;
         let client = Rc::new(client);
         let rate = s.fmt.rate;
-        let description = s.description.unwrap_or_else(|| {
-            format!(
-                "Opus tunnel from {}{}",
-                s.addr,
-                s.remote_source
-                    .as_deref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
-            )
-        });
+        let description = s
+            .description
+            .unwrap_or_else(|| device_description("from", &s.addr, s.remote_source.as_deref()));
         // A small block: the engine keeps the buffer; the graph's quantum adds to the delay.
         let latency = s
             .latency

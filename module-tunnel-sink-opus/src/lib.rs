@@ -55,12 +55,13 @@
 //! statistics as sink properties once a second.
 
 use opus_tunnel_core::args::{
-    default_device_name, effective_properties, message_path, parse_tunnel_args, Defaults,
+    codec_summary, default_device_name, device_description, effective_properties, message_path,
+    parse_tunnel_args, Defaults,
 };
 use opus_tunnel_core::argtable::{keys, TUNNEL_SINK, TUNNEL_SINK_USAGE};
 use opus_tunnel_core::codec::StreamFormat;
-use opus_tunnel_core::control::KnobControl;
-use opus_tunnel_core::params::{Compression, OpusKnobs};
+use opus_tunnel_core::control::{device_handlers, KnobControl};
+use opus_tunnel_core::params::OpusKnobs;
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_core::tx::{self, Feeder, Shared, WorkerConfig};
 use opus_tunnel_pulse::hooks::{watch_sink_proplist, HookSlot, MessageHandler};
@@ -86,12 +87,13 @@ pub struct TunnelSink {
     worker: Option<JoinHandle<()>>,
 }
 
-fn to_proplist(pairs: &[(String, String)]) -> Proplist {
+/// Puts properties on the sink.
+fn publish(sink: &Sink, pairs: &[(String, String)]) {
     let mut p = Proplist::new();
     for (k, v) in pairs {
         p.set(k, v);
     }
-    p
+    sink.update_proplist(&p);
 }
 
 /// The sink's IO-thread side: hands rendered audio to the tunnel's worker.
@@ -165,14 +167,7 @@ impl PaModule for TunnelSink {
         let mut props = Proplist::new();
         props.set(
             "device.description",
-            &format!(
-                "Opus tunnel to {}{}",
-                addr,
-                remote_sink
-                    .as_deref()
-                    .map(|s| format!(" ({s})"))
-                    .unwrap_or_default()
-            ),
+            &device_description("to", &addr, remote_sink.as_deref()),
         );
         props.set("opus.tunnel.server", &addr.to_string());
         props.set(
@@ -209,19 +204,10 @@ impl PaModule for TunnelSink {
             }
         };
         log::info!(
-            "sink {} tunnels to {} ({}{}, {} Hz, {} ch)",
+            "sink {} tunnels to {} ({}, {} Hz, {} ch)",
             sink.name(),
             addr,
-            compression.as_str(),
-            if compression == Compression::Opus {
-                format!(
-                    " {} bit/s, {} ms frames",
-                    knobs.bitrate,
-                    knobs.frame_size.as_str()
-                )
-            } else {
-                String::new()
-            },
+            codec_summary(compression, &knobs),
             rate,
             channels
         );
@@ -235,33 +221,28 @@ impl PaModule for TunnelSink {
             sink.name(),
             "retuned",
         ));
+        let st = shared.clone();
+        let (on_properties, on_message) = device_handlers(
+            control,
+            &sink,
+            publish,
+            move || st.stat_properties_peek(),
+            "the sink is gone",
+        );
         // update-sink-proplist: apply the knob keys that changed, refuse bad values, and put
-        // the effective values back on the sink (this re-enters the hook, with nothing to do).
-        let (c1, s1) = (control.clone(), Rc::downgrade(&sink));
+        // the effective values back (this re-enters the hook, with nothing to do).
         let watch = watch_sink_proplist(&module.core(), sink.index(), move |props| {
-            if let (Some(eff), Some(sink)) = (c1.properties_changed(|k| props.get(k)), s1.upgrade())
-            {
-                sink.update_proplist(&to_proplist(&eff));
-            }
+            on_properties(&|k| props.get(k))
         });
-        let (s2, sh2) = (Rc::downgrade(&sink), shared.clone());
         let messages = MessageHandler::register(
             &module.core(),
             &message_path(&sink.name()),
             "opus-tunnel sink: get, set key=value ...",
-            move |msg, params| match s2.upgrade() {
-                Some(sink) => control.message(
-                    msg,
-                    params,
-                    || sh2.stat_properties_peek(),
-                    |eff| sink.update_proplist(&to_proplist(eff)),
-                ),
-                None => Err("the sink is gone".into()),
-            },
+            on_message,
         );
         let (timer_sink, timer_shared) = (sink.clone(), shared.clone());
         let timer = MainTimer::new(&module.core(), 1_000_000, move || {
-            timer_sink.update_proplist(&to_proplist(&timer_shared.stat_properties()));
+            publish(&timer_sink, &timer_shared.stat_properties())
         });
         Ok(TunnelSink {
             _messages: messages,

@@ -59,12 +59,12 @@
 //! knob changes.
 
 use opus_tunnel_core::args::{
-    default_device_name, effective_properties, message_path, parse_latency_bounds,
-    parse_tunnel_args, voice_knobs, Defaults,
+    default_device_name, device_description, effective_properties, message_path,
+    parse_latency_bounds, parse_tunnel_args, voice_knobs, Defaults,
 };
 use opus_tunnel_core::argtable::{keys, TUNNEL_SOURCE, TUNNEL_SOURCE_USAGE};
 use opus_tunnel_core::codec::StreamFormat;
-use opus_tunnel_core::control::KnobControl;
+use opus_tunnel_core::control::{device_handlers, KnobControl};
 use opus_tunnel_core::rx::{start_record, Playback, RecordClient, RecordClientConfig, RunningFlag};
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_pulse::hooks::{watch_source_proplist, HookSlot, MessageHandler};
@@ -123,12 +123,13 @@ impl SourceIo for CaptureIo {
     }
 }
 
-fn to_proplist(pairs: &[(String, String)]) -> Proplist {
+/// Puts properties on the source.
+fn publish(source: &Source, pairs: &[(String, String)]) {
     let mut p = Proplist::new();
     for (k, v) in pairs {
         p.set(k, v);
     }
-    p
+    source.update_proplist(&p);
 }
 
 impl PaModule for TunnelSource {
@@ -188,14 +189,7 @@ impl PaModule for TunnelSource {
         let mut props = Proplist::new();
         props.set(
             "device.description",
-            &format!(
-                "Opus tunnel from {}{}",
-                a.addr,
-                remote_source
-                    .as_deref()
-                    .map(|s| format!(" ({s})"))
-                    .unwrap_or_default()
-            ),
+            &device_description("from", &a.addr, remote_source.as_deref()),
         );
         props.set("opus.tunnel.server", &a.addr.to_string());
         props.set(
@@ -250,32 +244,28 @@ impl PaModule for TunnelSource {
             source.name(),
             "asked the far end to retune:",
         ));
-        let (c1, s1) = (control.clone(), Rc::downgrade(&source));
+        let st = client.clone();
+        let (on_properties, on_message) = device_handlers(
+            control,
+            &source,
+            publish,
+            move || st.stat_properties(),
+            "the source is gone",
+        );
+        // update-source-proplist: apply the knob keys that changed, refuse bad values, and put
+        // the effective values back (this re-enters the hook, with nothing to do).
         let watch = watch_source_proplist(&module.core(), source.index(), move |props| {
-            if let (Some(eff), Some(source)) =
-                (c1.properties_changed(|k| props.get(k)), s1.upgrade())
-            {
-                source.update_proplist(&to_proplist(&eff));
-            }
+            on_properties(&|k| props.get(k))
         });
-        let (s2, cl2) = (Rc::downgrade(&source), client.clone());
         let messages = MessageHandler::register(
             &module.core(),
             &message_path(&source.name()),
             "opus-tunnel source: get, set key=value ...",
-            move |msg, params| match s2.upgrade() {
-                Some(source) => control.message(
-                    msg,
-                    params,
-                    || cl2.stat_properties(),
-                    |eff| source.update_proplist(&to_proplist(eff)),
-                ),
-                None => Err("the source is gone".into()),
-            },
+            on_message,
         );
         let (timer_source, timer_client) = (source.clone(), client.clone());
         let timer = MainTimer::new(&module.core(), 1_000_000, move || {
-            timer_source.update_proplist(&to_proplist(&timer_client.stat_properties()));
+            publish(&timer_source, &timer_client.stat_properties())
         });
         Ok(TunnelSource {
             _messages: messages,

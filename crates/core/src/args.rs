@@ -170,6 +170,25 @@ pub fn effective_properties(compression: Compression, knobs: &OpusKnobs) -> Vec<
     v
 }
 
+/// A tunnel device's description: `Opus tunnel to ADDR (REMOTE)` (`way`: `to` or `from`).
+pub fn device_description(way: &str, addr: &ServerAddr, remote: Option<&str>) -> String {
+    let remote = remote.map(|r| format!(" ({r})")).unwrap_or_default();
+    format!("Opus tunnel {way} {addr}{remote}")
+}
+
+/// `opus 64000 bit/s, 20 ms frames` or `none`, for a log line.
+pub fn codec_summary(compression: Compression, knobs: &OpusKnobs) -> String {
+    match compression {
+        Compression::Opus => format!(
+            "{} {} bit/s, {} ms frames",
+            compression.as_str(),
+            knobs.bitrate,
+            knobs.frame_size.as_str()
+        ),
+        Compression::None => compression.as_str().to_string(),
+    }
+}
+
 /// The outcome of [`apply_knob_changes`].
 #[derive(Debug)]
 pub struct KnobUpdate {

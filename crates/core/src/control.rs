@@ -138,6 +138,36 @@ impl KnobControl {
     }
 }
 
+/// A device's property lookup.
+pub type Lookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+/// What a device's knob control answers its daemon: the reaction to a property change and
+/// the answer to a message. Both reach the device through a weak handle: once it is gone a
+/// property change does nothing and a message is answered `gone`.
+pub fn device_handlers<D: 'static>(
+    control: Rc<KnobControl>,
+    device: &Rc<D>,
+    publish: fn(&D, &[(String, String)]),
+    stats: impl Fn() -> Vec<(String, String)> + 'static,
+    gone: &'static str,
+) -> (
+    impl for<'a> Fn(&Lookup<'a>) + 'static,
+    impl FnMut(&str, &str) -> Result<String, String> + 'static,
+) {
+    let (c1, d1) = (control.clone(), Rc::downgrade(device));
+    let on_properties = move |get: &Lookup<'_>| {
+        if let (Some(eff), Some(d)) = (c1.properties_changed(get), d1.upgrade()) {
+            publish(&d, &eff);
+        }
+    };
+    let d2 = Rc::downgrade(device);
+    let on_message = move |msg: &str, params: &str| match d2.upgrade() {
+        Some(d) => control.message(msg, params, &stats, |eff| publish(&d, eff)),
+        None => Err(gone.to_string()),
+    };
+    (on_properties, on_message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +217,22 @@ mod tests {
             .properties_changed(|k| (k == "compression.opus.complexity").then(|| "11".to_string()))
             .unwrap();
         assert!(got.contains(&("compression.opus.complexity".into(), "10".into())));
+    }
+
+    #[test]
+    fn device_handlers_reach_a_live_device() {
+        let (c, cell) = control();
+        type Props = std::cell::RefCell<Vec<(String, String)>>;
+        let device = Rc::new(Props::default());
+        let publish: fn(&Props, &[(String, String)]) = |d, p| d.borrow_mut().extend_from_slice(p);
+        let (on_props, mut on_msg) =
+            device_handlers(Rc::new(c), &device, publish, Vec::new, "gone");
+        on_props(&|k| (k == "compression.bitrate").then(|| "24000".to_string()));
+        assert_eq!(cell.get().bitrate, 24000);
+        assert!(!device.borrow().is_empty());
+        assert_eq!(on_msg("set", "compression.bitrate=20000").unwrap(), "ok");
+        drop(device);
+        assert_eq!(on_msg("get", "").unwrap_err(), "gone");
     }
 
     #[test]
