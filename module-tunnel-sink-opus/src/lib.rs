@@ -60,7 +60,7 @@ use opus_tunnel_core::args::{
 };
 use opus_tunnel_core::argtable::{keys, TUNNEL_SINK, TUNNEL_SINK_USAGE};
 use opus_tunnel_core::codec::StreamFormat;
-use opus_tunnel_core::control::{device_handlers, KnobControl};
+use opus_tunnel_core::control::{device_handlers, KnobControl, Stats};
 use opus_tunnel_core::params::OpusKnobs;
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_core::tx::{self, Feeder, Shared, WorkerConfig};
@@ -212,38 +212,33 @@ impl PaModule for TunnelSink {
             channels
         );
 
-        // Statistics as properties, once a second (main thread).
+        // Knob control and statistics (main thread).
         let sink = Rc::new(sink);
-        let control = Rc::new(KnobControl::new(
-            shared.clone(),
-            compression,
-            fmt,
-            sink.name(),
-            "retuned",
-        ));
-        let st = shared.clone();
-        let (on_properties, on_message) = device_handlers(
-            control,
+        let (st1, st2) = (shared.clone(), shared.clone());
+        let h = device_handlers(
+            KnobControl::new(shared.clone(), compression, fmt, sink.name(), "retuned"),
             &sink,
             publish,
-            move || st.stat_properties_peek(),
+            Stats {
+                get: move || st1.stat_properties_peek(),
+                tick: move || st2.stat_properties(),
+            },
             "the sink is gone",
         );
         // update-sink-proplist: apply the knob keys that changed, refuse bad values, and put
         // the effective values back (this re-enters the hook, with nothing to do).
-        let watch = watch_sink_proplist(&module.core(), sink.index(), move |props| {
-            on_properties(&|k| props.get(k))
+        let core = module.core();
+        let watch = watch_sink_proplist(&core, sink.index(), move |p| {
+            (h.on_properties)(&|k| p.get(k))
         });
+        let path = message_path(&sink.name());
         let messages = MessageHandler::register(
-            &module.core(),
-            &message_path(&sink.name()),
+            &core,
+            &path,
             "opus-tunnel sink: get, set key=value ...",
-            on_message,
+            h.on_message,
         );
-        let (timer_sink, timer_shared) = (sink.clone(), shared.clone());
-        let timer = MainTimer::new(&module.core(), 1_000_000, move || {
-            publish(&timer_sink, &timer_shared.stat_properties())
-        });
+        let timer = MainTimer::new(&core, 1_000_000, h.on_tick);
         Ok(TunnelSink {
             _messages: messages,
             _watch: watch,

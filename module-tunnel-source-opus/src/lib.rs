@@ -64,7 +64,7 @@ use opus_tunnel_core::args::{
 };
 use opus_tunnel_core::argtable::{keys, TUNNEL_SOURCE, TUNNEL_SOURCE_USAGE};
 use opus_tunnel_core::codec::StreamFormat;
-use opus_tunnel_core::control::{device_handlers, KnobControl};
+use opus_tunnel_core::control::{device_handlers, KnobControl, Stats};
 use opus_tunnel_core::rx::{start_record, Playback, RecordClient, RecordClientConfig, RunningFlag};
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_pulse::hooks::{watch_source_proplist, HookSlot, MessageHandler};
@@ -237,36 +237,37 @@ impl PaModule for TunnelSource {
             a.rate,
             a.channels
         );
-        let control = Rc::new(KnobControl::new(
-            client.clone(),
-            a.compression,
-            fmt,
-            source.name(),
-            "asked the far end to retune:",
-        ));
-        let st = client.clone();
-        let (on_properties, on_message) = device_handlers(
-            control,
+        let (st1, st2) = (client.clone(), client.clone());
+        let h = device_handlers(
+            KnobControl::new(
+                client.clone(),
+                a.compression,
+                fmt,
+                source.name(),
+                "asked the far end to retune:",
+            ),
             &source,
             publish,
-            move || st.stat_properties(),
+            Stats {
+                get: move || st1.stat_properties(),
+                tick: move || st2.stat_properties(),
+            },
             "the source is gone",
         );
         // update-source-proplist: apply the knob keys that changed, refuse bad values, and put
         // the effective values back (this re-enters the hook, with nothing to do).
-        let watch = watch_source_proplist(&module.core(), source.index(), move |props| {
-            on_properties(&|k| props.get(k))
+        let core = module.core();
+        let watch = watch_source_proplist(&core, source.index(), move |p| {
+            (h.on_properties)(&|k| p.get(k))
         });
+        let path = message_path(&source.name());
         let messages = MessageHandler::register(
-            &module.core(),
-            &message_path(&source.name()),
+            &core,
+            &path,
             "opus-tunnel source: get, set key=value ...",
-            on_message,
+            h.on_message,
         );
-        let (timer_source, timer_client) = (source.clone(), client.clone());
-        let timer = MainTimer::new(&module.core(), 1_000_000, move || {
-            publish(&timer_source, &timer_client.stat_properties())
-        });
+        let timer = MainTimer::new(&core, 1_000_000, h.on_tick);
         Ok(TunnelSource {
             _messages: messages,
             _watch: watch,

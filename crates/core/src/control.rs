@@ -141,31 +141,65 @@ impl KnobControl {
 /// A device's property lookup.
 pub type Lookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
 
-/// What a device's knob control answers its daemon: the reaction to a property change and
-/// the answer to a message. Both reach the device through a weak handle: once it is gone a
-/// property change does nothing and a message is answered `gone`.
+/// How a device's statistics are read: for a `get` message (must not disturb rates) and
+/// once a second for its properties.
+pub struct Stats<G, T> {
+    /// For `get`.
+    pub get: G,
+    /// Once a second.
+    pub tick: T,
+}
+
+/// The answer to a `MESSAGE PARAMS` request.
+pub type OnMessage = dyn FnMut(&str, &str) -> Result<String, String>;
+
+/// A device's reactions (see [`device_handlers`]), to hand to its daemon.
+pub struct Handlers {
+    /// The device's properties changed: give it their lookup.
+    pub on_properties: Box<dyn Fn(&Lookup<'_>)>,
+    /// A `MESSAGE PARAMS` request.
+    pub on_message: Box<OnMessage>,
+    /// Once a second: publishes the statistics.
+    pub on_tick: Box<dyn FnMut()>,
+}
+
+/// What a device's knob control answers its daemon: the reaction to a property change, the
+/// answer to a message, and the once-a-second statistics. All reach the device through a weak
+/// handle: once it is gone a property change and a tick do nothing and a message is answered
+/// `gone`.
 pub fn device_handlers<D: 'static>(
-    control: Rc<KnobControl>,
+    control: KnobControl,
     device: &Rc<D>,
     publish: fn(&D, &[(String, String)]),
-    stats: impl Fn() -> Vec<(String, String)> + 'static,
+    stats: Stats<
+        impl Fn() -> Vec<(String, String)> + 'static,
+        impl Fn() -> Vec<(String, String)> + 'static,
+    >,
     gone: &'static str,
-) -> (
-    impl for<'a> Fn(&Lookup<'a>) + 'static,
-    impl FnMut(&str, &str) -> Result<String, String> + 'static,
-) {
+) -> Handlers {
+    let control = Rc::new(control);
     let (c1, d1) = (control.clone(), Rc::downgrade(device));
     let on_properties = move |get: &Lookup<'_>| {
         if let (Some(eff), Some(d)) = (c1.properties_changed(get), d1.upgrade()) {
             publish(&d, &eff);
         }
     };
-    let d2 = Rc::downgrade(device);
+    let (d2, d3) = (Rc::downgrade(device), Rc::downgrade(device));
+    let Stats { get, tick } = stats;
     let on_message = move |msg: &str, params: &str| match d2.upgrade() {
-        Some(d) => control.message(msg, params, &stats, |eff| publish(&d, eff)),
+        Some(d) => control.message(msg, params, &get, |eff| publish(&d, eff)),
         None => Err(gone.to_string()),
     };
-    (on_properties, on_message)
+    let on_tick = move || {
+        if let Some(d) = d3.upgrade() {
+            publish(&d, &tick());
+        }
+    };
+    Handlers {
+        on_properties: Box::new(on_properties),
+        on_message: Box::new(on_message),
+        on_tick: Box::new(on_tick),
+    }
 }
 
 #[cfg(test)]
@@ -225,13 +259,26 @@ mod tests {
         type Props = std::cell::RefCell<Vec<(String, String)>>;
         let device = Rc::new(Props::default());
         let publish: fn(&Props, &[(String, String)]) = |d, p| d.borrow_mut().extend_from_slice(p);
-        let (on_props, mut on_msg) =
-            device_handlers(Rc::new(c), &device, publish, Vec::new, "gone");
+        let stats = Stats {
+            get: Vec::new,
+            tick: || vec![("opus.tunnel.state".to_string(), "idle".to_string())],
+        };
+        let Handlers {
+            on_properties: on_props,
+            on_message: mut on_msg,
+            mut on_tick,
+        } = device_handlers(c, &device, publish, stats, "gone");
         on_props(&|k| (k == "compression.bitrate").then(|| "24000".to_string()));
         assert_eq!(cell.get().bitrate, 24000);
         assert!(!device.borrow().is_empty());
         assert_eq!(on_msg("set", "compression.bitrate=20000").unwrap(), "ok");
+        on_tick();
+        assert!(device
+            .borrow()
+            .iter()
+            .any(|(k, _)| k == "opus.tunnel.state"));
         drop(device);
+        on_tick();
         assert_eq!(on_msg("get", "").unwrap_err(), "gone");
     }
 
