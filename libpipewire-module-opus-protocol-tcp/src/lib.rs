@@ -15,11 +15,13 @@
 //! audio out with `Playback::pop`.
 
 use opus_tunnel_core::acl::IpAcl;
+use opus_tunnel_core::args::parse_latency_bounds;
+use opus_tunnel_core::argtable::{self, keys, parse_flag, PW_RECEIVER, PW_RECEIVER_USAGE};
 use opus_tunnel_core::auth::Cookie;
 use opus_tunnel_core::connection::ConnShared;
 use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::Feeder;
-use opus_tunnel_core::params::{parse_bool, DEFAULT_PORT};
+use opus_tunnel_core::params::DEFAULT_PORT;
 use opus_tunnel_core::server::{self, RecvConfig};
 use opus_tunnel_core::session::{Daemon, NewStream, Refusal, Sessions, StreamHandle};
 use opus_tunnel_pipewire::{
@@ -29,32 +31,6 @@ use opus_tunnel_pipewire::{
 use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-
-const USAGE: &str = "( server.address = [ \"tcp:[ADDR:]PORT\" ] )  listen address, default tcp:4715 (all addresses)
-( auth.anonymous = <bool> )  accept any peer, default false
-( auth.ip-acl = \"ADDR[/BITS];...\" )  peers admitted by address
-( auth.cookie = <path> )  others must prove this cookie (challenge-response)
-( target.object = <node.name> )  sink tunnels play on when the sender names none, default: the default sink
-( target.source = <node.name> )  source record tunnels record from when the desktop names none (NAME.monitor: a sink's monitor), default: the default source
-( sess.latency.msec = <10-2000> )  receive buffer target, default 60
-( sess.latency.max.msec = <ms> )  the most the target may grow to after underruns, default 500
-( max.connections = <1-1024> )  concurrent tunnels, default 64
-( stream.props = { ... } )  extra properties of every tunnel's stream
-( opus.resampler = engine|pipewire )  who applies the drift correction: the core engine (rubato), or PipeWire's adapter through rate matching, default engine";
-
-const VALID_ARGS: &[&str] = &[
-    "server.address",
-    "auth.anonymous",
-    "auth.ip-acl",
-    "auth.cookie",
-    "target.object",
-    "target.source",
-    "sess.latency.msec",
-    "sess.latency.max.msec",
-    "max.connections",
-    "stream.props",
-    "opus.resampler",
-];
 
 /// The PipeWire side of the receiver's sessions (main thread).
 struct Pipewire {
@@ -343,32 +319,6 @@ pub struct Receiver {
     addr: SocketAddr,
 }
 
-fn parse_num<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
-    args: &Args,
-    key: &str,
-    default: T,
-    lo: T,
-    hi: T,
-) -> Result<T, String> {
-    match args.get(key) {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<T>() {
-            Ok(n) if n >= lo && n <= hi => Ok(n),
-            _ => Err(format!(
-                "{key}: {v:?} is not accepted (an integer from {lo} to {hi})"
-            )),
-        },
-    }
-}
-
-fn parse_flag(args: &Args, key: &str) -> Result<bool, String> {
-    match args.get(key) {
-        None => Ok(false),
-        Some(v) => parse_bool(v)
-            .ok_or_else(|| format!("{key}: {v:?} is not accepted (a boolean: true/false)")),
-    }
-}
-
 /// `tcp:[ADDR:]PORT` (also `PORT`, `ADDR:PORT`, `[V6]:PORT`, `tcp:ADDR`) → the addresses to try.
 fn parse_address(s: &str) -> Result<Vec<SocketAddr>, String> {
     let err = || {
@@ -396,7 +346,7 @@ fn parse_address(s: &str) -> Result<Vec<SocketAddr>, String> {
 
 impl PwModule for Receiver {
     fn init(ctx: &Context, args: &Args) -> Result<Self, String> {
-        args.check_keys(VALID_ARGS)?;
+        args.check_keys(&keys(PW_RECEIVER))?;
         let addrs = match args.get("server.address") {
             None => parse_address(&DEFAULT_PORT.to_string())?,
             Some(v) => {
@@ -412,7 +362,12 @@ impl PwModule for Receiver {
                 }
             }
         };
-        let anonymous = parse_flag(args, "auth.anonymous")?;
+        let anonymous = parse_flag(
+            "auth.anonymous",
+            args.get("auth.anonymous"),
+            false,
+            "true/false",
+        )?;
         let acl = match args.get("auth.ip-acl") {
             None => None,
             Some(v) => {
@@ -434,15 +389,16 @@ impl PwModule for Receiver {
                     .into(),
             );
         }
-        let target_ms = parse_num(args, "sess.latency.msec", 60u64, 10, 2000)?;
-        let max_ms = parse_num(
-            args,
+        let get = |k: &str| args.get(k).map(str::to_string);
+        let (target_ms, max_ms) = parse_latency_bounds(
+            PW_RECEIVER,
+            &get,
+            "sess.latency.msec",
             "sess.latency.max.msec",
-            500u64.max(target_ms),
-            target_ms,
-            10_000,
         )?;
-        let max_connections = parse_num(args, "max.connections", 64usize, 1, 1024)?;
+        let (target_ms, max_ms) = (u64::from(target_ms), u64::from(max_ms));
+        let max_connections =
+            argtable::int::<usize>(PW_RECEIVER, "max.connections", args.get("max.connections"))?;
         let target = args.get("target.object").map(str::to_string);
         let target_source = args.get("target.source").map(str::to_string);
         let extra_props = match args.get("stream.props") {
@@ -534,7 +490,7 @@ declare_pw_module!(
     ModuleInfo {
         author: "opus-tunnel developers",
         description: "Receives Opus tunnels: plays each sink tunnel as a stream, records a source for each source tunnel",
-        usage: USAGE,
+        usage: PW_RECEIVER_USAGE,
     }
 );
 

@@ -1,25 +1,83 @@
-//! `libpipewire-module-opus-tunnel`: with `tunnel.mode = sink`, an `Audio/Sink` node on a
-//! PipeWire host whose audio is encoded (Opus, or L16 PCM with `compression = none`) and
-//! streamed over TCP to `module-opus-protocol-tcp` (PulseAudio) or
-//! `libpipewire-module-opus-protocol-tcp` (PipeWire) on another machine, to be played there on
-//! `remote.sink`. With `tunnel.mode = source`, an `Audio/Source` node fed from `remote.source`
-//! on that machine (the user's microphone), recorded there only while something reads the
-//! node here (`opus_tunnel_core::rx::start_record`).
+//! # libpipewire-module-opus-tunnel
 //!
-//! Threads: sink: the node's process callback on PipeWire's data thread pushes what it
-//! receives into a lock-free ring (`opus_tunnel_core::tx::Feeder`, never blocking); the core's
-//! worker thread converts, encodes, packetises, sends and reconnects. Source: the core's thread
-//! receives, decodes and drift-corrects into a ring the node's process callback pops. The main
-//! thread follows the node's state (streaming or not), publishes statistics as node properties
-//! once a second and applies knob changes set on the node's `Props` param (`pw-cli set-param
-//! <id> Props '{ params = [ "compression.bitrate" 16000 ] }'`) live, without reconnecting.
+//! With `tunnel.mode = sink`, an `Audio/Sink` node on a PipeWire host whose audio is encoded
+//! (Opus, or L16 PCM with `compression = none`) and streamed over TCP to
+//! `module-opus-protocol-tcp` (PulseAudio) or `libpipewire-module-opus-protocol-tcp` (PipeWire)
+//! on another machine, to be played there on `remote.sink`. With `tunnel.mode = source`, an
+//! `Audio/Source` node fed from `remote.source` on that machine (the user's microphone),
+//! recorded there only while something reads the node here. When the link is down the node
+//! stays and the module reconnects with back-off.
+//!
+//! ## Module Options
+//!
+//! | argument | accepts | meaning | default |
+//! |---|---|---|---|
+//! | `tunnel.mode` | sink, source | the tunnel's direction | sink |
+//! | `server.address` | "tcp:HOST:PORT" | the far end; port 4715 by default | required |
+//! | `remote.sink` | name | sink mode: the sink to play on at the receiver | the receiver's choice |
+//! | `remote.source` | name | source mode: the source to record at the far end | the far end's source= / target.source, else its default source |
+//! | `sess.latency.msec` | 10-2000 | source mode: receive buffer target, ms | 60 |
+//! | `sess.latency.max.msec` | sess.latency.msec to 10000 | source mode: the most the target may grow to after underruns, ms | 500, or sess.latency.msec if larger |
+//! | `stream.props` | `{ ... }` | properties of the node: node.name, node.description, node.latency, ... | `sink: node.name = tunnel-opus.<host>, node.latency = 1024/48000; source: node.name = tunnel-opus-source.<host>, node.latency = 512/48000` |
+//! | `audio.rate` | 1-384000 | sample rate; with Opus one of 8000, 12000, 16000, 24000, 48000 | 48000 |
+//! | `audio.channels` | 1-32 | channels: 1-2 with Opus, 1-8 with compression = none | 2 (source mode: 1) |
+//! | `audio.position` | `[ FL FR ... ]` | channel positions | by channel count |
+//! | `compression` | opus, none | Opus, or L16 PCM | opus |
+//! | `auth.cookie` | path | a copy of the receiver's cookie, proven when it asks | none |
+//! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 64000 (source mode: 32000) |
+//! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets) | 20 |
+//! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |
+//! | `compression.opus.max_bandwidth` | narrowband, mediumband, wideband, superwideband, fullband | audio bandwidth limit | fullband |
+//! | `compression.opus.signal` | auto, voice, music | signal hint | auto (source mode: voice) |
+//! | `compression.opus.vbr` | bool | variable bit rate | true |
+//! | `compression.opus.vbr_constraint` | bool | constrained VBR | true |
+//! | `compression.opus.application` | voip, audio, lowdelay | encoder mode | audio |
+//! | `compression.opus.lsb_depth` | 8-24 | input resolution hint, bits | 16 |
+//! | `compression.opus.dtx` | bool | discontinuous transmission | false |
+//! | `compression.opus.fec` | bool | in-band forward error correction | false |
+//! | `compression.opus.packet_loss` | 0-100 | expected packet loss, percent | 0 |
+//!
+//! `audio.rate`, `audio.channels` and `audio.position` may also be given inside
+//! `stream.props`. The `compression.*` knobs also change live, without reconnecting:
+//! `pw-cli set-param <node id> Props '{ params = [ "compression.bitrate" 16000 ] }'`; a
+//! refused value is logged and the node's properties show the effective values again.
+//!
+//! ## Example configuration
+//!
+//! ```text
+//! context.modules = [
+//!     { name = libpipewire-module-opus-tunnel
+//!       args = {
+//!           tunnel.mode = sink
+//!           server.address = "tcp:192.168.1.10:4715"
+//!           compression.bitrate = 96000
+//!           stream.props = { node.name = office node.description = "Office speakers" }
+//!       }
+//!     }
+//! ]
+//! ```
+//!
+//! ## Inside
+//!
+//! Sink: the node's process callback on PipeWire's data thread pushes what it receives into a
+//! lock-free ring (`opus_tunnel_core::encode::Feeder`, never blocking); the core's worker thread
+//! converts, encodes, packetises, sends and reconnects. Source: the core's thread receives,
+//! decodes and drift-corrects into a ring the node's process callback pops
+//! (`opus_tunnel_core::client::start_record`). The main thread follows the node's state (streaming
+//! or not), publishes statistics as node properties once a second and applies knob changes.
 
-use opus_tunnel_core::args::{apply_knob_changes, effective_properties};
+use opus_tunnel_core::args::{
+    check_encoder, codec_summary, device_description, effective_properties, load_cookie,
+    parse_compression, parse_knobs, parse_latency_bounds, voice_knobs,
+};
+use opus_tunnel_core::argtable::{self, keys, PW_TUNNEL, PW_TUNNEL_USAGE};
+use opus_tunnel_core::client::{start_play, start_record, RecordClient, RecordClientConfig};
 use opus_tunnel_core::codec::{self, StreamFormat};
-use opus_tunnel_core::params::{self, Compression, OpusKnobs, Signal, KNOB_KEYS};
-use opus_tunnel_core::rx::{start_record, Playback, RecordClient, RecordClientConfig};
+use opus_tunnel_core::control::{KnobControl, KnobStore};
+use opus_tunnel_core::decode::Playback;
+use opus_tunnel_core::encode::{Feeder, Shared, WorkerConfig};
+use opus_tunnel_core::params::{self, Compression, OpusKnobs};
 use opus_tunnel_core::samples::SampleFormat;
-use opus_tunnel_core::tx::{self, Feeder, Shared, WorkerConfig};
 use opus_tunnel_pipewire::{
     declare_pw_module, host_name, parse_json_list, parse_object, Args, Context, Direction,
     ModuleInfo, PwModule, Stream, StreamHandle, StreamIo, StreamSpec, StreamState, Timer,
@@ -28,48 +86,6 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-
-const USAGE: &str = "( tunnel.mode = sink | source )  default sink
-server.address = \"tcp:HOST:PORT\"  the far end (port 4715 by default)
-( remote.sink = <sink name at the receiver> )  sink mode; default: the receiver's choice
-( remote.source = <source name at the far end> )  source mode; default: its default source
-( stream.props = { node.name = ... node.description = ... } )  properties of the node
-( audio.rate = <Hz> )  default 48000
-( audio.channels = <1-32> )  default 2 (source mode: 1)
-( sess.latency.msec = <10-2000> )  source mode: receive buffer target, default 60
-( sess.latency.max.msec = <ms> )  source mode: the most the target may grow to, default 500
-( audio.position = [ FL FR ... ] )  default: by channel count
-( compression = opus | none )  default opus
-( compression.bitrate = <6000-510000> )  default 64000 (source mode: 32000)
-( compression.frame_size = <2.5|5|10|20|40|60> )
-( compression.opus.complexity = <0-10> )
-( compression.opus.max_bandwidth = <narrowband|mediumband|wideband|superwideband|fullband> )
-( compression.opus.signal = <auto|voice|music> )  default auto (source mode: voice)
-( compression.opus.vbr = <bool> )
-( compression.opus.vbr_constraint = <bool> ) ( compression.opus.application = <voip|audio|lowdelay> )
-( compression.opus.lsb_depth = <8-24> ) ( compression.opus.dtx = <bool> )
-( compression.opus.fec = <bool> ) ( compression.opus.packet_loss = <0-100> )
-( auth.cookie = <path> )  a copy of the receiver's cookie, proven when it asks
-The compression.* knobs also change live: pw-cli set-param <node id> Props '{ params = [ \"compression.bitrate\" 16000 ] }'";
-
-fn valid_args() -> Vec<&'static str> {
-    let mut v = vec![
-        "tunnel.mode",
-        "server.address",
-        "remote.sink",
-        "remote.source",
-        "sess.latency.msec",
-        "sess.latency.max.msec",
-        "stream.props",
-        "audio.rate",
-        "audio.channels",
-        "audio.position",
-        "compression",
-        "auth.cookie",
-    ];
-    v.extend(KNOB_KEYS);
-    v
-}
 
 /// The node's real-time side: hands what it receives to the tunnel's worker.
 struct SinkIo {
@@ -89,15 +105,6 @@ struct SourceIo(Playback);
 impl StreamIo for SourceIo {
     fn fill(&mut self, out: &mut [f32]) {
         self.0.pop(out);
-    }
-}
-
-/// Microphone defaults, as `module-tunnel-source-opus`: 32 kbit/s, voice.
-fn voice_knobs() -> OpusKnobs {
-    OpusKnobs {
-        bitrate: 32_000,
-        signal: Signal::Voice,
-        ..OpusKnobs::default()
     }
 }
 
@@ -121,61 +128,19 @@ pub struct Tunnel {
     mode: Mode,
 }
 
-/// Where the knobs live: the sink's encoder, or the far end's (relayed by the record client).
-#[derive(Clone)]
-enum KnobTarget {
-    Sink(Arc<Shared>),
-    Source(Rc<RecordClient>),
-}
-
-impl KnobTarget {
-    fn knobs(&self) -> OpusKnobs {
-        match self {
-            KnobTarget::Sink(s) => s.knobs(),
-            KnobTarget::Source(c) => c.knobs(),
-        }
-    }
-
-    fn set_knobs(&self, k: OpusKnobs) {
-        match self {
-            KnobTarget::Sink(s) => s.set_knobs(k),
-            KnobTarget::Source(c) => c.set_knobs(k),
-        }
-    }
-}
-
 /// Applies knob changes set on the node (`Props` → `params`) live: each is checked as at load
 /// (a bad one is refused with a log line naming the key and the accepted range), then the
 /// node's properties show the effective value of every knob again.
 fn knob_control(
     node: String,
     stream: StreamHandle,
-    target: KnobTarget,
+    store: impl KnobStore + 'static,
     compression: Compression,
     fmt: StreamFormat,
 ) -> impl FnMut(Vec<(String, String)>) + 'static {
+    let control = KnobControl::new(store, compression, fmt, node, "retuned live:");
     move |pairs| {
-        let u = apply_knob_changes(target.knobs(), compression, fmt, &pairs);
-        if !u.changed.is_empty() {
-            target.set_knobs(u.knobs);
-            log::info!("{node}: retuned live: {}", u.changed.join(" "));
-        }
-        for e in &u.errors {
-            log::warn!("{node}: refused {e}");
-        }
-        stream.update_properties(&effective_properties(compression, &target.knobs()));
-    }
-}
-
-fn parse_u32(v: Option<&str>, key: &str, default: u32, lo: u32, hi: u32) -> Result<u32, String> {
-    match v {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<u32>() {
-            Ok(n) if (lo..=hi).contains(&n) => Ok(n),
-            _ => Err(format!(
-                "{key}: {v:?} is not accepted (an integer from {lo} to {hi})"
-            )),
-        },
+        control.apply_and_publish(&pairs, |eff| stream.update_properties(eff));
     }
 }
 
@@ -242,7 +207,7 @@ fn clean(s: &str) -> String {
 
 impl PwModule for Tunnel {
     fn init(ctx: &Context, args: &Args) -> Result<Self, String> {
-        args.check_keys(&valid_args())?;
+        args.check_keys(&keys(PW_TUNNEL))?;
         let source_mode = match args.get("tunnel.mode").unwrap_or("sink") {
             "sink" => false,
             "source" => true,
@@ -272,20 +237,16 @@ impl PwModule for Tunnel {
         };
         let addr = params::parse_server(&server, params::DEFAULT_PORT)
             .map_err(|e| format!("server.address: {e}"))?;
-        let compression = match args.get("compression") {
-            None => Compression::Opus,
-            Some(v) => Compression::parse(v).map_err(|e| e.to_string())?,
-        };
-        let mut knobs = if source_mode {
-            voice_knobs()
-        } else {
-            OpusKnobs::default()
-        };
-        for key in KNOB_KEYS {
-            if let Some(v) = args.get(key) {
-                knobs.set(key, v).map_err(|e| e.to_string())?;
-            }
-        }
+        let get = |k: &str| args.get(k).map(str::to_string);
+        let compression = parse_compression(args.get("compression"))?;
+        let knobs = parse_knobs(
+            &get,
+            if source_mode {
+                voice_knobs()
+            } else {
+                OpusKnobs::default()
+            },
+        )?;
         let mut stream_props: Vec<(String, String)> = match args.get("stream.props") {
             None => Vec::new(),
             Some(v) => parse_object(v).map_err(|e| format!("stream.props: {e}"))?,
@@ -296,31 +257,19 @@ impl PwModule for Tunnel {
                 .map(str::to_string)
                 .or_else(|| given.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()))
         };
-        let rate = parse_u32(
-            lookup("audio.rate").as_deref(),
-            "audio.rate",
-            48000,
-            1,
-            384_000,
-        )?;
-        let channels = parse_u32(
-            lookup("audio.channels").as_deref(),
+        let rate = argtable::int::<u32>(PW_TUNNEL, "audio.rate", lookup("audio.rate").as_deref())?;
+        let channels = argtable::parse_int::<u8>(
             "audio.channels",
+            lookup("audio.channels").as_deref(),
             if source_mode { 1 } else { 2 },
             1,
             32,
-        )? as u8;
+        )?;
         let map = channel_map(lookup("audio.position").as_deref(), channels)?;
         let fmt = StreamFormat { rate, channels };
         codec::validate(compression, &fmt).map_err(|e| e.to_string())?;
-        codec::Encoder::new(compression, fmt, &knobs).map_err(|e| format!("codec: {e}"))?;
-        let cookie = match args.get("auth.cookie") {
-            None => None,
-            Some(p) => Some(
-                opus_tunnel_core::auth::Cookie::load(std::path::Path::new(p))
-                    .map_err(|e| format!("auth.cookie: {e}"))?,
-            ),
-        };
+        check_encoder(compression, fmt, &knobs)?;
+        let cookie = load_cookie("auth.cookie", args.get("auth.cookie"))?;
         let remote_sink = args.get("remote.sink").map(str::to_string);
         let host_part = match &addr {
             params::ServerAddr::Tcp { host, .. } => host.clone(),
@@ -329,19 +278,11 @@ impl PwModule for Tunnel {
         // The user's stream.props win (audio.* are ours to interpret, not node properties).
         stream_props.retain(|(k, _)| !k.starts_with("audio."));
         if source_mode {
-            let target_ms = parse_u32(
-                args.get("sess.latency.msec"),
+            let (target_ms, max_ms) = parse_latency_bounds(
+                PW_TUNNEL,
+                &get,
                 "sess.latency.msec",
-                60,
-                10,
-                2000,
-            )?;
-            let max_ms = parse_u32(
-                args.get("sess.latency.max.msec"),
                 "sess.latency.max.msec",
-                500.max(target_ms),
-                target_ms,
-                10_000,
             )?;
             let node_name = lookup("node.name")
                 .unwrap_or_else(|| format!("tunnel-opus-source.{}", clean(&host_part)));
@@ -366,16 +307,8 @@ impl PwModule for Tunnel {
         }
         let node_name =
             lookup("node.name").unwrap_or_else(|| format!("tunnel-opus.{}", clean(&host_part)));
-        let description = lookup("node.description").unwrap_or_else(|| {
-            format!(
-                "Opus tunnel to {}{}",
-                addr,
-                remote_sink
-                    .as_deref()
-                    .map(|s| format!(" ({s})"))
-                    .unwrap_or_default()
-            )
-        });
+        let description = lookup("node.description")
+            .unwrap_or_else(|| device_description("to", &addr, remote_sink.as_deref()));
         // The graph's block for this node: 1024 frames at 48 kHz (~21 ms) unless given.
         let latency = lookup("node.latency")
             .unwrap_or_else(|| format!("{}/{rate}", (u64::from(rate) * 1024 / 48_000).max(64)));
@@ -402,7 +335,7 @@ impl PwModule for Tunnel {
             block_usec,
             cookie,
         };
-        let (feeder, shared, worker) = tx::start(cfg, knobs, ring_bytes)
+        let (feeder, shared, worker) = start_play(cfg, knobs, ring_bytes)
             .map_err(|e| format!("cannot start the worker thread: {e}"))?;
 
         let mut props: Vec<(String, String)> = vec![
@@ -417,14 +350,8 @@ impl PwModule for Tunnel {
                 "opus.tunnel.remote_sink".into(),
                 remote_sink.clone().unwrap_or_default(),
             ),
-            ("compression".into(), compression.as_str().into()),
         ];
-        props.extend(
-            knobs
-                .properties()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v)),
-        );
+        props.extend(effective_properties(compression, &knobs));
         props.push(("opus.tunnel.state".into(), "connecting".into()));
         for (k, v) in stream_props {
             props.retain(|(pk, _)| *pk != k);
@@ -467,22 +394,13 @@ impl PwModule for Tunnel {
             }
         };
         log::info!(
-            "sink {node_name} tunnels to {addr} ({}{}, {rate} Hz, {channels} ch)",
-            compression.as_str(),
-            if compression == Compression::Opus {
-                format!(
-                    " {} bit/s, {} ms frames",
-                    knobs.bitrate,
-                    knobs.frame_size.as_str()
-                )
-            } else {
-                String::new()
-            },
+            "sink {node_name} tunnels to {addr} ({}, {rate} Hz, {channels} ch)",
+            codec_summary(compression, &knobs),
         );
         stream.on_params(knob_control(
             node_name.clone(),
             stream.handle(),
-            KnobTarget::Sink(shared.clone()),
+            shared.clone(),
             compression,
             fmt,
         ));
@@ -549,16 +467,9 @@ impl Tunnel {
         )?;
         let client = Rc::new(client);
         let rate = s.fmt.rate;
-        let description = s.description.unwrap_or_else(|| {
-            format!(
-                "Opus tunnel from {}{}",
-                s.addr,
-                s.remote_source
-                    .as_deref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
-            )
-        });
+        let description = s
+            .description
+            .unwrap_or_else(|| device_description("from", &s.addr, s.remote_source.as_deref()));
         // A small block: the engine keeps the buffer; the graph's quantum adds to the delay.
         let latency = s
             .latency
@@ -624,7 +535,7 @@ impl Tunnel {
         stream.on_params(knob_control(
             s.node_name.clone(),
             stream.handle(),
-            KnobTarget::Source(client.clone()),
+            client.clone(),
             s.compression,
             s.fmt,
         ));
@@ -674,13 +585,18 @@ declare_pw_module!(
         author: "opus-tunnel developers",
         description:
             "Opus-compressed network tunnel sink or source (pairs with module-opus-protocol-tcp)",
-        usage: USAGE,
+        usage: PW_TUNNEL_USAGE,
     }
 );
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_manual_lists_every_argument() {
+        argtable::check_module_doc(PW_TUNNEL, include_str!("lib.rs")).unwrap();
+    }
 
     #[test]
     fn maps() {

@@ -9,11 +9,12 @@
 //! an eventfd, and each stream's callback on the sink's IO thread takes audio out of its ring.
 
 use opus_tunnel_core::acl::IpAcl;
+use opus_tunnel_core::args::parse_latency_bounds;
+use opus_tunnel_core::argtable::{self, keys, parse_flag, RECEIVER, RECEIVER_USAGE};
 use opus_tunnel_core::auth::Cookie;
 use opus_tunnel_core::connection::ConnShared;
 use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::Feeder;
-use opus_tunnel_core::params::{parse_bool, DEFAULT_PORT};
 use opus_tunnel_core::server::{self, RecvConfig};
 use opus_tunnel_core::session::{Daemon, NewStream, Refusal, Sessions, StreamHandle};
 use opus_tunnel_pulse::mainloop::{MainTimer, MainWaker, WakeHandle};
@@ -26,32 +27,6 @@ use opus_tunnel_pulse::{
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::rc::Rc;
-
-const USAGE: &std::ffi::CStr = c"port=<TCP port, default 4715> \
-listen=<address to listen on; default: all> \
-auth-anonymous=<bool: accept anyone; default false> \
-auth-ip-acl=<addresses/networks allowed without a cookie, e.g. 127.0.0.1;192.168.0.0/16> \
-auth-cookie=<path of the cookie file; default: PulseAudio's cookie> \
-auth-cookie-enabled=<bool: others must prove the cookie; default true> \
-sink=<sink to play tunnels on; default: the default sink> \
-source=<source record tunnels record from; default: the default source> \
-target_latency_msec=<receive buffer target, 10-2000 ms; default 60> \
-max_latency_msec=<the most the target may grow to after underruns, ms; default 500> \
-max_connections=<concurrent tunnels, 1-1024; default 64>";
-
-const VALID_ARGS: &[&str] = &[
-    "port",
-    "listen",
-    "auth-anonymous",
-    "auth-ip-acl",
-    "auth-cookie",
-    "auth-cookie-enabled",
-    "sink",
-    "source",
-    "target_latency_msec",
-    "max_latency_msec",
-    "max_connections",
-];
 
 /// The PulseAudio side of the receiver's sessions (main thread).
 struct Pulse {
@@ -232,24 +207,6 @@ pub struct Receiver {
     port: u16,
 }
 
-fn parse_num<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
-    ma: &Modargs,
-    key: &str,
-    default: T,
-    lo: T,
-    hi: T,
-) -> Result<T, String> {
-    match ma.get(key) {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<T>() {
-            Ok(n) if n >= lo && n <= hi => Ok(n),
-            _ => Err(format!(
-                "{key}: {v:?} is not accepted (an integer from {lo} to {hi})"
-            )),
-        },
-    }
-}
-
 fn bind(listen: Option<&str>, port: u16) -> Result<TcpListener, String> {
     let addrs: Vec<SocketAddr> = match listen {
         Some(a) => {
@@ -269,23 +226,26 @@ fn bind(listen: Option<&str>, port: u16) -> Result<TcpListener, String> {
 impl PaModule for Receiver {
     fn init(module: &ModuleRef) -> Result<Self, String> {
         let arg = module.argument();
-        let ma = Modargs::new(arg.as_deref(), VALID_ARGS)?;
-        let port = parse_num(&ma, "port", DEFAULT_PORT, 1, u16::MAX)?;
-        let anonymous = match ma.get("auth-anonymous") {
-            None => false,
-            Some(v) => parse_bool(&v)
-                .ok_or_else(|| format!("auth-anonymous: {v:?} is not accepted (a boolean: 1/0, yes/no, true/false, on/off)"))?,
-        };
+        let ma = Modargs::new(arg.as_deref(), &keys(RECEIVER))?;
+        let get = |k: &str| ma.get(k);
+        let port = argtable::int::<u16>(RECEIVER, "port", get("port").as_deref())?;
+        let words = "1/0, yes/no, true/false, on/off";
+        let anonymous = parse_flag(
+            "auth-anonymous",
+            get("auth-anonymous").as_deref(),
+            false,
+            words,
+        )?;
         let acl = match ma.get("auth-ip-acl") {
             None => None,
             Some(v) => Some(IpAcl::parse("auth-ip-acl", &v).map_err(|e| e.to_string())?),
         };
-        let cookie_enabled = match ma.get("auth-cookie-enabled") {
-            None => true,
-            Some(v) => parse_bool(&v).ok_or_else(|| {
-                format!("auth-cookie-enabled: {v:?} is not accepted (a boolean: 1/0, yes/no, true/false, on/off)")
-            })?,
-        };
+        let cookie_enabled = parse_flag(
+            "auth-cookie-enabled",
+            get("auth-cookie-enabled").as_deref(),
+            true,
+            words,
+        )?;
         let cookie_path = ma.get("auth-cookie");
         let cookie = if cookie_enabled && !anonymous {
             let path = cookie_path.as_ref().map(std::path::PathBuf::from);
@@ -313,15 +273,14 @@ impl PaModule for Receiver {
                     .into(),
             );
         }
-        let target_ms = parse_num(&ma, "target_latency_msec", 60u64, 10, 2000)?;
-        let max_ms = parse_num(
-            &ma,
-            "max_latency_msec",
-            500u64.max(target_ms),
-            target_ms,
-            10_000,
+        let (target_ms, max_ms) =
+            parse_latency_bounds(RECEIVER, &get, "target_latency_msec", "max_latency_msec")?;
+        let (target_ms, max_ms) = (u64::from(target_ms), u64::from(max_ms));
+        let max_connections = argtable::int::<usize>(
+            RECEIVER,
+            "max_connections",
+            get("max_connections").as_deref(),
         )?;
-        let max_connections = parse_num(&ma, "max_connections", 64usize, 1, 1024)?;
         let sink = ma.get("sink");
         let core = module.core();
         if let Some(s) = &sink {
@@ -413,7 +372,7 @@ declare_module!(
         author: c"opus-tunnel developers",
         description:
             c"Receives Opus tunnels (from module-tunnel-sink-opus) and plays them on a local sink",
-        usage: USAGE,
+        usage: RECEIVER_USAGE,
         load_once: false,
     }
 );

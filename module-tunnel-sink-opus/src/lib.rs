@@ -1,20 +1,70 @@
-//! `module-tunnel-sink-opus`: a local sink whose audio is encoded (Opus, or L16 PCM with
-//! `compression=none`) and streamed over TCP to `module-opus-protocol-tcp` on another machine,
-//! to be played there on `sink=`.
+//! # module-tunnel-sink-opus
 //!
-//! Threads: the sink's IO thread renders blocks and pushes the bytes into a lock-free ring
-//! (never blocking); a worker thread ([`worker`]) converts, encodes, packetises and sends,
-//! and reconnects with back-off when the link is down; the main thread publishes statistics
-//! as sink properties once a second.
+//! A local sink whose audio is encoded (Opus, or L16 PCM with `compression=none`) and streamed
+//! over TCP to `module-opus-protocol-tcp` (PulseAudio) or `libpipewire-module-opus-protocol-tcp`
+//! (PipeWire) on another machine, to be played there on `sink=`. When the link is down the
+//! sink stays, what plays into it is dropped, and the module reconnects with back-off.
+//!
+//! ## Arguments
+//!
+//! | argument | accepts | meaning | default |
+//! |---|---|---|---|
+//! | `sink_name` | name | name of the local sink | `tunnel-opus.<host>` |
+//! | `sink_properties` | properties | extra properties for the local sink | none |
+//! | `server` | tcp:HOST:PORT, HOST:PORT, HOST, unix:PATH | the receiver; port 4715 by default | required |
+//! | `sink` | name | the sink to play on at the receiver | the receiver's sink=, else its default sink |
+//! | `format` | sample format | sample format of the local sink | float32le (opus), s16le (none) |
+//! | `rate` | 1-384000 | sample rate; with Opus one of 8000, 12000, 16000, 24000, 48000 | 48000 |
+//! | `channels` | 1-32 | channels: 1-2 with Opus, 1-8 with compression=none | 2 |
+//! | `channel_map` | channel map | channel map | PulseAudio's default for channels |
+//! | `latency_msec` | 1-200 | the sink's block (wake-up period and fixed latency), ms | 10 |
+//! | `compression` | opus, none | Opus, or RTP L16 PCM | opus |
+//! | `clock_skew_ppm` | -100000 to 100000 | test aid: the sink consumes audio at (1 + ppm/1e6) x its nominal rate | 0 |
+//! | `cookie` | path | a copy of the receiver's cookie, proven when the receiver asks (never sent) | none |
+//! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 64000 |
+//! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets) | 20 |
+//! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |
+//! | `compression.opus.max_bandwidth` | narrowband, mediumband, wideband, superwideband, fullband | audio bandwidth limit | fullband |
+//! | `compression.opus.signal` | auto, voice, music | signal hint | auto |
+//! | `compression.opus.vbr` | bool | variable bit rate | true |
+//! | `compression.opus.vbr_constraint` | bool | constrained VBR | true |
+//! | `compression.opus.application` | voip, audio, lowdelay | encoder mode | audio |
+//! | `compression.opus.lsb_depth` | 8-24 | input resolution hint, bits | 16 |
+//! | `compression.opus.dtx` | bool | discontinuous transmission | false |
+//! | `compression.opus.fec` | bool | in-band forward error correction | false |
+//! | `compression.opus.packet_loss` | 0-100 | expected packet loss, percent | 0 |
+//!
+//! Booleans take PulseAudio's words (1/0, yes/no, true/false, on/off). A bad value fails
+//! `load-module` with a message naming the argument and what it accepts. The `compression.*`
+//! knobs also change live: `update-sink-proplist <sink> compression.bitrate=32000`, or
+//! `pactl send-message /opus_tunnel/<sink> set "compression.bitrate=32000"` (`get` lists the
+//! effective values and the statistics); a refused value is logged and the property shows the
+//! effective value again.
+//!
+//! ## Example
+//!
+//! ```text
+//! load-module module-tunnel-sink-opus server=tcp:192.168.1.10:4715 sink_name=office compression.bitrate=96000
+//! ```
+//!
+//! ## Inside
+//!
+//! The sink's IO thread renders blocks and pushes the bytes into a lock-free ring (never
+//! blocking); a worker thread (`opus_tunnel_core::client` and `encode`) converts, encodes, packetises and
+//! sends, and reconnects with back-off when the link is down; the main thread publishes
+//! statistics as sink properties once a second.
 
 use opus_tunnel_core::args::{
-    apply_knob_changes, default_device_name, effective_properties, knob_message, message_path,
+    codec_summary, default_device_name, device_description, effective_properties, message_path,
     parse_tunnel_args, Defaults,
 };
+use opus_tunnel_core::argtable::{keys, TUNNEL_SINK, TUNNEL_SINK_USAGE};
+use opus_tunnel_core::client::start_play;
 use opus_tunnel_core::codec::StreamFormat;
-use opus_tunnel_core::params::{Compression, OpusKnobs, KNOB_KEYS};
+use opus_tunnel_core::control::{device_handlers, KnobControl, Stats};
+use opus_tunnel_core::encode::{Feeder, Shared, WorkerConfig};
+use opus_tunnel_core::params::OpusKnobs;
 use opus_tunnel_core::samples::SampleFormat;
-use opus_tunnel_core::tx::{self, Feeder, Shared, WorkerConfig};
 use opus_tunnel_pulse::hooks::{watch_sink_proplist, HookSlot, MessageHandler};
 use opus_tunnel_pulse::mainloop::MainTimer;
 use opus_tunnel_pulse::module::ModuleInfo;
@@ -25,43 +75,6 @@ use opus_tunnel_pulse::{
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-
-const USAGE: &std::ffi::CStr = c"sink_name=<name of the local sink> \
-sink_properties=<properties for the sink> \
-server=<tcp:HOST:PORT | HOST:PORT | HOST | unix:PATH; port 4715 by default> \
-sink=<remote sink name; default: the receiver's default sink> \
-format=<sample format> rate=<sample rate> channels=<number of channels> channel_map=<channel map> \
-latency_msec=<sink block, 1-200 ms; default 10> \
-compression=<opus|none> \
-compression.bitrate=<6000-510000> compression.frame_size=<2.5|5|10|20|40|60 ms> \
-compression.opus.complexity=<0-10> \
-compression.opus.max_bandwidth=<narrowband|mediumband|wideband|superwideband|fullband> \
-compression.opus.signal=<auto|voice|music> compression.opus.vbr=<bool> \
-compression.opus.vbr_constraint=<bool> compression.opus.application=<voip|audio|lowdelay> \
-compression.opus.lsb_depth=<8-24> compression.opus.dtx=<bool> compression.opus.fec=<bool> \
-compression.opus.packet_loss=<0-100> \
-clock_skew_ppm=<test aid: consume at (1+ppm/1e6) x the nominal rate; default 0> \
-cookie=<path of a copy of the receiver's cookie file, proven when the receiver asks>";
-
-/// Every argument the module accepts.
-fn valid_args() -> Vec<&'static str> {
-    let mut v = vec![
-        "sink_name",
-        "sink_properties",
-        "server",
-        "sink",
-        "format",
-        "rate",
-        "channels",
-        "channel_map",
-        "latency_msec",
-        "compression",
-        "clock_skew_ppm",
-        "cookie",
-    ];
-    v.extend(KNOB_KEYS);
-    v
-}
 
 /// The module instance.
 pub struct TunnelSink {
@@ -75,59 +88,13 @@ pub struct TunnelSink {
     worker: Option<JoinHandle<()>>,
 }
 
-/// Live control of the encoder (main thread): property changes and `set` messages go
-/// through the same validation as the module arguments.
-struct Control {
-    shared: Arc<Shared>,
-    compression: Compression,
-    fmt: StreamFormat,
-    name: String,
-}
-
-impl Control {
-    /// The effective value of every knob (and `compression`), as properties.
-    fn effective(&self) -> Vec<(String, String)> {
-        effective_properties(self.compression, &self.shared.knobs())
-    }
-
-    /// Applies what can be applied; returns the refusals (each names the key and the range).
-    fn apply(&self, pairs: &[(String, String)]) -> Vec<String> {
-        let u = apply_knob_changes(self.shared.knobs(), self.compression, self.fmt, pairs);
-        if !u.changed.is_empty() {
-            self.shared.set_knobs(u.knobs);
-            log::info!("{}: retuned {}", self.name, u.changed.join(" "));
-        }
-        for e in &u.errors {
-            log::warn!("{}: refused {e}", self.name);
-        }
-        u.errors
-    }
-
-    /// A `pactl send-message /opus_tunnel/<sink> MESSAGE PARAMS` request.
-    fn message(&self, message: &str, params: &str, sink: &Sink) -> Result<String, String> {
-        knob_message(
-            message,
-            params,
-            || {
-                let mut out = self.effective();
-                out.extend(self.shared.stat_properties_peek());
-                out
-            },
-            |pairs| {
-                let errors = self.apply(pairs);
-                sink.update_proplist(&to_proplist(&self.effective()));
-                errors
-            },
-        )
-    }
-}
-
-fn to_proplist(pairs: &[(String, String)]) -> Proplist {
+/// Puts properties on the sink.
+fn publish(sink: &Sink, pairs: &[(String, String)]) {
     let mut p = Proplist::new();
     for (k, v) in pairs {
         p.set(k, v);
     }
-    p
+    sink.update_proplist(&p);
 }
 
 /// The sink's IO-thread side: hands rendered audio to the tunnel's worker.
@@ -150,13 +117,13 @@ impl SinkIo for SenderIo {
 impl PaModule for TunnelSink {
     fn init(module: &ModuleRef) -> Result<Self, String> {
         let arg = module.argument();
-        let ma = Modargs::new(arg.as_deref(), &valid_args())?;
+        let ma = Modargs::new(arg.as_deref(), &keys(TUNNEL_SINK))?;
 
         let get = |k: &str| ma.get(k);
         let a = parse_tunnel_args(
             &get,
             &Defaults {
-                channels: 2,
+                table: TUNNEL_SINK,
                 knobs: OpusKnobs::default(),
             },
         )?;
@@ -195,29 +162,21 @@ impl PaModule for TunnelSink {
             block_usec: u64::from(latency_msec) * 1000,
             cookie,
         };
-        let (feeder, shared, worker) = tx::start(cfg, knobs, ring_bytes)
+        let (feeder, shared, worker) = start_play(cfg, knobs, ring_bytes)
             .map_err(|e| format!("cannot start the worker thread: {e}"))?;
 
         let mut props = Proplist::new();
         props.set(
             "device.description",
-            &format!(
-                "Opus tunnel to {}{}",
-                addr,
-                remote_sink
-                    .as_deref()
-                    .map(|s| format!(" ({s})"))
-                    .unwrap_or_default()
-            ),
+            &device_description("to", &addr, remote_sink.as_deref()),
         );
         props.set("opus.tunnel.server", &addr.to_string());
         props.set(
             "opus.tunnel.remote_sink",
             remote_sink.as_deref().unwrap_or(""),
         );
-        props.set("compression", compression.as_str());
-        for (k, v) in knobs.properties() {
-            props.set(k, &v);
+        for (k, v) in effective_properties(compression, &knobs) {
+            props.set(&k, &v);
         }
         props.set("opus.tunnel.state", "connecting");
         if let Some(p) = &user_props {
@@ -246,67 +205,41 @@ impl PaModule for TunnelSink {
             }
         };
         log::info!(
-            "sink {} tunnels to {} ({}{}, {} Hz, {} ch)",
+            "sink {} tunnels to {} ({}, {} Hz, {} ch)",
             sink.name(),
             addr,
-            compression.as_str(),
-            if compression == Compression::Opus {
-                format!(
-                    " {} bit/s, {} ms frames",
-                    knobs.bitrate,
-                    knobs.frame_size.as_str()
-                )
-            } else {
-                String::new()
-            },
+            codec_summary(compression, &knobs),
             rate,
             channels
         );
 
-        // Statistics as properties, once a second (main thread).
+        // Knob control and statistics (main thread).
         let sink = Rc::new(sink);
-        let control = Rc::new(Control {
-            shared: shared.clone(),
-            compression,
-            fmt,
-            name: sink.name(),
-        });
+        let (st1, st2) = (shared.clone(), shared.clone());
+        let h = device_handlers(
+            KnobControl::new(shared.clone(), compression, fmt, sink.name(), "retuned"),
+            &sink,
+            publish,
+            Stats {
+                get: move || st1.stat_properties_peek(),
+                tick: move || st2.stat_properties(),
+            },
+            "the sink is gone",
+        );
         // update-sink-proplist: apply the knob keys that changed, refuse bad values, and put
-        // the effective values back on the sink (this re-enters the hook, with nothing to do).
-        let (c1, s1) = (control.clone(), Rc::downgrade(&sink));
-        let watch = watch_sink_proplist(&module.core(), sink.index(), move |props| {
-            let changed: Vec<(String, String)> = c1
-                .effective()
-                .into_iter()
-                .filter_map(|(k, eff)| props.get(&k).filter(|v| *v != eff).map(|v| (k, v)))
-                .collect();
-            if changed.is_empty() {
-                return;
-            }
-            c1.apply(&changed);
-            if let Some(sink) = s1.upgrade() {
-                sink.update_proplist(&to_proplist(&c1.effective()));
-            }
+        // the effective values back (this re-enters the hook, with nothing to do).
+        let core = module.core();
+        let watch = watch_sink_proplist(&core, sink.index(), move |p| {
+            (h.on_properties)(&|k| p.get(k))
         });
-        let (c2, s2) = (control.clone(), Rc::downgrade(&sink));
         let path = message_path(&sink.name());
         let messages = MessageHandler::register(
-            &module.core(),
+            &core,
             &path,
             "opus-tunnel sink: get, set key=value ...",
-            move |msg, params| match s2.upgrade() {
-                Some(sink) => c2.message(msg, params, &sink),
-                None => Err("the sink is gone".into()),
-            },
+            h.on_message,
         );
-        let (timer_sink, timer_shared) = (sink.clone(), shared.clone());
-        let timer = MainTimer::new(&module.core(), 1_000_000, move || {
-            let mut p = Proplist::new();
-            for (k, v) in timer_shared.stat_properties() {
-                p.set(&k, &v);
-            }
-            timer_sink.update_proplist(&p);
-        });
+        let timer = MainTimer::new(&core, 1_000_000, h.on_tick);
         Ok(TunnelSink {
             _messages: messages,
             _watch: watch,
@@ -335,7 +268,19 @@ declare_module!(
     ModuleInfo {
         author: c"opus-tunnel developers",
         description: c"Opus-compressed network tunnel sink (pairs with module-opus-protocol-tcp)",
-        usage: USAGE,
+        usage: TUNNEL_SINK_USAGE,
         load_once: false,
     }
 );
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_manual_lists_every_argument() {
+        opus_tunnel_core::argtable::check_module_doc(
+            opus_tunnel_core::argtable::TUNNEL_SINK,
+            include_str!("lib.rs"),
+        )
+        .unwrap();
+    }
+}

@@ -1,19 +1,72 @@
-//! `module-tunnel-source-opus`: a local source whose audio is recorded on another machine
-//! from `source=` (the user's microphone) by `module-opus-protocol-tcp`, encoded there (Opus,
-//! or L16 with `compression=none`), sent here, decoded, drift-corrected against this daemon's
-//! clock and posted to the applications that record from it.
+//! # module-tunnel-source-opus
 //!
-//! The far end records only while something here records from the tunnel source. Threads:
-//! the source's IO thread posts a block every period from the ring the tunnel's thread fills
-//! (`opus_tunnel_core::rx::start_record`); the main thread publishes statistics and relays
-//! knob changes (`update-source-proplist`, `pactl send-message /opus_tunnel/<source>`).
+//! A local source whose audio is recorded on another machine from `source=` (the user's
+//! microphone) by `module-opus-protocol-tcp` (PulseAudio) or
+//! `libpipewire-module-opus-protocol-tcp` (PipeWire), encoded there (Opus, or L16 with
+//! `compression=none`), sent here, decoded, drift-corrected against this daemon's clock and
+//! posted to the applications that record from it. The far end records only while something
+//! here records from the tunnel source. When the link is down the source stays, delivers
+//! silence, and reconnects with back-off.
+//!
+//! ## Arguments
+//!
+//! | argument | accepts | meaning | default |
+//! |---|---|---|---|
+//! | `source_name` | name | name of the local source | `tunnel-opus-source.<host>` |
+//! | `source_properties` | properties | extra properties for the local source | none |
+//! | `server` | tcp:HOST:PORT, HOST:PORT, HOST, unix:PATH | the far end (module-opus-protocol-tcp); port 4715 by default | required |
+//! | `source` | name | the source to record at the far end | its source= argument, else its default source |
+//! | `format` | sample format | sample format of the local source | float32le (opus), s16le (none) |
+//! | `rate` | 1-384000 | sample rate; with Opus one of 8000, 12000, 16000, 24000, 48000 | 48000 |
+//! | `channels` | 1-32 | channels: 1-2 with Opus, 1-8 with compression=none | 1 |
+//! | `channel_map` | channel map | channel map | PulseAudio's default for channels |
+//! | `latency_msec` | 1-200 | the source's block, ms | 10 |
+//! | `target_latency_msec` | 10-2000 | receive buffer target, ms | 60 |
+//! | `max_latency_msec` | target_latency_msec to 10000 | the most the target may grow to after underruns, ms | 500, or target_latency_msec if larger |
+//! | `compression` | opus, none | Opus, or RTP L16 PCM, encoded by the far end | opus |
+//! | `clock_skew_ppm` | -100000 to 100000 | test aid: the source produces at (1 + ppm/1e6) x its nominal rate | 0 |
+//! | `cookie` | path | a copy of the far end's cookie | none |
+//! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 32000 |
+//! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets) | 20 |
+//! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |
+//! | `compression.opus.max_bandwidth` | narrowband, mediumband, wideband, superwideband, fullband | audio bandwidth limit | fullband |
+//! | `compression.opus.signal` | auto, voice, music | signal hint | voice |
+//! | `compression.opus.vbr` | bool | variable bit rate | true |
+//! | `compression.opus.vbr_constraint` | bool | constrained VBR | true |
+//! | `compression.opus.application` | voip, audio, lowdelay | encoder mode | audio |
+//! | `compression.opus.lsb_depth` | 8-24 | input resolution hint, bits | 16 |
+//! | `compression.opus.dtx` | bool | discontinuous transmission | false |
+//! | `compression.opus.fec` | bool | in-band forward error correction | false |
+//! | `compression.opus.packet_loss` | 0-100 | expected packet loss, percent | 0 |
+//!
+//! The defaults are a microphone's: mono, `compression.opus.signal=voice`, 32 kbit/s. Booleans
+//! take PulseAudio's words (1/0, yes/no, true/false, on/off). A bad value fails `load-module`
+//! with a message naming the argument and what it accepts. The `compression.*` knobs also
+//! change live, applied by the far end's encoder: `update-source-proplist <source>
+//! compression.bitrate=16000`, or `pactl send-message /opus_tunnel/<source> set
+//! "compression.bitrate=16000"` (`get` lists the effective values and the statistics).
+//!
+//! ## Example
+//!
+//! ```text
+//! load-module module-tunnel-source-opus server=tcp:192.168.1.20:4715 source_name=mic source=alsa_input.usb-mic
+//! ```
+//!
+//! ## Inside
+//!
+//! The source's IO thread posts a block every period from the ring the tunnel's thread fills
+//! (`opus_tunnel_core::client::start_record`); the main thread publishes statistics and relays
+//! knob changes.
+
 use opus_tunnel_core::args::{
-    apply_knob_changes, default_device_name, effective_properties, knob_message, message_path,
-    parse_tunnel_args, Defaults,
+    default_device_name, device_description, effective_properties, message_path,
+    parse_latency_bounds, parse_tunnel_args, voice_knobs, Defaults,
 };
+use opus_tunnel_core::argtable::{keys, TUNNEL_SOURCE, TUNNEL_SOURCE_USAGE};
+use opus_tunnel_core::client::{start_record, RecordClient, RecordClientConfig, RunningFlag};
 use opus_tunnel_core::codec::StreamFormat;
-use opus_tunnel_core::params::{Compression, OpusKnobs, Signal, KNOB_KEYS};
-use opus_tunnel_core::rx::{start_record, Playback, RecordClient, RecordClientConfig, RunningFlag};
+use opus_tunnel_core::control::{device_handlers, KnobControl, Stats};
+use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_pulse::hooks::{watch_source_proplist, HookSlot, MessageHandler};
 use opus_tunnel_pulse::mainloop::MainTimer;
@@ -23,56 +76,6 @@ use opus_tunnel_pulse::{
     declare_module, ChannelMap, Modargs, ModuleRef, PaModule, Proplist, SampleSpec,
 };
 use std::rc::Rc;
-
-const USAGE: &std::ffi::CStr = c"source_name=<name of the local source> \
-source_properties=<properties for the source> \
-server=<tcp:HOST:PORT | HOST:PORT | HOST | unix:PATH; port 4715 by default> \
-source=<remote source name; default: the far end's default source> \
-format=<sample format> rate=<sample rate> channels=<number of channels; default 1> channel_map=<channel map> \
-latency_msec=<source block, 1-200 ms; default 10> \
-target_latency_msec=<receive buffer target, 10-2000 ms; default 60> \
-max_latency_msec=<the most the target may grow to after underruns; default 500> \
-compression=<opus|none> \
-compression.bitrate=<6000-510000; default 32000> compression.frame_size=<2.5|5|10|20|40|60 ms> \
-compression.opus.complexity=<0-10> \
-compression.opus.max_bandwidth=<narrowband|mediumband|wideband|superwideband|fullband> \
-compression.opus.signal=<auto|voice|music; default voice> compression.opus.vbr=<bool> \
-compression.opus.vbr_constraint=<bool> compression.opus.application=<voip|audio|lowdelay> \
-compression.opus.lsb_depth=<8-24> compression.opus.dtx=<bool> compression.opus.fec=<bool> \
-compression.opus.packet_loss=<0-100> \
-clock_skew_ppm=<test aid: produce at (1+ppm/1e6) x the nominal rate; default 0> \
-cookie=<path of a copy of the far end's cookie file>";
-
-fn valid_args() -> Vec<&'static str> {
-    let mut v = vec![
-        "source_name",
-        "source_properties",
-        "server",
-        "source",
-        "format",
-        "rate",
-        "channels",
-        "channel_map",
-        "latency_msec",
-        "target_latency_msec",
-        "max_latency_msec",
-        "compression",
-        "clock_skew_ppm",
-        "cookie",
-    ];
-    v.extend(KNOB_KEYS);
-    v
-}
-
-/// Microphone defaults: mono, voice, 32 kbit/s (ample for speech; music-grade Opus at 64k is
-/// one argument away).
-fn voice_knobs() -> OpusKnobs {
-    OpusKnobs {
-        bitrate: 32_000,
-        signal: Signal::Voice,
-        ..OpusKnobs::default()
-    }
-}
 
 /// The module instance.
 pub struct TunnelSource {
@@ -121,53 +124,24 @@ impl SourceIo for CaptureIo {
     }
 }
 
-/// Knob control from the main thread.
-struct Control {
-    client: Rc<RecordClient>,
-    compression: Compression,
-    fmt: StreamFormat,
-    name: String,
-}
-
-impl Control {
-    fn effective(&self) -> Vec<(String, String)> {
-        effective_properties(self.compression, &self.client.knobs())
-    }
-
-    fn apply(&self, pairs: &[(String, String)]) -> Vec<String> {
-        let u = apply_knob_changes(self.client.knobs(), self.compression, self.fmt, pairs);
-        if !u.changed.is_empty() {
-            self.client.set_knobs(u.knobs);
-            log::info!(
-                "{}: asked the far end to retune: {}",
-                self.name,
-                u.changed.join(" ")
-            );
-        }
-        for e in &u.errors {
-            log::warn!("{}: refused {e}", self.name);
-        }
-        u.errors
-    }
-}
-
-fn to_proplist(pairs: &[(String, String)]) -> Proplist {
+/// Puts properties on the source.
+fn publish(source: &Source, pairs: &[(String, String)]) {
     let mut p = Proplist::new();
     for (k, v) in pairs {
         p.set(k, v);
     }
-    p
+    source.update_proplist(&p);
 }
 
 impl PaModule for TunnelSource {
     fn init(module: &ModuleRef) -> Result<Self, String> {
         let arg = module.argument();
-        let ma = Modargs::new(arg.as_deref(), &valid_args())?;
+        let ma = Modargs::new(arg.as_deref(), &keys(TUNNEL_SOURCE))?;
         let get = |k: &str| ma.get(k);
         let a = parse_tunnel_args(
             &get,
             &Defaults {
-                channels: 1,
+                table: TUNNEL_SOURCE,
                 knobs: voice_knobs(),
             },
         )?;
@@ -186,14 +160,11 @@ impl PaModule for TunnelSource {
                 )
             })?,
         };
-        let target_ms =
-            opus_tunnel_core::args::parse_u32(&get, "target_latency_msec", 60, 10, 2000)?;
-        let max_ms = opus_tunnel_core::args::parse_u32(
+        let (target_ms, max_ms) = parse_latency_bounds(
+            TUNNEL_SOURCE,
             &get,
+            "target_latency_msec",
             "max_latency_msec",
-            500.max(target_ms),
-            target_ms,
-            10_000,
         )?;
         let remote_source = ma.get("source");
         let name = ma
@@ -219,14 +190,7 @@ impl PaModule for TunnelSource {
         let mut props = Proplist::new();
         props.set(
             "device.description",
-            &format!(
-                "Opus tunnel from {}{}",
-                a.addr,
-                remote_source
-                    .as_deref()
-                    .map(|s| format!(" ({s})"))
-                    .unwrap_or_default()
-            ),
+            &device_description("from", &a.addr, remote_source.as_deref()),
         );
         props.set("opus.tunnel.server", &a.addr.to_string());
         props.set(
@@ -274,57 +238,37 @@ impl PaModule for TunnelSource {
             a.rate,
             a.channels
         );
-        let control = Rc::new(Control {
-            client: client.clone(),
-            compression: a.compression,
-            fmt,
-            name: source.name(),
+        let (st1, st2) = (client.clone(), client.clone());
+        let h = device_handlers(
+            KnobControl::new(
+                client.clone(),
+                a.compression,
+                fmt,
+                source.name(),
+                "asked the far end to retune:",
+            ),
+            &source,
+            publish,
+            Stats {
+                get: move || st1.stat_properties(),
+                tick: move || st2.stat_properties(),
+            },
+            "the source is gone",
+        );
+        // update-source-proplist: apply the knob keys that changed, refuse bad values, and put
+        // the effective values back (this re-enters the hook, with nothing to do).
+        let core = module.core();
+        let watch = watch_source_proplist(&core, source.index(), move |p| {
+            (h.on_properties)(&|k| p.get(k))
         });
-        let (c1, s1) = (control.clone(), Rc::downgrade(&source));
-        let watch = watch_source_proplist(&module.core(), source.index(), move |props| {
-            let changed: Vec<(String, String)> = c1
-                .effective()
-                .into_iter()
-                .filter_map(|(k, eff)| props.get(&k).filter(|v| *v != eff).map(|v| (k, v)))
-                .collect();
-            if changed.is_empty() {
-                return;
-            }
-            c1.apply(&changed);
-            if let Some(source) = s1.upgrade() {
-                source.update_proplist(&to_proplist(&c1.effective()));
-            }
-        });
-        let (c2, s2) = (control.clone(), Rc::downgrade(&source));
         let path = message_path(&source.name());
         let messages = MessageHandler::register(
-            &module.core(),
+            &core,
             &path,
             "opus-tunnel source: get, set key=value ...",
-            move |msg, params| {
-                let Some(source) = s2.upgrade() else {
-                    return Err("the source is gone".into());
-                };
-                knob_message(
-                    msg,
-                    params,
-                    || {
-                        let mut out = c2.effective();
-                        out.extend(c2.client.stat_properties());
-                        out
-                    },
-                    |pairs| {
-                        let errors = c2.apply(pairs);
-                        source.update_proplist(&to_proplist(&c2.effective()));
-                        errors
-                    },
-                )
-            },
+            h.on_message,
         );
-        let (timer_source, timer_client) = (source.clone(), client.clone());
-        let timer = MainTimer::new(&module.core(), 1_000_000, move || {
-            timer_source.update_proplist(&to_proplist(&timer_client.stat_properties()));
-        });
+        let timer = MainTimer::new(&core, 1_000_000, h.on_tick);
         Ok(TunnelSource {
             _messages: messages,
             _watch: watch,
@@ -344,7 +288,19 @@ declare_module!(
     ModuleInfo {
         author: c"opus-tunnel developers",
         description: c"Opus-compressed network tunnel source: records a remote source (pairs with module-opus-protocol-tcp)",
-        usage: USAGE,
+        usage: TUNNEL_SOURCE_USAGE,
         load_once: false,
     }
 );
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_manual_lists_every_argument() {
+        opus_tunnel_core::argtable::check_module_doc(
+            opus_tunnel_core::argtable::TUNNEL_SOURCE,
+            include_str!("lib.rs"),
+        )
+        .unwrap();
+    }
+}

@@ -2,9 +2,10 @@
 //! spec numbers, `latency_msec`, `clock_skew_ppm`, `cookie`), parsed from any key → value
 //! lookup (PulseAudio's modargs, PipeWire's properties), and live knob updates checked the
 //! same way. Every error names the key and what is accepted.
+use crate::argtable::{self, Arg};
 use crate::auth::Cookie;
 use crate::codec::{self, Encoder, StreamFormat};
-use crate::params::{self, Compression, OpusKnobs, ServerAddr, KNOB_KEYS};
+use crate::params::{self, Compression, OpusKnobs, ServerAddr, Signal, KNOB_KEYS};
 
 /// What a tunnel module was asked for.
 #[derive(Debug)]
@@ -33,29 +34,59 @@ pub struct TunnelArgs {
 /// Defaults that differ between the play and the record tunnel.
 #[derive(Debug, Clone, Copy)]
 pub struct Defaults {
-    /// Channels when `channels` is not given.
-    pub channels: u8,
+    /// The module's argument table (ranges and numeric defaults such as `channels`).
+    pub table: &'static [Arg],
     /// Knobs when not given.
     pub knobs: OpusKnobs,
 }
 
-/// An unsigned argument in `lo..=hi`.
-pub fn parse_u32(
-    get: &dyn Fn(&str) -> Option<String>,
-    key: &str,
-    default: u32,
-    lo: u32,
-    hi: u32,
-) -> Result<u32, String> {
-    match get(key) {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<u32>() {
-            Ok(n) if (lo..=hi).contains(&n) => Ok(n),
-            _ => Err(format!(
-                "{key}: {v:?} is not accepted (an integer from {lo} to {hi})"
-            )),
-        },
+/// Microphone defaults (the record tunnels): voice, 32 kbit/s — ample for speech; music-grade
+/// Opus at 64k is one argument away.
+pub fn voice_knobs() -> OpusKnobs {
+    OpusKnobs {
+        bitrate: 32_000,
+        signal: Signal::Voice,
+        ..OpusKnobs::default()
     }
+}
+
+/// `compression`: Opus unless given.
+pub fn parse_compression(value: Option<&str>) -> Result<Compression, String> {
+    match value {
+        None => Ok(Compression::Opus),
+        Some(v) => Compression::parse(v).map_err(|e| e.to_string()),
+    }
+}
+
+/// The knobs: `defaults`, overridden by the keys given.
+pub fn parse_knobs(
+    get: &dyn Fn(&str) -> Option<String>,
+    defaults: OpusKnobs,
+) -> Result<OpusKnobs, String> {
+    let mut knobs = defaults;
+    for key in KNOB_KEYS {
+        if let Some(v) = get(key) {
+            knobs.set(key, &v).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(knobs)
+}
+
+/// A cookie file named by the argument `key`, loaded (`None` when not given).
+pub fn load_cookie(key: &str, path: Option<&str>) -> Result<Option<Cookie>, String> {
+    path.map(|p| Cookie::load(std::path::Path::new(p)).map_err(|e| format!("{key}: {e}")))
+        .transpose()
+}
+
+/// Load fails on what the encoder would refuse, not the worker later.
+pub fn check_encoder(
+    compression: Compression,
+    fmt: StreamFormat,
+    knobs: &OpusKnobs,
+) -> Result<(), String> {
+    Encoder::new(compression, fmt, knobs)
+        .map(drop)
+        .map_err(|e| format!("codec: {e}"))
 }
 
 /// Parses the shared tunnel arguments and checks that the encoder accepts the combination.
@@ -67,16 +98,8 @@ pub fn parse_tunnel_args(
         "server: missing; give the far end's address, e.g. server=tcp:192.168.1.10:4715".to_string()
     })?;
     let addr = params::parse_server(&server, params::DEFAULT_PORT).map_err(|e| e.to_string())?;
-    let compression = match get("compression") {
-        None => Compression::Opus,
-        Some(v) => Compression::parse(&v).map_err(|e| e.to_string())?,
-    };
-    let mut knobs = d.knobs;
-    for key in KNOB_KEYS {
-        if let Some(v) = get(key) {
-            knobs.set(key, &v).map_err(|e| e.to_string())?;
-        }
-    }
+    let compression = parse_compression(get("compression").as_deref())?;
+    let knobs = parse_knobs(get, d.knobs)?;
     let format = get("format").unwrap_or_else(|| {
         match compression {
             Compression::Opus => "float32le",
@@ -84,11 +107,12 @@ pub fn parse_tunnel_args(
         }
         .to_string()
     });
-    let rate = parse_u32(get, "rate", 48000, 1, 384_000)?;
-    let channels = parse_u32(get, "channels", u32::from(d.channels), 1, 32)? as u8;
+    let rate = argtable::int::<u32>(d.table, "rate", get("rate").as_deref())?;
+    let channels = argtable::int::<u8>(d.table, "channels", get("channels").as_deref())?;
     let fmt = StreamFormat { rate, channels };
     codec::validate(compression, &fmt).map_err(|e| e.to_string())?;
-    let latency_msec = parse_u32(get, "latency_msec", 10, 1, 200)?;
+    let latency_msec =
+        argtable::int::<u32>(d.table, "latency_msec", get("latency_msec").as_deref())?;
     let skew_ppm = match get("clock_skew_ppm") {
         None => 0.0,
         Some(v) => match v.trim().parse::<f64>() {
@@ -100,14 +124,8 @@ pub fn parse_tunnel_args(
             }
         },
     };
-    let cookie = match get("cookie") {
-        None => None,
-        Some(p) => {
-            Some(Cookie::load(std::path::Path::new(&p)).map_err(|e| format!("cookie: {e}"))?)
-        }
-    };
-    // Load-module fails on what the encoder would refuse, not the worker later.
-    Encoder::new(compression, fmt, &knobs).map_err(|e| format!("codec: {e}"))?;
+    let cookie = load_cookie("cookie", get("cookie").as_deref())?;
+    check_encoder(compression, fmt, &knobs)?;
     Ok(TunnelArgs {
         addr,
         compression,
@@ -121,6 +139,25 @@ pub fn parse_tunnel_args(
     })
 }
 
+/// A receive buffer's bounds in ms: `target_key` (default and range from `table`) and
+/// `max_key`: at least the target, at most 10000, by default 500 or the target if larger.
+pub fn parse_latency_bounds(
+    table: &[Arg],
+    get: &dyn Fn(&str) -> Option<String>,
+    target_key: &str,
+    max_key: &str,
+) -> Result<(u32, u32), String> {
+    let target = argtable::int::<u32>(table, target_key, get(target_key).as_deref())?;
+    let max = argtable::parse_int(
+        max_key,
+        get(max_key).as_deref(),
+        500.max(target),
+        target,
+        10_000,
+    )?;
+    Ok((target, max))
+}
+
 /// The effective value of every knob and of `compression`, as properties.
 pub fn effective_properties(compression: Compression, knobs: &OpusKnobs) -> Vec<(String, String)> {
     let mut v = vec![("compression".to_string(), compression.as_str().to_string())];
@@ -131,6 +168,25 @@ pub fn effective_properties(compression: Compression, knobs: &OpusKnobs) -> Vec<
             .map(|(k, v)| (k.to_string(), v)),
     );
     v
+}
+
+/// A tunnel device's description: `Opus tunnel to ADDR (REMOTE)` (`way`: `to` or `from`).
+pub fn device_description(way: &str, addr: &ServerAddr, remote: Option<&str>) -> String {
+    let remote = remote.map(|r| format!(" ({r})")).unwrap_or_default();
+    format!("Opus tunnel {way} {addr}{remote}")
+}
+
+/// `opus 64000 bit/s, 20 ms frames` or `none`, for a log line.
+pub fn codec_summary(compression: Compression, knobs: &OpusKnobs) -> String {
+    match compression {
+        Compression::Opus => format!(
+            "{} {} bit/s, {} ms frames",
+            compression.as_str(),
+            knobs.bitrate,
+            knobs.frame_size.as_str()
+        ),
+        Compression::None => compression.as_str().to_string(),
+    }
 }
 
 /// The outcome of [`apply_knob_changes`].
@@ -282,7 +338,7 @@ mod tests {
 
     fn defaults() -> Defaults {
         Defaults {
-            channels: 2,
+            table: argtable::TUNNEL_SINK,
             knobs: OpusKnobs::default(),
         }
     }

@@ -9,10 +9,12 @@
 
 pub mod acl;
 pub mod args;
+pub mod argtable;
 pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod connection;
+pub mod control;
 pub mod decode;
 pub mod dll;
 pub mod encode;
@@ -32,17 +34,3 @@ pub mod session;
 pub mod stats;
 
 pub use rtp::WireError;
-
-/// The receiving side under its former name (until the modules move to the role names).
-pub mod rx {
-    pub use crate::client::{start_record, RecordClient, RecordClientConfig, RunningFlag};
-    pub use crate::connection::ConnShared;
-    pub use crate::decode::Playback;
-    pub use crate::server::{Host, Receiver, RecordRequest, RecvConfig, Replier, StreamRequest};
-}
-
-/// The sending side under its former name (until the modules move to the role names).
-pub mod tx {
-    pub use crate::client::start_play as start;
-    pub use crate::encode::{Feeder, RemoteCapture, Shared, WorkerConfig};
-}
