@@ -1,12 +1,42 @@
-//! `libpipewire-module-opus-protocol-tcp`: the receiving end on a PipeWire host. Listens on
-//! TCP (default port 4715); each tunnel that connects (from `module-tunnel-sink-opus` on
-//! PulseAudio or `libpipewire-module-opus-tunnel` on PipeWire) becomes a playback stream
+//! # libpipewire-module-opus-protocol-tcp
+//!
+//! The receiving end on a PipeWire host: listens on TCP (port 4715 by default); each tunnel
+//! that connects (from `module-tunnel-sink-opus` on PulseAudio or
+//! `libpipewire-module-opus-tunnel` on PipeWire) becomes a playback stream
 //! (`Stream/Output/Audio`, F32 interleaved at the tunnel's rate and channels) that the session
-//! manager links to `target.object` or the default sink. A record tunnel (from
-//! `module-tunnel-source-opus` or `libpipewire-module-opus-tunnel` with `tunnel.mode =
-//! source`) gets a capture stream (`Stream/Input/Audio`) on the source it names,
-//! `target.source` or the default source — only while the desktop end has readers; what it
-//! captures is encoded and sent.
+//! manager links to the sink the sender names, `target.object`, or the default sink. A record
+//! tunnel (from `module-tunnel-source-opus`, or `libpipewire-module-opus-tunnel` with
+//! `tunnel.mode = source`) gets a capture stream (`Stream/Input/Audio`) on the source it
+//! names, `target.source` or the default source — only while the desktop end has readers;
+//! what it captures is encoded and sent. Refusals carry the same status and reason as
+//! `module-opus-protocol-tcp`'s (400, 403, 404, 415, 503, 505).
+//!
+//! ## Arguments
+//!
+//! | argument | accepts | meaning | default |
+//! |---|---|---|---|
+//! | `server.address` | `[ "tcp:[ADDR:]PORT" ]` | the address to listen on | `[ "tcp:4715" ] (all addresses, IPv6 and IPv4)` |
+//! | `auth.anonymous` | bool | accept any peer | false |
+//! | `auth.ip-acl` | `"ADDR[/BITS];..."` | peers admitted by address | none |
+//! | `auth.cookie` | path | others must prove this cookie (challenge-response) | none |
+//! | `target.object` | node.name | the sink tunnels play on when the sender names none | the default sink |
+//! | `target.source` | node.name | the source record tunnels record from when the desktop names none (NAME.monitor: a sink's monitor) | the default source |
+//! | `sess.latency.msec` | 10-2000 | receive buffer target, ms | 60 |
+//! | `sess.latency.max.msec` | sess.latency.msec to 10000 | the most the target may grow to after underruns, ms | 500, or sess.latency.msec if larger |
+//! | `max.connections` | 1-1024 | concurrent tunnels | 64 |
+//! | `stream.props` | `{ ... }` | extra properties of every tunnel's stream | none |
+//! | `opus.resampler` | engine, pipewire | who applies the drift correction: the core engine (rubato), or PipeWire's adapter through rate matching | engine |
+//!
+//! ## Example
+//!
+//! ```text
+//! context.modules = [
+//!     { name = libpipewire-module-opus-protocol-tcp
+//!       args = { server.address = [ "tcp:4715" ] auth.ip-acl = "192.168.0.0/16" target.object = "speakers" } }
+//! ]
+//! ```
+//!
+//! ## Inside
 //!
 //! The network side is `opus_tunnel_core::server` (a listener thread, a thread per
 //! connection, lock-free rings) and the main-thread logic `opus_tunnel_core::session`; this
@@ -497,6 +527,11 @@ declare_pw_module!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_manual_lists_every_argument() {
+        opus_tunnel_core::argtable::check_module_doc(PW_RECEIVER, include_str!("lib.rs")).unwrap();
+    }
 
     #[test]
     fn addresses() {

@@ -1,6 +1,44 @@
-//! `module-opus-protocol-tcp`: the receiving end. Listens on TCP (default port 4715); each
-//! accepted tunnel from `module-tunnel-sink-opus` becomes a stream (sink-input) on a local
-//! sink, decoded through a jitter buffer with Opus packet-loss concealment.
+//! # module-opus-protocol-tcp
+//!
+//! The receiving end, on the user's machine: listens on TCP (port 4715 by default) for tunnels
+//! from `module-tunnel-sink-opus` and `libpipewire-module-opus-tunnel` (each becomes a
+//! stream, a sink-input named `<sender sink> on <sender host>`, on a local sink, decoded
+//! through a jitter buffer with Opus packet-loss concealment and a drift-correcting
+//! resampler), and for record tunnels from `module-tunnel-source-opus` (each records a local
+//! source through a source-output, only while the desktop end has readers, and sends it
+//! encoded). PulseAudio's authentication rules: `auth-anonymous=1` admits everyone; otherwise
+//! an address in `auth-ip-acl` is admitted, and anyone else must prove the cookie (never sent:
+//! challenge-response).
+//!
+//! ## Arguments
+//!
+//! | argument | accepts | meaning | default |
+//! |---|---|---|---|
+//! | `port` | 1-65535 | TCP port | 4715 |
+//! | `listen` | IP address | address to listen on | all (IPv6 and IPv4) |
+//! | `auth-anonymous` | bool | accept any peer | false |
+//! | `auth-ip-acl` | `ADDR[/BITS];...` | peers allowed without a cookie | none |
+//! | `auth-cookie` | path | the cookie file everyone else must prove | PulseAudio's: $PULSE_COOKIE, ~/.config/pulse/cookie, ~/.pulse-cookie |
+//! | `auth-cookie-enabled` | bool | require the cookie from peers the ACL does not admit | true |
+//! | `sink` | name | sink that play tunnels use when the sender names none | the default sink |
+//! | `source` | name | source that record tunnels use when the desktop names none | the default source |
+//! | `target_latency_msec` | 10-2000 | receive buffer target, ms | 60 |
+//! | `max_latency_msec` | target_latency_msec to 10000 | the most the target may grow to after underruns, ms | 500, or target_latency_msec if larger |
+//! | `max_connections` | 1-1024 | concurrent tunnels; one more is refused with 503 | 64 |
+//!
+//! A refused tunnel gets a status line both ends log: 400 (not our handshake), 403 (not
+//! admitted), 404 (no such sink or source), 415 (a format we cannot play), 503 (the daemon
+//! refused the stream, `max_connections` reached, or shutting down), 505 (another protocol
+//! version). Each stream shows its statistics as `opus.tunnel.*` properties, refreshed every
+//! second; killing it (`pactl kill-sink-input`) closes its tunnel and the sender reconnects.
+//!
+//! ## Example
+//!
+//! ```text
+//! load-module module-opus-protocol-tcp auth-ip-acl=127.0.0.1;192.168.0.0/16 sink=speakers
+//! ```
+//!
+//! ## Inside
 //!
 //! The network side is `opus_tunnel_core::server` (a listener thread, a thread per
 //! connection, lock-free rings) and the main-thread logic `opus_tunnel_core::session`; this
@@ -376,3 +414,15 @@ declare_module!(
         load_once: false,
     }
 );
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_manual_lists_every_argument() {
+        opus_tunnel_core::argtable::check_module_doc(
+            opus_tunnel_core::argtable::RECEIVER,
+            include_str!("lib.rs"),
+        )
+        .unwrap();
+    }
+}
