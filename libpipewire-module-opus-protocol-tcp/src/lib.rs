@@ -529,11 +529,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_manual_lists_every_argument() {
-        opus_tunnel_core::argtable::check_module_doc(PW_RECEIVER, include_str!("lib.rs")).unwrap();
-    }
-
-    #[test]
     fn addresses() {
         assert_eq!(parse_address("tcp:4715").unwrap().len(), 2);
         assert_eq!(
@@ -548,3 +543,5 @@ mod tests {
         assert!(parse_address("tcp:nope").is_err());
     }
 }
+
+opus_tunnel_core::manual_matches_table!(PW_RECEIVER);

@@ -594,11 +594,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_manual_lists_every_argument() {
-        argtable::check_module_doc(PW_TUNNEL, include_str!("lib.rs")).unwrap();
-    }
-
-    #[test]
     fn maps() {
         assert_eq!(channel_map(None, 2).unwrap(), "front-left,front-right");
         assert_eq!(
@@ -609,3 +604,5 @@ mod tests {
         assert_eq!(channel_map(None, 1).unwrap(), "mono");
     }
 }
+
+opus_tunnel_core::manual_matches_table!(PW_TUNNEL);

@@ -293,14 +293,4 @@ declare_module!(
     }
 );
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_manual_lists_every_argument() {
-        opus_tunnel_core::argtable::check_module_doc(
-            opus_tunnel_core::argtable::TUNNEL_SOURCE,
-            include_str!("lib.rs"),
-        )
-        .unwrap();
-    }
-}
+opus_tunnel_core::manual_matches_table!(TUNNEL_SOURCE);

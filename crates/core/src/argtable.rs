@@ -337,6 +337,21 @@ pub fn check_markdown(table: &[Arg], rows: &[(Vec<String>, String)]) -> Result<(
     }
 }
 
+/// A unit test that fails when a module's manual (its `//!` comment) and its argument table
+/// disagree: `opus_tunnel_core::manual_matches_table!(RECEIVER);` in the module's `lib.rs`.
+#[macro_export]
+macro_rules! manual_matches_table {
+    ($table:ident) => {
+        #[cfg(test)]
+        #[test]
+        fn the_manual_lists_every_argument() {
+            let doc = include_str!("lib.rs");
+            let checked = $crate::argtable::check_module_doc($crate::argtable::$table, doc);
+            assert_eq!(checked, Ok(()));
+        }
+    };
+}
+
 /// Checks a module's manual (its `//!` comment, `source` being its `lib.rs`) against `table`.
 pub fn check_module_doc(table: &[Arg], source: &str) -> Result<(), String> {
     let doc: String = source

@@ -371,6 +371,16 @@ fn await_answer(
     }
 }
 
+/// What a tunnel carries, for the log: `opus, 48000 Hz, 2 ch`.
+fn format(hello: &Hello) -> String {
+    format!(
+        "{}, {} Hz, {} ch",
+        hello.codec.as_str(),
+        hello.rate,
+        hello.channels
+    )
+}
+
 /// The request for a tunnel's stream, and where its answer arrives. The stream's properties
 /// say who is at the other end, and the codec.
 #[allow(clippy::type_complexity)]
@@ -453,10 +463,8 @@ fn serve_play(
         return;
     };
     log::info!(
-        "tunnel {label} from {peer} plays on {sink} ({}, {} Hz, {} ch)",
-        hello.codec.as_str(),
-        hello.rate,
-        hello.channels
+        "tunnel {label} from {peer} plays on {sink} ({})",
+        format(hello)
     );
     conn.stats.set_state(TunnelState::Streaming);
     let why = receive.run(&mut stream, rest, &shared.stop);
@@ -537,10 +545,8 @@ fn serve_capture(
         return;
     };
     log::info!(
-        "record tunnel {label} from {peer} records {source} ({}, {} Hz, {} ch), while it has readers",
-        hello.codec.as_str(),
-        hello.rate,
-        hello.channels
+        "record tunnel {label} from {peer} records {source} ({}), while it has readers",
+        format(hello)
     );
     let remote: Arc<dyn RemoteCapture> = Arc::new(HostCapture {
         conn: conn.clone(),
