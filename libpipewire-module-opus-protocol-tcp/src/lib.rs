@@ -53,12 +53,12 @@ use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::Feeder;
 use opus_tunnel_core::params::DEFAULT_PORT;
 use opus_tunnel_core::server::{self, RecvConfig};
-use opus_tunnel_core::session::{Daemon, NewStream, Refusal, Sessions, StreamHandle};
+use opus_tunnel_core::session::{Daemon, MainThread, NewStream, Refusal, Sessions, StreamHandle};
 use opus_tunnel_pipewire::{
     channel_positions, declare_pw_module, parse_json_list, parse_object, Args, Context, Direction,
     Event, EventHandle, ModuleInfo, PwModule, Stream, StreamIo, StreamSpec, StreamState, Timer,
 };
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 
@@ -334,18 +334,12 @@ fn clean(s: &str) -> String {
         .collect()
 }
 
-/// Main-thread state: the daemon's side and the tunnels.
-struct Main {
-    pw: Pipewire,
-    sessions: Sessions<Pipewire>,
-}
-
 /// The module instance.
 pub struct Receiver {
     receiver: Option<server::Receiver>,
     _timer: Timer,
     _event: Event,
-    main: Rc<RefCell<Main>>,
+    main: MainThread<Pipewire>,
     addr: SocketAddr,
 }
 
@@ -445,40 +439,26 @@ impl PwModule for Receiver {
             }
         };
         let listener = server::bind(&addrs)?;
-        let main = Rc::new(RefCell::new(Main {
-            pw: Pipewire {
+        let main = MainThread::new(
+            Pipewire {
                 ctx: ctx.clone(),
                 target_usec: target_ms * 1000,
                 extra_props,
                 pw_resampler,
                 waker: None,
             },
-            sessions: Sessions::new(target.clone(), target_source),
-        }));
-        let m2 = main.clone();
-        let event = Event::new(ctx, move || {
-            if let Ok(mut m) = m2.try_borrow_mut() {
-                let Main { pw, sessions } = &mut *m;
-                sessions.service(pw);
-            }
-        })?;
-        let host = {
-            let mut m = main
-                .try_borrow_mut()
-                .map_err(|_| "the module state is busy".to_string())?;
-            m.pw.waker = Some(event.handle());
-            let handle = event.handle();
-            m.sessions.set_waker(move || handle.signal());
-            m.sessions.host()
-        };
-        let m3 = main.clone();
-        let timer = Timer::new(ctx, 1_000_000, move || {
-            if let Ok(mut m) = m3.try_borrow_mut() {
-                let Main { pw, sessions } = &mut *m;
-                sessions.service(pw);
-                sessions.publish();
-            }
-        })?;
+            Sessions::new(target.clone(), target_source),
+        );
+        let event = Event::new(ctx, main.on_wake())?;
+        let host = main
+            .with(|pw, sessions| {
+                pw.waker = Some(event.handle());
+                let handle = event.handle();
+                sessions.set_waker(move || handle.signal());
+                sessions.host()
+            })
+            .ok_or("the module state is busy")?;
+        let timer = Timer::new(ctx, 1_000_000, main.on_tick())?;
         let cfg = RecvConfig {
             anonymous,
             acl,
@@ -508,9 +488,7 @@ impl Drop for Receiver {
         // Ends every connection (their threads notice within ~200 ms) and joins them; requests
         // still queued are refused, then the streams go.
         drop(self.receiver.take());
-        if let Ok(mut m) = self.main.try_borrow_mut() {
-            m.sessions.shutdown();
-        }
+        self.main.with(|_, sessions| sessions.shutdown());
         log::info!("stopped listening on {}", self.addr);
     }
 }

@@ -54,7 +54,7 @@ use opus_tunnel_core::connection::ConnShared;
 use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::Feeder;
 use opus_tunnel_core::server::{self, RecvConfig};
-use opus_tunnel_core::session::{Daemon, NewStream, Refusal, Sessions, StreamHandle};
+use opus_tunnel_core::session::{Daemon, MainThread, NewStream, Refusal, Sessions, StreamHandle};
 use opus_tunnel_pulse::mainloop::{MainTimer, MainWaker, WakeHandle};
 use opus_tunnel_pulse::module::ModuleInfo;
 use opus_tunnel_pulse::sink_input::{SinkInput, SinkInputConfig, SinkInputIo};
@@ -62,9 +62,7 @@ use opus_tunnel_pulse::source_output::{SourceOutput, SourceOutputConfig, SourceO
 use opus_tunnel_pulse::{
     declare_module, ChannelMap, Modargs, ModuleRef, PaModule, Proplist, SampleSpec,
 };
-use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::rc::Rc;
 
 /// The PulseAudio side of the receiver's sessions (main thread).
 struct Pulse {
@@ -228,12 +226,6 @@ fn to_proplist(pairs: &[(String, String)]) -> Proplist {
     p
 }
 
-/// Main-thread state: the daemon's side and the tunnels.
-struct Main {
-    pulse: Pulse,
-    sessions: Sessions<Pulse>,
-}
-
 /// The module instance.
 pub struct Receiver {
     // Drop order: the network side first (connections end, no new requests), then the
@@ -241,7 +233,7 @@ pub struct Receiver {
     receiver: Option<server::Receiver>,
     _timer: MainTimer,
     _waker: MainWaker,
-    main: Rc<RefCell<Main>>,
+    main: MainThread<Pulse>,
     port: u16,
 }
 
@@ -329,38 +321,24 @@ impl PaModule for Receiver {
             }
         }
         let listener = bind(ma.get("listen").as_deref(), port)?;
-        let main = Rc::new(RefCell::new(Main {
-            pulse: Pulse {
+        let main = MainThread::new(
+            Pulse {
                 module: *module,
                 target_usec: target_ms * 1000,
                 waker: None,
             },
-            sessions: Sessions::new(sink.clone(), ma.get("source")),
-        }));
-        let m2 = main.clone();
-        let waker = MainWaker::new(&core, move || {
-            if let Ok(mut m) = m2.try_borrow_mut() {
-                let Main { pulse, sessions } = &mut *m;
-                sessions.service(pulse);
-            }
-        })?;
-        let host = {
-            let mut m = main
-                .try_borrow_mut()
-                .map_err(|_| "the module state is busy".to_string())?;
-            m.pulse.waker = Some(waker.handle());
-            let handle = waker.handle();
-            m.sessions.set_waker(move || handle.wake());
-            m.sessions.host()
-        };
-        let m3 = main.clone();
-        let timer = MainTimer::new(&core, 1_000_000, move || {
-            if let Ok(mut m) = m3.try_borrow_mut() {
-                let Main { pulse, sessions } = &mut *m;
-                sessions.service(pulse);
-                sessions.publish();
-            }
-        });
+            Sessions::new(sink.clone(), ma.get("source")),
+        );
+        let waker = MainWaker::new(&core, main.on_wake())?;
+        let host = main
+            .with(|pulse, sessions| {
+                pulse.waker = Some(waker.handle());
+                let handle = waker.handle();
+                sessions.set_waker(move || handle.wake());
+                sessions.host()
+            })
+            .ok_or("the module state is busy")?;
+        let timer = MainTimer::new(&core, 1_000_000, main.on_tick());
         let cfg = RecvConfig {
             anonymous,
             acl,
@@ -386,8 +364,7 @@ impl PaModule for Receiver {
 
     fn n_used(&self) -> i32 {
         self.main
-            .try_borrow()
-            .map(|m| m.sessions.len() as i32)
+            .with(|_, sessions| sessions.len() as i32)
             .unwrap_or(0)
     }
 }
@@ -397,9 +374,7 @@ impl Drop for Receiver {
         // Ends every connection (their threads notice within ~200 ms) and joins them; a
         // request still queued is refused, then the streams go.
         drop(self.receiver.take());
-        if let Ok(mut m) = self.main.try_borrow_mut() {
-            m.sessions.shutdown();
-        }
+        self.main.with(|_, sessions| sessions.shutdown());
         log::info!("stopped listening on port {}", self.port);
     }
 }

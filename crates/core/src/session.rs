@@ -15,7 +15,9 @@ use crate::decode::Playback;
 use crate::encode::Feeder;
 use crate::handshake::{STATUS_NO_SUCH_DEVICE, STATUS_TOO_MANY_CONNECTIONS};
 use crate::server::{Host, RecordRequest, StreamRequest};
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Why a daemon could not give a tunnel its stream: the status and reason the peer gets.
@@ -299,6 +301,48 @@ impl<D: Daemon> Sessions<D> {
         }
         self.plays.clear();
         self.records.clear();
+    }
+}
+
+/// A daemon's side and its tunnels, shared by the callbacks of its main loop (main thread
+/// only): [`MainThread::on_wake`] for the wake-up the connection threads trigger,
+/// [`MainThread::on_tick`] for a one-second timer.
+pub struct MainThread<D: Daemon>(Rc<RefCell<(D, Sessions<D>)>>);
+
+impl<D: Daemon + 'static> MainThread<D> {
+    /// The daemon's side and its (still empty) tunnels.
+    pub fn new(daemon: D, sessions: Sessions<D>) -> MainThread<D> {
+        MainThread(Rc::new(RefCell::new((daemon, sessions))))
+    }
+
+    /// A callback that services the tunnels (see [`Sessions::service`]).
+    pub fn on_wake(&self) -> impl FnMut() + 'static {
+        let m = self.0.clone();
+        move || {
+            if let Ok(mut g) = m.try_borrow_mut() {
+                let (daemon, sessions) = &mut *g;
+                sessions.service(daemon);
+            }
+        }
+    }
+
+    /// A callback that services the tunnels and publishes their statistics.
+    pub fn on_tick(&self) -> impl FnMut() + 'static {
+        let m = self.0.clone();
+        move || {
+            if let Ok(mut g) = m.try_borrow_mut() {
+                let (daemon, sessions) = &mut *g;
+                sessions.service(daemon);
+                sessions.publish();
+            }
+        }
+    }
+
+    /// Runs `f` on the daemon's side and the tunnels; `None` while a callback holds them.
+    pub fn with<R>(&self, f: impl FnOnce(&mut D, &mut Sessions<D>) -> R) -> Option<R> {
+        let mut g = self.0.try_borrow_mut().ok()?;
+        let (daemon, sessions) = &mut *g;
+        Some(f(daemon, sessions))
     }
 }
 
