@@ -7,7 +7,9 @@
                                             opusenc/opusdec (opus-tools) round trip; prints
                                             file_kbps (whole Ogg file, headers included)
     quality_matrix.py score REF.raw DEG.raw [visqol]
-                                            JSON: lag, pesq_wb, dropouts, dropout_ms, snr_db
+                                            JSON: lag, pesq_wb, dropouts, dropout_ms,
+                                            dropout_at_s, warp_ms, stretch_ppm, snr_db,
+                                            pesq_wb_destretched (the fitted stretch undone)
                                             (visqol_audio instead of pesq_wb with `visqol`)
     quality_matrix.py matrix OUT.md [quick] the matrix, as a Markdown section
     quality_matrix.py mono OUT.md           mono speech in a stereo vs a mono tunnel
@@ -221,16 +223,60 @@ def measure(ref_path, deg_path, with_visqol=False, with_pesq=True):
     ds = d[lag : lag + len(r)]
     err = ds - r
     out["snr_db"] = float(10 * np.log10((r**2).sum() / max((err**2).sum(), 1e-20)))
-    n = len(r) // 480 * 480
-    er = (r[:n].reshape(-1, 480) ** 2).mean(axis=1)
-    ed = (ds[:n].reshape(-1, 480) ** 2).mean(axis=1)
-    bad = (er > 10 ** (-45 / 10) / 2) & (ed < er / 100)
+    # Dropouts: 10 ms blocks where the reference is active (> -45 dBFS) and the received audio
+    # is 20 dB or more below it; neighbouring blocks count as one dropout. A receiver that
+    # resamples to follow the sender's clock stretches time a little, so the rule is applied
+    # per 0.5 s segment at that segment's own lag (cross-correlation within +-50 ms of the
+    # global lag, median of three neighbouring segments against outliers), taking the loudest
+    # of the received block shifted by up to +-2.5 ms; `warp_ms` is the spread of the local
+    # lags.
+    seg, reach, tol = RATE // 2, RATE // 20, 120
+    starts, local = [], []
+    for s0 in range(0, len(r) // seg * seg, seg):
+        rs = r[s0 : s0 + seg]
+        if (rs**2).mean() < 10 ** (-45 / 10) / 2 / 10:
+            continue
+        a, b = lag + s0 - reach, lag + s0 + seg + reach
+        sl = 0
+        if a >= 0 and b <= len(d):
+            sl = int(np.argmax(fftconvolve(d[a:b], rs[::-1], mode="valid"))) - reach
+        starts.append(s0)
+        local.append(sl)
+    smooth = [int(np.median(local[max(0, i - 1) : i + 2])) for i in range(len(local))]
+    bad = np.zeros(len(r) // 480, dtype=bool)
+    dp = np.concatenate([np.zeros(reach + tol), d, np.zeros(reach + tol + seg)])
+    for s0, sl in zip(starts, smooth):
+        er = (r[s0 : s0 + seg].reshape(-1, 480) ** 2).mean(axis=1)
+        ed = np.max(
+            [
+                (dp[o : o + seg].reshape(-1, 480) ** 2).mean(axis=1)
+                for o in range(reach + tol + lag + s0 + sl - tol, reach + tol + lag + s0 + sl + tol + 1, 60)
+            ],
+            axis=0,
+        )
+        bad[s0 // 480 : s0 // 480 + seg // 480] = (er > 10 ** (-45 / 10) / 2) & (ed < er / 100)
     out["dropouts"] = int(np.sum(bad[1:] & ~bad[:-1]) + (1 if len(bad) and bad[0] else 0))
     out["dropout_ms"] = int(bad.sum() * 10)
+    out["dropout_at_s"] = [round(float(i) * 0.01, 2) for i in np.nonzero(bad)[0]]
+    out["warp_ms"] = (max(smooth) - min(smooth)) / RATE * 1000 if smooth else 0.0
+    # A uniform time stretch, fitted to the local lags: what a receiver that plays slightly
+    # off the sender's rate does to the signal (ppm; negative: the received audio is shorter).
+    if len(starts) >= 2:
+        slope, icept = np.polyfit(np.array(starts, dtype=float), np.array(smooth, dtype=float), 1)
+    else:
+        slope, icept = 0.0, 0.0
+    out["stretch_ppm"] = float(slope * 1e6)
     if with_pesq:
         from pesq import pesq
 
-        out["pesq_wb"] = float(pesq(16000, resample_poly(r, 1, 3), resample_poly(ds, 1, 3), "wb"))
+        def wb(x):
+            return float(pesq(16000, resample_poly(r, 1, 3), resample_poly(x, 1, 3), "wb"))
+
+        out["pesq_wb"] = wb(ds)
+        # The same with that stretch undone (linear interpolation at the fitted positions):
+        # the codec's share of the score, apart from the playout's rate.
+        t = np.arange(len(r), dtype=float)
+        out["pesq_wb_destretched"] = wb(np.interp(lag + icept + t * (1 + slope), np.arange(len(d)), d))
     if with_visqol:
         out["visqol_audio"] = visqol_audio(r, ds)
     return out
@@ -294,9 +340,9 @@ def matrix(out_md, quick=False):
 
 
 def mono(out_md):
-    """Mono speech (L = R) at 32/64 kbit/s, 20 ms, complexity 10, unconstrained VBR: through
-    a stereo codec, a mono codec (what channels=1, or a detector that told the encoder, would
-    give), and opusenc with the same stereo file and with a mono file."""
+    """Mono speech (L = R), 20 ms, complexity 10, at 16-96 kbit/s with unconstrained and
+    constrained VBR: through a stereo codec, through a mono codec (what channels=1, or a
+    detector that told the encoder, would give), and opusenc with the same stereo file."""
     with tempfile.TemporaryDirectory() as d:
         sp = os.path.join(d, "speech.raw")
         with open(os.devnull, "w") as null:
@@ -305,19 +351,21 @@ def mono(out_md):
             sys.stdout = so
         deg = os.path.join(d, "deg.raw")
         lines = []
-        for b in (32, 64):
-            st = codec(sp, deg, b, 20, 10, "vbr", channels=2)
-            p_st = measure(sp, deg)["pesq_wb"]
-            mo = codec(sp, deg, b, 20, 10, "vbr", channels=1)
-            p_mo = measure(sp, deg)["pesq_wb"]
-            opus_tools(sp, deg, b, 20, 10, "vbr")
-            p_oe = measure(sp, deg)["pesq_wb"]
-            lines.append(f"| {b} | {p_st:.2f} | {st['wire_kbps']:.1f} | {p_mo:.2f} "
-                         f"| {mo['wire_kbps']:.1f} | {p_oe:.2f} |")
-            print(lines[-1], file=sys.stderr)
+        for m in ("vbr", "cvbr"):
+            for b in (16, 24, 32, 48, 64, 96):
+                st = codec(sp, deg, b, 20, 10, m, channels=2)
+                p_st = measure(sp, deg)["pesq_wb"]
+                mo = codec(sp, deg, b, 20, 10, m, channels=1)
+                p_mo = measure(sp, deg)["pesq_wb"]
+                opus_tools(sp, deg, b, 20, 10, m)
+                p_oe = measure(sp, deg)["pesq_wb"]
+                lines.append(f"| {b} | {m} | {p_st:.2f} | {st['wire_kbps']:.1f} | {p_mo:.2f} "
+                             f"| {mo['wire_kbps']:.1f} | {p_mo - p_st:+.2f} | {p_oe:.2f} |")
+                print(lines[-1], file=sys.stderr)
     with open(out_md, "w") as o:
-        o.write("| kbit/s | stereo codec PESQ-WB | stereo wire kbit/s | mono codec (channels=1) "
-                "PESQ-WB | mono wire kbit/s | opusenc, same stereo file |\n|---:|---:|---:|---:|---:|---:|\n")
+        o.write("| kbit/s | VBR | stereo codec PESQ-WB | stereo wire kbit/s | mono codec "
+                "(channels=1) PESQ-WB | mono wire kbit/s | mono − stereo | opusenc, same stereo "
+                "file |\n|---:|---|---:|---:|---:|---:|---:|---:|\n")
         o.write("\n".join(lines) + "\n")
 
 
