@@ -34,7 +34,7 @@ if [ "$mode" = --write ]; then
 import re
 doc = open("docs/benchmarks.md").read()
 gen = ("<!-- scripts/quality.sh: begin -->\n\nMono speech (L = R), 20 ms, complexity 10, "
-       "unconstrained VBR:\n\n" + open("target/quality/mono.md").read()
+       "unconstrained (vbr) and constrained (cvbr) VBR:\n\n" + open("target/quality/mono.md").read()
        + "\nThe matrix:\n\n" + open("target/quality/matrix.md").read()
        + "\n<!-- scripts/quality.sh: end -->")
 new, n = re.subn(r"<!-- scripts/quality.sh: begin -->.*<!-- scripts/quality.sh: end -->",

@@ -286,7 +286,7 @@ def versions():
     def ver(cmd):
         try:
             p = subprocess.run(cmd, capture_output=True, text=True)
-            return (p.stdout + p.stderr).strip().splitlines()[0]
+            return (p.stdout + p.stderr).strip().splitlines()[0].split("  Data at")[0]
         except (OSError, IndexError):
             return "?"
 
