@@ -1,5 +1,6 @@
 //! Private PulseAudio daemons for tests.
 
+use crate::process::{built_module_dir, pid_exists, signal, terminate, Signal, Strays};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use std::fs;
@@ -7,7 +8,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How long [`Daemon::start`] waits for `pactl info` to answer.
@@ -35,17 +36,7 @@ pub fn stock_module_dir() -> PathBuf {
 
 /// Where our built modules are: `$OPUS_TUNNEL_MODULE_DIR`, or `<workspace>/target/modules`.
 pub fn module_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("OPUS_TUNNEL_MODULE_DIR") {
-        if !dir.is_empty() {
-            return PathBuf::from(dir);
-        }
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .unwrap_or(manifest)
-        .join("target")
-        .join("modules")
+    built_module_dir("OPUS_TUNNEL_MODULE_DIR", "modules")
 }
 
 /// True if every named module (`module-foo`, without `.so`) exists in [`module_dir`].
@@ -149,7 +140,7 @@ pub struct Daemon {
     child: Option<Child>,
     args: Vec<String>,
     /// pids of pacat/parec processes spawned against this daemon, killed on drop.
-    pub(crate) strays: Arc<Mutex<Vec<u32>>>,
+    pub(crate) strays: Strays,
     /// the module dir the daemon searches first
     modules: PathBuf,
 }
@@ -232,7 +223,7 @@ impl Daemon {
             dir,
             child: None,
             args,
-            strays: Arc::new(Mutex::new(Vec::new())),
+            strays: Strays::default(),
             modules,
         };
         d.spawn()?;
@@ -418,8 +409,7 @@ impl Daemon {
         if pid == 0 {
             return false;
         }
-        // SAFETY: kill with signal 0 only checks that the process exists.
-        if unsafe { libc::kill(pid as libc::pid_t, 0) } != 0 {
+        if !pid_exists(pid) {
             return false;
         }
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -496,39 +486,13 @@ impl Daemon {
     /// SIGTERM, wait up to 3 s, then SIGKILL; always reaps.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let pid = c.id() as libc::pid_t;
-            // SAFETY: signalling our own child, which is not yet reaped (so the pid is ours).
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(3);
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) => return,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => break,
-                }
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            terminate(&mut c, Duration::from_secs(3));
         }
     }
 
     /// Kills the pacat/parec processes still registered against this daemon.
     pub fn kill_clients(&self) {
-        let pids: Vec<u32> = match self.strays.lock() {
-            Ok(mut v) => std::mem::take(&mut *v),
-            Err(p) => std::mem::take(&mut *p.into_inner()),
-        };
-        for pid in pids {
-            // SAFETY: plain kill(2); the pid was registered by a Player that has not yet
-            // reaped it (a Player unregisters before it waits).
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            }
-        }
+        self.strays.kill_all();
     }
 
     /// Names of the sinks (`pactl list short sinks`).
@@ -591,10 +555,8 @@ fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
         r
     });
     if rx.recv_timeout(timeout).is_err() {
-        // SAFETY: the child is not reaped until wait_with_output returns, so pid is ours.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGKILL);
-        }
+        // The child is not reaped until wait_with_output returns, so pid is still ours.
+        signal(pid, Signal::KILL);
     }
     let out = waiter
         .join()

@@ -12,6 +12,7 @@ pub mod analysis;
 pub mod daemon;
 pub mod impair;
 pub mod pipewire;
+pub mod process;
 pub mod proxy;
 pub mod signal;
 

@@ -5,6 +5,7 @@
 //! sink). Our modules are found through `PIPEWIRE_MODULE_DIR=<pw module dir>:<stock dir>`.
 //! Dropping it stops WirePlumber's process group and the daemon by pid.
 
+use crate::process::{built_module_dir, signal_group, terminate, Signal, Strays};
 use crate::signal::{to_bytes, CHANNELS, RATE};
 use anyhow::{bail, Context as _, Result};
 use std::collections::HashMap;
@@ -22,17 +23,7 @@ use std::time::{Duration, Instant};
 /// Where the built PipeWire modules are: `$OPUS_TUNNEL_PW_MODULE_DIR`, or
 /// `<workspace>/target/pipewire-modules` (scripts/build-pipewire-modules.sh).
 pub fn pw_module_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("OPUS_TUNNEL_PW_MODULE_DIR") {
-        if !dir.is_empty() {
-            return PathBuf::from(dir);
-        }
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .unwrap_or(manifest)
-        .join("target")
-        .join("pipewire-modules")
+    built_module_dir("OPUS_TUNNEL_PW_MODULE_DIR", "pipewire-modules")
 }
 
 /// PipeWire's own module directory (`pkg-config --variable=moduledir libpipewire-0.3`).
@@ -102,7 +93,7 @@ pub struct PipeWire {
     daemon: Option<Child>,
     session: Option<Child>,
     status: Option<ExitStatus>,
-    strays: Arc<std::sync::Mutex<Vec<u32>>>,
+    strays: Strays,
 }
 
 /// Builder: `context.modules` entries of ours after the standard ones.
@@ -195,7 +186,7 @@ impl PipeWire {
             daemon: None,
             session: None,
             status: None,
-            strays: Arc::new(std::sync::Mutex::new(Vec::new())),
+            strays: Strays::default(),
         };
         pw.spawn()?;
         Ok(pw)
@@ -422,32 +413,12 @@ impl PipeWire {
     pub fn stop(&mut self) -> Option<ExitStatus> {
         self.kill_clients();
         if let Some(mut c) = self.daemon.take() {
-            let pid = c.id() as libc::pid_t;
-            // SAFETY: signalling our own, not yet reaped child.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let st = loop {
-                match c.try_wait() {
-                    Ok(Some(st)) => break Some(st),
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        let _ = c.kill();
-                        break c.wait().ok();
-                    }
-                }
-            };
-            self.status = st;
+            self.status = terminate(&mut c, Duration::from_secs(5));
         }
         if let Some(mut s) = self.session.take() {
-            let pgid = s.id() as libc::pid_t;
-            // SAFETY: the group of our own child (process_group(0) made it the leader).
-            unsafe {
-                libc::kill(-pgid, libc::SIGTERM);
-            }
+            // The group of our own child (process_group(0) made it the leader).
+            let pgid = s.id();
+            signal_group(pgid, Signal::TERM);
             let deadline = Instant::now() + Duration::from_secs(3);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = s.try_wait() {
@@ -455,10 +426,8 @@ impl PipeWire {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            // SAFETY: as above; harmless if the group is gone.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
+            // Harmless if the group is gone.
+            signal_group(pgid, Signal::KILL);
             let _ = s.wait();
         }
         self.status
@@ -474,16 +443,7 @@ impl PipeWire {
     }
 
     fn kill_clients(&self) {
-        let pids: Vec<u32> = match self.strays.lock() {
-            Ok(mut v) => std::mem::take(&mut *v),
-            Err(p) => std::mem::take(&mut *p.into_inner()),
-        };
-        for pid in pids {
-            // SAFETY: a pacat/parec child registered by a player or recorder not yet reaped.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            }
-        }
+        self.strays.kill_all();
     }
 
     /// Plays `samples` (s16le 48 kHz stereo) into `sink` through the pulse server, over and
@@ -507,9 +467,7 @@ impl PipeWire {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn pacat");
-        if let Ok(mut v) = self.strays.lock() {
-            v.push(child.id());
-        }
+        self.strays.register(child.id());
         let mut stdin = child.stdin.take().expect("pacat stdin");
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -548,9 +506,7 @@ impl PipeWire {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn parec");
-        if let Ok(mut v) = self.strays.lock() {
-            v.push(child.id());
-        }
+        self.strays.register(child.id());
         let stdout: ChildStdout = child.stdout.take().expect("parec stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {

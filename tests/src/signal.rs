@@ -3,6 +3,7 @@
 //! Everything is interleaved s16le stereo at 48 kHz ([`RATE`], [`CHANNELS`]).
 
 use crate::daemon::Daemon;
+use crate::process::Strays;
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -77,24 +78,15 @@ pub fn to_bytes(samples: &[i16]) -> Vec<u8> {
     samples.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
 
-fn register(d: &Daemon, pid: u32) -> Arc<Mutex<Vec<u32>>> {
-    let strays = d.strays.clone();
-    if let Ok(mut v) = strays.lock() {
-        v.push(pid);
-    }
-    strays
-}
-
-fn unregister(strays: &Arc<Mutex<Vec<u32>>>, pid: u32) {
-    if let Ok(mut v) = strays.lock() {
-        v.retain(|p| *p != pid);
-    }
+fn register(d: &Daemon, pid: u32) -> Strays {
+    d.strays.register(pid);
+    d.strays.clone()
 }
 
 /// A running `pacat`: killed (and reaped) on drop.
 pub struct Player {
     child: Option<Child>,
-    strays: Arc<Mutex<Vec<u32>>>,
+    strays: Strays,
     stop: Arc<AtomicBool>,
     feeder: Option<JoinHandle<()>>,
 }
@@ -119,7 +111,7 @@ impl Player {
                 Ok(Some(st)) => {
                     let pid = c.id();
                     self.child = None;
-                    unregister(&self.strays, pid);
+                    self.strays.unregister(pid);
                     return st.success();
                 }
                 Ok(None) if Instant::now() < deadline => {
@@ -135,7 +127,7 @@ impl Player {
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(mut c) = self.child.take() {
-            unregister(&self.strays, c.id());
+            self.strays.unregister(c.id());
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -222,7 +214,7 @@ pub fn play_loop(d: &Daemon, sink: &str, samples: Vec<i16>) -> Player {
 /// A running `parec` on a source; [`Recorder::read`] takes the next stretch of audio.
 pub struct Recorder {
     child: Option<Child>,
-    strays: Arc<Mutex<Vec<u32>>>,
+    strays: Strays,
     rx: Receiver<Vec<u8>>,
     pending: Vec<u8>,
     reader: Option<JoinHandle<()>>,
@@ -329,7 +321,7 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            unregister(&self.strays, c.id());
+            self.strays.unregister(c.id());
             let _ = c.kill();
             let _ = c.wait();
         }

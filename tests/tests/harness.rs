@@ -1,5 +1,6 @@
 //! Tests of the harness itself, against the stock daemon and its stock modules only.
 
+use opus_tunnel_tests::process::pid_exists;
 use opus_tunnel_tests::{
     analyse_stereo, free_port, play, play_loop, serial, tone, tone_loop, write_s16le,
     CountingProxy, Daemon, Recorder,
@@ -7,11 +8,6 @@ use opus_tunnel_tests::{
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
-
-fn pid_exists(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks existence.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
-}
 
 #[test]
 fn daemon_starts_answers_and_stops() {
