@@ -9,6 +9,7 @@
 //! returns `false` when the built modules are absent.
 
 pub mod analysis;
+pub mod clicks;
 pub mod daemon;
 pub mod impair;
 pub mod pipewire;
