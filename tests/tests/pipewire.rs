@@ -133,6 +133,24 @@ fn pw_sender(port: u16, compression: &str) -> PipeWire {
         .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER}: {e:#}"))
 }
 
+/// A PipeWire "desktop" with a tunnel source node `mic` recording `null.monitor` of the
+/// receiver at `port`; waits for the node.
+fn pw_desktop_mic(port: u16) -> PipeWire {
+    let pw = PipeWire::builder()
+        .name("pw-desktop")
+        .module(
+            PW_SENDER,
+            &format!(
+                "tunnel.mode = source server.address = \"tcp:127.0.0.1:{port}\" remote.source = \"null.monitor\" \
+                 stream.props = {{ node.name = \"mic\" }}"
+            ),
+        )
+        .start()
+        .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER} (source): {e:#}"));
+    wait_for_node(&pw, "mic");
+    pw
+}
+
 fn pa_receiver(port: u16) -> Daemon {
     Daemon::builder()
         .name("pa-receiver")
@@ -309,6 +327,43 @@ fn pw6_pipewire_to_pipewire_pcm() {
 /// Stopping the PipeWire daemon while a tunnel plays, at either end: it exits 0, and the
 /// PulseAudio peer lives on (and, for the receiver, the sender reconnects when PipeWire is
 /// back). Unloading a module while it plays (`pw-cli destroy <module>`) leaves the daemon up.
+/// Stops `pw` (while a tunnel plays or records) and checks that it exits 0; `what` names it
+/// in the messages.
+fn stop_cleanly(test: &str, pw: &mut PipeWire, what: &str) {
+    let st = pw.stop();
+    println!("{test}: PipeWire {what} stopped: {st:?}");
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{test}: {what} exit {st:?}\n{}",
+        pw.log()
+    );
+}
+
+/// Unloads `module` with `pw-cli destroy` and waits `settle`: PipeWire must live on. `what`
+/// names the module in the messages.
+fn unload_module(test: &str, pw: &mut PipeWire, module: &str, what: &str, settle: Duration) {
+    let id = pw
+        .module_id(module)
+        .unwrap_or_else(|| panic!("{test}: no id of the {what} module"));
+    let out = pw.destroy(id);
+    println!(
+        "{test}: pw-cli destroy {id} ({what} module): {:?}",
+        out.status
+    );
+    std::thread::sleep(settle);
+    assert!(
+        pw.is_alive(),
+        "{test}: PipeWire died unloading the {what}\n{}",
+        pw.log()
+    );
+}
+
+/// Starts `pw` again after a stop.
+fn restart(test: &str, pw: &mut PipeWire) {
+    pw.restart()
+        .unwrap_or_else(|e| panic!("{test}: restart: {e:#}"));
+}
+
 #[test]
 fn pw7_stop_and_unload_while_playing() {
     let test = "pw7_stop_and_unload_while_playing";
@@ -327,16 +382,9 @@ fn pw7_stop_and_unload_while_playing() {
         wait_for_tone(&mut rec, Duration::from_secs(8))
             .unwrap_or_else(|| panic!("{test}: no tone on the PipeWire receiver\n{}", pw.log()));
     }
-    let st = pw.stop();
-    println!("{test}: PipeWire receiver stopped while playing: {st:?}");
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "{test}: receiver exit {st:?}\n{}",
-        pw.log()
-    );
+    stop_cleanly(test, &mut pw, "receiver");
     assert!(pa.is_alive(), "{test}: the PulseAudio sender died");
-    pw.restart()
-        .unwrap_or_else(|e| panic!("{test}: restart: {e:#}"));
+    restart(test, &mut pw);
     {
         let mut rec = Rec::Pw(pw.recorder("null.monitor"));
         let back = wait_for_tone(&mut rec, Duration::from_secs(20)).unwrap_or_else(|| {
@@ -349,28 +397,18 @@ fn pw7_stop_and_unload_while_playing() {
         println!("{test}: tone back {back:?} after the PipeWire receiver restarted");
     }
     // Unload the receiver module while it plays.
-    let id = pw.module_id(PW_RECEIVER).expect("receiver module id");
-    let out = pw.destroy(id);
-    println!(
-        "{test}: pw-cli destroy {id} (receiver module): {:?}",
-        out.status
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        pw.is_alive(),
-        "{test}: PipeWire died unloading the receiver\n{}",
-        pw.log()
+    unload_module(
+        test,
+        &mut pw,
+        PW_RECEIVER,
+        "receiver",
+        Duration::from_secs(1),
     );
     assert!(
         pw.module_id(PW_RECEIVER).is_none(),
         "{test}: the receiver module is still there"
     );
-    let st = pw.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "{test}: exit {st:?}\n{}",
-        pw.log()
-    );
+    stop_cleanly(test, &mut pw, "receiver");
     drop(_player);
     drop(pa);
 
@@ -384,25 +422,13 @@ fn pw7_stop_and_unload_while_playing() {
     let player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
     wait_for_tone(&mut rec, Duration::from_secs(8))
         .unwrap_or_else(|| panic!("{test}: no tone from the PipeWire sender\n{}", pw.log()));
-    let id = pw.module_id(PW_SENDER).expect("tunnel module id");
-    let out = pw.destroy(id);
-    println!(
-        "{test}: pw-cli destroy {id} (tunnel module): {:?}",
-        out.status
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        pw.is_alive(),
-        "{test}: PipeWire died unloading the tunnel\n{}",
-        pw.log()
-    );
+    unload_module(test, &mut pw, PW_SENDER, "tunnel", Duration::from_secs(1));
     assert!(
         pw.node_props("tun").is_none(),
         "{test}: the tunnel sink is still there"
     );
     drop(player);
-    pw.restart()
-        .unwrap_or_else(|e| panic!("{test}: restart: {e:#}"));
+    restart(test, &mut pw);
     wait_for_node(&pw, "tun");
     let _player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
     // 20 s as for the receiver's restart above: on a loaded machine a freshly started
@@ -410,13 +436,7 @@ fn pw7_stop_and_unload_while_playing() {
     // (seen in CI: the stream stayed suspended, no link, WirePlumber still activating).
     wait_for_tone(&mut rec, Duration::from_secs(20))
         .unwrap_or_else(|| panic!("{test}: no tone after the restart\n{}", pw.log()));
-    let st = pw.stop();
-    println!("{test}: PipeWire sender stopped while playing: {st:?}");
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "{test}: sender exit {st:?}\n{}",
-        pw.log()
-    );
+    stop_cleanly(test, &mut pw, "sender");
     assert!(pa.is_alive(), "{test}: the PulseAudio receiver died");
 }
 
@@ -596,15 +616,8 @@ fn pw8_microphone_pipewire_receiver_to_pulseaudio() {
     let mut rec = Rec::Pa(Recorder::start(&desktop, "mic"));
     let _ = rec.read(3.0);
     let recording = captures();
-    let st = pw.stop();
-    println!(
-        "{test}: PipeWire receiver stopped while recording ({recording} capture streams): {st:?}"
-    );
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "{test}: receiver exit {st:?}\n{}",
-        pw.log()
-    );
+    println!("{test}: the PipeWire receiver stops while recording ({recording} capture streams)");
+    stop_cleanly(test, &mut pw, "receiver");
     assert!(desktop.is_alive(), "{test}: the PulseAudio desktop died");
 }
 
@@ -707,19 +720,7 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
         .read(2.0)
         .expect("recording the source itself");
     let proxy = CountingProxy::start(port);
-    let mut pw = PipeWire::builder()
-        .name("pw-desktop")
-        .module(
-            PW_SENDER,
-            &format!(
-                "tunnel.mode = source server.address = \"tcp:127.0.0.1:{}\" remote.source = \"null.monitor\" \
-                 stream.props = {{ node.name = \"mic\" }}",
-                proxy.port()
-            ),
-        )
-        .start()
-        .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER} (source): {e:#}"));
-    wait_for_node(&pw, "mic");
+    let mut pw = pw_desktop_mic(proxy.port());
     let logs = || {
         format!(
             "mic node: {:?}\n{}\n--- pa receiver ---\n{}",
@@ -839,30 +840,20 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
     // goes, the far end stops recording; then the daemon stops cleanly.
     let mut rec = Rec::Pw(pw.recorder("mic"));
     let _ = rec.read(2.0);
-    let id = pw.module_id(PW_SENDER).expect("tunnel module id");
-    let out = pw.destroy(id);
-    std::thread::sleep(Duration::from_secs(2));
-    let alive = pw.is_alive();
+    unload_module(
+        test,
+        &mut pw,
+        PW_SENDER,
+        "tunnel source",
+        Duration::from_secs(2),
+    );
     let node_left = pw.node_props("mic").is_some();
     let far = outputs();
-    println!(
-        "{test}: pw-cli destroy {id} while recording: {:?}; daemon alive {alive}, node left {node_left}, far-end streams {far}",
-        out.status
-    );
-    assert!(
-        alive,
-        "{test}: PipeWire died unloading the tunnel source\n{}",
-        pw.log()
-    );
+    println!("{test}: unloaded while recording: node left {node_left}, far-end streams {far}");
     assert!(!node_left, "{test}: the tunnel source is still there");
     assert_eq!(far, 0, "{test}: the far end still records");
     drop(rec);
-    let st = pw.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "{test}: exit {st:?}\n{}",
-        pw.log()
-    );
+    stop_cleanly(test, &mut pw, "daemon");
 }
 
 /// Live control of the PipeWire tunnel sink: `compression.bitrate` 32000 → 16000 with
@@ -1046,19 +1037,7 @@ fn pw11_microphone_pipewire_to_pipewire() {
     let _mic = rx.play_loop("null", tone_loop(MIC_HZ, MIC_HZ, MIC_PEAK));
     let at_source = Rec::Pw(rx.recorder("null.monitor")).read(2.0);
     let proxy = CountingProxy::start(port);
-    let desk = PipeWire::builder()
-        .name("pw-desktop")
-        .module(
-            PW_SENDER,
-            &format!(
-                "tunnel.mode = source server.address = \"tcp:127.0.0.1:{}\" remote.source = \"null.monitor\" \
-                 stream.props = {{ node.name = \"mic\" }}",
-                proxy.port()
-            ),
-        )
-        .start()
-        .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER} (source): {e:#}"));
-    wait_for_node(&desk, "mic");
+    let desk = pw_desktop_mic(proxy.port());
     let logs = || format!("{}\n{}", desk.log(), rx.log());
     let mut rec = Rec::Pw(desk.recorder("mic"));
     let (waited, got) = settled_tone(&mut rec, 3.0, Duration::from_secs(15))
