@@ -16,6 +16,7 @@ pub mod pipewire;
 pub mod process;
 pub mod proxy;
 pub mod signal;
+pub mod wait;
 
 pub use analysis::{
     active_region, analyse_stereo, channel, dominant_frequency, dropouts, has_tone, rms_dbfs,

@@ -8,9 +8,10 @@
 //! `opus_tunnel_tests::module_dir`). Run one at a time: `cargo test -p opus-tunnel-tests --
 //! --test-threads=1` (a lock serialises them anyway).
 
+use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
-    analyse_stereo, free_port, has_tone, play_loop, require_modules, serial, tone_loop,
-    CountingProxy, Daemon, Player, Recorder,
+    analyse_stereo, free_port, play_loop, require_modules, serial, tone_loop, CountingProxy,
+    Daemon, Player, Recorder,
 };
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -100,20 +101,7 @@ fn play_tone(sender: &Daemon) -> Player {
 /// Reads 0.5 s slices until the last second holds the tone; the time it took, or `None`
 /// after `timeout`.
 fn wait_for_tone(rec: &mut Recorder, timeout: Duration) -> Option<Duration> {
-    let t = Instant::now();
-    let mut window: Vec<i16> = Vec::new();
-    while t.elapsed() < timeout {
-        let slice = rec.read(0.5).ok()?;
-        window.extend_from_slice(&slice);
-        let keep = 48_000 * 2; // 1 s of stereo
-        if window.len() > keep {
-            window.drain(..window.len() - keep);
-        }
-        if has_tone(&window, LEFT, RIGHT, 5.0, 0.3) {
-            return Some(t.elapsed());
-        }
-    }
-    None
+    wait::wait_for_tone(|s| rec.read(s).ok(), 0.5, (LEFT, RIGHT), timeout)
 }
 
 fn sink_prop(d: &Daemon, sink: &str, key: &str) -> Option<String> {

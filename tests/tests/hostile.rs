@@ -22,6 +22,7 @@
 //! Every test prints its figures. Run one at a time: `cargo test -p opus-tunnel-tests --test
 //! hostile -- --test-threads=1 --nocapture`.
 
+use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
     analyse_stereo, channel, dominant_frequency, dropouts, free_port, has_tone, play_loop,
     require_modules, serial, tone_loop, Daemon, ImpairmentProxy, Player, Recorder, RATE,
@@ -87,20 +88,7 @@ fn play_tone(sender: &Daemon, sink: &str) -> Player {
 /// Reads 0.25 s slices until the last second holds the tone; the time it took, or `None`
 /// after `timeout`.
 fn wait_for_tone(rec: &mut Recorder, timeout: Duration) -> Option<Duration> {
-    let t = Instant::now();
-    let mut window: Vec<i16> = Vec::new();
-    while t.elapsed() < timeout {
-        let slice = rec.read(0.25).ok()?;
-        window.extend_from_slice(&slice);
-        let keep = 48_000 * 2;
-        if window.len() > keep {
-            window.drain(..window.len() - keep);
-        }
-        if has_tone(&window, LEFT, RIGHT, 5.0, 0.3) {
-            return Some(t.elapsed());
-        }
-    }
-    None
+    wait::wait_for_tone(|s| rec.read(s).ok(), 0.25, (LEFT, RIGHT), timeout)
 }
 
 fn sink_prop(d: &Daemon, sink: &str, key: &str) -> Option<String> {

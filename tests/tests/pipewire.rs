@@ -9,9 +9,10 @@
 //! lock serialises them anyway).
 
 use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire, PwRecorder};
+use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
-    analyse_stereo, channel, dominant_frequency, free_port, has_tone, play_loop, require_modules,
-    rms_dbfs, serial, tone_loop, CountingProxy, Daemon, Recorder,
+    analyse_stereo, channel, dominant_frequency, free_port, play_loop, require_modules, rms_dbfs,
+    serial, tone_loop, CountingProxy, Daemon, Recorder,
 };
 use std::time::{Duration, Instant};
 
@@ -50,19 +51,7 @@ impl Rec {
 
 /// Reads 0.5 s slices until the last second holds the tone; the time it took.
 fn wait_for_tone(rec: &mut Rec, timeout: Duration) -> Option<Duration> {
-    let t = Instant::now();
-    let mut window: Vec<i16> = Vec::new();
-    while t.elapsed() < timeout {
-        window.extend_from_slice(&rec.read(0.5));
-        let keep = 48_000 * 2;
-        if window.len() > keep {
-            window.drain(..window.len() - keep);
-        }
-        if has_tone(&window, LEFT, RIGHT, 5.0, 0.3) {
-            return Some(t.elapsed());
-        }
-    }
-    None
+    wait::wait_for_tone(|s| Some(rec.read(s)), 0.5, (LEFT, RIGHT), timeout)
 }
 
 /// Waits for the tone, checks 4 s of it (±5 Hz, ±1 dB), then measures the wire rate toward
@@ -573,14 +562,10 @@ fn pw8_microphone_pipewire_receiver_to_pulseaudio() {
     );
     drop(rec);
     // The reader went: the capture stream goes too (within a few seconds).
-    let t = Instant::now();
-    while captures() != 0 && t.elapsed() < Duration::from_secs(8) {
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let after = captures();
+    let (after, waited) = wait::wait_for_zero(Duration::from_secs(8), captures);
     println!(
         "{test}: capture streams {:.1} s after the reader left: {after}",
-        t.elapsed().as_secs_f64()
+        waited.as_secs_f64()
     );
     assert_eq!(
         after, 0,
@@ -826,14 +811,10 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
     );
     assert_no_reconnect(test, &pw, "mic", reconnects0);
     drop(rec);
-    let t = Instant::now();
-    while outputs() != 0 && t.elapsed() < Duration::from_secs(8) {
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let left = outputs();
+    let (left, waited) = wait::wait_for_zero(Duration::from_secs(8), outputs);
     println!(
         "{test}: recording streams at the far end {:.1} s after the reader left: {left}",
-        t.elapsed().as_secs_f64()
+        waited.as_secs_f64()
     );
     assert_eq!(left, 0, "{test}: the far end still records with no reader");
     // Unloading the module while something records from it: the daemon lives on, the node
