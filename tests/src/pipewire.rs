@@ -6,18 +6,14 @@
 //! Dropping it stops WirePlumber's process group and the daemon by pid.
 
 use crate::process::{built_module_dir, signal_group, terminate, Signal, Strays};
-use crate::signal::{to_bytes, CHANNELS, RATE};
+use crate::signal::{pacat_into, Player, Recorder};
 use anyhow::{bail, Context as _, Result};
 use std::collections::HashMap;
 use std::fs;
-use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Where the built PipeWire modules are: `$OPUS_TUNNEL_PW_MODULE_DIR`, or
@@ -449,95 +445,25 @@ impl PipeWire {
     /// Plays `samples` (s16le 48 kHz stereo) into `sink` through the pulse server, over and
     /// over until the player is dropped.
     pub fn play_loop(&self, sink: &str, samples: Vec<i16>) -> PwPlayer {
-        let mut child = self
-            .command("pacat")
-            .args([
-                "--playback",
-                "--raw",
-                "--format=s16le",
-                "--rate=48000",
-                "--channels=2",
-                "--latency-msec=100",
-                "--client-name=opus-tunnel-tests",
-                "-d",
-                sink,
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn pacat");
-        self.strays.register(child.id());
-        let mut stdin = child.stdin.take().expect("pacat stdin");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let bytes = to_bytes(&samples);
-        let feeder = std::thread::spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                if stdin.write_all(&bytes).is_err() {
-                    break;
-                }
-            }
-        });
-        PwPlayer {
-            child: Some(child),
-            stop,
-            feeder: Some(feeder),
-        }
+        Player::looping(
+            pacat_into(self.command("pacat"), sink),
+            &self.strays,
+            samples,
+        )
     }
 
-    /// Records `source` (e.g. `null.monitor`) through the pulse server; waits (5 s at most)
+    /// Records `source` (e.g. `null.monitor`) through the pulse server; waits (15 s at most)
     /// for its first audio.
     pub fn recorder(&self, source: &str) -> PwRecorder {
-        let mut child = self
-            .command("parec")
-            .args([
-                "--raw",
-                "--format=s16le",
-                "--rate=48000",
-                "--channels=2",
-                "--latency-msec=50",
-                "--client-name=opus-tunnel-tests",
-                "-d",
-                source,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn parec");
-        self.strays.register(child.id());
-        let stdout: ChildStdout = child.stdout.take().expect("parec stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut stdout = stdout;
-            let mut buf = vec![0u8; 16384];
-            loop {
-                match stdout.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.send(buf[..n].to_vec()).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-        let mut r = PwRecorder {
-            child: Some(child),
-            rx,
-            pending: Vec::new(),
-            reader: Some(reader),
-        };
+        let mut r = Recorder::spawn(self.command("parec"), &self.strays, source);
         // A freshly (re)started daemon's session manager can take several seconds to link a
         // new stream on a loaded machine.
-        match r.rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(chunk) => r.pending = chunk,
-            Err(e) => panic!(
+        if let Err(e) = r.first_audio(Duration::from_secs(15)) {
+            panic!(
                 "parec on {source} of {} delivered nothing in 15 s ({e})\n{}",
                 self.name,
                 self.log()
-            ),
+            );
         }
         r
     }
@@ -601,74 +527,8 @@ fn node_props_in(
     all_props(dump).into_iter().find(|p| pick(p))
 }
 
-/// A running `pacat` on a PipeWire's pulse server.
-pub struct PwPlayer {
-    child: Option<Child>,
-    stop: Arc<AtomicBool>,
-    feeder: Option<JoinHandle<()>>,
-}
+/// A running `pacat` on a PipeWire's pulse server (the same as on a PulseAudio daemon).
+pub type PwPlayer = Player;
 
-impl PwPlayer {
-    pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Some(t) = self.feeder.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for PwPlayer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A running `parec` on a PipeWire's pulse server.
-pub struct PwRecorder {
-    child: Option<Child>,
-    rx: Receiver<Vec<u8>>,
-    pending: Vec<u8>,
-    reader: Option<JoinHandle<()>>,
-}
-
-impl PwRecorder {
-    /// The next `seconds` of audio (interleaved stereo), waiting at most `seconds + 5 s`.
-    pub fn read(&mut self, seconds: f64) -> Result<Vec<i16>> {
-        let want = (seconds * RATE as f64).round() as usize * CHANNELS * 2;
-        let deadline = Instant::now() + Duration::from_secs_f64(seconds + 5.0);
-        while self.pending.len() < want {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(chunk) => self.pending.extend_from_slice(&chunk),
-                Err(RecvTimeoutError::Timeout) => {
-                    bail!("parec delivered {} of {} bytes", self.pending.len(), want)
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    bail!("parec ended after {} of {} bytes", self.pending.len(), want)
-                }
-            }
-        }
-        let rest = self.pending.split_off(want);
-        let bytes = std::mem::replace(&mut self.pending, rest);
-        Ok(bytes
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes([b[0], b[1]]))
-            .collect())
-    }
-}
-
-impl Drop for PwRecorder {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Some(t) = self.reader.take() {
-            let _ = t.join();
-        }
-    }
-}
+/// A running `parec` on a PipeWire's pulse server (the same as on a PulseAudio daemon).
+pub type PwRecorder = Recorder;

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -143,9 +143,10 @@ impl Drop for Player {
     }
 }
 
-fn pacat(d: &Daemon, sink: &str) -> std::process::Command {
-    let mut c = d.command("pacat");
-    c.args([
+/// `pacat` playing raw s16le 48 kHz stereo into `sink`, as `cmd` (a `pacat` command set up
+/// for some server).
+pub(crate) fn pacat_into(mut cmd: Command, sink: &str) -> Command {
+    cmd.args([
         "--playback",
         "--raw",
         "--format=s16le",
@@ -156,7 +157,11 @@ fn pacat(d: &Daemon, sink: &str) -> std::process::Command {
         "-d",
         sink,
     ]);
-    c
+    cmd
+}
+
+fn pacat(d: &Daemon, sink: &str) -> Command {
+    pacat_into(d.command("pacat"), sink)
 }
 
 /// Plays a raw s16le 48 kHz stereo file into `sink` (`pacat ... -d SINK < file`).
@@ -180,34 +185,42 @@ pub fn play(d: &Daemon, sink: &str, file: &Path) -> Player {
 /// Plays `samples` into `sink` over and over until the [`Player`] is stopped or dropped (a
 /// thread writes to pacat's stdin; the pipe paces it).
 pub fn play_loop(d: &Daemon, sink: &str, samples: Vec<i16>) -> Player {
-    assert!(!samples.is_empty(), "play_loop needs samples");
-    let mut child = pacat(d, sink)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn pacat: {e}"));
-    let strays = register(d, child.id());
-    let mut stdin = child.stdin.take().expect("pacat stdin");
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let bytes = to_bytes(&samples);
-    let feeder = std::thread::Builder::new()
-        .name("play_loop".into())
-        .spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                // Blocks while the pipe is full; fails once pacat is gone.
-                if stdin.write_all(&bytes).is_err() {
-                    break;
+    Player::looping(pacat(d, sink), &d.strays, samples)
+}
+
+impl Player {
+    /// Runs `pacat` (a command from [`pacat_into`]) fed `samples` over and over by a thread
+    /// (the pipe paces it) until stopped; registered in `strays` while it runs.
+    pub(crate) fn looping(mut pacat: Command, strays: &Strays, samples: Vec<i16>) -> Player {
+        assert!(!samples.is_empty(), "play_loop needs samples");
+        let mut child = pacat
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn pacat: {e}"));
+        strays.register(child.id());
+        let mut stdin = child.stdin.take().expect("pacat stdin");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let bytes = to_bytes(&samples);
+        let feeder = std::thread::Builder::new()
+            .name("play_loop".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::SeqCst) {
+                    // Blocks while the pipe is full; fails once pacat is gone.
+                    if stdin.write_all(&bytes).is_err() {
+                        break;
+                    }
                 }
-            }
-        })
-        .expect("spawn feeder");
-    Player {
-        child: Some(child),
-        strays,
-        stop,
-        feeder: Some(feeder),
+            })
+            .expect("spawn feeder");
+        Player {
+            child: Some(child),
+            strays: strays.clone(),
+            stop,
+            feeder: Some(feeder),
+        }
     }
 }
 
@@ -229,8 +242,21 @@ impl Recorder {
     /// take up to ~2 s. Once the recorder runs, the sink works in 50 ms blocks, and
     /// [`Recorder::read`] returns stretches that really are consecutive.
     pub fn start(d: &Daemon, source: &str) -> Recorder {
-        let mut child = d
-            .command("parec")
+        let mut r = Recorder::spawn(d.command("parec"), &d.strays, source);
+        if let Err(e) = r.first_audio(Duration::from_secs(5)) {
+            panic!(
+                "parec on {source} of {} delivered nothing in 5 s ({e})\n--- log tail ---\n{}",
+                d.name(),
+                d.log_tail(30)
+            );
+        }
+        r
+    }
+
+    /// Runs `parec` (`cmd`, a `parec` command set up for some server) on `source` at 50 ms
+    /// latency, registered in `strays` while it runs; a thread collects what it delivers.
+    pub(crate) fn spawn(mut cmd: Command, strays: &Strays, source: &str) -> Recorder {
+        let mut child = cmd
             .args([
                 "--raw",
                 "--format=s16le",
@@ -246,7 +272,7 @@ impl Recorder {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn parec: {e}"));
-        let strays = register(d, child.id());
+        strays.register(child.id());
         let stdout: ChildStdout = child.stdout.take().expect("parec stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::Builder::new()
@@ -266,22 +292,19 @@ impl Recorder {
                 }
             })
             .expect("spawn reader");
-        let mut r = Recorder {
+        Recorder {
             child: Some(child),
-            strays,
+            strays: strays.clone(),
             rx,
             pending: Vec::new(),
             reader: Some(reader),
-        };
-        match r.rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(chunk) => r.pending = chunk,
-            Err(e) => panic!(
-                "parec on {source} of {} delivered nothing in 5 s ({e})\n--- log tail ---\n{}",
-                d.name(),
-                d.log_tail(30)
-            ),
         }
-        r
+    }
+
+    /// Waits at most `timeout` for parec's first audio.
+    pub(crate) fn first_audio(&mut self, timeout: Duration) -> Result<(), RecvTimeoutError> {
+        self.pending = self.rx.recv_timeout(timeout)?;
+        Ok(())
     }
 
     /// The next `seconds` of audio (interleaved stereo), waiting at most `seconds + 5 s`.
