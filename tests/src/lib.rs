@@ -16,6 +16,7 @@ pub mod pipewire;
 pub mod process;
 pub mod proxy;
 pub mod signal;
+pub mod tcp;
 pub mod wait;
 
 pub use analysis::{

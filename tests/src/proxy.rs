@@ -1,11 +1,11 @@
 //! A TCP proxy that counts the bytes on the wire and can cut the link.
 
+use crate::tcp::{accept_until, listen_local, lock, reap_finished, take_all, Link};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 #[derive(Default)]
 struct Shared {
@@ -36,12 +36,7 @@ impl CountingProxy {
 
     /// A proxy on `127.0.0.1:listen_port` (0 = any free port) to `127.0.0.1:target`.
     pub fn start_on(listen_port: u16, target: u16) -> CountingProxy {
-        let listener = TcpListener::bind(("127.0.0.1", listen_port))
-            .unwrap_or_else(|e| panic!("proxy cannot bind 127.0.0.1:{listen_port}: {e}"));
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
-        let port = listener.local_addr().expect("local_addr").port();
+        let (listener, port) = listen_local(listen_port, "proxy");
         let shared = Arc::new(Shared::default());
         let sh = shared.clone();
         let acceptor = std::thread::Builder::new()
@@ -89,11 +84,7 @@ impl CountingProxy {
     /// Closes every current connection (both sides see the connection reset/closed); new
     /// connections are still accepted.
     pub fn cut_all(&self) {
-        let conns = match self.shared.conns.lock() {
-            Ok(mut c) => std::mem::take(&mut *c),
-            Err(p) => std::mem::take(&mut *p.into_inner()),
-        };
-        for (_, a, b) in conns {
+        for (_, a, b) in take_all(&self.shared.conns) {
             let _ = a.shutdown(Shutdown::Both);
             let _ = b.shutdown(Shutdown::Both);
         }
@@ -107,62 +98,29 @@ impl Drop for CountingProxy {
             let _ = t.join();
         }
         self.cut_all();
-        let pumps = match self.shared.pumps.lock() {
-            Ok(mut p) => std::mem::take(&mut *p),
-            Err(p) => std::mem::take(&mut *p.into_inner()),
-        };
-        for p in pumps {
+        for p in take_all(&self.shared.pumps) {
             let _ = p.join();
         }
     }
 }
 
 fn accept_loop(listener: TcpListener, target: u16, sh: Arc<Shared>) {
-    while !sh.stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((client, _)) => {
-                let id = sh.accepted.fetch_add(1, Ordering::SeqCst);
-                let _ = client.set_nonblocking(false);
-                let addr = SocketAddr::from(([127, 0, 0, 1], target));
-                let Ok(server) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-                    // Target not listening: close the client, as a dead server would.
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) = (
-                    client.try_clone(),
-                    server.try_clone(),
-                    client.try_clone(),
-                    server.try_clone(),
-                ) else {
-                    continue;
-                };
-                if let Ok(mut conns) = sh.conns.lock() {
-                    conns.push((id, c3, s3));
-                }
-                let done = Arc::new(AtomicU64::new(0));
-                let up = spawn_pump(client, server, sh.clone(), true, id, done.clone());
-                let down = spawn_pump(s2, c2, sh.clone(), false, id, done);
-                if let Ok(mut p) = sh.pumps.lock() {
-                    // Reap finished pumps so a long test doesn't accumulate handles.
-                    let (done, live): (Vec<_>, Vec<_>) = std::mem::take(&mut *p)
-                        .into_iter()
-                        .partition(|h| h.is_finished());
-                    for h in done {
-                        let _ = h.join();
-                    }
-                    *p = live;
-                    p.extend([up, down]);
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
+    accept_until(&listener, &sh.stop, |client| {
+        let id = sh.accepted.fetch_add(1, Ordering::SeqCst);
+        let Some(link) = Link::connect(client, target) else {
+            return;
+        };
+        let (Some(down), Some(kept)) = (link.try_clone(), link.try_clone()) else {
+            return;
+        };
+        lock(&sh.conns).push((id, kept.client, kept.server));
+        let done = Arc::new(AtomicU64::new(0));
+        let up = spawn_pump(link.client, link.server, sh.clone(), true, id, done.clone());
+        let down = spawn_pump(down.server, down.client, sh.clone(), false, id, done);
+        let mut p = lock(&sh.pumps);
+        reap_finished(&mut p);
+        p.extend([up, down]);
+    });
 }
 
 fn spawn_pump(
