@@ -8,7 +8,7 @@
 //! queue between them is bounded (in chunks), so a slow or stalled link pushes back on the
 //! sender as TCP does. Dropping the proxy closes every connection and joins every thread.
 
-use crate::tcp::{accept_until, listen_local, lock, reap_finished, take_all, Link};
+use crate::tcp::{accept_links, lock, reap_finished, take_all, Acceptor};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -96,10 +96,8 @@ impl Shared {
 /// Listens on `127.0.0.1:<port>` and forwards every connection to `127.0.0.1:<target>`
 /// through the impairments set on it.
 pub struct ImpairmentProxy {
-    port: u16,
-    target: u16,
+    acceptor: Acceptor,
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
 }
 
 impl ImpairmentProxy {
@@ -110,7 +108,6 @@ impl ImpairmentProxy {
 
     /// A proxy on a free port to `127.0.0.1:target` with `imp` from the first byte.
     pub fn start_with(target: u16, imp: Impairment) -> ImpairmentProxy {
-        let (listener, port) = listen_local(0, "impairment proxy");
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -130,26 +127,18 @@ impl ImpairmentProxy {
             threads: Mutex::new(Vec::new()),
         });
         let sh = shared.clone();
-        let acceptor = std::thread::Builder::new()
-            .name(format!("impair-{port}"))
-            .spawn(move || accept_loop(listener, target, sh))
-            .expect("spawn impairment proxy acceptor");
-        ImpairmentProxy {
-            port,
-            target,
-            shared,
-            acceptor: Some(acceptor),
-        }
+        let acceptor = Acceptor::spawn("impair", 0, target, move |l| accept_loop(l, target, sh));
+        ImpairmentProxy { acceptor, shared }
     }
 
     /// The port the proxy listens on.
     pub fn port(&self) -> u16 {
-        self.port
+        self.acceptor.port
     }
 
     /// The port it forwards to.
     pub fn target(&self) -> u16 {
-        self.target
+        self.acceptor.target
     }
 
     /// The impairments now in force.
@@ -238,9 +227,7 @@ impl ImpairmentProxy {
 impl Drop for ImpairmentProxy {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.acceptor.take() {
-            let _ = t.join();
-        }
+        self.acceptor.join();
         self.cut_all();
         for t in take_all(&self.shared.threads) {
             let _ = t.join();
@@ -249,34 +236,33 @@ impl Drop for ImpairmentProxy {
 }
 
 fn accept_loop(listener: TcpListener, target: u16, sh: Arc<Shared>) {
-    accept_until(&listener, &sh.stop, |client| {
-        let id = sh.accepted.fetch_add(1, Ordering::SeqCst);
-        let Some(link) = Link::connect(client, target) else {
-            return;
-        };
-        let dead = Arc::new(AtomicBool::new(false));
-        let (Some(down), Some(kept)) = (link.try_clone(), link.try_clone()) else {
-            return;
-        };
-        lock(&sh.conns).push(Conn {
-            id,
-            client: kept.client,
-            server: kept.server,
-            dead: dead.clone(),
-        });
-        let finished = Arc::new(AtomicU64::new(0));
-        // client → server, and server → client
-        spawn_direction(
-            &sh,
-            id,
-            link.client,
-            link.server,
-            true,
-            dead.clone(),
-            finished.clone(),
-        );
-        spawn_direction(&sh, id, down.server, down.client, false, dead, finished);
-    });
+    accept_links(
+        &listener,
+        target,
+        &sh.stop,
+        &sh.accepted,
+        |id, [link, down, kept]| {
+            let dead = Arc::new(AtomicBool::new(false));
+            lock(&sh.conns).push(Conn {
+                id,
+                client: kept.client,
+                server: kept.server,
+                dead: dead.clone(),
+            });
+            let finished = Arc::new(AtomicU64::new(0));
+            // client → server, and server → client
+            spawn_direction(
+                &sh,
+                id,
+                link.client,
+                link.server,
+                true,
+                dead.clone(),
+                finished.clone(),
+            );
+            spawn_direction(&sh, id, down.server, down.client, false, dead, finished);
+        },
+    );
 }
 
 struct Chunk {

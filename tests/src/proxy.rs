@@ -1,6 +1,6 @@
 //! A TCP proxy that counts the bytes on the wire and can cut the link.
 
-use crate::tcp::{accept_until, listen_local, lock, reap_finished, take_all, Link};
+use crate::tcp::{accept_links, lock, reap_finished, take_all, Acceptor};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,10 +22,8 @@ struct Shared {
 /// counting the bytes in each direction. Dropping it closes all connections and joins its
 /// threads.
 pub struct CountingProxy {
-    port: u16,
-    target: u16,
+    acceptor: Acceptor,
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
 }
 
 impl CountingProxy {
@@ -36,29 +34,22 @@ impl CountingProxy {
 
     /// A proxy on `127.0.0.1:listen_port` (0 = any free port) to `127.0.0.1:target`.
     pub fn start_on(listen_port: u16, target: u16) -> CountingProxy {
-        let (listener, port) = listen_local(listen_port, "proxy");
         let shared = Arc::new(Shared::default());
         let sh = shared.clone();
-        let acceptor = std::thread::Builder::new()
-            .name(format!("proxy-{port}"))
-            .spawn(move || accept_loop(listener, target, sh))
-            .expect("spawn proxy acceptor");
-        CountingProxy {
-            port,
-            target,
-            shared,
-            acceptor: Some(acceptor),
-        }
+        let acceptor = Acceptor::spawn("proxy", listen_port, target, move |l| {
+            accept_loop(l, target, sh)
+        });
+        CountingProxy { acceptor, shared }
     }
 
     /// The port the proxy listens on.
     pub fn port(&self) -> u16 {
-        self.port
+        self.acceptor.port
     }
 
     /// The port it forwards to.
     pub fn target(&self) -> u16 {
-        self.target
+        self.acceptor.target
     }
 
     /// Bytes forwarded from clients to the server so far.
@@ -94,9 +85,7 @@ impl CountingProxy {
 impl Drop for CountingProxy {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.acceptor.take() {
-            let _ = t.join();
-        }
+        self.acceptor.join();
         self.cut_all();
         for p in take_all(&self.shared.pumps) {
             let _ = p.join();
@@ -105,22 +94,21 @@ impl Drop for CountingProxy {
 }
 
 fn accept_loop(listener: TcpListener, target: u16, sh: Arc<Shared>) {
-    accept_until(&listener, &sh.stop, |client| {
-        let id = sh.accepted.fetch_add(1, Ordering::SeqCst);
-        let Some(link) = Link::connect(client, target) else {
-            return;
-        };
-        let (Some(down), Some(kept)) = (link.try_clone(), link.try_clone()) else {
-            return;
-        };
-        lock(&sh.conns).push((id, kept.client, kept.server));
-        let done = Arc::new(AtomicU64::new(0));
-        let up = spawn_pump(link.client, link.server, sh.clone(), true, id, done.clone());
-        let down = spawn_pump(down.server, down.client, sh.clone(), false, id, done);
-        let mut p = lock(&sh.pumps);
-        reap_finished(&mut p);
-        p.extend([up, down]);
-    });
+    accept_links(
+        &listener,
+        target,
+        &sh.stop,
+        &sh.accepted,
+        |id, [link, down, kept]| {
+            lock(&sh.conns).push((id, kept.client, kept.server));
+            let done = Arc::new(AtomicU64::new(0));
+            let up = spawn_pump(link.client, link.server, sh.clone(), true, id, done.clone());
+            let down = spawn_pump(down.server, down.client, sh.clone(), false, id, done);
+            let mut p = lock(&sh.pumps);
+            reap_finished(&mut p);
+            p.extend([up, down]);
+        },
+    );
 }
 
 fn spawn_pump(

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -32,7 +32,7 @@ pub(crate) fn reap_finished(handles: &mut Vec<JoinHandle<()>>) {
 
 /// A non-blocking listener on `127.0.0.1:port` (0 = any free port) and its port; `what`
 /// names the proxy in the panic message.
-pub(crate) fn listen_local(port: u16, what: &str) -> (TcpListener, u16) {
+fn listen_local(port: u16, what: &str) -> (TcpListener, u16) {
     let listener = TcpListener::bind(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("{what} cannot bind 127.0.0.1:{port}: {e}"));
     listener
@@ -42,20 +42,67 @@ pub(crate) fn listen_local(port: u16, what: &str) -> (TcpListener, u16) {
     (listener, port)
 }
 
-/// Accepts connections on `listener` until `stop` is set, handing each client (made
-/// blocking again) to `on_client`; polls every 5 ms.
-pub(crate) fn accept_until(
+/// Accepts connections on `listener` until `stop` is set (polling every 5 ms), counts each
+/// in `accepted`, connects it through to `127.0.0.1:target` ([`Link::connect`]) and hands
+/// `on_link` its number and three handles on its sockets (one per direction, one to keep
+/// for closing it).
+pub(crate) fn accept_links(
     listener: &TcpListener,
+    target: u16,
     stop: &AtomicBool,
-    mut on_client: impl FnMut(TcpStream),
+    accepted: &AtomicU64,
+    mut on_link: impl FnMut(u64, [Link; 3]),
 ) {
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((client, _)) => {
+                let id = accepted.fetch_add(1, Ordering::SeqCst);
                 let _ = client.set_nonblocking(false);
-                on_client(client);
+                let Some(link) = Link::connect(client, target) else {
+                    continue;
+                };
+                let (Some(down), Some(kept)) = (link.try_clone(), link.try_clone()) else {
+                    continue;
+                };
+                on_link(id, [link, down, kept]);
             }
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// The accepting thread of a proxy listening on `127.0.0.1:port` for `127.0.0.1:target`.
+pub(crate) struct Acceptor {
+    pub port: u16,
+    pub target: u16,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Acceptor {
+    /// Listens on `listen_port` (0 = any free port) and runs `run(listener)` on a thread named
+    /// `<name>-<port>`.
+    pub fn spawn(
+        name: &str,
+        listen_port: u16,
+        target: u16,
+        run: impl FnOnce(TcpListener) + Send + 'static,
+    ) -> Acceptor {
+        let (listener, port) = listen_local(listen_port, name);
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}-{port}"))
+            .spawn(move || run(listener))
+            .unwrap_or_else(|e| panic!("spawn {name} acceptor: {e}"));
+        Acceptor {
+            port,
+            target,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits for the thread (after its stop flag was set).
+    pub fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
