@@ -48,3 +48,9 @@ pub fn serial() -> MutexGuard<'static, ()> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// The start of a test of our modules: [`require_modules`], then the [`serial`] guard to
+/// hold for the whole test; `None` (the test then returns and passes) when they are missing.
+pub fn begin(test: &str, modules: &[&str]) -> Option<MutexGuard<'static, ()>> {
+    require_modules(test, modules).then(serial)
+}

@@ -10,11 +10,11 @@
 
 use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
-    analyse_stereo, free_port, play_loop, require_modules, serial, tone_loop, CountingProxy,
-    Daemon, Player, Recorder,
+    analyse_stereo, free_port, play_loop, tone_loop, CountingProxy, Daemon, Player, Recorder,
 };
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 const SENDER: &str = "module-tunnel-sink-opus";
@@ -23,8 +23,9 @@ const LEFT: f64 = 1000.0;
 const RIGHT: f64 = 1500.0;
 const LEVEL: f64 = -12.0;
 
-fn skip(test: &str) -> bool {
-    !require_modules(test, &[SENDER, RECEIVER])
+/// [`opus_tunnel_tests::begin`] with the sender and receiver modules.
+fn begin(test: &str) -> Option<MutexGuard<'static, ()>> {
+    opus_tunnel_tests::begin(test, &[SENDER, RECEIVER])
 }
 
 fn receiver_line(port: u16) -> String {
@@ -109,10 +110,9 @@ fn sink_prop(d: &Daemon, sink: &str, key: &str) -> Option<String> {
 }
 
 fn tone_through_tunnel(test: &str, compression: &str) {
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let rig = Rig::new(&format!("compression={compression}"));
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
     let _player = play_tone(&rig.sender);
@@ -151,10 +151,9 @@ fn a2_tone_through_pcm_tunnel() {
 #[test]
 fn b_bitrate_and_silence_on_the_wire() {
     let test = "b_bitrate_and_silence_on_the_wire";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let rig = Rig::new("compression=opus compression.bitrate=64000");
     assert_eq!(
         sink_prop(&rig.sender, "tun", "compression.bitrate").as_deref(),
@@ -213,10 +212,9 @@ fn b_bitrate_and_silence_on_the_wire() {
 #[test]
 fn c_load_unload_cycles_do_not_leak() {
     let test = "c_load_unload_cycles_do_not_leak";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let receiver = start_receiver(port);
     let proxy = CountingProxy::start(port);
@@ -284,10 +282,9 @@ fn c_load_unload_cycles_do_not_leak() {
 #[test]
 fn d_bad_arguments_are_refused() {
     let test = "d_bad_arguments_are_refused";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let sender = start_sender();
     let port = free_port();
     let cases: &[(&str, &str)] = &[
@@ -346,10 +343,9 @@ fn d_bad_arguments_are_refused() {
 #[test]
 fn e_receiver_restart_during_playback() {
     let test = "e_receiver_restart_during_playback";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let mut rig = Rig::new("");
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
     let _player = play_tone(&rig.sender);
@@ -427,10 +423,9 @@ fn garbage_connection(port: u16, what: &str, payload: &[u8]) -> Result<Vec<u8>, 
 #[test]
 fn f_garbage_connections_are_closed() {
     let test = "f_garbage_connections_are_closed";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let rig = Rig::new("");
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
     let _player = play_tone(&rig.sender);
@@ -488,10 +483,9 @@ fn f_garbage_connections_are_closed() {
 #[test]
 fn g_reconnects_to_a_late_server() {
     let test = "g_reconnects_to_a_late_server";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let sender = start_sender();
     let _tunnel = load_tunnel(&sender, port, "");

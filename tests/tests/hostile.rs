@@ -25,13 +25,14 @@
 use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
     analyse_stereo, channel, dominant_frequency, dropouts, free_port, has_tone, play_loop,
-    require_modules, serial, tone_loop, Daemon, ImpairmentProxy, Player, Recorder, RATE,
+    tone_loop, Daemon, ImpairmentProxy, Player, Recorder, RATE,
 };
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::MutexGuard;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -42,8 +43,9 @@ const LEFT: f64 = 1000.0;
 const RIGHT: f64 = 1500.0;
 const LEVEL: f64 = -12.0;
 
-fn skip(test: &str) -> bool {
-    !require_modules(test, &[SENDER, RECEIVER])
+/// [`opus_tunnel_tests::begin`] with the sender and receiver modules.
+fn begin(test: &str) -> Option<MutexGuard<'static, ()>> {
+    opus_tunnel_tests::begin(test, &[SENDER, RECEIVER])
 }
 
 fn start_receiver_with(port: u16, args: &str) -> Daemon {
@@ -313,10 +315,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[test]
 fn auth_refusals_right_cookie_and_replay() {
     let test = "auth_refusals_right_cookie_and_replay";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let t0 = Instant::now();
     let cookies = std::env::temp_dir().join(format!("ot-cookies-{}", std::process::id()));
     std::fs::create_dir_all(&cookies).expect("cookie dir");
@@ -492,10 +493,9 @@ fn auth_refusals_right_cookie_and_replay() {
 #[test]
 fn disconnects_recover_within_2s() {
     let test = "disconnects_recover_within_2s";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let t0 = Instant::now();
     let count: usize = std::env::var("OPUS_TUNNEL_DISCONNECTS")
         .ok()
@@ -701,10 +701,9 @@ fn disconnects_recover_within_2s() {
 #[test]
 fn stall_2s_then_latency_back_at_target() {
     let test = "stall_2s_then_latency_back_at_target";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let t0 = Instant::now();
     let port = free_port();
     let receiver = start_receiver_with(port, "auth-anonymous=1 target_latency_msec=60");
@@ -996,10 +995,9 @@ fn one_sink(_k: usize) -> &'static str {
 #[test]
 fn many_tunnels_64_then_65th_refused() {
     let test = "many_tunnels_64_then_65th_refused";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let t0 = Instant::now();
     const N: usize = 64;
     let m = Many::start(test, N, split_sinks);
@@ -1076,10 +1074,9 @@ fn many_tunnels_64_then_65th_refused() {
 #[test]
 fn many_tunnels_one_sink_beyond_32() {
     let test = "many_tunnels_one_sink_beyond_32";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let t0 = Instant::now();
     const N: usize = 40;
     let m = Many::start(test, N, one_sink);
@@ -1394,10 +1391,9 @@ fn attacker(
 #[test]
 fn hostile_connections_1000_while_playing() {
     let test = "hostile_connections_1000_while_playing";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let t0 = Instant::now();
     let total: usize = std::env::var("OPUS_TUNNEL_HOSTILE")
         .ok()
@@ -1526,10 +1522,9 @@ fn hostile_connections_1000_while_playing() {
 /// until the cut; with the 15:58 build it plays, 1 % flat for ~5 s.
 #[test]
 fn first_stream_on_an_idle_sink_then_a_cut() {
-    if skip("first_stream_on_an_idle_sink_then_a_cut") {
+    let Some(_g) = begin("first_stream_on_an_idle_sink_then_a_cut") else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let receiver = start_receiver_with(port, "auth-anonymous=1");
     let proxy = ImpairmentProxy::start(port);

@@ -16,6 +16,7 @@ use opus_tunnel_tests::{
 };
 use rustfft::{num_complex::Complex, FftPlanner};
 use std::path::{Path, PathBuf};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 const SENDER: &str = "module-tunnel-sink-opus";
@@ -24,8 +25,9 @@ const RECEIVER: &str = "module-opus-protocol-tcp";
 /// RTP header (12 bytes) + RFC 4571 length (2 bytes) in front of every payload.
 const PACKET_OVERHEAD: u64 = 14;
 
-fn skip(test: &str) -> bool {
-    !require_modules(test, &[SENDER, RECEIVER])
+/// [`opus_tunnel_tests::begin`] with the sender and receiver modules.
+fn begin(test: &str) -> Option<MutexGuard<'static, ()>> {
+    opus_tunnel_tests::begin(test, &[SENDER, RECEIVER])
 }
 
 /// Sender → proxy → receiver, tunnel sink `tun`.
@@ -260,10 +262,9 @@ fn mono(samples: &[i16]) -> Vec<f32> {
 #[test]
 fn l1_bitrate_follows_live_changes() {
     let test = "l1_bitrate_follows_live_changes";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let t0 = Instant::now();
     let rig = Rig::new("compression.bitrate=128000");
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
@@ -344,10 +345,9 @@ fn l1_bitrate_follows_live_changes() {
 #[test]
 fn l2_frame_size_follows_live_changes() {
     let test = "l2_frame_size_follows_live_changes";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let t0 = Instant::now();
     let rig = Rig::new("");
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
@@ -412,10 +412,9 @@ fn l2_frame_size_follows_live_changes() {
 #[test]
 fn l3_narrowband_cuts_high_frequencies() {
     let test = "l3_narrowband_cuts_high_frequencies";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let rig = Rig::new("");
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
     let _player = play_music(&rig, -20.0);
@@ -478,10 +477,9 @@ fn l3_narrowband_cuts_high_frequencies() {
 #[test]
 fn l4_bad_value_refused_and_restored() {
     let test = "l4_bad_value_refused_and_restored";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let rig = Rig::new("");
     assert_eq!(
         rig.prop("compression.opus.complexity").as_deref(),
@@ -544,10 +542,9 @@ fn parse_kv(text: &str) -> std::collections::HashMap<String, String> {
 #[test]
 fn l5_send_message_set_get() {
     let test = "l5_send_message_set_get";
-    if skip(test) {
+    let Some(_g) = begin(test) else {
         return;
-    }
-    let _g = serial();
+    };
     let rig = Rig::new("");
     let handlers = send_message(&rig.sender, "/core", "list-handlers", "");
     assert!(
@@ -653,7 +650,7 @@ fn ctl(d: &Daemon, bin: &Path, args: &[&str]) -> (bool, String, String) {
 #[test]
 fn l6_opus_tunnel_ctl() {
     let test = "l6_opus_tunnel_ctl";
-    if skip(test) {
+    if !require_modules(test, &[SENDER, RECEIVER]) {
         return;
     }
     let Some(bin) = ctl_binary() else {

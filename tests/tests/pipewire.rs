@@ -14,6 +14,7 @@ use opus_tunnel_tests::{
     analyse_stereo, channel, dominant_frequency, free_port, play_loop, require_modules, rms_dbfs,
     serial, tone_loop, CountingProxy, Daemon, Recorder,
 };
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 const PW_SENDER: &str = "libpipewire-module-opus-tunnel";
@@ -29,8 +30,10 @@ const RIGHT: f64 = 1500.0;
 const LEVEL: f64 = -12.0;
 const BITRATE: f64 = 64_000.0;
 
-fn skip(test: &str, pw: &[&str], pa: &[&str]) -> bool {
-    !(require_pw_modules(test, pw) && (pa.is_empty() || require_modules(test, pa)))
+/// The start of a test: the PipeWire modules `pw` and the PulseAudio modules `pa` are
+/// there, then the serial guard; `None` (the test returns and passes) when some are missing.
+fn begin(test: &str, pw: &[&str], pa: &[&str]) -> Option<MutexGuard<'static, ()>> {
+    (require_pw_modules(test, pw) && (pa.is_empty() || require_modules(test, pa))).then(serial)
 }
 
 /// Something that records the receiving end's `null.monitor`.
@@ -178,10 +181,9 @@ fn wait_for_node(pw: &PipeWire, node: &str) {
 }
 
 fn pa_to_pw(test: &str, compression: &str) {
-    if skip(test, &[PW_RECEIVER], &[PA_SENDER]) {
+    let Some(_g) = begin(test, &[PW_RECEIVER], &[PA_SENDER]) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let pw = pw_receiver(port);
     let proxy = CountingProxy::start(port);
@@ -229,10 +231,9 @@ fn pw2_pulseaudio_to_pipewire_pcm() {
 }
 
 fn pw_to_pa(test: &str, compression: &str) {
-    if skip(test, &[PW_SENDER], &[PA_RECEIVER]) {
+    let Some(_g) = begin(test, &[PW_SENDER], &[PA_RECEIVER]) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let pa = pa_receiver(port);
     let proxy = CountingProxy::start(port);
@@ -280,10 +281,9 @@ fn pw4_pipewire_to_pulseaudio_pcm() {
 }
 
 fn pw_to_pw(test: &str, compression: &str) {
-    if skip(test, &[PW_SENDER, PW_RECEIVER], &[]) {
+    let Some(_g) = begin(test, &[PW_SENDER, PW_RECEIVER], &[]) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let rx = pw_receiver(port);
     let proxy = CountingProxy::start(port);
@@ -356,10 +356,9 @@ fn restart(test: &str, pw: &mut PipeWire) {
 #[test]
 fn pw7_stop_and_unload_while_playing() {
     let test = "pw7_stop_and_unload_while_playing";
-    if skip(test, &[PW_SENDER, PW_RECEIVER], &[PA_SENDER, PA_RECEIVER]) {
+    let Some(_g) = begin(test, &[PW_SENDER, PW_RECEIVER], &[PA_SENDER, PA_RECEIVER]) else {
         return;
-    }
-    let _g = serial();
+    };
 
     // PulseAudio → PipeWire receiver; the PipeWire daemon stops mid-stream, then comes back.
     let port = free_port();
@@ -498,10 +497,9 @@ fn check_mic(test: &str, got: &[i16], at_source: &[i16], logs: &dyn Fn() -> Stri
 #[test]
 fn pw8_microphone_pipewire_receiver_to_pulseaudio() {
     let test = "pw8_microphone_pipewire_receiver_to_pulseaudio";
-    if skip(test, &[PW_RECEIVER], &[PA_SOURCE]) {
+    let Some(_g) = begin(test, &[PW_RECEIVER], &[PA_SOURCE]) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let mut pw = pw_receiver(port);
     let _mic = pw.play_loop("null", tone_loop(MIC_HZ, MIC_HZ, MIC_PEAK));
@@ -694,10 +692,9 @@ fn assert_no_reconnect(test: &str, pw: &PipeWire, node: &str, before: f64) {
 #[test]
 fn pw9_pipewire_tunnel_source_from_pulseaudio() {
     let test = "pw9_pipewire_tunnel_source_from_pulseaudio";
-    if skip(test, &[PW_SENDER], &[PA_RECEIVER]) {
+    let Some(_g) = begin(test, &[PW_SENDER], &[PA_RECEIVER]) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let pa = pa_receiver(port);
     let _mic = play_loop(&pa, "null", tone_loop(MIC_HZ, MIC_HZ, MIC_PEAK));
@@ -847,10 +844,9 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
 #[test]
 fn pw10_live_bitrate_on_pipewire_sink() {
     let test = "pw10_live_bitrate_on_pipewire_sink";
-    if skip(test, &[PW_SENDER], &[PA_RECEIVER]) {
+    let Some(_g) = begin(test, &[PW_SENDER], &[PA_RECEIVER]) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let pa = pa_receiver(port);
     let proxy = CountingProxy::start(port);
@@ -1009,10 +1005,9 @@ fn pw10_live_bitrate_on_pipewire_sink() {
 #[test]
 fn pw11_microphone_pipewire_to_pipewire() {
     let test = "pw11_microphone_pipewire_to_pipewire";
-    if skip(test, &[PW_SENDER, PW_RECEIVER], &[]) {
+    let Some(_g) = begin(test, &[PW_SENDER, PW_RECEIVER], &[]) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let rx = pw_receiver(port);
     let _mic = rx.play_loop("null", tone_loop(MIC_HZ, MIC_HZ, MIC_PEAK));
