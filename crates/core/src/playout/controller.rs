@@ -98,8 +98,8 @@ impl Controller {
             quantum: u64::from(cfg.rate / 400).max(1),
             delay: delay_frames.max(0.0),
             t_origin: None,
-            stream: Dll::new(rate, DLL_BW0),
-            device: Dll::new(rate, DLL_BW0),
+            stream: Dll::new(rate, DLL_BW.start),
+            device: Dll::new(rate, DLL_BW.start),
             stream_t_start: 0.0,
             device_t_start: 0.0,
             acquire_until: f64::NEG_INFINITY,
@@ -206,11 +206,6 @@ impl Controller {
         }
     }
 
-    fn sched(&self, t: f64, start: f64, t0: f64, v0: f64, vmin: f64) -> f64 {
-        let tau = (t - start).max(0.0);
-        (v0 * t0 / (t0 + tau)).max(vmin)
-    }
-
     /// A packet of `frames` frames whose first frame has stream position `pos` (an extended,
     /// unwrapped sample position) arrived at `now_usec`. Returns how many leading frames to
     /// throw away (late: PLC already stood in for them); the rest goes to the FIFO.
@@ -251,7 +246,7 @@ impl Controller {
         if !self.stream.started() {
             self.stream_t_start = t;
         }
-        let bw = self.sched(t, self.stream_t_start, DLL_T0, DLL_BW0, DLL_BW_MIN);
+        let bw = DLL_BW.at(t - self.stream_t_start);
         self.stream.set_bandwidth(bw);
         self.stream
             .set_hold_rate(t - self.stream_t_start < FF_AFTER_SEC);
@@ -323,7 +318,7 @@ impl Controller {
         if delta > 0 && (delta as f64) < self.rate {
             self.period += 0.1 * (delta as f64 - self.period);
         }
-        let bw = self.sched(t, self.device_t_start, DLL_T0, DLL_BW0, DLL_BW_MIN);
+        let bw = DLL_BW.at(t - self.device_t_start);
         self.device.set_bandwidth(bw);
         self.device
             .set_hold_rate(t - self.device_t_start < FF_AFTER_SEC);
@@ -472,7 +467,7 @@ impl Controller {
             return;
         }
         let e = err / self.rate;
-        let wn = self.sched(t, self.lock_t, SCHED_T0, WN0, WN_MIN);
+        let wn = LOOP_WN.at(t - self.lock_t);
         // While the loop acquires, it may not move the pitch by more than ACQ_DEV from what
         // the clock rates (and a glide) call for: the first seconds' estimates jump by whole
         // device periods, and the wide loop would turn each jump into a 1 % pitch shift.

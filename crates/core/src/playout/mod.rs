@@ -135,15 +135,34 @@ pub const START_GLIDE: f64 = 0.001;
 /// engine stops asking for concealment and buffers again when packets come back.
 pub const MAX_CONCEAL_SEC: f64 = 0.5;
 
-// Loop schedule: ωn(τ) = max(WN_MIN, WN0·T0/(T0+τ)), DLL bandwidth likewise.
-const WN0: f64 = 1.0;
-const WN_MIN: f64 = 0.003;
-const DLL_BW0: f64 = 0.5;
-const DLL_BW_MIN: f64 = 0.0005;
-// DLL bandwidth 0.4/(τ + 0.8 s): about the gains of a least-squares line fit over all
-// the points so far.
-const DLL_T0: f64 = 0.8;
-const SCHED_T0: f64 = 10.0;
+/// A gain that narrows with the time `τ` since it started: `max(floor, start·t0/(t0 + τ))`.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    start: f64,
+    t0: f64,
+    floor: f64,
+}
+
+impl Schedule {
+    /// The value `tau` seconds after the start (a negative `tau` counts as 0).
+    fn at(&self, tau: f64) -> f64 {
+        (self.start * self.t0 / (self.t0 + tau.max(0.0))).max(self.floor)
+    }
+}
+
+/// The loop's natural frequency ωn (rad/s), from the lock.
+const LOOP_WN: Schedule = Schedule {
+    start: 1.0,
+    t0: 10.0,
+    floor: 0.003,
+};
+/// The DLLs' bandwidth (Hz), from their (re)start: 0.4/(τ + 0.8 s) at first, about the gains
+/// of a least-squares line fit over all the points so far.
+const DLL_BW: Schedule = Schedule {
+    start: 0.5,
+    t0: 0.8,
+    floor: 0.0005,
+};
 
 /// Configuration of a [`Playout`] / [`Controller`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
