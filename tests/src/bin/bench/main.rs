@@ -31,11 +31,17 @@ use std::time::{Duration, Instant};
 /// sink block on this machine: 10 → 55 ms median end to end, 15 → 44 ms, 20 → 41 ms, all
 /// without underruns; lower targets came out *higher*, so 20 it is.
 const LOWLAT_TARGET_MS: u32 = 20;
-const IDLE_SECS: f64 = 10.0;
-const MUSIC_SECS: f64 = 12.0;
-const SILENT_SECS: f64 = 8.0;
+/// Seconds measured with the tunnel up and nothing playing (wire rate, idle CPU).
+const IDLE: Duration = Duration::from_secs(10);
+/// Seconds of the music loop measured (wire rate, CPU).
+const MUSIC: Duration = Duration::from_secs(12);
+/// Seconds of an open stream playing zeros.
+const SILENT: Duration = Duration::from_secs(8);
+/// Clicks of the latency measurement.
 const CLICKS: usize = 20;
-const SCALE_SECS: f64 = 10.0;
+/// Seconds measured with N tunnels up (scaling).
+const SCALE: Duration = Duration::from_secs(10);
+/// Bitrates of the quality table, bit/s.
 const BITRATES: [u32; 4] = [16_000, 32_000, 64_000, 128_000];
 
 fn root() -> PathBuf {
@@ -124,7 +130,7 @@ fn opus_cpu_phases(rig: &Rig, s: &mut Session, with_idle_bytes: bool) -> Result<
     // Idle: nothing plays. module-suspend-on-idle suspends the sinks after 5 s.
     sleep(6.0);
     let w = Window::open(rig);
-    sleep(IDLE_SECS);
+    std::thread::sleep(IDLE);
     let m = w.close(rig);
     s.cpu_idle_rate = (m.cpu_sender / m.secs, m.cpu_receiver / m.secs);
     if with_idle_bytes {
@@ -138,7 +144,7 @@ fn opus_cpu_phases(rig: &Rig, s: &mut Session, with_idle_bytes: bool) -> Result<
     sleep(3.0);
     let w = Window::open(rig);
     let to_server0 = rig.proxy.bytes_to_server();
-    sleep(MUSIC_SECS);
+    std::thread::sleep(MUSIC);
     let m: Measured = w.close(rig);
     let to_server = rig.proxy.bytes_to_server() - to_server0;
     drop(player);
@@ -166,7 +172,7 @@ fn run_session(cfg: &Config) -> Result<Session> {
     let player = play_loop(&rig.sender, "tun", vec![0i16; 48_000 * 2]);
     sleep(2.0);
     let w = Window::open(&rig);
-    sleep(SILENT_SECS);
+    std::thread::sleep(SILENT);
     s.silent_kbps = w.close(&rig).kbps();
     drop(player);
     // Clicks.
@@ -341,7 +347,7 @@ fn run_scale(n: usize) -> Result<ScaleRow> {
         pacat_cpu(&players),
     );
     let t = Instant::now();
-    sleep(SCALE_SECS);
+    std::thread::sleep(SCALE);
     let secs = t.elapsed().as_secs_f64();
     let (cs1, cr1, cp1) = (
         cpu_secs(sender.pid()),
@@ -662,13 +668,13 @@ fn run() -> Result<()> {
         sleep(3.0);
         let c0 = cpu_secs(d.pid());
         let t = Instant::now();
-        sleep(IDLE_SECS);
+        std::thread::sleep(IDLE);
         let idle_rate = (cpu_secs(d.pid()) - c0) / t.elapsed().as_secs_f64();
         let p = play_loop(&d, "null", music());
         sleep(3.0);
         let c0 = cpu_secs(d.pid());
         let t = Instant::now();
-        sleep(MUSIC_SECS);
+        std::thread::sleep(MUSIC);
         let secs = t.elapsed().as_secs_f64();
         let net = (cpu_secs(d.pid()) - c0 - idle_rate * secs) / secs;
         drop(p);
@@ -849,6 +855,12 @@ fn machine() -> String {
 }
 
 fn report(r: &Report) -> String {
+    let (idle_s, music_s, silent_s, scale_s) = (
+        IDLE.as_secs(),
+        MUSIC.as_secs(),
+        SILENT.as_secs(),
+        SCALE.as_secs(),
+    );
     let mut d = String::new();
     let _ = writeln!(d, "# Benchmarks\n");
     let _ = writeln!(
@@ -897,7 +909,7 @@ fn report(r: &Report) -> String {
         let _ = writeln!(d, "\nThe low-latency setting: sender `compression.frame_size=5 latency_msec=5`, receiver `target_latency_msec={}`. Underruns are counted on the receiver's stream (`opus.tunnel.underruns`) over the music and click phases.\n", r.lowlat_target);
 
         let _ = writeln!(d, "## Bandwidth on the wire\n");
-        let _ = writeln!(d, "TCP payload bytes through the proxy, both directions (TCP/IP headers not counted). Playing: the music-like loop (`music_loop`: chord with harmonics at -15 dBFS + white noise at -30 dBFS, stereo) for {MUSIC_SECS:.0} s after 3 s of warm-up. Idle: no stream at all for {IDLE_SECS:.0} s, starting 6 s after the tunnel came up (after suspend-on-idle's 5 s). Silent stream: an application keeps a stream open and plays zeros, {SILENT_SECS:.0} s.\n");
+        let _ = writeln!(d, "TCP payload bytes through the proxy, both directions (TCP/IP headers not counted). Playing: the music-like loop (`music_loop`: chord with harmonics at -15 dBFS + white noise at -30 dBFS, stereo) for {music_s} s after 3 s of warm-up. Idle: no stream at all for {idle_s} s, starting 6 s after the tunnel came up (after suspend-on-idle's 5 s). Silent stream: an application keeps a stream open and plays zeros, {silent_s} s.\n");
         let _ = writeln!(d, "| setting | playing kbit/s | of which sender→receiver | ratio playing ours/stock | idle 10 s, bytes | silent stream kbit/s |");
         let _ = writeln!(d, "|---|---:|---:|---:|---:|---:|");
         let sk = stock.map(|s| s.music_kbps).unwrap_or(f64::NAN);
@@ -923,7 +935,7 @@ fn report(r: &Report) -> String {
     // CPU.
     if !r.cpu_rows.is_empty() {
         let _ = writeln!(d, "## CPU per stream-second\n");
-        let _ = writeln!(d, "Daemon CPU time (utime + stime from `/proc/PID/stat`, all threads) over {MUSIC_SECS:.0} s of the music loop through one tunnel (defaults but for the complexity: 64 kbit/s, 20 ms, stereo 48 kHz), **minus each daemon's idle CPU** measured the same way over {IDLE_SECS:.0} s with the tunnel up and nothing playing, divided by the stream seconds. Floor: raw libopus (`codec::Encoder`/`codec::Decoder`, i.e. audiopus) encoding + decoding the same audio in-process (`crates/core/examples/bench_floor.rs`, thread CPU time from schedstat). Ratio = (sender + receiver) / floor, target < 1.25.\n");
+        let _ = writeln!(d, "Daemon CPU time (utime + stime from `/proc/PID/stat`, all threads) over {music_s} s of the music loop through one tunnel (defaults but for the complexity: 64 kbit/s, 20 ms, stereo 48 kHz), **minus each daemon's idle CPU** measured the same way over {idle_s} s with the tunnel up and nothing playing, divided by the stream seconds. Floor: raw libopus (`codec::Encoder`/`codec::Decoder`, i.e. audiopus) encoding + decoding the same audio in-process (`crates/core/examples/bench_floor.rs`, thread CPU time from schedstat). Ratio = (sender + receiver) / floor, target < 1.25.\n");
         let _ = writeln!(d, "| complexity | sender ms/s | receiver ms/s | sender + receiver ms/s | floor enc ms/s | floor dec ms/s | floor enc+dec ms/s | ratio to floor | sender / enc floor | receiver / dec floor |");
         let _ = writeln!(d, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (c, s, fl) in r.cpu_rows {
@@ -963,13 +975,13 @@ fn report(r: &Report) -> String {
         if let Some((p, idle)) = r.plumbing {
             let _ = writeln!(d, "| plumbing only: the same pacat into one daemon's own null sink, no tunnel | {:.2} | – | {:.2} | {:.2} | – |", p * 1e3, p * 1e3, idle * 1e3);
         }
-        let _ = writeln!(d, "\nms/s = milliseconds of CPU per second of stereo 48 kHz audio (1 ms/s = 0.1 % of one core). CPU time is counted in ticks of 10 ms, so each daemon figure is ±{:.2} ms/s.\n", 20.0 / MUSIC_SECS);
+        let _ = writeln!(d, "\nms/s = milliseconds of CPU per second of stereo 48 kHz audio (1 ms/s = 0.1 % of one core). CPU time is counted in ticks of 10 ms, so each daemon figure is ±{:.2} ms/s.\n", 20.0 / MUSIC.as_secs_f64());
     }
 
     // Scale.
     if !r.scale.is_empty() {
         let _ = writeln!(d, "## Scale: N tunnels through one receiver\n");
-        let _ = writeln!(d, "One sender daemon with N `module-tunnel-sink-opus` sinks (`compression.opus.complexity=5`, otherwise defaults: stereo 48 kHz, 64 kbit/s, 20 ms), each fed the music loop by its own `pacat`; one receiver (`module-opus-protocol-tcp`, defaults, `max_connections=64`) plays all N on its null sink. Measured over {SCALE_SECS:.0} s after every stream was up and 3 s of settling. CPU % is of one core (the machine has 2). Clean = no receiver stream's `opus.tunnel.underruns` changed (`pactl list sink-inputs`). Both daemons run with `rlimit-nofile = 8192` (a daemon.conf given by `PULSE_CONFIG`): at PulseAudio's default `rlimit-nofile = 256` the sender daemon with 32 tunnels and their 32 pacat clients ran out of descriptors (`accept(): Too many open files`) and the run failed (see the fds column for what N tunnels hold).\n");
+        let _ = writeln!(d, "One sender daemon with N `module-tunnel-sink-opus` sinks (`compression.opus.complexity=5`, otherwise defaults: stereo 48 kHz, 64 kbit/s, 20 ms), each fed the music loop by its own `pacat`; one receiver (`module-opus-protocol-tcp`, defaults, `max_connections=64`) plays all N on its null sink. Measured over {scale_s} s after every stream was up and 3 s of settling. CPU % is of one core (the machine has 2). Clean = no receiver stream's `opus.tunnel.underruns` changed (`pactl list sink-inputs`). Both daemons run with `rlimit-nofile = 8192` (a daemon.conf given by `PULSE_CONFIG`): at PulseAudio's default `rlimit-nofile = 256` the sender daemon with 32 tunnels and their 32 pacat clients ran out of descriptors (`accept(): Too many open files`) and the run failed (see the fds column for what N tunnels hold).\n");
         let _ = writeln!(d, "| tunnels | streams on receiver | sender CPU % | receiver CPU % | both daemons CPU % | per tunnel % | pacat clients CPU % | streams with underruns | underruns | PLC frames | sender drops/overruns | fds sender / receiver | clean |");
         let _ = writeln!(
             d,
