@@ -74,6 +74,15 @@ impl Strays {
         }
     }
 
+    /// Unregisters `child`, kills it and reaps it (nothing if `None`).
+    pub fn kill_child(&self, child: Option<Child>) {
+        if let Some(mut c) = child {
+            self.unregister(c.id());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGKILLs every registered process and forgets them.
     pub fn kill_all(&self) {
         let pids: Vec<u32> = match self.0.lock() {

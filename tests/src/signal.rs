@@ -126,11 +126,7 @@ impl Player {
     /// Stops playback now.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(mut c) = self.child.take() {
-            self.strays.unregister(c.id());
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.strays.kill_child(self.child.take());
         if let Some(t) = self.feeder.take() {
             let _ = t.join();
         }
@@ -343,11 +339,7 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            self.strays.unregister(c.id());
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.strays.kill_child(self.child.take());
         if let Some(t) = self.reader.take() {
             let _ = t.join();
         }
