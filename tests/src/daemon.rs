@@ -165,6 +165,28 @@ impl Daemon {
         DaemonBuilder::default()
     }
 
+    /// A daemon named `name` with only the standard setup; panics if it does not start.
+    pub fn named(name: &str) -> Daemon {
+        Daemon::builder()
+            .name(name)
+            .start()
+            .unwrap_or_else(|e| panic!("{name} daemon: {e:#}"))
+    }
+
+    /// A daemon named `name` running our receiver, `module-opus-protocol-tcp` on
+    /// `127.0.0.1:port` into `null`, with `args` added; panics if it does not start.
+    pub fn receiver(name: &str, port: u16, args: &str) -> Daemon {
+        Daemon::builder()
+            .name(name)
+            .line(format!(
+                "load-module module-opus-protocol-tcp port={port} listen=127.0.0.1 sink=null {args}"
+            ))
+            .start()
+            .unwrap_or_else(|e| {
+                panic!("{name} with module-opus-protocol-tcp {args} on port {port}: {e:#}")
+            })
+    }
+
     fn start_with(b: DaemonBuilder) -> Result<Daemon> {
         let dir = unique_dir();
         if dir.exists() {

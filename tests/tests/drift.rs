@@ -42,14 +42,8 @@ fn run_case(skew_ppm: i32) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
     let port = free_port();
-    let receiver = Daemon::builder()
-        .name("drift-rx")
-        .line(format!(
-            "load-module module-opus-protocol-tcp port={port} listen=127.0.0.1 auth-anonymous=1 target_latency_msec=60"
-        ))
-        .start()
-        .expect("receiver");
-    let sender = Daemon::builder().name("drift-tx").start().expect("sender");
+    let receiver = Daemon::receiver("drift-rx", port, "auth-anonymous=1 target_latency_msec=60");
+    let sender = Daemon::named("drift-tx");
     sender
         .load_module(
             "module-tunnel-sink-opus",

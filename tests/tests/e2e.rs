@@ -28,23 +28,12 @@ fn begin(test: &str) -> Option<MutexGuard<'static, ()>> {
     opus_tunnel_tests::begin(test, &[SENDER, RECEIVER])
 }
 
-fn receiver_line(port: u16) -> String {
-    format!("load-module {RECEIVER} port={port} listen=127.0.0.1 auth-anonymous=1 sink=null")
-}
-
 fn start_receiver(port: u16) -> Daemon {
-    Daemon::builder()
-        .name("receiver")
-        .line(receiver_line(port))
-        .start()
-        .unwrap_or_else(|e| panic!("receiver with {RECEIVER} on port {port}: {e:#}"))
+    Daemon::receiver("receiver", port, "auth-anonymous=1")
 }
 
 fn start_sender() -> Daemon {
-    Daemon::builder()
-        .name("sender")
-        .start()
-        .unwrap_or_else(|e| panic!("sender daemon: {e:#}"))
+    Daemon::named("sender")
 }
 
 /// Sender → proxy → receiver, tunnel sink `tun` loaded with `extra` arguments.

@@ -49,20 +49,11 @@ fn begin(test: &str) -> Option<MutexGuard<'static, ()>> {
 }
 
 fn start_receiver_with(port: u16, args: &str) -> Daemon {
-    Daemon::builder()
-        .name("receiver")
-        .line(format!(
-            "load-module {RECEIVER} port={port} listen=127.0.0.1 sink=null {args}"
-        ))
-        .start()
-        .unwrap_or_else(|e| panic!("receiver with {RECEIVER} {args} on port {port}: {e:#}"))
+    Daemon::receiver("receiver", port, args)
 }
 
 fn start_sender() -> Daemon {
-    Daemon::builder()
-        .name("sender")
-        .start()
-        .unwrap_or_else(|e| panic!("sender daemon: {e:#}"))
+    Daemon::named("sender")
 }
 
 fn logs(sender: &Daemon, receiver: &Daemon) -> String {

@@ -40,18 +40,9 @@ struct Rig {
 impl Rig {
     fn new(extra: &str) -> Rig {
         let port = free_port();
-        let receiver = Daemon::builder()
-            .name("receiver")
-            .line(format!(
-                "load-module {RECEIVER} port={port} listen=127.0.0.1 auth-anonymous=1 sink=null"
-            ))
-            .start()
-            .unwrap_or_else(|e| panic!("receiver daemon: {e:#}"));
+        let receiver = Daemon::receiver("receiver", port, "auth-anonymous=1");
         let proxy = CountingProxy::start(port);
-        let sender = Daemon::builder()
-            .name("sender")
-            .start()
-            .unwrap_or_else(|e| panic!("sender daemon: {e:#}"));
+        let sender = Daemon::named("sender");
         let args = format!(
             "sink_name=tun server=tcp:127.0.0.1:{} sink=null {extra}",
             proxy.port()

@@ -144,20 +144,11 @@ fn pw_desktop_mic(port: u16) -> PipeWire {
 }
 
 fn pa_receiver(port: u16) -> Daemon {
-    Daemon::builder()
-        .name("pa-receiver")
-        .line(format!(
-            "load-module {PA_RECEIVER} port={port} listen=127.0.0.1 auth-anonymous=1 sink=null"
-        ))
-        .start()
-        .unwrap_or_else(|e| panic!("PulseAudio with {PA_RECEIVER}: {e:#}"))
+    Daemon::receiver("pa-receiver", port, "auth-anonymous=1")
 }
 
 fn pa_sender(port: u16, compression: &str) -> Daemon {
-    let d = Daemon::builder()
-        .name("pa-sender")
-        .start()
-        .unwrap_or_else(|e| panic!("PulseAudio sender: {e:#}"));
+    let d = Daemon::named("pa-sender");
     d.load_module(
         PA_SENDER,
         &format!("sink_name=tun server=tcp:127.0.0.1:{port} sink=null compression={compression} compression.bitrate=64000"),
@@ -505,10 +496,7 @@ fn pw8_microphone_pipewire_receiver_to_pulseaudio() {
     let _mic = pw.play_loop("null", tone_loop(MIC_HZ, MIC_HZ, MIC_PEAK));
     let at_source = Rec::Pw(pw.recorder("null.monitor")).read(2.0);
     let proxy = CountingProxy::start(port);
-    let desktop = Daemon::builder()
-        .name("pa-desktop")
-        .start()
-        .unwrap_or_else(|e| panic!("PulseAudio desktop: {e:#}"));
+    let desktop = Daemon::named("pa-desktop");
     desktop
         .load_module(
             PA_SOURCE,

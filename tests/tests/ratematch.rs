@@ -147,10 +147,7 @@ fn tone_fit(x: &[f32], rate: u32) -> (f64, f64, f64, f64) {
 fn drift_case(mode: &str, skew_ppm: i32, secs: u64) -> String {
     let port = free_port();
     let pw = receiver(port, mode);
-    let pa = Daemon::builder()
-        .name("rm-sender")
-        .start()
-        .unwrap_or_else(|e| panic!("PulseAudio sender: {e:#}"));
+    let pa = Daemon::named("rm-sender");
     pa.load_module(
         PA_SENDER,
         &format!(
@@ -248,10 +245,7 @@ fn cpu_by_thread(pid: u32) -> BTreeMap<String, u64> {
 fn cpu_case(mode: &str, tunnels: usize, secs: u64) -> String {
     let port = free_port();
     let pw = receiver(port, mode);
-    let pa = Daemon::builder()
-        .name("rm-cpu-sender")
-        .start()
-        .unwrap_or_else(|e| panic!("PulseAudio sender: {e:#}"));
+    let pa = Daemon::named("rm-cpu-sender");
     let mut players = Vec::new();
     for i in 0..tunnels {
         pa.load_module(

@@ -43,10 +43,7 @@ fn setup(mic_args: &str) -> Setup {
     }
     let receiver = b.start().expect("receiver");
     let mic = mic_tone(&receiver);
-    let desktop = Daemon::builder()
-        .name("mic-desktop")
-        .start()
-        .expect("desktop");
+    let desktop = Daemon::named("mic-desktop");
     let proxy = CountingProxy::start(port);
     desktop
         .load_module(
