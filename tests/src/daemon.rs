@@ -597,3 +597,13 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Asserts that a daemon's RSS grew by less than `limit_kib` from `before_kib` to `after_kib`
+/// (`who` names it in the message).
+pub fn assert_rss_growth_under(who: &str, before_kib: u64, after_kib: u64, limit_kib: u64) {
+    assert!(
+        after_kib < before_kib + limit_kib,
+        "{who} RSS grew {} KiB",
+        after_kib as i64 - before_kib as i64
+    );
+}

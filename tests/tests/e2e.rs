@@ -8,6 +8,7 @@
 //! `opus_tunnel_tests::module_dir`). Run one at a time: `cargo test -p opus-tunnel-tests --
 //! --test-threads=1` (a lock serialises them anyway).
 
+use opus_tunnel_tests::daemon::assert_rss_growth_under;
 use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
     analyse_stereo, free_port, play_loop, tone_loop, CountingProxy, Daemon, Player, Recorder,
@@ -255,16 +256,8 @@ fn c_load_unload_cycles_do_not_leak() {
         proxy.connections(),
         t.elapsed()
     );
-    assert!(
-        end.0 < base.0 + 5 * 1024,
-        "sender RSS grew {} KiB",
-        end.0 as i64 - base.0 as i64
-    );
-    assert!(
-        end.1 < base.1 + 5 * 1024,
-        "receiver RSS grew {} KiB",
-        end.1 as i64 - base.1 as i64
-    );
+    assert_rss_growth_under("sender", base.0, end.0, 5 * 1024);
+    assert_rss_growth_under("receiver", base.1, end.1, 5 * 1024);
 }
 
 /// d. Bad arguments: load-module fails, the log names the argument, the daemon lives on.

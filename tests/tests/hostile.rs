@@ -22,6 +22,7 @@
 //! Every test prints its figures. Run one at a time: `cargo test -p opus-tunnel-tests --test
 //! hostile -- --test-threads=1 --nocapture`.
 
+use opus_tunnel_tests::daemon::assert_rss_growth_under;
 use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
     analyse_stereo, channel, dominant_frequency, dropouts, free_port, has_tone, play_loop,
@@ -674,16 +675,8 @@ fn disconnects_recover_within_2s() {
         "reconnect count"
     );
     assert_eq!(state.as_deref(), Some("streaming"));
-    assert!(
-        end.0 < base.0 + 5 * 1024,
-        "sender RSS grew {} KiB",
-        end.0 as i64 - base.0 as i64
-    );
-    assert!(
-        end.1 < base.1 + 5 * 1024,
-        "receiver RSS grew {} KiB",
-        end.1 as i64 - base.1 as i64
-    );
+    assert_rss_growth_under("sender", base.0, end.0, 5 * 1024);
+    assert_rss_growth_under("receiver", base.1, end.1, 5 * 1024);
 }
 
 /// A 2 s stall through the proxy: the audio resumes, and the receiver's buffered latency
