@@ -49,6 +49,16 @@ pub fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Our PulseAudio tunnel sink module (the sender).
+pub const SENDER: &str = "module-tunnel-sink-opus";
+/// Our PulseAudio receiver module.
+pub const RECEIVER: &str = "module-opus-protocol-tcp";
+
+/// [`begin`] for a test of a tunnel from [`SENDER`] to [`RECEIVER`].
+pub fn begin_tunnel(test: &str) -> Option<MutexGuard<'static, ()>> {
+    begin(test, &[SENDER, RECEIVER])
+}
+
 /// The start of a test of our modules: [`require_modules`], then the [`serial`] guard to
 /// hold for the whole test; `None` (the test then returns and passes) when they are missing.
 pub fn begin(test: &str, modules: &[&str]) -> Option<MutexGuard<'static, ()>> {

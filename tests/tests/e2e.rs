@@ -13,21 +13,14 @@ use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
     analyse_stereo, free_port, play_loop, tone_loop, CountingProxy, Daemon, Player, Recorder,
 };
+use opus_tunnel_tests::{begin_tunnel as begin, SENDER};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-const SENDER: &str = "module-tunnel-sink-opus";
-const RECEIVER: &str = "module-opus-protocol-tcp";
 const LEFT: f64 = 1000.0;
 const RIGHT: f64 = 1500.0;
 const LEVEL: f64 = -12.0;
-
-/// [`opus_tunnel_tests::begin`] with the sender and receiver modules.
-fn begin(test: &str) -> Option<MutexGuard<'static, ()>> {
-    opus_tunnel_tests::begin(test, &[SENDER, RECEIVER])
-}
 
 fn start_receiver(port: u16) -> Daemon {
     Daemon::receiver("receiver", port, "auth-anonymous=1")
@@ -100,9 +93,7 @@ fn sink_prop(d: &Daemon, sink: &str, key: &str) -> Option<String> {
 }
 
 fn tone_through_tunnel(test: &str, compression: &str) {
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let rig = Rig::new(&format!("compression={compression}"));
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
     let _player = play_tone(&rig.sender);
@@ -141,9 +132,7 @@ fn a2_tone_through_pcm_tunnel() {
 #[test]
 fn b_bitrate_and_silence_on_the_wire() {
     let test = "b_bitrate_and_silence_on_the_wire";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let rig = Rig::new("compression=opus compression.bitrate=64000");
     assert_eq!(
         sink_prop(&rig.sender, "tun", "compression.bitrate").as_deref(),
@@ -202,9 +191,7 @@ fn b_bitrate_and_silence_on_the_wire() {
 #[test]
 fn c_load_unload_cycles_do_not_leak() {
     let test = "c_load_unload_cycles_do_not_leak";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let port = free_port();
     let receiver = start_receiver(port);
     let proxy = CountingProxy::start(port);
@@ -264,9 +251,7 @@ fn c_load_unload_cycles_do_not_leak() {
 #[test]
 fn d_bad_arguments_are_refused() {
     let test = "d_bad_arguments_are_refused";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let sender = start_sender();
     let port = free_port();
     let cases: &[(&str, &str)] = &[
@@ -325,9 +310,7 @@ fn d_bad_arguments_are_refused() {
 #[test]
 fn e_receiver_restart_during_playback() {
     let test = "e_receiver_restart_during_playback";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let mut rig = Rig::new("");
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
     let _player = play_tone(&rig.sender);
@@ -405,9 +388,7 @@ fn garbage_connection(port: u16, what: &str, payload: &[u8]) -> Result<Vec<u8>, 
 #[test]
 fn f_garbage_connections_are_closed() {
     let test = "f_garbage_connections_are_closed";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let rig = Rig::new("");
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
     let _player = play_tone(&rig.sender);
@@ -465,9 +446,7 @@ fn f_garbage_connections_are_closed() {
 #[test]
 fn g_reconnects_to_a_late_server() {
     let test = "g_reconnects_to_a_late_server";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let port = free_port();
     let sender = start_sender();
     let _tunnel = load_tunnel(&sender, port, "");

@@ -28,26 +28,19 @@ use opus_tunnel_tests::{
     analyse_stereo, channel, dominant_frequency, dropouts, free_port, has_tone, play_loop,
     tone_loop, Daemon, ImpairmentProxy, Player, Recorder, RATE,
 };
+use opus_tunnel_tests::{begin_tunnel as begin, RECEIVER, SENDER};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::MutexGuard;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const SENDER: &str = "module-tunnel-sink-opus";
-const RECEIVER: &str = "module-opus-protocol-tcp";
 const LEFT: f64 = 1000.0;
 const RIGHT: f64 = 1500.0;
 const LEVEL: f64 = -12.0;
-
-/// [`opus_tunnel_tests::begin`] with the sender and receiver modules.
-fn begin(test: &str) -> Option<MutexGuard<'static, ()>> {
-    opus_tunnel_tests::begin(test, &[SENDER, RECEIVER])
-}
 
 fn start_receiver_with(port: u16, args: &str) -> Daemon {
     Daemon::receiver("receiver", port, args)
@@ -307,9 +300,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[test]
 fn auth_refusals_right_cookie_and_replay() {
     let test = "auth_refusals_right_cookie_and_replay";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
     let cookies = std::env::temp_dir().join(format!("ot-cookies-{}", std::process::id()));
     std::fs::create_dir_all(&cookies).expect("cookie dir");
@@ -485,9 +476,7 @@ fn auth_refusals_right_cookie_and_replay() {
 #[test]
 fn disconnects_recover_within_2s() {
     let test = "disconnects_recover_within_2s";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
     let count: usize = std::env::var("OPUS_TUNNEL_DISCONNECTS")
         .ok()
@@ -685,9 +674,7 @@ fn disconnects_recover_within_2s() {
 #[test]
 fn stall_2s_then_latency_back_at_target() {
     let test = "stall_2s_then_latency_back_at_target";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
     let port = free_port();
     let receiver = start_receiver_with(port, "auth-anonymous=1 target_latency_msec=60");
@@ -979,9 +966,7 @@ fn one_sink(_k: usize) -> &'static str {
 #[test]
 fn many_tunnels_64_then_65th_refused() {
     let test = "many_tunnels_64_then_65th_refused";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
     const N: usize = 64;
     let m = Many::start(test, N, split_sinks);
@@ -1058,9 +1043,7 @@ fn many_tunnels_64_then_65th_refused() {
 #[test]
 fn many_tunnels_one_sink_beyond_32() {
     let test = "many_tunnels_one_sink_beyond_32";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
     const N: usize = 40;
     let m = Many::start(test, N, one_sink);
@@ -1375,9 +1358,7 @@ fn attacker(
 #[test]
 fn hostile_connections_1000_while_playing() {
     let test = "hostile_connections_1000_while_playing";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
     let total: usize = std::env::var("OPUS_TUNNEL_HOSTILE")
         .ok()

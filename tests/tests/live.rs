@@ -10,25 +10,17 @@
 //! Run one at a time: `cargo test -p opus-tunnel-tests --test live -- --test-threads=1`.
 
 use opus_tunnel_tests::signal::music_loop;
+use opus_tunnel_tests::{begin_tunnel as begin, RECEIVER, SENDER};
 use opus_tunnel_tests::{
     dropouts, free_port, play_loop, require_modules, rms_dbfs, serial, CountingProxy, Daemon,
     Dropout, Player, Recorder, RATE,
 };
 use rustfft::{num_complex::Complex, FftPlanner};
 use std::path::{Path, PathBuf};
-use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
-
-const SENDER: &str = "module-tunnel-sink-opus";
-const RECEIVER: &str = "module-opus-protocol-tcp";
 
 /// RTP header (12 bytes) + RFC 4571 length (2 bytes) in front of every payload.
 const PACKET_OVERHEAD: u64 = 14;
-
-/// [`opus_tunnel_tests::begin`] with the sender and receiver modules.
-fn begin(test: &str) -> Option<MutexGuard<'static, ()>> {
-    opus_tunnel_tests::begin(test, &[SENDER, RECEIVER])
-}
 
 /// Sender → proxy → receiver, tunnel sink `tun`.
 struct Rig {
@@ -253,9 +245,7 @@ fn mono(samples: &[i16]) -> Vec<f32> {
 #[test]
 fn l1_bitrate_follows_live_changes() {
     let test = "l1_bitrate_follows_live_changes";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
     let rig = Rig::new("compression.bitrate=128000");
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
@@ -336,9 +326,7 @@ fn l1_bitrate_follows_live_changes() {
 #[test]
 fn l2_frame_size_follows_live_changes() {
     let test = "l2_frame_size_follows_live_changes";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
     let rig = Rig::new("");
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
@@ -403,9 +391,7 @@ fn l2_frame_size_follows_live_changes() {
 #[test]
 fn l3_narrowband_cuts_high_frequencies() {
     let test = "l3_narrowband_cuts_high_frequencies";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let rig = Rig::new("");
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
     let _player = play_music(&rig, -20.0);
@@ -468,9 +454,7 @@ fn l3_narrowband_cuts_high_frequencies() {
 #[test]
 fn l4_bad_value_refused_and_restored() {
     let test = "l4_bad_value_refused_and_restored";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let rig = Rig::new("");
     assert_eq!(
         rig.prop("compression.opus.complexity").as_deref(),
@@ -533,9 +517,7 @@ fn parse_kv(text: &str) -> std::collections::HashMap<String, String> {
 #[test]
 fn l5_send_message_set_get() {
     let test = "l5_send_message_set_get";
-    let Some(_g) = begin(test) else {
-        return;
-    };
+    let Some(_g) = begin(test) else { return };
     let rig = Rig::new("");
     let handlers = send_message(&rig.sender, "/core", "list-handlers", "");
     assert!(
