@@ -231,6 +231,20 @@ fn mono(samples: &[i16]) -> Vec<f32> {
         .collect()
 }
 
+/// A rig with `extra` sender arguments playing music at -30 dBFS and the far end recording
+/// it: returns once the signal arrived and settled for 0.5 s, with the reconnect count then
+/// and the recording so far thrown away.
+fn music_through(extra: &str) -> (Rig, Recorder, Player, u64) {
+    let rig = Rig::new(extra);
+    let mut rec = Recorder::start(&rig.receiver, "null.monitor");
+    let player = play_music(&rig, -30.0);
+    wait_for_signal(&rig, &mut rec);
+    std::thread::sleep(Duration::from_millis(500));
+    let reconnects0 = rig.prop_u64("opus.tunnel.reconnects");
+    rec.discard();
+    (rig, rec, player, reconnects0)
+}
+
 /// Check 1: While music-like audio plays, `compression.bitrate` 128000 → 16000 → 64000 through
 /// `update-sink-proplist`. For each: a ~5 s window starting ~1 s after the change.
 ///
@@ -247,13 +261,7 @@ fn l1_bitrate_follows_live_changes() {
     let test = "l1_bitrate_follows_live_changes";
     let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
-    let rig = Rig::new("compression.bitrate=128000");
-    let mut rec = Recorder::start(&rig.receiver, "null.monitor");
-    let _player = play_music(&rig, -30.0);
-    wait_for_signal(&rig, &mut rec);
-    std::thread::sleep(Duration::from_millis(500));
-    let reconnects0 = rig.prop_u64("opus.tunnel.reconnects");
-    rec.discard();
+    let (rig, mut rec, _player, reconnects0) = music_through("compression.bitrate=128000");
     let rec_start = Instant::now();
     let mut failures = Vec::new();
     let mut report = Vec::new();
@@ -328,13 +336,7 @@ fn l2_frame_size_follows_live_changes() {
     let test = "l2_frame_size_follows_live_changes";
     let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
-    let rig = Rig::new("");
-    let mut rec = Recorder::start(&rig.receiver, "null.monitor");
-    let _player = play_music(&rig, -30.0);
-    wait_for_signal(&rig, &mut rec);
-    std::thread::sleep(Duration::from_millis(500));
-    let reconnects0 = rig.prop_u64("opus.tunnel.reconnects");
-    rec.discard();
+    let (rig, mut rec, _player, reconnects0) = music_through("");
     let rec_start = Instant::now();
     let mut failures = Vec::new();
     for (ms, want) in [("20", 50.0), ("5", 200.0), ("20", 50.0)] {
