@@ -34,6 +34,7 @@ pub use signal::{
     Recorder, CHANNELS, RATE,
 };
 
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -63,4 +64,9 @@ pub fn begin_tunnel(test: &str) -> Option<MutexGuard<'static, ()>> {
 /// hold for the whole test; `None` (the test then returns and passes) when they are missing.
 pub fn begin(test: &str, modules: &[&str]) -> Option<MutexGuard<'static, ()>> {
     require_modules(test, modules).then(serial)
+}
+
+/// `props[key]`, or `"?"` when it is missing (for printing).
+pub fn prop_or_unknown<'a>(props: &'a HashMap<String, String>, key: &str) -> &'a str {
+    props.get(key).map(String::as_str).unwrap_or("?")
 }

@@ -23,6 +23,7 @@
 //! hostile -- --test-threads=1 --nocapture`.
 
 use opus_tunnel_tests::daemon::assert_rss_growth_under;
+use opus_tunnel_tests::prop_or_unknown;
 use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
     analyse_stereo, channel, dominant_frequency, dropouts, free_port, has_tone, play_loop,
@@ -877,19 +878,11 @@ impl Many {
             .map(|p| {
                 format!(
                     "{}:{}/{}ms/u{}/{}ppm",
-                    p.get("opus.tunnel.remote_name")
-                        .map(String::as_str)
-                        .unwrap_or("?"),
-                    p.get("opus.tunnel.state")
-                        .map(String::as_str)
-                        .unwrap_or("?"),
+                    prop_or_unknown(p, "opus.tunnel.remote_name"),
+                    prop_or_unknown(p, "opus.tunnel.state"),
                     num(p, "opus.tunnel.latency_usec").unwrap_or(-1000.0) as i64 / 1000,
-                    p.get("opus.tunnel.underruns")
-                        .map(String::as_str)
-                        .unwrap_or("?"),
-                    p.get("opus.tunnel.drift_ppm")
-                        .map(String::as_str)
-                        .unwrap_or("?"),
+                    prop_or_unknown(p, "opus.tunnel.underruns"),
+                    prop_or_unknown(p, "opus.tunnel.drift_ppm"),
                 )
             })
             .collect::<Vec<_>>()
@@ -1109,22 +1102,11 @@ fn find_tones(x: &[f32], freqs: &[f64]) -> Vec<(f64, f64)> {
 }
 
 mod rustfft_like {
-    /// Magnitude spectrum (Hann window) and Hz per bin, via `dominant_frequency`'s FFT crate.
+    /// Magnitude spectrum (Hann window) and Hz per bin.
     pub fn spectrum(x: &[f32]) -> (Vec<f64>, f64) {
-        use rustfft::{num_complex::Complex, FftPlanner};
-        let n = x.len();
-        let mut buf: Vec<Complex<f64>> = x
-            .iter()
-            .enumerate()
-            .map(|(i, &s)| {
-                let w = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (n - 1) as f64).cos();
-                Complex::new(s as f64 * w, 0.0)
-            })
-            .collect();
-        FftPlanner::new().plan_fft_forward(n).process(&mut buf);
         (
-            buf[..n / 2].iter().map(|c| c.norm()).collect(),
-            super::RATE as f64 / n as f64,
+            opus_tunnel_tests::analysis::hann_spectrum(x),
+            super::RATE as f64 / x.len() as f64,
         )
     }
 }
