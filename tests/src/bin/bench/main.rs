@@ -512,6 +512,19 @@ struct QualityRow {
     note: String,
 }
 
+impl QualityRow {
+    /// A row of a tunnel's score (and underruns during it), with the raw codec's if any.
+    fn tunnel(label: impl Into<String>, (t, u): (Score, f64), raw: Option<Score>) -> QualityRow {
+        QualityRow {
+            label: label.into(),
+            tunnel: Some(t),
+            tunnel_underruns: u,
+            raw,
+            note: String::new(),
+        }
+    }
+}
+
 fn tunnel_speech(
     cfg: &Config,
     speech: &Path,
@@ -713,59 +726,48 @@ fn run() -> Result<()> {
                     run_floor(&floor_exe, &speech, &a)?;
                     py.score(&speech, &out)
                 };
+                let tunnel_score = |cfg: &Config| {
+                    retry(&format!("quality {}", cfg.label), || {
+                        tunnel_speech(cfg, &speech, secs, &py, &work)
+                    })
+                };
                 for b in BITRATES {
                     let cfg = Config::ours(
                         &format!("opus {}k", b / 1000),
                         &format!("compression.bitrate={b}"),
                         "",
                     );
-                    let (t, u) = retry(&format!("quality {}", cfg.label), || {
-                        tunnel_speech(&cfg, &speech, secs, &py, &work)
-                    })?;
+                    let tu = tunnel_score(&cfg)?;
                     let r = raw_score(&[format!("bitrate={b}")], &format!("{b}"))?;
                     log(&format!("  raw libopus {}k: {}", b / 1000, r.raw));
-                    quality.push(QualityRow {
-                        label: format!("opus {} kbit/s, 20 ms", b / 1000),
-                        tunnel: Some(t),
-                        tunnel_underruns: u,
-                        raw: Some(r),
-                        note: String::new(),
-                    });
+                    quality.push(QualityRow::tunnel(
+                        format!("opus {} kbit/s, 20 ms", b / 1000),
+                        tu,
+                        Some(r),
+                    ));
                 }
                 let cfg = Config::ours("opus lowlat", lowlat_sender, &lowlat_receiver);
-                let (t, u) = retry(&format!("quality {}", cfg.label), || {
-                    tunnel_speech(&cfg, &speech, secs, &py, &work)
-                })?;
+                let tu = tunnel_score(&cfg)?;
                 let r = raw_score(&["bitrate=64000".into(), "frame_ms=5".into()], "64k-5ms")?;
-                quality.push(QualityRow {
-                    label: "opus 64 kbit/s, 5 ms (low-latency setting)".into(),
-                    tunnel: Some(t),
-                    tunnel_underruns: u,
-                    raw: Some(r),
-                    note: String::new(),
-                });
+                quality.push(QualityRow::tunnel(
+                    "opus 64 kbit/s, 5 ms (low-latency setting)",
+                    tu,
+                    Some(r),
+                ));
                 let cfg = Config::ours("none", "compression=none", "");
-                let (t, u) = retry(&format!("quality {}", cfg.label), || {
-                    tunnel_speech(&cfg, &speech, secs, &py, &work)
-                })?;
-                quality.push(QualityRow {
-                    label: "ours compression=none (PCM)".into(),
-                    tunnel: Some(t),
-                    tunnel_underruns: u,
-                    raw: None,
-                    note: String::new(),
-                });
+                quality.push(QualityRow::tunnel(
+                    "ours compression=none (PCM)",
+                    tunnel_score(&cfg)?,
+                    None,
+                ));
                 let cfg = Config::stock("stock");
-                let (t, _) = retry(&format!("quality {}", cfg.label), || {
-                    tunnel_speech(&cfg, &speech, secs, &py, &work)
-                })?;
-                quality.push(QualityRow {
-                    label: "stock tunnel (PCM)".into(),
-                    tunnel: Some(t),
-                    tunnel_underruns: f64::NAN,
-                    raw: None,
-                    note: String::new(),
-                });
+                let (t, _) = tunnel_score(&cfg)?;
+                // The stock tunnel has no underrun counter.
+                quality.push(QualityRow::tunnel(
+                    "stock tunnel (PCM)",
+                    (t, f64::NAN),
+                    None,
+                ));
                 for (tag, args) in [
                     ("64k, 10 ms", vec!["bitrate=64000", "frame_ms=10"]),
                     (
