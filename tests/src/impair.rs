@@ -281,15 +281,9 @@ fn spawn_direction(
 ) {
     let (tx, rx) = sync_channel::<Chunk>(QUEUE_CHUNKS);
     let (sh1, dead1, from_r, to_r) = (sh.clone(), dead.clone(), from, to.try_clone());
+    let dir = if upstream { "up" } else { "down" };
     let reader = std::thread::Builder::new()
-        .name(
-            if upstream {
-                "impair-up-r"
-            } else {
-                "impair-down-r"
-            }
-            .into(),
-        )
+        .name(format!("impair-{dir}-r"))
         .spawn(move || read_side(from_r, tx, &sh1, upstream, id, &dead1))
         .expect("spawn impairment reader");
     sh.keep_thread(reader);
@@ -299,14 +293,7 @@ fn spawn_direction(
     };
     let sh2 = sh.clone();
     let writer = std::thread::Builder::new()
-        .name(
-            if upstream {
-                "impair-up-w"
-            } else {
-                "impair-down-w"
-            }
-            .into(),
-        )
+        .name(format!("impair-{dir}-w"))
         .spawn(move || {
             write_side(to, rx, &sh2, upstream, &dead);
             // The last of the four threads of a connection forgets its sockets.

@@ -78,9 +78,17 @@ pub fn to_bytes(samples: &[i16]) -> Vec<u8> {
     samples.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
 
-fn register(d: &Daemon, pid: u32) -> Strays {
-    d.strays.register(pid);
-    d.strays.clone()
+/// Spawns the client `cmd` (pacat or parec) with `stdin` and `stdout` and no stderr, and
+/// registers it in `strays`.
+fn spawn_client(mut cmd: Command, stdin: Stdio, stdout: Stdio, strays: &Strays) -> Child {
+    let child = cmd
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {:?}: {e}", cmd.get_program()));
+    strays.register(child.id());
+    child
 }
 
 /// A running `pacat`: killed (and reaped) on drop.
@@ -163,13 +171,8 @@ fn pacat(d: &Daemon, sink: &str) -> Command {
 /// Plays a raw s16le 48 kHz stereo file into `sink` (`pacat ... -d SINK < file`).
 pub fn play(d: &Daemon, sink: &str, file: &Path) -> Player {
     let f = File::open(file).unwrap_or_else(|e| panic!("opening {}: {e}", file.display()));
-    let child = pacat(d, sink)
-        .stdin(Stdio::from(f))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn pacat: {e}"));
-    let strays = register(d, child.id());
+    let child = spawn_client(pacat(d, sink), Stdio::from(f), Stdio::null(), &d.strays);
+    let strays = d.strays.clone();
     Player {
         child: Some(child),
         strays,
@@ -187,15 +190,9 @@ pub fn play_loop(d: &Daemon, sink: &str, samples: Vec<i16>) -> Player {
 impl Player {
     /// Runs `pacat` (a command from [`pacat_into`]) fed `samples` over and over by a thread
     /// (the pipe paces it) until stopped; registered in `strays` while it runs.
-    pub(crate) fn looping(mut pacat: Command, strays: &Strays, samples: Vec<i16>) -> Player {
+    pub(crate) fn looping(pacat: Command, strays: &Strays, samples: Vec<i16>) -> Player {
         assert!(!samples.is_empty(), "play_loop needs samples");
-        let mut child = pacat
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn pacat: {e}"));
-        strays.register(child.id());
+        let mut child = spawn_client(pacat, Stdio::piped(), Stdio::null(), strays);
         let mut stdin = child.stdin.take().expect("pacat stdin");
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -252,23 +249,17 @@ impl Recorder {
     /// Runs `parec` (`cmd`, a `parec` command set up for some server) on `source` at 50 ms
     /// latency, registered in `strays` while it runs; a thread collects what it delivers.
     pub(crate) fn spawn(mut cmd: Command, strays: &Strays, source: &str) -> Recorder {
-        let mut child = cmd
-            .args([
-                "--raw",
-                "--format=s16le",
-                "--rate=48000",
-                "--channels=2",
-                "--latency-msec=50",
-                "--client-name=opus-tunnel-tests",
-                "-d",
-                source,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn parec: {e}"));
-        strays.register(child.id());
+        cmd.args([
+            "--raw",
+            "--format=s16le",
+            "--rate=48000",
+            "--channels=2",
+            "--latency-msec=50",
+            "--client-name=opus-tunnel-tests",
+            "-d",
+            source,
+        ]);
+        let mut child = spawn_client(cmd, Stdio::null(), Stdio::piped(), strays);
         let stdout: ChildStdout = child.stdout.take().expect("parec stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::Builder::new()
