@@ -8,7 +8,7 @@
 //! missing, unless OPUS_TUNNEL_REQUIRE_MODULES=1. Run one at a time (`--test-threads=1`; a
 //! lock serialises them anyway).
 
-use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire, PwRecorder};
+use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire, PwPlayer, PwRecorder};
 use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
     analyse_stereo, channel, dominant_frequency, free_port, play_loop, require_modules, rms_dbfs,
@@ -125,6 +125,25 @@ fn pw_sender(port: u16, compression: &str) -> PipeWire {
         .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER}: {e:#}"))
 }
 
+/// Once `pw`'s tunnel sink `tun` is there: the test tone plays into it, and `pa`'s
+/// `null.monitor` is recorded.
+fn tone_into_tun(pw: &PipeWire, pa: &Daemon) -> (Rec, PwPlayer) {
+    wait_for_node(pw, "tun");
+    let rec = Rec::Pa(Recorder::start(pa, "null.monitor"));
+    let player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
+    (rec, player)
+}
+
+/// The logs of a PipeWire sender (and its `tun` node) and of a PulseAudio receiver.
+fn tun_logs(pw: &PipeWire, pa: &Daemon) -> String {
+    format!(
+        "tun node: {:?}\n{}\n--- pa receiver ---\n{}",
+        pw.node_props("tun"),
+        pw.log(),
+        pa.log_tail(30)
+    )
+}
+
 /// A PipeWire "desktop" with a tunnel source node `mic` recording `null.monitor` of the
 /// receiver at `port`; waits for the node.
 fn pw_desktop_mic(port: u16) -> PipeWire {
@@ -229,17 +248,8 @@ fn pw_to_pa(test: &str, compression: &str) {
     let pa = pa_receiver(port);
     let proxy = CountingProxy::start(port);
     let pw = pw_sender(proxy.port(), compression);
-    wait_for_node(&pw, "tun");
-    let mut rec = Rec::Pa(Recorder::start(&pa, "null.monitor"));
-    let _player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
-    let logs = || {
-        format!(
-            "tun node: {:?}\n{}\n--- pa receiver ---\n{}",
-            pw.node_props("tun"),
-            pw.log(),
-            pa.log_tail(30)
-        )
-    };
+    let (mut rec, _player) = tone_into_tun(&pw, &pa);
+    let logs = || tun_logs(&pw, &pa);
     let kbps = check_tone_and_wire(test, &mut rec, &proxy, &logs);
     check_wire(test, compression, kbps);
     let props = pw.node_props("tun").expect("tun node");
@@ -850,17 +860,8 @@ fn pw10_live_bitrate_on_pipewire_sink() {
         )
         .start()
         .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER}: {e:#}"));
-    wait_for_node(&pw, "tun");
-    let mut rec = Rec::Pa(Recorder::start(&pa, "null.monitor"));
-    let _player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
-    let logs = || {
-        format!(
-            "tun node: {:?}\n{}\n--- pa receiver ---\n{}",
-            pw.node_props("tun"),
-            pw.log(),
-            pa.log_tail(30)
-        )
-    };
+    let (mut rec, _player) = tone_into_tun(&pw, &pa);
+    let logs = || tun_logs(&pw, &pa);
     wait_for_tone(&mut rec, Duration::from_secs(8))
         .unwrap_or_else(|| panic!("{test}: no tone at the receiver\n{}", logs()));
     let wire = |secs: f64| {
