@@ -173,6 +173,20 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("{name} daemon: {e:#}"))
     }
 
+    /// Loads our tunnel sink `sink` (`module-tunnel-sink-opus`) toward `127.0.0.1:port`,
+    /// playing into the far end's `null`, with `extra` arguments; panics with the log tail if
+    /// the load fails. Returns the module index.
+    pub fn load_tunnel(&self, sink: &str, port: u16, extra: &str) -> u32 {
+        let module = crate::SENDER;
+        let args = format!("sink_name={sink} server=tcp:127.0.0.1:{port} sink=null {extra}");
+        self.load_module(module, &args).unwrap_or_else(|e| {
+            panic!(
+                "load-module {module} {args}: {e}\n--- sender log tail ---\n{}",
+                self.log_tail(40)
+            )
+        })
+    }
+
     /// A daemon named `name` running our receiver, `module-opus-protocol-tcp` on
     /// `127.0.0.1:port` into `null`, with `args` added; panics if it does not start.
     pub fn receiver(name: &str, port: u16, args: &str) -> Daemon {
@@ -606,4 +620,13 @@ pub fn assert_rss_growth_under(who: &str, before_kib: u64, after_kib: u64, limit
         "{who} RSS grew {} KiB",
         after_kib as i64 - before_kib as i64
     );
+}
+
+/// The last 40 log lines of a sender and of a receiver daemon, for failure messages.
+pub fn tunnel_logs(sender: &Daemon, receiver: &Daemon) -> String {
+    format!(
+        "\n--- sender log tail ---\n{}\n--- receiver log tail ---\n{}",
+        sender.log_tail(40),
+        receiver.log_tail(40)
+    )
 }

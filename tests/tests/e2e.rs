@@ -9,6 +9,7 @@
 //! --test-threads=1` (a lock serialises them anyway).
 
 use opus_tunnel_tests::daemon::assert_rss_growth_under;
+use opus_tunnel_tests::daemon::tunnel_logs as logs;
 use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
     analyse_stereo, free_port, play_loop, tone_loop, CountingProxy, Daemon, Player, Recorder,
@@ -60,22 +61,8 @@ impl Rig {
     }
 }
 
-fn logs(sender: &Daemon, receiver: &Daemon) -> String {
-    format!(
-        "\n--- sender log tail ---\n{}\n--- receiver log tail ---\n{}",
-        sender.log_tail(40),
-        receiver.log_tail(40)
-    )
-}
-
 fn load_tunnel(sender: &Daemon, port: u16, extra: &str) -> u32 {
-    let args = format!("sink_name=tun server=tcp:127.0.0.1:{port} sink=null {extra}");
-    sender.load_module(SENDER, &args).unwrap_or_else(|e| {
-        panic!(
-            "load-module {SENDER} {args}: {e}\n--- sender log tail ---\n{}",
-            sender.log_tail(40)
-        )
-    })
+    sender.load_tunnel("tun", port, extra)
 }
 
 fn play_tone(sender: &Daemon) -> Player {

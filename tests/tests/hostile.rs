@@ -23,6 +23,7 @@
 //! hostile -- --test-threads=1 --nocapture`.
 
 use opus_tunnel_tests::daemon::assert_rss_growth_under;
+use opus_tunnel_tests::daemon::tunnel_logs as logs;
 use opus_tunnel_tests::prop_or_unknown;
 use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
@@ -51,22 +52,8 @@ fn start_sender() -> Daemon {
     Daemon::named("sender")
 }
 
-fn logs(sender: &Daemon, receiver: &Daemon) -> String {
-    format!(
-        "\n--- sender log tail ---\n{}\n--- receiver log tail ---\n{}",
-        sender.log_tail(40),
-        receiver.log_tail(40)
-    )
-}
-
 fn load_tunnel(sender: &Daemon, name: &str, port: u16, extra: &str) -> u32 {
-    let args = format!("sink_name={name} server=tcp:127.0.0.1:{port} sink=null {extra}");
-    sender.load_module(SENDER, &args).unwrap_or_else(|e| {
-        panic!(
-            "load-module {SENDER} {args}: {e}\n--- sender log tail ---\n{}",
-            sender.log_tail(40)
-        )
-    })
+    sender.load_tunnel(name, port, extra)
 }
 
 fn play_tone(sender: &Daemon, sink: &str) -> Player {

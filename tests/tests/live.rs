@@ -9,6 +9,7 @@
 //! `opus-tunnel-ctl`. Every test prints `SKIP: ...` and passes when the modules are not built.
 //! Run one at a time: `cargo test -p opus-tunnel-tests --test live -- --test-threads=1`.
 
+use opus_tunnel_tests::daemon::tunnel_logs as logs;
 use opus_tunnel_tests::signal::music_loop;
 use opus_tunnel_tests::{begin_tunnel as begin, RECEIVER, SENDER};
 use opus_tunnel_tests::{
@@ -123,14 +124,6 @@ impl Rig {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-}
-
-fn logs(sender: &Daemon, receiver: &Daemon) -> String {
-    format!(
-        "\n--- sender log tail ---\n{}\n--- receiver log tail ---\n{}",
-        sender.log_tail(40),
-        receiver.log_tail(40)
-    )
 }
 
 #[derive(Debug, Clone, Copy)]
