@@ -612,14 +612,19 @@ impl Drop for Daemon {
     }
 }
 
-/// Asserts that a daemon's RSS grew by less than `limit_kib` from `before_kib` to `after_kib`
-/// (`who` names it in the message).
-pub fn assert_rss_growth_under(who: &str, before_kib: u64, after_kib: u64, limit_kib: u64) {
-    assert!(
-        after_kib < before_kib + limit_kib,
-        "{who} RSS grew {} KiB",
-        after_kib as i64 - before_kib as i64
-    );
+/// Asserts that neither the sender's nor the receiver's RSS (KiB, `(sender, receiver)`)
+/// grew by `limit_kib` or more from `before` to `after`.
+pub fn assert_rss_growth_under(before: (u64, u64), after: (u64, u64), limit_kib: u64) {
+    for (who, b, a) in [
+        ("sender", before.0, after.0),
+        ("receiver", before.1, after.1),
+    ] {
+        assert!(
+            a < b + limit_kib,
+            "{who} RSS grew {} KiB",
+            a as i64 - b as i64
+        );
+    }
 }
 
 /// The last 40 log lines of a sender and of a receiver daemon, for failure messages.

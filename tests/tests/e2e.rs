@@ -200,14 +200,10 @@ fn c_load_unload_cycles_do_not_leak() {
         sender
             .unload_module(idx)
             .unwrap_or_else(|e| panic!("cycle {cycle}: unload: {e}"));
+        let alive = (sender.is_alive(), receiver.is_alive());
         assert!(
-            sender.is_alive(),
-            "sender died in cycle {cycle}{}",
-            logs(&sender, &receiver)
-        );
-        assert!(
-            receiver.is_alive(),
-            "receiver died in cycle {cycle}{}",
+            alive == (true, true),
+            "a daemon died in cycle {cycle} (sender, receiver alive: {alive:?}){}",
             logs(&sender, &receiver)
         );
         assert!(
@@ -230,8 +226,7 @@ fn c_load_unload_cycles_do_not_leak() {
         proxy.connections(),
         t.elapsed()
     );
-    assert_rss_growth_under("sender", base.0, end.0, 5 * 1024);
-    assert_rss_growth_under("receiver", base.1, end.1, 5 * 1024);
+    assert_rss_growth_under(base, end, 5 * 1024);
 }
 
 /// d. Bad arguments: load-module fails, the log names the argument, the daemon lives on.
