@@ -70,3 +70,17 @@ pub fn begin(test: &str, modules: &[&str]) -> Option<MutexGuard<'static, ()>> {
 pub fn prop_or_unknown<'a>(props: &'a HashMap<String, String>, key: &str) -> &'a str {
     props.get(key).map(String::as_str).unwrap_or("?")
 }
+
+/// `n` pseudo-random bytes from the xorshift64 generator started at `seed` (not 0): the same
+/// bytes for the same seed.
+pub fn pseudo_random_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

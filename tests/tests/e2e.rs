@@ -10,6 +10,7 @@
 
 use opus_tunnel_tests::daemon::assert_rss_growth_under;
 use opus_tunnel_tests::daemon::tunnel_logs as logs;
+use opus_tunnel_tests::pseudo_random_bytes;
 use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
     analyse_stereo, free_port, play_loop, tone_loop, CountingProxy, Daemon, Player, Recorder,
@@ -379,15 +380,7 @@ fn f_garbage_connections_are_closed() {
     let port = rig.port;
     let attacker = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let random: Vec<u8> = (0..65536)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let random = pseudo_random_bytes(0x9E37_79B9_7F4A_7C15, 65536);
         let http = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: test\r\n\r\n".to_vec();
         let mut oversized = vec![0xff, 0xff, 0x7f, 0xff, 0xff, 0xff];
         oversized.extend(std::iter::repeat_n(b'A', 256 * 1024));

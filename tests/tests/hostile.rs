@@ -25,6 +25,7 @@
 use opus_tunnel_tests::daemon::assert_rss_growth_under;
 use opus_tunnel_tests::daemon::tunnel_logs as logs;
 use opus_tunnel_tests::prop_or_unknown;
+use opus_tunnel_tests::pseudo_random_bytes;
 use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
     analyse_stereo, channel, dominant_frequency, dropouts, free_port, has_tone, play_loop,
@@ -243,15 +244,10 @@ fn max(v: &[f64]) -> f64 {
 
 fn write_cookie(dir: &Path, name: &str, seed: u8) -> PathBuf {
     let path = dir.join(name);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ u64::from(seed).wrapping_mul(0x1234_5678_9ABC);
-    let bytes: Vec<u8> = (0..256)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let bytes = pseudo_random_bytes(
+        0x9E37_79B9_7F4A_7C15 ^ u64::from(seed).wrapping_mul(0x1234_5678_9ABC),
+        256,
+    );
     std::fs::write(&path, bytes).expect("write cookie");
     path
 }
@@ -1131,15 +1127,7 @@ fn valid_hello(i: usize) -> Vec<u8> {
 }
 
 fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    pseudo_random_bytes(seed | 1, n)
 }
 
 /// What to send, and whether to trickle it one byte per 100 ms.
