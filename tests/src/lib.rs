@@ -84,3 +84,9 @@ pub fn pseudo_random_bytes(seed: u64, n: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Asserts that the property `key` of `props` is `want`.
+#[track_caller]
+pub fn assert_prop(props: &HashMap<String, String>, key: &str, want: &str) {
+    assert_eq!(props.get(key).map(String::as_str), Some(want), "{key}");
+}

@@ -9,6 +9,7 @@
 //! `opus-tunnel-ctl`. Every test prints `SKIP: ...` and passes when the modules are not built.
 //! Run one at a time: `cargo test -p opus-tunnel-tests --test live -- --test-threads=1`.
 
+use opus_tunnel_tests::assert_prop;
 use opus_tunnel_tests::daemon::tunnel_logs as logs;
 use opus_tunnel_tests::signal::music_loop;
 use opus_tunnel_tests::{begin_tunnel as begin, RECEIVER, SENDER};
@@ -527,14 +528,8 @@ fn l5_send_message_set_get() {
     );
     assert_eq!(ok.trim(), "ok", "set answered {ok:?}{}", rig.logs());
     let got = parse_kv(&send_message(&rig.sender, "/opus_tunnel/tun", "get", ""));
-    assert_eq!(
-        got.get("compression.bitrate").map(String::as_str),
-        Some("32000")
-    );
-    assert_eq!(
-        got.get("compression.opus.complexity").map(String::as_str),
-        Some("5")
-    );
+    assert_prop(&got, "compression.bitrate", "32000");
+    assert_prop(&got, "compression.opus.complexity", "5");
     for key in ["compression", "compression.frame_size", "opus.tunnel.state"] {
         assert!(got.contains_key(key), "get lacks {key}: {got:?}");
     }

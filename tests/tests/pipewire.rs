@@ -8,6 +8,7 @@
 //! missing, unless OPUS_TUNNEL_REQUIRE_MODULES=1. Run one at a time (`--test-threads=1`; a
 //! lock serialises them anyway).
 
+use opus_tunnel_tests::assert_prop;
 use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire, PwPlayer, PwRecorder};
 use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
@@ -218,10 +219,7 @@ fn pa_to_pw(test: &str, compression: &str) {
         s.get("opus.tunnel.latency_usec"),
         s.get("opus.tunnel.underruns")
     );
-    assert_eq!(
-        s.get("media.class").map(String::as_str),
-        Some("Stream/Output/Audio")
-    );
+    assert_prop(s, "media.class", "Stream/Output/Audio");
     assert!(
         s.get("opus.tunnel.bitrate")
             .and_then(|b| b.parse::<u64>().ok())
@@ -261,10 +259,7 @@ fn pw_to_pa(test: &str, compression: &str) {
         props.get("opus.tunnel.state"),
         props.get("opus.tunnel.bitrate")
     );
-    assert_eq!(
-        props.get("media.class").map(String::as_str),
-        Some("Audio/Sink")
-    );
+    assert_prop(&props, "media.class", "Audio/Sink");
     assert_eq!(
         props.get("compression").map(String::as_str),
         Some(compression)
@@ -730,18 +725,9 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
         props.get("compression.opus.signal"),
         props.get("opus.tunnel.state"),
     );
-    assert_eq!(
-        props.get("media.class").map(String::as_str),
-        Some("Audio/Source")
-    );
-    assert_eq!(
-        props.get("compression.bitrate").map(String::as_str),
-        Some("32000")
-    );
-    assert_eq!(
-        props.get("compression.opus.signal").map(String::as_str),
-        Some("voice")
-    );
+    assert_prop(&props, "media.class", "Audio/Source");
+    assert_prop(&props, "compression.bitrate", "32000");
+    assert_prop(&props, "compression.opus.signal", "voice");
     assert!(
         idle < 1024,
         "{test}: {idle} bytes crossed the wire with no reader"
@@ -960,10 +946,7 @@ fn pw10_live_bitrate_on_pipewire_sink() {
         "{test}: after compression.bitrate 999: property {:?}, refusal logged: {refused}",
         p.get("compression.bitrate")
     );
-    assert_eq!(
-        p.get("compression.bitrate").map(String::as_str),
-        Some("32000")
-    );
+    assert_prop(&p, "compression.bitrate", "32000");
     assert!(refused, "{test}: no refusal in the log\n{}", logs());
     // What PulseAudio's tools can do on pipewire-pulse: there is no update-sink-proplist
     // (pacmd's CLI protocol is not served) and `pactl send-message` reaches no handler of
