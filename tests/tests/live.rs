@@ -225,6 +225,19 @@ fn mono(samples: &[i16]) -> Vec<f32> {
         .collect()
 }
 
+/// The far end's audio recorded since `since` and its dropouts (≥ 5 ms, > 20 dB down),
+/// printed with the test's time so far (from `t0`).
+fn dropouts_since(test: &str, rec: &mut Recorder, since: Instant, t0: Instant) -> Vec<Dropout> {
+    let audio = read_since(rec, since);
+    let gaps = dropouts(&audio, 2);
+    println!(
+        "{test}: {:.1} s recorded across the changes; dropouts (≥ 5 ms, > 20 dB down): {gaps:?}; {:.1} s in all",
+        audio.len() as f64 / 2.0 / RATE as f64,
+        t0.elapsed().as_secs_f64()
+    );
+    gaps
+}
+
 /// A rig with `extra` sender arguments playing music at -30 dBFS and the far end recording
 /// it: returns once the signal arrived and settled for 0.5 s, with the reconnect count then
 /// and the recording so far thrown away.
@@ -300,13 +313,7 @@ fn l1_bitrate_follows_live_changes() {
             rig.logs()
         );
     }
-    let audio = read_since(&mut rec, rec_start);
-    let gaps = dropouts(&audio, 2);
-    println!(
-        "{test}: {:.1} s recorded across the changes; dropouts (≥ 5 ms, > 20 dB down): {gaps:?}; {:.1} s in all",
-        audio.len() as f64 / 2.0 / RATE as f64,
-        t0.elapsed().as_secs_f64()
-    );
+    let gaps = dropouts_since(test, &mut rec, rec_start, t0);
     let long: Vec<&Dropout> = gaps.iter().filter(|d| d.len_ms > 20.0).collect();
     assert!(
         long.is_empty(),
@@ -366,13 +373,7 @@ fn l2_frame_size_follows_live_changes() {
             rig.logs()
         );
     }
-    let audio = read_since(&mut rec, rec_start);
-    let gaps = dropouts(&audio, 2);
-    println!(
-        "{test}: {:.1} s recorded across the changes; dropouts: {gaps:?}; {:.1} s in all",
-        audio.len() as f64 / 2.0 / RATE as f64,
-        t0.elapsed().as_secs_f64()
-    );
+    let gaps = dropouts_since(test, &mut rec, rec_start, t0);
     assert!(failures.is_empty(), "{failures:?}{}", rig.logs());
     assert!(
         gaps.is_empty(),
