@@ -1,6 +1,8 @@
 //! Private PulseAudio daemons for tests.
 
-use crate::process::{built_module_dir, pid_exists, signal, terminate, Signal, Strays};
+use crate::process::{
+    built_module_dir, pid_exists, signal, stdout_or_panic, terminate, Signal, Strays,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use std::fs;
@@ -396,16 +398,11 @@ impl Daemon {
 
     /// `pactl ARGS`, panicking with the stderr and the daemon log if it fails; returns stdout.
     pub fn pactl_ok(&self, args: &[&str]) -> String {
-        let out = self.pactl(args);
-        if !out.status.success() {
-            panic!(
-                "pactl {args:?} failed on {}: {}\n--- log tail ---\n{}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr),
-                self.log_tail(40)
-            );
-        }
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_or_panic(
+            self.pactl(args),
+            &format!("pactl {args:?} on {}", self.name),
+            || format!("--- log tail ---\n{}", self.log_tail(40)),
+        )
     }
 
     /// `pactl load-module NAME ARGS`: the module index, or pactl's stderr.

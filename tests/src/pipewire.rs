@@ -5,7 +5,7 @@
 //! sink). Our modules are found through `PIPEWIRE_MODULE_DIR=<pw module dir>:<stock dir>`.
 //! Dropping it stops WirePlumber's process group and the daemon by pid.
 
-use crate::process::{built_module_dir, signal_group, terminate, Signal, Strays};
+use crate::process::{built_module_dir, signal_group, stdout_or_panic, terminate, Signal, Strays};
 use crate::signal::{pacat_into, Player, Recorder};
 use anyhow::{bail, Context as _, Result};
 use std::collections::HashMap;
@@ -190,15 +190,15 @@ impl PipeWire {
 
     fn env(&self) -> HashMap<&'static str, String> {
         let dir = self.dir.display().to_string();
-        let mut env = HashMap::new();
-        env.insert("XDG_RUNTIME_DIR", dir.clone());
-        env.insert("HOME", format!("{dir}/home"));
-        env.insert("XDG_CONFIG_HOME", format!("{dir}/home/.config"));
-        env.insert("XDG_STATE_HOME", format!("{dir}/home/.state"));
-        env.insert("PULSE_SERVER", format!("unix:{dir}/pulse/native"));
-        env.insert("PULSE_CLIENTCONFIG", format!("{dir}/client.conf"));
-        env.insert("PULSE_RUNTIME_PATH", format!("{dir}/pulse"));
-        env
+        HashMap::from([
+            ("XDG_RUNTIME_DIR", dir.clone()),
+            ("HOME", format!("{dir}/home")),
+            ("XDG_CONFIG_HOME", format!("{dir}/home/.config")),
+            ("XDG_STATE_HOME", format!("{dir}/home/.state")),
+            ("PULSE_SERVER", format!("unix:{dir}/pulse/native")),
+            ("PULSE_CLIENTCONFIG", format!("{dir}/client.conf")),
+            ("PULSE_RUNTIME_PATH", format!("{dir}/pulse")),
+        ])
     }
 
     /// A client program (`pactl`, `pacat`, `pw-dump`, ...) talking to this daemon.
@@ -341,16 +341,11 @@ impl PipeWire {
 
     /// `pactl ARGS`, panicking with the logs if it fails; returns stdout.
     pub fn pactl_ok(&self, args: &[&str]) -> String {
-        let out = self.pactl(args);
-        if !out.status.success() {
-            panic!(
-                "pactl {args:?} on {} failed: {}\n{}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr),
-                self.log()
-            );
-        }
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_or_panic(
+            self.pactl(args),
+            &format!("pactl {args:?} on {}", self.name),
+            || self.log(),
+        )
     }
 
     /// `pw-dump` (10 s guard).

@@ -3,7 +3,7 @@
 
 use rustix::process::{kill_process, kill_process_group, test_kill_process, Pid};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
+use std::process::{Child, ExitStatus, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,19 @@ pub fn pid_exists(pid: u32) -> bool {
 /// `/proc/PID/stat`.
 pub fn clock_ticks_per_second() -> u64 {
     rustix::param::clock_ticks_per_second()
+}
+
+/// The stdout of a finished command; if it failed, panics naming it (`what`) with its stderr
+/// and `logs()`.
+pub fn stdout_or_panic(out: Output, what: &str, logs: impl FnOnce() -> String) -> String {
+    if !out.status.success() {
+        panic!(
+            "{what} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            logs()
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// SIGTERM `child`, wait up to `grace` for it to exit, then SIGKILL; always reaps. Returns the
