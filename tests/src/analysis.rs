@@ -21,14 +21,10 @@ pub fn channel(samples: &[i16], ch: usize, channels: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The dominant frequency in Hz (Hann window, FFT, parabolic interpolation on the log
-/// magnitude around the peak; the bins below 20 Hz are ignored). Resolution is far better
-/// than ±1 Hz for ≥ 1 s of a steady tone. Returns 0.0 for silence or fewer than 64 samples.
-pub fn dominant_frequency(samples: &[f32], rate: u32) -> f64 {
+/// Magnitude spectrum of `samples` under a Hann window: bins 0 to n/2 - 1 (n the length),
+/// `rate / n` Hz apart.
+pub fn hann_spectrum(samples: &[f32]) -> Vec<f64> {
     let n = samples.len();
-    if n < 64 {
-        return 0.0;
-    }
     let mut buf: Vec<Complex<f64>> = samples
         .iter()
         .enumerate()
@@ -38,7 +34,18 @@ pub fn dominant_frequency(samples: &[f32], rate: u32) -> f64 {
         })
         .collect();
     FftPlanner::new().plan_fft_forward(n).process(&mut buf);
-    let mags: Vec<f64> = buf[..n / 2].iter().map(|c| c.norm()).collect();
+    buf[..n / 2].iter().map(|c| c.norm()).collect()
+}
+
+/// The dominant frequency in Hz (Hann window, FFT, parabolic interpolation on the log
+/// magnitude around the peak; the bins below 20 Hz are ignored). Resolution is far better
+/// than ±1 Hz for ≥ 1 s of a steady tone. Returns 0.0 for silence or fewer than 64 samples.
+pub fn dominant_frequency(samples: &[f32], rate: u32) -> f64 {
+    let n = samples.len();
+    if n < 64 {
+        return 0.0;
+    }
+    let mags = hann_spectrum(samples);
     let lo = ((20.0 * n as f64 / rate as f64).ceil() as usize).max(1);
     let Some((k, &peak)) = mags
         .iter()

@@ -1,5 +1,8 @@
 //! Private PulseAudio daemons for tests.
 
+use crate::process::{
+    built_module_dir, pid_exists, signal, stdout_or_panic, terminate, Signal, Strays,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashMap;
 use std::fs;
@@ -7,7 +10,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// How long [`Daemon::start`] waits for `pactl info` to answer.
@@ -35,17 +38,7 @@ pub fn stock_module_dir() -> PathBuf {
 
 /// Where our built modules are: `$OPUS_TUNNEL_MODULE_DIR`, or `<workspace>/target/modules`.
 pub fn module_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("OPUS_TUNNEL_MODULE_DIR") {
-        if !dir.is_empty() {
-            return PathBuf::from(dir);
-        }
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .unwrap_or(manifest)
-        .join("target")
-        .join("modules")
+    built_module_dir("OPUS_TUNNEL_MODULE_DIR", "modules")
 }
 
 /// True if every named module (`module-foo`, without `.so`) exists in [`module_dir`].
@@ -149,7 +142,7 @@ pub struct Daemon {
     child: Option<Child>,
     args: Vec<String>,
     /// pids of pacat/parec processes spawned against this daemon, killed on drop.
-    pub(crate) strays: Arc<Mutex<Vec<u32>>>,
+    pub(crate) strays: Strays,
     /// the module dir the daemon searches first
     modules: PathBuf,
 }
@@ -172,6 +165,42 @@ impl Daemon {
 
     pub fn builder() -> DaemonBuilder {
         DaemonBuilder::default()
+    }
+
+    /// A daemon named `name` with only the standard setup; panics if it does not start.
+    pub fn named(name: &str) -> Daemon {
+        Daemon::builder()
+            .name(name)
+            .start()
+            .unwrap_or_else(|e| panic!("{name} daemon: {e:#}"))
+    }
+
+    /// Loads our tunnel sink `sink` (`module-tunnel-sink-opus`) toward `127.0.0.1:port`,
+    /// playing into the far end's `null`, with `extra` arguments; panics with the log tail if
+    /// the load fails. Returns the module index.
+    pub fn load_tunnel(&self, sink: &str, port: u16, extra: &str) -> u32 {
+        let module = crate::SENDER;
+        let args = format!("sink_name={sink} server=tcp:127.0.0.1:{port} sink=null {extra}");
+        self.load_module(module, &args).unwrap_or_else(|e| {
+            panic!(
+                "load-module {module} {args}: {e}\n--- sender log tail ---\n{}",
+                self.log_tail(40)
+            )
+        })
+    }
+
+    /// A daemon named `name` running our receiver, `module-opus-protocol-tcp` on
+    /// `127.0.0.1:port` into `null`, with `args` added; panics if it does not start.
+    pub fn receiver(name: &str, port: u16, args: &str) -> Daemon {
+        Daemon::builder()
+            .name(name)
+            .line(format!(
+                "load-module module-opus-protocol-tcp port={port} listen=127.0.0.1 sink=null {args}"
+            ))
+            .start()
+            .unwrap_or_else(|e| {
+                panic!("{name} with module-opus-protocol-tcp {args} on port {port}: {e:#}")
+            })
     }
 
     fn start_with(b: DaemonBuilder) -> Result<Daemon> {
@@ -232,7 +261,7 @@ impl Daemon {
             dir,
             child: None,
             args,
-            strays: Arc::new(Mutex::new(Vec::new())),
+            strays: Strays::default(),
             modules,
         };
         d.spawn()?;
@@ -369,16 +398,11 @@ impl Daemon {
 
     /// `pactl ARGS`, panicking with the stderr and the daemon log if it fails; returns stdout.
     pub fn pactl_ok(&self, args: &[&str]) -> String {
-        let out = self.pactl(args);
-        if !out.status.success() {
-            panic!(
-                "pactl {args:?} failed on {}: {}\n--- log tail ---\n{}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr),
-                self.log_tail(40)
-            );
-        }
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_or_panic(
+            self.pactl(args),
+            &format!("pactl {args:?} on {}", self.name),
+            || format!("--- log tail ---\n{}", self.log_tail(40)),
+        )
     }
 
     /// `pactl load-module NAME ARGS`: the module index, or pactl's stderr.
@@ -418,8 +442,7 @@ impl Daemon {
         if pid == 0 {
             return false;
         }
-        // SAFETY: kill with signal 0 only checks that the process exists.
-        if unsafe { libc::kill(pid as libc::pid_t, 0) } != 0 {
+        if !pid_exists(pid) {
             return false;
         }
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -496,39 +519,13 @@ impl Daemon {
     /// SIGTERM, wait up to 3 s, then SIGKILL; always reaps.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let pid = c.id() as libc::pid_t;
-            // SAFETY: signalling our own child, which is not yet reaped (so the pid is ours).
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(3);
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) => return,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => break,
-                }
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            terminate(&mut c, Duration::from_secs(3));
         }
     }
 
     /// Kills the pacat/parec processes still registered against this daemon.
     pub fn kill_clients(&self) {
-        let pids: Vec<u32> = match self.strays.lock() {
-            Ok(mut v) => std::mem::take(&mut *v),
-            Err(p) => std::mem::take(&mut *p.into_inner()),
-        };
-        for pid in pids {
-            // SAFETY: plain kill(2); the pid was registered by a Player that has not yet
-            // reaped it (a Player unregisters before it waits).
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            }
-        }
+        self.strays.kill_all();
     }
 
     /// Names of the sinks (`pactl list short sinks`).
@@ -591,10 +588,8 @@ fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
         r
     });
     if rx.recv_timeout(timeout).is_err() {
-        // SAFETY: the child is not reaped until wait_with_output returns, so pid is ours.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGKILL);
-        }
+        // The child is not reaped until wait_with_output returns, so pid is still ours.
+        signal(pid, Signal::KILL);
     }
     let out = waiter
         .join()
@@ -612,4 +607,28 @@ impl Drop for Daemon {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Asserts that neither the sender's nor the receiver's RSS (KiB, `(sender, receiver)`)
+/// grew by `limit_kib` or more from `before` to `after`.
+pub fn assert_rss_growth_under(before: (u64, u64), after: (u64, u64), limit_kib: u64) {
+    for (who, b, a) in [
+        ("sender", before.0, after.0),
+        ("receiver", before.1, after.1),
+    ] {
+        assert!(
+            a < b + limit_kib,
+            "{who} RSS grew {} KiB",
+            a as i64 - b as i64
+        );
+    }
+}
+
+/// The last 40 log lines of a sender and of a receiver daemon, for failure messages.
+pub fn tunnel_logs(sender: &Daemon, receiver: &Daemon) -> String {
+    format!(
+        "\n--- sender log tail ---\n{}\n--- receiver log tail ---\n{}",
+        sender.log_tail(40),
+        receiver.log_tail(40)
+    )
 }

@@ -8,8 +8,9 @@
 //! queue between them is bounded (in chunks), so a slow or stalled link pushes back on the
 //! sender as TCP does. Dropping the proxy closes every connection and joins every thread.
 
+use crate::tcp::{accept_links, lock, reap_finished, take_all, Acceptor};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -69,7 +70,7 @@ impl Shared {
         if n == 0 {
             return 0;
         }
-        let mut g = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock(&self.rng);
         // xorshift64*
         *g ^= *g >> 12;
         *g ^= *g << 25;
@@ -78,23 +79,16 @@ impl Shared {
     }
 
     fn settings(&self) -> Impairment {
-        *self.settings.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.settings)
     }
 
     fn stall_until(&self) -> Option<Instant> {
-        *self.stall_until.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.stall_until)
     }
 
     fn keep_thread(&self, h: JoinHandle<()>) {
-        let mut t = self.threads.lock().unwrap_or_else(|p| p.into_inner());
-        // Reap finished threads so a long test doesn't accumulate handles.
-        let (done, live): (Vec<_>, Vec<_>) = std::mem::take(&mut *t)
-            .into_iter()
-            .partition(|h| h.is_finished());
-        for h in done {
-            let _ = h.join();
-        }
-        *t = live;
+        let mut t = lock(&self.threads);
+        reap_finished(&mut t);
         t.push(h);
     }
 }
@@ -102,10 +96,8 @@ impl Shared {
 /// Listens on `127.0.0.1:<port>` and forwards every connection to `127.0.0.1:<target>`
 /// through the impairments set on it.
 pub struct ImpairmentProxy {
-    port: u16,
-    target: u16,
+    acceptor: Acceptor,
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
 }
 
 impl ImpairmentProxy {
@@ -116,12 +108,6 @@ impl ImpairmentProxy {
 
     /// A proxy on a free port to `127.0.0.1:target` with `imp` from the first byte.
     pub fn start_with(target: u16, imp: Impairment) -> ImpairmentProxy {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .unwrap_or_else(|e| panic!("impairment proxy cannot bind 127.0.0.1:0: {e}"));
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
-        let port = listener.local_addr().expect("local_addr").port();
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -141,26 +127,18 @@ impl ImpairmentProxy {
             threads: Mutex::new(Vec::new()),
         });
         let sh = shared.clone();
-        let acceptor = std::thread::Builder::new()
-            .name(format!("impair-{port}"))
-            .spawn(move || accept_loop(listener, target, sh))
-            .expect("spawn impairment proxy acceptor");
-        ImpairmentProxy {
-            port,
-            target,
-            shared,
-            acceptor: Some(acceptor),
-        }
+        let acceptor = Acceptor::spawn("impair", 0, target, move |l| accept_loop(l, target, sh));
+        ImpairmentProxy { acceptor, shared }
     }
 
     /// The port the proxy listens on.
     pub fn port(&self) -> u16 {
-        self.port
+        self.acceptor.port
     }
 
     /// The port it forwards to.
     pub fn target(&self) -> u16 {
-        self.target
+        self.acceptor.target
     }
 
     /// The impairments now in force.
@@ -170,48 +148,28 @@ impl ImpairmentProxy {
 
     /// Replaces all impairments (applies to chunks read from now on).
     pub fn set(&self, imp: Impairment) {
-        *self
-            .shared
-            .settings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = imp;
+        *lock(&self.shared.settings) = imp;
     }
 
     /// A fixed delay added to every chunk in both directions.
     pub fn set_delay(&self, delay: Duration) {
-        self.shared
-            .settings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .delay = delay;
+        lock(&self.shared.settings).delay = delay;
     }
 
     /// A random extra delay of 0..`jitter` per chunk (order kept).
     pub fn set_jitter(&self, jitter: Duration) {
-        self.shared
-            .settings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .jitter = jitter;
+        lock(&self.shared.settings).jitter = jitter;
     }
 
     /// Bytes per second per direction and connection (0 = unlimited).
     pub fn set_bandwidth(&self, bytes_per_sec: u64) {
-        self.shared
-            .settings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .bandwidth = bytes_per_sec;
+        lock(&self.shared.settings).bandwidth = bytes_per_sec;
     }
 
     /// Holds all data in both directions for `ms` milliseconds from now, then releases it
     /// (the proxy keeps reading while its queues have room). Returns at once.
     pub fn stall(&self, ms: u64) {
-        *self
-            .shared
-            .stall_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + Duration::from_millis(ms));
+        *lock(&self.shared.stall_until) = Some(Instant::now() + Duration::from_millis(ms));
     }
 
     /// True while a stall lasts.
@@ -224,10 +182,7 @@ impl ImpairmentProxy {
     /// Closes every current connection now (both peers see it closed); new connections are
     /// still accepted. Returns how many were closed.
     pub fn cut_all(&self) -> usize {
-        let conns = {
-            let mut c = self.shared.conns.lock().unwrap_or_else(|p| p.into_inner());
-            std::mem::take(&mut *c)
-        };
+        let conns = take_all(&self.shared.conns);
         for c in &conns {
             c.close();
         }
@@ -265,86 +220,49 @@ impl ImpairmentProxy {
     /// The first bytes (up to 64 KiB) that the first connection's client sent, as read by
     /// the proxy: e.g. a recorded handshake.
     pub fn first_upstream(&self) -> Vec<u8> {
-        self.shared
-            .capture
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.shared.capture).clone()
     }
 }
 
 impl Drop for ImpairmentProxy {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.acceptor.take() {
-            let _ = t.join();
-        }
+        self.acceptor.join();
         self.cut_all();
-        let threads = {
-            let mut t = self
-                .shared
-                .threads
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            std::mem::take(&mut *t)
-        };
-        for t in threads {
+        for t in take_all(&self.shared.threads) {
             let _ = t.join();
         }
     }
 }
 
 fn accept_loop(listener: TcpListener, target: u16, sh: Arc<Shared>) {
-    while !sh.stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((client, _)) => {
-                let id = sh.accepted.fetch_add(1, Ordering::SeqCst);
-                let _ = client.set_nonblocking(false);
-                let addr = SocketAddr::from(([127, 0, 0, 1], target));
-                let Ok(server) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let dead = Arc::new(AtomicBool::new(false));
-                let clones = (
-                    client.try_clone(),
-                    server.try_clone(),
-                    client.try_clone(),
-                    server.try_clone(),
-                );
-                let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) = clones else {
-                    continue;
-                };
-                sh.conns
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(Conn {
-                        id,
-                        client: c3,
-                        server: s3,
-                        dead: dead.clone(),
-                    });
-                let finished = Arc::new(AtomicU64::new(0));
-                // client → server, and server → client
-                spawn_direction(
-                    &sh,
-                    id,
-                    client,
-                    server,
-                    true,
-                    dead.clone(),
-                    finished.clone(),
-                );
-                spawn_direction(&sh, id, s2, c2, false, dead, finished);
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
+    accept_links(
+        &listener,
+        target,
+        &sh.stop,
+        &sh.accepted,
+        |id, [link, down, kept]| {
+            let dead = Arc::new(AtomicBool::new(false));
+            lock(&sh.conns).push(Conn {
+                id,
+                client: kept.client,
+                server: kept.server,
+                dead: dead.clone(),
+            });
+            let finished = Arc::new(AtomicU64::new(0));
+            // client → server, and server → client
+            spawn_direction(
+                &sh,
+                id,
+                link.client,
+                link.server,
+                true,
+                dead.clone(),
+                finished.clone(),
+            );
+            spawn_direction(&sh, id, down.server, down.client, false, dead, finished);
+        },
+    );
 }
 
 struct Chunk {
@@ -363,15 +281,9 @@ fn spawn_direction(
 ) {
     let (tx, rx) = sync_channel::<Chunk>(QUEUE_CHUNKS);
     let (sh1, dead1, from_r, to_r) = (sh.clone(), dead.clone(), from, to.try_clone());
+    let dir = if upstream { "up" } else { "down" };
     let reader = std::thread::Builder::new()
-        .name(
-            if upstream {
-                "impair-up-r"
-            } else {
-                "impair-down-r"
-            }
-            .into(),
-        )
+        .name(format!("impair-{dir}-r"))
         .spawn(move || read_side(from_r, tx, &sh1, upstream, id, &dead1))
         .expect("spawn impairment reader");
     sh.keep_thread(reader);
@@ -381,22 +293,12 @@ fn spawn_direction(
     };
     let sh2 = sh.clone();
     let writer = std::thread::Builder::new()
-        .name(
-            if upstream {
-                "impair-up-w"
-            } else {
-                "impair-down-w"
-            }
-            .into(),
-        )
+        .name(format!("impair-{dir}-w"))
         .spawn(move || {
             write_side(to, rx, &sh2, upstream, &dead);
             // The last of the four threads of a connection forgets its sockets.
             if finished.fetch_add(1, Ordering::SeqCst) == 1 {
-                sh2.conns
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .retain(|c| c.id != id);
+                lock(&sh2.conns).retain(|c| c.id != id);
             }
         })
         .expect("spawn impairment writer");
@@ -421,7 +323,7 @@ fn read_side(
             Ok(0) => break, // orderly close: the writer passes it on once the queue is empty
             Ok(n) => {
                 if upstream && id == 0 {
-                    let mut cap = sh.capture.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut cap = lock(&sh.capture);
                     let room = CAPTURE_LIMIT.saturating_sub(cap.len());
                     cap.extend_from_slice(&buf[..n.min(room)]);
                 }
@@ -558,18 +460,8 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let h = std::thread::spawn(move || {
-            if let Ok((mut s, _)) = l.accept() {
-                let mut buf = [0u8; 65536];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
+            if let Ok((s, _)) = l.accept() {
+                crate::tcp::echo(s, 65536);
             }
         });
         (port, h)

@@ -9,11 +9,15 @@
 //! returns `false` when the built modules are absent.
 
 pub mod analysis;
+pub mod clicks;
 pub mod daemon;
 pub mod impair;
 pub mod pipewire;
+pub mod process;
 pub mod proxy;
 pub mod signal;
+pub mod tcp;
+pub mod wait;
 
 pub use analysis::{
     active_region, analyse_stereo, channel, dominant_frequency, dropouts, has_tone, rms_dbfs,
@@ -30,6 +34,7 @@ pub use signal::{
     Recorder, CHANNELS, RATE,
 };
 
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -43,4 +48,45 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Our PulseAudio tunnel sink module (the sender).
+pub const SENDER: &str = "module-tunnel-sink-opus";
+/// Our PulseAudio receiver module.
+pub const RECEIVER: &str = "module-opus-protocol-tcp";
+
+/// [`begin`] for a test of a tunnel from [`SENDER`] to [`RECEIVER`].
+pub fn begin_tunnel(test: &str) -> Option<MutexGuard<'static, ()>> {
+    begin(test, &[SENDER, RECEIVER])
+}
+
+/// The start of a test of our modules: [`require_modules`], then the [`serial`] guard to
+/// hold for the whole test; `None` (the test then returns and passes) when they are missing.
+pub fn begin(test: &str, modules: &[&str]) -> Option<MutexGuard<'static, ()>> {
+    require_modules(test, modules).then(serial)
+}
+
+/// `props[key]`, or `"?"` when it is missing (for printing).
+pub fn prop_or_unknown<'a>(props: &'a HashMap<String, String>, key: &str) -> &'a str {
+    props.get(key).map(String::as_str).unwrap_or("?")
+}
+
+/// `n` pseudo-random bytes from the xorshift64 generator started at `seed` (not 0): the same
+/// bytes for the same seed.
+pub fn pseudo_random_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Asserts that the property `key` of `props` is `want`.
+#[track_caller]
+pub fn assert_prop(props: &HashMap<String, String>, key: &str, want: &str) {
+    assert_eq!(props.get(key).map(String::as_str), Some(want), "{key}");
 }

@@ -5,34 +5,21 @@
 //! sink). Our modules are found through `PIPEWIRE_MODULE_DIR=<pw module dir>:<stock dir>`.
 //! Dropping it stops WirePlumber's process group and the daemon by pid.
 
-use crate::signal::{to_bytes, CHANNELS, RATE};
+use crate::process::{built_module_dir, signal_group, stdout_or_panic, terminate, Signal, Strays};
+use crate::signal::{pacat_into, Player, Recorder};
 use anyhow::{bail, Context as _, Result};
 use std::collections::HashMap;
 use std::fs;
-use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Where the built PipeWire modules are: `$OPUS_TUNNEL_PW_MODULE_DIR`, or
 /// `<workspace>/target/pipewire-modules` (scripts/build-pipewire-modules.sh).
 pub fn pw_module_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("OPUS_TUNNEL_PW_MODULE_DIR") {
-        if !dir.is_empty() {
-            return PathBuf::from(dir);
-        }
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .unwrap_or(manifest)
-        .join("target")
-        .join("pipewire-modules")
+    built_module_dir("OPUS_TUNNEL_PW_MODULE_DIR", "pipewire-modules")
 }
 
 /// PipeWire's own module directory (`pkg-config --variable=moduledir libpipewire-0.3`).
@@ -102,7 +89,7 @@ pub struct PipeWire {
     daemon: Option<Child>,
     session: Option<Child>,
     status: Option<ExitStatus>,
-    strays: Arc<std::sync::Mutex<Vec<u32>>>,
+    strays: Strays,
 }
 
 /// Builder: `context.modules` entries of ours after the standard ones.
@@ -195,7 +182,7 @@ impl PipeWire {
             daemon: None,
             session: None,
             status: None,
-            strays: Arc::new(std::sync::Mutex::new(Vec::new())),
+            strays: Strays::default(),
         };
         pw.spawn()?;
         Ok(pw)
@@ -203,15 +190,15 @@ impl PipeWire {
 
     fn env(&self) -> HashMap<&'static str, String> {
         let dir = self.dir.display().to_string();
-        let mut env = HashMap::new();
-        env.insert("XDG_RUNTIME_DIR", dir.clone());
-        env.insert("HOME", format!("{dir}/home"));
-        env.insert("XDG_CONFIG_HOME", format!("{dir}/home/.config"));
-        env.insert("XDG_STATE_HOME", format!("{dir}/home/.state"));
-        env.insert("PULSE_SERVER", format!("unix:{dir}/pulse/native"));
-        env.insert("PULSE_CLIENTCONFIG", format!("{dir}/client.conf"));
-        env.insert("PULSE_RUNTIME_PATH", format!("{dir}/pulse"));
-        env
+        HashMap::from([
+            ("XDG_RUNTIME_DIR", dir.clone()),
+            ("HOME", format!("{dir}/home")),
+            ("XDG_CONFIG_HOME", format!("{dir}/home/.config")),
+            ("XDG_STATE_HOME", format!("{dir}/home/.state")),
+            ("PULSE_SERVER", format!("unix:{dir}/pulse/native")),
+            ("PULSE_CLIENTCONFIG", format!("{dir}/client.conf")),
+            ("PULSE_RUNTIME_PATH", format!("{dir}/pulse")),
+        ])
     }
 
     /// A client program (`pactl`, `pacat`, `pw-dump`, ...) talking to this daemon.
@@ -354,16 +341,11 @@ impl PipeWire {
 
     /// `pactl ARGS`, panicking with the logs if it fails; returns stdout.
     pub fn pactl_ok(&self, args: &[&str]) -> String {
-        let out = self.pactl(args);
-        if !out.status.success() {
-            panic!(
-                "pactl {args:?} on {} failed: {}\n{}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr),
-                self.log()
-            );
-        }
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_or_panic(
+            self.pactl(args),
+            &format!("pactl {args:?} on {}", self.name),
+            || self.log(),
+        )
     }
 
     /// `pw-dump` (10 s guard).
@@ -422,32 +404,12 @@ impl PipeWire {
     pub fn stop(&mut self) -> Option<ExitStatus> {
         self.kill_clients();
         if let Some(mut c) = self.daemon.take() {
-            let pid = c.id() as libc::pid_t;
-            // SAFETY: signalling our own, not yet reaped child.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let st = loop {
-                match c.try_wait() {
-                    Ok(Some(st)) => break Some(st),
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        let _ = c.kill();
-                        break c.wait().ok();
-                    }
-                }
-            };
-            self.status = st;
+            self.status = terminate(&mut c, Duration::from_secs(5));
         }
         if let Some(mut s) = self.session.take() {
-            let pgid = s.id() as libc::pid_t;
-            // SAFETY: the group of our own child (process_group(0) made it the leader).
-            unsafe {
-                libc::kill(-pgid, libc::SIGTERM);
-            }
+            // The group of our own child (process_group(0) made it the leader).
+            let pgid = s.id();
+            signal_group(pgid, Signal::TERM);
             let deadline = Instant::now() + Duration::from_secs(3);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = s.try_wait() {
@@ -455,10 +417,8 @@ impl PipeWire {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            // SAFETY: as above; harmless if the group is gone.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
+            // Harmless if the group is gone.
+            signal_group(pgid, Signal::KILL);
             let _ = s.wait();
         }
         self.status
@@ -474,114 +434,31 @@ impl PipeWire {
     }
 
     fn kill_clients(&self) {
-        let pids: Vec<u32> = match self.strays.lock() {
-            Ok(mut v) => std::mem::take(&mut *v),
-            Err(p) => std::mem::take(&mut *p.into_inner()),
-        };
-        for pid in pids {
-            // SAFETY: a pacat/parec child registered by a player or recorder not yet reaped.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            }
-        }
+        self.strays.kill_all();
     }
 
     /// Plays `samples` (s16le 48 kHz stereo) into `sink` through the pulse server, over and
     /// over until the player is dropped.
     pub fn play_loop(&self, sink: &str, samples: Vec<i16>) -> PwPlayer {
-        let mut child = self
-            .command("pacat")
-            .args([
-                "--playback",
-                "--raw",
-                "--format=s16le",
-                "--rate=48000",
-                "--channels=2",
-                "--latency-msec=100",
-                "--client-name=opus-tunnel-tests",
-                "-d",
-                sink,
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn pacat");
-        if let Ok(mut v) = self.strays.lock() {
-            v.push(child.id());
-        }
-        let mut stdin = child.stdin.take().expect("pacat stdin");
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let bytes = to_bytes(&samples);
-        let feeder = std::thread::spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                if stdin.write_all(&bytes).is_err() {
-                    break;
-                }
-            }
-        });
-        PwPlayer {
-            child: Some(child),
-            stop,
-            feeder: Some(feeder),
-        }
+        Player::looping(
+            pacat_into(self.command("pacat"), sink),
+            &self.strays,
+            samples,
+        )
     }
 
-    /// Records `source` (e.g. `null.monitor`) through the pulse server; waits (5 s at most)
+    /// Records `source` (e.g. `null.monitor`) through the pulse server; waits (15 s at most)
     /// for its first audio.
     pub fn recorder(&self, source: &str) -> PwRecorder {
-        let mut child = self
-            .command("parec")
-            .args([
-                "--raw",
-                "--format=s16le",
-                "--rate=48000",
-                "--channels=2",
-                "--latency-msec=50",
-                "--client-name=opus-tunnel-tests",
-                "-d",
-                source,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn parec");
-        if let Ok(mut v) = self.strays.lock() {
-            v.push(child.id());
-        }
-        let stdout: ChildStdout = child.stdout.take().expect("parec stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut stdout = stdout;
-            let mut buf = vec![0u8; 16384];
-            loop {
-                match stdout.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.send(buf[..n].to_vec()).is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-        let mut r = PwRecorder {
-            child: Some(child),
-            rx,
-            pending: Vec::new(),
-            reader: Some(reader),
-        };
+        let mut r = Recorder::spawn(self.command("parec"), &self.strays, source);
         // A freshly (re)started daemon's session manager can take several seconds to link a
         // new stream on a loaded machine.
-        match r.rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(chunk) => r.pending = chunk,
-            Err(e) => panic!(
+        if let Err(e) = r.first_audio(Duration::from_secs(15)) {
+            panic!(
                 "parec on {source} of {} delivered nothing in 15 s ({e})\n{}",
                 self.name,
                 self.log()
-            ),
+            );
         }
         r
     }
@@ -645,74 +522,8 @@ fn node_props_in(
     all_props(dump).into_iter().find(|p| pick(p))
 }
 
-/// A running `pacat` on a PipeWire's pulse server.
-pub struct PwPlayer {
-    child: Option<Child>,
-    stop: Arc<AtomicBool>,
-    feeder: Option<JoinHandle<()>>,
-}
+/// A running `pacat` on a PipeWire's pulse server (the same as on a PulseAudio daemon).
+pub type PwPlayer = Player;
 
-impl PwPlayer {
-    pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Some(t) = self.feeder.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for PwPlayer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A running `parec` on a PipeWire's pulse server.
-pub struct PwRecorder {
-    child: Option<Child>,
-    rx: Receiver<Vec<u8>>,
-    pending: Vec<u8>,
-    reader: Option<JoinHandle<()>>,
-}
-
-impl PwRecorder {
-    /// The next `seconds` of audio (interleaved stereo), waiting at most `seconds + 5 s`.
-    pub fn read(&mut self, seconds: f64) -> Result<Vec<i16>> {
-        let want = (seconds * RATE as f64).round() as usize * CHANNELS * 2;
-        let deadline = Instant::now() + Duration::from_secs_f64(seconds + 5.0);
-        while self.pending.len() < want {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(chunk) => self.pending.extend_from_slice(&chunk),
-                Err(RecvTimeoutError::Timeout) => {
-                    bail!("parec delivered {} of {} bytes", self.pending.len(), want)
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    bail!("parec ended after {} of {} bytes", self.pending.len(), want)
-                }
-            }
-        }
-        let rest = self.pending.split_off(want);
-        let bytes = std::mem::replace(&mut self.pending, rest);
-        Ok(bytes
-            .chunks_exact(2)
-            .map(|b| i16::from_le_bytes([b[0], b[1]]))
-            .collect())
-    }
-}
-
-impl Drop for PwRecorder {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Some(t) = self.reader.take() {
-            let _ = t.join();
-        }
-    }
-}
+/// A running `parec` on a PipeWire's pulse server (the same as on a PulseAudio daemon).
+pub type PwRecorder = Recorder;

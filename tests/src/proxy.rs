@@ -1,11 +1,11 @@
 //! A TCP proxy that counts the bytes on the wire and can cut the link.
 
+use crate::tcp::{accept_links, lock, reap_finished, take_all, Acceptor};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 #[derive(Default)]
 struct Shared {
@@ -22,10 +22,8 @@ struct Shared {
 /// counting the bytes in each direction. Dropping it closes all connections and joins its
 /// threads.
 pub struct CountingProxy {
-    port: u16,
-    target: u16,
+    acceptor: Acceptor,
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
 }
 
 impl CountingProxy {
@@ -36,34 +34,22 @@ impl CountingProxy {
 
     /// A proxy on `127.0.0.1:listen_port` (0 = any free port) to `127.0.0.1:target`.
     pub fn start_on(listen_port: u16, target: u16) -> CountingProxy {
-        let listener = TcpListener::bind(("127.0.0.1", listen_port))
-            .unwrap_or_else(|e| panic!("proxy cannot bind 127.0.0.1:{listen_port}: {e}"));
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
-        let port = listener.local_addr().expect("local_addr").port();
         let shared = Arc::new(Shared::default());
         let sh = shared.clone();
-        let acceptor = std::thread::Builder::new()
-            .name(format!("proxy-{port}"))
-            .spawn(move || accept_loop(listener, target, sh))
-            .expect("spawn proxy acceptor");
-        CountingProxy {
-            port,
-            target,
-            shared,
-            acceptor: Some(acceptor),
-        }
+        let acceptor = Acceptor::spawn("proxy", listen_port, target, move |l| {
+            accept_loop(l, target, sh)
+        });
+        CountingProxy { acceptor, shared }
     }
 
     /// The port the proxy listens on.
     pub fn port(&self) -> u16 {
-        self.port
+        self.acceptor.port
     }
 
     /// The port it forwards to.
     pub fn target(&self) -> u16 {
-        self.target
+        self.acceptor.target
     }
 
     /// Bytes forwarded from clients to the server so far.
@@ -89,11 +75,7 @@ impl CountingProxy {
     /// Closes every current connection (both sides see the connection reset/closed); new
     /// connections are still accepted.
     pub fn cut_all(&self) {
-        let conns = match self.shared.conns.lock() {
-            Ok(mut c) => std::mem::take(&mut *c),
-            Err(p) => std::mem::take(&mut *p.into_inner()),
-        };
-        for (_, a, b) in conns {
+        for (_, a, b) in take_all(&self.shared.conns) {
             let _ = a.shutdown(Shutdown::Both);
             let _ = b.shutdown(Shutdown::Both);
         }
@@ -103,66 +85,30 @@ impl CountingProxy {
 impl Drop for CountingProxy {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.acceptor.take() {
-            let _ = t.join();
-        }
+        self.acceptor.join();
         self.cut_all();
-        let pumps = match self.shared.pumps.lock() {
-            Ok(mut p) => std::mem::take(&mut *p),
-            Err(p) => std::mem::take(&mut *p.into_inner()),
-        };
-        for p in pumps {
+        for p in take_all(&self.shared.pumps) {
             let _ = p.join();
         }
     }
 }
 
 fn accept_loop(listener: TcpListener, target: u16, sh: Arc<Shared>) {
-    while !sh.stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((client, _)) => {
-                let id = sh.accepted.fetch_add(1, Ordering::SeqCst);
-                let _ = client.set_nonblocking(false);
-                let addr = SocketAddr::from(([127, 0, 0, 1], target));
-                let Ok(server) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-                    // Target not listening: close the client, as a dead server would.
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = server.set_nodelay(true);
-                let (Ok(c2), Ok(s2), Ok(c3), Ok(s3)) = (
-                    client.try_clone(),
-                    server.try_clone(),
-                    client.try_clone(),
-                    server.try_clone(),
-                ) else {
-                    continue;
-                };
-                if let Ok(mut conns) = sh.conns.lock() {
-                    conns.push((id, c3, s3));
-                }
-                let done = Arc::new(AtomicU64::new(0));
-                let up = spawn_pump(client, server, sh.clone(), true, id, done.clone());
-                let down = spawn_pump(s2, c2, sh.clone(), false, id, done);
-                if let Ok(mut p) = sh.pumps.lock() {
-                    // Reap finished pumps so a long test doesn't accumulate handles.
-                    let (done, live): (Vec<_>, Vec<_>) = std::mem::take(&mut *p)
-                        .into_iter()
-                        .partition(|h| h.is_finished());
-                    for h in done {
-                        let _ = h.join();
-                    }
-                    *p = live;
-                    p.extend([up, down]);
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
+    accept_links(
+        &listener,
+        target,
+        &sh.stop,
+        &sh.accepted,
+        |id, [link, down, kept]| {
+            lock(&sh.conns).push((id, kept.client, kept.server));
+            let done = Arc::new(AtomicU64::new(0));
+            let up = spawn_pump(link.client, link.server, sh.clone(), true, id, done.clone());
+            let down = spawn_pump(down.server, down.client, sh.clone(), false, id, done);
+            let mut p = lock(&sh.pumps);
+            reap_finished(&mut p);
+            p.extend([up, down]);
+        },
+    );
 }
 
 fn spawn_pump(

@@ -3,14 +3,15 @@
 //! Everything is interleaved s16le stereo at 48 kHz ([`RATE`], [`CHANNELS`]).
 
 use crate::daemon::Daemon;
+use crate::process::Strays;
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -77,24 +78,23 @@ pub fn to_bytes(samples: &[i16]) -> Vec<u8> {
     samples.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
 
-fn register(d: &Daemon, pid: u32) -> Arc<Mutex<Vec<u32>>> {
-    let strays = d.strays.clone();
-    if let Ok(mut v) = strays.lock() {
-        v.push(pid);
-    }
-    strays
-}
-
-fn unregister(strays: &Arc<Mutex<Vec<u32>>>, pid: u32) {
-    if let Ok(mut v) = strays.lock() {
-        v.retain(|p| *p != pid);
-    }
+/// Spawns the client `cmd` (pacat or parec) with `stdin` and `stdout` and no stderr, and
+/// registers it in `strays`.
+fn spawn_client(mut cmd: Command, stdin: Stdio, stdout: Stdio, strays: &Strays) -> Child {
+    let child = cmd
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {:?}: {e}", cmd.get_program()));
+    strays.register(child.id());
+    child
 }
 
 /// A running `pacat`: killed (and reaped) on drop.
 pub struct Player {
     child: Option<Child>,
-    strays: Arc<Mutex<Vec<u32>>>,
+    strays: Strays,
     stop: Arc<AtomicBool>,
     feeder: Option<JoinHandle<()>>,
 }
@@ -119,7 +119,7 @@ impl Player {
                 Ok(Some(st)) => {
                     let pid = c.id();
                     self.child = None;
-                    unregister(&self.strays, pid);
+                    self.strays.unregister(pid);
                     return st.success();
                 }
                 Ok(None) if Instant::now() < deadline => {
@@ -134,11 +134,7 @@ impl Player {
     /// Stops playback now.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(mut c) = self.child.take() {
-            unregister(&self.strays, c.id());
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.strays.kill_child(self.child.take());
         if let Some(t) = self.feeder.take() {
             let _ = t.join();
         }
@@ -151,9 +147,10 @@ impl Drop for Player {
     }
 }
 
-fn pacat(d: &Daemon, sink: &str) -> std::process::Command {
-    let mut c = d.command("pacat");
-    c.args([
+/// `pacat` playing raw s16le 48 kHz stereo into `sink`, as `cmd` (a `pacat` command set up
+/// for some server).
+pub(crate) fn pacat_into(mut cmd: Command, sink: &str) -> Command {
+    cmd.args([
         "--playback",
         "--raw",
         "--format=s16le",
@@ -164,19 +161,18 @@ fn pacat(d: &Daemon, sink: &str) -> std::process::Command {
         "-d",
         sink,
     ]);
-    c
+    cmd
+}
+
+fn pacat(d: &Daemon, sink: &str) -> Command {
+    pacat_into(d.command("pacat"), sink)
 }
 
 /// Plays a raw s16le 48 kHz stereo file into `sink` (`pacat ... -d SINK < file`).
 pub fn play(d: &Daemon, sink: &str, file: &Path) -> Player {
     let f = File::open(file).unwrap_or_else(|e| panic!("opening {}: {e}", file.display()));
-    let child = pacat(d, sink)
-        .stdin(Stdio::from(f))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn pacat: {e}"));
-    let strays = register(d, child.id());
+    let child = spawn_client(pacat(d, sink), Stdio::from(f), Stdio::null(), &d.strays);
+    let strays = d.strays.clone();
     Player {
         child: Some(child),
         strays,
@@ -188,41 +184,43 @@ pub fn play(d: &Daemon, sink: &str, file: &Path) -> Player {
 /// Plays `samples` into `sink` over and over until the [`Player`] is stopped or dropped (a
 /// thread writes to pacat's stdin; the pipe paces it).
 pub fn play_loop(d: &Daemon, sink: &str, samples: Vec<i16>) -> Player {
-    assert!(!samples.is_empty(), "play_loop needs samples");
-    let mut child = pacat(d, sink)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot spawn pacat: {e}"));
-    let strays = register(d, child.id());
-    let mut stdin = child.stdin.take().expect("pacat stdin");
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let bytes = to_bytes(&samples);
-    let feeder = std::thread::Builder::new()
-        .name("play_loop".into())
-        .spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                // Blocks while the pipe is full; fails once pacat is gone.
-                if stdin.write_all(&bytes).is_err() {
-                    break;
+    Player::looping(pacat(d, sink), &d.strays, samples)
+}
+
+impl Player {
+    /// Runs `pacat` (a command from [`pacat_into`]) fed `samples` over and over by a thread
+    /// (the pipe paces it) until stopped; registered in `strays` while it runs.
+    pub(crate) fn looping(pacat: Command, strays: &Strays, samples: Vec<i16>) -> Player {
+        assert!(!samples.is_empty(), "play_loop needs samples");
+        let mut child = spawn_client(pacat, Stdio::piped(), Stdio::null(), strays);
+        let mut stdin = child.stdin.take().expect("pacat stdin");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let bytes = to_bytes(&samples);
+        let feeder = std::thread::Builder::new()
+            .name("play_loop".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::SeqCst) {
+                    // Blocks while the pipe is full; fails once pacat is gone.
+                    if stdin.write_all(&bytes).is_err() {
+                        break;
+                    }
                 }
-            }
-        })
-        .expect("spawn feeder");
-    Player {
-        child: Some(child),
-        strays,
-        stop,
-        feeder: Some(feeder),
+            })
+            .expect("spawn feeder");
+        Player {
+            child: Some(child),
+            strays: strays.clone(),
+            stop,
+            feeder: Some(feeder),
+        }
     }
 }
 
 /// A running `parec` on a source; [`Recorder::read`] takes the next stretch of audio.
 pub struct Recorder {
     child: Option<Child>,
-    strays: Arc<Mutex<Vec<u32>>>,
+    strays: Strays,
     rx: Receiver<Vec<u8>>,
     pending: Vec<u8>,
     reader: Option<JoinHandle<()>>,
@@ -237,24 +235,31 @@ impl Recorder {
     /// take up to ~2 s. Once the recorder runs, the sink works in 50 ms blocks, and
     /// [`Recorder::read`] returns stretches that really are consecutive.
     pub fn start(d: &Daemon, source: &str) -> Recorder {
-        let mut child = d
-            .command("parec")
-            .args([
-                "--raw",
-                "--format=s16le",
-                "--rate=48000",
-                "--channels=2",
-                "--latency-msec=50",
-                "--client-name=opus-tunnel-tests",
-                "-d",
-                source,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn parec: {e}"));
-        let strays = register(d, child.id());
+        let mut r = Recorder::spawn(d.command("parec"), &d.strays, source);
+        if let Err(e) = r.first_audio(Duration::from_secs(5)) {
+            panic!(
+                "parec on {source} of {} delivered nothing in 5 s ({e})\n--- log tail ---\n{}",
+                d.name(),
+                d.log_tail(30)
+            );
+        }
+        r
+    }
+
+    /// Runs `parec` (`cmd`, a `parec` command set up for some server) on `source` at 50 ms
+    /// latency, registered in `strays` while it runs; a thread collects what it delivers.
+    pub(crate) fn spawn(mut cmd: Command, strays: &Strays, source: &str) -> Recorder {
+        cmd.args([
+            "--raw",
+            "--format=s16le",
+            "--rate=48000",
+            "--channels=2",
+            "--latency-msec=50",
+            "--client-name=opus-tunnel-tests",
+            "-d",
+            source,
+        ]);
+        let mut child = spawn_client(cmd, Stdio::null(), Stdio::piped(), strays);
         let stdout: ChildStdout = child.stdout.take().expect("parec stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::Builder::new()
@@ -274,22 +279,19 @@ impl Recorder {
                 }
             })
             .expect("spawn reader");
-        let mut r = Recorder {
+        Recorder {
             child: Some(child),
-            strays,
+            strays: strays.clone(),
             rx,
             pending: Vec::new(),
             reader: Some(reader),
-        };
-        match r.rx.recv_timeout(Duration::from_secs(5)) {
-            Ok(chunk) => r.pending = chunk,
-            Err(e) => panic!(
-                "parec on {source} of {} delivered nothing in 5 s ({e})\n--- log tail ---\n{}",
-                d.name(),
-                d.log_tail(30)
-            ),
         }
-        r
+    }
+
+    /// Waits at most `timeout` for parec's first audio.
+    pub(crate) fn first_audio(&mut self, timeout: Duration) -> Result<(), RecvTimeoutError> {
+        self.pending = self.rx.recv_timeout(timeout)?;
+        Ok(())
     }
 
     /// The next `seconds` of audio (interleaved stereo), waiting at most `seconds + 5 s`.
@@ -328,11 +330,7 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            unregister(&self.strays, c.id());
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.strays.kill_child(self.child.take());
         if let Some(t) = self.reader.take() {
             let _ = t.join();
         }

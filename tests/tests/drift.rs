@@ -3,6 +3,7 @@
 //! skew, hold its latency at the target and play without underruns.
 //!
 //! Each case runs 60 s of audio (`OPUS_TUNNEL_DRIFT_SECS` overrides it).
+use opus_tunnel_tests::prop_or_unknown;
 use opus_tunnel_tests::{
     free_port, has_tone, play_loop, require_modules, serial, tone_loop, Daemon, Recorder,
 };
@@ -42,14 +43,8 @@ fn run_case(skew_ppm: i32) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
     let port = free_port();
-    let receiver = Daemon::builder()
-        .name("drift-rx")
-        .line(format!(
-            "load-module module-opus-protocol-tcp port={port} listen=127.0.0.1 auth-anonymous=1 target_latency_msec=60"
-        ))
-        .start()
-        .expect("receiver");
-    let sender = Daemon::builder().name("drift-tx").start().expect("sender");
+    let receiver = Daemon::receiver("drift-rx", port, "auth-anonymous=1 target_latency_msec=60");
+    let sender = Daemon::named("drift-tx");
     sender
         .load_module(
             "module-tunnel-sink-opus",
@@ -90,18 +85,10 @@ fn run_case(skew_ppm: i32) {
     for (t, p) in samples.iter().step_by(5) {
         println!(
             "  t={t:5.1} s drift {:>8} ppm latency {:>6} us target {:>6} us state {}",
-            p.get("opus.tunnel.drift_ppm")
-                .map(String::as_str)
-                .unwrap_or("?"),
-            p.get("opus.tunnel.latency_usec")
-                .map(String::as_str)
-                .unwrap_or("?"),
-            p.get("opus.tunnel.target_latency_usec")
-                .map(String::as_str)
-                .unwrap_or("?"),
-            p.get("opus.tunnel.state")
-                .map(String::as_str)
-                .unwrap_or("?"),
+            prop_or_unknown(p, "opus.tunnel.drift_ppm"),
+            prop_or_unknown(p, "opus.tunnel.latency_usec"),
+            prop_or_unknown(p, "opus.tunnel.target_latency_usec"),
+            prop_or_unknown(p, "opus.tunnel.state"),
         );
     }
     // The sender produces (1 + skew) × real time: the receiver compresses (negative drift)

@@ -8,41 +8,28 @@
 //! `opus_tunnel_tests::module_dir`). Run one at a time: `cargo test -p opus-tunnel-tests --
 //! --test-threads=1` (a lock serialises them anyway).
 
+use opus_tunnel_tests::daemon::assert_rss_growth_under;
+use opus_tunnel_tests::daemon::tunnel_logs as logs;
+use opus_tunnel_tests::pseudo_random_bytes;
+use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
-    analyse_stereo, free_port, has_tone, play_loop, require_modules, serial, tone_loop,
-    CountingProxy, Daemon, Player, Recorder,
+    analyse_stereo, free_port, play_loop, tone_loop, CountingProxy, Daemon, Player, Recorder,
 };
+use opus_tunnel_tests::{begin_tunnel as begin, SENDER};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-const SENDER: &str = "module-tunnel-sink-opus";
-const RECEIVER: &str = "module-opus-protocol-tcp";
 const LEFT: f64 = 1000.0;
 const RIGHT: f64 = 1500.0;
 const LEVEL: f64 = -12.0;
 
-fn skip(test: &str) -> bool {
-    !require_modules(test, &[SENDER, RECEIVER])
-}
-
-fn receiver_line(port: u16) -> String {
-    format!("load-module {RECEIVER} port={port} listen=127.0.0.1 auth-anonymous=1 sink=null")
-}
-
 fn start_receiver(port: u16) -> Daemon {
-    Daemon::builder()
-        .name("receiver")
-        .line(receiver_line(port))
-        .start()
-        .unwrap_or_else(|e| panic!("receiver with {RECEIVER} on port {port}: {e:#}"))
+    Daemon::receiver("receiver", port, "auth-anonymous=1")
 }
 
 fn start_sender() -> Daemon {
-    Daemon::builder()
-        .name("sender")
-        .start()
-        .unwrap_or_else(|e| panic!("sender daemon: {e:#}"))
+    Daemon::named("sender")
 }
 
 /// Sender → proxy → receiver, tunnel sink `tun` loaded with `extra` arguments.
@@ -75,22 +62,8 @@ impl Rig {
     }
 }
 
-fn logs(sender: &Daemon, receiver: &Daemon) -> String {
-    format!(
-        "\n--- sender log tail ---\n{}\n--- receiver log tail ---\n{}",
-        sender.log_tail(40),
-        receiver.log_tail(40)
-    )
-}
-
 fn load_tunnel(sender: &Daemon, port: u16, extra: &str) -> u32 {
-    let args = format!("sink_name=tun server=tcp:127.0.0.1:{port} sink=null {extra}");
-    sender.load_module(SENDER, &args).unwrap_or_else(|e| {
-        panic!(
-            "load-module {SENDER} {args}: {e}\n--- sender log tail ---\n{}",
-            sender.log_tail(40)
-        )
-    })
+    sender.load_tunnel("tun", port, extra)
 }
 
 fn play_tone(sender: &Daemon) -> Player {
@@ -100,20 +73,7 @@ fn play_tone(sender: &Daemon) -> Player {
 /// Reads 0.5 s slices until the last second holds the tone; the time it took, or `None`
 /// after `timeout`.
 fn wait_for_tone(rec: &mut Recorder, timeout: Duration) -> Option<Duration> {
-    let t = Instant::now();
-    let mut window: Vec<i16> = Vec::new();
-    while t.elapsed() < timeout {
-        let slice = rec.read(0.5).ok()?;
-        window.extend_from_slice(&slice);
-        let keep = 48_000 * 2; // 1 s of stereo
-        if window.len() > keep {
-            window.drain(..window.len() - keep);
-        }
-        if has_tone(&window, LEFT, RIGHT, 5.0, 0.3) {
-            return Some(t.elapsed());
-        }
-    }
-    None
+    wait::wait_for_tone(|s| rec.read(s).ok(), 0.5, (LEFT, RIGHT), timeout)
 }
 
 fn sink_prop(d: &Daemon, sink: &str, key: &str) -> Option<String> {
@@ -121,10 +81,7 @@ fn sink_prop(d: &Daemon, sink: &str, key: &str) -> Option<String> {
 }
 
 fn tone_through_tunnel(test: &str, compression: &str) {
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let rig = Rig::new(&format!("compression={compression}"));
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
     let _player = play_tone(&rig.sender);
@@ -163,10 +120,7 @@ fn a2_tone_through_pcm_tunnel() {
 #[test]
 fn b_bitrate_and_silence_on_the_wire() {
     let test = "b_bitrate_and_silence_on_the_wire";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let rig = Rig::new("compression=opus compression.bitrate=64000");
     assert_eq!(
         sink_prop(&rig.sender, "tun", "compression.bitrate").as_deref(),
@@ -225,10 +179,7 @@ fn b_bitrate_and_silence_on_the_wire() {
 #[test]
 fn c_load_unload_cycles_do_not_leak() {
     let test = "c_load_unload_cycles_do_not_leak";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let port = free_port();
     let receiver = start_receiver(port);
     let proxy = CountingProxy::start(port);
@@ -250,14 +201,10 @@ fn c_load_unload_cycles_do_not_leak() {
         sender
             .unload_module(idx)
             .unwrap_or_else(|e| panic!("cycle {cycle}: unload: {e}"));
+        let alive = (sender.is_alive(), receiver.is_alive());
         assert!(
-            sender.is_alive(),
-            "sender died in cycle {cycle}{}",
-            logs(&sender, &receiver)
-        );
-        assert!(
-            receiver.is_alive(),
-            "receiver died in cycle {cycle}{}",
+            alive == (true, true),
+            "a daemon died in cycle {cycle} (sender, receiver alive: {alive:?}){}",
             logs(&sender, &receiver)
         );
         assert!(
@@ -280,26 +227,14 @@ fn c_load_unload_cycles_do_not_leak() {
         proxy.connections(),
         t.elapsed()
     );
-    assert!(
-        end.0 < base.0 + 5 * 1024,
-        "sender RSS grew {} KiB",
-        end.0 as i64 - base.0 as i64
-    );
-    assert!(
-        end.1 < base.1 + 5 * 1024,
-        "receiver RSS grew {} KiB",
-        end.1 as i64 - base.1 as i64
-    );
+    assert_rss_growth_under(base, end, 5 * 1024);
 }
 
 /// d. Bad arguments: load-module fails, the log names the argument, the daemon lives on.
 #[test]
 fn d_bad_arguments_are_refused() {
     let test = "d_bad_arguments_are_refused";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let sender = start_sender();
     let port = free_port();
     let cases: &[(&str, &str)] = &[
@@ -358,10 +293,7 @@ fn d_bad_arguments_are_refused() {
 #[test]
 fn e_receiver_restart_during_playback() {
     let test = "e_receiver_restart_during_playback";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let mut rig = Rig::new("");
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
     let _player = play_tone(&rig.sender);
@@ -439,10 +371,7 @@ fn garbage_connection(port: u16, what: &str, payload: &[u8]) -> Result<Vec<u8>, 
 #[test]
 fn f_garbage_connections_are_closed() {
     let test = "f_garbage_connections_are_closed";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let rig = Rig::new("");
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
     let _player = play_tone(&rig.sender);
@@ -451,15 +380,7 @@ fn f_garbage_connections_are_closed() {
     let port = rig.port;
     let attacker = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let random: Vec<u8> = (0..65536)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let random = pseudo_random_bytes(0x9E37_79B9_7F4A_7C15, 65536);
         let http = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: test\r\n\r\n".to_vec();
         let mut oversized = vec![0xff, 0xff, 0x7f, 0xff, 0xff, 0xff];
         oversized.extend(std::iter::repeat_n(b'A', 256 * 1024));
@@ -500,10 +421,7 @@ fn f_garbage_connections_are_closed() {
 #[test]
 fn g_reconnects_to_a_late_server() {
     let test = "g_reconnects_to_a_late_server";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let port = free_port();
     let sender = start_sender();
     let _tunnel = load_tunnel(&sender, port, "");

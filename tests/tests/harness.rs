@@ -1,5 +1,7 @@
 //! Tests of the harness itself, against the stock daemon and its stock modules only.
 
+use opus_tunnel_tests::process::pid_exists;
+use opus_tunnel_tests::tcp;
 use opus_tunnel_tests::{
     analyse_stereo, free_port, play, play_loop, serial, tone, tone_loop, write_s16le,
     CountingProxy, Daemon, Recorder,
@@ -7,11 +9,6 @@ use opus_tunnel_tests::{
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
-
-fn pid_exists(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks existence.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
-}
 
 #[test]
 fn daemon_starts_answers_and_stops() {
@@ -123,20 +120,8 @@ fn counting_proxy_counts_exactly_and_cuts() {
     let port = l.local_addr().unwrap().port();
     let echo = std::thread::spawn(move || {
         for s in l.incoming().take(2) {
-            let mut s = s.unwrap();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
+            let s = s.unwrap();
+            std::thread::spawn(move || tcp::echo(s, 8192));
         }
     });
     let proxy = CountingProxy::start(port);

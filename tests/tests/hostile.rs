@@ -22,10 +22,16 @@
 //! Every test prints its figures. Run one at a time: `cargo test -p opus-tunnel-tests --test
 //! hostile -- --test-threads=1 --nocapture`.
 
+use opus_tunnel_tests::daemon::assert_rss_growth_under;
+use opus_tunnel_tests::daemon::tunnel_logs as logs;
+use opus_tunnel_tests::prop_or_unknown;
+use opus_tunnel_tests::pseudo_random_bytes;
+use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
     analyse_stereo, channel, dominant_frequency, dropouts, free_port, has_tone, play_loop,
-    require_modules, serial, tone_loop, Daemon, ImpairmentProxy, Player, Recorder, RATE,
+    tone_loop, Daemon, ImpairmentProxy, Player, Recorder, RATE,
 };
+use opus_tunnel_tests::{begin_tunnel as begin, RECEIVER, SENDER};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -35,49 +41,20 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const SENDER: &str = "module-tunnel-sink-opus";
-const RECEIVER: &str = "module-opus-protocol-tcp";
 const LEFT: f64 = 1000.0;
 const RIGHT: f64 = 1500.0;
 const LEVEL: f64 = -12.0;
 
-fn skip(test: &str) -> bool {
-    !require_modules(test, &[SENDER, RECEIVER])
-}
-
 fn start_receiver_with(port: u16, args: &str) -> Daemon {
-    Daemon::builder()
-        .name("receiver")
-        .line(format!(
-            "load-module {RECEIVER} port={port} listen=127.0.0.1 sink=null {args}"
-        ))
-        .start()
-        .unwrap_or_else(|e| panic!("receiver with {RECEIVER} {args} on port {port}: {e:#}"))
+    Daemon::receiver("receiver", port, args)
 }
 
 fn start_sender() -> Daemon {
-    Daemon::builder()
-        .name("sender")
-        .start()
-        .unwrap_or_else(|e| panic!("sender daemon: {e:#}"))
-}
-
-fn logs(sender: &Daemon, receiver: &Daemon) -> String {
-    format!(
-        "\n--- sender log tail ---\n{}\n--- receiver log tail ---\n{}",
-        sender.log_tail(40),
-        receiver.log_tail(40)
-    )
+    Daemon::named("sender")
 }
 
 fn load_tunnel(sender: &Daemon, name: &str, port: u16, extra: &str) -> u32 {
-    let args = format!("sink_name={name} server=tcp:127.0.0.1:{port} sink=null {extra}");
-    sender.load_module(SENDER, &args).unwrap_or_else(|e| {
-        panic!(
-            "load-module {SENDER} {args}: {e}\n--- sender log tail ---\n{}",
-            sender.log_tail(40)
-        )
-    })
+    sender.load_tunnel(name, port, extra)
 }
 
 fn play_tone(sender: &Daemon, sink: &str) -> Player {
@@ -87,20 +64,7 @@ fn play_tone(sender: &Daemon, sink: &str) -> Player {
 /// Reads 0.25 s slices until the last second holds the tone; the time it took, or `None`
 /// after `timeout`.
 fn wait_for_tone(rec: &mut Recorder, timeout: Duration) -> Option<Duration> {
-    let t = Instant::now();
-    let mut window: Vec<i16> = Vec::new();
-    while t.elapsed() < timeout {
-        let slice = rec.read(0.25).ok()?;
-        window.extend_from_slice(&slice);
-        let keep = 48_000 * 2;
-        if window.len() > keep {
-            window.drain(..window.len() - keep);
-        }
-        if has_tone(&window, LEFT, RIGHT, 5.0, 0.3) {
-            return Some(t.elapsed());
-        }
-    }
-    None
+    wait::wait_for_tone(|s| rec.read(s).ok(), 0.25, (LEFT, RIGHT), timeout)
 }
 
 fn sink_prop(d: &Daemon, sink: &str, key: &str) -> Option<String> {
@@ -280,15 +244,10 @@ fn max(v: &[f64]) -> f64 {
 
 fn write_cookie(dir: &Path, name: &str, seed: u8) -> PathBuf {
     let path = dir.join(name);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ u64::from(seed).wrapping_mul(0x1234_5678_9ABC);
-    let bytes: Vec<u8> = (0..256)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let bytes = pseudo_random_bytes(
+        0x9E37_79B9_7F4A_7C15 ^ u64::from(seed).wrapping_mul(0x1234_5678_9ABC),
+        256,
+    );
     std::fs::write(&path, bytes).expect("write cookie");
     path
 }
@@ -325,10 +284,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[test]
 fn auth_refusals_right_cookie_and_replay() {
     let test = "auth_refusals_right_cookie_and_replay";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
     let cookies = std::env::temp_dir().join(format!("ot-cookies-{}", std::process::id()));
     std::fs::create_dir_all(&cookies).expect("cookie dir");
@@ -504,10 +460,7 @@ fn auth_refusals_right_cookie_and_replay() {
 #[test]
 fn disconnects_recover_within_2s() {
     let test = "disconnects_recover_within_2s";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
     let count: usize = std::env::var("OPUS_TUNNEL_DISCONNECTS")
         .ok()
@@ -695,16 +648,7 @@ fn disconnects_recover_within_2s() {
         "reconnect count"
     );
     assert_eq!(state.as_deref(), Some("streaming"));
-    assert!(
-        end.0 < base.0 + 5 * 1024,
-        "sender RSS grew {} KiB",
-        end.0 as i64 - base.0 as i64
-    );
-    assert!(
-        end.1 < base.1 + 5 * 1024,
-        "receiver RSS grew {} KiB",
-        end.1 as i64 - base.1 as i64
-    );
+    assert_rss_growth_under(base, end, 5 * 1024);
 }
 
 /// A 2 s stall through the proxy: the audio resumes, and the receiver's buffered latency
@@ -713,10 +657,7 @@ fn disconnects_recover_within_2s() {
 #[test]
 fn stall_2s_then_latency_back_at_target() {
     let test = "stall_2s_then_latency_back_at_target";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
     let port = free_port();
     let receiver = start_receiver_with(port, "auth-anonymous=1 target_latency_msec=60");
@@ -919,19 +860,11 @@ impl Many {
             .map(|p| {
                 format!(
                     "{}:{}/{}ms/u{}/{}ppm",
-                    p.get("opus.tunnel.remote_name")
-                        .map(String::as_str)
-                        .unwrap_or("?"),
-                    p.get("opus.tunnel.state")
-                        .map(String::as_str)
-                        .unwrap_or("?"),
+                    prop_or_unknown(p, "opus.tunnel.remote_name"),
+                    prop_or_unknown(p, "opus.tunnel.state"),
                     num(p, "opus.tunnel.latency_usec").unwrap_or(-1000.0) as i64 / 1000,
-                    p.get("opus.tunnel.underruns")
-                        .map(String::as_str)
-                        .unwrap_or("?"),
-                    p.get("opus.tunnel.drift_ppm")
-                        .map(String::as_str)
-                        .unwrap_or("?"),
+                    prop_or_unknown(p, "opus.tunnel.underruns"),
+                    prop_or_unknown(p, "opus.tunnel.drift_ppm"),
                 )
             })
             .collect::<Vec<_>>()
@@ -1008,10 +941,7 @@ fn one_sink(_k: usize) -> &'static str {
 #[test]
 fn many_tunnels_64_then_65th_refused() {
     let test = "many_tunnels_64_then_65th_refused";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
     const N: usize = 64;
     let m = Many::start(test, N, split_sinks);
@@ -1088,10 +1018,7 @@ fn many_tunnels_64_then_65th_refused() {
 #[test]
 fn many_tunnels_one_sink_beyond_32() {
     let test = "many_tunnels_one_sink_beyond_32";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
     const N: usize = 40;
     let m = Many::start(test, N, one_sink);
@@ -1157,22 +1084,11 @@ fn find_tones(x: &[f32], freqs: &[f64]) -> Vec<(f64, f64)> {
 }
 
 mod rustfft_like {
-    /// Magnitude spectrum (Hann window) and Hz per bin, via `dominant_frequency`'s FFT crate.
+    /// Magnitude spectrum (Hann window) and Hz per bin.
     pub fn spectrum(x: &[f32]) -> (Vec<f64>, f64) {
-        use rustfft::{num_complex::Complex, FftPlanner};
-        let n = x.len();
-        let mut buf: Vec<Complex<f64>> = x
-            .iter()
-            .enumerate()
-            .map(|(i, &s)| {
-                let w = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (n - 1) as f64).cos();
-                Complex::new(s as f64 * w, 0.0)
-            })
-            .collect();
-        FftPlanner::new().plan_fft_forward(n).process(&mut buf);
         (
-            buf[..n / 2].iter().map(|c| c.norm()).collect(),
-            super::RATE as f64 / n as f64,
+            opus_tunnel_tests::analysis::hann_spectrum(x),
+            super::RATE as f64 / x.len() as f64,
         )
     }
 }
@@ -1211,15 +1127,7 @@ fn valid_hello(i: usize) -> Vec<u8> {
 }
 
 fn noise(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    pseudo_random_bytes(seed | 1, n)
 }
 
 /// What to send, and whether to trickle it one byte per 100 ms.
@@ -1406,10 +1314,7 @@ fn attacker(
 #[test]
 fn hostile_connections_1000_while_playing() {
     let test = "hostile_connections_1000_while_playing";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
     let total: usize = std::env::var("OPUS_TUNNEL_HOSTILE")
         .ok()
@@ -1538,10 +1443,9 @@ fn hostile_connections_1000_while_playing() {
 /// until the cut; with the 15:58 build it plays, 1 % flat for ~5 s.
 #[test]
 fn first_stream_on_an_idle_sink_then_a_cut() {
-    if skip("first_stream_on_an_idle_sink_then_a_cut") {
+    let Some(_g) = begin("first_stream_on_an_idle_sink_then_a_cut") else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let receiver = start_receiver_with(port, "auth-anonymous=1");
     let proxy = ImpairmentProxy::start(port);

@@ -9,7 +9,10 @@
 //! `opus-tunnel-ctl`. Every test prints `SKIP: ...` and passes when the modules are not built.
 //! Run one at a time: `cargo test -p opus-tunnel-tests --test live -- --test-threads=1`.
 
+use opus_tunnel_tests::assert_prop;
+use opus_tunnel_tests::daemon::tunnel_logs as logs;
 use opus_tunnel_tests::signal::music_loop;
+use opus_tunnel_tests::{begin_tunnel as begin, RECEIVER, SENDER};
 use opus_tunnel_tests::{
     dropouts, free_port, play_loop, require_modules, rms_dbfs, serial, CountingProxy, Daemon,
     Dropout, Player, Recorder, RATE,
@@ -18,15 +21,8 @@ use rustfft::{num_complex::Complex, FftPlanner};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const SENDER: &str = "module-tunnel-sink-opus";
-const RECEIVER: &str = "module-opus-protocol-tcp";
-
 /// RTP header (12 bytes) + RFC 4571 length (2 bytes) in front of every payload.
 const PACKET_OVERHEAD: u64 = 14;
-
-fn skip(test: &str) -> bool {
-    !require_modules(test, &[SENDER, RECEIVER])
-}
 
 /// Sender → proxy → receiver, tunnel sink `tun`.
 struct Rig {
@@ -38,18 +34,9 @@ struct Rig {
 impl Rig {
     fn new(extra: &str) -> Rig {
         let port = free_port();
-        let receiver = Daemon::builder()
-            .name("receiver")
-            .line(format!(
-                "load-module {RECEIVER} port={port} listen=127.0.0.1 auth-anonymous=1 sink=null"
-            ))
-            .start()
-            .unwrap_or_else(|e| panic!("receiver daemon: {e:#}"));
+        let receiver = Daemon::receiver("receiver", port, "auth-anonymous=1");
         let proxy = CountingProxy::start(port);
-        let sender = Daemon::builder()
-            .name("sender")
-            .start()
-            .unwrap_or_else(|e| panic!("sender daemon: {e:#}"));
+        let sender = Daemon::named("sender");
         let args = format!(
             "sink_name=tun server=tcp:127.0.0.1:{} sink=null {extra}",
             proxy.port()
@@ -138,14 +125,6 @@ impl Rig {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-}
-
-fn logs(sender: &Daemon, receiver: &Daemon) -> String {
-    format!(
-        "\n--- sender log tail ---\n{}\n--- receiver log tail ---\n{}",
-        sender.log_tail(40),
-        receiver.log_tail(40)
-    )
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -246,6 +225,33 @@ fn mono(samples: &[i16]) -> Vec<f32> {
         .collect()
 }
 
+/// The far end's audio recorded since `since` and its dropouts (≥ 5 ms, > 20 dB down),
+/// printed with the test's time so far (from `t0`).
+fn dropouts_since(test: &str, rec: &mut Recorder, since: Instant, t0: Instant) -> Vec<Dropout> {
+    let audio = read_since(rec, since);
+    let gaps = dropouts(&audio, 2);
+    println!(
+        "{test}: {:.1} s recorded across the changes; dropouts (≥ 5 ms, > 20 dB down): {gaps:?}; {:.1} s in all",
+        audio.len() as f64 / 2.0 / RATE as f64,
+        t0.elapsed().as_secs_f64()
+    );
+    gaps
+}
+
+/// A rig with `extra` sender arguments playing music at -30 dBFS and the far end recording
+/// it: returns once the signal arrived and settled for 0.5 s, with the reconnect count then
+/// and the recording so far thrown away.
+fn music_through(extra: &str) -> (Rig, Recorder, Player, u64) {
+    let rig = Rig::new(extra);
+    let mut rec = Recorder::start(&rig.receiver, "null.monitor");
+    let player = play_music(&rig, -30.0);
+    wait_for_signal(&rig, &mut rec);
+    std::thread::sleep(Duration::from_millis(500));
+    let reconnects0 = rig.prop_u64("opus.tunnel.reconnects");
+    rec.discard();
+    (rig, rec, player, reconnects0)
+}
+
 /// Check 1: While music-like audio plays, `compression.bitrate` 128000 → 16000 → 64000 through
 /// `update-sink-proplist`. For each: a ~5 s window starting ~1 s after the change.
 ///
@@ -260,18 +266,9 @@ fn mono(samples: &[i16]) -> Vec<f32> {
 #[test]
 fn l1_bitrate_follows_live_changes() {
     let test = "l1_bitrate_follows_live_changes";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
-    let rig = Rig::new("compression.bitrate=128000");
-    let mut rec = Recorder::start(&rig.receiver, "null.monitor");
-    let _player = play_music(&rig, -30.0);
-    wait_for_signal(&rig, &mut rec);
-    std::thread::sleep(Duration::from_millis(500));
-    let reconnects0 = rig.prop_u64("opus.tunnel.reconnects");
-    rec.discard();
+    let (rig, mut rec, _player, reconnects0) = music_through("compression.bitrate=128000");
     let rec_start = Instant::now();
     let mut failures = Vec::new();
     let mut report = Vec::new();
@@ -316,13 +313,7 @@ fn l1_bitrate_follows_live_changes() {
             rig.logs()
         );
     }
-    let audio = read_since(&mut rec, rec_start);
-    let gaps = dropouts(&audio, 2);
-    println!(
-        "{test}: {:.1} s recorded across the changes; dropouts (≥ 5 ms, > 20 dB down): {gaps:?}; {:.1} s in all",
-        audio.len() as f64 / 2.0 / RATE as f64,
-        t0.elapsed().as_secs_f64()
-    );
+    let gaps = dropouts_since(test, &mut rec, rec_start, t0);
     let long: Vec<&Dropout> = gaps.iter().filter(|d| d.len_ms > 20.0).collect();
     assert!(
         long.is_empty(),
@@ -344,18 +335,9 @@ fn l1_bitrate_follows_live_changes() {
 #[test]
 fn l2_frame_size_follows_live_changes() {
     let test = "l2_frame_size_follows_live_changes";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let t0 = Instant::now();
-    let rig = Rig::new("");
-    let mut rec = Recorder::start(&rig.receiver, "null.monitor");
-    let _player = play_music(&rig, -30.0);
-    wait_for_signal(&rig, &mut rec);
-    std::thread::sleep(Duration::from_millis(500));
-    let reconnects0 = rig.prop_u64("opus.tunnel.reconnects");
-    rec.discard();
+    let (rig, mut rec, _player, reconnects0) = music_through("");
     let rec_start = Instant::now();
     let mut failures = Vec::new();
     for (ms, want) in [("20", 50.0), ("5", 200.0), ("20", 50.0)] {
@@ -391,13 +373,7 @@ fn l2_frame_size_follows_live_changes() {
             rig.logs()
         );
     }
-    let audio = read_since(&mut rec, rec_start);
-    let gaps = dropouts(&audio, 2);
-    println!(
-        "{test}: {:.1} s recorded across the changes; dropouts: {gaps:?}; {:.1} s in all",
-        audio.len() as f64 / 2.0 / RATE as f64,
-        t0.elapsed().as_secs_f64()
-    );
+    let gaps = dropouts_since(test, &mut rec, rec_start, t0);
     assert!(failures.is_empty(), "{failures:?}{}", rig.logs());
     assert!(
         gaps.is_empty(),
@@ -412,10 +388,7 @@ fn l2_frame_size_follows_live_changes() {
 #[test]
 fn l3_narrowband_cuts_high_frequencies() {
     let test = "l3_narrowband_cuts_high_frequencies";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let rig = Rig::new("");
     let mut rec = Recorder::start(&rig.receiver, "null.monitor");
     let _player = play_music(&rig, -20.0);
@@ -478,10 +451,7 @@ fn l3_narrowband_cuts_high_frequencies() {
 #[test]
 fn l4_bad_value_refused_and_restored() {
     let test = "l4_bad_value_refused_and_restored";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let rig = Rig::new("");
     assert_eq!(
         rig.prop("compression.opus.complexity").as_deref(),
@@ -544,10 +514,7 @@ fn parse_kv(text: &str) -> std::collections::HashMap<String, String> {
 #[test]
 fn l5_send_message_set_get() {
     let test = "l5_send_message_set_get";
-    if skip(test) {
-        return;
-    }
-    let _g = serial();
+    let Some(_g) = begin(test) else { return };
     let rig = Rig::new("");
     let handlers = send_message(&rig.sender, "/core", "list-handlers", "");
     assert!(
@@ -562,14 +529,8 @@ fn l5_send_message_set_get() {
     );
     assert_eq!(ok.trim(), "ok", "set answered {ok:?}{}", rig.logs());
     let got = parse_kv(&send_message(&rig.sender, "/opus_tunnel/tun", "get", ""));
-    assert_eq!(
-        got.get("compression.bitrate").map(String::as_str),
-        Some("32000")
-    );
-    assert_eq!(
-        got.get("compression.opus.complexity").map(String::as_str),
-        Some("5")
-    );
+    assert_prop(&got, "compression.bitrate", "32000");
+    assert_prop(&got, "compression.opus.complexity", "5");
     for key in ["compression", "compression.frame_size", "opus.tunnel.state"] {
         assert!(got.contains_key(key), "get lacks {key}: {got:?}");
     }
@@ -653,7 +614,7 @@ fn ctl(d: &Daemon, bin: &Path, args: &[&str]) -> (bool, String, String) {
 #[test]
 fn l6_opus_tunnel_ctl() {
     let test = "l6_opus_tunnel_ctl";
-    if skip(test) {
+    if !require_modules(test, &[SENDER, RECEIVER]) {
         return;
     }
     let Some(bin) = ctl_binary() else {

@@ -8,11 +8,14 @@
 //! missing, unless OPUS_TUNNEL_REQUIRE_MODULES=1. Run one at a time (`--test-threads=1`; a
 //! lock serialises them anyway).
 
-use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire, PwRecorder};
+use opus_tunnel_tests::assert_prop;
+use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire, PwPlayer, PwRecorder};
+use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
-    analyse_stereo, channel, dominant_frequency, free_port, has_tone, play_loop, require_modules,
-    rms_dbfs, serial, tone_loop, CountingProxy, Daemon, Recorder,
+    analyse_stereo, channel, dominant_frequency, free_port, play_loop, require_modules, rms_dbfs,
+    serial, tone_loop, CountingProxy, Daemon, Recorder,
 };
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 const PW_SENDER: &str = "libpipewire-module-opus-tunnel";
@@ -28,8 +31,10 @@ const RIGHT: f64 = 1500.0;
 const LEVEL: f64 = -12.0;
 const BITRATE: f64 = 64_000.0;
 
-fn skip(test: &str, pw: &[&str], pa: &[&str]) -> bool {
-    !(require_pw_modules(test, pw) && (pa.is_empty() || require_modules(test, pa)))
+/// The start of a test: the PipeWire modules `pw` and the PulseAudio modules `pa` are
+/// there, then the serial guard; `None` (the test returns and passes) when some are missing.
+fn begin(test: &str, pw: &[&str], pa: &[&str]) -> Option<MutexGuard<'static, ()>> {
+    (require_pw_modules(test, pw) && (pa.is_empty() || require_modules(test, pa))).then(serial)
 }
 
 /// Something that records the receiving end's `null.monitor`.
@@ -50,19 +55,7 @@ impl Rec {
 
 /// Reads 0.5 s slices until the last second holds the tone; the time it took.
 fn wait_for_tone(rec: &mut Rec, timeout: Duration) -> Option<Duration> {
-    let t = Instant::now();
-    let mut window: Vec<i16> = Vec::new();
-    while t.elapsed() < timeout {
-        window.extend_from_slice(&rec.read(0.5));
-        let keep = 48_000 * 2;
-        if window.len() > keep {
-            window.drain(..window.len() - keep);
-        }
-        if has_tone(&window, LEFT, RIGHT, 5.0, 0.3) {
-            return Some(t.elapsed());
-        }
-    }
-    None
+    wait::wait_for_tone(|s| Some(rec.read(s)), 0.5, (LEFT, RIGHT), timeout)
 }
 
 /// Waits for the tone, checks 4 s of it (±5 Hz, ±1 dB), then measures the wire rate toward
@@ -133,21 +126,49 @@ fn pw_sender(port: u16, compression: &str) -> PipeWire {
         .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER}: {e:#}"))
 }
 
-fn pa_receiver(port: u16) -> Daemon {
-    Daemon::builder()
-        .name("pa-receiver")
-        .line(format!(
-            "load-module {PA_RECEIVER} port={port} listen=127.0.0.1 auth-anonymous=1 sink=null"
-        ))
+/// Once `pw`'s tunnel sink `tun` is there: the test tone plays into it, and `pa`'s
+/// `null.monitor` is recorded.
+fn tone_into_tun(pw: &PipeWire, pa: &Daemon) -> (Rec, PwPlayer) {
+    wait_for_node(pw, "tun");
+    let rec = Rec::Pa(Recorder::start(pa, "null.monitor"));
+    let player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
+    (rec, player)
+}
+
+/// The logs of a PipeWire sender (and its `tun` node) and of a PulseAudio receiver.
+fn tun_logs(pw: &PipeWire, pa: &Daemon) -> String {
+    format!(
+        "tun node: {:?}\n{}\n--- pa receiver ---\n{}",
+        pw.node_props("tun"),
+        pw.log(),
+        pa.log_tail(30)
+    )
+}
+
+/// A PipeWire "desktop" with a tunnel source node `mic` recording `null.monitor` of the
+/// receiver at `port`; waits for the node.
+fn pw_desktop_mic(port: u16) -> PipeWire {
+    let pw = PipeWire::builder()
+        .name("pw-desktop")
+        .module(
+            PW_SENDER,
+            &format!(
+                "tunnel.mode = source server.address = \"tcp:127.0.0.1:{port}\" remote.source = \"null.monitor\" \
+                 stream.props = {{ node.name = \"mic\" }}"
+            ),
+        )
         .start()
-        .unwrap_or_else(|e| panic!("PulseAudio with {PA_RECEIVER}: {e:#}"))
+        .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER} (source): {e:#}"));
+    wait_for_node(&pw, "mic");
+    pw
+}
+
+fn pa_receiver(port: u16) -> Daemon {
+    Daemon::receiver("pa-receiver", port, "auth-anonymous=1")
 }
 
 fn pa_sender(port: u16, compression: &str) -> Daemon {
-    let d = Daemon::builder()
-        .name("pa-sender")
-        .start()
-        .unwrap_or_else(|e| panic!("PulseAudio sender: {e:#}"));
+    let d = Daemon::named("pa-sender");
     d.load_module(
         PA_SENDER,
         &format!("sink_name=tun server=tcp:127.0.0.1:{port} sink=null compression={compression} compression.bitrate=64000"),
@@ -171,10 +192,9 @@ fn wait_for_node(pw: &PipeWire, node: &str) {
 }
 
 fn pa_to_pw(test: &str, compression: &str) {
-    if skip(test, &[PW_RECEIVER], &[PA_SENDER]) {
+    let Some(_g) = begin(test, &[PW_RECEIVER], &[PA_SENDER]) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let pw = pw_receiver(port);
     let proxy = CountingProxy::start(port);
@@ -199,10 +219,7 @@ fn pa_to_pw(test: &str, compression: &str) {
         s.get("opus.tunnel.latency_usec"),
         s.get("opus.tunnel.underruns")
     );
-    assert_eq!(
-        s.get("media.class").map(String::as_str),
-        Some("Stream/Output/Audio")
-    );
+    assert_prop(s, "media.class", "Stream/Output/Audio");
     assert!(
         s.get("opus.tunnel.bitrate")
             .and_then(|b| b.parse::<u64>().ok())
@@ -222,25 +239,15 @@ fn pw2_pulseaudio_to_pipewire_pcm() {
 }
 
 fn pw_to_pa(test: &str, compression: &str) {
-    if skip(test, &[PW_SENDER], &[PA_RECEIVER]) {
+    let Some(_g) = begin(test, &[PW_SENDER], &[PA_RECEIVER]) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let pa = pa_receiver(port);
     let proxy = CountingProxy::start(port);
     let pw = pw_sender(proxy.port(), compression);
-    wait_for_node(&pw, "tun");
-    let mut rec = Rec::Pa(Recorder::start(&pa, "null.monitor"));
-    let _player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
-    let logs = || {
-        format!(
-            "tun node: {:?}\n{}\n--- pa receiver ---\n{}",
-            pw.node_props("tun"),
-            pw.log(),
-            pa.log_tail(30)
-        )
-    };
+    let (mut rec, _player) = tone_into_tun(&pw, &pa);
+    let logs = || tun_logs(&pw, &pa);
     let kbps = check_tone_and_wire(test, &mut rec, &proxy, &logs);
     check_wire(test, compression, kbps);
     let props = pw.node_props("tun").expect("tun node");
@@ -252,10 +259,7 @@ fn pw_to_pa(test: &str, compression: &str) {
         props.get("opus.tunnel.state"),
         props.get("opus.tunnel.bitrate")
     );
-    assert_eq!(
-        props.get("media.class").map(String::as_str),
-        Some("Audio/Sink")
-    );
+    assert_prop(&props, "media.class", "Audio/Sink");
     assert_eq!(
         props.get("compression").map(String::as_str),
         Some(compression)
@@ -273,10 +277,9 @@ fn pw4_pipewire_to_pulseaudio_pcm() {
 }
 
 fn pw_to_pw(test: &str, compression: &str) {
-    if skip(test, &[PW_SENDER, PW_RECEIVER], &[]) {
+    let Some(_g) = begin(test, &[PW_SENDER, PW_RECEIVER], &[]) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let rx = pw_receiver(port);
     let proxy = CountingProxy::start(port);
@@ -309,13 +312,49 @@ fn pw6_pipewire_to_pipewire_pcm() {
 /// Stopping the PipeWire daemon while a tunnel plays, at either end: it exits 0, and the
 /// PulseAudio peer lives on (and, for the receiver, the sender reconnects when PipeWire is
 /// back). Unloading a module while it plays (`pw-cli destroy <module>`) leaves the daemon up.
+/// Stops `pw` (while a tunnel plays or records) and checks that it exits 0; `what` names it
+/// in the messages.
+fn stop_cleanly(test: &str, pw: &mut PipeWire, what: &str) {
+    let st = pw.stop();
+    println!("{test}: PipeWire {what} stopped: {st:?}");
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "{test}: {what} exit {st:?}\n{}",
+        pw.log()
+    );
+}
+
+/// Unloads `module` with `pw-cli destroy` and waits `settle`: PipeWire must live on. `what`
+/// names the module in the messages.
+fn unload_module(test: &str, pw: &mut PipeWire, module: &str, what: &str, settle: Duration) {
+    let id = pw
+        .module_id(module)
+        .unwrap_or_else(|| panic!("{test}: no id of the {what} module"));
+    let out = pw.destroy(id);
+    println!(
+        "{test}: pw-cli destroy {id} ({what} module): {:?}",
+        out.status
+    );
+    std::thread::sleep(settle);
+    assert!(
+        pw.is_alive(),
+        "{test}: PipeWire died unloading the {what}\n{}",
+        pw.log()
+    );
+}
+
+/// Starts `pw` again after a stop.
+fn restart(test: &str, pw: &mut PipeWire) {
+    pw.restart()
+        .unwrap_or_else(|e| panic!("{test}: restart: {e:#}"));
+}
+
 #[test]
 fn pw7_stop_and_unload_while_playing() {
     let test = "pw7_stop_and_unload_while_playing";
-    if skip(test, &[PW_SENDER, PW_RECEIVER], &[PA_SENDER, PA_RECEIVER]) {
+    let Some(_g) = begin(test, &[PW_SENDER, PW_RECEIVER], &[PA_SENDER, PA_RECEIVER]) else {
         return;
-    }
-    let _g = serial();
+    };
 
     // PulseAudio → PipeWire receiver; the PipeWire daemon stops mid-stream, then comes back.
     let port = free_port();
@@ -327,16 +366,9 @@ fn pw7_stop_and_unload_while_playing() {
         wait_for_tone(&mut rec, Duration::from_secs(8))
             .unwrap_or_else(|| panic!("{test}: no tone on the PipeWire receiver\n{}", pw.log()));
     }
-    let st = pw.stop();
-    println!("{test}: PipeWire receiver stopped while playing: {st:?}");
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "{test}: receiver exit {st:?}\n{}",
-        pw.log()
-    );
+    stop_cleanly(test, &mut pw, "receiver");
     assert!(pa.is_alive(), "{test}: the PulseAudio sender died");
-    pw.restart()
-        .unwrap_or_else(|e| panic!("{test}: restart: {e:#}"));
+    restart(test, &mut pw);
     {
         let mut rec = Rec::Pw(pw.recorder("null.monitor"));
         let back = wait_for_tone(&mut rec, Duration::from_secs(20)).unwrap_or_else(|| {
@@ -349,28 +381,18 @@ fn pw7_stop_and_unload_while_playing() {
         println!("{test}: tone back {back:?} after the PipeWire receiver restarted");
     }
     // Unload the receiver module while it plays.
-    let id = pw.module_id(PW_RECEIVER).expect("receiver module id");
-    let out = pw.destroy(id);
-    println!(
-        "{test}: pw-cli destroy {id} (receiver module): {:?}",
-        out.status
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        pw.is_alive(),
-        "{test}: PipeWire died unloading the receiver\n{}",
-        pw.log()
+    unload_module(
+        test,
+        &mut pw,
+        PW_RECEIVER,
+        "receiver",
+        Duration::from_secs(1),
     );
     assert!(
         pw.module_id(PW_RECEIVER).is_none(),
         "{test}: the receiver module is still there"
     );
-    let st = pw.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "{test}: exit {st:?}\n{}",
-        pw.log()
-    );
+    stop_cleanly(test, &mut pw, "receiver");
     drop(_player);
     drop(pa);
 
@@ -384,25 +406,13 @@ fn pw7_stop_and_unload_while_playing() {
     let player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
     wait_for_tone(&mut rec, Duration::from_secs(8))
         .unwrap_or_else(|| panic!("{test}: no tone from the PipeWire sender\n{}", pw.log()));
-    let id = pw.module_id(PW_SENDER).expect("tunnel module id");
-    let out = pw.destroy(id);
-    println!(
-        "{test}: pw-cli destroy {id} (tunnel module): {:?}",
-        out.status
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        pw.is_alive(),
-        "{test}: PipeWire died unloading the tunnel\n{}",
-        pw.log()
-    );
+    unload_module(test, &mut pw, PW_SENDER, "tunnel", Duration::from_secs(1));
     assert!(
         pw.node_props("tun").is_none(),
         "{test}: the tunnel sink is still there"
     );
     drop(player);
-    pw.restart()
-        .unwrap_or_else(|e| panic!("{test}: restart: {e:#}"));
+    restart(test, &mut pw);
     wait_for_node(&pw, "tun");
     let _player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
     // 20 s as for the receiver's restart above: on a loaded machine a freshly started
@@ -410,13 +420,7 @@ fn pw7_stop_and_unload_while_playing() {
     // (seen in CI: the stream stayed suspended, no link, WirePlumber still activating).
     wait_for_tone(&mut rec, Duration::from_secs(20))
         .unwrap_or_else(|| panic!("{test}: no tone after the restart\n{}", pw.log()));
-    let st = pw.stop();
-    println!("{test}: PipeWire sender stopped while playing: {st:?}");
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "{test}: sender exit {st:?}\n{}",
-        pw.log()
-    );
+    stop_cleanly(test, &mut pw, "sender");
     assert!(pa.is_alive(), "{test}: the PulseAudio receiver died");
 }
 
@@ -489,19 +493,15 @@ fn check_mic(test: &str, got: &[i16], at_source: &[i16], logs: &dyn Fn() -> Stri
 #[test]
 fn pw8_microphone_pipewire_receiver_to_pulseaudio() {
     let test = "pw8_microphone_pipewire_receiver_to_pulseaudio";
-    if skip(test, &[PW_RECEIVER], &[PA_SOURCE]) {
+    let Some(_g) = begin(test, &[PW_RECEIVER], &[PA_SOURCE]) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let mut pw = pw_receiver(port);
     let _mic = pw.play_loop("null", tone_loop(MIC_HZ, MIC_HZ, MIC_PEAK));
     let at_source = Rec::Pw(pw.recorder("null.monitor")).read(2.0);
     let proxy = CountingProxy::start(port);
-    let desktop = Daemon::builder()
-        .name("pa-desktop")
-        .start()
-        .unwrap_or_else(|e| panic!("PulseAudio desktop: {e:#}"));
+    let desktop = Daemon::named("pa-desktop");
     desktop
         .load_module(
             PA_SOURCE,
@@ -553,14 +553,10 @@ fn pw8_microphone_pipewire_receiver_to_pulseaudio() {
     );
     drop(rec);
     // The reader went: the capture stream goes too (within a few seconds).
-    let t = Instant::now();
-    while captures() != 0 && t.elapsed() < Duration::from_secs(8) {
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let after = captures();
+    let (after, waited) = wait::wait_for_zero(Duration::from_secs(8), captures);
     println!(
         "{test}: capture streams {:.1} s after the reader left: {after}",
-        t.elapsed().as_secs_f64()
+        waited.as_secs_f64()
     );
     assert_eq!(
         after, 0,
@@ -596,15 +592,8 @@ fn pw8_microphone_pipewire_receiver_to_pulseaudio() {
     let mut rec = Rec::Pa(Recorder::start(&desktop, "mic"));
     let _ = rec.read(3.0);
     let recording = captures();
-    let st = pw.stop();
-    println!(
-        "{test}: PipeWire receiver stopped while recording ({recording} capture streams): {st:?}"
-    );
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "{test}: receiver exit {st:?}\n{}",
-        pw.log()
-    );
+    println!("{test}: the PipeWire receiver stops while recording ({recording} capture streams)");
+    stop_cleanly(test, &mut pw, "receiver");
     assert!(desktop.is_alive(), "{test}: the PulseAudio desktop died");
 }
 
@@ -696,10 +685,9 @@ fn assert_no_reconnect(test: &str, pw: &PipeWire, node: &str, before: f64) {
 #[test]
 fn pw9_pipewire_tunnel_source_from_pulseaudio() {
     let test = "pw9_pipewire_tunnel_source_from_pulseaudio";
-    if skip(test, &[PW_SENDER], &[PA_RECEIVER]) {
+    let Some(_g) = begin(test, &[PW_SENDER], &[PA_RECEIVER]) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let pa = pa_receiver(port);
     let _mic = play_loop(&pa, "null", tone_loop(MIC_HZ, MIC_HZ, MIC_PEAK));
@@ -707,19 +695,7 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
         .read(2.0)
         .expect("recording the source itself");
     let proxy = CountingProxy::start(port);
-    let mut pw = PipeWire::builder()
-        .name("pw-desktop")
-        .module(
-            PW_SENDER,
-            &format!(
-                "tunnel.mode = source server.address = \"tcp:127.0.0.1:{}\" remote.source = \"null.monitor\" \
-                 stream.props = {{ node.name = \"mic\" }}",
-                proxy.port()
-            ),
-        )
-        .start()
-        .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER} (source): {e:#}"));
-    wait_for_node(&pw, "mic");
+    let mut pw = pw_desktop_mic(proxy.port());
     let logs = || {
         format!(
             "mic node: {:?}\n{}\n--- pa receiver ---\n{}",
@@ -749,18 +725,9 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
         props.get("compression.opus.signal"),
         props.get("opus.tunnel.state"),
     );
-    assert_eq!(
-        props.get("media.class").map(String::as_str),
-        Some("Audio/Source")
-    );
-    assert_eq!(
-        props.get("compression.bitrate").map(String::as_str),
-        Some("32000")
-    );
-    assert_eq!(
-        props.get("compression.opus.signal").map(String::as_str),
-        Some("voice")
-    );
+    assert_prop(&props, "media.class", "Audio/Source");
+    assert_prop(&props, "compression.bitrate", "32000");
+    assert_prop(&props, "compression.opus.signal", "voice");
     assert!(
         idle < 1024,
         "{test}: {idle} bytes crossed the wire with no reader"
@@ -825,44 +792,30 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
     );
     assert_no_reconnect(test, &pw, "mic", reconnects0);
     drop(rec);
-    let t = Instant::now();
-    while outputs() != 0 && t.elapsed() < Duration::from_secs(8) {
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let left = outputs();
+    let (left, waited) = wait::wait_for_zero(Duration::from_secs(8), outputs);
     println!(
         "{test}: recording streams at the far end {:.1} s after the reader left: {left}",
-        t.elapsed().as_secs_f64()
+        waited.as_secs_f64()
     );
     assert_eq!(left, 0, "{test}: the far end still records with no reader");
     // Unloading the module while something records from it: the daemon lives on, the node
     // goes, the far end stops recording; then the daemon stops cleanly.
     let mut rec = Rec::Pw(pw.recorder("mic"));
     let _ = rec.read(2.0);
-    let id = pw.module_id(PW_SENDER).expect("tunnel module id");
-    let out = pw.destroy(id);
-    std::thread::sleep(Duration::from_secs(2));
-    let alive = pw.is_alive();
+    unload_module(
+        test,
+        &mut pw,
+        PW_SENDER,
+        "tunnel source",
+        Duration::from_secs(2),
+    );
     let node_left = pw.node_props("mic").is_some();
     let far = outputs();
-    println!(
-        "{test}: pw-cli destroy {id} while recording: {:?}; daemon alive {alive}, node left {node_left}, far-end streams {far}",
-        out.status
-    );
-    assert!(
-        alive,
-        "{test}: PipeWire died unloading the tunnel source\n{}",
-        pw.log()
-    );
+    println!("{test}: unloaded while recording: node left {node_left}, far-end streams {far}");
     assert!(!node_left, "{test}: the tunnel source is still there");
     assert_eq!(far, 0, "{test}: the far end still records");
     drop(rec);
-    let st = pw.stop();
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "{test}: exit {st:?}\n{}",
-        pw.log()
-    );
+    stop_cleanly(test, &mut pw, "daemon");
 }
 
 /// Live control of the PipeWire tunnel sink: `compression.bitrate` 32000 → 16000 with
@@ -875,10 +828,9 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
 #[test]
 fn pw10_live_bitrate_on_pipewire_sink() {
     let test = "pw10_live_bitrate_on_pipewire_sink";
-    if skip(test, &[PW_SENDER], &[PA_RECEIVER]) {
+    let Some(_g) = begin(test, &[PW_SENDER], &[PA_RECEIVER]) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let pa = pa_receiver(port);
     let proxy = CountingProxy::start(port);
@@ -894,17 +846,8 @@ fn pw10_live_bitrate_on_pipewire_sink() {
         )
         .start()
         .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER}: {e:#}"));
-    wait_for_node(&pw, "tun");
-    let mut rec = Rec::Pa(Recorder::start(&pa, "null.monitor"));
-    let _player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
-    let logs = || {
-        format!(
-            "tun node: {:?}\n{}\n--- pa receiver ---\n{}",
-            pw.node_props("tun"),
-            pw.log(),
-            pa.log_tail(30)
-        )
-    };
+    let (mut rec, _player) = tone_into_tun(&pw, &pa);
+    let logs = || tun_logs(&pw, &pa);
     wait_for_tone(&mut rec, Duration::from_secs(8))
         .unwrap_or_else(|| panic!("{test}: no tone at the receiver\n{}", logs()));
     let wire = |secs: f64| {
@@ -1003,10 +946,7 @@ fn pw10_live_bitrate_on_pipewire_sink() {
         "{test}: after compression.bitrate 999: property {:?}, refusal logged: {refused}",
         p.get("compression.bitrate")
     );
-    assert_eq!(
-        p.get("compression.bitrate").map(String::as_str),
-        Some("32000")
-    );
+    assert_prop(&p, "compression.bitrate", "32000");
     assert!(refused, "{test}: no refusal in the log\n{}", logs());
     // What PulseAudio's tools can do on pipewire-pulse: there is no update-sink-proplist
     // (pacmd's CLI protocol is not served) and `pactl send-message` reaches no handler of
@@ -1037,28 +977,15 @@ fn pw10_live_bitrate_on_pipewire_sink() {
 #[test]
 fn pw11_microphone_pipewire_to_pipewire() {
     let test = "pw11_microphone_pipewire_to_pipewire";
-    if skip(test, &[PW_SENDER, PW_RECEIVER], &[]) {
+    let Some(_g) = begin(test, &[PW_SENDER, PW_RECEIVER], &[]) else {
         return;
-    }
-    let _g = serial();
+    };
     let port = free_port();
     let rx = pw_receiver(port);
     let _mic = rx.play_loop("null", tone_loop(MIC_HZ, MIC_HZ, MIC_PEAK));
     let at_source = Rec::Pw(rx.recorder("null.monitor")).read(2.0);
     let proxy = CountingProxy::start(port);
-    let desk = PipeWire::builder()
-        .name("pw-desktop")
-        .module(
-            PW_SENDER,
-            &format!(
-                "tunnel.mode = source server.address = \"tcp:127.0.0.1:{}\" remote.source = \"null.monitor\" \
-                 stream.props = {{ node.name = \"mic\" }}",
-                proxy.port()
-            ),
-        )
-        .start()
-        .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER} (source): {e:#}"));
-    wait_for_node(&desk, "mic");
+    let desk = pw_desktop_mic(proxy.port());
     let logs = || format!("{}\n{}", desk.log(), rx.log());
     let mut rec = Rec::Pw(desk.recorder("mic"));
     let (waited, got) = settled_tone(&mut rec, 3.0, Duration::from_secs(15))

@@ -19,6 +19,7 @@
 //! window, `OPUS_TUNNEL_RATEMATCH_SKEWS` (default `500,-500,110`) the skews in ppm.
 
 use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire};
+use opus_tunnel_tests::prop_or_unknown;
 use opus_tunnel_tests::Daemon;
 use opus_tunnel_tests::{
     channel, dominant_frequency, free_port, play_loop, require_modules, serial, tone_loop,
@@ -147,10 +148,7 @@ fn tone_fit(x: &[f32], rate: u32) -> (f64, f64, f64, f64) {
 fn drift_case(mode: &str, skew_ppm: i32, secs: u64) -> String {
     let port = free_port();
     let pw = receiver(port, mode);
-    let pa = Daemon::builder()
-        .name("rm-sender")
-        .start()
-        .unwrap_or_else(|e| panic!("PulseAudio sender: {e:#}"));
+    let pa = Daemon::named("rm-sender");
     pa.load_module(
         PA_SENDER,
         &format!(
@@ -200,21 +198,19 @@ fn drift_case(mode: &str, skew_ppm: i32, secs: u64) -> String {
             format!(
                 "{t:.0}s:{:+.2}ms/{}ppm",
                 err(p),
-                p.get("opus.tunnel.drift_ppm")
-                    .map(String::as_str)
-                    .unwrap_or("?")
+                prop_or_unknown(p, "opus.tunnel.drift_ppm")
             )
         })
         .collect();
     println!("  trace {mode} {skew_ppm:+}: {}", trace.join(" "));
     format!(
         "{mode:8} skew {skew_ppm:+4} ppm: drift_ppm {:>7} | lock(≤1ms) at {} | last 20 s error mean {mean:+.2} ms worst {worst:.2} ms | target {} ms | underruns {} plc {} overruns {} | tone {freq:.3} Hz (expect {:.3}) | THD+N {thdn:.1} dB (worst 100 ms block {thdn_worst:.1} dB, block freq spread {fm_ppm:.0} ppm)",
-        last.get("opus.tunnel.drift_ppm").map(String::as_str).unwrap_or("?"),
+        prop_or_unknown(&last, "opus.tunnel.drift_ppm"),
         lock.map_or("never".to_string(), |t| format!("{t:.0} s")),
         num(&last, "opus.tunnel.target_latency_usec") / 1000.0,
-        last.get("opus.tunnel.underruns").map(String::as_str).unwrap_or("?"),
-        last.get("opus.tunnel.plc_frames").map(String::as_str).unwrap_or("?"),
-        last.get("opus.tunnel.overruns").map(String::as_str).unwrap_or("?"),
+        prop_or_unknown(&last, "opus.tunnel.underruns"),
+        prop_or_unknown(&last, "opus.tunnel.plc_frames"),
+        prop_or_unknown(&last, "opus.tunnel.overruns"),
         1000.0 * (1.0 + f64::from(skew_ppm) * 1e-6),
     )
 }
@@ -248,10 +244,7 @@ fn cpu_by_thread(pid: u32) -> BTreeMap<String, u64> {
 fn cpu_case(mode: &str, tunnels: usize, secs: u64) -> String {
     let port = free_port();
     let pw = receiver(port, mode);
-    let pa = Daemon::builder()
-        .name("rm-cpu-sender")
-        .start()
-        .unwrap_or_else(|e| panic!("PulseAudio sender: {e:#}"));
+    let pa = Daemon::named("rm-cpu-sender");
     let mut players = Vec::new();
     for i in 0..tunnels {
         pa.load_module(

@@ -3,9 +3,11 @@
 //! receiver's null sink monitor with a 700 Hz tone playing into it: it delivers audio in
 //! steady small blocks like a sound card. (`module-sine-source` does not: it posts up to 2 s
 //! at once when a reader arrives, which no drift-correcting buffer of 60 ms can smooth.)
+use opus_tunnel_tests::assert_prop;
+use opus_tunnel_tests::begin;
 use opus_tunnel_tests::{
-    channel, dominant_frequency, free_port, play_loop, require_modules, rms_dbfs, serial,
-    tone_loop, CountingProxy, Daemon, Player, Recorder,
+    channel, dominant_frequency, free_port, play_loop, rms_dbfs, tone_loop, CountingProxy, Daemon,
+    Player, Recorder,
 };
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -43,10 +45,7 @@ fn setup(mic_args: &str) -> Setup {
     }
     let receiver = b.start().expect("receiver");
     let mic = mic_tone(&receiver);
-    let desktop = Daemon::builder()
-        .name("mic-desktop")
-        .start()
-        .expect("desktop");
+    let desktop = Daemon::named("mic-desktop");
     let proxy = CountingProxy::start(port);
     desktop
         .load_module(
@@ -99,10 +98,9 @@ fn tunnel_outputs(d: &Daemon) -> usize {
 
 #[test]
 fn m1_tone_from_the_remote_microphone() {
-    let _g = serial();
-    if !require_modules("m1", MODULES) {
+    let Some(_g) = begin("m1", MODULES) else {
         return;
-    }
+    };
     let s = setup("");
     let direct = Recorder::start(&s.receiver, MIC).read(2.0).expect("direct");
     let (f0, l0) = tone_of(&direct);
@@ -127,10 +125,9 @@ fn m1_tone_from_the_remote_microphone() {
 
 #[test]
 fn m2_nothing_recorded_or_sent_without_readers() {
-    let _g = serial();
-    if !require_modules("m2", MODULES) {
+    let Some(_g) = begin("m2", MODULES) else {
         return;
-    }
+    };
     let s = setup("");
     // Read once, stop, and check the far end stops too.
     {
@@ -154,10 +151,9 @@ fn m2_nothing_recorded_or_sent_without_readers() {
 
 #[test]
 fn m3_bitrate_changes_live() {
-    let _g = serial();
-    if !require_modules("m3", MODULES) {
+    let Some(_g) = begin("m3", MODULES) else {
         return;
-    }
+    };
     // Constant bitrate, so that the wire shows the knob exactly (VBR spends less on a sine).
     let s = setup("compression.bitrate=32000 compression.opus.vbr=false");
     let mut rec = Recorder::start(&s.desktop, "mic");
@@ -186,10 +182,7 @@ fn m3_bitrate_changes_live() {
         p.get("compression.bitrate").cloned().unwrap_or_default()
     );
     assert!((after - expect).abs() / expect <= 0.15, "wire rate {after}");
-    assert_eq!(
-        p.get("compression.bitrate").map(String::as_str),
-        Some("16000")
-    );
+    assert_prop(&p, "compression.bitrate", "16000");
     assert_eq!(
         num(&p, "opus.tunnel.reconnects"),
         reconnects0,
@@ -215,10 +208,9 @@ fn m3_bitrate_changes_live() {
 
 #[test]
 fn m4_receiver_restart_while_recording() {
-    let _g = serial();
-    if !require_modules("m4", MODULES) {
+    let Some(_g) = begin("m4", MODULES) else {
         return;
-    }
+    };
     let mut s = setup("");
     let mut rec = Recorder::start(&s.desktop, "mic");
     let _ = rec.read(2.0).expect("warm-up");
@@ -257,10 +249,9 @@ fn m4_receiver_restart_while_recording() {
 }
 
 fn skew_case(ppm: i32) {
-    let _g = serial();
-    if !require_modules("m5", MODULES) {
+    let Some(_g) = begin("m5", MODULES) else {
         return;
-    }
+    };
     let secs: u64 = std::env::var("OPUS_TUNNEL_DRIFT_SECS")
         .ok()
         .and_then(|v| v.parse().ok())

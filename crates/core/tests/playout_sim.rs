@@ -31,6 +31,30 @@ struct Case {
     seed: u64,
 }
 
+impl Case {
+    /// A case with 0–20 ms of arrival jitter and a 100 ms stall every 600 s.
+    fn stalling(
+        skew_ppm: f64,
+        packet_ms: f64,
+        period_ms: f64,
+        target_ms: u64,
+        hours: f64,
+        seed: u64,
+    ) -> Case {
+        Case {
+            skew_ppm,
+            packet_ms,
+            period_ms,
+            jitter_ms: 20.0,
+            stall_every_s: 600.0,
+            stall_ms: 100.0,
+            target_ms,
+            hours,
+            seed,
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Figures {
     conv_s: f64,
@@ -90,6 +114,37 @@ impl Net {
 
 /// The resampler's counting model: feeds the plan's whole chunks, each giving
 /// `chunk · ratio` output frames (the fraction carried in `phase`).
+/// The sink's IO thread: pops one period from the ring at each tick and publishes its
+/// counters; every pop is reported (a queue, as in the receiver).
+#[derive(Default)]
+struct Device {
+    consumed: u64,
+    missing: u64,
+    pops: u64,
+    reports: std::collections::VecDeque<(u64, u64, u64)>,
+}
+
+impl Device {
+    /// Pops `period` frames at `now_usec`, as many as the ring holds; returns how many.
+    fn pop(&mut self, ctl: &Controller, period: u64, now_usec: u64) -> u64 {
+        let ring = ctl.produced() - self.consumed;
+        let take = ring.min(period);
+        self.consumed += take;
+        self.missing += period - take;
+        self.reports
+            .push_back((now_usec, self.consumed, self.missing));
+        self.pops += 1;
+        take
+    }
+
+    /// Hands the reports queued so far to the worker's controller.
+    fn report(&mut self, ctl: &mut Controller) {
+        while let Some((at, consumed, missing)) = self.reports.pop_front() {
+            ctl.on_device(at, consumed, missing);
+        }
+    }
+}
+
 fn resample(ctl: &mut Controller, plan: &Plan, chunk: usize, phase: &mut f64) {
     let mut left = plan.feed_frames;
     while left >= chunk as u64 {
@@ -99,6 +154,22 @@ fn resample(ctl: &mut Controller, plan: &Plan, chunk: usize, phase: &mut f64) {
         ctl.on_produced(chunk as u64, out as u64);
         left -= chunk as u64;
     }
+}
+
+/// Running sums of the figures taken at each device pop after the first 20 s (`n` of them),
+/// and in the steady state (`n_ss`).
+#[derive(Default)]
+struct Sums {
+    n: u64,
+    est_sq: f64,
+    tl_sum: f64,
+    tl_sq: f64,
+    r_sq: f64,
+    step_sq: f64,
+    jit_sq: f64,
+    n_ss: u64,
+    jit_ss_sq: f64,
+    rerr_ss_sq: f64,
 }
 
 fn simulate(c: Case) -> Figures {
@@ -150,30 +221,17 @@ fn simulate(c: Case) -> Figures {
     let mut next_arrival = net.arrival(k, &mut rng);
     // Device.
     let dev_start = 0.3;
-    let mut j: u64 = 0;
     let mut next_pop = dev_start;
-    let mut consumed = 0u64;
-    let mut missing = 0u64;
-    // Every pop is reported (a queue, as in the receiver).
-    let mut reports: std::collections::VecDeque<(u64, u64, u64)> = Default::default();
+    let mut dev = Device::default();
     // Worker timer.
     let mut next_timer = 0.01;
     // Resampler model.
     let mut phase = 0.0f64;
 
     // Metrics.
-    let mut n = 0u64;
-    let mut est_sq = 0.0;
-    let mut tl_sum = 0.0;
-    let mut tl_sq = 0.0;
-    let mut r_sq = 0.0;
-    let mut step_sq = 0.0;
+    let mut sums = Sums::default();
     let mut last_ratio = 1.0;
     let mut ema = r_true;
-    let mut jit_sq = 0.0;
-    let mut n_ss = 0u64;
-    let mut jit_ss_sq = 0.0;
-    let mut rerr_ss_sq = 0.0;
     let mut ratio_bad = 0.0f64;
     let mut last_bad = 0.0f64;
     let mut underruns_after = 0u64;
@@ -203,40 +261,36 @@ fn simulate(c: Case) -> Figures {
         }
         if t == next_pop {
             // The IO thread pops one period and publishes its counters.
-            let ring = ctl.produced() - consumed;
-            let take = ring.min(per);
-            consumed += take;
-            missing += per - take;
-            reports.push_back((to_us(t), consumed, missing));
-            j += 1;
-            next_pop = dev_start + j as f64 * per as f64 / fd + rng.gen::<f64>() * sched_jit;
+            dev.pop(&ctl, per, to_us(t));
+            next_pop = dev_start + dev.pops as f64 * per as f64 / fd + rng.gen::<f64>() * sched_jit;
             // Metrics at each pop, from the worker's view of the last wake.
             if t > metric_from && ctl.state() != PlayoutState::Buffering {
                 let est_err =
                     ctl.latency_usec(to_us(t)) as f64 / 1000.0 - ctl.setpoint_frames() / f * 1000.0;
                 let s_true = s0 + (t - base_delay - jit_mean) * fs;
-                let c_true = (t - dev_start - sched_jit / 2.0) * fd + per as f64 - missing as f64;
+                let c_true =
+                    (t - dev_start - sched_jit / 2.0) * fd + per as f64 - dev.missing as f64;
                 let lat_true = s_true - ctl.read_position()
                     + ctl.delay_frames()
                     + (ctl.produced() as f64 - c_true) / ctl.ratio();
                 let tl = (lat_true - ctl.setpoint_frames()) / f * 1000.0;
-                n += 1;
-                est_sq += est_err * est_err;
-                tl_sum += tl;
-                tl_sq += tl * tl;
+                sums.n += 1;
+                sums.est_sq += est_err * est_err;
+                sums.tl_sum += tl;
+                sums.tl_sq += tl * tl;
                 let re = (ctl.ratio() - r_true) * 1e6;
-                r_sq += re * re;
+                sums.r_sq += re * re;
                 let st = (ctl.ratio() - last_ratio) * 1e6;
-                step_sq += st * st;
+                sums.step_sq += st * st;
                 // Jitter: the ratio about its own 10-second moving average.
-                let w = if n == 1 {
+                let w = if sums.n == 1 {
                     1.0
                 } else {
                     (per as f64 / f / 10.0).min(1.0)
                 };
                 ema += w * (ctl.ratio() - ema);
                 let jt = (ctl.ratio() - ema) * 1e6;
-                if trace && jt.abs() > 3.0 && j % 20 == 0 {
+                if trace && jt.abs() > 3.0 && dev.pops % 20 == 0 {
                     eprintln!(
                         "JIT t={t:.2} jt={jt:.2} stall_end={:.2} lat={:.3} sp={:.3} srate={:.4} rephase={}/{}",
                         net.stall_end,
@@ -247,15 +301,15 @@ fn simulate(c: Case) -> Figures {
                         ctl.device_dll().rephases()
                     );
                 }
-                jit_sq += jt * jt;
+                sums.jit_sq += jt * jt;
                 if t > 300.0 {
-                    n_ss += 1;
-                    jit_ss_sq += jt * jt;
+                    sums.n_ss += 1;
+                    sums.jit_ss_sq += jt * jt;
                     let re = (ctl.ratio() - r_true) * 1e6;
-                    rerr_ss_sq += re * re;
+                    sums.rerr_ss_sq += re * re;
                 }
             }
-            if trace && j % (per_sec * 30).max(1) == 0 {
+            if trace && dev.pops % (per_sec * 30).max(1) == 0 {
                 eprintln!(
                     "t={t:8.1} ratio_ppm={:9.3} ff_ppm={:9.3} srate_ppm={:9.3} drate_ppm={:9.3} lat_ms={:8.3} tgt={:6.1} sj={:.4} dj={:.4}",
                     (ctl.ratio() - 1.0) * 1e6,
@@ -273,11 +327,9 @@ fn simulate(c: Case) -> Figures {
         }
         // The worker wakes: a packet, or its timer.
         let now = to_us(t);
-        if !reports.is_empty() {
+        if !dev.reports.is_empty() {
             let before = ctl.stats().underruns;
-            while let Some((rt, cons, miss)) = reports.pop_front() {
-                ctl.on_device(rt, cons, miss);
-            }
+            dev.report(&mut ctl);
             if t > metric_from {
                 underruns_after += ctl.stats().underruns - before;
             }
@@ -350,23 +402,23 @@ fn simulate(c: Case) -> Figures {
     if stall_trace {
         eprintln!("recovery per stall (s): {per_stall:.1?}");
     }
-    let nn = n.max(1) as f64;
-    let mean = tl_sum / nn;
+    let nn = sums.n.max(1) as f64;
+    let mean = sums.tl_sum / nn;
     Figures {
         conv_s: last_bad,
         underruns: underruns_after,
         overruns: overruns_after,
         concealments: conceal_after,
         stalls: net.stalls,
-        est_err_rms_ms: (est_sq / nn).sqrt(),
-        true_wander_rms_ms: (tl_sq / nn - mean * mean).max(0.0).sqrt(),
+        est_err_rms_ms: (sums.est_sq / nn).sqrt(),
+        true_wander_rms_ms: (sums.tl_sq / nn - mean * mean).max(0.0).sqrt(),
         true_bias_ms: mean,
-        ratio_err_rms_ppm: (r_sq / nn).sqrt(),
-        ratio_step_rms_ppm: (step_sq / nn).sqrt(),
-        ratio_jitter_rms_ppm: (jit_sq / nn).sqrt(),
+        ratio_err_rms_ppm: (sums.r_sq / nn).sqrt(),
+        ratio_step_rms_ppm: (sums.step_sq / nn).sqrt(),
+        ratio_jitter_rms_ppm: (sums.jit_sq / nn).sqrt(),
         ratio_conv_s: ratio_bad,
-        ratio_jitter_ss_ppm: (jit_ss_sq / n_ss.max(1) as f64).sqrt(),
-        ratio_err_ss_ppm: (rerr_ss_sq / n_ss.max(1) as f64).sqrt(),
+        ratio_jitter_ss_ppm: (sums.jit_ss_sq / sums.n_ss.max(1) as f64).sqrt(),
+        ratio_err_ss_ppm: (sums.rerr_ss_sq / sums.n_ss.max(1) as f64).sqrt(),
         final_target_ms: ctl.target_frames() / f * 1000.0,
         drift_ppm: ctl.stats().drift_ppm,
         recover_s,
@@ -449,17 +501,7 @@ fn drift_matrix() {
     let mut seed = 1;
     for skew in [-2000.0, -500.0, 0.0, 500.0, 2000.0] {
         for period in [5.0, 10.0, 20.0, 40.0] {
-            cases.push(Case {
-                skew_ppm: skew,
-                packet_ms: 20.0,
-                period_ms: period,
-                jitter_ms: 20.0,
-                stall_every_s: 600.0,
-                stall_ms: 100.0,
-                target_ms: 150,
-                hours: h,
-                seed,
-            });
+            cases.push(Case::stalling(skew, 20.0, period, 150, h, seed));
             seed += 1;
         }
     }
@@ -469,17 +511,7 @@ fn drift_matrix() {
         (-2000.0, 60.0, 5.0),
         (500.0, 10.0, 40.0),
     ] {
-        cases.push(Case {
-            skew_ppm: skew,
-            packet_ms: pkt,
-            period_ms: per,
-            jitter_ms: 20.0,
-            stall_every_s: 600.0,
-            stall_ms: 100.0,
-            target_ms: 150,
-            hours: h,
-            seed,
-        });
+        cases.push(Case::stalling(skew, pkt, per, 150, h, seed));
         seed += 1;
     }
     let results = run_cases(cases);
@@ -498,17 +530,7 @@ fn stalls_at_default_target() {
         .into_iter()
         .enumerate()
     {
-        cases.push(Case {
-            skew_ppm: skew,
-            packet_ms: 20.0,
-            period_ms: per,
-            jitter_ms: 20.0,
-            stall_every_s: 600.0,
-            stall_ms: 100.0,
-            target_ms: 60,
-            hours: h,
-            seed: 100 + i as u64,
-        });
+        cases.push(Case::stalling(skew, 20.0, per, 60, h, 100 + i as u64));
     }
     let results = run_cases(cases);
     print_and_check(&results, false);
@@ -616,9 +638,8 @@ fn simulate_start(seed: u64, secs: f64, hiccup_ms: f64) -> StartFigures {
         }
     }
     let dev_start = 0.05 + rng.gen::<f64>() * 0.02;
-    let (mut j, mut next_pop) = (0u64, dev_start);
-    let (mut consumed, mut missing) = (0u64, 0u64);
-    let mut reports: std::collections::VecDeque<(u64, u64, u64)> = Default::default();
+    let mut next_pop = dev_start;
+    let mut dev = Device::default();
     let mut next_timer = 0.01;
     let mut phase = 0.0f64;
     let mut k = 0usize;
@@ -635,20 +656,15 @@ fn simulate_start(seed: u64, secs: f64, hiccup_ms: f64) -> StartFigures {
             break;
         }
         if t == next_pop {
-            let ring = ctl.produced() - consumed;
-            let take = ring.min(q);
-            consumed += take;
-            missing += q - take;
-            if ctl.state() != PlayoutState::Buffering && consumed > 0 {
+            let take = dev.pop(&ctl, q, to_us(t));
+            if ctl.state() != PlayoutState::Buffering && dev.consumed > 0 {
                 if take < q {
                     fig.underruns += 1;
                 }
-                let left = (ctl.produced() - consumed) as f64 + ctl.fifo_frames() as f64;
+                let left = (ctl.produced() - dev.consumed) as f64 + ctl.fifo_frames() as f64;
                 fig.min_margin_ms = fig.min_margin_ms.min(left / f * 1000.0);
             }
-            reports.push_back((to_us(t), consumed, missing));
-            j += 1;
-            next_pop = dev_start + j as f64 * q as f64 / f + rng.gen::<f64>() * 0.0005;
+            next_pop = dev_start + dev.pops as f64 * q as f64 / f + rng.gen::<f64>() * 0.0005;
             if rng.gen::<f64>() < 0.01 {
                 // The device's thread woke late: this pull comes late, the next on time.
                 next_pop += 0.005 + rng.gen::<f64>() * 0.01;
@@ -656,9 +672,7 @@ fn simulate_start(seed: u64, secs: f64, hiccup_ms: f64) -> StartFigures {
             continue;
         }
         let now = to_us(t);
-        while let Some((rt, c, m)) = reports.pop_front() {
-            ctl.on_device(rt, c, m);
-        }
+        dev.report(&mut ctl);
         if t == next_arrival {
             ctl.on_packet(now, ts0 + (k as u64 * pkt) as i64, pkt);
             k += 1;
@@ -688,12 +702,12 @@ fn simulate_start(seed: u64, secs: f64, hiccup_ms: f64) -> StartFigures {
                 ctl.setpoint_frames() / 48.0,
                 ctl.target_frames() / 48.0,
                 (ctl.ratio() - 1.0) * 1e6,
-                ctl.produced() - consumed,
+                ctl.produced() - dev.consumed,
                 ctl.fifo_frames(),
                 t == next_arrival
             );
         }
-        if ctl.state() == PlayoutState::Locked && consumed > 0 {
+        if ctl.state() == PlayoutState::Locked && dev.consumed > 0 {
             fig.max_dev_ppm = fig.max_dev_ppm.max((ctl.ratio() - 1.0).abs() * 1e6);
         }
     }

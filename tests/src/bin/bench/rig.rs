@@ -2,6 +2,7 @@
 //! byte-counting proxy on the link; plus CPU-time and property readers.
 
 use anyhow::{anyhow, bail, Result};
+use opus_tunnel_tests::process::clock_ticks_per_second;
 use opus_tunnel_tests::{free_port, CountingProxy, Daemon};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -82,8 +83,7 @@ pub fn cpu_secs(pid: u32) -> f64 {
     // After the comm: state is field 3, utime 14, stime 15 (1-based) → indices 11, 12 here.
     let u: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let tck = clock_ticks_per_second() as f64;
     (u + st) / if tck > 0.0 { tck } else { 100.0 }
 }
 
