@@ -31,6 +31,7 @@ pub mod sys {
 }
 
 pub mod core;
+mod device;
 pub mod hooks;
 pub mod logging;
 pub mod mainloop;
