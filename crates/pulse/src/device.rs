@@ -48,6 +48,10 @@ pub trait Kind: Sized + 'static {
     /// For the log when the callback panics.
     const STATE_CHANGE: &'static str;
     const IO_THREAD: &'static str;
+    /// Its kind in the name registry.
+    const NAMEREG: sys::pa_namereg_type_t;
+    /// The core hook fired when a device's properties change.
+    const PROPLIST_CHANGED: sys::pa_core_hook_t;
     const GET_LATENCY: libc::c_int;
     const INIT: libc::c_int;
     const SUSPENDED: libc::c_int;
@@ -140,10 +144,10 @@ macro_rules! device_fields {
         unsafe fn index(d: *mut Self::Raw) -> u32 {
             (*d).index
         }
-        unsafe fn proplist(d: *mut Self::Raw) -> *mut sys::pa_proplist {
+        unsafe fn proplist(d: *mut Self::Raw) -> *mut $crate::sys::pa_proplist {
             (*d).proplist
         }
-        unsafe fn sample_spec(d: *mut Self::Raw) -> *const sys::pa_sample_spec {
+        unsafe fn sample_spec(d: *mut Self::Raw) -> *const $crate::sys::pa_sample_spec {
             std::ptr::addr_of!((*d).sample_spec)
         }
     };

@@ -43,6 +43,7 @@ pub mod sink_input;
 pub mod source;
 pub mod source_output;
 pub mod spec;
+mod stream;
 
 pub use crate::core::Core;
 pub use modargs::Modargs;

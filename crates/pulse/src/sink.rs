@@ -1,7 +1,7 @@
 //! A sink with its own IO thread (`pa_thread` + `pa_rtpoll` + `pa_thread_mq`), clocked by the
 //! system's monotonic clock like `module-null-sink`, that hands every rendered block to a
 //! [`SinkIo`] callback on that thread. The machinery is shared with sources
-//! ([`crate::device`]).
+//! (`device.rs`).
 use crate::device::{self, device_fields, DeviceConfig, IoState, Kind};
 use crate::{sys, Proplist};
 
@@ -28,7 +28,7 @@ pub type SinkConfig<'a> = DeviceConfig<'a>;
 /// A sink created by a module (main thread). Dropping it unlinks the sink and stops its thread.
 pub type Sink = device::Device<SinkKind>;
 
-/// pulsecore's sink, for [`device::Device`].
+/// pulsecore's sink, for `Device`.
 pub struct SinkKind;
 
 impl Kind for SinkKind {
@@ -38,6 +38,8 @@ impl Kind for SinkKind {
     const THREAD_NAME: &'static str = "opus-tunnel-sink";
     const STATE_CHANGE: &'static str = "sink state change";
     const IO_THREAD: &'static str = "sink IO thread";
+    const NAMEREG: sys::pa_namereg_type_t = sys::PA_NAMEREG_SINK;
+    const PROPLIST_CHANGED: sys::pa_core_hook_t = sys::PA_CORE_HOOK_SINK_PROPLIST_CHANGED;
     const GET_LATENCY: libc::c_int = sys::PA_SINK_MESSAGE_GET_LATENCY as libc::c_int;
     const INIT: libc::c_int = sys::PA_SINK_INIT;
     const SUSPENDED: libc::c_int = sys::PA_SINK_SUSPENDED;

@@ -1,7 +1,7 @@
 //! A source with its own IO thread (`pa_thread` + `pa_rtpoll` + `pa_thread_mq`), clocked by
 //! the system's monotonic clock like `module-null-source`, that asks a [`SourceIo`] callback
 //! for every block it posts to its readers. The machinery is shared with sinks
-//! ([`crate::device`]).
+//! (`device.rs`).
 use crate::device::{self, device_fields, DeviceConfig, IoState, Kind};
 use crate::{sys, Proplist};
 
@@ -28,7 +28,7 @@ pub type SourceConfig<'a> = DeviceConfig<'a>;
 /// thread.
 pub type Source = device::Device<SourceKind>;
 
-/// pulsecore's source, for [`device::Device`].
+/// pulsecore's source, for `Device`.
 pub struct SourceKind;
 
 impl Kind for SourceKind {
@@ -38,6 +38,8 @@ impl Kind for SourceKind {
     const THREAD_NAME: &'static str = "opus-tunnel-src";
     const STATE_CHANGE: &'static str = "source state change";
     const IO_THREAD: &'static str = "source IO thread";
+    const NAMEREG: sys::pa_namereg_type_t = sys::PA_NAMEREG_SOURCE;
+    const PROPLIST_CHANGED: sys::pa_core_hook_t = sys::PA_CORE_HOOK_SOURCE_PROPLIST_CHANGED;
     const GET_LATENCY: libc::c_int = sys::PA_SOURCE_MESSAGE_GET_LATENCY as libc::c_int;
     const INIT: libc::c_int = sys::PA_SOURCE_INIT;
     const SUSPENDED: libc::c_int = sys::PA_SOURCE_SUSPENDED;
