@@ -4,7 +4,7 @@
 use crate::mainloop::WakeHandle;
 use crate::module::ModuleRef;
 use crate::sink::SinkKind;
-use crate::stream::{self, stream_fields, Kind, StreamParams, StreamState};
+use crate::stream::{self, stream_fields, Kind, StreamState};
 use crate::{sys, ChannelMap, Proplist, SampleSpec};
 use std::ffi::CStr;
 
@@ -92,6 +92,7 @@ unsafe extern "C" fn si_process_msg(
 impl Kind for SinkInputKind {
     type Raw = sys::pa_sink_input;
     type Device = SinkKind;
+    type Config<'a> = SinkInputConfig<'a>;
     type Io = dyn SinkInputIo;
     const PUT: unsafe extern "C" fn(*mut sys::pa_sink_input) = sys::pa_sink_input_put;
     const UNLINK: unsafe extern "C" fn(*mut sys::pa_sink_input) = sys::pa_sink_input_unlink;
@@ -108,16 +109,16 @@ impl Kind for SinkInputKind {
         core: *mut sys::pa_core,
         module: *mut sys::pa_module,
         sink: *mut sys::pa_sink,
-        p: &StreamParams,
+        cfg: &SinkInputConfig,
     ) -> (libc::c_int, *mut sys::pa_sink_input) {
         let mut data = sys::pa_sink_input_new_data::default();
         sys::pa_sink_input_new_data_init(&mut data);
         sys::pa_sink_input_new_data_set_sink(&mut data, sink, false, true);
-        data.driver = p.driver.as_ptr();
+        data.driver = cfg.driver.as_ptr();
         data.module = module;
-        sys::pa_sink_input_new_data_set_sample_spec(&mut data, &p.spec.raw);
-        sys::pa_sink_input_new_data_set_channel_map(&mut data, &p.map.raw);
-        sys::pa_proplist_update(data.proplist, sys::PA_UPDATE_REPLACE, p.props.raw());
+        sys::pa_sink_input_new_data_set_sample_spec(&mut data, &cfg.spec.raw);
+        sys::pa_sink_input_new_data_set_channel_map(&mut data, &cfg.map.raw);
+        sys::pa_proplist_update(data.proplist, sys::PA_UPDATE_REPLACE, cfg.props.raw());
         let mut si: *mut sys::pa_sink_input = std::ptr::null_mut();
         let r = sys::pa_sink_input_new(&mut si, core, &mut data);
         sys::pa_sink_input_new_data_done(&mut data);
@@ -137,20 +138,12 @@ impl Kind for SinkInputKind {
 impl SinkInput {
     pub fn new(
         module: &ModuleRef,
-        cfg: SinkInputConfig,
+        mut cfg: SinkInputConfig,
         io: Box<dyn SinkInputIo>,
     ) -> Result<SinkInput, String> {
-        let p = StreamParams {
-            device: cfg.sink,
-            spec: cfg.spec,
-            map: cfg.map,
-            props: cfg.props,
-            requested_latency_usec: cfg.requested_latency_usec,
-            start_corked: false,
-            driver: cfg.driver,
-            on_kill: cfg.on_kill,
-        };
-        stream::Stream::open(module, p, io)
+        let on_kill = cfg.on_kill.take();
+        let (device, latency) = (cfg.sink, cfg.requested_latency_usec);
+        stream::Stream::open(module, device, &cfg, &cfg.spec, latency, on_kill, io)
     }
 
     pub fn index(&self) -> u32 {

@@ -4,7 +4,7 @@
 use crate::mainloop::WakeHandle;
 use crate::module::ModuleRef;
 use crate::source::SourceKind;
-use crate::stream::{self, stream_fields, Kind, StreamParams, StreamState};
+use crate::stream::{self, stream_fields, Kind, StreamState};
 use crate::{sys, ChannelMap, Proplist, SampleSpec};
 use std::ffi::CStr;
 use std::sync::atomic::Ordering;
@@ -52,6 +52,7 @@ unsafe extern "C" fn push_cb(o: *mut sys::pa_source_output, chunk: *const sys::p
 impl Kind for SourceOutputKind {
     type Raw = sys::pa_source_output;
     type Device = SourceKind;
+    type Config<'a> = SourceOutputConfig<'a>;
     type Io = dyn SourceOutputIo;
     const PUT: unsafe extern "C" fn(*mut sys::pa_source_output) = sys::pa_source_output_put;
     const UNLINK: unsafe extern "C" fn(*mut sys::pa_source_output) = sys::pa_source_output_unlink;
@@ -68,19 +69,19 @@ impl Kind for SourceOutputKind {
         core: *mut sys::pa_core,
         module: *mut sys::pa_module,
         source: *mut sys::pa_source,
-        p: &StreamParams,
+        cfg: &SourceOutputConfig,
     ) -> (libc::c_int, *mut sys::pa_source_output) {
         let mut data = sys::pa_source_output_new_data::default();
         sys::pa_source_output_new_data_init(&mut data);
         sys::pa_source_output_new_data_set_source(&mut data, source, false, true);
-        data.driver = p.driver.as_ptr();
+        data.driver = cfg.driver.as_ptr();
         data.module = module;
-        if p.start_corked {
+        if cfg.start_corked {
             data.flags |= sys::PA_SOURCE_OUTPUT_START_CORKED as sys::pa_source_output_flags_t;
         }
-        sys::pa_source_output_new_data_set_sample_spec(&mut data, &p.spec.raw);
-        sys::pa_source_output_new_data_set_channel_map(&mut data, &p.map.raw);
-        sys::pa_proplist_update(data.proplist, sys::PA_UPDATE_REPLACE, p.props.raw());
+        sys::pa_source_output_new_data_set_sample_spec(&mut data, &cfg.spec.raw);
+        sys::pa_source_output_new_data_set_channel_map(&mut data, &cfg.map.raw);
+        sys::pa_proplist_update(data.proplist, sys::PA_UPDATE_REPLACE, cfg.props.raw());
         let mut so: *mut sys::pa_source_output = std::ptr::null_mut();
         let r = sys::pa_source_output_new(&mut so, core, &mut data);
         sys::pa_source_output_new_data_done(&mut data);
@@ -98,20 +99,12 @@ impl Kind for SourceOutputKind {
 impl SourceOutput {
     pub fn new(
         module: &ModuleRef,
-        cfg: SourceOutputConfig,
+        mut cfg: SourceOutputConfig,
         io: Box<dyn SourceOutputIo>,
     ) -> Result<SourceOutput, String> {
-        let p = StreamParams {
-            device: cfg.source,
-            spec: cfg.spec,
-            map: cfg.map,
-            props: cfg.props,
-            requested_latency_usec: cfg.requested_latency_usec,
-            start_corked: cfg.start_corked,
-            driver: cfg.driver,
-            on_kill: cfg.on_kill,
-        };
-        stream::Stream::open(module, p, io)
+        let on_kill = cfg.on_kill.take();
+        let (device, latency) = (cfg.source, cfg.requested_latency_usec);
+        stream::Stream::open(module, device, &cfg, &cfg.spec, latency, on_kill, io)
     }
 
     /// Stops (`true`) or resumes (`false`) recording.

@@ -5,22 +5,9 @@
 use crate::device;
 use crate::mainloop::WakeHandle;
 use crate::module::ModuleRef;
-use crate::{sys, ChannelMap, Proplist, SampleSpec};
-use std::ffi::CStr;
+use crate::{sys, Proplist, SampleSpec};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-/// What the stream constructors have in common.
-pub struct StreamParams<'a> {
-    pub device: Option<&'a str>,
-    pub spec: SampleSpec,
-    pub map: ChannelMap,
-    pub props: Proplist,
-    pub requested_latency_usec: u64,
-    pub start_corked: bool,
-    pub driver: &'static CStr,
-    pub on_kill: Option<WakeHandle>,
-}
 
 /// A kind of stream: pulsecore's names for it. Not nameable outside the crate.
 pub trait Kind: Sized + 'static {
@@ -30,6 +17,8 @@ pub trait Kind: Sized + 'static {
     type Device: device::Kind;
     /// The callback (`dyn SinkInputIo` or `dyn SourceOutputIo`).
     type Io: ?Sized + Send;
+    /// How to create one (`SinkInputConfig` or `SourceOutputConfig`).
+    type Config<'a>;
     const PUT: unsafe extern "C" fn(*mut Self::Raw);
     const UNLINK: unsafe extern "C" fn(*mut Self::Raw);
     const UNREF: unsafe extern "C" fn(*mut Self::Raw);
@@ -49,7 +38,7 @@ pub trait Kind: Sized + 'static {
         core: *mut sys::pa_core,
         module: *mut sys::pa_module,
         device: *mut <Self::Device as device::Kind>::Raw,
-        p: &StreamParams,
+        cfg: &Self::Config<'_>,
     ) -> (libc::c_int, *mut Self::Raw);
 
     /// Installs the stream's callbacks (`kill` is [`kill_cb`]).
@@ -98,17 +87,25 @@ pub(crate) unsafe extern "C" fn kill_cb<K: Kind>(s: *mut K::Raw) {
 }
 
 impl<K: Kind> Stream<K> {
+    /// Creates the stream on the device named `device` (`None`: the default one) and starts
+    /// it; `spec`, the requested latency and `on_kill` come from `cfg`, taken apart by the
+    /// caller.
     pub(crate) fn open(
         module: &ModuleRef,
-        p: StreamParams,
+        device: Option<&str>,
+        cfg: &K::Config<'_>,
+        spec: &SampleSpec,
+        requested_latency_usec: u64,
+        on_kill: Option<WakeHandle>,
         io: Box<K::Io>,
     ) -> Result<Stream<K>, String> {
         use device::Kind as _;
         let what = K::Device::WHAT;
         let core = module.core();
-        let device = core.find::<K::Device>(p.device);
+        let name = device;
+        let device = core.find::<K::Device>(name);
         if device.is_null() {
-            return Err(match p.device {
+            return Err(match name {
                 Some(n) => format!("no {what} named {n:?}"),
                 None => format!("there is no default {what}"),
             });
@@ -117,20 +114,20 @@ impl<K: Kind> Stream<K> {
         // SAFETY: main thread; live core, module and device; the state outlives the stream
         // (freed in Drop after the stream is unlinked).
         unsafe {
-            let (r, raw) = K::create(core.raw(), module.raw(), device, &p);
+            let (r, raw) = K::create(core.raw(), module.raw(), device, cfg);
             if r < 0 || raw.is_null() {
                 return Err(format!("the daemon refused the stream (error {r})"));
             }
             let state = Box::into_raw(Box::new(StreamState::<K> {
                 mempool: (*core.raw()).mempool,
-                frame_size: p.spec.frame_size(),
+                frame_size: spec.frame_size(),
                 killed: killed.clone(),
-                on_kill: p.on_kill,
+                on_kill,
                 io,
             }));
             K::install(raw);
             *K::userdata(raw) = state as *mut libc::c_void;
-            (K::SET_REQUESTED_LATENCY)(raw, p.requested_latency_usec);
+            (K::SET_REQUESTED_LATENCY)(raw, requested_latency_usec);
             (K::PUT)(raw);
             Ok(Stream { raw, state, killed })
         }
