@@ -26,6 +26,7 @@ pub struct DeviceConfig<'a> {
     pub driver: &'static CStr,
 }
 
+/// pulsecore's `process_msg` of a message object.
 pub type ProcessMsg = unsafe extern "C" fn(
     *mut sys::pa_msgobject,
     libc::c_int,
@@ -45,7 +46,7 @@ pub trait Kind: Sized + 'static {
     const WHAT: &'static str;
     /// The IO thread's name.
     const THREAD_NAME: &'static str;
-    /// For the log when the callback panics.
+    /// What the log names when the state callback, or the IO thread, panics.
     const STATE_CHANGE: &'static str;
     const IO_THREAD: &'static str;
     /// Its kind in the name registry.
