@@ -18,6 +18,7 @@ pub use libspa_sys as spa_sys;
 pub use pipewire_sys as pw_sys;
 
 mod args;
+mod dict;
 mod logger;
 mod module;
 mod source;

@@ -1,10 +1,11 @@
 //! The module entry point, the module's core and its life cycle.
 
 use crate::args::Args;
+use crate::dict::with_dict;
 use crate::pw_sys as pw;
 use crate::spa_sys as spa;
 use std::cell::Cell;
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
 
@@ -167,27 +168,11 @@ fn set_module_props(module: *mut pw::pw_impl_module, info: &ModuleInfo) {
         ("module.usage", info.usage),
         ("module.version", env!("CARGO_PKG_VERSION")),
     ];
-    let owned: Vec<(CString, CString)> = pairs
-        .iter()
-        .filter_map(|(k, v)| Some((CString::new(*k).ok()?, CString::new(*v).ok()?)))
-        .collect();
-    let items: Vec<spa::spa_dict_item> = owned
-        .iter()
-        .map(|(k, v)| spa::spa_dict_item {
-            key: k.as_ptr(),
-            value: v.as_ptr(),
-        })
-        .collect();
-    let dict = spa::spa_dict {
-        flags: 0,
-        n_items: items.len() as u32,
-        items: items.as_ptr(),
-    };
     // SAFETY: module is the live module being initialised; the dict and its strings outlive
     // the call (PipeWire copies them).
-    unsafe {
-        pw::pw_impl_module_update_properties(module, &dict as *const spa::spa_dict as *const _);
-    }
+    with_dict(pairs, |dict| unsafe {
+        pw::pw_impl_module_update_properties(module, dict as *const _);
+    });
 }
 
 /// The body of `pipewire__module_init` (see [`crate::declare_pw_module`]): parses the

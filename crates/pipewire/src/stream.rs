@@ -2,6 +2,7 @@
 //! audio from a [`StreamIo`], a capture stream (or an `Audio/Sink` node) hands it what it
 //! receives.
 
+use crate::dict::with_dict;
 use crate::module::Context;
 use crate::pw_sys as pw;
 use crate::spa_sys as spa;
@@ -117,31 +118,10 @@ impl StreamHandle {
 }
 
 fn update_properties_raw(raw: *mut pw::pw_stream, pairs: &[(String, String)]) {
-    let owned: Vec<(CString, CString)> = pairs
-        .iter()
-        .filter_map(|(k, v)| {
-            Some((
-                CString::new(k.as_str()).ok()?,
-                CString::new(v.as_str()).ok()?,
-            ))
-        })
-        .collect();
-    let items: Vec<spa::spa_dict_item> = owned
-        .iter()
-        .map(|(k, v)| spa::spa_dict_item {
-            key: k.as_ptr(),
-            value: v.as_ptr(),
-        })
-        .collect();
-    let dict = spa::spa_dict {
-        flags: 0,
-        n_items: items.len() as u32,
-        items: items.as_ptr(),
-    };
     // SAFETY: callers pass a live stream; the dict outlives the call (PipeWire copies).
-    unsafe {
-        pw::pw_stream_update_properties(raw, &dict as *const spa::spa_dict as *const _);
-    }
+    with_dict(pairs.iter().map(|(k, v)| (k, v)), |dict| unsafe {
+        pw::pw_stream_update_properties(raw, dict as *const _);
+    });
 }
 
 unsafe extern "C" fn on_process(data: *mut c_void) {

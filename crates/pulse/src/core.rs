@@ -1,4 +1,7 @@
 //! The daemon core (main thread): device lookup.
+use crate::device;
+use crate::sink::SinkKind;
+use crate::source::SourceKind;
 use crate::sys;
 
 /// The daemon's `pa_core` (main thread only; not `Send`).
@@ -37,45 +40,33 @@ impl Core {
 
     /// Finds a sink by name (`None`: the default sink). Returns its name if it exists.
     pub fn sink_name(&self, name: Option<&str>) -> Option<String> {
-        let p = self.find_sink(name);
-        if p.is_null() {
-            return None;
-        }
-        // SAFETY: p is a live sink.
-        unsafe { crate::from_cstr((*p).name) }
-    }
-
-    pub(crate) fn find_sink(&self, name: Option<&str>) -> *mut sys::pa_sink {
-        let c = name.map(crate::cstring);
-        // SAFETY: live core; name is NULL or a valid C string.
-        unsafe {
-            sys::pa_namereg_get(
-                self.ptr,
-                c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-                sys::PA_NAMEREG_SINK,
-            ) as *mut sys::pa_sink
-        }
+        self.device_name::<SinkKind>(name)
     }
 
     /// Finds a source by name (`None`: the default source). Returns its name if it exists.
     pub fn source_name(&self, name: Option<&str>) -> Option<String> {
-        let p = self.find_source(name);
+        self.device_name::<SourceKind>(name)
+    }
+
+    fn device_name<K: device::Kind>(&self, name: Option<&str>) -> Option<String> {
+        let p = self.find::<K>(name);
         if p.is_null() {
             return None;
         }
-        // SAFETY: p is a live source.
-        unsafe { crate::from_cstr((*p).name) }
+        // SAFETY: p is a live device.
+        unsafe { crate::from_cstr(K::name(p)) }
     }
 
-    pub(crate) fn find_source(&self, name: Option<&str>) -> *mut sys::pa_source {
+    /// Finds a sink or a source by name (`None`: the default one); NULL if there is none.
+    pub(crate) fn find<K: device::Kind>(&self, name: Option<&str>) -> *mut K::Raw {
         let c = name.map(crate::cstring);
         // SAFETY: live core; name is NULL or a valid C string.
         unsafe {
             sys::pa_namereg_get(
                 self.ptr,
                 c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-                sys::PA_NAMEREG_SOURCE,
-            ) as *mut sys::pa_source
+                K::NAMEREG,
+            ) as *mut K::Raw
         }
     }
 }

@@ -1,5 +1,8 @@
 //! Core hooks (`pa_hook_connect`) and message handlers (`pa_message_handler_register`, what
 //! `pactl send-message` talks to), with Rust closures on the main thread.
+use crate::device;
+use crate::sink::SinkKind;
+use crate::source::SourceKind;
 use crate::{sys, Core, Proplist};
 
 // `Fn`, not `FnMut`: a hook may fire again from inside its own callback (a callback that
@@ -55,23 +58,35 @@ pub fn watch_sink_proplist(
     sink_index: u32,
     f: impl Fn(&Proplist) + 'static,
 ) -> HookSlot {
+    watch_proplist::<SinkKind>(core, sink_index, f)
+}
+
+/// Calls `f` with a copy of the source's properties whenever they change
+/// (`update-source-proplist`, or any module's update); see [`watch_sink_proplist`].
+pub fn watch_source_proplist(
+    core: &Core,
+    source_index: u32,
+    f: impl Fn(&Proplist) + 'static,
+) -> HookSlot {
+    watch_proplist::<SourceKind>(core, source_index, f)
+}
+
+fn watch_proplist<K: device::Kind>(
+    core: &Core,
+    index: u32,
+    f: impl Fn(&Proplist) + 'static,
+) -> HookSlot {
     let hook = move |call_data: *mut libc::c_void| {
-        let s = call_data as *mut sys::pa_sink;
-        // SAFETY: the hook passes the live sink whose proplist changed.
+        let d = call_data as *mut K::Raw;
+        // SAFETY: the hook passes the live device whose proplist changed.
         unsafe {
-            if !s.is_null() && (*s).index == sink_index {
-                f(&Proplist::copy_of((*s).proplist));
+            if !d.is_null() && K::index(d) == index {
+                f(&Proplist::copy_of(K::proplist(d)));
             }
         }
     };
-    // SAFETY: a valid hook index whose call data is a pa_sink.
-    unsafe {
-        HookSlot::connect(
-            core,
-            sys::PA_CORE_HOOK_SINK_PROPLIST_CHANGED,
-            Box::new(hook),
-        )
-    }
+    // SAFETY: a valid hook index whose call data is a device of kind K.
+    unsafe { HookSlot::connect(core, K::PROPLIST_CHANGED, Box::new(hook)) }
 }
 
 type MsgFn = Box<dyn FnMut(&str, &str) -> Result<String, String>>;
@@ -152,31 +167,5 @@ impl Drop for MessageHandler {
             sys::pa_message_handler_unregister(self.core.raw(), self.path.as_ptr());
             drop(Box::from_raw(self.cb));
         }
-    }
-}
-
-/// Calls `f` with a copy of the source's properties whenever they change
-/// (`update-source-proplist`, or any module's update); see [`watch_sink_proplist`].
-pub fn watch_source_proplist(
-    core: &Core,
-    source_index: u32,
-    f: impl Fn(&Proplist) + 'static,
-) -> HookSlot {
-    let hook = move |call_data: *mut libc::c_void| {
-        let s = call_data as *mut sys::pa_source;
-        // SAFETY: the hook passes the live source whose proplist changed.
-        unsafe {
-            if !s.is_null() && (*s).index == source_index {
-                f(&Proplist::copy_of((*s).proplist));
-            }
-        }
-    };
-    // SAFETY: a valid hook index whose call data is a pa_source.
-    unsafe {
-        HookSlot::connect(
-            core,
-            sys::PA_CORE_HOOK_SOURCE_PROPLIST_CHANGED,
-            Box::new(hook),
-        )
     }
 }

@@ -11,6 +11,8 @@
 //!   a callback;
 //! - [`sink_input`]: a playback stream on an existing sink, fed by a callback on the sink's IO
 //!   thread.
+//! - [`source`], [`source_output`]: the same for recording; a sink and a source share one
+//!   generic implementation (`device.rs`), as do the two kinds of stream (`stream.rs`).
 //!
 //! Threads: [`Core`], [`Modargs`], [`Proplist`] and the device handles belong to the daemon's
 //! main thread (they are not `Send`). The IO-thread callbacks are trait objects that are `Send`.
@@ -31,6 +33,7 @@ pub mod sys {
 }
 
 pub mod core;
+mod device;
 pub mod hooks;
 pub mod logging;
 pub mod mainloop;
@@ -42,6 +45,7 @@ pub mod sink_input;
 pub mod source;
 pub mod source_output;
 pub mod spec;
+mod stream;
 
 pub use crate::core::Core;
 pub use modargs::Modargs;

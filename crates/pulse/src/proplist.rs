@@ -82,6 +82,20 @@ impl Proplist {
         // SAFETY: both live.
         unsafe { sys::pa_proplist_update(self.ptr, sys::PA_UPDATE_REPLACE, other.ptr) }
     }
+
+    /// The entries of `new` whose value differs from this list's (`None`: nothing changes),
+    /// so that an update touches only keys that really change.
+    pub(crate) fn changes(&self, new: &Proplist) -> Option<Proplist> {
+        let mut changed = Proplist::new();
+        let mut any = false;
+        for (k, v) in new.entries() {
+            if self.get(&k).as_deref() != Some(v.as_str()) {
+                changed.set(&k, &v);
+                any = true;
+            }
+        }
+        any.then_some(changed)
+    }
 }
 
 impl Drop for Proplist {
