@@ -73,14 +73,19 @@ def speech(out):
     print(f"{len(y) / RATE:.3f}")
 
 
+def mono_and_lag(ref, deg):
+    """The mono downmixes of REF and DEG, and the lag (samples) of REF inside DEG: the peak of
+    their cross-correlation."""
+    r = ref.mean(axis=1)
+    d = deg.mean(axis=1)
+    c = fftconvolve(d, r[::-1], mode="full")
+    return r, d, int(np.argmax(c)) - (len(r) - 1)
+
+
 def score(ref_path, deg_path):
     ref = read_raw(ref_path)
     deg = read_raw(deg_path)
-    r = ref.mean(axis=1)
-    d = deg.mean(axis=1)
-    # Lag of ref inside deg: argmax of the cross-correlation.
-    c = fftconvolve(d, r[::-1], mode="full")
-    lag = int(np.argmax(c)) - (len(r) - 1)
+    r, d, lag = mono_and_lag(ref, deg)
     out = {"lag": lag}
     if lag >= 0 and lag + len(r) > len(d) and lag + len(r) - len(d) < RATE // 10:
         # A codec's output can end a few ms short of the input (partial last frame).

@@ -54,13 +54,8 @@ COMPLEXITIES = [0, 5, 10]
 MODES = ["vbr", "cvbr"]
 
 
-def read_raw(path):
-    x = np.fromfile(path, dtype="<i2").astype(np.float64) / 32768.0
-    return x[: len(x) // 2 * 2].reshape(-1, 2)
-
-
-def write_raw(path, x):
-    np.clip(np.round(x * 32768.0), -32768, 32767).astype("<i2").tofile(path)
+read_raw = quality.read_raw
+write_raw = quality.write_raw
 
 
 def music(out, seconds=8.0):
@@ -203,12 +198,7 @@ def visqol_audio(ref, deg):
 
 def measure(ref_path, deg_path, with_visqol=False, with_pesq=True):
     """Aligns DEG to REF and scores it (same alignment and dropout rule as bench/quality.py)."""
-    ref = read_raw(ref_path)
-    deg = read_raw(deg_path)
-    r = ref.mean(axis=1)
-    d = deg.mean(axis=1)
-    c = fftconvolve(d, r[::-1], mode="full")
-    lag = int(np.argmax(c)) - (len(r) - 1)
+    r, d, lag = quality.mono_and_lag(read_raw(ref_path), read_raw(deg_path))
     out = {"lag": lag}
     if -480 < lag < 0:
         # opusdec's output is already aligned; at low bitrates the correlation peak can sit a

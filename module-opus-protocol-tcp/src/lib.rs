@@ -60,7 +60,7 @@ use opus_tunnel_pulse::module::ModuleInfo;
 use opus_tunnel_pulse::sink_input::{SinkInput, SinkInputConfig, SinkInputIo};
 use opus_tunnel_pulse::source_output::{SourceOutput, SourceOutputConfig, SourceOutputIo};
 use opus_tunnel_pulse::{
-    declare_module, ChannelMap, Modargs, ModuleRef, PaModule, Proplist, SampleSpec,
+    declare_module, ChannelMap, Modargs, ModuleRef, ModuleStream, PaModule, Proplist, SampleSpec,
 };
 use std::net::{IpAddr, SocketAddr, TcpListener};
 
@@ -72,22 +72,10 @@ struct Pulse {
     waker: Option<WakeHandle>,
 }
 
-/// A tunnel's playback stream.
-struct Played(SinkInput);
+/// A tunnel's stream: its sink-input, or a record tunnel's source-output.
+struct PaStream<S>(S);
 
-impl StreamHandle for Played {
-    fn gone(&self) -> bool {
-        self.0.killed()
-    }
-    fn publish(&self, props: &[(String, String)]) {
-        self.0.update_proplist(&to_proplist(props));
-    }
-}
-
-/// A record tunnel's capture stream.
-struct Captured(SourceOutput);
-
-impl StreamHandle for Captured {
+impl<S: ModuleStream> StreamHandle for PaStream<S> {
     fn gone(&self) -> bool {
         self.0.killed()
     }
@@ -142,8 +130,8 @@ fn stream_setup(
 }
 
 impl Daemon for Pulse {
-    type Play = Played;
-    type Capture = Captured;
+    type Play = PaStream<SinkInput>;
+    type Capture = PaStream<SourceOutput>;
     type Parked = Box<dyn SourceOutputIo>;
     /// The source as asked for (`None`: the default source at the time a reader comes).
     type Source = Option<String>;
@@ -152,7 +140,7 @@ impl Daemon for Pulse {
         &mut self,
         device: Option<&str>,
         new: NewStream<'_, Playback>,
-    ) -> Result<(Played, String), Refusal> {
+    ) -> Result<(PaStream<SinkInput>, String), Refusal> {
         if self.module.core().sink_name(device).is_none() {
             return Err(Refusal::no_device("sink", device));
         }
@@ -172,7 +160,7 @@ impl Daemon for Pulse {
         )
         .map_err(Refusal::refused)?;
         let on = stream.sink_name().unwrap_or_default();
-        Ok((Played(stream), on))
+        Ok((PaStream(stream), on))
     }
 
     fn resolve_source(
@@ -193,7 +181,7 @@ impl Daemon for Pulse {
         &mut self,
         source: &Option<String>,
         new: NewStream<'_, Box<dyn SourceOutputIo>>,
-    ) -> Result<Captured, String> {
+    ) -> Result<PaStream<SourceOutput>, String> {
         let (spec, map, pl) =
             stream_setup(new.conn, new.name, "phone", new.props).map_err(|r| r.reason)?;
         SourceOutput::new(
@@ -210,10 +198,10 @@ impl Daemon for Pulse {
             },
             new.io,
         )
-        .map(Captured)
+        .map(PaStream)
     }
 
-    fn close_capture(&mut self, stream: Captured) -> Option<Box<dyn SourceOutputIo>> {
+    fn close_capture(&mut self, stream: PaStream<SourceOutput>) -> Option<Box<dyn SourceOutputIo>> {
         Some(stream.0.close())
     }
 }

@@ -6,7 +6,7 @@
 //! connections.
 use opus_tunnel_tests::daemon::{free_port, require_modules, Daemon};
 use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire};
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -31,25 +31,22 @@ fn ask(port: u16, text: &str) -> (u16, String, Vec<String>, TcpStream) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
     s.write_all(text.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(2).any(|w| w == b"\n\n") {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+    // The answer's lines up to the blank line (or whatever came before the peer closed).
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(n) if n > 0 && line.trim_end() != "" => lines.push(line.trim_end().to_string()),
+            _ => break,
         }
     }
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let mut lines = text.lines();
-    let first = lines.next().unwrap_or_default().to_string();
+    let first = lines.first().cloned().unwrap_or_default();
     let mut parts = first.splitn(3, ' ');
     let _proto = parts.next();
     let status = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let reason = parts.next().unwrap_or_default().to_string();
-    let headers = lines
-        .take_while(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let headers = lines.into_iter().skip(1).collect();
     (status, reason, headers, s)
 }
 

@@ -17,18 +17,10 @@
 //! and encryption). `scripts/quality_matrix.py` runs it.
 
 use opus_tunnel_core::codec::{Decoder, Encoder, StreamFormat};
-use opus_tunnel_core::params::{Compression, FrameSize, OpusKnobs};
+use opus_tunnel_core::params::{Compression, OpusKnobs};
 
 /// Bytes the TCP transport adds to each Opus payload: RTP header (12) + RFC 4571 length (2).
 const PER_PACKET: usize = 12 + 2;
-
-fn parse_bool(k: &str, v: &str) -> bool {
-    match v {
-        "1" | "true" => true,
-        "0" | "false" => false,
-        _ => panic!("{k}: true or false"),
-    }
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -47,16 +39,14 @@ fn main() {
         match k {
             "in_channels" => in_channels = v.parse().expect("in_channels"),
             "channels" => channels = v.parse().expect("channels"),
-            "bitrate" => knobs.bitrate = v.parse().expect("bitrate"),
-            "complexity" => knobs.complexity = v.parse().expect("complexity"),
-            "vbr" => knobs.vbr = parse_bool(k, v),
-            "vbr_constraint" => knobs.vbr_constraint = parse_bool(k, v),
-            "frame_ms" => {
-                let usec = (v.parse::<f64>().expect("frame_ms") * 1000.0).round() as u32;
-                knobs.frame_size = *FrameSize::ALL
-                    .iter()
-                    .find(|f| f.usec() == usec)
-                    .expect("frame_ms: 2.5, 5, 10, 20, 40 or 60");
+            // The codec's knobs by their module argument names (frame_ms in ms, as there).
+            "bitrate" | "complexity" | "vbr" | "vbr_constraint" | "frame_ms" => {
+                let key = match k {
+                    "bitrate" => "compression.bitrate",
+                    "frame_ms" => "compression.frame_size",
+                    other => &format!("compression.opus.{other}"),
+                };
+                knobs.set(key, v).unwrap_or_else(|e| panic!("{e}"));
             }
             _ => panic!("unknown key {k}"),
         }

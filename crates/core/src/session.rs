@@ -317,23 +317,23 @@ impl<D: Daemon + 'static> MainThread<D> {
 
     /// A callback that services the tunnels (see [`Sessions::service`]).
     pub fn on_wake(&self) -> impl FnMut() + 'static {
-        let m = self.0.clone();
-        move || {
-            if let Ok(mut g) = m.try_borrow_mut() {
-                let (daemon, sessions) = &mut *g;
-                sessions.service(daemon);
-            }
-        }
+        self.callback(false)
     }
 
     /// A callback that services the tunnels and publishes their statistics.
     pub fn on_tick(&self) -> impl FnMut() + 'static {
+        self.callback(true)
+    }
+
+    fn callback(&self, publish: bool) -> impl FnMut() + 'static {
         let m = self.0.clone();
         move || {
             if let Ok(mut g) = m.try_borrow_mut() {
                 let (daemon, sessions) = &mut *g;
                 sessions.service(daemon);
-                sessions.publish();
+                if publish {
+                    sessions.publish();
+                }
             }
         }
     }

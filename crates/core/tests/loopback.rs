@@ -347,6 +347,13 @@ impl Rig {
         }
     }
 
+    /// 100 ms of audio reach the fake sink within 2 s.
+    fn hears_audio(&self) -> bool {
+        wait_for(Duration::from_secs(2), || {
+            played_tone(&self.seen).2 >= 4_800
+        })
+    }
+
     fn prop(&self, key: &str) -> Option<String> {
         let p = self.seen.props.lock().unwrap();
         p.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
@@ -574,9 +581,7 @@ fn cookie_authentication() {
     assert_eq!(played_tone(&rig.seen).2, 0, "a wrong cookie played");
     drop(wrong);
     let right = Sender::start(rig.server(), None, Some(cookie), 1000.0);
-    assert!(wait_for(Duration::from_secs(2), || played_tone(&rig.seen)
-        .2
-        >= 4_800));
+    assert!(rig.hears_audio());
     assert_eq!(right.state(), "streaming");
     let (freq, _, _) = played_tone(&rig.seen);
     assert!((freq - 1000.0).abs() < 10.0, "tone at {freq:.1} Hz");
@@ -586,9 +591,7 @@ fn cookie_authentication() {
 fn a_killed_stream_reconnects() {
     let rig = Rig::start(config(), false);
     let tx = Sender::start(rig.server(), None, None, 1000.0);
-    assert!(wait_for(Duration::from_secs(2), || played_tone(&rig.seen)
-        .2
-        >= 4_800));
+    assert!(rig.hears_audio());
     rig.seen.kill.store(true, Ordering::SeqCst);
     assert!(
         wait_for(Duration::from_secs(3), || tx
@@ -602,18 +605,14 @@ fn a_killed_stream_reconnects() {
         tx.state()
     );
     rig.seen.played.lock().unwrap().clear();
-    assert!(wait_for(Duration::from_secs(2), || played_tone(&rig.seen)
-        .2
-        >= 4_800));
+    assert!(rig.hears_audio());
 }
 
 #[test]
 fn pause_and_resume() {
     let rig = Rig::start(config(), false);
     let tx = Sender::start(rig.server(), None, None, 1000.0);
-    assert!(wait_for(Duration::from_secs(2), || played_tone(&rig.seen)
-        .2
-        >= 4_800));
+    assert!(rig.hears_audio());
     tx.running.store(false, Ordering::SeqCst);
     assert!(wait_for(Duration::from_secs(1), || tx.state() == "idle"));
     assert!(wait_for(Duration::from_secs(1), || rig
@@ -622,9 +621,7 @@ fn pause_and_resume() {
         == Some("idle")));
     rig.seen.played.lock().unwrap().clear();
     tx.running.store(true, Ordering::SeqCst);
-    assert!(wait_for(Duration::from_secs(2), || played_tone(&rig.seen)
-        .2
-        >= 4_800));
+    assert!(rig.hears_audio());
     assert_eq!(tx.state(), "streaming");
     assert_eq!(tx.shared.stats.snapshot().reconnects, 0);
 }

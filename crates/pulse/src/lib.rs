@@ -52,6 +52,7 @@ pub use modargs::Modargs;
 pub use module::{ModuleRef, PaModule};
 pub use proplist::Proplist;
 pub use spec::{ChannelMap, SampleSpec};
+pub use stream::ModuleStream;
 
 /// The PulseAudio version these bindings were generated for (the installed daemon's at build
 /// time), e.g. `"16.1"`.

@@ -202,3 +202,20 @@ macro_rules! stream_fields {
     };
 }
 pub(crate) use stream_fields;
+
+/// What every stream of a module, sink-input or source-output, can tell and take.
+pub trait ModuleStream {
+    /// The daemon killed the stream (`pactl kill-sink-input`, its device went away).
+    fn killed(&self) -> bool;
+    /// Merges `props` into the stream's properties.
+    fn update_proplist(&self, props: &Proplist);
+}
+
+impl<K: Kind> ModuleStream for Stream<K> {
+    fn killed(&self) -> bool {
+        Stream::killed(self)
+    }
+    fn update_proplist(&self, props: &Proplist) {
+        Stream::update_proplist(self, props)
+    }
+}
