@@ -146,22 +146,14 @@ mod tests {
 
     #[test]
     fn arguments_translate() {
-        assert_eq!(
-            translate("bitrate=32k").as_deref(),
-            Ok("compression.bitrate=32k")
-        );
-        assert_eq!(
-            translate("frame=10ms").as_deref(),
-            Ok("compression.frame_size=10")
-        );
-        assert_eq!(
-            translate("frame=2.5").as_deref(),
-            Ok("compression.frame_size=2.5")
-        );
-        assert_eq!(
-            translate("compression.opus.fec=on").as_deref(),
-            Ok("compression.opus.fec=on")
-        );
+        for (given, sent) in [
+            ("bitrate=32k", "compression.bitrate=32k"),
+            ("frame=10ms", "compression.frame_size=10"),
+            ("frame=2.5", "compression.frame_size=2.5"),
+            ("compression.opus.fec=on", "compression.opus.fec=on"),
+        ] {
+            assert_eq!(translate(given).as_deref(), Ok(sent));
+        }
         assert!(translate("bitrate").unwrap_err().contains("NAME=VALUE"));
         assert!(translate("bitrate=").unwrap_err().contains("no value"));
         assert_eq!(

@@ -820,6 +820,19 @@ mod tests {
         Cookie::from_bytes(&b).unwrap()
     }
 
+    /// A client with cookie `client` and a server with cookie `server` up to the client's auth
+    /// message: both ends, the hello's text, the server's challenge and the auth message.
+    fn up_to_auth(client: u8, server: u8) -> (ClientAuth, ServerAuth, String, Reply, String) {
+        let mut c = ClientAuth::new(Some(cookie(client))).unwrap();
+        let mut s = ServerAuth::new(cookie(server)).unwrap();
+        let text = c.hello_text(&mut hello());
+        let ch = s.on_hello(&text, &Hello::parse(&text).unwrap()).unwrap();
+        let ClientStep::SendAuth(auth) = c.on_reply(&ch).unwrap() else {
+            panic!("no auth message")
+        };
+        (c, s, text, ch, auth)
+    }
+
     fn hello() -> Hello {
         Hello {
             version: VERSION,
@@ -977,13 +990,7 @@ mod tests {
     #[test]
     fn replayed_exchange_refused() {
         // Record a good exchange.
-        let mut c = ClientAuth::new(Some(cookie(3))).unwrap();
-        let mut s = ServerAuth::new(cookie(3)).unwrap();
-        let text = c.hello_text(&mut hello());
-        let ch = s.on_hello(&text, &Hello::parse(&text).unwrap()).unwrap();
-        let ClientStep::SendAuth(auth) = c.on_reply(&ch).unwrap() else {
-            panic!()
-        };
+        let (c, mut s, text, ch, auth) = up_to_auth(3, 3);
         let v = s.on_auth(&auth).unwrap();
         let mut ok = Reply::ok();
         v.sign(&mut ok);
@@ -1185,13 +1192,7 @@ mod tests {
             Err(AuthError::OutOfOrder(_))
         ));
         // One try only: a wrong proof ends the exchange.
-        let mut c = ClientAuth::new(Some(cookie(8))).unwrap();
-        let mut s = ServerAuth::new(cookie(7)).unwrap();
-        let t = c.hello_text(&mut hello());
-        let ch = s.on_hello(&t, &Hello::parse(&t).unwrap()).unwrap();
-        let ClientStep::SendAuth(a) = c.on_reply(&ch).unwrap() else {
-            panic!()
-        };
+        let (_, mut s, t, _, a) = up_to_auth(8, 7);
         assert_eq!(s.on_auth(&a).unwrap_err(), AuthError::WrongProof);
         assert!(matches!(s.on_auth(&a), Err(AuthError::OutOfOrder(_))));
         assert!(matches!(

@@ -672,17 +672,12 @@ fn record_tunnel_parks_and_relays_knobs() {
     }));
     // The reader leaves: the capture is parked; it comes back with the next reader.
     client.set_running(false);
-    assert!(wait_for(Duration::from_secs(1), || rig
-        .seen
-        .captures_closed
-        .load(Ordering::SeqCst)
-        == 1));
+    let reaches = |n: &AtomicUsize, want| {
+        wait_for(Duration::from_secs(1), || n.load(Ordering::SeqCst) == want)
+    };
+    assert!(reaches(&rig.seen.captures_closed, 1));
     client.set_running(true);
-    assert!(wait_for(Duration::from_secs(1), || rig
-        .seen
-        .captures_opened
-        .load(Ordering::SeqCst)
-        == 2));
+    assert!(reaches(&rig.seen.captures_opened, 2));
     let r = client.report();
     assert_eq!(r.reconnects, Some(0));
 }
