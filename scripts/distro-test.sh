@@ -128,12 +128,19 @@ in_chroot() {
 # ---------------------------------------------------------------- packages of the release
 say "packages of $release (build and runtime)"
 t0=$(date +%s)
-tools=(debhelper dpkg-dev fakeroot lintian xz-utils python3 dbus-daemon)
+tools=(build-essential debhelper dpkg-dev fakeroot lintian xz-utils python3 dbus-daemon)
 in_chroot sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${tools[*]} >/dev/null" \
   > "$out/apt.log" 2>&1 || { tail -20 "$out/apt.log" >&2; die "apt-get in the chroot failed"; }
 in_chroot "$repo/scripts/install-deps.sh" >> "$out/apt.log" 2>&1 \
   || { tail -20 "$out/apt.log" >&2; die "install-deps.sh in the chroot failed"; }
 say "packages ready in $(( $(date +%s) - t0 )) s"
+# The host's local certificate authorities (a TLS-intercepting proxy's CA, when the machine's
+# network goes through one): cargo in the chroot reaches crates.io the way the host does.
+if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+  mkdir -p "$chroot_dir/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$chroot_dir/usr/local/share/ca-certificates/"
+  in_chroot update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates in the chroot failed"
+fi
 
 pa_v=$(in_chroot dpkg-query -W -f='${Version}' pulseaudio)
 pw_v=$(in_chroot dpkg-query -W -f='${Version}' pipewire-bin)
