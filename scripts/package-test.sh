@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The install test (root, Debian 12): builds the Debian packages from this tree with
-# dpkg-buildpackage, checks them with lintian (no errors) and dpkg -I (exact daemon version in
-# Depends), installs them with dpkg -i, starts private PulseAudio daemons WITHOUT any module
-# search path of ours, loads every module by its bare name, plays a 1000 Hz tone through the
-# tunnel and checks it arrives; the same for PipeWire when its package was built; then purges
-# the packages and checks that nothing is left behind.
+# The install test (root; Debian 12, or another release inside scripts/distro-test.sh's chroot):
+# builds the Debian packages from this tree with dpkg-buildpackage, checks them with lintian (no
+# errors) and dpkg -I (the daemon's upstream version in Depends), installs them with dpkg -i,
+# starts private PulseAudio daemons WITHOUT any module search path of ours, loads every module
+# by its bare name, plays a 1000 Hz tone through the tunnel and checks it arrives; the same for
+# PipeWire when its package was built; then purges the packages and checks that nothing is left
+# behind.
 #
 #   scripts/package-test.sh
 #
@@ -373,7 +374,8 @@ PY
   pw2port=$(( port + 2 ))
   pw_moddir=$(pkg-config --variable=moduledir libpipewire-0.3)
   sm=""
-  # WirePlumber 0.4 (PipeWire 0.3.65) uses the session-manager module; load it when there is one.
+  # The session-manager module (WirePlumber 0.4 uses it): loaded when the release ships it
+  # (PipeWire 0.3.65 and 1.4.2 both do).
   [ -f "$pw_moddir/libpipewire-module-session-manager.so" ] && sm="{ name = libpipewire-module-session-manager }"
   cat > "$pw2/pipewire.conf" <<EOF
 context.properties = { support.dbus = false core.daemon = true core.name = pipewire-0
