@@ -63,11 +63,15 @@ mounts=()
 cleanup() {
   local rc=$?
   set +e
+  trap - EXIT INT TERM   # once: an INT or TERM would otherwise run it again on exit
   # Undo the mounts in reverse order; a lazy unmount when something still holds one.
   for (( i=${#mounts[@]}-1; i>=0; i-- )); do
-    umount "${mounts[$i]}" 2>/dev/null || umount -l "${mounts[$i]}" 2>/dev/null \
-      || echo "distro-test: could not unmount ${mounts[$i]}" >&2
+    umount "${mounts[$i]}" 2>/dev/null || umount -l "${mounts[$i]}" 2>/dev/null
+    if mountpoint -q "${mounts[$i]}"; then
+      echo "distro-test: could not unmount ${mounts[$i]}" >&2; rc=1
+    fi
   done
+  mounts=()
   exit $rc
 }
 trap cleanup EXIT INT TERM
@@ -81,7 +85,7 @@ bind() { # bind SRC DEST [ro]
 if [ "${OPUS_TUNNEL_CHROOT_FRESH:-0}" = 1 ] && [ -d "$chroot_dir" ]; then
   grep -q " $chroot_dir/" /proc/mounts && die "something is still mounted under $chroot_dir"
   say "OPUS_TUNNEL_CHROOT_FRESH=1: deleting $chroot_dir"
-  rm -rf "$chroot_dir"
+  rm -rf --one-file-system "$chroot_dir"
 fi
 if [ ! -x "$chroot_dir/bin/sh" ]; then
   command -v debootstrap >/dev/null || {
