@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The install test (root, Debian 12): builds the Debian packages from this tree with
-# dpkg-buildpackage, checks them with lintian (no errors) and dpkg -I (exact daemon version in
-# Depends), installs them with dpkg -i, starts private PulseAudio daemons WITHOUT any module
-# search path of ours, loads every module by its bare name, plays a 1000 Hz tone through the
-# tunnel and checks it arrives; the same for PipeWire when its package was built; then purges
-# the packages and checks that nothing is left behind.
+# The install test (root; Debian 12, or another release inside scripts/distro-test.sh's chroot):
+# builds the Debian packages from this tree with dpkg-buildpackage, checks them with lintian (no
+# errors) and dpkg -I (the daemon's upstream version in Depends), installs them with dpkg -i,
+# starts private PulseAudio daemons WITHOUT any module search path of ours, loads every module
+# by its bare name, plays a 1000 Hz tone through the tunnel and checks it arrives; the same for
+# PipeWire when its package was built; then purges the packages and checks that nothing is left
+# behind.
 #
 #   scripts/package-test.sh
 #
@@ -14,6 +15,11 @@
 # between runs so that a rerun only rebuilds what changed). Every daemon it starts is stopped by
 # its pid, also on failure; the packages are purged on failure too.
 # OPUS_TUNNEL_KEEP_DIRS=1 keeps the daemons' directories (logs).
+# OPUS_TUNNEL_SMOKE=full (scripts/distro-test.sh sets it) adds, with the installed packages:
+# the microphone (a tone recorded through module-tunnel-source-opus), a live bitrate change
+# (update-sink-proplist on the CLI protocol, checked in the sink's properties, then a tone at the
+# new bitrate) and tones PulseAudio->PipeWire and PipeWire->PulseAudio (a second PipeWire daemon
+# with a null sink, pipewire-pulse's protocol and WirePlumber).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 start=$(date +%s)
@@ -22,7 +28,8 @@ die() { echo "package-test: FAIL: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root (dpkg -i, apt-get source)"
 
 PKGS_ALL=(pulseaudio-module-opus-tunnel opus-tunnel-ctl pipewire-module-opus-tunnel)
-work=$repo/target/package-test
+# OPUS_TUNNEL_PKG_WORK: another work directory (scripts/distro-test.sh: target/distro/RELEASE).
+work=${OPUS_TUNNEL_PKG_WORK:-$repo/target/package-test}
 tree=$work/opus-tunnel
 export CARGO_TARGET_DIR=${OPUS_TUNNEL_PKG_TARGET:-$work/cargo-target}
 
@@ -75,15 +82,22 @@ mkdir -p "$work"
 if [ ! -f "$work/pulseaudio_$pa_src_noepoch.dsc" ]; then
   say "fetching the source package pulseaudio $pa_src_version"
   "$repo/scripts/prepare-pulse-tree.sh" >/dev/null
-  ( cd "$work" && apt-get source -qq --download-only "pulseaudio=$pa_src_version" >/dev/null 2>&1 ) \
-    || die "apt-get source pulseaudio=$pa_src_version failed"
+  "$repo/scripts/fetch-pulse-source.sh" "$pa_src_version" "$work" >/dev/null 2>&1 \
+    || die "fetching the source package pulseaudio=$pa_src_version failed (scripts/fetch-pulse-source.sh)"
 fi
 # The committed tree (HEAD, as CI sees it): others' uncommitted edits do not leak in.
-rev=$(git -C "$repo" rev-parse --short HEAD)
-say "exporting HEAD ($rev) to $tree"
-rm -rf "$tree"
-mkdir -p "$tree"
-git -C "$repo" archive --format=tar HEAD | tar -xmf - -C "$tree"   # -m: mtimes of now, or cargo would trust older builds
+rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo exported)
+# OPUS_TUNNEL_PKG_EXPORTED=1: the caller has exported HEAD to $tree (distro-test.sh does, on the
+# host: the worktree's git directory is not inside its chroot).
+if [ "${OPUS_TUNNEL_PKG_EXPORTED:-0}" = 1 ]; then
+  [ -f "$tree/debian/rules" ] || die "OPUS_TUNNEL_PKG_EXPORTED=1 but no exported tree in $tree"
+  say "building the tree exported to $tree"
+else
+  say "exporting HEAD ($rev) to $tree"
+  rm -rf "$tree"
+  mkdir -p "$tree"
+  git -C "$repo" archive --format=tar HEAD | tar -xmf - -C "$tree"   # -m: mtimes of now, or cargo would trust older builds
+fi
 rm -f "$work"/*.deb "$work"/*.changes "$work"/*.buildinfo
 say "dpkg-buildpackage -us -uc -b (nice -n 19)"
 t0=$(date +%s)
@@ -107,14 +121,19 @@ for p in "${PKGS_ALL[@]}"; do
   echo "--- $p: $(dpkg-deb -f "$f" Version) Depends: $(dpkg-deb -f "$f" Depends)"
 done
 [ -n "$(ls "$work"/pulseaudio-module-opus-tunnel_*.deb 2>/dev/null)" ] || die "pulseaudio-module-opus-tunnel was not built"
-dpkg-deb -f "$work"/pulseaudio-module-opus-tunnel_*.deb Depends | grep -qF "pulseaudio (= $pa_version)" \
-  || die "pulseaudio-module-opus-tunnel does not depend on pulseaudio (= $pa_version)"
+# Pinned to the upstream version the modules were built against, not to one Debian revision:
+# a security update or binNMU of the daemon (16.1+dfsg1-2 -> -2+deb12u1) keeps its module
+# directory (/usr/lib/pulse-<upstream>/modules), libpulsecore-<upstream>.so and its structs.
+pa_up=${pa_version%-*}
+dpkg-deb -f "$work"/pulseaudio-module-opus-tunnel_*.deb Depends | grep -qF "pulseaudio (>= $pa_up), pulseaudio (<< $pa_up.~)" \
+  || die "pulseaudio-module-opus-tunnel does not depend on pulseaudio (>= $pa_up), pulseaudio (<< $pa_up.~)"
 have_pw=0
 if [ -n "$(ls "$work"/pipewire-module-opus-tunnel_*.deb 2>/dev/null)" ]; then
   have_pw=1
   pw_version=$(dpkg-query -W -f='${Version}' pipewire-bin)
-  dpkg-deb -f "$work"/pipewire-module-opus-tunnel_*.deb Depends | grep -qF "pipewire-bin (= $pw_version)" \
-    || die "pipewire-module-opus-tunnel does not depend on pipewire-bin (= $pw_version)"
+  pw_up=${pw_version%-*}
+  dpkg-deb -f "$work"/pipewire-module-opus-tunnel_*.deb Depends | grep -qF "pipewire-bin (>= $pw_up), pipewire-bin (<< $pw_up.~)" \
+    || die "pipewire-module-opus-tunnel does not depend on pipewire-bin (>= $pw_up), pipewire-bin (<< $pw_up.~)"
 else
   say "pipewire-module-opus-tunnel not built (its crates are absent or do not declare pipewire__module_init yet): PipeWire part skipped"
 fi
@@ -150,6 +169,10 @@ load-module module-native-protocol-unix socket=$d/native auth-anonymous=1
 load-module module-null-sink sink_name=null rate=48000 channels=2
 set-default-sink null
 EOF
+  # The CLI protocol (what pacmd talks to): update-sink-proplist exists only there.
+  if [ "${OPUS_TUNNEL_SMOKE:-}" = full ]; then
+    echo "load-module module-cli-protocol-unix socket=$d/cli" >> "$d/init.pa"
+  fi
   # No --dl-search-path: the daemon finds modules only in its own directory.
   # Started through env (which execs the daemon), not the shell function pa: $! is then the
   # daemon's own pid, which the cleanup stops (a function's $! is its subshell's).
@@ -192,11 +215,14 @@ EOF
 
 # tone_through SENDER RECEIVER-DAEMON: plays 8 s of 1000 Hz into sink "tun" of SENDER, records
 # the null sink's monitor of RECEIVER, checks frequency and level.
-tone_through() {
-  local s=$1 r=$2 rec=$rundir/$2.raw
+tone_through() { tone_env "$(pa_env "$1")" tun "$(pa_env "$2")" null.monitor "$rundir/$2.raw"; }
+# tone_env PLAY-ENV SINK RECORD-ENV SOURCE FILE: the same between any two servers (PulseAudio or
+# pipewire-pulse), given the environments of their clients.
+tone_env() {
+  local s_env=$1 sink=$2 r_env=$3 source=$4 rec=$5
   rm -f "$rec"
-  env -u DISPLAY $(pa_env "$r") timeout 13 parec --raw --format=s16le --rate=48000 --channels=2 \
-    --latency-msec=50 -d null.monitor "$rec" &
+  env -u DISPLAY $r_env timeout 13 parec --raw --format=s16le --rate=48000 --channels=2 \
+    --latency-msec=50 -d "$source" "$rec" &
   local rec_pid=$!; pids+=($rec_pid)
   sleep 1
   python3 -c '
@@ -207,7 +233,7 @@ for i in range(48000 * 8):
     v = int(amp * math.sin(2 * math.pi * 1000 * i / 48000))
     out += struct.pack("<hh", v, v)
 sys.stdout.buffer.write(out)' \
-    | pa "$s" timeout 15 pacat --playback --raw --format=s16le --rate=48000 --channels=2 -d tun
+    | env -u DISPLAY $s_env timeout 15 pacat --playback --raw --format=s16le --rate=48000 --channels=2 -d "$sink"
   wait "$rec_pid" || true
   read -r freq level secs < <(measure "$rec")
   echo "    received: ${secs} s of tone at ${freq} Hz, ${level} dBFS (sent: 1000 Hz, peak -12 dBFS = RMS -15 dBFS)"
@@ -290,9 +316,132 @@ EOF
   echo "    PipeWire sender -> PulseAudio receiver: connected"
 fi
 
+# ---------------------------------------------------------------- the full smoke (distro-test)
+if [ "${OPUS_TUNNEL_SMOKE:-}" = full ]; then
+  [ "$have_pw" = 1 ] || die "OPUS_TUNNEL_SMOKE=full: the PipeWire package was not built"
+  # The microphone: a tone played into the receiving daemon's null sink comes back through the
+  # tunnel source mic (which records the far end's default source, null.monitor).
+  say "the microphone: a tone through module-tunnel-source-opus (mic)"
+  tone_env "$(pa_env recv)" null "$(pa_env send)" mic "$rundir/mic.raw"
+
+  # A live bitrate change on the PulseAudio tunnel sink, through the CLI protocol.
+  say "a live bitrate change: update-sink-proplist tun compression.bitrate=32000"
+  sink_prop() { pa send pactl list sinks | awk -v k="$1" '/Name: tun$/{f=1} f && $1 == k {print $3; exit}' | tr -d '"'; }
+  before=$(sink_prop opus.tunnel.reconnects)
+  python3 - "$rundir/send/cli" <<'PY' || die "update-sink-proplist on the CLI protocol failed"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+s.sendall(b"update-sink-proplist tun compression.bitrate=32000\n")
+s.shutdown(socket.SHUT_WR)
+out = b""
+while True:
+    b = s.recv(4096)
+    if not b:
+        break
+    out += b
+text = out.decode(errors="replace")
+if "refused" in text.lower() or "fail" in text.lower():
+    print(text, file=sys.stderr)
+    sys.exit(1)
+PY
+  br=""
+  for _ in $(seq 50); do
+    br=$(sink_prop compression.bitrate)
+    [ "$br" = 32000 ] && break
+    sleep 0.1
+  done
+  [ "$br" = 32000 ] || { tail -20 "$rundir/send/daemon.log" >&2; die "compression.bitrate of tun is '$br', not 32000"; }
+  after=$(sink_prop opus.tunnel.reconnects)
+  [ "${before:-0}" = "${after:-0}" ] || die "the bitrate change made the tunnel reconnect ($before -> $after)"
+  echo "    tun: compression.bitrate = 32000 in its properties, no reconnect; a tone at 32 kbit/s:"
+  tone_through send recv
+
+  # PipeWire with pipewire-pulse's protocol, a null sink and WirePlumber; the two modules
+  # loaded by name from the installed package.
+  say "PipeWire tones: a second private daemon with a null sink and WirePlumber"
+  pw2=$rundir/pw2; mkdir -p "$pw2/home"; chmod 700 "$pw2"
+  pw2port=$(( port + 2 ))
+  pw_moddir=$(pkg-config --variable=moduledir libpipewire-0.3)
+  sm=""
+  # The session-manager module (WirePlumber 0.4 uses it): loaded when the release ships it
+  # (PipeWire 0.3.65 and 1.4.2 both do).
+  [ -f "$pw_moddir/libpipewire-module-session-manager.so" ] && sm="{ name = libpipewire-module-session-manager }"
+  cat > "$pw2/pipewire.conf" <<EOF
+context.properties = { support.dbus = false core.daemon = true core.name = pipewire-0
+  default.clock.rate = 48000 mem.allow-mlock = false mem.warn-mlock = false log.level = 2 }
+context.spa-libs = {
+    audio.convert.* = audioconvert/libspa-audioconvert
+    support.*       = support/libspa-support
+}
+context.modules = [
+    { name = libpipewire-module-protocol-native }
+    { name = libpipewire-module-metadata }
+    { name = libpipewire-module-access args = { } }
+    { name = libpipewire-module-spa-device-factory }
+    { name = libpipewire-module-spa-node-factory }
+    { name = libpipewire-module-client-node }
+    { name = libpipewire-module-client-device }
+    { name = libpipewire-module-adapter }
+    { name = libpipewire-module-link-factory }
+    $sm
+    { name = libpipewire-module-protocol-pulse args = { server.address = [ "unix:native" ] } }
+    { name = libpipewire-module-opus-protocol-tcp
+      args = { server.address = [ "tcp:127.0.0.1:$pw2port" ] auth.anonymous = true target.object = "null" } }
+    { name = libpipewire-module-opus-tunnel
+      args = { tunnel.mode = sink server.address = "tcp:127.0.0.1:$port" remote.sink = "null"
+               stream.props = { node.name = "pwtun2" } } }
+]
+context.objects = [
+    { factory = spa-node-factory args = { factory.name = support.node.driver node.name = Dummy-Driver node.group = pipewire.dummy priority.driver = 20000 } }
+    { factory = adapter args = { factory.name = support.null-audio-sink node.name = "null" node.description = "Null sink" media.class = Audio/Sink audio.position = [ FL FR ] audio.rate = 48000 monitor.channel-volumes = true object.linger = true priority.session = 2000 priority.driver = 2000 } }
+]
+EOF
+  echo "autospawn = no" > "$pw2/client.conf"
+  pw2_env="HOME=$pw2/home XDG_RUNTIME_DIR=$pw2 XDG_CONFIG_HOME=$pw2/home/.config XDG_STATE_HOME=$pw2/home/.state PULSE_SERVER=unix:$pw2/pulse/native PULSE_CLIENTCONFIG=$pw2/client.conf PULSE_RUNTIME_PATH=$pw2/pulse"
+  # Each started through env (which execs it): $! is the process itself, stopped by its pid.
+  env -u PIPEWIRE_MODULE_DIR -u DISPLAY $pw2_env DBUS_SESSION_BUS_ADDRESS=disabled: \
+    pipewire -c "$pw2/pipewire.conf" > "$pw2/pipewire.log" 2>&1 &
+  pids+=($!); pw2_pid=$!
+  for _ in $(seq 100); do [ -S "$pw2/pulse/native" ] && break; sleep 0.1; done
+  kill -0 "$pw2_pid" 2>/dev/null || { cat "$pw2/pipewire.log" >&2; die "the second pipewire exited at start"; }
+  # WirePlumber links the streams; it wants a session bus: one of its own.
+  env -u DISPLAY $pw2_env dbus-daemon --session --nofork --nopidfile --address="unix:path=$pw2/bus" \
+    > "$pw2/dbus.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 50); do [ -S "$pw2/bus" ] && break; sleep 0.1; done
+  env -u DISPLAY $pw2_env DBUS_SESSION_BUS_ADDRESS="unix:path=$pw2/bus" wireplumber > "$pw2/wireplumber.log" 2>&1 &
+  pids+=($!)
+  ok=0
+  for _ in $(seq 150); do
+    env $pw2_env pactl info 2>/dev/null | grep -q "Default Sink: null" && { ok=1; break; }
+    sleep 0.1
+  done
+  [ "$ok" = 1 ] || { tail -30 "$pw2/pipewire.log" "$pw2/wireplumber.log" >&2; die "the second PipeWire has no default sink null"; }
+  echo "    $(env $pw2_env pactl info | sed -n 's/^Server Name: //p'): null sink, WirePlumber $(wireplumber --version 2>/dev/null | sed -n 's/.*libwireplumber \([0-9.]*\).*/\1/p' | head -1)"
+  say "PulseAudio -> PipeWire: a tone"
+  pa send pactl load-module module-tunnel-sink-opus server="tcp:127.0.0.1:$pw2port" sink_name=topw2 >/dev/null \
+    || die "module-tunnel-sink-opus towards the second PipeWire failed to load"
+  tone_env "$(pa_env send)" topw2 "$pw2_env" null.monitor "$rundir/pa-to-pw.raw"
+  say "PipeWire -> PulseAudio: a tone"
+  ok=0
+  for _ in $(seq 50); do
+    env $pw2_env pactl list short sinks 2>/dev/null | grep -q $'\tpwtun2\t' && { ok=1; break; }
+    sleep 0.2
+  done
+  [ "$ok" = 1 ] || { tail -30 "$pw2/pipewire.log" >&2; die "no sink pwtun2 on the second PipeWire"; }
+  tone_env "$pw2_env" pwtun2 "$(pa_env recv)" null.monitor "$rundir/pw-to-pa.raw"
+fi
+
 # ---------------------------------------------------------------- stop, purge, check
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+for p in "${pids[@]}"; do
+  if kill -0 "$p" 2>/dev/null; then
+    ps -o pid,args -p "$p" >&2; die "process $p started by the test is still running"
+  fi
+done
 pids=()
 # None of the daemons (nor their clients) outlives the test: every one was started with a path
 # under $rundir on its command line.

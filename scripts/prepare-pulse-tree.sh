@@ -19,7 +19,8 @@ if [ -f "$tree/src/pulsecore/sink.h" ] && [ -f "$tree/.opus-tunnel-prepared" ] \
   echo "$tree"; exit 0
 fi
 mkdir -p "$dest"
-if ! ls /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | xargs grep -qs 'deb-src'; then
+# (ls fails when one of the two is absent: under pipefail that must not read as "no deb-src".)
+if ! { ls /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null || true; } | xargs grep -qs 'deb-src'; then
   echo "prepare-pulse-tree: adding a deb-src entry for Debian's source packages" >&2
   base=/etc/apt/sources.list.d/debian.sources
   uris="http://deb.debian.org/debian"; signed="/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -39,7 +40,8 @@ SRC
 fi
 work=$(mktemp -d "$dest/fetch.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-( cd "$work" && apt-get source --download-only "pulseaudio=$debver" >&2 ) || {
+srcver=$(dpkg-query -W -f='${source:Version}' pulseaudio)
+"$here/scripts/fetch-pulse-source.sh" "$srcver" "$work" >&2 || {
   echo "prepare-pulse-tree: could not download the source of pulseaudio $debver" >&2; exit 1; }
 rm -rf "$tree"
 ( cd "$work" && dpkg-source -x --no-check pulseaudio_*.dsc src >&2 )

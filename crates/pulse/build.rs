@@ -94,6 +94,14 @@ fn main() {
         tree.join(".tarball-version").display()
     );
 
+    // What differs between the releases this is built for (Debian 12: 16.1, Debian 13: 17.0),
+    // all taken from the tree of the installed version, so nothing here is version-gated:
+    // - pa_core (pulsecore/core.h) gained policy_default_sink/_source in 17.0, before
+    //   default_sink and the fields after it: the layout comes from bindgen over that tree.
+    // - PA_RATE_MAX (pulse/sample.h) is 384000 in 16.1 and 768000 in 17.0: the binding reads it
+    //   (allowlisted below) instead of writing a number.
+    // - sink.h, source.h, sink-input.h, source-output.h, modargs.h, rtpoll.h: unchanged.
+    // - libpulsecore-<version>.so and the module directory are named by the upstream version.
     let out = PathBuf::from(env::var("OUT_DIR").unwrap_or_default());
     // pulsecore headers insist on config.h. These defines select the same code paths as the
     // daemon's own build (GCC __atomic builtins); nothing else in the headers depends on it.
@@ -118,7 +126,7 @@ fn main() {
         .allowlist_function("pa_(sink|source)_(new_data|input_new_data|output_new_data)_.*")
         .allowlist_function("pa_rtclock_now|pa_thread_make_realtime|pa_get_host_name|pa_parse_boolean|pa_channel_map_init_extend|pa_sample_spec_valid|pa_channel_map_valid|pa_channel_map_compatible|pa_channel_map_snprint|pa_sample_format_to_string")
         .allowlist_type("pa_(core|module|sink|sink_input|source|source_output|modargs|rtpoll|thread|thread_mq|asyncmsgq|memchunk|memblock|proplist|sample_spec|channel_map|msgobject|object|mainloop_api|time_event|io_event|sink_new_data|sink_input_new_data|source_new_data|source_output_new_data|update_mode_t|sink_message_t|source_message_t|sink_input_message_t|source_output_message_t|core_hook_t|hook_result_t|hook_priority_t|namereg_type_t|sink_state_t|source_state_t|suspend_cause_t|sink_input_state_t|io_event_flags_t)")
-        .allowlist_item("PA_MESSAGE_SHUTDOWN|PA_SINK_MESSAGE_.*|PA_SINK_INPUT_MESSAGE_.*|PA_SOURCE_MESSAGE_.*|PA_SOURCE_OUTPUT_MESSAGE_.*|PA_CORE_MESSAGE_.*|PA_SINK_.*|PA_SOURCE_.*|PA_SINK_INPUT_.*|PA_UPDATE_.*|PA_LOG_.*|PA_PROP_.*|PA_CHANNEL_MAP_.*|PA_IO_EVENT_.*|PA_JSON_TYPE_.*")
+        .allowlist_item("PA_MESSAGE_SHUTDOWN|PA_SINK_MESSAGE_.*|PA_SINK_INPUT_MESSAGE_.*|PA_SOURCE_MESSAGE_.*|PA_SOURCE_OUTPUT_MESSAGE_.*|PA_CORE_MESSAGE_.*|PA_SINK_.*|PA_SOURCE_.*|PA_SINK_INPUT_.*|PA_UPDATE_.*|PA_LOG_.*|PA_PROP_.*|PA_CHANNEL_MAP_.*|PA_IO_EVENT_.*|PA_JSON_TYPE_.*|PA_RATE_MAX|PA_CHANNELS_MAX")
         .wrap_static_fns(true)
         .wrap_static_fns_path(&static_fns)
         .derive_default(true)

@@ -27,9 +27,13 @@ impl SampleSpec {
         };
         // SAFETY: plain struct.
         if unsafe { sys::pa_sample_spec_valid(&raw) } == 0 {
+            // The limits of the daemon built against: PA_RATE_MAX is 384000 in PulseAudio 16.1
+            // and 768000 in 17.0.
             return Err(format!(
                 "sample spec {format} {rate} Hz {channels} channels is not valid \
-                 (rate 1..768000 Hz, channels 1..32)"
+                 (rate 1..{} Hz, channels 1..{})",
+                sys::PA_RATE_MAX,
+                sys::PA_CHANNELS_MAX
             ));
         }
         Ok(SampleSpec { raw })
