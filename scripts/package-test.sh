@@ -261,20 +261,23 @@ if [ "${#built[@]}" -gt 0 ] && printf '%s\n' "${built[@]}" | grep -qx opus-tunne
 fi
 
 # ---------------------------------------------------------------- PipeWire
-if [ "$have_pw" = 1 ]; then
-  say "PipeWire: a private daemon with libpipewire-module-opus-protocol-tcp from context.modules"
-  pwd_dir=$rundir/pw; mkdir -p "$pwd_dir"; chmod 700 "$pwd_dir"
-  pwport=$(( port + 1 ))
-  cat > "$pwd_dir/pipewire.conf" <<EOF
-context.properties = { support.dbus = false  core.daemon = true  core.name = pipewire-0 }
-context.spa-libs = {
+# What every private PipeWire daemon here starts its configuration with: the SPA plugins and
+# the first modules (each config's context.modules list goes on after these).
+pw_common='context.spa-libs = {
     audio.convert.* = audioconvert/libspa-audioconvert
     support.*       = support/libspa-support
 }
 context.modules = [
     { name = libpipewire-module-protocol-native }
     { name = libpipewire-module-metadata }
-    { name = libpipewire-module-access args = { } }
+    { name = libpipewire-module-access args = { } }'
+if [ "$have_pw" = 1 ]; then
+  say "PipeWire: a private daemon with libpipewire-module-opus-protocol-tcp from context.modules"
+  pwd_dir=$rundir/pw; mkdir -p "$pwd_dir"; chmod 700 "$pwd_dir"
+  pwport=$(( port + 1 ))
+  cat > "$pwd_dir/pipewire.conf" <<EOF
+context.properties = { support.dbus = false  core.daemon = true  core.name = pipewire-0 }
+$pw_common
     { name = libpipewire-module-spa-node-factory }
     { name = libpipewire-module-client-node }
     { name = libpipewire-module-adapter }
@@ -371,14 +374,7 @@ PY
   cat > "$pw2/pipewire.conf" <<EOF
 context.properties = { support.dbus = false core.daemon = true core.name = pipewire-0
   default.clock.rate = 48000 mem.allow-mlock = false mem.warn-mlock = false log.level = 2 }
-context.spa-libs = {
-    audio.convert.* = audioconvert/libspa-audioconvert
-    support.*       = support/libspa-support
-}
-context.modules = [
-    { name = libpipewire-module-protocol-native }
-    { name = libpipewire-module-metadata }
-    { name = libpipewire-module-access args = { } }
+$pw_common
     { name = libpipewire-module-spa-device-factory }
     { name = libpipewire-module-spa-node-factory }
     { name = libpipewire-module-client-node }
