@@ -470,10 +470,25 @@ fn played_tone(seen: &Seen) -> (f64, f64, usize) {
     analyse(&seen.played.lock().unwrap())
 }
 
+/// The tone over the last `frames` of `interleaved` (its steady part: a start may cut or glide,
+/// see the README's known limits).
+fn steady_tone(interleaved: &[f32], frames: usize) -> (f64, f64, usize) {
+    let keep = (frames * usize::from(CH)).min(interleaved.len());
+    analyse(&interleaved[interleaved.len() - keep..])
+}
+
+/// The tests run one at a time: each runs real-time threads (devices, encoder, decoder), and
+/// eight at once on two cores starve them.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 // ---- the tests ---------------------------------------------------------------------------------
 
 #[test]
 fn refusals_bad_request_version_format() {
+    let _serial = serial();
     let rig = Rig::start(config(), false);
     let r = handshake(rig.addr, "GET / HTTP/1.1\nHost: x\n\n");
     assert_eq!(r.status, 400, "{r:?}");
@@ -493,6 +508,7 @@ fn refusals_bad_request_version_format() {
 
 #[test]
 fn refusals_no_such_device() {
+    let _serial = serial();
     let rig = Rig::start(config(), false);
     let r = handshake(rig.addr, &hello(Direction::Play, Some("nowhere")).to_text());
     assert_eq!(
@@ -511,6 +527,7 @@ fn refusals_no_such_device() {
 
 #[test]
 fn refusals_forbidden_and_unavailable() {
+    let _serial = serial();
     // Nobody anonymous, an ACL that does not hold 127.0.0.1, no cookie: 403.
     let mut cfg = config();
     cfg.anonymous = false;
@@ -540,12 +557,14 @@ fn refusals_forbidden_and_unavailable() {
 
 #[test]
 fn a_tone_plays_through() {
+    let _serial = serial();
     let rig = Rig::start(config(), false);
     let tx = Sender::start(rig.server(), Some("speakers"), None, 1000.0);
     let enough = wait_for(Duration::from_secs(2), || {
-        played_tone(&rig.seen).2 >= 14_400
+        played_tone(&rig.seen).2 >= 24_000
     });
-    let (freq, rms, n) = played_tone(&rig.seen);
+    let n = played_tone(&rig.seen).2;
+    let (freq, rms, _) = steady_tone(&rig.seen.played.lock().unwrap(), 14_400);
     assert!(enough, "only {n} frames of audio arrived");
     assert!((freq - 1000.0).abs() < 5.0, "tone at {freq:.1} Hz");
     let db = 20.0 * (rms / (0.25 / 2f64.sqrt())).log10();
@@ -565,6 +584,7 @@ fn a_tone_plays_through() {
 
 #[test]
 fn cookie_authentication() {
+    let _serial = serial();
     let cookie = Cookie::from_bytes(&[7u8; 256]).unwrap();
     let mut cfg = config();
     cfg.anonymous = false;
@@ -583,12 +603,13 @@ fn cookie_authentication() {
     let right = Sender::start(rig.server(), None, Some(cookie), 1000.0);
     assert!(rig.hears_audio());
     assert_eq!(right.state(), "streaming");
-    let (freq, _, _) = played_tone(&rig.seen);
+    let (freq, _, _) = steady_tone(&rig.seen.played.lock().unwrap(), 4_800);
     assert!((freq - 1000.0).abs() < 10.0, "tone at {freq:.1} Hz");
 }
 
 #[test]
 fn a_killed_stream_reconnects() {
+    let _serial = serial();
     let rig = Rig::start(config(), false);
     let tx = Sender::start(rig.server(), None, None, 1000.0);
     assert!(rig.hears_audio());
@@ -610,6 +631,7 @@ fn a_killed_stream_reconnects() {
 
 #[test]
 fn pause_and_resume() {
+    let _serial = serial();
     let rig = Rig::start(config(), false);
     let tx = Sender::start(rig.server(), None, None, 1000.0);
     assert!(rig.hears_audio());
@@ -628,6 +650,7 @@ fn pause_and_resume() {
 
 #[test]
 fn record_tunnel_parks_and_relays_knobs() {
+    let _serial = serial();
     let rig = Rig::start(config(), false);
     let cfg = RecordClientConfig {
         addr: rig.server(),
@@ -659,8 +682,8 @@ fn record_tunnel_parks_and_relays_knobs() {
     assert!(wait_for(Duration::from_secs(2), || analyse(
         &got.lock().unwrap()
     )
-    .2 >= 4_800));
-    let (freq, _, _) = analyse(&got.lock().unwrap());
+    .2 >= 14_400));
+    let (freq, _, _) = steady_tone(&got.lock().unwrap(), 9_600);
     assert!((freq - 440.0).abs() < 5.0, "tone at {freq:.1} Hz");
     assert_eq!(rig.seen.captures_opened.load(Ordering::SeqCst), 1);
     // Knobs relayed live to the far end's encoder.
