@@ -447,7 +447,7 @@ impl PwModule for Receiver {
                 pw_resampler,
                 waker: None,
             },
-            Sessions::new(target.clone(), target_source),
+            Sessions::new(target, target_source),
         );
         let event = Event::new(ctx, main.on_wake())?;
         let host = main
@@ -463,7 +463,6 @@ impl PwModule for Receiver {
             anonymous,
             acl,
             cookie,
-            sink: target,
             target_usec: target_ms * 1000,
             max_usec: max_ms * 1000,
             max_connections,

@@ -315,7 +315,7 @@ impl PaModule for Receiver {
                 target_usec: target_ms * 1000,
                 waker: None,
             },
-            Sessions::new(sink.clone(), ma.get("source")),
+            Sessions::new(sink, ma.get("source")),
         );
         let waker = MainWaker::new(&core, main.on_wake())?;
         let host = main
@@ -331,7 +331,6 @@ impl PaModule for Receiver {
             anonymous,
             acl,
             cookie,
-            sink,
             target_usec: target_ms * 1000,
             max_usec: max_ms * 1000,
             max_connections,

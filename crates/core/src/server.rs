@@ -35,8 +35,6 @@ pub struct RecvConfig {
     pub acl: Option<IpAcl>,
     /// Everyone else must prove this cookie (`auth-cookie`, when `auth-cookie-enabled`).
     pub cookie: Option<Cookie>,
-    /// The device tunnels play on when the sender names none (`None`: the default).
-    pub sink: Option<String>,
     /// Receive buffer target, µs.
     pub target_usec: u64,
     /// The most the target may grow to after underruns, µs (`max_latency_msec`).

@@ -290,7 +290,6 @@ fn config() -> RecvConfig {
         anonymous: true,
         acl: None,
         cookie: None,
-        sink: None,
         target_usec: 40_000,
         max_usec: 500_000,
         max_connections: 4,
