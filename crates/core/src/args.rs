@@ -139,23 +139,70 @@ pub fn parse_tunnel_args(
     })
 }
 
-/// A receive buffer's bounds in ms: `target_key` (default and range from `table`) and
-/// `max_key`: at least the target, at most 10000, by default 500 or the target if larger.
+/// PulseAudio's names of the receive buffer's target, minimum and maximum.
+pub const PA_LATENCY_KEYS: [&str; 3] = ["target_latency_msec", "min_latency_msec", "max_latency_msec"];
+/// PipeWire's names of the receive buffer's target, minimum and maximum.
+pub const PW_LATENCY_KEYS: [&str; 3] = [
+    "sess.latency.msec",
+    "sess.latency.min.msec",
+    "sess.latency.max.msec",
+];
+
+/// A receive buffer's latency settings (`target_latency_msec`, `min_latency_msec`,
+/// `max_latency_msec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyBounds {
+    /// The target, µs; 0 = `auto` (sized from what the engine measures).
+    pub target_usec: u64,
+    /// The least the target may be, µs.
+    pub min_usec: u64,
+    /// The most the target (and the buffered audio) may be, µs.
+    pub max_usec: u64,
+}
+
+impl LatencyBounds {
+    /// The latency to ask of the local device (its block, PulseAudio's requested latency or
+    /// PipeWire's quantum): half a fixed target, or 5 ms with `auto` (half the minimum if that
+    /// is more), within 5–100 ms.
+    pub fn device_request_usec(&self) -> u64 {
+        let want = if self.target_usec == 0 {
+            self.min_usec / 2
+        } else {
+            self.target_usec / 2
+        };
+        want.clamp(5_000, 100_000)
+    }
+}
+
+/// A receive buffer's latency settings from `table`'s `keys`: the target (`auto` or ms), its
+/// minimum and its maximum (at least the minimum and a fixed target); PulseAudio's
+/// [`PA_LATENCY_KEYS`] or PipeWire's [`PW_LATENCY_KEYS`].
 pub fn parse_latency_bounds(
     table: &[Arg],
     get: &dyn Fn(&str) -> Option<String>,
-    target_key: &str,
-    max_key: &str,
-) -> Result<(u32, u32), String> {
-    let target = argtable::int::<u32>(table, target_key, get(target_key).as_deref())?;
+    keys: [&str; 3],
+) -> Result<LatencyBounds, String> {
+    let [target_key, min_key, max_key] = keys;
+    let min = argtable::int::<u32>(table, min_key, get(min_key).as_deref())?;
+    let target = match get(target_key) {
+        None => 0,
+        Some(v) if v.trim() == "auto" => 0,
+        Some(v) => argtable::parse_int(target_key, Some(&v), 0u32, 1, 10_000)
+            .map_err(|e| e.replace("(an integer", "(auto, or an integer"))?,
+    };
+    let floor = min.max(target).max(1);
     let max = argtable::parse_int(
         max_key,
         get(max_key).as_deref(),
-        500.max(target),
-        target,
+        1000.max(floor),
+        floor,
         10_000,
     )?;
-    Ok((target, max))
+    Ok(LatencyBounds {
+        target_usec: u64::from(target) * 1000,
+        min_usec: u64::from(min) * 1000,
+        max_usec: u64::from(max) * 1000,
+    })
 }
 
 /// The effective value of every knob and of `compression`, as properties.

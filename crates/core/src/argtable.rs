@@ -127,9 +127,11 @@ with_knobs! { pa_table! {
     "channels", "1", "1-32", "channels: 1-2 with Opus, 1-8 with compression=none";
     "channel_map", "PulseAudio's default for channels", "channel map", "channel map";
     "latency_msec", "10", "1-200", "the source's block, ms";
-    "target_latency_msec", "60", "10-2000", "receive buffer target, ms";
-    "max_latency_msec", "500, or target_latency_msec if larger",
-        "target_latency_msec to 10000", "the most the target may grow to after underruns, ms";
+    "target_latency_msec", "auto", "auto, 1-10000",
+        "receive buffer target: sized from the measured lateness, or fixed, ms";
+    "min_latency_msec", "0", "0-10000", "the least the receive buffer target may be, ms";
+    "max_latency_msec", "1000, or the minimum or a fixed target if larger",
+        "min_latency_msec to 10000", "the most the receive buffer (and its target) may hold, ms";
     "compression", "opus", "opus|none", "Opus, or RTP L16 PCM, encoded by the far end";
     "clock_skew_ppm", "0", "-100000 to 100000",
         "test aid: the source produces at (1 + ppm/1e6) x its nominal rate";
@@ -150,9 +152,11 @@ pa_table! {
     "sink", "the default sink", "name", "sink that play tunnels use when the sender names none";
     "source", "the default source", "name",
         "source that record tunnels use when the desktop names none";
-    "target_latency_msec", "60", "10-2000", "receive buffer target, ms";
-    "max_latency_msec", "500, or target_latency_msec if larger",
-        "target_latency_msec to 10000", "the most the target may grow to after underruns, ms";
+    "target_latency_msec", "auto", "auto, 1-10000",
+        "receive buffer target: sized from the measured lateness, or fixed, ms";
+    "min_latency_msec", "0", "0-10000", "the least the receive buffer target may be, ms";
+    "max_latency_msec", "1000, or the minimum or a fixed target if larger",
+        "min_latency_msec to 10000", "the most the receive buffer (and its target) may hold, ms";
     "max_connections", "64", "1-1024", "concurrent tunnels; one more is refused with 503";
 }}
 
@@ -166,9 +170,11 @@ with_knobs! { pw_table! {
         "sink mode: the sink to play on at the receiver";
     "remote.source", "the far end's source= / target.source, else its default source", "name",
         "source mode: the source to record at the far end";
-    "sess.latency.msec", "60", "10-2000", "source mode: receive buffer target, ms";
-    "sess.latency.max.msec", "500, or sess.latency.msec if larger", "sess.latency.msec to 10000",
-        "source mode: the most the target may grow to after underruns, ms";
+    "sess.latency.msec", "auto", "auto, 1-10000",
+        "source mode: receive buffer target: sized from the measured lateness, or fixed, ms";
+    "sess.latency.min.msec", "0", "0-10000", "source mode: the least the target may be, ms";
+    "sess.latency.max.msec", "1000, or the minimum or a fixed target if larger",
+        "sess.latency.min.msec to 10000", "source mode: the most the receive buffer may hold, ms";
     "stream.props", "sink: node.name = tunnel-opus.<host>, node.latency = 1024/48000; source: node.name = tunnel-opus-source.<host>, node.latency = 512/48000",
         "{ ... }", "properties of the node: node.name, node.description, node.latency, ...";
     "audio.rate", "48000", "1-384000", "sample rate; with Opus one of 8000, 12000, 16000, 24000, 48000";
@@ -192,9 +198,11 @@ pw_table! {
         "the sink tunnels play on when the sender names none";
     "target.source", "the default source", "node.name",
         "the source record tunnels record from when the desktop names none (NAME.monitor: a sink's monitor)";
-    "sess.latency.msec", "60", "10-2000", "receive buffer target, ms";
-    "sess.latency.max.msec", "500, or sess.latency.msec if larger", "sess.latency.msec to 10000",
-        "the most the target may grow to after underruns, ms";
+    "sess.latency.msec", "auto", "auto, 1-10000",
+        "receive buffer target: sized from the measured lateness, or fixed, ms";
+    "sess.latency.min.msec", "0", "0-10000", "the least the target may be, ms";
+    "sess.latency.max.msec", "1000, or the minimum or a fixed target if larger",
+        "sess.latency.min.msec to 10000", "the most the receive buffer (and its target) may hold, ms";
     "max.connections", "64", "1-1024", "concurrent tunnels";
     "stream.props", "none", "{ ... }", "extra properties of every tunnel's stream";
     "opus.resampler", "engine", "engine|pipewire",

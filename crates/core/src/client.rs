@@ -185,9 +185,11 @@ pub struct RecordClientConfig {
     pub fmt: StreamFormat,
     /// Channel map, PulseAudio's text form.
     pub channel_map: String,
-    /// Buffer target, µs (the playout engine holds it against drift).
+    /// Buffer target, µs; 0 = sized from what the engine measures.
     pub target_usec: u64,
-    /// The most the target may grow to after underruns, µs.
+    /// The least the target may be, µs.
+    pub min_usec: u64,
+    /// The most the target may be, µs.
     pub max_usec: u64,
     /// The cookie to prove when the far end asks.
     pub cookie: Option<Cookie>,
@@ -231,7 +233,14 @@ pub fn start_record(
     };
     let conn = new_conn(&hello, cfg.target_usec, cfg.addr.to_string());
     let (mut receive, playback) =
-        decode_path(&conn, cfg.compression, cfg.target_usec, cfg.max_usec, false)?;
+        decode_path(
+        &conn,
+        cfg.compression,
+        cfg.target_usec,
+        cfg.min_usec,
+        cfg.max_usec,
+        false,
+    )?;
     let up = Arc::new(Upstream {
         running: AtomicBool::new(false),
         knobs: Mutex::new(knobs),

@@ -121,8 +121,7 @@ impl ConnShared {
         let state = match p.map(|p| p.state) {
             _ if self.paused.load(Ordering::Relaxed) => State::Idle,
             Some(PlayoutState::Buffering) => State::Buffering,
-            Some(PlayoutState::Slewing) => State::Slewing,
-            Some(PlayoutState::Locked) => State::Streaming,
+            Some(PlayoutState::Playing) => State::Streaming,
             None => s.state.into(),
         };
         Report {

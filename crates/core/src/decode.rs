@@ -12,7 +12,7 @@ use crate::link::{self, DEAD_AFTER, MAX_FRAME};
 use crate::net::Conn;
 use crate::params::Compression;
 use crate::params::OpusKnobs;
-use crate::playout::{Playout as PlayoutEngine, PlayoutConfig, PlayoutState, PlayoutStats};
+use crate::playout::{Playout as PlayoutEngine, PlayoutConfig, Target};
 use crate::rtp::{self, Control};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,12 +39,13 @@ fn playout_rings(
 }
 
 /// A decode path for `conn` (Opus or L16 at its rate and channels) and the real-time side that
-/// takes its audio: the decoder, the playout engine holding `target_usec` (growing at most to
-/// `max_usec`), and the rings between them.
+/// takes its audio: the decoder, the playout engine holding `target_usec` (0: sized from what
+/// it measures, within `min_usec..=max_usec`), and the rings between them.
 pub(crate) fn decode_path(
     conn: &Arc<ConnShared>,
     compression: Compression,
     target_usec: u64,
+    min_usec: u64,
     max_usec: u64,
     external_resampler: bool,
 ) -> Result<(Receive, Playback), String> {
@@ -53,11 +54,17 @@ pub(crate) fn decode_path(
         channels: conn.channels,
     };
     let decoder = Decoder::new(compression, fmt).map_err(|e| e.to_string())?;
-    let max_usec = max_usec.max(target_usec);
+    let max_usec = max_usec.max(target_usec).max(min_usec);
+    let target = if target_usec == 0 {
+        Target::Auto
+    } else {
+        Target::Fixed(target_usec)
+    };
     let mut engine = PlayoutEngine::new(PlayoutConfig {
         rate: conn.rate,
         channels: conn.channels,
-        target_usec,
+        target,
+        min_usec,
         max_usec,
     })
     .map_err(|e| e.to_string())?;
@@ -190,11 +197,11 @@ impl Receive {
                 if self.trace {
                     let c = self.playout.controller();
                     log::info!(
-                        "trace {} dev consumed={} missing={} period={:.0} ring={} fifo={} produced={} {:?}",
+                        "trace {} dev consumed={} missing={} skew_ppm={:.1} ring={} fifo={} produced={} {:?}",
                         self.conn.now_usec(),
                         self.last.consumed.saturating_sub(self.base.consumed),
                         self.last.missing.saturating_sub(self.base.missing),
-                        c.device_period(),
+                        c.skew_ppm(),
                         self.conn.fill.load(Ordering::Relaxed),
                         c.fifo_frames(),
                         c.produced(),
@@ -317,7 +324,7 @@ impl Receive {
         );
         self.flush();
         let out_usec = self.conn.samples_to_usec(self.out.len());
-        if let Some(why) = self.rules.after_produce(&self.playout.stats(), out_usec) {
+        if let Some(why) = self.rules.after_produce(out_usec) {
             self.restart(why);
         }
         Ok(())
@@ -549,10 +556,6 @@ pub enum Restart {
     /// The device has not pulled yet and the audio waiting for it passed the maximum latency
     /// (a sink that never pulls: PulseAudio mixes at most 32 streams per sink).
     NeverPulled,
-    /// The engine's correction was at its limit for 3 s: its loop lost the estimate after a
-    /// burst (a stall, the first stream on an idle sink), an audible pitch shift; a short gap
-    /// is better.
-    Saturated,
     /// More produced audio waits outside the ring than the maximum latency: the device
     /// stopped pulling (suspended, moved, stalled) and what waits is stale.
     DeviceStopped,
@@ -563,31 +566,21 @@ impl Restart {
     pub fn as_str(self) -> &'static str {
         match self {
             Restart::NeverPulled => "the device never pulled",
-            Restart::Saturated => "drift correction saturated for 3 s",
             Restart::DeviceStopped => "the device stopped taking audio",
         }
     }
 }
 
-/// The rules that start playout afresh, in one place; fed by the decode path after each step.
+/// The rules that start playout afresh, in one place: both are about a device that does not
+/// take the audio; fed by the decode path after each step.
 pub struct RestartRules {
     max_usec: u64,
-    /// Since when the engine's correction has been at its limit.
-    saturated_since: Option<Instant>,
 }
 
 impl RestartRules {
-    /// How long a saturated correction is tolerated.
-    const SATURATED_FOR: Duration = Duration::from_secs(3);
-    /// What counts as a saturated correction (the engine's limit is 1 %).
-    const SATURATED_PPM: f64 = 9_000.0;
-
     /// Rules for a buffer whose latency may reach `max_usec`.
     pub fn new(max_usec: u64) -> RestartRules {
-        RestartRules {
-            max_usec,
-            saturated_since: None,
-        }
+        RestartRules { max_usec }
     }
 
     /// Before the device's first pull: `fifo_usec` of audio waits in the engine.
@@ -595,18 +588,8 @@ impl RestartRules {
         (fifo_usec > self.max_usec).then_some(Restart::NeverPulled)
     }
 
-    /// After the engine produced: its figures, and `out_usec` of audio waiting outside the
-    /// ring.
-    pub fn after_produce(&mut self, st: &PlayoutStats, out_usec: u64) -> Option<Restart> {
-        if st.state == PlayoutState::Locked && st.drift_ppm.abs() >= Self::SATURATED_PPM {
-            let since = *self.saturated_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= Self::SATURATED_FOR {
-                self.saturated_since = None;
-                return Some(Restart::Saturated);
-            }
-        } else {
-            self.saturated_since = None;
-        }
+    /// After the engine produced: `out_usec` of audio waits outside the ring.
+    pub fn after_produce(&mut self, out_usec: u64) -> Option<Restart> {
         (out_usec > self.max_usec).then_some(Restart::DeviceStopped)
     }
 }

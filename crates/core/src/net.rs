@@ -58,6 +58,13 @@ impl Conn {
         }
     }
 
+    pub(crate) fn set_read_timeout(&self, read: Duration) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.set_read_timeout(Some(read)),
+            Conn::Unix(s) => s.set_read_timeout(Some(read)),
+        }
+    }
+
     pub(crate) fn shutdown(&self) {
         let _ = match self {
             Conn::Tcp(s) => s.shutdown(Shutdown::Both),

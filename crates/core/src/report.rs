@@ -10,8 +10,6 @@ pub enum State {
     Connecting,
     /// The receive buffer fills before playback starts.
     Buffering,
-    /// A large latency error is being slewed away.
-    Slewing,
     /// Audio flows.
     Streaming,
     /// Connected, nothing plays or nothing reads.
@@ -23,13 +21,12 @@ pub enum State {
 }
 
 impl State {
-    /// The property's value: `connecting`, `buffering`, `slewing`, `streaming`, `idle`,
+    /// The property's value: `connecting`, `buffering`, `streaming`, `idle`,
     /// `reconnecting`, `closed`.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Connecting => "connecting",
             State::Buffering => "buffering",
-            State::Slewing => "slewing",
             State::Streaming => "streaming",
             State::Idle => "idle",
             State::Reconnecting => "reconnecting",
@@ -39,7 +36,7 @@ impl State {
 
     /// Audio is expected to flow (so a tunnel nobody reads is idle instead).
     pub fn is_active(self) -> bool {
-        matches!(self, State::Streaming | State::Buffering | State::Slewing)
+        matches!(self, State::Streaming | State::Buffering)
     }
 }
 

@@ -35,9 +35,12 @@ pub struct RecvConfig {
     pub acl: Option<IpAcl>,
     /// Everyone else must prove this cookie (`auth-cookie`, when `auth-cookie-enabled`).
     pub cookie: Option<Cookie>,
-    /// Receive buffer target, µs.
+    /// Receive buffer target, µs; 0 = sized from what the engine measures
+    /// (`target_latency_msec=auto`).
     pub target_usec: u64,
-    /// The most the target may grow to after underruns, µs (`max_latency_msec`).
+    /// The least the target may be, µs (`min_latency_msec`).
+    pub min_usec: u64,
+    /// The most the target may be, µs (`max_latency_msec`).
     pub max_usec: u64,
     /// Concurrent connections; one more is refused with 503.
     pub max_connections: usize,
@@ -444,6 +447,7 @@ fn serve_play(
         &conn,
         hello.codec,
         cfg.target_usec,
+        cfg.min_usec,
         cfg.max_usec,
         cfg.external_resampler,
     );

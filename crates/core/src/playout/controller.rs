@@ -1,10 +1,23 @@
 //! [`Controller`]: the control part of the engine, driven by times and frame counts only.
 
+use super::clock::Clock;
+use super::pi::LoopFilter;
+use super::skew::SkewEstimator;
+use super::target::TargetAdapter;
 use super::*;
-use crate::dll::Dll;
 
-/// The control part: DLLs, latency estimate, filter, PI, slews, concealment, target.
-/// Driven by times and frame counts only; see the [module documentation](super).
+/// Where playout is in its life.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// No audio: before the first packet, after a reset, after a pause.
+    Idle,
+    /// Audio is arriving; playout starts once the latency reaches the target.
+    Buffering,
+    /// Playing since `since` (seconds).
+    Playing { since: f64 },
+}
+
+/// The control part; see the [module documentation](super).
 #[derive(Debug, Clone)]
 pub struct Controller {
     cfg: PlayoutConfig,
@@ -13,66 +26,42 @@ pub struct Controller {
     quantum: u64,
     delay: f64,
     t_origin: Option<u64>,
-    stream: Dll,
-    device: Dll,
-    stream_t_start: f64,
-    device_t_start: f64,
-    acquire_until: f64,
-    device_first_t: Option<f64>,
-    /// The latest time the controller was told about (packet or device report), s.
     now_t: f64,
-    /// Slope of the setpoint toward the target ([`GLIDE`], or [`START_GLIDE`] at a start).
-    glide_rate: f64,
-    /// A start is under way: look at a shortfall when it is over.
-    start_pending: bool,
-    // stream positions
-    have_pos: bool,
-    next_pos: i64,
+    phase: Phase,
+    // The stream: arrivals, and the position of the next frame to arrive.
+    stream: Clock,
+    next_pos: Option<i64>,
     fifo: u64,
-    // device side
+    // The device: its pulls, and the frames it took or found missing.
+    device: Clock,
     produced: u64,
     consumed: u64,
     missing: u64,
-    have_device: bool,
-    dev_last: u64,
-    period: f64,
-    // loop
-    state: PlayoutState,
-    locked_once: bool,
-    /// Latency held above the target while the first start is under way, frames.
-    headroom: f64,
-    lock_t: f64,
-    last_tick: f64,
-    pi: Pi,
+    // The loop.
+    target: TargetAdapter,
+    filter: LoopFilter,
+    skew: SkewEstimator,
+    /// The latency stepped (not by drift) since the last control step.
+    stepped: bool,
     ratio: f64,
-    slew: i64,
-    // target
-    target: f64,
-    setpoint: f64,
-    base_target: f64,
-    max_frames: f64,
-    stable_since: f64,
+    last_tick: Option<f64>,
+    // Concealment.
     in_conceal: bool,
     episode_conceal: u64,
-    pending_insert: u64,
-    episode_raise: u64,
-    /// The slew under way aligns a (re)start: not counted as an overrun.
-    aligning: bool,
-    // counters
+    // Counters.
     underruns: u64,
     concealments: u64,
     concealed_frames: u64,
     overruns: u64,
     dropped: u64,
     inserted: u64,
+    trimmed: u64,
     late: u64,
     discontinuities: u64,
-    // external resampler (see `set_external_resampler`)
+    // External resampler (see `set_external_resampler`).
     external: bool,
-    ext_raw_consumed: u64,
-    ext_raw_missing: u64,
-    ext_consumed: f64,
-    ext_missing: f64,
+    ext_raw: (u64, u64),
+    ext_dev: (f64, f64),
     ext_produced: f64,
 }
 
@@ -90,63 +79,50 @@ impl Controller {
     ) -> Result<Controller, PlayoutError> {
         cfg.validate()?;
         let rate = f64::from(cfg.rate);
-        let target = usec_to_frames(cfg.target_usec, rate);
+        let chunk = chunk_frames.max(1) as u64;
+        let delay = delay_frames.max(0.0);
         Ok(Controller {
             cfg,
             rate,
-            chunk: chunk_frames.max(1) as u64,
+            chunk,
             quantum: u64::from(cfg.rate / 400).max(1),
-            delay: delay_frames.max(0.0),
+            delay,
             t_origin: None,
-            stream: Dll::new(rate, DLL_BW.start),
-            device: Dll::new(rate, DLL_BW.start),
-            stream_t_start: 0.0,
-            device_t_start: 0.0,
-            acquire_until: f64::NEG_INFINITY,
-            device_first_t: None,
             now_t: 0.0,
-            glide_rate: GLIDE,
-            start_pending: false,
-            have_pos: false,
-            next_pos: 0,
+            phase: Phase::Idle,
+            stream: Clock::new(rate),
+            next_pos: None,
             fifo: 0,
+            device: Clock::new(rate),
             produced: 0,
             consumed: 0,
             missing: 0,
-            have_device: false,
-            dev_last: 0,
-            period: rate * 0.01,
-            state: PlayoutState::Buffering,
-            locked_once: false,
-            headroom: 0.0,
-            lock_t: 0.0,
-            last_tick: 0.0,
-            pi: Pi::default(),
+            target: TargetAdapter::new(
+                cfg.target,
+                cfg.rate,
+                cfg.min_usec,
+                cfg.max_usec,
+                delay,
+            ),
+            filter: LoopFilter::default(),
+            skew: SkewEstimator::default(),
+            stepped: false,
             ratio: 1.0,
-            slew: 0,
-            target,
-            setpoint: target,
-            base_target: target,
-            max_frames: usec_to_frames(cfg.max_usec, rate),
-            stable_since: 0.0,
+            last_tick: None,
             in_conceal: false,
             episode_conceal: 0,
-            pending_insert: 0,
-            episode_raise: 0,
-            aligning: false,
             underruns: 0,
             concealments: 0,
             concealed_frames: 0,
             overruns: 0,
             dropped: 0,
             inserted: 0,
+            trimmed: 0,
             late: 0,
             discontinuities: 0,
             external: false,
-            ext_raw_consumed: 0,
-            ext_raw_missing: 0,
-            ext_consumed: 0.0,
-            ext_missing: 0.0,
+            ext_raw: (0, 0),
+            ext_dev: (0.0, 0.0),
             ext_produced: 0.0,
         })
     }
@@ -155,9 +131,8 @@ impl Controller {
     /// FIFO through at ratio 1, with no resampler delay) and whatever plays the ring applies
     /// [`ratio`](Self::ratio) itself (output frames per input frame; e.g. PipeWire's adapter
     /// through rate matching). The ring then holds stream frames and the device reports
-    /// stream frames; the controller converts both to device frames with the ratio in force
-    /// (`n · ratio`), so its device DLL, feed-forward and latency see the device's own clock
-    /// as with the internal resampler. Survives [`reset`](Self::reset).
+    /// stream frames; the controller converts both to device frames with the ratio in force.
+    /// Survives [`reset`](Self::reset).
     pub fn set_external_resampler(&mut self, on: bool) {
         self.external = on;
         if on {
@@ -175,19 +150,22 @@ impl Controller {
         self.cfg
     }
 
-    /// Forgets the stream and the device (new stream, reconnect): back to buffering with the
-    /// configured target. Counters are kept.
+    /// Forgets the stream and the device (new stream, reconnect): back to idle. The counters
+    /// and what the target learnt about the link are kept.
     pub fn reset(&mut self) {
-        let mut fresh = match Controller::new(self.cfg, self.chunk as usize, self.delay) {
-            Ok(c) => c,
-            Err(_) => return,
+        let Ok(mut fresh) = Controller::new(self.cfg, self.chunk as usize, self.delay) else {
+            return;
         };
+        fresh.target = self.target.clone();
+        fresh.t_origin = self.t_origin;
+        fresh.now_t = self.now_t;
         fresh.underruns = self.underruns;
         fresh.concealments = self.concealments;
         fresh.concealed_frames = self.concealed_frames;
         fresh.overruns = self.overruns;
         fresh.dropped = self.dropped;
         fresh.inserted = self.inserted;
+        fresh.trimmed = self.trimmed;
         fresh.late = self.late;
         fresh.discontinuities = self.discontinuities;
         fresh.external = self.external;
@@ -196,7 +174,9 @@ impl Controller {
 
     fn secs(&mut self, now_usec: u64) -> f64 {
         let origin = *self.t_origin.get_or_insert(now_usec);
-        (now_usec as f64 - origin as f64) * 1e-6
+        let t = (now_usec as f64 - origin as f64) * 1e-6;
+        self.now_t = self.now_t.max(t);
+        t
     }
 
     fn secs_ro(&self, now_usec: u64) -> f64 {
@@ -208,69 +188,49 @@ impl Controller {
 
     /// A packet of `frames` frames whose first frame has stream position `pos` (an extended,
     /// unwrapped sample position) arrived at `now_usec`. Returns how many leading frames to
-    /// throw away (late: PLC already stood in for them); the rest goes to the FIFO.
+    /// throw away; the rest goes to the FIFO. Audio that arrives after concealment stood in
+    /// for it is kept (the latency grows by the overlap, as a late packet asks) unless that
+    /// would pass the maximum latency.
     pub fn on_packet(&mut self, now_usec: u64, pos: i64, frames: u64) -> u64 {
         let t = self.secs(now_usec);
-        self.now_t = self.now_t.max(t);
         let end = pos.saturating_add(frames as i64);
-        if !self.have_pos {
-            self.have_pos = true;
-            self.next_pos = pos;
-            if !self.stream.started() {
-                self.stream_t_start = t;
-            }
+        if self.phase == Phase::Idle {
+            // A (re)start: a new arrival line from this packet on.
+            self.phase = Phase::Buffering;
+            self.stream.clear();
+            self.next_pos = None;
         }
-        let d = pos.saturating_sub(self.next_pos);
-        let max_gap = self.max_frames as i64;
+        let next = *self.next_pos.get_or_insert(pos);
+        let d = pos.saturating_sub(next);
         let mut skip = 0u64;
-        if self.state == PlayoutState::Buffering && d != 0 {
-            // Not playing: start over from this packet (pause, first packet).
-            self.next_pos = pos;
-            self.stream.rephase(t, end as f64);
-            // What arrives first after a pause or a stall is the oldest of a backlog.
-            self.acquire_until = t + ACQUIRE_SEC;
-        } else if d > max_gap || d < -(self.rate as i64) {
+        if d > self.target.max_frames() as i64 || d < -(self.rate as i64) {
             // A jump of the stream position: join the audio, keep the latency.
             self.discontinuities += 1;
+            self.stepped = true;
             self.stream.shift(d as f64);
-            self.next_pos = pos;
+            self.next_pos = Some(pos);
         } else if d < 0 {
-            skip = (-d as u64).min(frames);
-            self.late += skip;
+            let overlap = (-d as u64).min(frames);
+            let lat = self.latency_frames_at(t) + frames as f64;
+            if lat > self.target.max_frames() {
+                skip = overlap;
+                self.late += skip;
+            } else {
+                self.stepped = true;
+            }
         }
         let appended = frames - skip;
         self.fifo += appended;
-        if appended > 0 {
-            self.next_pos = end;
-        }
-        if !self.stream.started() {
-            self.stream_t_start = t;
-        }
-        let bw = DLL_BW.at(t - self.stream_t_start);
-        self.stream.set_bandwidth(bw);
-        self.stream
-            .set_hold_rate(t - self.stream_t_start < FF_AFTER_SEC);
-        let rephases = self.stream.rephases();
-        if t < self.acquire_until {
-            // Re-acquiring after a restart: the line follows the earliest packet (a backlog
-            // arriving in one burst moves its phase, not its rate).
-            let e = end as f64 - self.stream.position_at(t);
-            if e > 0.0 {
-                self.stream.anchor(t, end as f64);
-            }
-        } else {
-            self.stream.update(t, end as f64);
-        }
-        if self.stream.rephases() != rephases && self.state != PlayoutState::Buffering {
-            // The stream clock jumped or changed: acquire its rate again, wide.
-            self.stream_t_start = t;
-        }
+        let next = self.next_pos.unwrap_or(pos);
+        self.next_pos = Some(next.max(end));
+        // The packet's first frame waits for its last: the buffer must cover the packet's
+        // length on top of its lateness.
+        let late = self.stream.observe(t, end as f64);
+        self.target.on_packet(t, late * self.rate, frames as f64);
         if appended > 0 {
             // Fresh audio: a concealment episode (if any) is over.
             self.in_conceal = false;
             self.episode_conceal = 0;
-            self.episode_raise = 0;
-            self.pending_insert = 0;
         }
         skip
     }
@@ -285,319 +245,162 @@ impl Controller {
             (consumed_total, missing_total)
         };
         let t = self.secs(now_usec);
-        self.now_t = self.now_t.max(t);
         if consumed_total < self.consumed || missing_total < self.missing {
             // The ring was recreated under us: start the device side again.
-            self.device.reset();
-            self.have_device = false;
-            self.device_first_t = None;
+            self.device.clear();
             self.produced = self.produced.saturating_sub(self.consumed);
             self.consumed = 0;
             self.missing = 0;
         }
+        if self
+            .device
+            .last_seen()
+            .is_some_and(|last| t - last > DEVICE_GAP_SEC)
+        {
+            // The device stopped for a while (suspended, moved): a new line from here.
+            self.device.clear();
+            self.stepped = true;
+        }
         let new_missing = missing_total - self.missing;
         self.consumed = consumed_total;
         self.missing = missing_total;
-        let dev_pos = consumed_total.saturating_add(missing_total);
-        if !self.have_device {
-            self.have_device = true;
-            self.device_t_start = t;
-            if dev_pos > 0 {
-                self.device_first_t = Some(t);
-            }
-            self.dev_last = dev_pos;
-            self.device.update(t, dev_pos as f64);
-            self.last_tick = t;
-            return;
-        }
-        if self.device_first_t.is_none() && dev_pos > 0 {
-            self.device_first_t = Some(t);
-        }
-        let delta = dev_pos.saturating_sub(self.dev_last);
-        self.dev_last = dev_pos;
-        if delta > 0 && (delta as f64) < self.rate {
-            self.period += 0.1 * (delta as f64 - self.period);
-        }
-        let bw = DLL_BW.at(t - self.device_t_start);
-        self.device.set_bandwidth(bw);
         self.device
-            .set_hold_rate(t - self.device_t_start < FF_AFTER_SEC);
-        let rephases = self.device.rephases();
-        self.device.update(t, dev_pos as f64);
-        if self.device.rephases() != rephases {
-            // The device stopped, or its clock changed: acquire its rate again, wide.
-            self.device_t_start = t;
-        }
-
-        let dt = (t - self.last_tick).clamp(0.0, 1.0);
-        self.last_tick = t;
-        if self.state == PlayoutState::Buffering {
-            return;
-        }
-        if new_missing > 0 {
+            .observe(t, consumed_total.saturating_add(missing_total) as f64);
+        if matches!(self.phase, Phase::Playing { .. }) && new_missing > 0 {
             self.underruns += 1;
-            self.raise_target(t, false);
+            self.target.on_underrun(t, new_missing as f64);
         }
-        self.adapt_target(t);
-        self.control(t, dt);
+        self.control(t);
     }
 
     /// External resampler: the device's stream-frame totals → device-frame totals (each new
     /// frame counts `ratio` device frames).
     fn ext_device_frames(&mut self, consumed_raw: u64, missing_raw: u64) -> (u64, u64) {
-        if consumed_raw < self.ext_raw_consumed || missing_raw < self.ext_raw_missing {
-            // The ring was recreated: on_device starts the device side again.
-            self.ext_produced -= self.ext_consumed.min(self.ext_produced);
-            self.ext_consumed = 0.0;
-            self.ext_missing = 0.0;
-            self.ext_raw_consumed = 0;
-            self.ext_raw_missing = 0;
+        if consumed_raw < self.ext_raw.0 || missing_raw < self.ext_raw.1 {
+            self.ext_produced -= self.ext_dev.0.min(self.ext_produced);
+            self.ext_dev = (0.0, 0.0);
+            self.ext_raw = (0, 0);
         }
-        self.ext_consumed += (consumed_raw - self.ext_raw_consumed) as f64 * self.ratio;
-        self.ext_missing += (missing_raw - self.ext_raw_missing) as f64 * self.ratio;
-        self.ext_raw_consumed = consumed_raw;
-        self.ext_raw_missing = missing_raw;
-        (
-            self.ext_consumed.round() as u64,
-            self.ext_missing.round() as u64,
-        )
+        self.ext_dev.0 += (consumed_raw - self.ext_raw.0) as f64 * self.ratio;
+        self.ext_dev.1 += (missing_raw - self.ext_raw.1) as f64 * self.ratio;
+        self.ext_raw = (consumed_raw, missing_raw);
+        (self.ext_dev.0.round() as u64, self.ext_dev.1.round() as u64)
     }
 
-    /// Raises the target by one device period (bounded); with `inserted` the caller adds
-    /// that much audio at once and the setpoint jumps, otherwise it glides. Returns the
-    /// frames the target rose by.
-    fn raise_target(&mut self, t: f64, inserted: bool) -> u64 {
-        self.stable_since = t;
-        let old = self.target;
-        self.target =
-            (self.target + self.period.round()).min(self.max_frames.max(self.base_target));
-        let up = (self.target - old).max(0.0).round();
-        if inserted {
-            self.setpoint += up;
-        }
-        up as u64
-    }
-
-    fn adapt_target(&mut self, t: f64) {
-        if t - self.stable_since >= STABLE_SEC && self.target > self.base_target {
-            self.target = (self.target - self.period.round()).max(self.base_target);
-            self.stable_since = t;
+    /// Frames the device has taken out of the ring by time `t`, as its line says (its pulls
+    /// come in periods; the line is where its earliest pulls put it).
+    fn popped_at(&self, t: f64) -> f64 {
+        let fresh = self
+            .device
+            .last_seen()
+            .is_some_and(|last| t - last <= DEVICE_GAP_SEC);
+        match self.device.position_at(t) {
+            Some(c) if fresh => (c - self.missing as f64).max(self.consumed as f64),
+            _ => self.consumed as f64,
         }
     }
 
-    /// Latency in stream frames at time `t` (seconds since origin).
+    /// The latency in stream frames at time `t` (seconds since the origin): from the earliest
+    /// arrival of a frame to the device's pull of it.
     fn latency_frames_at(&self, t: f64) -> f64 {
-        let v = self.next_pos as f64 - self.fifo as f64;
-        let s = if self.stream.started() {
-            self.stream.position_at(t)
-        } else {
-            self.next_pos as f64
+        let Some(next) = self.next_pos else {
+            return 0.0;
         };
-        let popped = if self.have_device {
-            (self.device.position_at(t) - self.missing as f64).max(self.consumed as f64)
-        } else {
-            self.consumed as f64
-        };
-        // Negative while the device runs ahead of an empty ring (before playback starts): its
-        // next pull takes that much of what comes.
-        let ring = self.produced as f64 - popped;
+        let v = next as f64 - self.fifo as f64;
+        let s = self.stream.position_at(t).unwrap_or(next as f64);
+        let ring = self.produced as f64 - self.popped_at(t);
         s - v + self.delay + ring / self.ratio
     }
 
-    fn control(&mut self, t: f64, dt: f64) {
-        // While playback starts (the device's first pulls, the rest of a backlog) the estimate
-        // jumps by whole device periods: an excess is cut (see `plan`), the loop holds its
-        // ratio, and only once the start is over does it look at a shortfall (the device
-        // filling its own buffer with its first pulls). Padding that would be a gap in the
-        // sound and resampling it back at once a pitch shift: the setpoint starts where the
-        // latency is and rises to the target at START_GLIDE.
-        let starting = self.starting();
-        if self.state == PlayoutState::Locked {
-            if starting {
-                self.start_pending = true;
-            } else if self.start_pending {
-                self.start_pending = false;
-                self.headroom = 0.0;
-                let lat = self.latency_frames_at(t);
-                if (lat - self.setpoint).abs() > START_ALIGN_SEC * self.rate {
-                    self.setpoint = lat.max(0.0);
-                    self.glide_rate = START_GLIDE;
-                } else if self.setpoint > self.target {
-                    self.glide_rate = START_GLIDE;
-                }
-            }
-        }
-        // The setpoint follows the target, the ratio carrying the slope.
-        let rate = self.glide_rate;
-        let step = rate * self.rate * dt;
-        // While starting the setpoint stays where the start put it.
-        let glide = if starting {
-            0.0
-        } else if self.setpoint < self.target - step {
-            self.setpoint += step;
-            rate
-        } else if self.setpoint > self.target + step {
-            self.setpoint -= step;
-            -rate
-        } else {
-            self.setpoint = self.target;
-            self.glide_rate = GLIDE;
-            0.0
-        };
-        let lat = self.latency_frames_at(t);
-        let err = lat - self.setpoint;
-        let slewing_on =
-            self.state == PlayoutState::Slewing && err.abs() > SLEW_DONE_SEC * self.rate;
-        if slewing_on || err.abs() > SLEW_SEC * self.rate || lat > self.max_frames {
-            let aligning = slewing_on && self.aligning;
-            self.start_slew(err);
-            self.aligning = aligning;
+    /// One step of the loop: the ratio from the skew and the latency error.
+    fn control(&mut self, t: f64) {
+        let dt = self.last_tick.map_or(0.0, |l| (t - l).clamp(0.0, 1.0));
+        self.last_tick = Some(t);
+        let Phase::Playing { since } = self.phase else {
             return;
+        };
+        let lat = self.latency_frames_at(t) / self.rate;
+        if std::mem::take(&mut self.stepped) {
+            self.skew.step();
         }
-        if self.state == PlayoutState::Slewing {
-            // Close enough again: whatever is left of the slew is the loop's job.
-            self.state = PlayoutState::Locked;
-            self.slew = 0;
-        }
-        let ff = self.feed_forward() + glide;
-        if starting {
-            // Hold: what the rates and the integrator already know, no reaction to the error.
-            self.pi.filt = 0.0;
-            self.ratio = 1.0 + (ff + self.pi.integ).clamp(-MAX_CORRECTION, MAX_CORRECTION);
-            return;
-        }
-        let e = err / self.rate;
-        let wn = LOOP_WN.at(t - self.lock_t);
-        // While the loop acquires, it may not move the pitch by more than ACQ_DEV from what
-        // the clock rates (and a glide) call for: the first seconds' estimates jump by whole
-        // device periods, and the wide loop would turn each jump into a 1 % pitch shift.
-        let dev = if t - self.lock_t < ACQ_SEC {
-            ACQ_DEV
+        self.skew.update(t, lat, self.ratio - 1.0, dt);
+        let err = lat - self.target.target(t) / self.rate;
+        let limit = if t - since < START_SEC {
+            START_CORRECTION
         } else {
-            2.0 * MAX_CORRECTION
+            CORRECTION
         };
-        self.ratio = 1.0 + self.pi.update_within(e, ff, dt, wn, dev);
+        let correction = self.filter.update(err, dt, LOOP_GAIN.at(t - since), limit);
+        self.ratio = 1.0 + (self.skew.skew() + correction).clamp(-MAX_CORRECTION, MAX_CORRECTION);
     }
 
-    /// Whether playback is still starting: the device has not pulled yet or began less than
-    /// [`ACQUIRE_SEC`] ago, or the stream restarted less than that ago. Until then an excess
-    /// of latency is cut, not resampled (the first pulls of an idle sink and the rest of a
-    /// backlog come in bursts).
-    fn starting(&self) -> bool {
-        let t = self.now_t;
-        let device = match self.device_first_t {
-            Some(t0) => t - t0 < ACQUIRE_SEC,
-            None => true,
-        };
-        device || t < self.acquire_until + ACQUIRE_SEC
-    }
-
-    /// Starts (or continues) a slew of the latency straight to the target; `err` is the
-    /// latency minus the setpoint, frames.
-    fn start_slew(&mut self, err: f64) {
-        let lat = err + self.setpoint;
-        let home = self.target + self.headroom;
-        self.slew = (lat - home).round() as i64;
-        self.setpoint = home;
-        self.state = PlayoutState::Slewing;
-        self.pi.filt = 0.0;
-        self.aligning = false;
-    }
-
-    /// The correction the two DLLs' rates call for (device rate / stream rate − 1), once
-    /// both have run for [`FF_AFTER_SEC`] since they (re)started (a young DLL's rate follows
-    /// the bursts of a start: a device that pulls whole quanta, a backlog); the PI corrects
-    /// what is left.
-    fn feed_forward(&self) -> f64 {
-        let t = self.now_t;
-        if self.stream.updates() < 20
-            || self.device.updates() < 20
-            || t - self.stream_t_start < FF_AFTER_SEC
-            || t - self.device_t_start < FF_AFTER_SEC
-        {
-            return 0.0;
-        }
-        (self.device.rate() / self.stream.rate() - 1.0).clamp(-MAX_CORRECTION, MAX_CORRECTION)
-    }
-
-    /// What to do with the FIFO now; the caller executes it and then calls
-    /// [`on_produced`](Self::on_produced) for what the resampler consumed and produced. The
-    /// controller's FIFO count already reflects drops and inserts.
+    /// What to do with the FIFO now; the caller executes it and reports back with
+    /// [`on_trimmed`](Self::on_trimmed) and [`on_produced`](Self::on_produced).
     pub fn plan(&mut self) -> Plan {
         let mut plan = Plan {
             ratio: self.ratio,
             ..Plan::default()
         };
-        if self.state == PlayoutState::Buffering {
-            let ring = self.produced.saturating_sub(self.consumed) as f64;
-            if self.have_pos && self.fifo as f64 + ring >= self.target {
-                self.state = PlayoutState::Locked;
-                if !self.locked_once {
-                    self.locked_once = true;
-                    // The first start: the first packets may be the early ones of a sender
-                    // that sends in bursts or a sawtooth; hold a little more until the
-                    // estimate knows the mean.
-                    self.headroom = (START_HEADROOM_SEC * self.rate)
-                        .min(self.max_frames - self.target)
-                        .max(0.0);
-                    self.setpoint = self.target + self.headroom;
-                    self.lock_t = self.last_tick;
-                    self.stable_since = self.last_tick;
+        let t = self.now_t;
+        let target = self.target.target(t);
+        let lat = self.latency_frames_at(t);
+        match self.phase {
+            Phase::Idle => return plan,
+            Phase::Buffering => {
+                if !self.device.started() || self.fifo == 0 {
+                    // Waiting for the device to pull. What waits beyond the maximum is the
+                    // oldest and goes.
+                    let over = (self.fifo as f64 - self.target.max_frames()).max(0.0) as u64;
+                    if over > 0 {
+                        self.fifo -= over;
+                        self.dropped += over;
+                        self.overruns += 1;
+                        plan.drop_frames = over;
+                    }
+                    return plan;
                 }
-                self.pi.filt = 0.0;
-                // Playback starts: whatever the estimate says beyond a few ms of the target is
-                // cut or padded at once (inaudible there), not resampled.
-                let err = self.latency_frames_at(self.now_t) - self.setpoint;
-                if err.abs() > START_ALIGN_SEC * self.rate {
-                    self.start_slew(err);
-                    self.aligning = true;
+                // Playout starts with the first frame received, the latency up to the target
+                // built by waiting: silence ahead of it.
+                let short = ((target - lat).max(0.0) as u64).div_ceil(self.chunk) * self.chunk;
+                self.fifo += short;
+                self.inserted += short;
+                plan.insert_frames = short;
+                self.phase = Phase::Playing { since: t };
+                self.filter.filtered = 0.0;
+            }
+            Phase::Playing { .. } => {
+                if lat > self.target.max_frames() {
+                    // Beyond the maximum: the oldest audio goes, down to the target.
+                    let n = ((lat - target).round().max(0.0) as u64).min(self.fifo);
+                    if n > 0 {
+                        self.fifo -= n;
+                        self.dropped += n;
+                        self.overruns += 1;
+                        self.stepped = true;
+                        plan.drop_frames = n;
+                    }
+                } else {
+                    let err = lat - target;
+                    if err.abs() > TRIM_SEC * self.rate {
+                        plan.trim_frames = err.round() as i64;
+                    }
                 }
-            } else {
-                return plan;
-            }
-        } else if self.state == PlayoutState::Locked {
-            // A burst (the backlog after a stall) must not reach the ring before the next
-            // device report would slew it: check here too, before feeding.
-            let err = self.latency_frames_at(self.now_t) - self.setpoint;
-            // Before the device pulls, hold the target (the oldest audio goes); for a second
-            // after it starts (its first pulls come in bursts) or after a restart (the rest of
-            // a backlog), cut an excess of more than a few periods at once.
-            let cut_at = if self.device_first_t.is_none() {
-                START_ALIGN_SEC
-            } else if self.starting() {
-                START_CUT_SEC
-            } else {
-                SLEW_SEC
-            };
-            if err > cut_at * self.rate || err + self.setpoint > self.max_frames {
-                self.start_slew(err);
-                self.aligning = err <= SLEW_SEC * self.rate;
-            }
-        }
-        if self.state == PlayoutState::Slewing {
-            if self.slew > 0 {
-                let n = (self.slew as u64).min(self.fifo);
-                self.fifo -= n;
-                self.dropped += n;
-                plan.drop_frames = n;
-                self.slew -= n as i64;
-            } else if self.slew < 0 {
-                let n = self.slew.unsigned_abs();
-                self.fifo += n;
-                self.inserted += n;
-                plan.insert_frames = n;
-                self.slew = 0;
-            }
-            if self.slew == 0 {
-                if !self.aligning {
-                    self.overruns += 1;
-                }
-                self.aligning = false;
-                self.state = PlayoutState::Locked;
             }
         }
         plan.feed_frames = self.fifo / self.chunk * self.chunk;
         plan
+    }
+
+    /// The audio part dropped `dropped` silent frames or inserted `inserted` frames of silence
+    /// for [`Plan::trim_frames`].
+    pub fn on_trimmed(&mut self, dropped: u64, inserted: u64) {
+        if dropped + inserted > 0 {
+            self.stepped = true;
+        }
+        self.fifo = self.fifo.saturating_sub(dropped) + inserted;
+        self.trimmed += dropped + inserted;
+        self.dropped += dropped;
+        self.inserted += inserted;
     }
 
     /// The resampler read `input_frames` from the FIFO and produced `output_frames`.
@@ -612,61 +415,87 @@ impl Controller {
         }
     }
 
+    /// The audio ahead of the device's line at `now_usec`, output frames: the ring, and the
+    /// whole chunks of the FIFO.
+    fn usable_at(&self, t: f64) -> f64 {
+        let ring = (self.produced as f64 - self.popped_at(t)).max(0.0);
+        ring + (self.fifo / self.chunk * self.chunk) as f64 * self.ratio
+    }
+
+    /// Below this much usable audio (frames) the engine conceals.
+    fn conceal_guard(&self) -> f64 {
+        usec_to_frames(CONCEAL_GUARD_USEC, self.rate) + self.delay
+    }
+
     /// Whether to conceal now, and how many frames (a multiple of 2.5 ms, for Opus PLC): the
-    /// buffered audio is about to run out before the next wake-up ([`WAKE_USEC`]) and no
-    /// packet has come. Feed the concealed PCM with [`on_conceal`](Self::on_conceal).
+    /// device's line is within [`CONCEAL_GUARD_USEC`] (plus the resampler's look-ahead) of the
+    /// end of the audio and no packet has come. Feed the concealed PCM with
+    /// [`on_conceal`](Self::on_conceal).
     pub fn conceal_needed(&self, now_usec: u64) -> Option<usize> {
-        if self.state == PlayoutState::Buffering || !self.have_device {
+        if !matches!(self.phase, Phase::Playing { .. }) || !self.device.started() {
             return None;
         }
         if self.episode_conceal as f64 >= MAX_CONCEAL_SEC * self.rate {
             return None;
         }
         let t = self.secs_ro(now_usec);
-        let popped = (self.device.position_at(t) - self.missing as f64).max(self.consumed as f64);
-        let ring = (self.produced as f64 - popped).max(0.0);
-        let usable = ring + (self.fifo / self.chunk * self.chunk) as f64 * self.ratio;
-        let guard = usec_to_frames(WAKE_USEC, self.rate) + self.delay;
+        let usable = self.usable_at(t);
+        let guard = self.conceal_guard();
         if usable >= guard {
             return None;
         }
-        let mut need = guard - usable + self.chunk as f64;
-        if !self.in_conceal {
-            let room = (self.max_frames.max(self.base_target) - self.target).max(0.0);
-            need += self.period.round().min(room);
+        let need = guard - usable + self.chunk as f64;
+        if std::env::var_os("PLAYOUT_DEBUG_CONCEAL").is_some() {
+            eprintln!(
+                "CONCEAL t={t:.4} usable={usable:.0} guard={guard:.0} lat={:.0} target={:.0} ring_est={:.0} produced={} consumed={} missing={} popped={:.0} s-next={:.0} fifo={}",
+                self.latency_frames_at(t),
+                self.target.clone().target(t),
+                self.produced as f64 - self.popped_at(t),
+                self.produced,
+                self.consumed,
+                self.missing,
+                self.popped_at(t),
+                self.stream.position_at(t).unwrap_or(0.0) - self.next_pos.unwrap_or(0) as f64,
+                self.fifo
+            );
         }
         let q = self.quantum;
         let n = ((need.ceil() as u64).div_ceil(q) * q).clamp(q, u64::from(self.cfg.rate));
         Some(n as usize)
     }
 
+    /// How long the worker may sleep (µs, at most [`WAKE_USEC`]) before it must call
+    /// [`conceal_needed`](Self::conceal_needed) again, if no packet comes.
+    pub fn wake_in_usec(&self, now_usec: u64) -> u64 {
+        if !matches!(self.phase, Phase::Playing { .. }) || !self.device.started() {
+            return WAKE_USEC;
+        }
+        let t = self.secs_ro(now_usec);
+        let spare = (self.usable_at(t) - self.conceal_guard()) / self.rate;
+        ((spare.max(0.0) * 1e6) as u64).min(WAKE_USEC)
+    }
+
     /// `frames` concealed frames were appended to the FIFO (after
-    /// [`conceal_needed`](Self::conceal_needed)).
+    /// [`conceal_needed`](Self::conceal_needed)): they stand in for the late audio.
     pub fn on_conceal(&mut self, frames: u64) {
         if frames == 0 {
             return;
         }
-        if !self.in_conceal && self.state != PlayoutState::Buffering {
+        if !self.in_conceal {
             self.in_conceal = true;
             self.concealments += 1;
-            let t = self.last_tick;
-            self.pending_insert = self.raise_target(t, true);
-            self.episode_raise = self.pending_insert;
         }
-        let ins = self.pending_insert.min(frames);
-        self.pending_insert -= ins;
+        self.stepped = true;
         self.fifo += frames;
-        self.next_pos = self.next_pos.saturating_add((frames - ins) as i64);
+        if let Some(n) = self.next_pos.as_mut() {
+            *n = n.saturating_add(frames as i64);
+        }
         self.concealed_frames += frames;
         self.episode_conceal += frames;
         if self.episode_conceal as f64 >= MAX_CONCEAL_SEC * self.rate {
-            // The sender paused (or the link is down): stop concealing, buffer again when
-            // packets return. A gap this long says nothing about jitter: the target goes
-            // back to where it was before the episode.
-            self.state = PlayoutState::Buffering;
-            self.target = (self.target - self.episode_raise as f64).max(self.base_target);
-            self.setpoint = self.target;
-            self.episode_raise = 0;
+            // The sender paused (or the link is down): stop concealing, start afresh when
+            // packets return.
+            self.phase = Phase::Idle;
         }
     }
 
@@ -681,19 +510,17 @@ impl Controller {
         self.ratio
     }
 
-    /// The latency setpoint the loop holds now (follows the target at [`GLIDE`]), frames.
-    pub fn setpoint_frames(&self) -> f64 {
-        self.setpoint
-    }
-
-    /// The current target, frames.
-    pub fn target_frames(&self) -> f64 {
-        self.target
+    /// The target at the latest time the controller was told about, frames.
+    pub fn target_frames(&mut self) -> f64 {
+        self.target.target(self.now_t)
     }
 
     /// The state.
     pub fn state(&self) -> PlayoutState {
-        self.state
+        match self.phase {
+            Phase::Playing { .. } => PlayoutState::Playing,
+            _ => PlayoutState::Buffering,
+        }
     }
 
     /// Frames in the FIFO (not yet resampled).
@@ -701,10 +528,10 @@ impl Controller {
         self.fifo
     }
 
-    /// Stream position of the next frame the resampler will read, as the latency sees it
-    /// (received end position minus the FIFO), frames.
+    /// Stream position of the next frame the resampler will read (received end position
+    /// minus the FIFO), frames.
     pub fn read_position(&self) -> f64 {
-        self.next_pos as f64 - self.fifo as f64
+        self.next_pos.map_or(0.0, |n| n as f64 - self.fifo as f64)
     }
 
     /// Resampler delay, input frames.
@@ -722,32 +549,22 @@ impl Controller {
         self.produced
     }
 
-    /// The estimated device period, frames.
-    pub fn device_period(&self) -> f64 {
-        self.period
+    /// The clocks' skew as the loop has learnt it (device rate / stream rate − 1), ppm.
+    pub fn skew_ppm(&self) -> f64 {
+        self.skew.skew() * 1e6
     }
 
-    /// The stream DLL.
-    pub fn stream_dll(&self) -> &Dll {
-        &self.stream
-    }
-
-    /// The device DLL.
-    pub fn device_dll(&self) -> &Dll {
-        &self.device
-    }
-
-    /// Statistics; `latency_usec` as of the last device report.
+    /// Statistics, as of the latest report.
     pub fn stats(&self) -> PlayoutStats {
-        let t = self.last_tick;
-        let lat = if self.state == PlayoutState::Buffering {
-            (self.fifo + self.produced.saturating_sub(self.consumed)) as f64
-        } else {
-            self.latency_frames_at(t).max(0.0)
+        let t = self.now_t;
+        let lat = match self.phase {
+            Phase::Playing { .. } => self.latency_frames_at(t).max(0.0),
+            _ => (self.fifo + self.produced.saturating_sub(self.consumed)) as f64,
         };
+        let mut target = self.target.clone();
         PlayoutStats {
             latency_usec: (lat / self.rate * 1e6) as u64,
-            target_usec: (self.target / self.rate * 1e6) as u64,
+            target_usec: (target.target(t) / self.rate * 1e6) as u64,
             drift_ppm: (self.ratio - 1.0) * 1e6,
             ratio: self.ratio,
             underruns: self.underruns,
@@ -756,9 +573,10 @@ impl Controller {
             overruns: self.overruns,
             dropped_frames: self.dropped,
             inserted_frames: self.inserted,
+            trimmed_frames: self.trimmed,
             late_frames: self.late,
             discontinuities: self.discontinuities,
-            state: self.state,
+            state: self.state(),
         }
     }
 }

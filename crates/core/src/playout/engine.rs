@@ -52,8 +52,9 @@ impl Playout {
     pub fn new(cfg: PlayoutConfig) -> Result<Playout, PlayoutError> {
         cfg.validate()?;
         let channels = usize::from(cfg.channels);
-        // The resampler reads 5 ms at a time.
-        let chunk = (cfg.rate as usize / 200).max(8);
+        // The resampler reads 2.5 ms at a time: every Opus frame is a whole number of chunks,
+        // so no received audio waits for the next packet to complete a chunk.
+        let chunk = (cfg.rate as usize / 400).max(8);
         let resampler = SincFixedIn::<f32>::new(
             1.0,
             1.0 + 2.0 * MAX_CORRECTION,
@@ -111,6 +112,12 @@ impl Playout {
         self.ctl.conceal_needed(now_usec)
     }
 
+    /// How long the worker may sleep before it must ask [`conceal_needed`](Self::conceal_needed)
+    /// again (µs, at most [`WAKE_USEC`]).
+    pub fn wake_in_usec(&self, now_usec: u64) -> u64 {
+        self.ctl.wake_in_usec(now_usec)
+    }
+
     /// Concealed audio (interleaved) to play as if it had arrived.
     pub fn on_conceal(&mut self, pcm: &[f32]) {
         let frames = pcm.len() / self.channels;
@@ -118,7 +125,7 @@ impl Playout {
         self.ctl.on_conceal(frames as u64);
     }
 
-    /// Appends to `out` the audio ready for the ring (interleaved, resampled or slewed). The
+    /// Appends to `out` the audio ready for the ring (interleaved, resampled, trimmed). The
     /// ring fill is then `produced − consumed`; the caller must push all of it.
     pub fn produce(&mut self, out: &mut Vec<f32>) {
         let plan = self.ctl.plan();
@@ -128,6 +135,20 @@ impl Playout {
         for _ in 0..plan.insert_frames as usize * ch {
             self.fifo.push_front(0.0);
         }
+        if plan.trim_frames != 0 {
+            let (dropped, inserted) = self.trim(plan.trim_frames);
+            self.ctl.on_trimmed(dropped, inserted);
+        }
+        let chunk = self.chunk as u64;
+        let plan = Plan {
+            // What the trim left to feed (nothing while buffering).
+            feed_frames: if plan.feed_frames > 0 {
+                self.ctl.fifo_frames() / chunk * chunk
+            } else {
+                0
+            },
+            ..plan
+        };
         let mut left = plan.feed_frames as usize;
         if self.ctl.external_resampler() {
             // Whoever plays the ring resamples: pass the audio through.
@@ -164,6 +185,38 @@ impl Playout {
             }
             self.ctl.on_produced(nin as u64, nout as u64);
             left -= self.chunk;
+        }
+    }
+
+    /// Drops (`frames` > 0) or inserts (< 0) up to `|frames|` frames where the head of the
+    /// FIFO is silent, in whole chunks (2.5 ms); returns (dropped, inserted).
+    fn trim(&mut self, frames: i64) -> (u64, u64) {
+        let ch = self.channels;
+        let block = self.chunk;
+        let silent = |fifo: &VecDeque<f32>, from: usize| {
+            fifo.range(from * ch..(from + block) * ch)
+                .all(|v| v.abs() <= SILENCE_PEAK)
+        };
+        let have = self.fifo.len() / ch;
+        if frames > 0 {
+            // Drop the silent blocks at the head, as many as asked.
+            let want = frames as usize / block;
+            let mut n = 0;
+            while n < want && (n + 1) * block <= have && silent(&self.fifo, n * block) {
+                n += 1;
+            }
+            self.fifo.drain(..n * block * ch);
+            ((n * block) as u64, 0)
+        } else {
+            // Stretch a silent head with silence.
+            let want = (-frames) as usize / block * block;
+            if want == 0 || have < block || !silent(&self.fifo, 0) {
+                return (0, 0);
+            }
+            for _ in 0..want * ch {
+                self.fifo.push_front(0.0);
+            }
+            (0, want as u64)
         }
     }
 

@@ -1,46 +1,43 @@
-//! The loop filter and PI controller of the resampling ratio.
+//! [`LoopFilter`]: the latency error → the correction beyond the skew.
 
-use super::MAX_CORRECTION;
-
-/// The loop filter and PI controller of the ratio: a first-order low-pass on the latency
-/// error (pole at `4·ωn`), then `u = ff − Kp·e_f + I`, `I ← I − Ki·e_f·dt` with `Kp = 2·ωn`,
-/// `Ki = ωn²` (critically damped with the integrating plant `dL/dt = u − u*`). The output
-/// is clamped to ±[`MAX_CORRECTION`]; the integrator is clamped too and does not integrate
-/// while the output is saturated in the direction it would push (no wind-up).
+/// The loop filter: the latency error low-passed (pole at `4·gain`: critically damped with
+/// the integrating plant), times `−gain`, within ±`limit`. With the skew fed forward
+/// ([`super::SkewEstimator`]) the plant is a pure integrator of the correction, and this
+/// proportional loop holds the latency with a time constant of `1/gain`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Pi {
-    /// Filtered error, seconds.
-    pub filt: f64,
-    /// Integrator, ratio units.
-    pub integ: f64,
+pub struct LoopFilter {
+    /// The filtered error, seconds.
+    pub filtered: f64,
 }
 
-impl Pi {
-    /// One step: latency error `e` (seconds, positive = too much audio), feed-forward
-    /// correction `ff` (ratio units), time step `dt` (s), natural frequency `wn` (rad/s).
-    /// Returns the correction `ratio − 1`.
-    pub fn update(&mut self, e: f64, ff: f64, dt: f64, wn: f64) -> f64 {
-        self.update_within(e, ff, dt, wn, 2.0 * MAX_CORRECTION)
+impl LoopFilter {
+    /// One step: latency error `err` (seconds, positive = too much audio) after `dt`
+    /// seconds, at `gain` (1/s: ratio correction per second of error), within ±`limit`.
+    /// Returns the correction (ratio units).
+    pub fn update(&mut self, err: f64, dt: f64, gain: f64, limit: f64) -> f64 {
+        self.filtered += (4.0 * gain * dt).min(1.0) * (err - self.filtered);
+        (-gain * self.filtered).clamp(-limit, limit)
     }
+}
 
-    /// As [`update`](Self::update), with the output also kept within `dev` of `ff` (the loop
-    /// may not move the pitch further from what the clock rates call for); the integrator
-    /// does not wind up against either bound.
-    pub fn update_within(&mut self, e: f64, ff: f64, dt: f64, wn: f64, dev: f64) -> f64 {
-        let wf = 4.0 * wn;
-        self.filt += (wf * dt).min(1.0) * (e - self.filt);
-        let kp = 2.0 * wn;
-        let ki = wn * wn;
-        let p = -kp * self.filt;
-        let cand = self.integ - ki * self.filt * dt;
-        let lo = (ff - dev).max(-MAX_CORRECTION);
-        let hi = (ff + dev).min(MAX_CORRECTION);
-        let out_now = ff + p + self.integ;
-        let step = cand - self.integ;
-        let pushes_out = (step > 0.0 && out_now >= hi) || (step < 0.0 && out_now <= lo);
-        if !pushes_out {
-            self.integ = cand.clamp(-MAX_CORRECTION, MAX_CORRECTION);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 5 ms excess at gain 0.5/s and limit 1000 ppm: the correction saturates, then the
+    /// error decays without overshoot.
+    #[test]
+    fn brings_an_error_back_without_overshoot() {
+        let mut f = LoopFilter::default();
+        let (mut err, dt) = (0.005f64, 0.01);
+        let mut lowest = err;
+        for _ in 0..3000 {
+            let c = f.update(err, dt, 0.5, 0.001);
+            assert!(c.abs() <= 0.001 + 1e-15);
+            err += c * dt;
+            lowest = lowest.min(err);
         }
-        (ff + p + self.integ).clamp(lo.min(hi), hi.max(lo))
+        assert!(err.abs() < 1e-5, "{err}");
+        assert!(lowest > -0.0002, "overshoot {lowest}");
     }
 }

@@ -1,0 +1,103 @@
+//! [`Clock`]: a clock seen through jittery observations (packet arrivals, device pulls), as
+//! the line of its earliest observations.
+
+use super::window::SlidingMin;
+
+/// A clock observed as points `(t, pos)`: at local time `t` (seconds) it had reached sample
+/// position `pos` (frames). Jitter only ever makes an observation *late* (a packet waits in
+/// the network, a device pull is woken late), so the clock is where its earliest
+/// observations put it: with `a = t − pos/nominal`, the line is the smallest `a` of the last
+/// [`Clock::ENVELOPE_SEC`] seconds, and an observation's lateness is how far its `a` lies
+/// above that.
+#[derive(Debug, Clone)]
+pub struct Clock {
+    nominal: f64,
+    /// Positions are kept relative to this one (precision over days of frames).
+    base: Option<f64>,
+    envelope: SlidingMin,
+    last_t: Option<f64>,
+}
+
+impl Clock {
+    /// How long the earliest observation is remembered, seconds.
+    pub const ENVELOPE_SEC: f64 = 2.0;
+
+    /// A clock of nominal rate `nominal` (frames per second).
+    pub fn new(nominal: f64) -> Clock {
+        Clock {
+            nominal,
+            base: None,
+            envelope: SlidingMin::new(Self::ENVELOPE_SEC),
+            last_t: None,
+        }
+    }
+
+    /// An observation: position `pos` reached at time `t`. Returns its lateness against the
+    /// line, seconds (≥ 0).
+    pub fn observe(&mut self, t: f64, pos: f64) -> f64 {
+        let base = *self.base.get_or_insert(pos);
+        self.last_t = Some(t);
+        let a = t - (pos - base) / self.nominal;
+        self.envelope.push(t, a);
+        a - self.envelope.min().unwrap_or(a)
+    }
+
+    /// Whether it has been observed since it was (re)started.
+    pub fn started(&self) -> bool {
+        self.last_t.is_some()
+    }
+
+    /// When it was last observed, seconds.
+    pub fn last_seen(&self) -> Option<f64> {
+        self.last_t
+    }
+
+    /// The line's position at time `t` (frames), if observed.
+    pub fn position_at(&self, t: f64) -> Option<f64> {
+        let base = self.base?;
+        let floor = self.envelope.min()?;
+        Some(base + (t - floor) * self.nominal)
+    }
+
+    /// The positions jumped by `frames` (a discontinuity of the stream): the line follows,
+    /// so that the latency is kept.
+    pub fn shift(&mut self, frames: f64) {
+        if let Some(b) = self.base.as_mut() {
+            *b += frames;
+        }
+    }
+
+    /// Forgets everything (the clock restarts, e.g. after a pause).
+    pub fn clear(&mut self) {
+        *self = Clock::new(self.nominal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jittery_clock_has_its_earliest_line() {
+        // A stream 500 ppm fast, packets of 960 frames, each 0–5 ms late.
+        let mut c = Clock::new(48_000.0);
+        let fs = 48_000.0 * 1.0005;
+        let mut seed = 1u64;
+        let mut worst = 0.0f64;
+        for k in 0..3000u64 {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let j = (seed >> 33) as f64 / (1u64 << 31) as f64 * 0.005;
+            let pos = 1e12 + (k * 960) as f64;
+            let t = (k * 960) as f64 / fs + j;
+            let late = c.observe(t, pos);
+            worst = worst.max(late);
+            if k > 200 {
+                // The line is within a millisecond of the earliest possible arrivals.
+                let line = c.position_at(t).unwrap();
+                let exact = 1e12 + t * fs;
+                assert!((line - exact).abs() < 48.0, "{line} {exact}");
+            }
+        }
+        assert!(worst > 0.004 && worst < 0.0055, "{worst}");
+    }
+}
