@@ -45,7 +45,7 @@
 //! audio out with `Playback::pop`.
 
 use opus_tunnel_core::acl::IpAcl;
-use opus_tunnel_core::args::parse_latency_bounds;
+use opus_tunnel_core::args::{parse_latency_bounds, PW_LATENCY_KEYS};
 use opus_tunnel_core::argtable::{self, keys, parse_flag, PW_RECEIVER, PW_RECEIVER_USAGE};
 use opus_tunnel_core::auth::Cookie;
 use opus_tunnel_core::connection::ConnShared;
@@ -65,7 +65,8 @@ use std::rc::Rc;
 /// The PipeWire side of the receiver's sessions (main thread).
 struct Pipewire {
     ctx: Context,
-    target_usec: u64,
+    /// The latency our streams ask of the graph (`LatencyBounds::device_request_usec`).
+    request_usec: u64,
     extra_props: Vec<(String, String)>,
     /// `opus.resampler = pipewire`: PipeWire's adapter resamples (rate matching).
     pw_resampler: bool,
@@ -274,8 +275,8 @@ impl Pipewire {
         io: Box<dyn StreamIo>,
         what: &'static str,
     ) -> Result<PwStream, String> {
-        // A quantum near half the target, as a power of two (PipeWire's quanta are).
-        let want = (u64::from(conn.rate) * self.target_usec / 2_000_000).clamp(256, 8192);
+        // A quantum near the requested latency, as a power of two (PipeWire's quanta are).
+        let want = (u64::from(conn.rate) * self.request_usec / 1_000_000).clamp(256, 8192);
         let quantum = 1u64 << (63 - want.leading_zeros());
         let mut p: Vec<(String, String)> = vec![
             ("media.type".into(), "Audio".into()),
@@ -414,13 +415,7 @@ impl PwModule for Receiver {
             );
         }
         let get = |k: &str| args.get(k).map(str::to_string);
-        let (target_ms, max_ms) = parse_latency_bounds(
-            PW_RECEIVER,
-            &get,
-            "sess.latency.msec",
-            "sess.latency.max.msec",
-        )?;
-        let (target_ms, max_ms) = (u64::from(target_ms), u64::from(max_ms));
+        let bounds = parse_latency_bounds(PW_RECEIVER, &get, PW_LATENCY_KEYS)?;
         let max_connections =
             argtable::int::<usize>(PW_RECEIVER, "max.connections", args.get("max.connections"))?;
         let target = args.get("target.object").map(str::to_string);
@@ -442,7 +437,7 @@ impl PwModule for Receiver {
         let main = MainThread::new(
             Pipewire {
                 ctx: ctx.clone(),
-                target_usec: target_ms * 1000,
+                request_usec: bounds.device_request_usec(),
                 extra_props,
                 pw_resampler,
                 waker: None,
@@ -463,8 +458,9 @@ impl PwModule for Receiver {
             anonymous,
             acl,
             cookie,
-            target_usec: target_ms * 1000,
-            max_usec: max_ms * 1000,
+            target_usec: bounds.target_usec,
+            min_usec: bounds.min_usec,
+            max_usec: bounds.max_usec,
             max_connections,
             external_resampler: pw_resampler,
         };

@@ -68,7 +68,8 @@
 
 use opus_tunnel_core::args::{
     check_encoder, codec_summary, device_description, effective_properties, load_cookie,
-    parse_compression, parse_knobs, parse_latency_bounds, voice_knobs,
+    parse_compression, parse_knobs, parse_latency_bounds, voice_knobs, LatencyBounds,
+    PW_LATENCY_KEYS,
 };
 use opus_tunnel_core::argtable::{self, keys, PW_TUNNEL, PW_TUNNEL_USAGE};
 use opus_tunnel_core::client::{start_play, start_record, RecordClient, RecordClientConfig};
@@ -278,12 +279,7 @@ impl PwModule for Tunnel {
         // The user's stream.props win (audio.* are ours to interpret, not node properties).
         stream_props.retain(|(k, _)| !k.starts_with("audio."));
         if source_mode {
-            let (target_ms, max_ms) = parse_latency_bounds(
-                PW_TUNNEL,
-                &get,
-                "sess.latency.msec",
-                "sess.latency.max.msec",
-            )?;
+            let bounds = parse_latency_bounds(PW_TUNNEL, &get, PW_LATENCY_KEYS)?;
             let node_name = lookup("node.name")
                 .unwrap_or_else(|| format!("tunnel-opus-source.{}", clean(&host_part)));
             return Tunnel::source(
@@ -299,8 +295,7 @@ impl PwModule for Tunnel {
                     fmt,
                     map,
                     cookie,
-                    target_ms,
-                    max_ms,
+                    bounds,
                     stream_props,
                 },
             );
@@ -441,8 +436,7 @@ struct SourceSetup {
     fmt: StreamFormat,
     map: String,
     cookie: Option<opus_tunnel_core::auth::Cookie>,
-    target_ms: u32,
-    max_ms: u32,
+    bounds: LatencyBounds,
     stream_props: Vec<(String, String)>,
 }
 
@@ -459,8 +453,9 @@ impl Tunnel {
                 compression: s.compression,
                 fmt: s.fmt,
                 channel_map: s.map.clone(),
-                target_usec: u64::from(s.target_ms) * 1000,
-                max_usec: u64::from(s.max_ms) * 1000,
+                target_usec: s.bounds.target_usec,
+                min_usec: s.bounds.min_usec,
+                max_usec: s.bounds.max_usec,
                 cookie: s.cookie,
             },
             s.knobs,

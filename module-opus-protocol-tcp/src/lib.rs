@@ -47,7 +47,7 @@
 //! an eventfd, and each stream's callback on the sink's IO thread takes audio out of its ring.
 
 use opus_tunnel_core::acl::IpAcl;
-use opus_tunnel_core::args::parse_latency_bounds;
+use opus_tunnel_core::args::{parse_latency_bounds, PA_LATENCY_KEYS};
 use opus_tunnel_core::argtable::{self, keys, parse_flag, RECEIVER, RECEIVER_USAGE};
 use opus_tunnel_core::auth::Cookie;
 use opus_tunnel_core::connection::ConnShared;
@@ -67,7 +67,8 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 /// The PulseAudio side of the receiver's sessions (main thread).
 struct Pulse {
     module: ModuleRef,
-    target_usec: u64,
+    /// The latency our streams ask of the sink (`LatencyBounds::device_request_usec`).
+    request_usec: u64,
     /// Wakes the main thread when the daemon kills one of our streams.
     waker: Option<WakeHandle>,
 }
@@ -152,7 +153,7 @@ impl Daemon for Pulse {
                 spec,
                 map,
                 props: pl,
-                requested_latency_usec: (self.target_usec / 2).clamp(5_000, 100_000),
+                requested_latency_usec: self.request_usec,
                 driver: c"module-opus-protocol-tcp",
                 on_kill: self.waker.clone(),
             },
@@ -291,9 +292,7 @@ impl PaModule for Receiver {
                     .into(),
             );
         }
-        let (target_ms, max_ms) =
-            parse_latency_bounds(RECEIVER, &get, "target_latency_msec", "max_latency_msec")?;
-        let (target_ms, max_ms) = (u64::from(target_ms), u64::from(max_ms));
+        let bounds = parse_latency_bounds(RECEIVER, &get, PA_LATENCY_KEYS)?;
         let max_connections = argtable::int::<usize>(
             RECEIVER,
             "max_connections",
@@ -312,7 +311,7 @@ impl PaModule for Receiver {
         let main = MainThread::new(
             Pulse {
                 module: *module,
-                target_usec: target_ms * 1000,
+                request_usec: bounds.device_request_usec(),
                 waker: None,
             },
             Sessions::new(sink, ma.get("source")),
@@ -331,8 +330,9 @@ impl PaModule for Receiver {
             anonymous,
             acl,
             cookie,
-            target_usec: target_ms * 1000,
-            max_usec: max_ms * 1000,
+            target_usec: bounds.target_usec,
+            min_usec: bounds.min_usec,
+            max_usec: bounds.max_usec,
             max_connections,
             external_resampler: false,
         };

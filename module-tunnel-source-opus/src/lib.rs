@@ -60,7 +60,7 @@
 
 use opus_tunnel_core::args::{
     default_device_name, device_description, effective_properties, message_path,
-    parse_latency_bounds, parse_tunnel_args, voice_knobs, Defaults,
+    parse_latency_bounds, parse_tunnel_args, voice_knobs, Defaults, PA_LATENCY_KEYS,
 };
 use opus_tunnel_core::argtable::{keys, TUNNEL_SOURCE, TUNNEL_SOURCE_USAGE};
 use opus_tunnel_core::client::{start_record, RecordClient, RecordClientConfig, RunningFlag};
@@ -160,12 +160,7 @@ impl PaModule for TunnelSource {
                 )
             })?,
         };
-        let (target_ms, max_ms) = parse_latency_bounds(
-            TUNNEL_SOURCE,
-            &get,
-            "target_latency_msec",
-            "max_latency_msec",
-        )?;
+        let bounds = parse_latency_bounds(TUNNEL_SOURCE, &get, PA_LATENCY_KEYS)?;
         let remote_source = ma.get("source");
         let name = ma
             .get("source_name")
@@ -180,8 +175,9 @@ impl PaModule for TunnelSource {
                 compression: a.compression,
                 fmt,
                 channel_map: map.to_text(),
-                target_usec: u64::from(target_ms) * 1000,
-                max_usec: u64::from(max_ms) * 1000,
+                target_usec: bounds.target_usec,
+                min_usec: bounds.min_usec,
+                max_usec: bounds.max_usec,
                 cookie: a.cookie,
             },
             a.knobs,

@@ -91,7 +91,8 @@ fn main() {
         let mut play = Playout::new(PlayoutConfig {
             rate: RATE,
             channels: 2,
-            target_usec: 60_000,
+            target: opus_tunnel_core::playout::Target::Auto,
+            min_usec: 0,
             max_usec: 1_000_000,
         })
         .expect("playout");

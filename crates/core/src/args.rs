@@ -140,7 +140,11 @@ pub fn parse_tunnel_args(
 }
 
 /// PulseAudio's names of the receive buffer's target, minimum and maximum.
-pub const PA_LATENCY_KEYS: [&str; 3] = ["target_latency_msec", "min_latency_msec", "max_latency_msec"];
+pub const PA_LATENCY_KEYS: [&str; 3] = [
+    "target_latency_msec",
+    "min_latency_msec",
+    "max_latency_msec",
+];
 /// PipeWire's names of the receive buffer's target, minimum and maximum.
 pub const PW_LATENCY_KEYS: [&str; 3] = [
     "sess.latency.msec",

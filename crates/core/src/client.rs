@@ -232,8 +232,7 @@ pub fn start_record(
         fields: Default::default(),
     };
     let conn = new_conn(&hello, cfg.target_usec, cfg.addr.to_string());
-    let (mut receive, playback) =
-        decode_path(
+    let (mut receive, playback) = decode_path(
         &conn,
         cfg.compression,
         cfg.target_usec,

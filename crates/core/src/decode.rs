@@ -164,6 +164,13 @@ impl Receive {
                 let _ = link::send_controls(&mut reporter, 0, &[bye]);
                 return "closed by the receiver".into();
             }
+            // Wake up when the engine must look again (a late packet: concealment), or at
+            // the latest after WAKE.
+            let wake = self
+                .playout
+                .wake_in_usec(self.conn.now_usec())
+                .clamp(1_000, 10_000);
+            let _ = stream.set_read_timeout(Duration::from_micros(wake));
             match stream.read(&mut buf) {
                 Ok(0) => return "the sender closed the connection".into(),
                 Ok(n) => {

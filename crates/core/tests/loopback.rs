@@ -290,8 +290,9 @@ fn config() -> RecvConfig {
         anonymous: true,
         acl: None,
         cookie: None,
-        target_usec: 40_000,
-        max_usec: 500_000,
+        target_usec: 0,
+        min_usec: 0,
+        max_usec: 1_000_000,
         max_connections: 4,
         external_resampler: false,
     }
@@ -662,8 +663,9 @@ fn record_tunnel_parks_and_relays_knobs() {
             channels: CH,
         },
         channel_map: "front-left,front-right".into(),
-        target_usec: 40_000,
-        max_usec: 500_000,
+        target_usec: 0,
+        min_usec: 0,
+        max_usec: 1_000_000,
         cookie: None,
     };
     let (mut playback, client) = start_record(cfg, OpusKnobs::default()).unwrap();

@@ -11,7 +11,7 @@ use super::*;
 enum Phase {
     /// No audio: before the first packet, after a reset, after a pause.
     Idle,
-    /// Audio is arriving; playout starts once the latency reaches the target.
+    /// Audio is arriving; playout starts soon.
     Buffering,
     /// Playing since `since` (seconds).
     Playing { since: f64 },
@@ -32,6 +32,8 @@ pub struct Controller {
     stream: Clock,
     next_pos: Option<i64>,
     fifo: u64,
+    /// The length of the latest packet, frames.
+    last_packet: u64,
     // The device: its pulls, and the frames it took or found missing.
     device: Clock,
     produced: u64,
@@ -93,17 +95,12 @@ impl Controller {
             stream: Clock::new(rate),
             next_pos: None,
             fifo: 0,
+            last_packet: 0,
             device: Clock::new(rate),
             produced: 0,
             consumed: 0,
             missing: 0,
-            target: TargetAdapter::new(
-                cfg.target,
-                cfg.rate,
-                cfg.min_usec,
-                cfg.max_usec,
-                delay,
-            ),
+            target: TargetAdapter::new(cfg.target, cfg.rate, cfg.min_usec, cfg.max_usec, delay),
             filter: LoopFilter::default(),
             skew: SkewEstimator::default(),
             stepped: false,
@@ -219,14 +216,16 @@ impl Controller {
                 self.stepped = true;
             }
         }
+        self.last_packet = frames;
         let appended = frames - skip;
         self.fifo += appended;
         let next = self.next_pos.unwrap_or(pos);
         self.next_pos = Some(next.max(end));
         // The packet's first frame waits for its last: the buffer must cover the packet's
         // length on top of its lateness.
-        let late = self.stream.observe(t, end as f64);
+        let (late, moved) = self.stream.observe(t, end as f64);
         self.target.on_packet(t, late * self.rate, frames as f64);
+        self.note_line_move(moved);
         if appended > 0 {
             // Fresh audio: a concealment episode (if any) is over.
             self.in_conceal = false;
@@ -264,13 +263,23 @@ impl Controller {
         let new_missing = missing_total - self.missing;
         self.consumed = consumed_total;
         self.missing = missing_total;
-        self.device
+        let (_, moved) = self
+            .device
             .observe(t, consumed_total.saturating_add(missing_total) as f64);
+        self.note_line_move(moved);
         if matches!(self.phase, Phase::Playing { .. }) && new_missing > 0 {
             self.underruns += 1;
             self.target.on_underrun(t, new_missing as f64);
         }
         self.control(t);
+    }
+
+    /// A clock's line moved by `moved` seconds at once: beyond what drift does between two
+    /// observations, the latency stepped.
+    fn note_line_move(&mut self, moved: f64) {
+        if moved.abs() > LINE_STEP_SEC {
+            self.stepped = true;
+        }
     }
 
     /// External resampler: the device's stream-frame totals → device-frame totals (each new
@@ -347,7 +356,11 @@ impl Controller {
         match self.phase {
             Phase::Idle => return plan,
             Phase::Buffering => {
-                if !self.device.started() || self.fifo == 0 {
+                // Playout starts once the next packet would take the latency past the target
+                // (the latency counts from the arrival line, so waiting raises it too): the
+                // packets until then put the line where it belongs.
+                let ready = lat + self.last_packet as f64 >= target;
+                if !self.device.started() || self.fifo == 0 || !ready {
                     // Waiting for the device to pull. What waits beyond the maximum is the
                     // oldest and goes.
                     let over = (self.fifo as f64 - self.target.max_frames()).max(0.0) as u64;
@@ -361,7 +374,8 @@ impl Controller {
                 }
                 // Playout starts with the first frame received, the latency up to the target
                 // built by waiting: silence ahead of it.
-                let short = ((target - lat).max(0.0) as u64).div_ceil(self.chunk) * self.chunk;
+                let short =
+                    ((target - lat).max(0.0) / self.chunk as f64).round() as u64 * self.chunk;
                 self.fifo += short;
                 self.inserted += short;
                 plan.insert_frames = short;

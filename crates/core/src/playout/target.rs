@@ -27,6 +27,8 @@ pub struct TargetAdapter {
     need: f64,
     /// The waits of packets' first frames, frames.
     waits: DecayingMax,
+    /// What the device found missing, frames.
+    shortfalls: DecayingMax,
     /// Until this time (s) the lateness counts as at least [`Self::START_JITTER_SEC`].
     guess_until: Option<f64>,
 }
@@ -52,6 +54,7 @@ impl TargetAdapter {
             max: (max_usec as f64 * 1e-6 * rate).max(min),
             need: engine_frames + Self::GUARD_SEC * rate,
             waits: DecayingMax::new(Self::WINDOW_SEC),
+            shortfalls: DecayingMax::new(Self::WINDOW_SEC),
             guess_until: None,
         }
     }
@@ -69,11 +72,10 @@ impl TargetAdapter {
         self.waits.push(t, late + frames);
     }
 
-    /// The device found the ring `missing` frames short at time `t`: the target must cover
-    /// that much more.
+    /// The device found the ring `missing` frames short at time `t`: the target covers that
+    /// much more (the largest shortfall of the window, on top of the waits).
     pub fn on_underrun(&mut self, t: f64, missing: f64) {
-        let w = self.wait(t);
-        self.waits.push(t, w + missing);
+        self.shortfalls.push(t, missing.max(0.0));
     }
 
     /// The longest wait of the window, frames (the start guess while nothing is measured).
@@ -87,7 +89,10 @@ impl TargetAdapter {
     pub fn target(&mut self, t: f64) -> f64 {
         match self.mode {
             Target::Fixed(usec) => (usec as f64 * 1e-6 * self.rate).clamp(self.min, self.max),
-            Target::Auto => (self.wait(t) + self.need).clamp(self.min, self.max),
+            Target::Auto => {
+                let short = self.shortfalls.max(t).unwrap_or(0.0);
+                (self.wait(t) + short + self.need).clamp(self.min, self.max)
+            }
         }
     }
 
@@ -114,7 +119,11 @@ mod tests {
     fn sizes_from_the_longest_recent_wait_and_forgets_it() {
         let mut a = TargetAdapter::new(Target::Auto, 48_000, 0, 1_000_000, 48.0);
         // Nothing measured: the start guess (10 ms) + needs (1 ms) + guard (2 ms).
-        assert!((ms(a.target(0.0)) - 13.0).abs() < 0.01, "{}", ms(a.target(0.0)));
+        assert!(
+            (ms(a.target(0.0)) - 13.0).abs() < 0.01,
+            "{}",
+            ms(a.target(0.0))
+        );
         // A 10 ms packet on time while the window is young: the guess + the packet.
         a.on_packet(0.0, 0.0, 480.0);
         assert!((ms(a.target(0.0)) - 23.0).abs() < 0.01);
@@ -124,7 +133,11 @@ mod tests {
             a.on_packet(k as f64, 48.0, 480.0);
         }
         // The guess ended at 10 s and the window has forgotten it (and the 30 ms) by 20 s.
-        assert!((ms(a.target(20.0)) - 14.0).abs() < 0.01, "{}", ms(a.target(20.0)));
+        assert!(
+            (ms(a.target(20.0)) - 14.0).abs() < 0.01,
+            "{}",
+            ms(a.target(20.0))
+        );
         a.on_underrun(20.5, 48.0 * 5.0);
         assert!((ms(a.target(20.5)) - 19.0).abs() < 0.01);
     }

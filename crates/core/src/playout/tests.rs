@@ -1,0 +1,153 @@
+//! Unit tests of the controller: the phases, a start's latency, concealment and the maximum.
+
+use super::*;
+
+const RATE: u32 = 48_000;
+
+fn controller(target: Target, max_ms: u64) -> Controller {
+    Controller::new(
+        PlayoutConfig {
+            rate: RATE,
+            channels: 2,
+            target,
+            min_usec: 0,
+            max_usec: max_ms * 1000,
+        },
+        120,
+        32.0,
+    )
+    .unwrap()
+}
+
+/// Runs the counting resampler at ratio 1 over a plan.
+fn feed(c: &mut Controller) {
+    let plan = c.plan();
+    if plan.trim_frames != 0 {
+        c.on_trimmed(0, 0);
+    }
+    let n = plan.feed_frames;
+    c.on_produced(n, n);
+}
+
+fn us(ms: f64) -> u64 {
+    (ms * 1000.0) as u64 + 1_000_000
+}
+
+#[test]
+fn waits_for_the_device_then_starts_at_the_target() {
+    let mut c = controller(Target::Fixed(30_000), 1000);
+    c.on_packet(us(0.0), 0, 480);
+    feed(&mut c);
+    assert_eq!(c.state(), PlayoutState::Buffering, "no device yet");
+    c.on_device(us(1.0), 0, 0);
+    c.on_device(us(6.0), 0, 240);
+    feed(&mut c);
+    assert_eq!(
+        c.state(),
+        PlayoutState::Buffering,
+        "10 ms of a 30 ms target"
+    );
+    // Waiting raises the latency (it counts from the arrival line); playout starts when the
+    // next packet would take it past the target, behind silence up to it.
+    let mut t = 6.0;
+    while c.state() == PlayoutState::Buffering && t < 40.0 {
+        t += 1.0;
+        c.on_device(us(t), 0, (t * 48.0) as u64);
+        feed(&mut c);
+    }
+    assert_eq!(c.state(), PlayoutState::Playing);
+    let lat = c.latency_usec(us(t));
+    assert!(
+        (lat as i64 - 30_000).abs() <= 2_600,
+        "latency {lat} µs at the start"
+    );
+    assert_eq!(c.stats().underruns, 0);
+    // Nothing received was cut: the 480 frames and the silence ahead of them were fed.
+    assert!(c.produced() >= 480);
+    assert_eq!(c.stats().dropped_frames, 0);
+}
+
+#[test]
+fn a_late_stream_is_concealed_and_a_long_gap_is_a_pause() {
+    let mut c = controller(Target::Fixed(20_000), 1000);
+    let mut consumed = 0;
+    let mut missing = 0;
+    let mut t = 0.0;
+    let mut pos = 0i64;
+    // 10 ms packets and 10 ms pulls for a second.
+    for _ in 0..100 {
+        c.on_packet(us(t), pos, 480);
+        pos += 480;
+        feed(&mut c);
+        let ring = c.produced() - consumed;
+        let take = ring.min(480);
+        consumed += take;
+        missing += 480 - take;
+        c.on_device(us(t + 0.5), consumed, missing);
+        t += 10.0;
+    }
+    assert_eq!(c.state(), PlayoutState::Playing);
+    let before = c.stats();
+    // The stream stops: the engine conceals up to MAX_CONCEAL_SEC, then buffers.
+    let mut concealed = 0;
+    for _ in 0..100 {
+        // The worker wakes every millisecond while the engine asks it to.
+        for ms in 0..10 {
+            while let Some(n) = c.conceal_needed(us(t + f64::from(ms))) {
+                c.on_conceal(n as u64);
+                concealed += n;
+            }
+            feed(&mut c);
+        }
+        let ring = c.produced() - consumed;
+        let take = ring.min(480);
+        consumed += take;
+        missing += 480 - take;
+        c.on_device(us(t + 0.5), consumed, missing);
+        t += 10.0;
+    }
+    let st = c.stats();
+    assert_eq!(st.concealments, before.concealments + 1, "{st:?}");
+    assert!(concealed as f64 >= MAX_CONCEAL_SEC * f64::from(RATE));
+    assert_eq!(st.state, PlayoutState::Buffering, "the pause");
+    // Packets return: a new start, not a jump.
+    c.on_packet(us(t), pos + 48_000, 480);
+    assert_eq!(c.stats().discontinuities, 0);
+}
+
+#[test]
+fn audio_beyond_the_maximum_is_cut_from_the_oldest() {
+    let mut c = controller(Target::Fixed(20_000), 100);
+    c.on_device(us(0.0), 0, 0);
+    c.on_device(us(5.0), 0, 240);
+    // 300 ms arrive at once: playout starts, and what passes the 100 ms maximum goes.
+    for k in 0..30 {
+        c.on_packet(us(6.0), k * 480, 480);
+    }
+    let first = c.plan();
+    let second = c.plan();
+    assert!(
+        first.drop_frames + second.drop_frames > 0,
+        "{first:?} {second:?}"
+    );
+    assert!(c.stats().overruns >= 1);
+    assert!(c.latency_usec(us(6.0)) <= 100_000);
+}
+
+#[test]
+fn config_is_checked() {
+    let bad = PlayoutConfig {
+        rate: RATE,
+        channels: 2,
+        target: Target::Fixed(2_000_000),
+        min_usec: 0,
+        max_usec: 1_000_000,
+    };
+    assert!(bad.validate().is_err());
+    let bad = PlayoutConfig {
+        min_usec: 2_000_000,
+        target: Target::Auto,
+        ..bad
+    };
+    assert!(bad.validate().is_err());
+}
