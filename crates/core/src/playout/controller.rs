@@ -32,8 +32,7 @@ pub struct Controller {
     stream: Clock,
     next_pos: Option<i64>,
     fifo: u64,
-    /// The length of the latest packet, frames.
-    last_packet: u64,
+
     // The device: its pulls, and the frames it took or found missing.
     device: Clock,
     produced: u64,
@@ -49,6 +48,8 @@ pub struct Controller {
     last_tick: Option<f64>,
     // Concealment.
     in_conceal: bool,
+    /// When the engine last concealed, s.
+    last_conceal_t: f64,
     episode_conceal: u64,
     // Counters.
     underruns: u64,
@@ -95,7 +96,6 @@ impl Controller {
             stream: Clock::new(rate),
             next_pos: None,
             fifo: 0,
-            last_packet: 0,
             device: Clock::new(rate),
             produced: 0,
             consumed: 0,
@@ -107,6 +107,7 @@ impl Controller {
             ratio: 1.0,
             last_tick: None,
             in_conceal: false,
+            last_conceal_t: f64::NEG_INFINITY,
             episode_conceal: 0,
             underruns: 0,
             concealments: 0,
@@ -216,7 +217,6 @@ impl Controller {
                 self.stepped = true;
             }
         }
-        self.last_packet = frames;
         let appended = frames - skip;
         self.fifo += appended;
         let next = self.next_pos.unwrap_or(pos);
@@ -334,11 +334,10 @@ impl Controller {
         }
         self.skew.update(t, lat, self.ratio - 1.0, dt);
         let err = lat - self.target.target(t) / self.rate;
-        let limit = if t - since < START_SEC {
-            START_CORRECTION
-        } else {
-            CORRECTION
-        };
+        // After a concealment (once the start is over) the pitch stays within ±200 ppm of the
+        // skew: the latency the late audio added is the target's, not an error to chase.
+        let calm = t - since >= START_SEC && t - self.last_conceal_t < AFTER_CONCEAL_SEC;
+        let limit = if calm { CORRECTION } else { START_CORRECTION };
         let correction = self.filter.update(err, dt, LOOP_GAIN.at(t - since), limit);
         self.ratio = 1.0 + (self.skew.skew() + correction).clamp(-MAX_CORRECTION, MAX_CORRECTION);
     }
@@ -356,11 +355,7 @@ impl Controller {
         match self.phase {
             Phase::Idle => return plan,
             Phase::Buffering => {
-                // Playout starts once the next packet would take the latency past the target
-                // (the latency counts from the arrival line, so waiting raises it too): the
-                // packets until then put the line where it belongs.
-                let ready = lat + self.last_packet as f64 >= target;
-                if !self.device.started() || self.fifo == 0 || !ready {
+                if !self.device.started() || self.fifo == 0 {
                     // Waiting for the device to pull. What waits beyond the maximum is the
                     // oldest and goes.
                     let over = (self.fifo as f64 - self.target.max_frames()).max(0.0) as u64;
@@ -459,20 +454,6 @@ impl Controller {
             return None;
         }
         let need = guard - usable + self.chunk as f64;
-        if std::env::var_os("PLAYOUT_DEBUG_CONCEAL").is_some() {
-            eprintln!(
-                "CONCEAL t={t:.4} usable={usable:.0} guard={guard:.0} lat={:.0} target={:.0} ring_est={:.0} produced={} consumed={} missing={} popped={:.0} s-next={:.0} fifo={}",
-                self.latency_frames_at(t),
-                self.target.clone().target(t),
-                self.produced as f64 - self.popped_at(t),
-                self.produced,
-                self.consumed,
-                self.missing,
-                self.popped_at(t),
-                self.stream.position_at(t).unwrap_or(0.0) - self.next_pos.unwrap_or(0) as f64,
-                self.fifo
-            );
-        }
         let q = self.quantum;
         let n = ((need.ceil() as u64).div_ceil(q) * q).clamp(q, u64::from(self.cfg.rate));
         Some(n as usize)
@@ -499,6 +480,7 @@ impl Controller {
             self.in_conceal = true;
             self.concealments += 1;
         }
+        self.last_conceal_t = self.now_t;
         self.stepped = true;
         self.fifo += frames;
         if let Some(n) = self.next_pos.as_mut() {

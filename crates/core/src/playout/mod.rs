@@ -45,12 +45,13 @@
 //!
 //! - **Start.** Playout starts with the first frame received once the device pulls, behind
 //!   as much silence as brings `L` to the target (the same as waiting; nothing received is
-//!   cut). While nothing is measured the target assumes 10 ms of lateness.
+//!   cut). For the first 3 s the target assumes at least 10 ms of lateness.
 //! - **Drift.** `ratio = 1 + skew + correction`. The [`SkewEstimator`] learns the skew from
 //!   how the latency moves (`dL/dt = skew − (ratio − 1)`), never from its level, so a start
 //!   or a step does not bend it. The [`LoopFilter`]'s correction is `−gain · error`, at most
-//!   ±1000 ppm (1.7 cents) for the first [`START_SEC`] and ±200 ppm after; the gain narrows
-//!   from 2/s to 0.1/s over the first half minute.
+//!   ±1000 ppm (1.7 cents), and ±200 ppm for [`AFTER_CONCEAL_SEC`] after a concealment once
+//!   the start ([`START_SEC`]) is over; the gain narrows from 2/s to 0.1/s over the first
+//!   half minute.
 //! - **Steps of the target.** An error beyond ±[`TRIM_SEC`] is dropped or inserted in
 //!   silence (blocks of 2.5 ms below −50 dBFS) as soon as silence comes, at once: a calm link
 //!   brings the latency down within the target's 10 s memory in any audio with pauses.
@@ -88,12 +89,15 @@ pub use window::{DecayingMax, SlidingMin};
 
 /// Largest ratio correction of any kind, as a fraction (±1 %): the clocks' skew included.
 pub const MAX_CORRECTION: f64 = 0.01;
-/// The correction the loop adds to the skew while playout starts (±1000 ppm, 1.7 cents) …
+/// The most the loop adds to the skew (±1000 ppm, 1.7 cents) …
 pub const START_CORRECTION: f64 = 0.001;
-/// … and after [`START_SEC`] (±200 ppm, a third of a cent).
+/// … and for [`AFTER_CONCEAL_SEC`] after a concealment once the start is over (±200 ppm, a
+/// third of a cent).
 pub const CORRECTION: f64 = 0.0002;
 /// How long a start lasts, seconds.
 pub const START_SEC: f64 = 10.0;
+/// See [`CORRECTION`], seconds.
+pub const AFTER_CONCEAL_SEC: f64 = 10.0;
 /// Latency errors beyond this (seconds) are dropped or inserted in silence.
 pub const TRIM_SEC: f64 = 0.002;
 /// A clock's line moving by more than this at once (seconds) is a step of the latency, not

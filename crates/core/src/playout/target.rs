@@ -31,13 +31,17 @@ pub struct TargetAdapter {
     shortfalls: DecayingMax,
     /// Until this time (s) the lateness counts as at least [`Self::START_JITTER_SEC`].
     guess_until: Option<f64>,
+    /// The latest packet's length, frames.
+    last_packet: f64,
 }
 
 impl TargetAdapter {
     /// How long a lateness is remembered, seconds.
     pub const WINDOW_SEC: usize = 10;
-    /// The lateness assumed while the window is young (nothing measured yet), seconds.
-    pub const START_JITTER_SEC: f64 = 0.010;
+    /// The lateness assumed while little is measured, seconds …
+    pub const START_JITTER_SEC: f64 = 0.0;
+    /// … for this long after the first packet, seconds.
+    pub const GUESS_SEC: f64 = 3.0;
     /// Kept on top of the measured needs, seconds: the concealment guard
     /// ([`super::CONCEAL_GUARD_USEC`]) and as much again for what the window has not seen.
     pub const GUARD_SEC: f64 = 0.002;
@@ -56,20 +60,16 @@ impl TargetAdapter {
             waits: DecayingMax::new(Self::WINDOW_SEC),
             shortfalls: DecayingMax::new(Self::WINDOW_SEC),
             guess_until: None,
+            last_packet: 0.0,
         }
     }
 
     /// A packet of `frames` frames arrived `late` frames behind the earliest-arrival line at
-    /// time `t` (s): its first frame waited `late + frames`. While the window is young the
-    /// lateness counts as at least [`Self::START_JITTER_SEC`].
+    /// time `t` (s): its first frame waited `late + frames`.
     pub fn on_packet(&mut self, t: f64, late: f64, frames: f64) {
-        let until = *self.guess_until.get_or_insert(t + Self::WINDOW_SEC as f64);
-        let late = if t < until {
-            late.max(Self::START_JITTER_SEC * self.rate)
-        } else {
-            late.max(0.0)
-        };
-        self.waits.push(t, late + frames);
+        self.guess_until.get_or_insert(t + Self::GUESS_SEC);
+        self.waits.push(t, late.max(0.0) + frames);
+        self.last_packet = frames;
     }
 
     /// The device found the ring `missing` frames short at time `t`: the target covers that
@@ -78,11 +78,15 @@ impl TargetAdapter {
         self.shortfalls.push(t, missing.max(0.0));
     }
 
-    /// The longest wait of the window, frames (the start guess while nothing is measured).
+    /// The longest wait of the window, frames; for the first [`Self::GUESS_SEC`] at least
+    /// [`Self::START_JITTER_SEC`] of lateness on top of a packet (the start guess).
     pub fn wait(&mut self, t: f64) -> f64 {
-        self.waits
-            .max(t)
-            .unwrap_or(Self::START_JITTER_SEC * self.rate)
+        let measured = self.waits.max(t).unwrap_or(0.0);
+        let guess = Self::START_JITTER_SEC * self.rate + self.last_packet;
+        match self.guess_until {
+            Some(until) if t >= until => measured,
+            _ => measured.max(guess),
+        }
     }
 
     /// The target at time `t` (s), frames.
