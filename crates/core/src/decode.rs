@@ -304,7 +304,11 @@ impl Receive {
             return Ok(());
         }
         let now = self.conn.now_usec();
-        if let Some(n) = self.playout.conceal_needed(now) {
+        // Each concealment covers what the engine asked for; a second round is rare.
+        for _ in 0..4 {
+            let Some(n) = self.playout.conceal_needed(now) else {
+                break;
+            };
             self.pcm.clear();
             self.decoder
                 .conceal(n, &mut self.pcm)
@@ -312,18 +316,8 @@ impl Receive {
             self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
             self.playout.on_conceal(&self.pcm);
         }
-        // Nothing is produced before the device has started to pull: until then the audio
-        // waits in the engine (which slews it down if it passes the maximum latency).
-        if self.last.consumed + self.last.missing == 0 {
-            // A sink that never pulls (e.g. PulseAudio mixes at most 32 streams per sink)
-            // must not make us hold audio without bound.
-            let fifo_usec = self.playout.controller().fifo_frames() * 1_000_000
-                / u64::from(self.conn.rate.max(1));
-            if let Some(why) = self.rules.before_first_pull(fifo_usec) {
-                self.restart(why);
-            }
-            return Ok(());
-        }
+        // The engine holds the audio until the device pulls (and cuts what passes the maximum
+        // latency: a sink that never pulls, e.g. PulseAudio mixes at most 32 streams).
         self.playout.produce(&mut self.out);
         self.conn.ratio_bits.store(
             self.playout.controller().ratio().to_bits(),
@@ -560,9 +554,6 @@ impl Playback {
 /// packet). Each restart is counted as an overrun.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restart {
-    /// The device has not pulled yet and the audio waiting for it passed the maximum latency
-    /// (a sink that never pulls: PulseAudio mixes at most 32 streams per sink).
-    NeverPulled,
     /// More produced audio waits outside the ring than the maximum latency: the device
     /// stopped pulling (suspended, moved, stalled) and what waits is stale.
     DeviceStopped,
@@ -572,14 +563,13 @@ impl Restart {
     /// For the log.
     pub fn as_str(self) -> &'static str {
         match self {
-            Restart::NeverPulled => "the device never pulled",
             Restart::DeviceStopped => "the device stopped taking audio",
         }
     }
 }
 
-/// The rules that start playout afresh, in one place: both are about a device that does not
-/// take the audio; fed by the decode path after each step.
+/// The rule that starts playout afresh when the device does not take the audio (the engine
+/// itself handles everything about the stream and the latency); fed after each step.
 pub struct RestartRules {
     max_usec: u64,
 }
@@ -588,11 +578,6 @@ impl RestartRules {
     /// Rules for a buffer whose latency may reach `max_usec`.
     pub fn new(max_usec: u64) -> RestartRules {
         RestartRules { max_usec }
-    }
-
-    /// Before the device's first pull: `fifo_usec` of audio waits in the engine.
-    pub fn before_first_pull(&mut self, fifo_usec: u64) -> Option<Restart> {
-        (fifo_usec > self.max_usec).then_some(Restart::NeverPulled)
     }
 
     /// After the engine produced: `out_usec` of audio waits outside the ring.
