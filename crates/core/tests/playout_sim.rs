@@ -417,13 +417,13 @@ fn run(cases: Vec<Scenario>) -> Vec<(Scenario, Figures)> {
 
 fn print(results: &[(Scenario, Figures)]) {
     println!(
-        "{:<22} {:>6} {:>4} {:>4} | {:>6} {:>4} {:>4} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} {:>6} {:>6} | {:>7} {:>7}",
+        "{:<22} {:>6} {:>4} {:>5} | {:>6} {:>4} {:>4} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} {:>6} {:>6} | {:>7} {:>7}",
         "case", "skew", "pkt", "per", "lock_s", "und", "conc", "e2s_ppm", "est_ppm", "ecc_ppm",
         "lat_ms", "tgt_ms", "tmax_ms", "tset_s", "lset_s", "trimmed", "dropped"
     );
     for (s, f) in results {
         println!(
-            "{:<22} {:>6} {:>4} {:>4} | {:>6.2} {:>4} {:>4} | {:>7.0} {:>7.0} {:>7.0} | {:>7.2} {:>7.2} {:>7.2} {:>6.1} {:>6.1} | {:>7} {:>7}",
+            "{:<22} {:>6} {:>4} {:>5.1} | {:>6.2} {:>4} {:>4} | {:>7.0} {:>7.0} {:>7.0} | {:>7.2} {:>7.2} {:>7.2} {:>6.1} {:>6.1} | {:>7} {:>7}",
             s.name, s.skew_ppm, s.packet_ms, s.period_ms, f.lock_s, f.underruns_after_start,
             f.concealments_after_start, f.ratio_err_after_2s_ppm, f.ratio_err_after_start_ppm,
             f.ratio_err_after_conceal_ppm, f.mean_latency_ms, f.final_target_ms, f.max_target_ms,

@@ -356,9 +356,11 @@ impl Controller {
             Phase::Idle => return plan,
             Phase::Buffering => {
                 if !self.device.started() || self.fifo == 0 {
-                    // Waiting for the device to pull. What waits beyond the maximum is the
-                    // oldest and goes.
-                    let over = (self.fifo as f64 - self.target.max_frames()).max(0.0) as u64;
+                    // Waiting for the device to pull (PulseAudio's idle null sink renders 2 s
+                    // ahead, so it first pulls a new stream up to 2 s later): the audio that
+                    // waits beyond the target is the oldest and goes, as audio played while the
+                    // link is down does; playout starts at the target when the device comes.
+                    let over = ((lat - target).max(0.0) as u64).min(self.fifo);
                     if over > 0 {
                         self.fifo -= over;
                         self.dropped += over;

@@ -29,19 +29,11 @@ pub struct TargetAdapter {
     waits: DecayingMax,
     /// What the device found missing, frames.
     shortfalls: DecayingMax,
-    /// Until this time (s) the lateness counts as at least [`Self::START_JITTER_SEC`].
-    guess_until: Option<f64>,
-    /// The latest packet's length, frames.
-    last_packet: f64,
 }
 
 impl TargetAdapter {
     /// How long a lateness is remembered, seconds.
     pub const WINDOW_SEC: usize = 10;
-    /// The lateness assumed while little is measured, seconds …
-    pub const START_JITTER_SEC: f64 = 0.0;
-    /// … for this long after the first packet, seconds.
-    pub const GUESS_SEC: f64 = 3.0;
     /// Kept on top of the measured needs, seconds: the concealment guard
     /// ([`super::CONCEAL_GUARD_USEC`]) and as much again for what the window has not seen.
     pub const GUARD_SEC: f64 = 0.002;
@@ -59,17 +51,13 @@ impl TargetAdapter {
             need: engine_frames + Self::GUARD_SEC * rate,
             waits: DecayingMax::new(Self::WINDOW_SEC),
             shortfalls: DecayingMax::new(Self::WINDOW_SEC),
-            guess_until: None,
-            last_packet: 0.0,
         }
     }
 
     /// A packet of `frames` frames arrived `late` frames behind the earliest-arrival line at
     /// time `t` (s): its first frame waited `late + frames`.
     pub fn on_packet(&mut self, t: f64, late: f64, frames: f64) {
-        self.guess_until.get_or_insert(t + Self::GUESS_SEC);
         self.waits.push(t, late.max(0.0) + frames);
-        self.last_packet = frames;
     }
 
     /// The device found the ring `missing` frames short at time `t`: the target covers that
@@ -78,15 +66,9 @@ impl TargetAdapter {
         self.shortfalls.push(t, missing.max(0.0));
     }
 
-    /// The longest wait of the window, frames; for the first [`Self::GUESS_SEC`] at least
-    /// [`Self::START_JITTER_SEC`] of lateness on top of a packet (the start guess).
+    /// The longest wait of the window, frames.
     pub fn wait(&mut self, t: f64) -> f64 {
-        let measured = self.waits.max(t).unwrap_or(0.0);
-        let guess = Self::START_JITTER_SEC * self.rate + self.last_packet;
-        match self.guess_until {
-            Some(until) if t >= until => measured,
-            _ => measured.max(guess),
-        }
+        self.waits.max(t).unwrap_or(0.0)
     }
 
     /// The target at time `t` (s), frames.
@@ -122,21 +104,28 @@ mod tests {
     #[test]
     fn sizes_from_the_longest_recent_wait_and_forgets_it() {
         let mut a = TargetAdapter::new(Target::Auto, 48_000, 0, 1_000_000, 48.0);
-        // Nothing measured: the start guess (10 ms) + needs (1 ms) + guard (2 ms).
+        // Nothing measured: needs (1 ms) + guard (2 ms).
         assert!(
-            (ms(a.target(0.0)) - 13.0).abs() < 0.01,
+            (ms(a.target(0.0)) - 3.0).abs() < 0.01,
             "{}",
             ms(a.target(0.0))
         );
-        // A 10 ms packet on time while the window is young: the guess + the packet.
+        // A 10 ms packet on time, then one 30 ms late.
         a.on_packet(0.0, 0.0, 480.0);
-        assert!((ms(a.target(0.0)) - 23.0).abs() < 0.01);
+        assert!((ms(a.target(0.0)) - 13.0).abs() < 0.01);
         a.on_packet(1.0, 48.0 * 30.0, 480.0);
         assert!((ms(a.target(1.0)) - 43.0).abs() < 0.01);
         for k in 2..=20 {
             a.on_packet(k as f64, 48.0, 480.0);
+            if k == 5 {
+                assert!(
+                    (ms(a.target(5.0)) - 43.0).abs() < 0.01,
+                    "{}",
+                    ms(a.target(5.0))
+                );
+            }
         }
-        // The guess ended at 10 s and the window has forgotten it (and the 30 ms) by 20 s.
+        // 10 s on, the 30 ms are forgotten.
         assert!(
             (ms(a.target(20.0)) - 14.0).abs() < 0.01,
             "{}",
