@@ -204,3 +204,69 @@ fn trims_only_in_silence() {
         st.target_usec
     );
 }
+
+/// A steady 700 Hz tone that starts with a 300 ms backlog: no silence to trim, so the engine
+/// cuts whole periods of the tone, and the latency is at the target within a few seconds
+/// without a click (nothing like the 300 s that ±1000 ppm of resampling would take).
+#[test]
+fn a_tone_comes_down_by_whole_periods() {
+    let mut p = engine(1);
+    let pkt = 480usize;
+    let mut ts: u32 = 0;
+    let mut phase = 0usize;
+    let mut consumed = 0u64;
+    let mut out = Vec::new();
+    let mut ring: std::collections::VecDeque<f32> = Default::default();
+    let mut t_us = 1_000_000u64;
+    let mut last = 0.0f32;
+    let mut max_step = 0.0f32;
+    let mut backlog: Vec<Vec<f32>> = Vec::new();
+    let mut down_at = None;
+    for step in 0..1000u64 {
+        t_us += 10_000;
+        let mut pcm = Vec::with_capacity(pkt);
+        for _ in 0..pkt {
+            pcm.push(
+                (0.3 * (2.0 * std::f64::consts::PI * 700.0 * phase as f64 / RATE as f64).sin())
+                    as f32,
+            );
+            phase += 1;
+        }
+        backlog.push(pcm);
+        if step >= 30 {
+            for pcm in backlog.drain(..) {
+                p.on_packet(t_us, ts, &pcm);
+                ts = ts.wrapping_add(pkt as u32);
+            }
+        }
+        let take = ring.len().min(480);
+        for _ in 0..take {
+            let s = ring.pop_front().unwrap();
+            if consumed > 0 {
+                max_step = max_step.max((s - last).abs());
+            }
+            last = s;
+        }
+        consumed += take as u64;
+        p.on_device(t_us, consumed, (step + 1) * 480 - consumed);
+        while let Some(n) = p.conceal_needed(t_us) {
+            p.on_conceal(&vec![0.0; n]);
+        }
+        out.clear();
+        p.produce(&mut out);
+        ring.extend(out.iter());
+        let st = p.stats();
+        if step > 30 && down_at.is_none() && st.latency_usec < st.target_usec + 3_000 {
+            down_at = Some(step);
+        }
+    }
+    let st = p.stats();
+    println!(
+        "periods: {st:?}, down after {down_at:?} steps of 10 ms, max sample step {max_step:.4}"
+    );
+    // 0.3·2π·700/48000 ≈ 0.0275 per sample at most in the tone itself.
+    assert!(max_step < 0.03, "a cut clicked: step {max_step}");
+    let down = down_at.expect("the latency came down") - 30;
+    assert!(down <= 500, "took {down} steps of 10 ms");
+    assert_eq!(st.concealments, 0, "{st:?}");
+}

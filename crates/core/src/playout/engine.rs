@@ -1,5 +1,6 @@
 //! [`Playout`]: the engine, a [`Controller`] with the audio (input FIFO, rubato resampler).
 
+use super::tsm;
 use super::*;
 use rubato::{
     Resampler, SincFixedIn, SincInterpolationParameters, SincInterpolationType, WindowFunction,
@@ -188,8 +189,10 @@ impl Playout {
         }
     }
 
-    /// Drops (`frames` > 0) or inserts (< 0) up to `|frames|` frames where the head of the
-    /// FIFO is silent, in whole chunks (2.5 ms); returns (dropped, inserted).
+    /// Drops (`frames` > 0) or inserts (< 0) up to `|frames|` frames at the head of the FIFO,
+    /// where it does not show: whole silent chunks (2.5 ms) first; else, where the audio
+    /// repeats itself (a tone, a held note), one whole period of it ([`tsm`]). Returns
+    /// (dropped, inserted).
     fn trim(&mut self, frames: i64) -> (u64, u64) {
         let ch = self.channels;
         let block = self.chunk;
@@ -198,25 +201,41 @@ impl Playout {
                 .all(|v| v.abs() <= SILENCE_PEAK)
         };
         let have = self.fifo.len() / ch;
+        let want = frames.unsigned_abs() as usize;
         if frames > 0 {
             // Drop the silent blocks at the head, as many as asked.
-            let want = frames as usize / block;
             let mut n = 0;
-            while n < want && (n + 1) * block <= have && silent(&self.fifo, n * block) {
+            while (n + 1) * block <= want.min(have) && silent(&self.fifo, n * block) {
                 n += 1;
             }
-            self.fifo.drain(..n * block * ch);
-            ((n * block) as u64, 0)
+            if n > 0 {
+                self.fifo.drain(..n * block * ch);
+                return ((n * block) as u64, 0);
+            }
+            // Else cut one period, no longer than asked.
+            match tsm::period(&self.fifo, ch, block, block, want.min(4 * block)) {
+                Some(lag) => {
+                    tsm::cut(&mut self.fifo, ch, lag, block);
+                    (lag as u64, 0)
+                }
+                None => (0, 0),
+            }
         } else {
-            // Stretch a silent head with silence.
-            let want = (-frames) as usize / block * block;
-            if want == 0 || have < block || !silent(&self.fifo, 0) {
-                return (0, 0);
+            // Stretch a silent head with silence, or else repeat one period.
+            if have >= block && silent(&self.fifo, 0) {
+                let n = want / block * block;
+                for _ in 0..n * ch {
+                    self.fifo.push_front(0.0);
+                }
+                return (0, n as u64);
             }
-            for _ in 0..want * ch {
-                self.fifo.push_front(0.0);
+            match tsm::period(&self.fifo, ch, block, block, want.min(4 * block)) {
+                Some(lag) => {
+                    tsm::repeat(&mut self.fifo, ch, lag, block);
+                    (0, lag as u64)
+                }
+                None => (0, 0),
             }
-            (0, want as u64)
         }
     }
 

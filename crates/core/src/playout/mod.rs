@@ -52,10 +52,10 @@
 //!   ±1000 ppm (1.7 cents), and ±200 ppm for [`AFTER_CONCEAL_SEC`] after a concealment once
 //!   the start ([`START_SEC`]) is over; the gain narrows from 2/s to 0.1/s over the first
 //!   half minute.
-//! - **Steps of the target.** An error beyond ±[`TRIM_SEC`] is dropped or inserted in
-//!   silence (blocks of 2.5 ms below −50 dBFS) as soon as silence comes, at once: a calm link
-//!   brings the latency down within the target's 10 s memory in any audio with pauses.
-//!   Without pauses the correction works on it.
+//! - **Steps of the target.** An error beyond ±[`TRIM_SEC`] is dropped or inserted where it
+//!   does not show: in silence (blocks of 2.5 ms below −50 dBFS), or else by cutting or
+//!   repeating one whole period where the audio repeats itself (a tone, a held note: [`tsm`]).
+//!   In audio that does neither (noise, dense music) the correction works on it.
 //! - **Late audio.** When the buffer is about to run dry the engine asks for PLC, which stands
 //!   in for the late audio; when that audio comes it is played too (the latency grows by the
 //!   concealed time, as the late packet shows it must), unless that passes the maximum.
@@ -77,6 +77,7 @@ mod skew;
 mod target;
 #[cfg(test)]
 mod tests;
+pub mod tsm;
 mod window;
 
 pub use clock::Clock;
