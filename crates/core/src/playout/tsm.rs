@@ -43,7 +43,11 @@ pub fn period(
             continue;
         }
         let c = xy / (e0 * e1).sqrt();
-        if c >= MIN_MATCH && best.is_none_or(|(_, b)| c > b) {
+        let better = match best {
+            Some((_, b)) => c > b,
+            None => true,
+        };
+        if c >= MIN_MATCH && better {
             best = Some((lag, c));
         }
     }
