@@ -30,7 +30,7 @@
 //! | `compression.opus.max_bandwidth` | narrowband, mediumband, wideband, superwideband, fullband | audio bandwidth limit | fullband |
 //! | `compression.opus.signal` | auto, voice, music | signal hint | auto (source mode: voice) |
 //! | `compression.opus.vbr` | bool | variable bit rate | true |
-//! | `compression.opus.vbr_constraint` | bool | constrained VBR | true |
+//! | `compression.opus.vbr_constraint` | bool | constrained VBR | false |
 //! | `compression.opus.application` | voip, audio, lowdelay | encoder mode | audio |
 //! | `compression.opus.lsb_depth` | 8-24 | input resolution hint, bits | 16 |
 //! | `compression.opus.dtx` | bool | discontinuous transmission | false |

@@ -50,7 +50,7 @@ macro_rules! with_knobs {
                 "narrowband|mediumband|wideband|superwideband|fullband", "audio bandwidth limit";
             "compression.opus.signal", $sig, "auto|voice|music", "signal hint";
             "compression.opus.vbr", "true", "bool", "variable bit rate";
-            "compression.opus.vbr_constraint", "true", "bool", "constrained VBR";
+            "compression.opus.vbr_constraint", "false", "bool", "constrained VBR";
             "compression.opus.application", "audio", "voip|audio|lowdelay", "encoder mode";
             "compression.opus.lsb_depth", "16", "8-24", "input resolution hint, bits";
             "compression.opus.dtx", "false", "bool", "discontinuous transmission";
