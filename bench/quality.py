@@ -53,10 +53,11 @@ def espeak(voice, text):
             return sr, x.reshape(-1, ch).mean(axis=1) / 32768.0
 
 
-def speech(out):
-    # A male and a female voice, alternating sentences (Harvard sentences).
+def speech(out, count=None):
+    # A male and a female voice, alternating sentences (Harvard sentences); the first `count`
+    # of them (all by default).
     parts = []
-    for i, s in enumerate(SENTENCES):
+    for i, s in enumerate(SENTENCES[:count]):
         sr, x = espeak("en-us" if i % 2 == 0 else "en-us+f3", s)
         parts += [x, np.zeros(sr * 3 // 10)]
     x = np.concatenate(parts)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Codec quality matrix (issue 17) and the scoring helper of tests/tests/quality.rs.
 
-    quality_matrix.py speech OUT.raw        espeak-ng speech (bench/quality.py's), 48 kHz stereo
+    quality_matrix.py speech OUT.raw [N]    espeak-ng speech (bench/quality.py's: its first N
+                                            sentences, all five by default), 48 kHz stereo
     quality_matrix.py music OUT.raw         the music-like test signal, 48 kHz stereo
     quality_matrix.py opusenc IN.raw OUT.raw BITRATE FRAME_MS COMPLEXITY vbr|cvbr
                                             opusenc/opusdec (opus-tools) round trip; prints
@@ -361,8 +362,8 @@ def mono(out_md):
 
 def main():
     a = sys.argv[1:]
-    if len(a) == 2 and a[0] == "speech":
-        quality.speech(a[1])
+    if len(a) in (2, 3) and a[0] == "speech":
+        quality.speech(a[1], int(a[2]) if len(a) == 3 else None)
     elif len(a) == 2 and a[0] == "music":
         music(a[1])
     elif len(a) == 7 and a[0] == "opusenc":
