@@ -302,11 +302,21 @@ fn p3_render_to_render_latency_and_the_reported_latency() {
             null_block / 1e6,
         )
     });
-    let remote = sender
-        .sink_properties("tun")
-        .ok()
-        .and_then(|p| p.get("opus.tunnel.remote.latency_usec").cloned())
-        .unwrap_or_default();
+    let device = receiver
+        .pactl_ok(&["list", "sink-inputs"])
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("opus.tunnel.device_latency_usec = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "?".into());
+    let props = sender.sink_properties("tun").unwrap_or_default();
+    let prop = |k: &str| props.get(k).cloned().unwrap_or_else(|| "?".into());
+    let remote = format!(
+        "remote.latency_usec {}, remote.device_latency_usec {}, network_usec {} \
+         (the receiver's stream: device_latency_usec {device})",
+        prop("opus.tunnel.remote.latency_usec"),
+        prop("opus.tunnel.remote.device_latency_usec"),
+        prop("opus.tunnel.network_usec")
+    );
     std::thread::sleep(Duration::from_millis(300));
     let (rs, rr) = (rec_s.finish(), rec_r.finish());
     let (on_s, on_r) = (rs.onsets(LOUD, QUIET), rr.onsets(LOUD, QUIET));
@@ -362,7 +372,7 @@ fn p3_render_to_render_latency_and_the_reported_latency() {
     println!(
         "tun's reported latency (pactl list sinks, 10 readings 200 ms apart): {} ms; \
          {lo:.1}-{hi:.1}, spread {:.1} ms, mean {mean:.1} ms, mean - render-to-play {:+.1} ms; \
-         opus.tunnel.remote.latency_usec {remote}",
+         the sink's opus.tunnel.{remote}",
         readings
             .iter()
             .map(|v| format!("{v:.1}"))
