@@ -152,7 +152,10 @@ fn source_props(d: &Daemon, name: &str) -> HashMap<String, String> {
         }
         return block
             .lines()
-            .filter_map(|l| l.trim().split_once(" = "))
+            .filter_map(|l| {
+                let l = l.trim();
+                l.split_once(" = ").or_else(|| l.split_once(": "))
+            })
             .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
             .collect();
     }
@@ -226,6 +229,11 @@ fn p2_tunnel_source_on_a_source_posting_large_blocks() {
         let mut rec = Recorder::start(&desktop, "mic");
         let first = t.elapsed();
         let audio = rec.read(2.0).expect("recording");
+        // What the source reports as its latency while it is read (ms).
+        let reported = source_props(&desktop, "mic")
+            .get("Latency")
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(f64::NAN, |v| v / 1000.0);
         drop(rec);
         // Level every 250 ms, for the picture; the check is on the second second.
         let quarter = 48_000 / 4 * 2;
@@ -242,7 +250,8 @@ fn p2_tunnel_source_on_a_source_posting_large_blocks() {
         );
         println!(
             "reader {reader}: first audio after {:.0} ms; 1-2 s: {f:.1} Hz at {l:.2} dBFS; \
-             levels per 250 ms: {}; underruns {u} (+{}), plc frames {plc} (+{})",
+             levels per 250 ms: {}; underruns {u} (+{}), plc frames {plc} (+{}); \
+             the source reported {reported:.1} ms of latency at 2 s",
             first.as_secs_f64() * 1000.0,
             levels.join(" "),
             u.saturating_sub(under),

@@ -23,9 +23,11 @@
 //! against a measurement: the receiver's sink plays a click (by its clock) at this figure
 //! after the sender's sink rendered it, within 2 ms (tests/tests/playout.rs, `p3`).
 //!
-//! **The tunnel source**: audio posted now was captured at the far end
-//! `device + frame/2 + look-ahead + network + receiver` earlier, the device being the far
-//! end's source and the receiver the tunnel source's own buffer.
+//! **The tunnel source**: the next frame it posts was captured at the far end
+//! `device + frame/2 + look-ahead + network + receiver - block/2` earlier on average, the
+//! device being the far end's source (not reported yet, so not counted), the receiver the
+//! tunnel source's own buffer (its mean fill) and the block the source's own (it posts a block
+//! when its end is due; the device binding takes the half block off).
 use crate::params::{Application, Compression, OpusKnobs};
 
 /// Opus's algorithmic delay beyond the frame, µs: 2.5 ms of MDCT overlap, plus 4 ms of delay
