@@ -31,8 +31,6 @@ pub struct Shared {
     pub running: AtomicBool,
     /// Counters of this tunnel.
     pub stats: Stats,
-    /// Audio waiting in the worker for a full codec frame, µs.
-    pub downstream_usec: AtomicU64,
     /// The receiver's buffer, as it last reported (held still while it moves by less than
     /// a millisecond), µs.
     pub remote_usec: AtomicU64,
@@ -65,7 +63,6 @@ impl Shared {
             stop: AtomicBool::new(false),
             running: AtomicBool::new(false),
             stats: Stats::new(),
-            downstream_usec: AtomicU64::new(0),
             remote_usec: AtomicU64::new(0),
             remote_device_usec: AtomicU64::new(0),
             net_usec: AtomicU64::new(0),
@@ -679,11 +676,6 @@ impl Worker {
             off += per_frame;
         }
         self.pcm.drain(..off);
-        let queued = self.pcm.len() / ch.max(1);
-        self.shared.downstream_usec.store(
-            queued as u64 * 1_000_000 / u64::from(self.cfg.fmt.rate.max(1)),
-            Ordering::Relaxed,
-        );
         Ok(())
     }
 
