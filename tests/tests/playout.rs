@@ -414,6 +414,13 @@ fn p3_render_to_render_latency_and_the_reported_latency() {
             (mean - render_play).abs() <= 5.0,
             "reported {mean:.1} ms, measured {render_play:.1} ms"
         );
+        // The receiver reports its device's latency, which the sum counts.
+        assert!(
+            props
+                .get("opus.tunnel.remote.device_latency_usec")
+                .is_some_and(|v| v.parse::<u64>().is_ok()),
+            "the receiver's reports carry no device_latency_usec"
+        );
     } else {
         println!("(goals not asserted: set OPUS_TUNNEL_PLAYOUT_V2=1)");
     }

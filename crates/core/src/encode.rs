@@ -137,9 +137,9 @@ impl Shared {
         self.stop.load(Ordering::SeqCst)
     }
 
-    /// The tunnel's end-to-end latency, µs: half our device's block
-    /// ([`beyond_device_usec`](Self::beyond_device_usec) and what the device holds ahead of
-    /// its clock on average). What the tunnel sink reports.
+    /// The tunnel's end-to-end latency, µs: [`beyond_device_usec`](Self::beyond_device_usec)
+    /// plus half our device's block (what it holds ahead of its clock on average); what the
+    /// tunnel sink reports, and its `opus.tunnel.latency_usec`.
     pub fn end_to_end_usec(&self) -> u64 {
         self.half_block_usec.load(Ordering::Relaxed) + self.beyond_device_usec()
     }
