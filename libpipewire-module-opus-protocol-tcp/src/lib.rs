@@ -61,6 +61,7 @@ use opus_tunnel_pipewire::{
 use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// The PipeWire side of the receiver's sessions (main thread).
 struct Pipewire {
@@ -110,8 +111,9 @@ impl StreamIo for CaptureIo {
 }
 
 /// The stream's side on PipeWire's data thread; with `opus.resampler = pipewire` (the
-/// flag) it hands the engine's ratio to the stream's adapter.
-struct ReceiverIo(Playback, bool);
+/// flag) it hands the engine's ratio to the stream's adapter. It tells the tunnel how long
+/// the device takes to play what it pulls (for the latency the sender reports).
+struct ReceiverIo(Playback, bool, Arc<ConnShared>);
 
 impl StreamIo for ReceiverIo {
     fn fill(&mut self, out: &mut [f32]) {
@@ -119,6 +121,9 @@ impl StreamIo for ReceiverIo {
     }
     fn rate_match(&mut self) -> Option<f64> {
         self.1.then(|| self.0.ratio())
+    }
+    fn device_latency(&mut self, usec: u64) {
+        self.2.note_device_latency_usec(usec);
     }
 }
 
@@ -173,7 +178,7 @@ impl Daemon for Pipewire {
             p.push(("target.object".into(), d.into()));
         }
         p.extend(new.props);
-        let io = Box::new(ReceiverIo(new.io, self.pw_resampler));
+        let io = Box::new(ReceiverIo(new.io, self.pw_resampler, conn.clone()));
         let stream = self
             .open_stream(conn, new.name, p, Direction::Playback, io, "stream")
             .map_err(Refusal::refused)?;

@@ -63,6 +63,7 @@ use opus_tunnel_pulse::{
     declare_module, ChannelMap, Modargs, ModuleRef, ModuleStream, PaModule, Proplist, SampleSpec,
 };
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::Arc;
 
 /// The PulseAudio side of the receiver's sessions (main thread).
 struct Pulse {
@@ -94,8 +95,9 @@ impl SourceOutputIo for CaptureIo {
     }
 }
 
-/// The stream's side on the sink's IO thread.
-struct ReceiverIo(Playback);
+/// The stream's side on the sink's IO thread; it also tells the tunnel how long the sink
+/// takes to play what it pulls (for the latency the sender reports).
+struct ReceiverIo(Playback, Arc<ConnShared>);
 
 impl SinkInputIo for ReceiverIo {
     fn pop(&mut self, out: &mut [u8]) {
@@ -104,6 +106,10 @@ impl SinkInputIo for ReceiverIo {
 
     fn queued_usec(&self) -> u64 {
         self.0.queued_usec()
+    }
+
+    fn device_latency(&mut self, usec: u64) {
+        self.1.note_device_latency_usec(usec);
     }
 }
 
@@ -157,7 +163,7 @@ impl Daemon for Pulse {
                 driver: c"module-opus-protocol-tcp",
                 on_kill: self.waker.clone(),
             },
-            Box::new(ReceiverIo(new.io)),
+            Box::new(ReceiverIo(new.io, new.conn.clone())),
         )
         .map_err(Refusal::refused)?;
         let on = stream.sink_name().unwrap_or_default();

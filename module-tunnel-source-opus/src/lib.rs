@@ -120,7 +120,12 @@ impl SourceIo for CaptureIo {
     }
 
     fn extra_latency_usec(&self) -> u64 {
-        self.playback.queued_usec()
+        // The far end's codec, the network and our receive buffer, held still (refreshed
+        // once a second); before the first refresh, what the ring holds.
+        match self.running.latency_usec() {
+            0 => self.playback.queued_usec(),
+            v => v,
+        }
     }
 }
 

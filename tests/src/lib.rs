@@ -17,6 +17,7 @@ pub mod process;
 pub mod proxy;
 pub mod signal;
 pub mod tcp;
+pub mod timed;
 pub mod wait;
 
 pub use analysis::{

@@ -219,11 +219,22 @@ fn pa_to_pw(test: &str, compression: &str) {
     );
     let s = &streams[0];
     println!(
-        "{test}: stream props: state {:?} bitrate {:?} latency_usec {:?} underruns {:?}",
+        "{test}: stream props: state {:?} bitrate {:?} latency_usec {:?} underruns {:?} \
+         device_latency_usec {:?}",
         s.get("opus.tunnel.state"),
         s.get("opus.tunnel.bitrate"),
         s.get("opus.tunnel.latency_usec"),
-        s.get("opus.tunnel.underruns")
+        s.get("opus.tunnel.underruns"),
+        s.get("opus.tunnel.device_latency_usec")
+    );
+    // The receiving device's latency for the stream, from pw_stream_get_time_n: a null sink's
+    // graph at a quantum of at most 8192 frames holds well under 200 ms.
+    let device = s
+        .get("opus.tunnel.device_latency_usec")
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        device.is_some_and(|d| d < 200_000),
+        "{test}: opus.tunnel.device_latency_usec {device:?}"
     );
     assert_prop(s, "media.class", "Stream/Output/Audio");
     assert!(

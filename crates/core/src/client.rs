@@ -9,10 +9,12 @@ use crate::connection::{new_conn, ConnShared};
 use crate::decode::{decode_path, Playback, Receive, Upstream};
 use crate::encode::{feeder, Ended, Feeder, Shared, Worker, WorkerConfig};
 use crate::handshake::{Direction, Hello, Reply, VERSION};
+use crate::latency::lookahead_usec;
+use crate::latency::Steady;
 use crate::link::client_handshake;
 use crate::net::Conn;
 use crate::params::{Backoff, Compression, OpusKnobs, ServerAddr};
-use crate::report::{Report, State};
+use crate::report::{Counters, Report, State};
 use crate::stats::{Stats, TunnelState};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +42,9 @@ pub(crate) struct Target<'a> {
     /// A handle on the live connection, to unblock the loop at unload.
     pub sock: &'a Mutex<Option<Conn>>,
     pub stats: &'a Stats,
+    /// The network's one-way time, µs: half the TCP connect's round trip, held still across
+    /// reconnects unless it moves by more than half a millisecond.
+    pub net_usec: &'a AtomicU64,
 }
 
 /// Connects, serves, reconnects with back-off, until `target.stop`. The tunnel's state is
@@ -54,7 +59,9 @@ pub(crate) fn keep_connected(target: Target<'_>, session: &mut impl Session) {
         stop,
         sock,
         stats,
+        net_usec,
     } = target;
+    let mut net = Steady::new(500.0);
     let mut backoff = Backoff::new();
     let mut failures = 0u32;
     let mut ever = false;
@@ -70,7 +77,14 @@ pub(crate) fn keep_connected(target: Target<'_>, session: &mut impl Session) {
             TunnelState::Connecting
         });
         match client_handshake(addr, session.hello(), cookie.clone(), sock, stop, name) {
-            Ok((conn, reply, rest)) => {
+            Ok((conn, reply, rest, rtt)) => {
+                let one_way = net.update(rtt.as_micros() as f64 / 2.0);
+                net_usec.store(one_way as u64, Ordering::Relaxed);
+                log::debug!(
+                    "{name}: connect round trip {:.2} ms; network one way {:.2} ms",
+                    rtt.as_secs_f64() * 1000.0,
+                    one_way / 1000.0
+                );
                 if ever {
                     stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
@@ -128,6 +142,7 @@ pub fn start_play(
                 stop: &s2.stop,
                 sock: &s2.sock,
                 stats: &s2.stats,
+                net_usec: &s2.net_usec,
             };
             keep_connected(target, &mut w);
             s2.finished.store(true, Ordering::SeqCst);
@@ -200,6 +215,12 @@ struct ClientShared {
     up: Arc<Upstream>,
     conn: Arc<ConnShared>,
     sock: Mutex<Option<Conn>>,
+    /// The network's one-way time, µs (half the TCP connect's round trip).
+    net_usec: AtomicU64,
+    /// The end-to-end latency the source reports, µs (refreshed by [`RecordClient::report`]).
+    latency_usec: AtomicU64,
+    /// The far end's frame and the codec's look-ahead, µs.
+    codec_usec: AtomicU64,
 }
 
 /// A running record tunnel, desktop end: a thread that connects (and reconnects with
@@ -209,6 +230,7 @@ struct ClientShared {
 pub struct RecordClient {
     shared: Arc<ClientShared>,
     thread: Option<JoinHandle<()>>,
+    compression: Compression,
 }
 
 /// Starts the desktop end of a record tunnel. The [`Playback`] is for the source's real-time
@@ -231,6 +253,7 @@ pub fn start_record(
         target_latency_usec: None,
         fields: Default::default(),
     };
+    let compression = cfg.compression;
     let conn = new_conn(&hello, cfg.target_usec, cfg.addr.to_string());
     let (mut receive, playback) = decode_path(
         &conn,
@@ -251,6 +274,9 @@ pub fn start_record(
         up,
         conn,
         sock: Mutex::new(None),
+        net_usec: AtomicU64::new(0),
+        latency_usec: AtomicU64::new(0),
+        codec_usec: AtomicU64::new(codec_usec(cfg.compression, &knobs)),
     });
     let s2 = shared.clone();
     let thread = thread::Builder::new()
@@ -270,6 +296,7 @@ pub fn start_record(
                 stop: &s2.stop,
                 sock: &s2.sock,
                 stats: &s2.conn.stats,
+                net_usec: &s2.net_usec,
             };
             keep_connected(target, &mut session);
         })
@@ -279,6 +306,7 @@ pub fn start_record(
         RecordClient {
             shared,
             thread: Some(thread),
+            compression,
         },
     ))
 }
@@ -357,6 +385,9 @@ impl RecordClient {
         if let Ok(mut k) = self.shared.up.knobs.lock() {
             *k = knobs;
         }
+        self.shared
+            .codec_usec
+            .store(codec_usec(self.compression, &knobs), Ordering::Relaxed);
         self.shared.up.knobs_gen.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -374,8 +405,26 @@ impl RecordClient {
             r.state = State::Idle;
         }
         r.reconnects = Some(self.shared.conn.stats.snapshot().reconnects);
+        if let Counters::Received(c) = &r.counters {
+            let sh = &self.shared;
+            let e2e = sh.codec_usec.load(Ordering::Relaxed)
+                + sh.net_usec.load(Ordering::Relaxed)
+                + c.latency_usec;
+            let held = match sh.latency_usec.load(Ordering::Relaxed) {
+                0 => e2e,
+                v => Steady::holding(v as f64, 1_000.0).update(e2e as f64) as u64,
+            };
+            sh.latency_usec.store(held, Ordering::Relaxed);
+        }
         r
     }
+}
+
+/// What the far end's encoder adds to a record tunnel's latency, µs: half a frame on average
+/// (a frame leaves when its last sample is captured; the receive buffer's mean fill counts
+/// the other half) and the codec's look-ahead.
+fn codec_usec(compression: Compression, knobs: &OpusKnobs) -> u64 {
+    u64::from(knobs.frame_size.usec()) / 2 + lookahead_usec(compression, knobs)
 }
 
 /// Lets a real-time thread say whether the tunnel source has readers.
@@ -385,6 +434,14 @@ impl RunningFlag {
     /// See [`RecordClient::set_running`].
     pub fn set(&self, on: bool) {
         self.0.up.running.store(on, Ordering::SeqCst);
+    }
+
+    /// The source's end-to-end latency, µs (lock-free, for the source's real-time thread):
+    /// the far end's half frame and the codec's look-ahead, the network one way and the
+    /// receive buffer, each held still while it moves by less than a millisecond; refreshed
+    /// once a second by [`RecordClient::report`] (0 before the first refresh).
+    pub fn latency_usec(&self) -> u64 {
+        self.0.latency_usec.load(Ordering::Relaxed)
     }
 }
 

@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+/// `ConnShared::device_latency` before the daemon glue said anything.
+const NO_DEVICE_LATENCY: u64 = u64::MAX;
+
 /// What the connection thread shares with the main thread and the sink's IO thread.
 pub struct ConnShared {
     /// `<sender's name>@<sender's host>`, for log lines.
@@ -48,6 +51,9 @@ pub struct ConnShared {
     pub(crate) playout: Mutex<Option<PlayoutStats>>,
     /// The engine's ratio (f64 bits), for an external resampler.
     pub(crate) ratio_bits: AtomicU64,
+    /// The receiving device's latency for this stream, µs (see
+    /// [`note_device_latency_usec`](Self::note_device_latency_usec)).
+    device_latency: AtomicU64,
 }
 
 impl ConnShared {
@@ -78,6 +84,34 @@ impl ConnShared {
     /// thread).
     pub fn now_usec(&self) -> u64 {
         self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// The daemon glue of a receiver tells, at each pull of the device, how long the device
+    /// takes to play the first frame the stream hands it, µs: what the device holds when it
+    /// pulls and what the daemon queues for the stream beyond the ring (PulseAudio: the sink's
+    /// latency and the sink input's render queue; PipeWire: the stream's delay, queue and
+    /// resampler). With the receive buffer's mean fill (`latency_usec`) this is the time from
+    /// the network to the speaker. The figure kept is a running average over about 16 pulls
+    /// (the device's own pattern moves each reading). Lock-free; one writer, the daemon's
+    /// real-time thread.
+    pub fn note_device_latency_usec(&self, usec: u64) {
+        let old = self.device_latency.load(Ordering::Relaxed);
+        let new = if old == NO_DEVICE_LATENCY {
+            usec
+        } else {
+            // old + (usec - old) / 16, in integers
+            (old * 15 + usec) / 16
+        };
+        self.device_latency.store(new, Ordering::Relaxed);
+    }
+
+    /// The receiving device's latency for this stream, µs, as the daemon glue last told it
+    /// (0 until then); what the receiver's reports should carry as `device_latency_usec`.
+    pub fn device_latency_usec(&self) -> u64 {
+        match self.device_latency.load(Ordering::Relaxed) {
+            NO_DEVICE_LATENCY => 0,
+            v => v,
+        }
     }
 
     /// Records the ring's fill level (samples) after a pop.
@@ -138,6 +172,7 @@ impl ConnShared {
                 plc_frames: s.plc_frames,
                 late_packets: s.late_packets,
                 bytes_received: s.bytes_received,
+                device_latency_usec: self.device_latency_usec(),
             }),
         }
     }
@@ -164,5 +199,47 @@ pub(crate) fn new_conn(hello: &Hello, target_usec: u64, peer: String) -> Arc<Con
         recording: AtomicBool::new(false),
         flush: AtomicBool::new(false),
         ratio_bits: AtomicU64::new(1.0f64.to_bits()),
+        device_latency: AtomicU64::new(NO_DEVICE_LATENCY),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handshake::{Direction, Hello, VERSION};
+    use crate::params::Compression;
+
+    #[test]
+    fn device_latency_is_averaged_over_pulls() {
+        let hello = Hello {
+            version: VERSION,
+            direction: Direction::Play,
+            name: "tun".into(),
+            host: "h".into(),
+            device: None,
+            codec: Compression::Opus,
+            rate: 48_000,
+            channels: 2,
+            channel_map: "front-left,front-right".into(),
+            frame_usec: 20_000,
+            target_latency_usec: None,
+            fields: Default::default(),
+        };
+        let c = new_conn(&hello, 60_000, "peer".into());
+        assert_eq!(c.device_latency_usec(), 0);
+        c.note_device_latency_usec(5_000);
+        assert_eq!(c.device_latency_usec(), 5_000);
+        // A device whose readings alternate 0 and 10 ms averages 5 ms, within 0.4 ms.
+        for i in 0..200 {
+            c.note_device_latency_usec(if i % 2 == 0 { 0 } else { 10_000 });
+        }
+        let v = c.device_latency_usec();
+        assert!((4_600..=5_400).contains(&v), "{v}");
+        // A step to 20 ms is followed within 64 pulls to 0.4 ms.
+        for _ in 0..64 {
+            c.note_device_latency_usec(20_000);
+        }
+        let v = c.device_latency_usec();
+        assert!((19_600..=20_000).contains(&v), "{v}");
+    }
 }

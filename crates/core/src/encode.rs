@@ -8,6 +8,7 @@
 use crate::auth::Cookie;
 use crate::codec::{Encoder, StreamFormat};
 use crate::framing::{self, Deframer};
+use crate::latency::{self, Steady};
 use crate::link::{DEAD_AFTER, KEEPALIVE, WRITE_TIMEOUT};
 use crate::net::Conn;
 use crate::params::{Compression, OpusKnobs, ServerAddr};
@@ -30,10 +31,18 @@ pub struct Shared {
     pub running: AtomicBool,
     /// Counters of this tunnel.
     pub stats: Stats,
-    /// Audio waiting in the worker for a full codec frame, µs.
-    pub downstream_usec: AtomicU64,
-    /// The receiver's buffer, as it last reported, µs.
+    /// The receiver's buffer, as it last reported (held still while it moves by less than
+    /// a millisecond), µs.
     pub remote_usec: AtomicU64,
+    /// The receiving device's latency, as the receiver last reported it (held likewise), µs.
+    pub remote_device_usec: AtomicU64,
+    /// The network's one-way time (half the TCP connect's round trip), µs.
+    pub net_usec: AtomicU64,
+    /// What the codec adds: the frame's wait and the look-ahead
+    /// ([`crate::latency::codec_usec`]), µs.
+    pub codec_usec: AtomicU64,
+    /// Half the device's block: what it holds ahead of its clock on average, µs.
+    half_block_usec: AtomicU64,
     worker: OnceLock<Thread>,
     bytes_per_sec: u64,
     knobs: Mutex<OpusKnobs>,
@@ -54,8 +63,11 @@ impl Shared {
             stop: AtomicBool::new(false),
             running: AtomicBool::new(false),
             stats: Stats::new(),
-            downstream_usec: AtomicU64::new(0),
             remote_usec: AtomicU64::new(0),
+            remote_device_usec: AtomicU64::new(0),
+            net_usec: AtomicU64::new(0),
+            codec_usec: AtomicU64::new(0),
+            half_block_usec: AtomicU64::new(0),
             worker: OnceLock::new(),
             bytes_per_sec: bytes_per_sec.max(1),
             knobs: Mutex::new(knobs),
@@ -125,6 +137,42 @@ impl Shared {
         self.stop.load(Ordering::SeqCst)
     }
 
+    /// The tunnel's end-to-end latency, µs: [`beyond_device_usec`](Self::beyond_device_usec)
+    /// plus half our device's block (what it holds ahead of its clock on average); what the
+    /// tunnel sink reports, and its `opus.tunnel.latency_usec`.
+    pub fn end_to_end_usec(&self) -> u64 {
+        self.half_block_usec.load(Ordering::Relaxed) + self.beyond_device_usec()
+    }
+
+    /// The tunnel's latency beyond our device's clock, µs: the codec (frame, look-ahead), the
+    /// network one way, the receiver's buffer and its device, each part held still while it
+    /// moves by less than a millisecond (see [`crate::latency`]). Lock-free.
+    pub fn beyond_device_usec(&self) -> u64 {
+        self.codec_usec.load(Ordering::Relaxed)
+            + self.net_usec.load(Ordering::Relaxed)
+            + self.remote_usec.load(Ordering::Relaxed)
+            + self.remote_device_usec.load(Ordering::Relaxed)
+    }
+
+    /// Sets the codec's part of the latency for a device block of `block_usec` and the
+    /// encoder's `knobs`.
+    pub(crate) fn set_codec_part(
+        &self,
+        block_usec: u64,
+        compression: Compression,
+        knobs: &OpusKnobs,
+    ) {
+        let frame = u64::from(knobs.frame_size.usec());
+        let v = latency::codec_usec(
+            block_usec,
+            frame,
+            latency::lookahead_usec(compression, knobs),
+        );
+        self.codec_usec.store(v, Ordering::Relaxed);
+        self.half_block_usec
+            .store(block_usec / 2, Ordering::Relaxed);
+    }
+
     /// Bytes of device audio as a duration, µs.
     pub fn bytes_to_usec(&self, bytes: usize) -> u64 {
         bytes as u64 * 1_000_000 / self.bytes_per_sec
@@ -167,6 +215,8 @@ impl Shared {
                 packets_sent: s.packets_sent,
                 dropped_frames: s.dropped_frames,
                 overruns: s.overruns,
+                latency_usec: self.end_to_end_usec(),
+                network_usec: self.net_usec.load(Ordering::Relaxed),
                 remote: self.remote.lock().map(|r| r.clone()).unwrap_or_default(),
             }),
         }
@@ -240,13 +290,11 @@ impl Feeder {
         self.shared.wake_worker();
     }
 
-    /// Audio downstream of the device: the ring, the partial codec frame and the receiver's
-    /// buffer as it last reported, µs.
+    /// The tunnel's latency beyond the device's clock, µs ([`Shared::beyond_device_usec`]).
+    /// What sits in the ring and in the partial codec frame at the moment of the query is left
+    /// out: it is a sawtooth that the figure counts on average.
     pub fn latency_usec(&self) -> u64 {
-        let queued = self.ring.buffer().capacity() - self.ring.slots();
-        self.shared.bytes_to_usec(queued)
-            + self.shared.downstream_usec.load(Ordering::Relaxed)
-            + self.shared.remote_usec.load(Ordering::Relaxed)
+        self.shared.beyond_device_usec()
     }
 }
 
@@ -290,6 +338,7 @@ pub(crate) fn feeder(
     let bytes_per_sec = frame_bytes as u64 * u64::from(cfg.fmt.rate);
     let (producer, consumer) = rtrb::RingBuffer::<u8>::new(ring_bytes);
     let shared = Arc::new(Shared::new(bytes_per_sec, knobs));
+    shared.set_codec_part(cfg.block_usec, cfg.compression, &knobs);
     let feeder = Feeder {
         ring: producer,
         shared: shared.clone(),
@@ -320,6 +369,9 @@ pub(crate) struct Worker {
     knobs_gen: u64,
     /// Serving a record tunnel: the far end's resume/pause/knobs control the capture.
     remote: Option<Arc<dyn RemoteCapture>>,
+    /// The receiver's reported buffer and device latency, held still (1 ms deadband).
+    remote_latency: Steady,
+    remote_device: Steady,
 }
 
 /// How a connection ended.
@@ -345,6 +397,8 @@ impl Worker {
             wire: Vec::new(),
             knobs_gen: 0,
             remote: None,
+            remote_latency: Steady::new(1_000.0),
+            remote_device: Steady::new(1_000.0),
         }
     }
 
@@ -360,6 +414,8 @@ impl Worker {
         }
         self.knobs_gen = gen;
         let knobs = self.knobs();
+        self.shared
+            .set_codec_part(self.cfg.block_usec, self.cfg.compression, &knobs);
         if let Some(enc) = self.encoder.as_mut() {
             if let Err(e) = enc.apply(&knobs) {
                 log::warn!(
@@ -506,10 +562,21 @@ impl Worker {
                 Control::Report(kv) => {
                     if let Ok(mut r) = self.shared.remote.lock() {
                         for (k, v) in kv {
-                            if k == "latency_usec" {
-                                if let Ok(us) = v.parse::<u64>() {
-                                    self.shared.remote_usec.store(us, Ordering::Relaxed);
+                            let us = v.parse::<u64>().ok();
+                            match (k.as_str(), us) {
+                                ("latency_usec", Some(us)) => {
+                                    let held = self.remote_latency.update(us as f64);
+                                    self.shared
+                                        .remote_usec
+                                        .store(held as u64, Ordering::Relaxed);
                                 }
+                                ("device_latency_usec", Some(us)) => {
+                                    let held = self.remote_device.update(us as f64);
+                                    self.shared
+                                        .remote_device_usec
+                                        .store(held as u64, Ordering::Relaxed);
+                                }
+                                _ => {}
                             }
                             r.insert(k, v);
                         }
@@ -555,6 +622,8 @@ impl Worker {
         if self.encoder.is_none() {
             self.knobs_gen = self.shared.knobs_gen.load(Ordering::SeqCst);
             let knobs = self.knobs();
+            self.shared
+                .set_codec_part(self.cfg.block_usec, self.cfg.compression, &knobs);
             let enc = Encoder::new(self.cfg.compression, self.cfg.fmt, &knobs)
                 .map_err(|e| e.to_string())?;
             self.encoder = Some(enc);
@@ -607,11 +676,6 @@ impl Worker {
             off += per_frame;
         }
         self.pcm.drain(..off);
-        let queued = self.pcm.len() / ch.max(1);
-        self.shared.downstream_usec.store(
-            queued as u64 * 1_000_000 / u64::from(self.cfg.fmt.rate.max(1)),
-            Ordering::Relaxed,
-        );
         Ok(())
     }
 

@@ -21,6 +21,7 @@ pub mod encode;
 pub mod framing;
 pub mod handshake;
 pub mod jitter;
+pub mod latency;
 pub mod link;
 mod net;
 pub mod params;

@@ -180,8 +180,9 @@ pub(crate) fn authenticate(
 /// Connects to `addr` and runs the client side of the handshake (with the cookie exchange if
 /// the receiver asks). `slot` receives a handle on the connection at once, so that an unload
 /// can shut it down under a blocked handshake; `stop` ends a wait within 200 ms. Returns the
-/// connection (write timeout set, no read timeout), the receiver's `200` reply and any bytes
-/// that followed it.
+/// connection (write timeout set, no read timeout), the receiver's `200` reply, any bytes
+/// that followed it, and the network's round trip as the TCP connect measured it (the
+/// handshake's own exchange would add the time the receiver takes to open its stream).
 pub(crate) fn client_handshake(
     addr: &ServerAddr,
     mut hello: Hello,
@@ -189,8 +190,8 @@ pub(crate) fn client_handshake(
     slot: &Mutex<Option<Conn>>,
     stop: &AtomicBool,
     name: &str,
-) -> Result<(Conn, Reply, Vec<u8>), String> {
-    let mut conn = Conn::connect(addr).map_err(|e| e.to_string())?;
+) -> Result<(Conn, Reply, Vec<u8>, Duration), String> {
+    let (mut conn, rtt) = Conn::connect(addr).map_err(|e| e.to_string())?;
     if let (Ok(mut s), Ok(c)) = (slot.lock(), conn.try_clone()) {
         *s = Some(c);
     }
@@ -237,5 +238,5 @@ pub(crate) fn client_handshake(
     };
     conn.set_timeouts(None, Some(WRITE_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    Ok((conn, reply, pending))
+    Ok((conn, reply, pending, rtt))
 }

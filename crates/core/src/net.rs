@@ -3,7 +3,7 @@ use crate::params::ServerAddr;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a connection attempt may take.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -15,22 +15,27 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    pub(crate) fn connect(addr: &ServerAddr) -> std::io::Result<Conn> {
+    /// Connects, and tells how long the connection that succeeded took to open: for TCP the
+    /// kernel's SYN / SYN-ACK exchange, one network round trip with no application on the way
+    /// (a unix socket: nothing).
+    pub(crate) fn connect(addr: &ServerAddr) -> std::io::Result<(Conn, Duration)> {
         match addr {
             ServerAddr::Tcp { host, port } => {
                 let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
                 for a in (host.as_str(), *port).to_socket_addrs()? {
+                    let t = Instant::now();
                     match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
                         Ok(s) => {
+                            let rtt = t.elapsed();
                             let _ = s.set_nodelay(true);
-                            return Ok(Conn::Tcp(s));
+                            return Ok((Conn::Tcp(s), rtt));
                         }
                         Err(e) => last = e,
                     }
                 }
                 Err(last)
             }
-            ServerAddr::Unix(p) => Ok(Conn::Unix(UnixStream::connect(p)?)),
+            ServerAddr::Unix(p) => Ok((Conn::Unix(UnixStream::connect(p)?), Duration::ZERO)),
         }
     }
 

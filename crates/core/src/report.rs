@@ -72,6 +72,9 @@ pub struct Received {
     pub late_packets: u64,
     /// Bytes read from the network.
     pub bytes_received: u64,
+    /// The receiving device's latency for the stream, µs (0 where the receiving side is the
+    /// tunnel source itself).
+    pub device_latency_usec: u64,
 }
 
 /// What the sending side of a tunnel counts (the tunnel sink, a receiver's record streams).
@@ -85,6 +88,10 @@ pub struct Sent {
     pub dropped_frames: u64,
     /// Blocks the device could not hand over (the worker was behind).
     pub overruns: u64,
+    /// The end-to-end latency reported to the daemon, µs.
+    pub latency_usec: u64,
+    /// The network's one-way time, µs.
+    pub network_usec: u64,
     /// The far end's last report (its `latency_usec`, `underruns`, ...).
     pub remote: BTreeMap<String, String>,
 }
@@ -133,6 +140,7 @@ impl Report {
                 put("plc_frames", r.plc_frames.to_string());
                 put("late_packets", r.late_packets.to_string());
                 put("bytes_received", r.bytes_received.to_string());
+                put("device_latency_usec", r.device_latency_usec.to_string());
                 if let Some(n) = self.reconnects {
                     put("reconnects", n.to_string());
                 }
@@ -145,6 +153,8 @@ impl Report {
                 }
                 put("dropped_frames", s.dropped_frames.to_string());
                 put("overruns", s.overruns.to_string());
+                put("latency_usec", s.latency_usec.to_string());
+                put("network_usec", s.network_usec.to_string());
                 for (k, v) in &s.remote {
                     put(&format!("remote.{k}"), v.clone());
                 }
@@ -186,7 +196,7 @@ mod tests {
         assert_eq!(get(&p, "opus.tunnel.drift_ppm"), Some("12.3"));
         assert_eq!(get(&p, "opus.tunnel.latency_usec"), Some("60000"));
         assert_eq!(get(&p, "opus.tunnel.reconnects"), None);
-        assert_eq!(p.len(), 11);
+        assert_eq!(p.len(), 12);
         let mut sent = Sent {
             bytes_sent: 10,
             ..Default::default()

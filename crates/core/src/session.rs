@@ -62,7 +62,7 @@ impl Refusal {
 /// A stream for the daemon to create for a tunnel.
 pub struct NewStream<'a, IO> {
     /// The tunnel (format, channel map, label, statistics).
-    pub conn: &'a ConnShared,
+    pub conn: &'a Arc<ConnShared>,
     /// `<far end's device> on <far end's host>`.
     pub name: &'a str,
     /// The tunnel's properties (peer, remote name, codec), after the daemon's own.

@@ -42,6 +42,10 @@ pub trait StreamIo: Send + 'static {
     fn rate_match(&mut self) -> Option<f64> {
         None
     }
+    /// Playback: called before each [`fill`](Self::fill) with how long the device will take
+    /// to play the first frame this cycle hands it, µs — the stream's delay to the device and
+    /// what is queued in the stream and its resampler.
+    fn device_latency(&mut self, _usec: u64) {}
 }
 
 /// A stream's state as PipeWire reports it.
@@ -81,6 +85,8 @@ struct StreamData {
     /// daemon shutdown) or we did.
     alive: Rc<Cell<*mut pw::pw_stream>>,
     channels: usize,
+    /// The stream's rate (its frames' duration, for the device latency).
+    rate: u32,
     direction: Direction,
     hook: spa::spa_hook,
     events: pw::pw_stream_events,
@@ -124,6 +130,28 @@ fn update_properties_raw(raw: *mut pw::pw_stream, pairs: &[(String, String)]) {
     });
 }
 
+/// The stream's delay to its device plus what waits in the stream and its resampler, µs;
+/// `None` before the graph has timed the stream.
+///
+/// # Safety
+/// `raw` is a live stream, on its data thread.
+unsafe fn device_latency_usec(raw: *mut pw::pw_stream, rate: u32) -> Option<u64> {
+    // SAFETY (of the block): pw_time is plain data (zeroes are a valid value), and
+    // pw_stream_get_time_n fills at most the size we give; it is meant for the data thread.
+    let mut t: pw::pw_time = std::mem::zeroed();
+    if pw::pw_stream_get_time_n(raw, &mut t, std::mem::size_of::<pw::pw_time>()) < 0 {
+        return None;
+    }
+    if t.rate.denom == 0 || t.rate.num == 0 || rate == 0 {
+        return None;
+    }
+    // delay is in ticks of rate (num/denom s); queued (our buffers' sizes, frames) and
+    // buffered (resampler) in the stream's frames.
+    let delay = t.delay.max(0) as f64 * f64::from(t.rate.num) / f64::from(t.rate.denom);
+    let stream = (t.queued + t.buffered) as f64;
+    Some(((delay + stream / f64::from(rate)) * 1e6) as u64)
+}
+
 unsafe extern "C" fn on_process(data: *mut c_void) {
     let d = data as *const StreamData;
     let raw = (*d).raw;
@@ -161,6 +189,9 @@ unsafe extern "C" fn on_process(data: *mut c_void) {
             let mut frames = sd.maxsize as usize / stride;
             if (*b).requested > 0 {
                 frames = frames.min((*b).requested as usize);
+            }
+            if let Some(usec) = device_latency_usec(raw, (*d).rate) {
+                let _ = catch_unwind(AssertUnwindSafe(|| io.device_latency(usec)));
             }
             let out = std::slice::from_raw_parts_mut(sd.data as *mut f32, frames * ch);
             if catch_unwind(AssertUnwindSafe(|| io.fill(out))).is_err() {
@@ -373,6 +404,7 @@ impl Stream {
                 raw,
                 alive: alive.clone(),
                 channels: usize::from(spec.channels),
+                rate: spec.rate,
                 direction: spec.direction,
                 hook: std::mem::zeroed(),
                 events: pw::pw_stream_events {

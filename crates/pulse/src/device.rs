@@ -164,7 +164,7 @@ pub struct IoState<K: Kind> {
     module: *mut sys::pa_module,
     realtime: Option<i32>,
     pub(crate) timestamp: u64,
-    block_usec: u64,
+    pub(crate) block_usec: u64,
     pub(crate) block_bytes: usize,
     rate_scale: f64,
     running: bool,

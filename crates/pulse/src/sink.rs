@@ -14,8 +14,9 @@ pub trait SinkIo: Send + 'static {
     /// The sink's state changed (`running` as for [`render`](Self::render)). Also called with
     /// `false` when the sink is suspended.
     fn state_changed(&mut self, _running: bool) {}
-    /// Audio queued downstream of the sink (queues, encoder, network, remote buffer), in µs;
-    /// added to the latency the sink reports.
+    /// The latency downstream of the sink's clock (encoder, network, remote buffer, remote
+    /// device), in µs; the sink reports it plus half its block. Keep it steady: players read
+    /// it for A/V sync.
     fn extra_latency_usec(&self) -> u64 {
         0
     }
@@ -98,9 +99,12 @@ impl Kind for SinkKind {
     }
 
     unsafe fn latency(st: *mut IoState<Self>, extra_usec: u64) -> i64 {
-        // Rendered audio leaves at once: what is ahead of the clock, and what waits downstream.
-        let now = sys::pa_rtclock_now() as i64;
-        (*st).timestamp as i64 - now + extra_usec as i64
+        // Rendered audio leaves at once. The sink renders a block when its clock reaches the
+        // block's start, so what it holds ahead of its clock runs from a block down to nothing:
+        // half a block on average, reported as such so that the figure holds still from one
+        // query to the next (the sawtooth moved it by a whole block). Then what waits
+        // downstream.
+        ((*st).block_usec / 2 + extra_usec) as i64
     }
 
     fn lead_usec(block_usec: u64) -> u64 {

@@ -17,6 +17,11 @@ pub trait SinkInputIo: Send + 'static {
     fn queued_usec(&self) -> u64 {
         0
     }
+    /// Called before each [`pop`](Self::pop): how long the device will take to play the first
+    /// frame this pop hands it, µs — the sink's latency now and what the sink input queues
+    /// beyond the callback (its render queue). (The pop's later frames play that much after
+    /// their own place in the stream, as if the device drained the stream continuously.)
+    fn device_latency(&mut self, _usec: u64) {}
 }
 
 /// How to create a [`SinkInput`].
@@ -55,6 +60,24 @@ unsafe extern "C" fn pop_cb(
     let block = sys::pa_memblock_new((*st).mempool, len);
     if block.is_null() {
         return -1;
+    }
+    // The sink's latency and the sink input's render queue, as pulsecore's own latency query
+    // counts them, read on the sink's IO thread, where we are.
+    let sink = (*i).sink;
+    if !sink.is_null() {
+        let sink_usec = sys::pa_sink_get_latency_within_thread(sink, false).max(0) as u64;
+        let queue = (*i).thread_info.render_memblockq;
+        let queued = if queue.is_null() {
+            0
+        } else {
+            sys::pa_bytes_to_usec(
+                sys::pa_memblockq_get_length(queue) as u64,
+                &(*sink).sample_spec,
+            )
+        };
+        crate::catch("stream latency", || {
+            (*st).io.device_latency(sink_usec + queued)
+        });
     }
     let base = sys::pa_memblock_acquire(block) as *mut u8;
     let out = std::slice::from_raw_parts_mut(base, len);

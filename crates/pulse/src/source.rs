@@ -13,8 +13,9 @@ pub trait SourceIo: Send + 'static {
     /// The source's state changed: `running` is true while an uncorked stream records from
     /// it. Also called with `false` when the source is suspended.
     fn state_changed(&mut self, _running: bool) {}
-    /// Audio queued upstream of the source (remote capture, encoder, network, buffer), in
-    /// µs; added to the latency the source reports.
+    /// The latency upstream of the source's clock (remote capture, encoder, network, buffer),
+    /// in µs; the source reports it less half its block. Keep it steady: recorders read it to
+    /// time what they record.
     fn extra_latency_usec(&self) -> u64 {
         0
     }
@@ -92,9 +93,11 @@ impl Kind for SourceKind {
         io.extra_latency_usec()
     }
 
-    unsafe fn latency(_st: *mut IoState<Self>, extra_usec: u64) -> i64 {
-        // Audio is posted when its block is due, so the latency is what waits upstream.
-        extra_usec as i64
+    unsafe fn latency(st: *mut IoState<Self>, extra_usec: u64) -> i64 {
+        // A block is posted when its end is due: the next frame to post has waited from none
+        // to a whole block of that already, half a block on average, reported as such so
+        // that the figure holds still between posts. Before that, what waits upstream.
+        (extra_usec as i64 - ((*st).block_usec / 2) as i64).max(0)
     }
 
     fn lead_usec(_block_usec: u64) -> u64 {

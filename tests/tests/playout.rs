@@ -1,0 +1,427 @@
+//! The receive side's playout, end to end between real daemons (issue 16):
+//!
+//! - `p1`: click trains played into the tunnel sink at once after `load-module`, again after
+//!   8 s of silence, and at once after a reconnect (the link cut at a proxy) all arrive, and
+//!   the first click of each train is no later than the train's steady latency + 20 ms.
+//! - `p2`: the tunnel source recording `module-sine-source` (which posts 2 s blocks) has the
+//!   tone's frequency (±5 Hz) and level (±1 dB) within 2 s of a reader starting, and no new
+//!   underruns while three readers come and go.
+//! - `p3`: render-to-render latency at defaults, sender sink to receiver sink (not pacat to
+//!   parec), and the latency the tunnel sink reports (`pactl list sinks`). The figures are
+//!   always measured and printed; the goals (≤ 40 ms, readings within 1 ms of each other and
+//!   within 5 ms of the measured figure) are asserted only with `OPUS_TUNNEL_PLAYOUT_V2=1`
+//!   until the new engine lands.
+//!
+//! How times are measured is in `opus_tunnel_tests::timed`.
+use opus_tunnel_tests::daemon::tunnel_logs;
+use opus_tunnel_tests::timed::{play_train, sink_latency_usec, Origin, Recording, TimedRecorder};
+use opus_tunnel_tests::{
+    begin, begin_tunnel, channel, dominant_frequency, free_port, rms_dbfs, CountingProxy, Daemon,
+    Recorder,
+};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Clicks per train, and their spacing in 10 ms blocks (0.5 s: longer than any latency, so
+/// that a click cannot be taken for the one before it).
+const CLICKS: usize = 8;
+const SPACING: usize = 50;
+/// A received sample above this (s16) is loud; a click's onset comes after 50 ms of quiet.
+const LOUD: i16 = 4000;
+const QUIET: usize = 2400;
+
+fn goals_asserted() -> bool {
+    std::env::var_os("OPUS_TUNNEL_PLAYOUT_V2").is_some_and(|v| v == "1")
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn ms(v: &[Option<f64>]) -> String {
+    v.iter()
+        .map(|x| x.map_or("lost".to_string(), |x| format!("{:.1}", x * 1000.0)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// For each click written at `sent[k]` (seconds), its delay to the first onset of `rec`
+/// (by the receiving sink's clock) within 0.45 s after it; `None` if none arrived.
+fn click_delays(rec: &Recording, sent: &[f64]) -> Vec<Option<f64>> {
+    let times: Vec<f64> = rec
+        .onsets(LOUD, QUIET)
+        .into_iter()
+        .filter_map(|f| rec.clock_time(f, 1.0, 0.0))
+        .collect();
+    sent.iter()
+        .map(|s| {
+            times
+                .iter()
+                .find(|t| **t > *s && **t - *s < 0.45)
+                .map(|t| t - s)
+        })
+        .collect()
+}
+
+#[test]
+fn p1_click_trains_after_load_silence_and_reconnect() {
+    let Some(_g) = begin_tunnel("p1") else {
+        return;
+    };
+    let port = free_port();
+    let receiver = Daemon::receiver("p1-rx", port, "auth-anonymous=1");
+    let proxy = CountingProxy::start(port);
+    let sender = Daemon::named("p1-tx");
+    let origin = Origin::now();
+    let rec = TimedRecorder::start(&receiver, "null.monitor", origin).expect("parec");
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    sender.load_tunnel("tun", proxy.port(), "");
+    let after_load = play_train(&sender, "tun", CLICKS, SPACING, 30, origin).expect("train 1");
+    let load_to_click = after_load[0] - origin.secs(t0);
+    std::thread::sleep(Duration::from_secs(8));
+    let after_silence = play_train(&sender, "tun", CLICKS, SPACING, 30, origin).expect("train 2");
+    let conns = proxy.connections();
+    proxy.cut_all();
+    let t = Instant::now();
+    while !(proxy.connections() > conns && proxy.open_connections() == 1) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no reconnection within 5 s{}",
+            tunnel_logs(&sender, &receiver)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let reconnect_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let after_reconnect = play_train(&sender, "tun", CLICKS, SPACING, 30, origin).expect("train 3");
+    std::thread::sleep(Duration::from_millis(500));
+    let rec = rec.finish();
+    let mut failures = Vec::new();
+    println!(
+        "first click written {:.0} ms after load-module returned; reconnected {:.0} ms after the cut",
+        load_to_click * 1000.0,
+        reconnect_ms
+    );
+    for (name, sent) in [
+        ("after load-module", &after_load),
+        ("after 8 s of silence", &after_silence),
+        ("after a reconnect", &after_reconnect),
+    ] {
+        let d = click_delays(&rec, sent);
+        let lost = d.iter().filter(|x| x.is_none()).count();
+        let steady: Vec<f64> = d.iter().skip(2).flatten().copied().collect();
+        let steady = median(&steady);
+        println!(
+            "{name}: click delays (pacat write to the receiving sink's clock, ms): {}; \
+             steady (clicks 3-{CLICKS}) {:.1} ms",
+            ms(&d),
+            steady * 1000.0
+        );
+        if lost > 0 {
+            failures.push(format!("{name}: {lost} of {CLICKS} clicks lost"));
+        }
+        match d[0] {
+            Some(first) if first > steady + 0.020 => failures.push(format!(
+                "{name}: the first click took {:.1} ms, steady + 20 ms is {:.1}",
+                first * 1000.0,
+                (steady + 0.020) * 1000.0
+            )),
+            _ => {}
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}{}",
+        failures.join("\n"),
+        tunnel_logs(&sender, &receiver)
+    );
+}
+
+/// The properties of source `name` (`pactl list sources`).
+fn source_props(d: &Daemon, name: &str) -> HashMap<String, String> {
+    let text = d.pactl_ok(&["list", "sources"]);
+    for block in text.split("Source #").skip(1) {
+        if !block.contains(&format!("Name: {name}\n")) {
+            continue;
+        }
+        return block
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim();
+                l.split_once(" = ").or_else(|| l.split_once(": "))
+            })
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect();
+    }
+    panic!("no source {name} in\n{text}");
+}
+
+fn num(p: &HashMap<String, String>, k: &str) -> u64 {
+    p.get(k).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+}
+
+/// Left channel of stereo audio: frequency and level.
+fn tone_of(audio: &[i16]) -> (f64, f64) {
+    let l = channel(audio, 0, 2);
+    (dominant_frequency(&l, 48_000), rms_dbfs(&l))
+}
+
+#[test]
+fn p2_tunnel_source_on_a_source_posting_large_blocks() {
+    let Some(_g) = begin(
+        "p2",
+        &["module-tunnel-source-opus", "module-opus-protocol-tcp"],
+    ) else {
+        return;
+    };
+    const HZ: f64 = 440.0;
+    let port = free_port();
+    // module-sine-source has a fixed latency of 2 s: it posts its audio in blocks of up to 2 s.
+    let receiver = Daemon::builder()
+        .name("p2-far")
+        .line("load-module module-sine-source source_name=sine rate=48000 frequency=440")
+        .line(format!(
+            "load-module module-opus-protocol-tcp port={port} listen=127.0.0.1 auth-anonymous=1 source=sine"
+        ))
+        .start()
+        .expect("far end");
+    let (f0, l0) = tone_of(
+        &Recorder::start(&receiver, "sine")
+            .read(1.0)
+            .expect("the sine directly"),
+    );
+    let desktop = Daemon::named("p2-desktop");
+    desktop
+        .load_module(
+            "module-tunnel-source-opus",
+            &format!("source_name=mic server=tcp:127.0.0.1:{port}"),
+        )
+        .unwrap_or_else(|e| panic!("tunnel source: {e}"));
+    let t = Instant::now();
+    while source_props(&desktop, "mic")
+        .get("opus.tunnel.state")
+        .map(String::as_str)
+        != Some("idle")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the tunnel source did not connect{}",
+            tunnel_logs(&desktop, &receiver)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let p = source_props(&desktop, "mic");
+    let (under0, plc0) = (
+        num(&p, "opus.tunnel.underruns"),
+        num(&p, "opus.tunnel.plc_frames"),
+    );
+    println!("the sine at the far end: {f0:.1} Hz at {l0:.2} dBFS");
+    let mut failures = Vec::new();
+    let mut under = under0;
+    for reader in 1..=3 {
+        let t = Instant::now();
+        let mut rec = Recorder::start(&desktop, "mic");
+        let first = t.elapsed();
+        let audio = rec.read(2.0).expect("recording");
+        // What the source reports as its latency while it is read (ms).
+        let reported = source_props(&desktop, "mic")
+            .get("Latency")
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(f64::NAN, |v| v / 1000.0);
+        drop(rec);
+        // Level every 250 ms, for the picture; the check is on the second second.
+        let quarter = 48_000 / 4 * 2;
+        let levels: Vec<String> = audio
+            .chunks(quarter)
+            .map(|c| format!("{:.1}", tone_of(c).1))
+            .collect();
+        let (f, l) = tone_of(&audio[audio.len() / 2..]);
+        std::thread::sleep(Duration::from_millis(1500));
+        let p = source_props(&desktop, "mic");
+        let (u, plc) = (
+            num(&p, "opus.tunnel.underruns"),
+            num(&p, "opus.tunnel.plc_frames"),
+        );
+        println!(
+            "reader {reader}: first audio after {:.0} ms; 1-2 s: {f:.1} Hz at {l:.2} dBFS; \
+             levels per 250 ms: {}; underruns {u} (+{}), plc frames {plc} (+{}); \
+             the source reported {reported:.1} ms of latency at 2 s",
+            first.as_secs_f64() * 1000.0,
+            levels.join(" "),
+            u.saturating_sub(under),
+            plc.saturating_sub(plc0)
+        );
+        if (f - HZ).abs() > 5.0 {
+            failures.push(format!("reader {reader}: {f:.1} Hz in its second second"));
+        }
+        if (l - l0).abs() > 1.0 {
+            failures.push(format!(
+                "reader {reader}: {l:.2} dBFS in its second second, {l0:.2} at the far end"
+            ));
+        }
+        if u != under {
+            failures.push(format!("reader {reader}: {} new underruns", u - under));
+        }
+        under = u;
+    }
+    assert!(
+        failures.is_empty(),
+        "{}{}",
+        failures.join("\n"),
+        tunnel_logs(&desktop, &receiver)
+    );
+}
+
+#[test]
+fn p3_render_to_render_latency_and_the_reported_latency() {
+    let Some(_g) = begin_tunnel("p3") else {
+        return;
+    };
+    // The tunnel sink's block at defaults (latency_msec=10).
+    const SENDER_BLOCK: f64 = 0.010;
+    const TRAIN: usize = 14;
+    let port = free_port();
+    let receiver = Daemon::receiver("p3-rx", port, "auth-anonymous=1");
+    let sender = Daemon::named("p3-tx");
+    sender.load_tunnel("tun", port, "");
+    let origin = Origin::now();
+    let rec_s = TimedRecorder::start(&sender, "tun.monitor", origin).expect("parec tx");
+    let rec_r = TimedRecorder::start(&receiver, "null.monitor", origin).expect("parec rx");
+    std::thread::sleep(Duration::from_millis(500));
+    let (sent, readings, null_block) = std::thread::scope(|s| {
+        let train = s.spawn(|| play_train(&sender, "tun", TRAIN, SPACING, 30, origin));
+        // Steady playing from the 4th second on: ten readings 200 ms apart.
+        std::thread::sleep(Duration::from_secs(4));
+        let mut readings = Vec::new();
+        for _ in 0..10 {
+            let (l, _) = sink_latency_usec(&sender, "tun").expect("tun latency");
+            readings.push(l / 1000.0);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (_, null_block) = sink_latency_usec(&receiver, "null").expect("null latency");
+        (
+            train.join().expect("train thread").expect("train"),
+            readings,
+            null_block / 1e6,
+        )
+    });
+    let device = receiver
+        .pactl_ok(&["list", "sink-inputs"])
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("opus.tunnel.device_latency_usec = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "?".into());
+    let props = sender.sink_properties("tun").unwrap_or_default();
+    let prop = |k: &str| props.get(k).cloned().unwrap_or_else(|| "?".into());
+    let remote = format!(
+        "remote.latency_usec {}, remote.device_latency_usec {}, network_usec {} \
+         (the receiver's stream: device_latency_usec {device})",
+        prop("opus.tunnel.remote.latency_usec"),
+        prop("opus.tunnel.remote.device_latency_usec"),
+        prop("opus.tunnel.network_usec")
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (rs, rr) = (rec_s.finish(), rec_r.finish());
+    let (on_s, on_r) = (rs.onsets(LOUD, QUIET), rr.onsets(LOUD, QUIET));
+    println!(
+        "clicks written {}, seen at the tunnel sink's monitor {}, at the receiver's null.monitor {}; \
+         chunks (frames) tx {:?} rx {:?}; null sink block {:.1} ms",
+        sent.len(),
+        on_s.len(),
+        on_r.len(),
+        rs.chunk_sizes(6),
+        rr.chunk_sizes(6),
+        null_block * 1000.0
+    );
+    // Each click as the sender's sink rendered it, matched to where the receiver's sink played
+    // it (the first onset 0-400 ms later by the two sinks' clocks).
+    let mut rows = Vec::new();
+    for &fs in &on_s {
+        let (Some(cs), Some(ws)) = (
+            rs.clock_time(fs, 1.0, SENDER_BLOCK),
+            rs.render_time(fs, 1.0, SENDER_BLOCK),
+        ) else {
+            continue;
+        };
+        let hit = on_r.iter().find_map(|&fr| {
+            let cr = rr.clock_time(fr, 1.0, null_block)?;
+            let wr = rr.render_time(fr, 1.0, null_block)?;
+            (cr > cs && cr - cs < 0.4).then_some((cr, wr))
+        });
+        if let Some((cr, wr)) = hit {
+            rows.push((ws, wr - ws, cr - ws, cr - cs));
+        }
+    }
+    // Clicks from the 3rd second of the train on count as steady.
+    let steady_from = sent.first().copied().unwrap_or(0.0) + 3.0;
+    let steady: Vec<_> = rows.iter().filter(|r| r.0 >= steady_from).collect();
+    let col =
+        |i: usize| -> Vec<f64> { steady.iter().map(|r| [r.1, r.2, r.3][i] * 1000.0).collect() };
+    let (render_render, render_play, clock_clock) =
+        (median(&col(0)), median(&col(1)), median(&col(2)));
+    let lo = readings.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = readings.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mean = readings.iter().sum::<f64>() / readings.len().max(1) as f64;
+    println!(
+        "render to render (the sender's IO thread renders the click → the receiver's renders it): \
+         median {render_render:.1} ms over {} steady clicks {:?}",
+        steady.len(),
+        col(0).iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>()
+    );
+    println!(
+        "render to play (→ the receiver's sink clock plays it: + the receiving device's latency): \
+         {render_play:.1} ms; sink clock to sink clock {clock_clock:.1} ms"
+    );
+    println!(
+        "tun's reported latency (pactl list sinks, 10 readings 200 ms apart): {} ms; \
+         {lo:.1}-{hi:.1}, spread {:.1} ms, mean {mean:.1} ms, mean - render-to-play {:+.1} ms; \
+         the sink's opus.tunnel.{remote}",
+        readings
+            .iter()
+            .map(|v| format!("{v:.1}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        hi - lo,
+        mean - render_play
+    );
+    assert!(
+        steady.len() >= 6,
+        "only {} steady clicks matched at both ends{}",
+        steady.len(),
+        tunnel_logs(&sender, &receiver)
+    );
+    assert!(
+        render_render > 0.0 && render_play >= render_render,
+        "inconsistent figures: render-render {render_render:.1}, render-play {render_play:.1}"
+    );
+    if goals_asserted() {
+        assert!(
+            render_render <= 40.0,
+            "render-to-render latency {render_render:.1} ms > 40 ms"
+        );
+        assert!(
+            hi - lo <= 1.0,
+            "the reported latency moved {:.1} ms between readings",
+            hi - lo
+        );
+        assert!(
+            (mean - render_play).abs() <= 5.0,
+            "reported {mean:.1} ms, measured {render_play:.1} ms"
+        );
+        // The receiver reports its device's latency, which the sum counts.
+        assert!(
+            props
+                .get("opus.tunnel.remote.device_latency_usec")
+                .is_some_and(|v| v.parse::<u64>().is_ok()),
+            "the receiver's reports carry no device_latency_usec"
+        );
+    } else {
+        println!("(goals not asserted: set OPUS_TUNNEL_PLAYOUT_V2=1)");
+    }
+}
