@@ -251,6 +251,11 @@ pub struct DirStats {
     pub queue_drops: u64,
     /// Longest run of consecutive packets the loss model dropped.
     pub longest_loss_burst: u64,
+    /// Packets the relay wrote more than 2 ms after their due time (its threads starved on a
+    /// busy machine): the emulated link was worse than asked by that much.
+    pub late_writes: u64,
+    /// The latest a packet was written after its due time, in µs.
+    pub max_late_us: u64,
 }
 
 impl DirStats {
@@ -426,6 +431,8 @@ struct Direction {
     lost: AtomicU64,
     queue_drops: AtomicU64,
     longest_loss_burst: AtomicU64,
+    late_writes: AtomicU64,
+    max_late_us: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -453,6 +460,8 @@ impl Direction {
             lost: AtomicU64::new(0),
             queue_drops: AtomicU64::new(0),
             longest_loss_burst: AtomicU64::new(0),
+            late_writes: AtomicU64::new(0),
+            max_late_us: AtomicU64::new(0),
         }
     }
 
@@ -510,6 +519,8 @@ impl Direction {
             lost: self.lost.load(Ordering::Relaxed),
             queue_drops: self.queue_drops.load(Ordering::Relaxed),
             longest_loss_burst: self.longest_loss_burst.load(Ordering::Relaxed),
+            late_writes: self.late_writes.load(Ordering::Relaxed),
+            max_late_us: self.max_late_us.load(Ordering::Relaxed),
         }
     }
 }
@@ -690,6 +701,12 @@ fn write_loop(dev: &tun::Device, dir: &Direction, stop: &AtomicBool) {
             Some(due) if due <= now => {
                 let p = q.pop().expect("peeked");
                 drop(q);
+                let late = now.saturating_duration_since(p.due);
+                if late > Duration::from_millis(2) {
+                    dir.late_writes.fetch_add(1, Ordering::Relaxed);
+                }
+                dir.max_late_us
+                    .fetch_max(late.as_micros() as u64, Ordering::Relaxed);
                 // A packet the far side does not take (its device down) is simply lost.
                 if dev.send(&p.packet).is_ok() {
                     dir.forwarded.fetch_add(1, Ordering::Relaxed);
