@@ -31,7 +31,7 @@ cargo test --release -p opus-tunnel-tests --lib --bins
 # disturbance (README, known limits), which some timing tests see: a failing file is run once
 # more, and the retry is reported in the log. A second failure fails the suite.
 retried=()
-for t in drift e2e harness hostile live pipewire refusals source; do
+for t in drift e2e harness hostile live netem pipewire refusals source; do
   if ! cargo test --release -p opus-tunnel-tests --test "$t" -- --test-threads=1; then
     echo "== RETRY: tests/tests/$t.rs failed once; running it again"
     retried+=("$t")
