@@ -376,6 +376,11 @@ impl Daemon {
         &self.modules
     }
 
+    /// The network namespace the daemon runs in (`None`: the test's own).
+    pub fn netns(&self) -> Option<&Netns> {
+        self.netns.as_ref()
+    }
+
     /// The daemon's process id (0 if it is not running).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)

@@ -150,6 +150,21 @@ impl Link {
         }
     }
 
+    /// The WAN table's links (issue 18), each way: a name and the link. The bursty row is
+    /// Gilbert–Elliott loss with a mean burst of 3 packets.
+    pub fn wan_presets() -> [(&'static str, Link); 4] {
+        let ms = Duration::from_millis;
+        [
+            ("5 ms, 0-2 ms, 0 %", Link::wan(ms(5), ms(2), 0.0)),
+            ("20 ms, 0-5 ms, 1 %", Link::wan(ms(20), ms(5), 0.01)),
+            ("30 ms, 0-30 ms, 2 %", Link::wan(ms(30), ms(30), 0.02)),
+            (
+                "40 ms, 0-10 ms, 5 % bursty",
+                Link::wan(ms(40), ms(10), 0.0).with_loss(Loss::bursty(0.05, 3.0)),
+            ),
+        ]
+    }
+
     /// A LAN: 0.5 ms one way, 0–1 ms jitter, no loss.
     pub fn lan() -> Link {
         Link::wan(Duration::from_micros(500), Duration::from_millis(1), 0.0)
@@ -609,6 +624,12 @@ impl Netem {
             ip(&["link", "set", dev, "netns", ns])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "addr", "add", local, "peer", peer, "dev", dev])?;
+            // IPv4 only: no IPv6 router solicitations or MLD reports in the counters.
+            let conf = format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
+            let netns = Netns {
+                name: ns.to_string(),
+            };
+            let _ = netns.run(|| std::fs::write(&conf, "1"));
             ip(&["-n", ns, "link", "set", dev, "up"])?;
         }
         for (i, (from, to)) in [(&dev_a, &dev_b), (&dev_b, &dev_a)].into_iter().enumerate() {

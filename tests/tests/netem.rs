@@ -199,6 +199,8 @@ fn random_and_bursty_loss() {
         rate * 100.0
     );
     assert!((rate - 0.05).abs() <= 0.012, "loss {rate}");
+    // Only our datagrams crossed (no IPv6 chatter), and every one not lost arrived.
+    assert_eq!(s.received, u64::from(n), "{s:?}");
     assert_eq!(s.lost, u64::from(n) - got.len() as u64, "{s:?}");
     assert!(burst < 1.3, "random loss came in bursts: {burst}");
 

@@ -56,7 +56,11 @@ fn tone_over_a_20ms_wan_with_jitter_and_loss() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
-    let link = Link::wan(Duration::from_millis(20), Duration::from_millis(5), 0.01);
+    let link = Link::wan_presets()[1].1;
+    assert_eq!(
+        link,
+        Link::wan(Duration::from_millis(20), Duration::from_millis(5), 0.01)
+    );
     // Declared first, so dropped last: the daemons inside stop before their namespaces go.
     let net = Netem::new(link).expect("link emulator (root, /dev/net/tun, ip netns)");
     let port = 4715;
