@@ -580,6 +580,12 @@ impl Netem {
             name: format!("{NS_PREFIX}{pid}-{n}-b"),
         };
         let subnet = (n % 250) as u8;
+        // Loss and jitter are seeded: a run repeats unless OPUS_TUNNEL_NETEM_SEED says otherwise.
+        let seed = std::env::var("OPUS_TUNNEL_NETEM_SEED")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0x5eed_0000)
+            .wrapping_add(u64::from(n) * 2);
         let mut netem = Netem {
             tun_a: format!("otn{pid}x{}a", n % 1000),
             tun_b: format!("otn{pid}x{}b", n % 1000),
@@ -587,8 +593,8 @@ impl Netem {
             b,
             subnet,
             dirs: [
-                Arc::new(Direction::new(a_to_b, 0x5eed_0000 + u64::from(n) * 2)),
-                Arc::new(Direction::new(b_to_a, 0x5eed_0001 + u64::from(n) * 2)),
+                Arc::new(Direction::new(a_to_b, seed)),
+                Arc::new(Direction::new(b_to_a, seed.wrapping_add(1))),
             ],
             stop: Arc::new(AtomicBool::new(false)),
             readers: Vec::new(),
