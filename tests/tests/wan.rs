@@ -5,7 +5,9 @@
 //! 20 dB below the tone (concealment is fine, silence is not). The receiver's latency and
 //! target are printed every 5 s.
 //!
-//! `OPUS_TUNNEL_WAN_SECS` changes the 60 s.
+//! `OPUS_TUNNEL_WAN_SECS` changes the 60 s. A second, short test runs a PipeWire receiver in
+//! a namespace.
+use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire};
 use opus_tunnel_tests::{
     begin_tunnel, channel, play_loop, prop_or_unknown, rms_dbfs, tone_loop, wait::wait_for_tone,
     Daemon, Dir, Link, Netem, Recorder, RATE,
@@ -191,5 +193,60 @@ fn tone_over_a_20ms_wan_with_jitter_and_loss() {
         levels.len(),
         &quiet[..quiet.len().min(10)],
         opus_tunnel_tests::daemon::tunnel_logs(&sender, &receiver)
+    );
+}
+
+/// The PipeWire receiver runs in a namespace too (`PipeWireBuilder::netns`): a PulseAudio
+/// tunnel from A reaches it in B over a LAN-like link and the tone arrives.
+#[test]
+fn pipewire_receiver_in_a_namespace() {
+    let Some(_g) = begin_tunnel("wan_pipewire") else {
+        return;
+    };
+    if !require_pw_modules("wan_pipewire", &["libpipewire-module-opus-protocol-tcp"]) {
+        return;
+    }
+    let net = Netem::new(Link::lan()).expect("link emulator");
+    let pw = PipeWire::builder()
+        .name("wan-pw-rx")
+        .netns(net.b())
+        .module(
+            "libpipewire-module-opus-protocol-tcp",
+            &format!(
+                "server.address = [ \"tcp:{}:4715\" ] auth.anonymous = true target.object = \"null\"",
+                net.addr_b()
+            ),
+        )
+        .start()
+        .expect("PipeWire receiver in namespace B");
+    let sender = Daemon::builder()
+        .name("wan-pa-tx")
+        .netns(net.a())
+        .start()
+        .expect("sender in namespace A");
+    sender
+        .load_module(
+            "module-tunnel-sink-opus",
+            &format!("sink_name=tun server=tcp:{}:4715 sink=null", net.addr_b()),
+        )
+        .expect("tunnel sink");
+    let _player = play_loop(&sender, "tun", tone_loop(1000.0, 1000.0, -12.0));
+    let mut rec = pw.recorder("null.monitor");
+    let arrived = wait_for_tone(
+        |s| rec.read(s).ok(),
+        0.25,
+        (1000.0, 1000.0),
+        Duration::from_secs(15),
+    );
+    let ab = net.stats(Dir::AtoB);
+    println!("PipeWire receiver in B: tone after {arrived:?}; link A→B {ab:?}");
+    assert!(
+        arrived.is_some(),
+        "no tone at the PipeWire receiver\n{}",
+        pw.log()
+    );
+    assert!(
+        ab.forwarded > 50,
+        "the tunnel did not cross the link: {ab:?}"
     );
 }
