@@ -561,6 +561,8 @@ pub struct Netem {
     stop: Arc<AtomicBool>,
     readers: Vec<JoinHandle<()>>,
     writers: Vec<JoinHandle<()>>,
+    /// The namespaces this instance made (and so deletes): not one that existed before.
+    created: Vec<String>,
 }
 
 impl fmt::Debug for Netem {
@@ -609,6 +611,7 @@ impl Netem {
             stop: Arc::new(AtomicBool::new(false)),
             readers: Vec::new(),
             writers: Vec::new(),
+            created: Vec::new(),
         };
         // From here on, Drop removes whatever was made.
         netem.build()?;
@@ -637,6 +640,7 @@ impl Netem {
             (&b, &tun_b, &addr_b, &addr_a),
         ] {
             ip(&["netns", "add", ns])?;
+            self.created.push(ns.to_string());
             ip(&["link", "set", dev, "netns", ns])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "addr", "add", local, "peer", peer, "dev", dev])?;
@@ -808,11 +812,9 @@ impl Drop for Netem {
                 let _ = h.join();
             }
         }
-        for ns in [&self.a.name, &self.b.name] {
-            if namespaces().iter().any(|n| n == ns) {
-                if let Err(e) = ip(&["netns", "del", ns]) {
-                    eprintln!("netem: {e:#}");
-                }
+        for ns in &self.created {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                eprintln!("netem: {e:#}");
             }
         }
     }
