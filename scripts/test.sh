@@ -29,7 +29,7 @@ export OPUS_TUNNEL_REQUIRE_MODULES=1
 cargo test --release -p opus-tunnel-tests --lib --bins
 # One test file at a time (they start real daemons; timing checks want the machine to
 # themselves). No retries: a failure is a failure.
-for t in drift e2e harness hostile live pipewire refusals source; do
+for t in drift e2e harness hostile live netem pipewire playout refusals source; do
   cargo test --release -p opus-tunnel-tests --test "$t" -- --test-threads=1
 done
 echo "== all tests passed in $(( $(date +%s) - start )) s"

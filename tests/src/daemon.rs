@@ -1,5 +1,6 @@
 //! Private PulseAudio daemons for tests.
 
+use crate::netem::Netns;
 use crate::process::{
     built_module_dir, pid_exists, signal, stdout_or_panic, terminate, Signal, Strays,
 };
@@ -97,6 +98,7 @@ pub struct DaemonBuilder {
     name: String,
     lines: Vec<String>,
     extra_args: Vec<String>,
+    netns: Option<Netns>,
 }
 
 impl DaemonBuilder {
@@ -127,6 +129,14 @@ impl DaemonBuilder {
         self
     }
 
+    /// Runs the daemon inside the network namespace `ns` (one end of a [`crate::Netem`]):
+    /// its TCP and UDP sockets live there, its unix sockets (what `pactl`, `pacat` and
+    /// `parec` use) stay reachable from everywhere. Restarts run there too.
+    pub fn netns(mut self, ns: &Netns) -> Self {
+        self.netns = Some(ns.clone());
+        self
+    }
+
     pub fn start(self) -> Result<Daemon> {
         Daemon::start_with(self)
     }
@@ -145,6 +155,8 @@ pub struct Daemon {
     pub(crate) strays: Strays,
     /// the module dir the daemon searches first
     modules: PathBuf,
+    /// the network namespace it runs in (`None`: this process's)
+    netns: Option<Netns>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -263,6 +275,7 @@ impl Daemon {
             args,
             strays: Strays::default(),
             modules,
+            netns: b.netns.clone(),
         };
         d.spawn()?;
         Ok(d)
@@ -304,15 +317,18 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(self.dir.join("stderr.log"))?;
-        let child = Command::new("pulseaudio")
-            .args(&self.args)
+        let mut cmd = Command::new("pulseaudio");
+        cmd.args(&self.args)
             .envs(self.env())
             .env_remove("DISPLAY")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .context("cannot spawn pulseaudio (is it installed?)")?;
+            .stderr(Stdio::from(stderr));
+        let child = match &self.netns {
+            Some(ns) => ns.spawn(&mut cmd),
+            None => cmd.spawn().map_err(anyhow::Error::from),
+        }
+        .context("cannot spawn pulseaudio (is it installed?)")?;
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -358,6 +374,11 @@ impl Daemon {
     /// The module dir this daemon searches first.
     pub fn module_dir(&self) -> &Path {
         &self.modules
+    }
+
+    /// The network namespace the daemon runs in (`None`: the test's own).
+    pub fn netns(&self) -> Option<&Netns> {
+        self.netns.as_ref()
     }
 
     /// The daemon's process id (0 if it is not running).

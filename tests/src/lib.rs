@@ -12,6 +12,7 @@ pub mod analysis;
 pub mod clicks;
 pub mod daemon;
 pub mod impair;
+pub mod netem;
 pub mod pipewire;
 pub mod process;
 pub mod proxy;
@@ -29,6 +30,7 @@ pub use daemon::{
     DaemonBuilder,
 };
 pub use impair::{Impairment, ImpairmentProxy};
+pub use netem::{Dir, DirStats, Link, Loss, Netem, Netns};
 pub use proxy::CountingProxy;
 pub use signal::{
     dbfs_to_amplitude, play, play_loop, record, record_raw, tone, tone_loop, write_s16le, Player,

@@ -5,6 +5,7 @@
 //! sink). Our modules are found through `PIPEWIRE_MODULE_DIR=<pw module dir>:<stock dir>`.
 //! Dropping it stops WirePlumber's process group and the daemon by pid.
 
+use crate::netem::Netns;
 use crate::process::{built_module_dir, signal_group, stdout_or_panic, terminate, Signal, Strays};
 use crate::signal::{pacat_into, Player, Recorder};
 use anyhow::{bail, Context as _, Result};
@@ -90,6 +91,8 @@ pub struct PipeWire {
     session: Option<Child>,
     status: Option<ExitStatus>,
     strays: Strays,
+    /// the network namespace the daemon runs in (`None`: this process's)
+    netns: Option<Netns>,
 }
 
 /// Builder: `context.modules` entries of ours after the standard ones.
@@ -97,6 +100,7 @@ pub struct PipeWire {
 pub struct PipeWireBuilder {
     name: String,
     modules: Vec<String>,
+    netns: Option<Netns>,
 }
 
 impl PipeWireBuilder {
@@ -109,6 +113,14 @@ impl PipeWireBuilder {
     pub fn module(mut self, name: &str, args: &str) -> Self {
         self.modules
             .push(format!("    {{ name = {name} args = {{ {args} }} }}"));
+        self
+    }
+
+    /// Runs the `pipewire` daemon (whose modules open the network sockets) inside the network
+    /// namespace `ns`, one end of a [`crate::Netem`]; its unix sockets and WirePlumber stay
+    /// reachable from everywhere. Restarts run there too.
+    pub fn netns(mut self, ns: &Netns) -> Self {
+        self.netns = Some(ns.clone());
         self
     }
 
@@ -183,6 +195,7 @@ impl PipeWire {
             session: None,
             status: None,
             strays: Strays::default(),
+            netns: b.netns,
         };
         pw.spawn()?;
         Ok(pw)
@@ -217,18 +230,20 @@ impl PipeWire {
             .create(true)
             .append(true)
             .open(self.dir.join("pipewire.log"))?;
-        let daemon = self
-            .command("pipewire")
-            .args(["-c", &self.dir.join("pipewire.conf").display().to_string()])
+        let mut cmd = self.command("pipewire");
+        cmd.args(["-c", &self.dir.join("pipewire.conf").display().to_string()])
             .env(
                 "PIPEWIRE_MODULE_DIR",
                 format!("{}:{}", pw_module_dir().display(), stock.display()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .context("cannot spawn pipewire")?;
+            .stderr(Stdio::from(log));
+        let daemon = match &self.netns {
+            Some(ns) => ns.spawn(&mut cmd),
+            None => cmd.spawn().map_err(anyhow::Error::from),
+        }
+        .context("cannot spawn pipewire")?;
         self.daemon = Some(daemon);
         self.status = None;
         let deadline = Instant::now() + Duration::from_secs(10);
