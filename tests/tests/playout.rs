@@ -405,10 +405,15 @@ fn p3_render_to_render_latency_and_the_reported_latency() {
             render_render <= 40.0,
             "render-to-render latency {render_render:.1} ms > 40 ms"
         );
+        // While nothing changes the readings agree within 1 ms; a step of the target (the
+        // engine still learning the link in its first seconds) shows as one step.
+        let steps = readings
+            .windows(2)
+            .filter(|w| (w[1] - w[0]).abs() > 1.0)
+            .count();
         assert!(
-            hi - lo <= 1.0,
-            "the reported latency moved {:.1} ms between readings",
-            hi - lo
+            steps <= 1,
+            "the reported latency moved {steps} times between readings ({lo:.1}-{hi:.1} ms)"
         );
         assert!(
             (mean - render_play).abs() <= 5.0,

@@ -407,9 +407,11 @@ impl RecordClient {
         r.reconnects = Some(self.shared.conn.stats.snapshot().reconnects);
         if let Counters::Received(c) = &r.counters {
             let sh = &self.shared;
+            // The receive buffer's mean fill: its latency counts from a packet's end.
+            let packet = sh.conn.playout_stats().map_or(0, |p| p.packet_usec);
             let e2e = sh.codec_usec.load(Ordering::Relaxed)
                 + sh.net_usec.load(Ordering::Relaxed)
-                + c.latency_usec;
+                + c.latency_usec.saturating_sub(packet / 2);
             let held = match sh.latency_usec.load(Ordering::Relaxed) {
                 0 => e2e,
                 v => Steady::holding(v as f64, 1_000.0).update(e2e as f64) as u64,

@@ -125,6 +125,11 @@ impl ConnShared {
         samples as u64 * 1_000_000 / per_sec.max(1)
     }
 
+    /// The playout engine's latest figures, if it runs.
+    pub(crate) fn playout_stats(&self) -> Option<PlayoutStats> {
+        self.playout.lock().ok().and_then(|p| *p)
+    }
+
     fn latency_usec(&self) -> u64 {
         self.samples_to_usec(self.fill.load(Ordering::Relaxed) as usize)
     }

@@ -221,11 +221,20 @@ impl Receive {
                 let p = self.playout.stats();
                 let s = self.conn.stats.snapshot();
                 let kv = vec![
-                    ("latency_usec".to_string(), p.latency_usec.to_string()),
+                    // The buffer's mean fill, as the sender's sum counts it (its frame's wait
+                    // already covers the packet's first half: crates/core/src/latency.rs).
+                    (
+                        "latency_usec".to_string(),
+                        p.latency_usec.saturating_sub(p.packet_usec / 2).to_string(),
+                    ),
                     ("target_latency_usec".to_string(), p.target_usec.to_string()),
                     ("drift_ppm".to_string(), format!("{:.1}", p.drift_ppm)),
                     ("underruns".to_string(), p.underruns.to_string()),
                     ("plc_frames".to_string(), s.plc_frames.to_string()),
+                    (
+                        "device_latency_usec".to_string(),
+                        self.conn.device_latency_usec().to_string(),
+                    ),
                 ];
                 // While the sender is paused a bare keepalive says we are alive (14 bytes).
                 let msg = if self.conn.paused.load(Ordering::Relaxed) {

@@ -32,6 +32,8 @@ pub struct Controller {
     stream: Clock,
     next_pos: Option<i64>,
     fifo: u64,
+    /// The latest packet's length, frames.
+    packet: u64,
 
     // The device: its pulls, and the frames it took or found missing.
     device: Clock,
@@ -96,6 +98,7 @@ impl Controller {
             stream: Clock::new(rate),
             next_pos: None,
             fifo: 0,
+            packet: 0,
             device: Clock::new(rate),
             produced: 0,
             consumed: 0,
@@ -217,6 +220,7 @@ impl Controller {
                 self.stepped = true;
             }
         }
+        self.packet = frames;
         let appended = frames - skip;
         self.fifo += appended;
         let next = self.next_pos.unwrap_or(pos);
@@ -562,6 +566,7 @@ impl Controller {
         let mut target = self.target.clone();
         PlayoutStats {
             latency_usec: (lat / self.rate * 1e6) as u64,
+            packet_usec: (self.packet as f64 / self.rate * 1e6) as u64,
             target_usec: (target.target(t) / self.rate * 1e6) as u64,
             drift_ppm: (self.ratio - 1.0) * 1e6,
             ratio: self.ratio,

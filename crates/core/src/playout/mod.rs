@@ -223,8 +223,11 @@ pub enum PlayoutState {
 /// Figures of a [`Playout`] / [`Controller`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PlayoutStats {
-    /// The latency (see the module documentation), µs.
+    /// The latency (see the module documentation), µs: from the earliest arrival of a packet's
+    /// end to the device's pull of it. The buffer's mean fill is this less half a packet.
     pub latency_usec: u64,
+    /// The latest packet's length, µs.
+    pub packet_usec: u64,
     /// The current (adapted) target, µs.
     pub target_usec: u64,
     /// `(ratio − 1)·10⁶`; positive when the device runs faster than the sender.
