@@ -724,7 +724,8 @@ impl Netem {
 
 /// Puts the calling thread under SCHED_FIFO (`chrt`, as root) so that the relay keeps its
 /// timing on a busy machine: on two loaded cores, normal-priority relay threads wrote a packet
-/// up to 47 ms after its due time. The threads only block and move a packet at a time.
+/// up to 47 ms after its due time (with it, most runs stay under 3 ms; a descheduled virtual
+/// machine still shows now and then, counted in [`DirStats::late_writes`]). The threads only block and move a packet at a time.
 /// Failure (no privilege) leaves the thread as it was.
 fn realtime() {
     let tid = rustix::thread::gettid().as_raw_nonzero().to_string();

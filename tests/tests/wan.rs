@@ -138,6 +138,13 @@ fn tone_over_a_20ms_wan_with_jitter_and_loss() {
         .map(|(i, &l)| (i as f64 * 0.01, l))
         .collect();
     let last = &samples.last().expect("samples").1;
+    // What the tunnel sink reports to its players: the end-to-end sum, and the network part.
+    let tun = sender.sink_properties("tun").unwrap_or_default();
+    println!(
+        "sender's tunnel sink reports: latency {:.1} ms, network one way {:.1} ms",
+        ms_of(&tun, "opus.tunnel.latency_usec"),
+        ms_of(&tun, "opus.tunnel.network_usec"),
+    );
     let (ab, ba) = (net.stats(Dir::AtoB), net.stats(Dir::BtoA));
     println!(
         "{secs} s of tone: median 10 ms block {median:.1} dBFS, quietest {:.1} dBFS, \

@@ -204,8 +204,9 @@ impl Receive {
                 if self.trace {
                     let c = self.playout.controller();
                     log::info!(
-                        "trace {} dev consumed={} missing={} skew_ppm={:.1} ring={} fifo={} produced={} {:?}",
+                        "trace {} dev at={} consumed={} missing={} skew_ppm={:.1} ring={} fifo={} produced={} {:?}",
                         self.conn.now_usec(),
+                        self.last.now_usec,
                         self.last.consumed.saturating_sub(self.base.consumed),
                         self.last.missing.saturating_sub(self.base.missing),
                         c.skew_ppm(),
