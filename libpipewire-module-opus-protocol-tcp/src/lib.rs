@@ -21,8 +21,9 @@
 //! | `auth.cookie` | path | others must prove this cookie (challenge-response) | none |
 //! | `target.object` | node.name | the sink tunnels play on when the sender names none | the default sink |
 //! | `target.source` | node.name | the source record tunnels record from when the desktop names none (NAME.monitor: a sink's monitor) | the default source |
-//! | `sess.latency.msec` | 10-2000 | receive buffer target, ms | 60 |
-//! | `sess.latency.max.msec` | sess.latency.msec to 10000 | the most the target may grow to after underruns, ms | 500, or sess.latency.msec if larger |
+//! | `sess.latency.msec` | auto, 1-10000 | receive buffer target: sized from the measured lateness, or fixed, ms | auto |
+//! | `sess.latency.min.msec` | 0-10000 | the least the target may be, ms | 0 |
+//! | `sess.latency.max.msec` | sess.latency.min.msec to 10000 | the most the receive buffer (and its target) may hold, ms | 1000, or the minimum or a fixed target if larger |
 //! | `max.connections` | 1-1024 | concurrent tunnels | 64 |
 //! | `stream.props` | `{ ... }` | extra properties of every tunnel's stream | none |
 //! | `opus.resampler` | engine, pipewire | who applies the drift correction: the core engine (rubato), or PipeWire's adapter through rate matching | engine |

@@ -16,8 +16,9 @@
 //! | `server.address` | "tcp:HOST:PORT" | the far end; port 4715 by default | required |
 //! | `remote.sink` | name | sink mode: the sink to play on at the receiver | the receiver's choice |
 //! | `remote.source` | name | source mode: the source to record at the far end | the far end's source= / target.source, else its default source |
-//! | `sess.latency.msec` | 10-2000 | source mode: receive buffer target, ms | 60 |
-//! | `sess.latency.max.msec` | sess.latency.msec to 10000 | source mode: the most the target may grow to after underruns, ms | 500, or sess.latency.msec if larger |
+//! | `sess.latency.msec` | auto, 1-10000 | source mode: receive buffer target: sized from the measured lateness, or fixed, ms | auto |
+//! | `sess.latency.min.msec` | 0-10000 | source mode: the least the target may be, ms | 0 |
+//! | `sess.latency.max.msec` | sess.latency.min.msec to 10000 | source mode: the most the receive buffer may hold, ms | 1000, or the minimum or a fixed target if larger |
 //! | `stream.props` | `{ ... }` | properties of the node: node.name, node.description, node.latency, ... | `sink: node.name = tunnel-opus.<host>, node.latency = 1024/48000; source: node.name = tunnel-opus-source.<host>, node.latency = 512/48000` |
 //! | `audio.rate` | 1-384000 | sample rate; with Opus one of 8000, 12000, 16000, 24000, 48000 | 48000 |
 //! | `audio.channels` | 1-32 | channels: 1-2 with Opus, 1-8 with compression = none | 2 (source mode: 1) |
@@ -224,7 +225,7 @@ impl PwModule for Tunnel {
         if !source_mode && args.get("remote.source").is_some() {
             return Err("remote.source: only with tunnel.mode = source (use remote.sink)".into());
         }
-        for key in ["sess.latency.msec", "sess.latency.max.msec"] {
+        for key in PW_LATENCY_KEYS {
             if !source_mode && args.get(key).is_some() {
                 return Err(format!("{key}: only with tunnel.mode = source"));
             }

@@ -22,8 +22,9 @@
 //! | `auth-cookie-enabled` | bool | require the cookie from peers the ACL does not admit | true |
 //! | `sink` | name | sink that play tunnels use when the sender names none | the default sink |
 //! | `source` | name | source that record tunnels use when the desktop names none | the default source |
-//! | `target_latency_msec` | 10-2000 | receive buffer target, ms | 60 |
-//! | `max_latency_msec` | target_latency_msec to 10000 | the most the target may grow to after underruns, ms | 500, or target_latency_msec if larger |
+//! | `target_latency_msec` | auto, 1-10000 | receive buffer target: sized from the measured lateness, or fixed, ms | auto |
+//! | `min_latency_msec` | 0-10000 | the least the receive buffer target may be, ms | 0 |
+//! | `max_latency_msec` | min_latency_msec to 10000 | the most the receive buffer (and its target) may hold, ms | 1000, or the minimum or a fixed target if larger |
 //! | `max_connections` | 1-1024 | concurrent tunnels; one more is refused with 503 | 64 |
 //!
 //! A refused tunnel gets a status line both ends log: 400 (not our handshake), 403 (not
