@@ -46,6 +46,9 @@ const SCALE: Duration = Duration::from_secs(10);
 /// Bitrates of the quality table, bit/s.
 const BITRATES: [u32; 4] = [16_000, 32_000, 64_000, 128_000];
 
+/// The heading of the section of docs/benchmarks.md that `scripts/quality.sh` owns.
+const QUALITY_MATRIX_HEADING: &str = "## Codec quality matrix";
+
 fn root() -> PathBuf {
     let m = Path::new(env!("CARGO_MANIFEST_DIR"));
     m.parent().unwrap_or(m).to_path_buf()
@@ -796,6 +799,20 @@ fn run() -> Result<()> {
     if only.is_none() || std::env::var_os("BENCH_WRITE").is_some() {
         let path = root().join("docs/benchmarks.md");
         std::fs::create_dir_all(root().join("docs"))?;
+        // The codec quality matrix (scripts/quality.sh) is its own section at the end of the
+        // file: kept as it is.
+        let kept = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|old| {
+                old.find(QUALITY_MATRIX_HEADING)
+                    .map(|at| old[at..].to_string())
+            })
+            .unwrap_or_default();
+        let doc = if kept.is_empty() {
+            doc
+        } else {
+            format!("{}\n\n{kept}", doc.trim_end())
+        };
         std::fs::write(&path, &doc)?;
         log(&format!("wrote {}", path.display()));
     }
