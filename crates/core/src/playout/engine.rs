@@ -213,7 +213,7 @@ impl Playout {
                 return ((n * block) as u64, 0);
             }
             // Else cut one period, no longer than asked.
-            match tsm::period(&self.fifo, ch, block, block, want.min(4 * block)) {
+            match tsm::period(&self.fifo, ch, block, block, want.min(8 * block)) {
                 Some(lag) => {
                     tsm::cut(&mut self.fifo, ch, lag, block);
                     (lag as u64, 0)
@@ -229,7 +229,7 @@ impl Playout {
                 }
                 return (0, n as u64);
             }
-            match tsm::period(&self.fifo, ch, block, block, want.min(4 * block)) {
+            match tsm::period(&self.fifo, ch, block, block, want.min(8 * block)) {
                 Some(lag) => {
                     tsm::repeat(&mut self.fifo, ch, lag, block);
                     (0, lag as u64)
