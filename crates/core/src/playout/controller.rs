@@ -568,7 +568,7 @@ impl Controller {
             latency_usec: (lat / self.rate * 1e6) as u64,
             packet_usec: (self.packet as f64 / self.rate * 1e6) as u64,
             target_usec: (target.target(t) / self.rate * 1e6) as u64,
-            drift_ppm: (self.ratio - 1.0) * 1e6,
+            drift_ppm: self.skew.skew() * 1e6,
             ratio: self.ratio,
             underruns: self.underruns,
             concealments: self.concealments,

@@ -230,7 +230,9 @@ pub struct PlayoutStats {
     pub packet_usec: u64,
     /// The current (adapted) target, µs.
     pub target_usec: u64,
-    /// `(ratio − 1)·10⁶`; positive when the device runs faster than the sender.
+    /// The clocks' drift the engine has learnt (the ratio that holds the latency still, − 1,
+    /// ×10⁶): positive when the device runs faster than the sender. The ratio in force adds the
+    /// latency correction to it.
     pub drift_ppm: f64,
     /// Resampling ratio, output frames per input frame.
     pub ratio: f64,
