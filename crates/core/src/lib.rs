@@ -16,7 +16,6 @@ pub mod codec;
 pub mod connection;
 pub mod control;
 pub mod decode;
-pub mod dll;
 pub mod encode;
 pub mod framing;
 pub mod handshake;

@@ -134,86 +134,22 @@ fn engine_end_to_end_on_samples() {
     assert_eq!(st.state, PlayoutState::Playing);
 }
 
-/// Speech-like audio (200 ms of a tone, 200 ms of silence) that starts with a 300 ms backlog
-/// arriving at once: the engine plays it all (nothing received is cut) and brings the latency
-/// down by trimming only in the silence, so the played audio never jumps.
-#[test]
-fn trims_only_in_silence() {
-    let mut p = engine(1);
-    let pkt = 480usize;
-    let mut ts: u32 = 0;
-    let mut phase = 0usize;
-    let mut consumed = 0u64;
-    let mut out = Vec::new();
-    let mut ring: std::collections::VecDeque<f32> = Default::default();
-    let mut t_us = 1_000_000u64;
-    let mut last = 0.0f32;
-    let mut max_step = 0.0f32;
-    let mut backlog: Vec<Vec<f32>> = Vec::new();
-    let mut lat_at_1s = 0;
-    for step in 0..1000u64 {
-        t_us += 10_000;
-        let mut pcm = Vec::with_capacity(pkt);
-        for _ in 0..pkt {
-            let on = (phase / 9600) % 2 == 0;
-            let s = if on {
-                (0.3 * (2.0 * std::f64::consts::PI * 440.0 * phase as f64 / RATE as f64).sin())
-                    as f32
-            } else {
-                0.0
-            };
-            pcm.push(s);
-            phase += 1;
-        }
-        backlog.push(pcm);
-        if step >= 30 {
-            for pcm in backlog.drain(..) {
-                p.on_packet(t_us, ts, &pcm);
-                ts = ts.wrapping_add(pkt as u32);
-            }
-        }
-        let take = ring.len().min(480);
-        for _ in 0..take {
-            let s = ring.pop_front().unwrap();
-            if consumed > 0 {
-                max_step = max_step.max((s - last).abs());
-            }
-            last = s;
-        }
-        consumed += take as u64;
-        p.on_device(t_us, consumed, (step + 1) * 480 - consumed);
-        while let Some(n) = p.conceal_needed(t_us) {
-            p.on_conceal(&vec![0.0; n]);
-        }
-        out.clear();
-        p.produce(&mut out);
-        ring.extend(out.iter());
-        if step == 130 {
-            lat_at_1s = p.stats().latency_usec;
-        }
-    }
-    let st = p.stats();
-    println!("trims: {st:?}, latency 1 s after the backlog {lat_at_1s} µs, max sample step {max_step:.4}");
-    assert!(max_step < 0.02, "a trim cut into the tone: step {max_step}");
-    assert!(st.trimmed_frames > 10_000, "{st:?}");
-    assert_eq!(st.concealments, 0, "{st:?}");
-    assert!(
-        st.latency_usec < st.target_usec + 3_000,
-        "latency {} µs not down to the target {} µs",
-        st.latency_usec,
-        st.target_usec
-    );
+/// What [`backlog_run`] saw.
+struct BacklogRun {
+    stats: opus_tunnel_core::playout::PlayoutStats,
+    /// The largest step between two samples the device played.
+    max_step: f32,
+    /// Steps of 10 ms after the backlog until the latency was within 3 ms of the target.
+    down_after: Option<u64>,
 }
 
-/// A steady 700 Hz tone that starts with a 300 ms backlog: no silence to trim, so the engine
-/// cuts whole periods of the tone, and the latency is at the target within a few seconds
-/// without a click (nothing like the 300 s that ±1000 ppm of resampling would take).
-#[test]
-fn a_tone_comes_down_by_whole_periods() {
+/// Mono audio `signal(sample index)` in 10 ms packets, the first 300 ms arriving at once as a
+/// backlog after 30 steps, then a packet per step; a device pulling 10 ms per step. 10 s.
+fn backlog_run(signal: impl Fn(usize) -> f32) -> BacklogRun {
     let mut p = engine(1);
     let pkt = 480usize;
     let mut ts: u32 = 0;
-    let mut phase = 0usize;
+    let mut n = 0usize;
     let mut consumed = 0u64;
     let mut out = Vec::new();
     let mut ring: std::collections::VecDeque<f32> = Default::default();
@@ -221,18 +157,11 @@ fn a_tone_comes_down_by_whole_periods() {
     let mut last = 0.0f32;
     let mut max_step = 0.0f32;
     let mut backlog: Vec<Vec<f32>> = Vec::new();
-    let mut down_at = None;
+    let mut down_after = None;
     for step in 0..1000u64 {
         t_us += 10_000;
-        let mut pcm = Vec::with_capacity(pkt);
-        for _ in 0..pkt {
-            pcm.push(
-                (0.3 * (2.0 * std::f64::consts::PI * 700.0 * phase as f64 / RATE as f64).sin())
-                    as f32,
-            );
-            phase += 1;
-        }
-        backlog.push(pcm);
+        backlog.push((n..n + pkt).map(&signal).collect());
+        n += pkt;
         if step >= 30 {
             for pcm in backlog.drain(..) {
                 p.on_packet(t_us, ts, &pcm);
@@ -256,17 +185,67 @@ fn a_tone_comes_down_by_whole_periods() {
         p.produce(&mut out);
         ring.extend(out.iter());
         let st = p.stats();
-        if step > 30 && down_at.is_none() && st.latency_usec < st.target_usec + 3_000 {
-            down_at = Some(step);
+        if step > 30 && down_after.is_none() && st.latency_usec < st.target_usec + 3_000 {
+            down_after = Some(step - 30);
         }
     }
-    let st = p.stats();
+    BacklogRun {
+        stats: p.stats(),
+        max_step,
+        down_after,
+    }
+}
+
+fn sine(f: f64, i: usize) -> f32 {
+    (0.3 * (2.0 * std::f64::consts::PI * f * i as f64 / f64::from(RATE)).sin()) as f32
+}
+
+/// Speech-like audio (200 ms of a tone, 200 ms of silence) that starts with a 300 ms backlog
+/// arriving at once: the engine plays it all (nothing received is cut) and brings the latency
+/// down by trimming only in the silence, so the played audio never jumps.
+#[test]
+fn trims_only_in_silence() {
+    let r = backlog_run(|i| {
+        if (i / 9600) % 2 == 0 {
+            sine(440.0, i)
+        } else {
+            0.0
+        }
+    });
+    let st = r.stats;
     println!(
-        "periods: {st:?}, down after {down_at:?} steps of 10 ms, max sample step {max_step:.4}"
+        "trims: {st:?}, down after {:?} steps of 10 ms, max sample step {:.4}",
+        r.down_after, r.max_step
+    );
+    assert!(
+        r.max_step < 0.02,
+        "a trim cut into the tone: step {}",
+        r.max_step
+    );
+    assert!(st.trimmed_frames > 10_000, "{st:?}");
+    assert_eq!(st.concealments, 0, "{st:?}");
+    assert!(
+        st.latency_usec < st.target_usec + 3_000,
+        "latency {} µs not down to the target {} µs",
+        st.latency_usec,
+        st.target_usec
+    );
+}
+
+/// A steady 700 Hz tone that starts with a 300 ms backlog: no silence to trim, so the engine
+/// cuts whole periods of the tone, and the latency is at the target within a few seconds
+/// without a click (nothing like the 300 s that ±1000 ppm of resampling would take).
+#[test]
+fn a_tone_comes_down_by_whole_periods() {
+    let r = backlog_run(|i| sine(700.0, i));
+    let st = r.stats;
+    println!(
+        "periods: {st:?}, down after {:?} steps of 10 ms, max sample step {:.4}",
+        r.down_after, r.max_step
     );
     // 0.3·2π·700/48000 ≈ 0.0275 per sample at most in the tone itself.
-    assert!(max_step < 0.03, "a cut clicked: step {max_step}");
-    let down = down_at.expect("the latency came down") - 30;
+    assert!(r.max_step < 0.03, "a cut clicked: step {}", r.max_step);
+    let down = r.down_after.expect("the latency came down");
     assert!(down <= 500, "took {down} steps of 10 ms");
     assert_eq!(st.concealments, 0, "{st:?}");
 }
