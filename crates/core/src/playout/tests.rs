@@ -29,6 +29,14 @@ fn feed(c: &mut Controller) {
     c.on_produced(n, n);
 }
 
+/// The device pulls 10 ms at `at_ms`, as much as the ring holds, and reports it.
+fn pull(c: &mut Controller, consumed: &mut u64, missing: &mut u64, at_ms: f64) {
+    let take = (c.produced() - *consumed).min(480);
+    *consumed += take;
+    *missing += 480 - take;
+    c.on_device(us(at_ms), *consumed, *missing);
+}
+
 fn us(ms: f64) -> u64 {
     (ms * 1000.0) as u64 + 1_000_000
 }
@@ -68,11 +76,7 @@ fn a_late_stream_is_concealed_and_a_long_gap_is_a_pause() {
         c.on_packet(us(t), pos, 480);
         pos += 480;
         feed(&mut c);
-        let ring = c.produced() - consumed;
-        let take = ring.min(480);
-        consumed += take;
-        missing += 480 - take;
-        c.on_device(us(t + 0.5), consumed, missing);
+        pull(&mut c, &mut consumed, &mut missing, t + 0.5);
         t += 10.0;
     }
     assert_eq!(c.state(), PlayoutState::Playing);
@@ -88,11 +92,7 @@ fn a_late_stream_is_concealed_and_a_long_gap_is_a_pause() {
             }
             feed(&mut c);
         }
-        let ring = c.produced() - consumed;
-        let take = ring.min(480);
-        consumed += take;
-        missing += 480 - take;
-        c.on_device(us(t + 0.5), consumed, missing);
+        pull(&mut c, &mut consumed, &mut missing, t + 0.5);
         t += 10.0;
     }
     let st = c.stats();
