@@ -43,6 +43,15 @@ enum Link {
         loss: f64,
         rto_extra: f64,
     },
+    /// Uniform, and every `every` s (from `every` on) the sender stalls for `stall` s: what
+    /// it sends in that time leaves together at the stall's end (a daemon blocked, a VM
+    /// descheduled).
+    Stalls {
+        base: f64,
+        jitter: f64,
+        every: f64,
+        stall: f64,
+    },
     /// Uniform, then calm: 0..`jitter` until `until` s, 0..`calm` after.
     Calming {
         base: f64,
@@ -83,6 +92,20 @@ impl Link {
                     d
                 }
             }
+            Link::Stalls {
+                base,
+                jitter,
+                every,
+                stall,
+            } => {
+                let d = base + rng.gen::<f64>() * jitter;
+                let into = t % every;
+                if t >= every && into < stall {
+                    d + stall - into
+                } else {
+                    d
+                }
+            }
             Link::Calming {
                 base,
                 jitter,
@@ -105,6 +128,10 @@ struct Scenario {
     /// Silence: `len` s of every `every` s of the stream (0, 0: none).
     pause_every: f64,
     pause_len: f64,
+    /// The audio repeats itself with this period (ms; a tone): where it is not silent, a trim
+    /// cuts or repeats one whole period of at least a chunk, as the engine's `tsm` does (0:
+    /// audio that never repeats).
+    audio_period_ms: f64,
     secs: f64,
     target: Target,
     max_ms: u64,
@@ -125,6 +152,7 @@ impl Scenario {
             },
             pause_every: 0.0,
             pause_len: 0.0,
+            audio_period_ms: 0.0,
             secs,
             target: Target::Auto,
             max_ms: 1000,
@@ -154,6 +182,8 @@ struct Figures {
     latency_settled_s: f64,
     trimmed: u64,
     dropped: u64,
+    /// |learnt skew − the clocks' skew| at the end, ppm.
+    final_skew_err_ppm: f64,
 }
 
 struct Device {
@@ -187,10 +217,18 @@ fn execute(ctl: &mut Controller, s: &Scenario, plan: Plan, phase: &mut f64) {
             {
                 n += 1;
             }
-            ctl.on_trimmed(n * block, 0);
+            if n == 0 {
+                let lag = period_lag(s, plan.trim_frames as u64, fifo);
+                ctl.on_trimmed(lag, 0);
+            } else {
+                ctl.on_trimmed(n * block, 0);
+            }
         } else if fifo >= block && silent(s, head) && silent(s, head + block as f64 - 1.0) {
             let want = (-plan.trim_frames) as u64 / block * block;
             ctl.on_trimmed(0, want);
+        } else {
+            let lag = period_lag(s, (-plan.trim_frames) as u64, fifo);
+            ctl.on_trimmed(0, lag);
         }
     }
     if plan.feed_frames == 0 {
@@ -203,6 +241,22 @@ fn execute(ctl: &mut Controller, s: &Scenario, plan: Plan, phase: &mut f64) {
         *phase -= out;
         ctl.on_produced(CHUNK as u64, out as u64);
         left -= CHUNK as u64;
+    }
+}
+
+/// The whole period of the scenario's audio the engine's `tsm` would cut or repeat for a trim
+/// of `want` frames: the smallest multiple of the period of at least a chunk, at most 1.5 ×
+/// `want` and 8 chunks (0: the audio does not repeat, or the FIFO holds too little).
+fn period_lag(s: &Scenario, want: u64, fifo: u64) -> u64 {
+    if s.audio_period_ms <= 0.0 {
+        return 0;
+    }
+    let p = s.audio_period_ms * f64::from(RATE) / 1000.0;
+    let lag = ((CHUNK as f64 / p).ceil() * p).round() as u64;
+    if lag <= (want + want / 2).min(8 * CHUNK as u64) && fifo >= lag + CHUNK as u64 {
+        lag
+    } else {
+        0
     }
 }
 
@@ -383,6 +437,7 @@ fn simulate(s: Scenario) -> Figures {
             fig.latency_settled_s = t;
         }
     }
+    fig.final_skew_err_ppm = (ctl.skew_ppm() - (r_true - 1.0) * 1e6).abs();
     let st = ctl.stats();
     fig.trimmed = st.trimmed_frames;
     fig.dropped = st.dropped_frames - st.trimmed_frames.min(st.dropped_frames);
@@ -481,6 +536,48 @@ fn drift_matrix() {
         }
     }
     assert!(fails.is_empty(), "{}", fails.join("\n"));
+}
+
+/// A sender that stalls (its daemon blocked, its VM descheduled) for longer than a fixed
+/// target allows, every 15 s: each stall is concealed, the late audio is kept and taken out
+/// again, and the learnt skew stays within 30 ppm of the clocks' (the drift test's bound on
+/// real daemons).
+#[test]
+fn sender_stalls() {
+    let mut cases = Vec::new();
+    for (name, skew, seed) in [
+        ("stalls_minus_500", -500.0, 200),
+        ("stalls_plus_500", 500.0, 201),
+    ] {
+        cases.push(Scenario {
+            name,
+            packet_ms: 20.0,
+            link: Link::Stalls {
+                base: 0.0002,
+                jitter: 0.002,
+                every: 15.0,
+                stall: 0.090,
+            },
+            target: Target::Fixed(60_000),
+            audio_period_ms: 2.0,
+            seed,
+            ..Scenario::lan("", skew, 10.0, 120.0, seed)
+        });
+    }
+    let results = run(cases);
+    print(&results);
+    for (s, f) in &results {
+        assert!(
+            f.concealments_after_start >= 6 && f.underruns_after_start == 0,
+            "{}: the stalls must be concealed before the device runs dry: {f:?}",
+            s.name
+        );
+        assert!(
+            f.final_skew_err_ppm <= 30.0 && (f.mean_latency_ms - 60.0).abs() <= 1.0,
+            "{}: {f:?}",
+            s.name
+        );
+    }
 }
 
 /// Jitter traces: LAN, Wi-Fi-like bursts, a WAN with TCP retransmission stalls, a sender

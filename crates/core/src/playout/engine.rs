@@ -212,8 +212,9 @@ impl Playout {
                 self.fifo.drain(..n * block * ch);
                 return ((n * block) as u64, 0);
             }
-            // Else cut one period, no longer than asked.
-            match tsm::period(&self.fifo, ch, block, block, want.min(8 * block)) {
+            // Else cut one period, at most half again as long as asked (a tone's period
+            // rarely divides the error: the latency ends nearer the target either way).
+            match tsm::period(&self.fifo, ch, block, block, tsm_max_lag(want, block)) {
                 Some(lag) => {
                     tsm::cut(&mut self.fifo, ch, lag, block);
                     (lag as u64, 0)
@@ -229,7 +230,7 @@ impl Playout {
                 }
                 return (0, n as u64);
             }
-            match tsm::period(&self.fifo, ch, block, block, want.min(8 * block)) {
+            match tsm::period(&self.fifo, ch, block, block, tsm_max_lag(want, block)) {
                 Some(lag) => {
                     tsm::repeat(&mut self.fifo, ch, lag, block);
                     (0, lag as u64)
@@ -292,4 +293,10 @@ impl Playout {
             }
         }
     }
+}
+
+/// The longest period [`tsm`] may cut or repeat for a trim of `want` frames: half again as
+/// long as asked, at most 8 chunks (20 ms).
+fn tsm_max_lag(want: usize, chunk: usize) -> usize {
+    (want + want / 2).min(8 * chunk)
 }

@@ -27,6 +27,11 @@ impl SkewEstimator {
     pub const SPAN_SEC: f64 = 0.5;
     /// The longest time constant of the estimate, seconds.
     pub const SETTLED_SEC: f64 = 30.0;
+    /// Once settled, a sample counts at most this far from the estimate (ratio units): the
+    /// clocks' skew moves by a few ppm a minute (temperature), so a sample further off is a
+    /// disturbance the step detection missed (a stalled sender, a late device), and must not
+    /// bend the skew by more than this.
+    pub const SETTLED_SPREAD: f64 = 50e-6;
 
     /// A sample: at time `t` (s) the latency was `latency` (s) with the correction
     /// `ratio − 1` in force since the previous sample, `dt` seconds before.
@@ -45,7 +50,11 @@ impl SkewEstimator {
         let learning = *self.learning.get_or_insert(t - dt);
         let tau = (t - learning).clamp(Self::SPAN_SEC, Self::SETTLED_SEC);
         let sample = (self.ratio_avg - slope).clamp(-MAX_CORRECTION, MAX_CORRECTION);
-        self.skew += (dt / tau).min(1.0) * (sample - self.skew);
+        let mut dev = sample - self.skew;
+        if t - learning >= Self::SETTLED_SEC {
+            dev = dev.clamp(-Self::SETTLED_SPREAD, Self::SETTLED_SPREAD);
+        }
+        self.skew += (dt / tau).min(1.0) * dev;
     }
 
     /// The latency stepped (not by drift): the slope starts afresh from the next sample.
@@ -133,5 +142,28 @@ mod tests {
             e.update(t, lat, ratio, dt);
         }
         assert!((e.skew() - skew).abs() < 100e-6, "{}", e.skew());
+    }
+
+    /// A settled estimate and a disturbance the step detection missed (the latency creeps
+    /// 2 ms in a second, as behind a stalled sender): the skew moves by a few ppm, not tens.
+    #[test]
+    fn a_settled_skew_shrugs_off_a_disturbance() {
+        let mut e = SkewEstimator::default();
+        let (mut lat, skew, dt) = (0.060f64, -0.0005, 0.01);
+        let mut t = 0.0;
+        let mut run = |e: &mut SkewEstimator, lat: &mut f64, secs: f64, creep: f64| {
+            for _ in 0..(secs / dt) as usize {
+                t += dt;
+                let ratio = skew - 0.1 * (*lat - 0.060);
+                *lat += (ratio - skew) * dt + creep * dt;
+                e.update(t, *lat, ratio, dt);
+            }
+        };
+        run(&mut e, &mut lat, 60.0, 0.0);
+        let settled = e.skew();
+        assert!((settled - skew).abs() < 10e-6, "{settled}");
+        run(&mut e, &mut lat, 1.0, 0.002);
+        run(&mut e, &mut lat, 2.0, 0.0);
+        assert!((e.skew() - settled).abs() < 5e-6, "{} {settled}", e.skew());
     }
 }
