@@ -85,14 +85,14 @@ fn run_case(skew_ppm: i32) {
     for (t, p) in samples.iter().step_by(3) {
         println!(
             "  t={t:5.1} s drift {:>8} ppm latency {:>6} us target {:>6} us state {} \
-             plc {} late {} dropped {}",
+             plc {} late {} overruns {}",
             prop_or_unknown(p, "opus.tunnel.drift_ppm"),
             prop_or_unknown(p, "opus.tunnel.latency_usec"),
             prop_or_unknown(p, "opus.tunnel.target_latency_usec"),
             prop_or_unknown(p, "opus.tunnel.state"),
             prop_or_unknown(p, "opus.tunnel.plc_frames"),
             prop_or_unknown(p, "opus.tunnel.late_packets"),
-            prop_or_unknown(p, "opus.tunnel.dropped_frames"),
+            prop_or_unknown(p, "opus.tunnel.overruns"),
         );
     }
     // The sender produces (1 + skew) × real time: the receiver compresses (negative drift)

@@ -470,6 +470,30 @@ impl Python {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// opusenc/opusdec (opus-tools) at their defaults but for the bitrate and frame size:
+    /// `scripts/quality_matrix.py opusenc`, the anchor of issue 17. Returns the score of the
+    /// round trip of `input`.
+    fn opusenc(&self, input: &Path, work: &Path, bitrate: u32, frame_ms: f64) -> Result<Score> {
+        let out = work.join(format!("opusenc-{bitrate}-{frame_ms}.raw"));
+        let run = Command::new(&self.exe)
+            .arg(root().join("scripts/quality_matrix.py"))
+            .arg("opusenc")
+            .arg(input)
+            .arg(&out)
+            .arg((bitrate / 1000).to_string())
+            .arg(frame_ms.to_string())
+            .args(["10", "vbr"])
+            .output()
+            .context("scripts/quality_matrix.py opusenc")?;
+        if !run.status.success() {
+            bail!(
+                "quality_matrix.py opusenc: {}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+        }
+        self.score(input, &out)
+    }
+
     fn score(&self, reference: &Path, degraded: &Path) -> Result<Score> {
         let j = self.run(&[
             "score",
@@ -514,6 +538,8 @@ struct QualityRow {
     tunnel: Option<Score>,
     tunnel_underruns: f64,
     raw: Option<Score>,
+    /// opusenc/opusdec at their defaults with the same bitrate and frame size.
+    opusenc: Option<Score>,
     note: String,
 }
 
@@ -525,6 +551,7 @@ impl QualityRow {
             tunnel: Some(t),
             tunnel_underruns: u,
             raw,
+            opusenc: None,
             note: String::new(),
         }
     }
@@ -730,20 +757,20 @@ fn run() -> Result<()> {
                     let tu = tunnel_score(&cfg)?;
                     let r = raw_score(&[format!("bitrate={b}")], &format!("{b}"))?;
                     log(&format!("  raw libopus {}k: {}", b / 1000, r.raw));
-                    quality.push(QualityRow::tunnel(
-                        format!("opus {} kbit/s, 20 ms", b / 1000),
-                        tu,
-                        Some(r),
-                    ));
+                    let o = py.opusenc(&speech, &work, b, 20.0)?;
+                    log(&format!("  opusenc {}k: {}", b / 1000, o.raw));
+                    let mut row =
+                        QualityRow::tunnel(format!("opus {} kbit/s, 20 ms", b / 1000), tu, Some(r));
+                    row.opusenc = Some(o);
+                    quality.push(row);
                 }
                 let cfg = Config::ours("opus lowlat", lowlat_sender, &lowlat_receiver);
                 let tu = tunnel_score(&cfg)?;
                 let r = raw_score(&["bitrate=64000".into(), "frame_ms=5".into()], "64k-5ms")?;
-                quality.push(QualityRow::tunnel(
-                    "opus 64 kbit/s, 5 ms (low-latency setting)",
-                    tu,
-                    Some(r),
-                ));
+                let mut row =
+                    QualityRow::tunnel("opus 64 kbit/s, 5 ms (low-latency setting)", tu, Some(r));
+                row.opusenc = Some(py.opusenc(&speech, &work, 64_000, 5.0)?);
+                quality.push(row);
                 let cfg = Config::ours("none", "compression=none", "");
                 quality.push(QualityRow::tunnel(
                     "ours compression=none (PCM)",

@@ -220,21 +220,23 @@ pub(crate) fn report(r: &Report) -> String {
         if let Some(e) = &r.quality_err {
             let _ = writeln!(d, "Not measured: {e}\n");
         }
-        let _ = writeln!(d, "Speech: five Harvard sentences spoken by `espeak-ng` (en-us male and en-us+f3 female, alternating), resampled to 48 kHz, the same on both channels, active level about -26 dBov, 0.5 s of silence at both ends. Played once with `pacat` into the tunnel sink, recorded from the receiver's `null.monitor`, aligned to the original by cross-correlation (mono downmix), then PESQ wideband (P.862.2, PyPI `pesq`) on the mono downmix resampled to 16 kHz, and SNR at 48 kHz. Raw libopus: the same file encoded + decoded in-process at the same bitrate and frame size (stereo, complexity 10). Dropouts: 10 ms blocks where the original is active and the received audio is 20 dB or more below it (`bench/quality.py`).\n");
-        let _ = writeln!(d, "| setting | tunnel PESQ-WB | raw libopus PESQ-WB | tunnel − raw | tunnel SNR dB | bit-exact samples | dropouts | receiver underruns |");
-        let _ = writeln!(d, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(d, "Speech: five Harvard sentences spoken by `espeak-ng` (en-us male and en-us+f3 female, alternating), resampled to 48 kHz, the same on both channels, active level about -26 dBov, 0.5 s of silence at both ends. Played once with `pacat` into the tunnel sink, recorded from the receiver's `null.monitor`, aligned to the original by cross-correlation (mono downmix), then PESQ wideband (P.862.2, PyPI `pesq`) on the mono downmix resampled to 16 kHz, and SNR at 48 kHz. Raw libopus: the same file encoded + decoded in-process with the tunnel's settings (stereo, complexity 10, unconstrained VBR). opusenc: the floor of issue 17, the same file through `opusenc`/`opusdec` (opus-tools) at their defaults but for the same bitrate and frame size (`scripts/quality_matrix.py opusenc`). Dropouts: 10 ms blocks where the original is active and the received audio is 20 dB or more below it (`bench/quality.py`).\n");
+        let _ = writeln!(d, "| setting | tunnel PESQ-WB | raw libopus PESQ-WB | opusenc PESQ-WB | tunnel − opusenc | tunnel SNR dB | bit-exact samples | dropouts | receiver underruns |");
+        let _ = writeln!(d, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for q in r.quality {
             let t = q.tunnel.as_ref();
             let tp = t.map(|s| s.pesq).unwrap_or(f64::NAN);
             let rp = q.raw.as_ref().map(|s| s.pesq).unwrap_or(f64::NAN);
+            let op = q.opusenc.as_ref().map(|s| s.pesq).unwrap_or(f64::NAN);
             let _ = writeln!(
                 d,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |{}",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |{}",
                 q.label,
                 f2(tp),
                 f2(rp),
-                if rp.is_finite() {
-                    format!("{:+.2}", tp - rp)
+                f2(op),
+                if op.is_finite() {
+                    format!("{:+.2}", tp - op)
                 } else {
                     "–".into()
                 },
