@@ -16,6 +16,7 @@ pub mod netem;
 pub mod pipewire;
 pub mod process;
 pub mod proxy;
+pub mod schedstat;
 pub mod signal;
 pub mod tcp;
 pub mod timed;

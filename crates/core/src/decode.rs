@@ -107,6 +107,10 @@ pub(crate) struct DeviceReport {
 /// How often the connection thread wakes at least (the engine wants ≤ 12 ms).
 const WAKE: Duration = Duration::from_millis(10);
 
+/// How often it wakes while the sender is paused: to notice a kill, or a reader of a record
+/// tunnel's desktop end, within this.
+const IDLE_WAKE: Duration = Duration::from_millis(200);
+
 /// The receive pipeline of one connection: deframe, RTP, jitter buffer (gaps → PLC), decode,
 /// then the drift-correcting playout engine, whose output goes into the ring.
 pub(crate) struct Receive {
@@ -165,11 +169,16 @@ impl Receive {
                 return "closed by the receiver".into();
             }
             // Wake up when the engine must look again (a late packet: concealment), or at
-            // the latest after WAKE.
-            let wake = self
-                .playout
-                .wake_in_usec(self.conn.now_usec())
-                .clamp(1_000, 10_000);
+            // the latest after WAKE; while the sender is paused, the engine has nothing to
+            // do: only the next report (a keepalive) is due.
+            let wake = if self.idle() {
+                let next = Duration::from_secs(1).saturating_sub(last_report.elapsed());
+                (next.as_micros() as u64).clamp(1_000, IDLE_WAKE.as_micros() as u64)
+            } else {
+                self.playout
+                    .wake_in_usec(self.conn.now_usec())
+                    .clamp(1_000, 10_000)
+            };
             let _ = stream.set_read_timeout(Duration::from_micros(wake));
             match stream.read(&mut buf) {
                 Ok(0) => return "the sender closed the connection".into(),
@@ -248,6 +257,19 @@ impl Receive {
                 }
             }
         }
+    }
+
+    /// Nothing to play: no audio yet, the sender paused, or a restart waits for its next
+    /// packet; and no
+    /// reader of a record tunnel's desktop end waits to be relayed.
+    fn idle(&self) -> bool {
+        let paused =
+            self.restart || self.ssrc.is_none() || self.conn.paused.load(Ordering::Relaxed);
+        let relay = self
+            .upstream
+            .as_ref()
+            .is_some_and(|u| self.up_running != Some(u.running.load(Ordering::SeqCst)));
+        paused && !relay
     }
 
     /// Desktop end of a record tunnel: tells the far end to record (or stop) as readers come

@@ -145,7 +145,7 @@ impl Receiver {
         host: Arc<dyn Host>,
     ) -> std::io::Result<Receiver> {
         let local = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
+        let listener = waiting_listener(listener)?;
         let shared = Arc::new(RecvShared {
             stop: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
@@ -184,19 +184,49 @@ impl Drop for Receiver {
                 c.kill();
             }
         }
+        // The listener waits in accept (up to ACCEPT_WAIT): a connection of our own wakes
+        // it at once; if that fails it notices the stop within ACCEPT_WAIT.
+        let mut to = self.local;
+        if to.ip().is_unspecified() {
+            to.set_ip(match to {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200));
         if let Some(l) = self.listener.take() {
             let _ = l.join();
         }
     }
 }
 
+/// How long the listener waits in `accept` before it looks at the stop flag (an idle
+/// receiver wakes once per ACCEPT_WAIT, not 20 times a second).
+const ACCEPT_WAIT: Duration = Duration::from_secs(1);
+
+/// `listener` in blocking mode with a receive timeout, which Linux applies to `accept`: it
+/// returns `WouldBlock` after [`ACCEPT_WAIT`] without a connection. (std has no
+/// `set_read_timeout` on a listener; the socket option is the same, so the socket passes
+/// through a `TcpStream` to set it.)
+fn waiting_listener(listener: TcpListener) -> std::io::Result<TcpListener> {
+    listener.set_nonblocking(false)?;
+    let fd: std::os::fd::OwnedFd = listener.into();
+    let s = std::net::TcpStream::from(fd);
+    s.set_read_timeout(Some(ACCEPT_WAIT))?;
+    let fd: std::os::fd::OwnedFd = s.into();
+    Ok(TcpListener::from(fd))
+}
+
 fn accept_loop(listener: TcpListener, shared: Arc<RecvShared>) {
     let mut workers: Vec<JoinHandle<()>> = Vec::new();
     while !shared.stop.load(Ordering::SeqCst) {
         match listener.accept() {
+            Ok(_) if shared.stop.load(Ordering::SeqCst) => break,
             Ok((stream, peer)) => {
                 let s = shared.clone();
                 let _ = stream.set_nonblocking(false);
+                // An accepted socket inherits the listener's receive timeout: clear it.
+                let _ = stream.set_read_timeout(None);
                 let _ = stream.set_nodelay(true);
                 let stream = Conn::from(stream);
                 match thread::Builder::new()
@@ -209,9 +239,13 @@ fn accept_loop(listener: TcpListener, shared: Arc<RecvShared>) {
                     }
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                thread::sleep(Duration::from_millis(50));
-            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
                 log::warn!("accept failed: {e}");
                 thread::sleep(Duration::from_millis(200));

@@ -104,6 +104,16 @@ pub trait Kind: Sized + 'static {
     /// How far ahead of `now` a block is handled (µs).
     fn lead_usec(block_usec: u64) -> u64;
 
+    /// Whether blocks are handled now: a stream plays into (records from) the device. An
+    /// opened device that nobody uses (PulseAudio's IDLE state) sleeps instead of handling
+    /// silence every block.
+    ///
+    /// # Safety
+    /// IO thread, live device.
+    unsafe fn active(d: *mut Self::Raw) -> bool {
+        Self::io_state(d) == Self::RUNNING
+    }
+
     /// Done at each wake-up of the IO thread before the blocks are due.
     ///
     /// # Safety
@@ -168,6 +178,8 @@ pub struct IoState<K: Kind> {
     pub(crate) block_bytes: usize,
     rate_scale: f64,
     running: bool,
+    /// Blocks were handled at the last wake-up (see [`Kind::active`]).
+    active: bool,
     pub(crate) io: Box<K::Io>,
 }
 
@@ -250,10 +262,16 @@ unsafe extern "C" fn thread_func<K: Kind>(userdata: *mut libc::c_void) {
     (*st).timestamp = sys::pa_rtclock_now();
     let ok = crate::catch(K::IO_THREAD, || loop {
         let d = (*st).dev;
-        let opened = (K::IS_OPENED)(K::io_state(d)) != 0;
+        // Opened and in use: an idle device (nothing plays into a sink or records its
+        // monitor, nothing records from a source) waits for messages only.
+        let active = (K::IS_OPENED)(K::io_state(d)) != 0 && K::active(d);
         K::on_wakeup(d);
-        if opened {
+        if active {
             let now = sys::pa_rtclock_now();
+            if !(*st).active {
+                // Start afresh: the clock counts from the first block.
+                (*st).timestamp = now;
+            }
             if (*st).timestamp <= now + K::lead_usec((*st).block_usec) {
                 handle_due(st, now);
             }
@@ -261,6 +279,7 @@ unsafe extern "C" fn thread_func<K: Kind>(userdata: *mut libc::c_void) {
         } else {
             sys::pa_rtpoll_set_timer_disabled((*st).rtpoll);
         }
+        (*st).active = active;
         let ret = sys::pa_rtpoll_run((*st).rtpoll);
         if ret < 0 {
             break false;
@@ -330,6 +349,7 @@ impl<K: Kind> Device<K> {
                     1.0
                 },
                 running: false,
+                active: false,
                 io,
             }));
             K::install(dev);

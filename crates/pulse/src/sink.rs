@@ -111,6 +111,14 @@ impl Kind for SinkKind {
         block_usec / 2
     }
 
+    unsafe fn active(s: *mut sys::pa_sink) -> bool {
+        // A stream plays into the sink, or one records its monitor (the sink is then IDLE
+        // but must render for the monitor).
+        let m = (*s).monitor_source;
+        (*s).thread_info.state == sys::PA_SINK_RUNNING
+            || (!m.is_null() && (*m).thread_info.state == sys::PA_SOURCE_RUNNING)
+    }
+
     unsafe fn on_wakeup(s: *mut sys::pa_sink) {
         if (*s).thread_info.rewind_requested {
             // Audio leaves for the network as soon as it is rendered: nothing to rewind.
