@@ -85,6 +85,9 @@ impl<S: ModuleStream> StreamHandle for PaStream<S> {
     fn publish(&self, props: &[(String, String)]) {
         self.0.update_proplist(&to_proplist(props));
     }
+    fn set_quiet(&self, quiet: bool) {
+        self.0.set_quiet(quiet);
+    }
 }
 
 /// The recording stream's side on the source's IO thread.

@@ -3,6 +3,7 @@
 //! thread (the ring's fill level, restarts).
 use crate::encode;
 use crate::handshake::Hello;
+use crate::net::Conn;
 use crate::playout::{PlayoutState, PlayoutStats};
 use crate::report::{Counters, Received, Report, State};
 use crate::stats::{BitrateMeter, Stats};
@@ -35,6 +36,12 @@ pub struct ConnShared {
     pub(crate) killed: AtomicBool,
     /// The sender said it paused (no stream plays into its sink).
     pub paused: AtomicBool,
+    /// Nothing to play and nothing left in the ring: the host may cork the stream (and let
+    /// its device sleep) until this is false again. Set by the connection thread, which
+    /// wakes the host when it changes.
+    pub(crate) quiet: AtomicBool,
+    /// The connection, for [`kill`](Self::kill) to wake its thread out of a long read.
+    pub(crate) sock: OnceLock<Conn>,
     /// Samples in the ring after the last pop.
     pub(crate) fill: AtomicU64,
     meter: Mutex<BitrateMeter>,
@@ -63,6 +70,16 @@ impl ConnShared {
         if let Some(t) = self.record.get() {
             t.stop();
         }
+        if let Some(s) = self.sock.get() {
+            s.shutdown_read();
+        }
+    }
+
+    /// Nothing to play (the sender paused, or has sent nothing yet) and the stream's ring is
+    /// empty: the host may cork the stream until this turns false (the connection thread
+    /// wakes the host, [`crate::server::Host::changed`], when it does).
+    pub fn quiet(&self) -> bool {
+        self.quiet.load(Ordering::SeqCst)
     }
 
     /// Record tunnels: whether the capture should run (the far end has readers). The host
@@ -195,6 +212,8 @@ pub(crate) fn new_conn(hello: &Hello, target_usec: u64, peer: String) -> Arc<Con
         closed: AtomicBool::new(false),
         killed: AtomicBool::new(false),
         paused: AtomicBool::new(false),
+        quiet: AtomicBool::new(false),
+        sock: OnceLock::new(),
         fill: AtomicU64::new(0),
         epoch: Instant::now(),
         playout: Mutex::new(None),

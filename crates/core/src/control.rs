@@ -5,6 +5,7 @@
 //! between this and its daemon.
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::args::{apply_knob_changes, effective_properties, knob_message};
 use crate::client::RecordClient;
@@ -163,6 +164,32 @@ pub struct Handlers {
     pub on_tick: Box<dyn FnMut()>,
 }
 
+/// How often an idle tunnel's statistics are published when only its counters moved (its
+/// keepalives): each publication wakes the daemon's subscribers and costs its main thread.
+const IDLE_PUBLISH: Duration = Duration::from_secs(5);
+
+/// The counters a keepalive moves, and the bitrate they make.
+const KEEPALIVE_COUNTERS: [&str; 5] = [
+    "opus.tunnel.bytes_sent",
+    "opus.tunnel.packets_sent",
+    "opus.tunnel.bytes_received",
+    "opus.tunnel.packets_received",
+    "opus.tunnel.bitrate",
+];
+
+/// `after` says the tunnel is idle and differs from `before` only in the counters its
+/// keepalives move.
+fn idle_counters_only(before: &[(String, String)], after: &[(String, String)]) -> bool {
+    let idle = after
+        .iter()
+        .any(|(k, v)| k == "opus.tunnel.state" && v == "idle");
+    idle && before.len() == after.len()
+        && before
+            .iter()
+            .zip(after)
+            .all(|(a, b)| a == b || (a.0 == b.0 && KEEPALIVE_COUNTERS.contains(&a.0.as_str())))
+}
+
 /// What a device's knob control answers its daemon: the reaction to a property change, the
 /// answer to a message, and the once-a-second statistics. All reach the device through a weak
 /// handle: once it is gone a property change and a tick do nothing and a message is answered
@@ -190,9 +217,17 @@ pub fn device_handlers<D: 'static>(
         Some(d) => control.message(msg, params, &get, |eff| publish(&d, eff)),
         None => Err(gone.to_string()),
     };
+    let mut last: Option<(Instant, Vec<(String, String)>)> = None;
     let on_tick = move || {
         if let Some(d) = d3.upgrade() {
-            publish(&d, &tick());
+            let props = tick();
+            if let Some((at, before)) = &last {
+                if at.elapsed() < IDLE_PUBLISH && idle_counters_only(before, &props) {
+                    return;
+                }
+            }
+            publish(&d, &props);
+            last = Some((Instant::now(), props));
         }
     };
     Handlers {

@@ -14,6 +14,7 @@ use crate::params::Compression;
 use crate::params::OpusKnobs;
 use crate::playout::{Playout as PlayoutEngine, PlayoutConfig, Target};
 use crate::rtp::{self, Control};
+use crate::server::Host;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -90,6 +91,7 @@ pub(crate) fn decode_path(
         up_running: None,
         up_gen: 0,
         rules: RestartRules::new(max_usec),
+        notify: None,
     };
     Ok((receive, Playback::new(conn.clone(), consumer, report_tx)))
 }
@@ -138,6 +140,9 @@ pub(crate) struct Receive {
     pub(crate) up_gen: u64,
     /// When playout starts afresh.
     rules: RestartRules,
+    /// The receiver's host, told when the stream turns quiet or not
+    /// ([`ConnShared::quiet`]); `None` for the tunnel source's own receive path.
+    pub(crate) notify: Option<Arc<dyn Host>>,
 }
 
 /// What the desktop end of a record tunnel relays to the capturing end.
@@ -159,6 +164,12 @@ impl Receive {
         let mut last_report = Instant::now();
         let mut last_stats = Instant::now();
         let mut buf = vec![0u8; 16 * 1024];
+        if self.notify.is_some() {
+            // A kill wakes the thread out of a long read by shutting the reading side.
+            if let Ok(s) = stream.try_clone() {
+                let _ = self.conn.sock.set(s);
+            }
+        }
         if let Err(e) = self.consume(&rest) {
             return e;
         }
@@ -173,7 +184,14 @@ impl Receive {
             // do: only the next report (a keepalive) is due.
             let wake = if self.idle() {
                 let next = Duration::from_secs(1).saturating_sub(last_report.elapsed());
-                (next.as_micros() as u64).clamp(1_000, IDLE_WAKE.as_micros() as u64)
+                // A record tunnel's desktop end looks for readers every IDLE_WAKE; a play
+                // tunnel's thread is woken by a kill (shutdown_read).
+                let most = if self.upstream.is_some() {
+                    IDLE_WAKE
+                } else {
+                    Duration::from_secs(1)
+                };
+                (next.as_micros() as u64).clamp(1_000, most.as_micros() as u64)
             } else {
                 self.playout
                     .wake_in_usec(self.conn.now_usec())
@@ -181,6 +199,7 @@ impl Receive {
             };
             let _ = stream.set_read_timeout(Duration::from_micros(wake));
             match stream.read(&mut buf) {
+                Ok(0) if self.conn.killed() || stop.load(Ordering::SeqCst) => continue,
                 Ok(0) => return "the sender closed the connection".into(),
                 Ok(n) => {
                     last_heard = Instant::now();
@@ -202,6 +221,7 @@ impl Receive {
             if let Err(e) = self.tick() {
                 return e;
             }
+            self.follow_quiet();
             if let Err(e) = self.relay_upstream(&mut reporter) {
                 return e;
             }
@@ -246,8 +266,9 @@ impl Receive {
                         self.conn.device_latency_usec().to_string(),
                     ),
                 ];
-                // While the sender is paused a bare keepalive says we are alive (14 bytes).
-                let msg = if self.conn.paused.load(Ordering::Relaxed) {
+                // While the sender is paused (or before its first audio) a bare keepalive says we
+                // are alive (14 bytes).
+                let msg = if self.ssrc.is_none() || self.conn.paused.load(Ordering::Relaxed) {
                     Control::Keepalive
                 } else {
                     Control::Report(kv)
@@ -256,6 +277,18 @@ impl Receive {
                     return "cannot send reports to the sender".into();
                 }
             }
+        }
+    }
+
+    /// Marks the stream quiet once nothing is to play and its ring has run dry (the tail of
+    /// the last sound played out), not quiet at the first packet; tells the host on a change.
+    fn follow_quiet(&mut self) {
+        let Some(host) = &self.notify else {
+            return;
+        };
+        let quiet = self.idle() && self.conn.fill.load(Ordering::Relaxed) == 0;
+        if self.conn.quiet.swap(quiet, Ordering::SeqCst) != quiet {
+            host.changed();
         }
     }
 

@@ -545,10 +545,14 @@ impl Worker {
                 }
                 last_sent = Instant::now();
             }
+            // Idle, the worker sleeps until the next keepalive is due; audio, a knob change,
+            // a stop or a lost link wakes it sooner.
             let wait = if sending {
                 Duration::from_millis(20)
             } else {
-                Duration::from_millis(500)
+                KEEPALIVE
+                    .saturating_sub(last_sent.elapsed())
+                    .max(Duration::from_millis(1))
             };
             if self.ring.slots() == 0 {
                 thread::park_timeout(wait);
@@ -746,8 +750,16 @@ fn read_loop(mut conn: Conn, tx: mpsc::Sender<Incoming>, worker: Thread) {
                             if rtp::is_rtcp(&f) {
                                 match rtp::parse_rtcp(&f) {
                                     Ok(c) => {
+                                        // Reports and keepalives wait for the worker's next
+                                        // round; what it must act on wakes it.
+                                        let urgent = c.iter().any(|c| {
+                                            !matches!(c, Control::Report(_) | Control::Keepalive)
+                                        });
                                         if tx.send(Incoming::Controls(c)).is_err() {
                                             return;
+                                        }
+                                        if urgent {
+                                            worker.unpark();
                                         }
                                     }
                                     Err(e) => log::debug!(

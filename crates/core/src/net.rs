@@ -70,6 +70,15 @@ impl Conn {
         }
     }
 
+    /// Ends the reading side: a read blocked on the connection returns 0 at once (this is how
+    /// another thread wakes it); writing still works.
+    pub(crate) fn shutdown_read(&self) {
+        let _ = match self {
+            Conn::Tcp(s) => s.shutdown(Shutdown::Read),
+            Conn::Unix(s) => s.shutdown(Shutdown::Read),
+        };
+    }
+
     pub(crate) fn shutdown(&self) {
         let _ = match self {
             Conn::Tcp(s) => s.shutdown(Shutdown::Both),

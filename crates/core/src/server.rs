@@ -486,7 +486,11 @@ fn serve_play(
         cfg.external_resampler,
     );
     let (mut receive, playback) = match setup {
-        Ok(x) => x,
+        Ok(x) => {
+            let (mut r, p) = x;
+            r.notify = Some(shared.host.clone());
+            (r, p)
+        }
         Err(e) => {
             refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e);
             conn.closed.store(true, Ordering::SeqCst);

@@ -77,6 +77,10 @@ pub trait StreamHandle {
     fn gone(&self) -> bool;
     /// Shows the tunnel's statistics as the stream's properties.
     fn publish(&self, props: &[(String, String)]);
+    /// A play tunnel went quiet (`true`: nothing to play, its buffer empty) or has audio
+    /// again: the daemon may cork the stream meanwhile, so that its device can idle or
+    /// suspend. The default does nothing.
+    fn set_quiet(&self, _quiet: bool) {}
 }
 
 /// What a daemon does for the receiver, on its main thread.
@@ -161,6 +165,8 @@ impl Host for Queue {
 struct Play<D: Daemon> {
     stream: D::Play,
     conn: Arc<ConnShared>,
+    /// What the stream was last told by [`StreamHandle::set_quiet`].
+    quiet: bool,
 }
 
 /// A record tunnel: its capture stream exists only while the desktop end has readers
@@ -236,7 +242,11 @@ impl<D: Daemon> Sessions<D> {
                 Ok((stream, on)) => {
                     log::info!("tunnel {} plays as stream {name:?} on {on}", conn.label);
                     replier.accept(&on);
-                    self.plays.push(Play { stream, conn });
+                    self.plays.push(Play {
+                        stream,
+                        conn,
+                        quiet: false,
+                    });
                 }
                 Err(r) => replier.refuse(r.status, &r.reason),
             }
@@ -249,6 +259,13 @@ impl<D: Daemon> Sessions<D> {
             }
             !p.conn.is_closed()
         });
+        for p in &mut self.plays {
+            let quiet = p.conn.quiet();
+            if quiet != p.quiet {
+                p.quiet = quiet;
+                p.stream.set_quiet(quiet);
+            }
+        }
         for req in Queue::take(&self.queue.records) {
             let (conn, feeder, name, props, replier) = req.into_parts();
             let wanted = conn.device.clone().or_else(|| self.default_source.clone());

@@ -155,6 +155,21 @@ impl Kind for SinkInputKind {
         (*si).kill = Some(stream::kill_cb::<Self>);
     }
 
+    unsafe fn set_quiet(si: *mut sys::pa_sink_input, quiet: bool, latency_usec: u64) {
+        if quiet {
+            // No latency request (-1): an idle sink with nothing else to play may render in
+            // its longest blocks.
+            sys::pa_sink_input_set_requested_latency(si, u64::MAX);
+            sys::pa_sink_input_cork(si, true);
+        } else {
+            // Uncork first: the sink rewinds what it rendered ahead in its long blocks (the
+            // rewind reaches that far only while those blocks are still its size), so the
+            // stream is heard at once; then the short latency again.
+            sys::pa_sink_input_cork(si, false);
+            sys::pa_sink_input_set_requested_latency(si, latency_usec);
+        }
+    }
+
     stream_fields!(sink);
 }
 

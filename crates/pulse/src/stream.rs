@@ -56,6 +56,14 @@ pub trait Kind: Sized + 'static {
     unsafe fn index(s: *mut Self::Raw) -> u32;
     /// The device the stream is on; NULL while unlinked.
     unsafe fn device(s: *mut Self::Raw) -> *mut <Self::Device as device::Kind>::Raw;
+
+    /// Corks a quiet stream and lets it ask no latency of its device (so that an idle device
+    /// may sleep in long blocks), or uncorks it and asks `latency_usec` again. Does nothing
+    /// for a kind that has no use for it.
+    ///
+    /// # Safety
+    /// Main thread, live linked stream.
+    unsafe fn set_quiet(_s: *mut Self::Raw, _quiet: bool, _latency_usec: u64) {}
 }
 
 /// The callbacks' state (shared with the IO thread through pulsecore).
@@ -72,6 +80,8 @@ pub struct Stream<K: Kind> {
     pub(crate) raw: *mut K::Raw,
     pub(crate) state: *mut StreamState<K>,
     pub(crate) killed: Arc<AtomicBool>,
+    /// The latency asked of the device when the stream opened, µs.
+    requested_latency_usec: u64,
 }
 
 /// The daemon kills the stream (its device went away, `kill-sink-input`, ...).
@@ -129,7 +139,12 @@ impl<K: Kind> Stream<K> {
             *K::userdata(raw) = state as *mut libc::c_void;
             (K::SET_REQUESTED_LATENCY)(raw, requested_latency_usec);
             (K::PUT)(raw);
-            Ok(Stream { raw, state, killed })
+            Ok(Stream {
+                raw,
+                state,
+                killed,
+                requested_latency_usec,
+            })
         }
     }
 
@@ -151,6 +166,18 @@ impl<K: Kind> Stream<K> {
                 crate::from_cstr(<K::Device as device::Kind>::name(d))
             }
         }
+    }
+
+    /// A quiet stream (nothing to play for a while) is corked and asks no latency of its
+    /// device, so that the device can idle in long blocks or be suspended
+    /// (`module-suspend-on-idle`); `false` uncorks it and asks its latency again. (Playback
+    /// streams only; the others ignore it.)
+    pub fn set_quiet(&self, quiet: bool) {
+        if self.killed() {
+            return;
+        }
+        // SAFETY: live, linked stream; main thread.
+        unsafe { K::set_quiet(self.raw, quiet, self.requested_latency_usec) }
     }
 
     /// Merges `props` into the stream's properties; unchanged keys are left alone.
@@ -209,6 +236,8 @@ pub trait ModuleStream {
     fn killed(&self) -> bool;
     /// Merges `props` into the stream's properties.
     fn update_proplist(&self, props: &Proplist);
+    /// See [`Stream::set_quiet`].
+    fn set_quiet(&self, quiet: bool);
 }
 
 impl<K: Kind> ModuleStream for Stream<K> {
@@ -217,5 +246,8 @@ impl<K: Kind> ModuleStream for Stream<K> {
     }
     fn update_proplist(&self, props: &Proplist) {
         Stream::update_proplist(self, props)
+    }
+    fn set_quiet(&self, quiet: bool) {
+        Stream::set_quiet(self, quiet)
     }
 }
