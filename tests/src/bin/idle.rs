@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 enum Tunnel {
     None,
     Ours,
+    /// Our tunnel source (the microphone), nothing recording from it.
+    Source,
     Stock,
 }
 
@@ -77,6 +79,16 @@ fn run() -> Result<()> {
         Case {
             label: format!("ours{k}"),
             tunnel: Tunnel::Ours,
+            n: k,
+        },
+        Case {
+            label: "source1".into(),
+            tunnel: Tunnel::Source,
+            n: 1,
+        },
+        Case {
+            label: format!("source{k}"),
+            tunnel: Tunnel::Source,
             n: k,
         },
         Case {
@@ -153,23 +165,32 @@ fn measure(c: &Case, secs: u64, suspend: bool) -> Result<Result1> {
         .start()?;
     let sender = Daemon::builder().name("idle-sender").line(soi).start()?;
     for i in 0..c.n {
-        let (module, port) = match c.tunnel {
-            Tunnel::Ours => ("module-tunnel-sink-opus", ours_port),
-            Tunnel::Stock => ("module-tunnel-sink-new", native_port),
+        let (module, args) = match c.tunnel {
+            Tunnel::Ours => (
+                "module-tunnel-sink-opus",
+                format!("sink_name=tun{i} server=tcp:127.0.0.1:{ours_port} sink=null"),
+            ),
+            Tunnel::Source => (
+                "module-tunnel-source-opus",
+                format!("source_name=mic{i} server=tcp:127.0.0.1:{ours_port} source=null.monitor"),
+            ),
+            Tunnel::Stock => (
+                "module-tunnel-sink-new",
+                format!("sink_name=tun{i} server=tcp:127.0.0.1:{native_port} sink=null"),
+            ),
             Tunnel::None => unreachable!(),
         };
-        let args = format!("sink_name=tun{i} server=tcp:127.0.0.1:{port} sink=null");
         sender
             .load_module(module, &args)
             .map_err(|e| anyhow!("load-module {module} {args}: {e}"))?;
     }
     let deadline = Instant::now() + Duration::from_secs(15);
-    while receiver.sink_input_count() < c.n {
+    while connected(c, &sender, &receiver) < c.n {
         if Instant::now() > deadline {
             bail!(
                 "{}: {} of {} tunnels connected after 15 s\n--- sender ---\n{}\n--- receiver ---\n{}",
                 c.label,
-                receiver.sink_input_count(),
+                connected(c, &sender, &receiver),
                 c.n,
                 sender.log_tail(20),
                 receiver.log_tail(20)
@@ -181,7 +202,7 @@ fn measure(c: &Case, secs: u64, suspend: bool) -> Result<Result1> {
     let (s0, r0) = (sample(sender.pid()), sample(receiver.pid()));
     std::thread::sleep(Duration::from_secs(secs));
     let (s1, r1) = (sample(sender.pid()), sample(receiver.pid()));
-    if receiver.sink_input_count() < c.n {
+    if connected(c, &sender, &receiver) < c.n {
         bail!("{}: a tunnel dropped during the measurement", c.label);
     }
     Ok(Result1 {
@@ -190,4 +211,16 @@ fn measure(c: &Case, secs: u64, suspend: bool) -> Result<Result1> {
         sender: usage(&s0, &s1),
         receiver: usage(&r0, &r1),
     })
+}
+
+/// Tunnels of the case that are up: sink tunnels have their stream on the receiver; tunnel
+/// sources (no stream there without readers) say `idle` on the sender.
+fn connected(c: &Case, sender: &Daemon, receiver: &Daemon) -> usize {
+    match c.tunnel {
+        Tunnel::Source => sender
+            .pactl_ok(&["list", "sources"])
+            .matches("opus.tunnel.state = \"idle\"")
+            .count(),
+        _ => receiver.sink_input_count(),
+    }
 }
