@@ -156,20 +156,29 @@ pub(crate) struct Upstream {
 impl Receive {
     pub(crate) fn run(&mut self, stream: &mut Conn, rest: Vec<u8>, stop: &AtomicBool) -> String {
         let _ = stream.set_timeouts(Some(WAKE), Some(Duration::from_secs(4)));
-        let mut reporter = match stream.try_clone() {
-            Ok(s) => s,
+        // The writing side. A receiver's play connection keeps it in its ConnShared too, so
+        // that a kill wakes this thread out of a long read (shutdown_read), with no extra
+        // descriptor.
+        let conn = self.conn.clone();
+        let own;
+        let mut reporter: &Conn = match stream.try_clone() {
+            Ok(s) if self.notify.is_some() => match conn.sock.set(s) {
+                Ok(()) => match conn.sock.get() {
+                    Some(s) => s,
+                    None => return "no connection".into(),
+                },
+                Err(_) => return "the connection was served twice".into(),
+            },
+            Ok(s) => {
+                own = s;
+                &own
+            }
             Err(e) => return e.to_string(),
         };
         let mut last_heard = Instant::now();
         let mut last_report = Instant::now();
         let mut last_stats = Instant::now();
         let mut buf = vec![0u8; 16 * 1024];
-        if self.notify.is_some() {
-            // A kill wakes the thread out of a long read by shutting the reading side.
-            if let Ok(s) = stream.try_clone() {
-                let _ = self.conn.sock.set(s);
-            }
-        }
         if let Err(e) = self.consume(&rest) {
             return e;
         }
@@ -307,7 +316,7 @@ impl Receive {
 
     /// Desktop end of a record tunnel: tells the far end to record (or stop) as readers come
     /// and go, and relays knob changes.
-    fn relay_upstream(&mut self, w: &mut Conn) -> Result<(), String> {
+    fn relay_upstream(&mut self, w: &mut impl std::io::Write) -> Result<(), String> {
         let Some(u) = self.upstream.clone() else {
             return Ok(());
         };

@@ -98,7 +98,7 @@ pub fn is_timeout(e: &std::io::Error) -> bool {
 
 /// Frames control messages as one RTCP packet (RFC 4571) and sends it.
 pub(crate) fn send_controls(
-    conn: &mut Conn,
+    conn: &mut impl Write,
     ssrc: u32,
     msgs: &[Control],
 ) -> std::io::Result<usize> {

@@ -108,6 +108,19 @@ impl Write for Conn {
     }
 }
 
+/// Writing through a shared reference, as `&TcpStream` allows (one thread writes).
+impl Write for &Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => (&*s).write(buf),
+            Conn::Unix(s) => (&*s).write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl From<TcpStream> for Conn {
     fn from(s: TcpStream) -> Conn {
         Conn::Tcp(s)
