@@ -92,6 +92,7 @@ pub(crate) fn decode_path(
         up_gen: 0,
         rules: RestartRules::new(max_usec),
         notify: None,
+        idle_since: None,
     };
     Ok((receive, Playback::new(conn.clone(), consumer, report_tx)))
 }
@@ -108,6 +109,10 @@ pub(crate) struct DeviceReport {
 
 /// How often the connection thread wakes at least (the engine wants ≤ 12 ms).
 const WAKE: Duration = Duration::from_millis(10);
+
+/// How long a stream has had nothing to play before it counts as quiet (and the host corks
+/// it).
+const QUIET_AFTER: Duration = Duration::from_secs(1);
 
 /// How often it wakes while the sender is paused: to notice a kill, or a reader of a record
 /// tunnel's desktop end, within this.
@@ -143,6 +148,8 @@ pub(crate) struct Receive {
     /// The receiver's host, told when the stream turns quiet or not
     /// ([`ConnShared::quiet`]); `None` for the tunnel source's own receive path.
     pub(crate) notify: Option<Arc<dyn Host>>,
+    /// Since when nothing is to play and the ring is empty (for [`ConnShared::quiet`]).
+    idle_since: Option<Instant>,
 }
 
 /// What the desktop end of a record tunnel relays to the capturing end.
@@ -295,7 +302,16 @@ impl Receive {
         let Some(host) = &self.notify else {
             return;
         };
-        let quiet = self.idle() && self.conn.fill.load(Ordering::Relaxed) == 0;
+        let idle = self.idle() && self.conn.fill.load(Ordering::Relaxed) == 0;
+        let since = match (idle, self.idle_since) {
+            (false, _) => None,
+            (true, None) => Some(Instant::now()),
+            (true, Some(t)) => Some(t),
+        };
+        self.idle_since = since;
+        // Quiet only after QUIET_AFTER: a new connection whose first packet is on its way,
+        // or a short pause between sounds, keeps its stream running.
+        let quiet = since.is_some_and(|t| t.elapsed() >= QUIET_AFTER);
         if self.conn.quiet.swap(quiet, Ordering::SeqCst) != quiet {
             host.changed();
         }
