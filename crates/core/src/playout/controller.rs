@@ -392,8 +392,10 @@ impl Controller {
                 self.filter.filtered = 0.0;
                 // Behind a device that pulled late, the FIFO holds more than the target: its
                 // pauses go before any of it reaches the ring (and then what still passes the
-                // maximum: `cut_beyond_max`).
-                let err = lat - target;
+                // maximum: `cut_beyond_max`). The device's line has one observation yet and
+                // may put the latency up to a pull too high: a packet's worth stays, for the
+                // loop and the later trims.
+                let err = lat - target - self.packet as f64;
                 if err > TRIM_SEC * self.rate {
                     plan.trim_frames = err.round() as i64;
                 }
