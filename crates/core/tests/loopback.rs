@@ -1002,9 +1002,8 @@ fn version_1_receiver(stop: Arc<AtomicBool>) -> (SocketAddr, Arc<Mutex<Vec<Strin
                 }
                 let _ = s.write_all(b"OPUS-TUNNEL/1 200 OK\nDevice: speakers\n\n");
                 while !stop.load(Ordering::SeqCst) {
-                    match s.read(&mut chunk) {
-                        Ok(0) => return,
-                        Ok(_) | Err(_) => {}
+                    if let Ok(0) = s.read(&mut chunk) {
+                        return;
                     }
                 }
             });
