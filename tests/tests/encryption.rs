@@ -7,6 +7,8 @@
 //! * At the defaults (with a cookie: `Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s`) the tone
 //!   arrives, and a spectral check of the captured bytes after the hello finds no trace of it;
 //!   with `encryption=none` on both ends the same check finds it (PCM on the wire).
+//! * A byte flipped in flight closes the tunnel (the receiver logs the record that failed),
+//!   which reconnects and plays again; both daemons live.
 //! * A receiver with `encryption=required` refuses a cleartext tunnel with `426`, which the
 //!   sender logs, and nothing plays.
 //!
@@ -32,6 +34,7 @@ const KEEP: usize = 2_000_000;
 /// connection's tunnel → receiver bytes.
 struct CapturingProxy {
     port: u16,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<AtomicBool>,
     upstream: Arc<Mutex<Vec<u8>>>,
     thread: Option<JoinHandle<()>>,
@@ -39,12 +42,19 @@ struct CapturingProxy {
 
 impl CapturingProxy {
     fn start(target: u16) -> CapturingProxy {
+        Self::start_flipping(target, None)
+    }
+
+    /// The same, flipping one bit of the byte at `flip` (counted from the first byte the
+    /// tunnel sends) on the first connection.
+    fn start_flipping(target: u16, flip: Option<usize>) -> CapturingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("proxy address").port();
         let stop = Arc::new(AtomicBool::new(false));
         let upstream = Arc::new(Mutex::new(Vec::new()));
-        let (s2, u2) = (stop.clone(), upstream.clone());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s2, u2, n2) = (stop.clone(), upstream.clone(), connections.clone());
         let thread = thread::spawn(move || {
             let mut pumps = Vec::new();
             let mut first = true;
@@ -57,13 +67,15 @@ impl CapturingProxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
+                n2.fetch_add(1, Ordering::SeqCst);
                 let keep = first.then(|| u2.clone());
+                let flip_at = if first { flip } else { None };
                 first = false;
                 let (Ok(c2), Ok(s_2)) = (client.try_clone(), server.try_clone()) else {
                     continue;
                 };
-                pumps.push(pump(c2, s_2, keep, s2.clone()));
-                pumps.push(pump(server, client, None, s2.clone()));
+                pumps.push(pump(c2, s_2, keep, flip_at, s2.clone()));
+                pumps.push(pump(server, client, None, None, s2.clone()));
             }
             for p in pumps {
                 let _ = p.join();
@@ -71,6 +83,7 @@ impl CapturingProxy {
         });
         CapturingProxy {
             port,
+            connections,
             stop,
             upstream,
             thread: Some(thread),
@@ -96,11 +109,13 @@ fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
     keep: Option<Arc<Mutex<Vec<u8>>>>,
+    flip: Option<usize>,
     stop: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
     thread::spawn(move || {
         let _ = from.set_read_timeout(Some(Duration::from_millis(100)));
         let mut buf = [0u8; 16384];
+        let mut seen = 0usize;
         while !stop.load(Ordering::SeqCst) {
             let n = match from.read(&mut buf) {
                 Ok(0) => break,
@@ -121,6 +136,12 @@ fn pump(
                     k.extend_from_slice(&buf[..room]);
                 }
             }
+            if let Some(at) = flip {
+                if (seen..seen + n).contains(&at) {
+                    buf[at - seen] ^= 0x04;
+                }
+            }
+            seen += n;
             if to.write_all(&buf[..n]).is_err() {
                 break;
             }
@@ -322,5 +343,68 @@ fn a_receiver_with_encryption_required_refuses_a_cleartext_tunnel() {
         Some("Noise_NN_25519_ChaChaPoly_BLAKE2s"),
         "{}",
         logs(&sender2, &receiver)
+    );
+}
+
+#[test]
+fn a_byte_flipped_in_flight_closes_the_tunnel_which_reconnects() {
+    let test = "a_byte_flipped_in_flight_closes_the_tunnel_which_reconnects";
+    let Some(_g) = begin(test) else { return };
+    let port = free_port();
+    let receiver = Daemon::receiver("receiver", port, "auth-anonymous=1");
+    // PCM: about 190 kB a second, so the flip lands half a second into the audio.
+    let proxy = CapturingProxy::start_flipping(port, Some(100_000));
+    let sender = Daemon::named("sender");
+    sender.load_tunnel("tun", proxy.port, "compression=none");
+    let mut rec = Recorder::start(&receiver, "null.monitor");
+    let _player = play_loop(&sender, "tun", tone_loop(LEFT, RIGHT, LEVEL));
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut reconnected = false;
+    while Instant::now() < until {
+        let n = sink_prop(&sender, "tun", "opus.tunnel.reconnects")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if n >= 1 && proxy.connections.load(Ordering::SeqCst) >= 2 {
+            reconnected = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let line = receiver
+        .log()
+        .lines()
+        .find(|l| l.contains("failed authentication"))
+        .map(str::to_string);
+    println!(
+        "{test}: receiver: {line:?}; reconnected {reconnected}, {} connections",
+        proxy.connections.load(Ordering::SeqCst)
+    );
+    assert!(
+        line.is_some(),
+        "the receiver did not log the record that failed{}",
+        logs(&sender, &receiver)
+    );
+    assert!(
+        reconnected,
+        "the tunnel did not reconnect{}",
+        logs(&sender, &receiver)
+    );
+    // The tone plays again after the reconnect, and both daemons live.
+    let _ = rec.read(1.0);
+    let waited = wait::wait_for_tone(
+        |s| rec.read(s).ok(),
+        0.5,
+        (LEFT, RIGHT),
+        Duration::from_secs(8),
+    );
+    assert!(
+        waited.is_some(),
+        "no tone after the reconnect{}",
+        logs(&sender, &receiver)
+    );
+    assert!(receiver.is_alive() && sender.is_alive(), "a daemon died");
+    assert_eq!(
+        sink_prop(&sender, "tun", "opus.tunnel.encryption").as_deref(),
+        Some("Noise_NN_25519_ChaChaPoly_BLAKE2s")
     );
 }
