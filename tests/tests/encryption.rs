@@ -9,6 +9,7 @@
 //!   with `encryption=none` on both ends the same check finds it (PCM on the wire).
 //! * A byte flipped in flight closes the tunnel (the receiver logs the record that failed),
 //!   which reconnects and plays again; both daemons live.
+//! * PulseAudio → PipeWire and PipeWire → PulseAudio run encrypted at the defaults.
 //! * A receiver with `encryption=required` refuses a cleartext tunnel with `426`, which the
 //!   sender logs, and nothing plays.
 //!
@@ -406,5 +407,123 @@ fn a_byte_flipped_in_flight_closes_the_tunnel_which_reconnects() {
     assert_eq!(
         sink_prop(&sender, "tun", "opus.tunnel.encryption").as_deref(),
         Some("Noise_NN_25519_ChaChaPoly_BLAKE2s")
+    );
+}
+
+/// Waits until `get` gives `want` (at most 8 s); what it gave last.
+fn wait_value(mut get: impl FnMut() -> Option<String>, want: &str) -> Option<String> {
+    let until = Instant::now() + Duration::from_secs(8);
+    loop {
+        let v = get();
+        if v.as_deref() == Some(want) || Instant::now() >= until {
+            return v;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn pulseaudio_and_pipewire_pairings_run_encrypted() {
+    use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire};
+    let test = "pulseaudio_and_pipewire_pairings_run_encrypted";
+    const PW_RECEIVER: &str = "libpipewire-module-opus-protocol-tcp";
+    const PW_SENDER: &str = "libpipewire-module-opus-tunnel";
+    if !require_pw_modules(test, &[PW_RECEIVER, PW_SENDER]) {
+        return;
+    }
+    let Some(_g) = begin(test) else { return };
+    const NN: &str = "Noise_NN_25519_ChaChaPoly_BLAKE2s";
+
+    // PulseAudio tunnel → PipeWire receiver.
+    let port = free_port();
+    let pw = PipeWire::builder()
+        .name("pw-receiver")
+        .module(
+            PW_RECEIVER,
+            &format!("server.address = [ \"tcp:127.0.0.1:{port}\" ] auth.anonymous = true target.object = \"null\""),
+        )
+        .start()
+        .unwrap_or_else(|e| panic!("PipeWire with {PW_RECEIVER}: {e:#}"));
+    let pa = Daemon::named("pa-sender");
+    pa.load_tunnel("tun", port, "");
+    let mut rec = pw.recorder("null.monitor");
+    let _player = play_loop(&pa, "tun", tone_loop(LEFT, RIGHT, LEVEL));
+    let waited = wait::wait_for_tone(
+        |s| rec.read(s).ok(),
+        0.5,
+        (LEFT, RIGHT),
+        Duration::from_secs(8),
+    );
+    let sender = wait_value(|| sink_prop(&pa, "tun", "opus.tunnel.encryption"), NN);
+    let stream = wait_value(
+        || {
+            pw.nodes_where("application.name", "opus-tunnel")
+                .first()
+                .and_then(|s| s.get("opus.tunnel.encryption").cloned())
+        },
+        NN,
+    );
+    println!(
+        "{test}: PA -> PW: tone after {waited:?}; sender {sender:?}; receiver stream {stream:?}"
+    );
+    assert!(
+        waited.is_some(),
+        "PA -> PW: no tone\n{}\n{}",
+        pw.log(),
+        pa.log_tail(30)
+    );
+    assert_eq!(sender.as_deref(), Some(NN));
+    assert_eq!(stream.as_deref(), Some(NN));
+    drop(_player);
+    drop(rec);
+    drop(pa);
+    drop(pw);
+
+    // PipeWire tunnel → PulseAudio receiver.
+    let port = free_port();
+    let receiver = Daemon::receiver("pa-receiver", port, "auth-anonymous=1");
+    let pw = PipeWire::builder()
+        .name("pw-sender")
+        .module(
+            PW_SENDER,
+            &format!(
+                "tunnel.mode = sink server.address = \"tcp:127.0.0.1:{port}\" remote.sink = \"null\" \
+                 stream.props = {{ node.name = \"tun\" }}"
+            ),
+        )
+        .start()
+        .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER}: {e:#}"));
+    let node = wait_value(
+        || {
+            pw.node_props("tun")
+                .and_then(|p| p.get("opus.tunnel.encryption").cloned())
+        },
+        NN,
+    );
+    let mut rec = Recorder::start(&receiver, "null.monitor");
+    let _player = pw.play_loop("tun", tone_loop(LEFT, RIGHT, LEVEL));
+    let waited = wait::wait_for_tone(
+        |s| rec.read(s).ok(),
+        0.5,
+        (LEFT, RIGHT),
+        Duration::from_secs(8),
+    );
+    let line = receiver
+        .log()
+        .lines()
+        .find(|l| l.contains("encryption: "))
+        .map(str::to_string);
+    println!("{test}: PW -> PA: tone after {waited:?}; tunnel node {node:?}; receiver: {line:?}");
+    assert!(
+        waited.is_some(),
+        "PW -> PA: no tone\n{}\n{}",
+        pw.log(),
+        receiver.log_tail(30)
+    );
+    assert_eq!(node.as_deref(), Some(NN));
+    assert!(
+        line.is_some_and(|l| l.contains(NN)),
+        "{}",
+        receiver.log_tail(30)
     );
 }
