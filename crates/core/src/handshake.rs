@@ -7,7 +7,7 @@
 //! Header names are case-insensitive on input.
 //!
 //! ```text
-//! OPUS-TUNNEL/1 PLAY
+//! OPUS-TUNNEL/2 PLAY
 //! Name: tunnel-sink.desktop42
 //! Host: desktop42
 //! Device: alsa_output.usb-headset
@@ -18,10 +18,12 @@
 //! Frame-Usec: 20000
 //! Target-Latency-Usec: 40000
 //! Compression.bitrate: 64000
+//! Encryption: noise
 //!
 //! ```
 //! ```text
-//! OPUS-TUNNEL/1 200 OK
+//! OPUS-TUNNEL/2 200 OK
+//! Encryption: Noise_NN_25519_ChaChaPoly_BLAKE2s
 //!
 //! ```
 //! A server that speaks another version answers `505 Version Not Supported` with a
