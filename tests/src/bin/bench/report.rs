@@ -25,6 +25,8 @@ pub(crate) struct Report<'a> {
     pub(crate) quality: &'a [QualityRow],
     pub(crate) quality_err: Option<String>,
     pub(crate) raw_extra: &'a [(String, Score)],
+    /// What sealing and opening cost per stream-second, µs, per stream kind.
+    pub(crate) encryption: &'a [(String, f64)],
     pub(crate) lowlat_target: u32,
     pub(crate) total: f64,
     pub(crate) load_start: String,
@@ -273,6 +275,25 @@ pub(crate) fn report(r: &Report) -> String {
                 .collect::<Vec<_>>()
                 .join("; ")
         );
+    }
+
+    // Encryption.
+    if !r.encryption.is_empty() {
+        let _ = writeln!(
+            d,
+            "## Encryption cost
+"
+        );
+        let _ = writeln!(d, "What encryption (issue 19: Noise, ChaChaPoly, through `snow`) adds per stream-second, sealing at the sender and opening at the receiver together, measured in-process (`crates/core/examples/bench_floor.rs --encryption`: thread CPU time over 200 stream-seconds of 20 ms packets): far below the daemons' CPU per stream-second above and their ±1.67 ms/s measuring step.\n");
+        let _ = writeln!(
+            d,
+            "| stream | µs of CPU per stream-second | % of one core |"
+        );
+        let _ = writeln!(d, "|---|---:|---:|");
+        for (what, us) in r.encryption {
+            let _ = writeln!(d, "| {what} | {us:.0} | {:.3} % |", us / 1e4);
+        }
+        let _ = writeln!(d);
     }
 
     // Failures.
