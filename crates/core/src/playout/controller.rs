@@ -364,15 +364,12 @@ impl Controller {
             Phase::Idle => return plan,
             Phase::Buffering => {
                 if !self.device.started() || self.fifo == 0 {
-                    // Waiting for the device's first pull: everything received waits, up to
-                    // the maximum latency or FIRST_PULL_WAIT_SEC, whichever is longer (beyond
-                    // it the oldest goes); playout starts with the first frame kept, its pauses
-                    // trimmed at once, and a latency still beyond the maximum is then cut.
-                    let wait = self
-                        .target
-                        .max_frames()
-                        .max(FIRST_PULL_WAIT_SEC * self.rate);
-                    let over = self.whole_chunks(lat - wait);
+                    // Waiting for the device's first pull: what waits beyond the target is the
+                    // oldest and goes, as audio played while the link is down does (holding it,
+                    // up to 2 s behind PulseAudio's idle null sink, was tried: a tone then
+                    // starts with a backlog that takes tens of seconds of period cuts to come
+                    // down, and its skew is learnt through all of them).
+                    let over = self.whole_chunks(lat - target);
                     if over > 0 {
                         self.fifo -= over;
                         self.dropped += over;

@@ -105,11 +105,6 @@ pub const TRIM_SEC: f64 = 0.002;
 /// drift (which moves it by microseconds between observations, or a fraction of a millisecond
 /// when the earliest observation of the window is forgotten).
 pub const LINE_STEP_SEC: f64 = 0.001;
-/// The longest a new stream may wait for its device's first pull, seconds (when the maximum
-/// latency is shorter): PulseAudio's default maximum sink latency, which an idle sink renders
-/// ahead (the null sink cannot rewind it), so that its first pull of a new stream comes up to
-/// 2 s after the stream is created. Audio received meanwhile waits, and plays.
-pub const FIRST_PULL_WAIT_SEC: f64 = 2.0;
 /// A device silent for longer than this (seconds) has stopped: its line starts afresh.
 pub const DEVICE_GAP_SEC: f64 = 0.5;
 /// The worker calls [`Playout::conceal_needed`] at least this often (µs), and sooner when
