@@ -51,25 +51,20 @@ fn ms(v: &[Option<f64>]) -> String {
         .join(" ")
 }
 
-/// For each click written at `sent[k]` (seconds), its delay to its onset in `rec` (by the
-/// receiving sink's clock): clicks arrive in order, so the k-th click is the next onset after
-/// the previous click's, at most 2.5 s after it was written (a click that waited for a
-/// device's late first pull is late, not lost); `None` if none arrived.
+/// For each click written at `sent[k]` (seconds), its delay to the first onset of `rec`
+/// (by the receiving sink's clock) within 0.45 s after it; `None` if none arrived.
 fn click_delays(rec: &Recording, sent: &[f64]) -> Vec<Option<f64>> {
     let times: Vec<f64> = rec
         .onsets(LOUD, QUIET)
         .into_iter()
         .filter_map(|f| rec.clock_time(f, 1.0, 0.0))
         .collect();
-    let mut after = f64::NEG_INFINITY;
     sent.iter()
         .map(|s| {
-            let t = times
+            times
                 .iter()
-                .find(|t| **t > *s && **t > after && **t - *s < 2.5)
-                .copied()?;
-            after = t;
-            Some(t - s)
+                .find(|t| **t > *s && **t - *s < 0.45)
+                .map(|t| t - s)
         })
         .collect()
 }

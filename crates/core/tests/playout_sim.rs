@@ -132,9 +132,6 @@ struct Scenario {
     /// cuts or repeats one whole period of at least a chunk, as the engine's `tsm` does (0:
     /// audio that never repeats).
     audio_period_ms: f64,
-    /// The device pulls for the first time this long after the first packet (s; 0: it is
-    /// pulling already, as a running sink does).
-    device_late_s: f64,
     secs: f64,
     target: Target,
     max_ms: u64,
@@ -156,7 +153,6 @@ impl Scenario {
             pause_every: 0.0,
             pause_len: 0.0,
             audio_period_ms: 0.0,
-            device_late_s: 0.0,
             secs,
             target: Target::Auto,
             max_ms: 1000,
@@ -212,18 +208,15 @@ fn execute(ctl: &mut Controller, s: &Scenario, plan: Plan, phase: &mut f64) {
         let head = ctl.read_position();
         let fifo = ctl.fifo_frames();
         if plan.trim_frames > 0 {
-            // Silent blocks anywhere in the FIFO, the oldest first (as the engine's trim).
             let want = plan.trim_frames as u64 / block;
-            // A pause keeps its first 4 blocks (10 ms; those already played count), as the
-            // engine's trim does.
-            let quiet = |k: i64| {
-                silent(s, head + (k * block as i64) as f64)
-                    && silent(s, head + ((k + 1) * block as i64) as f64 - 1.0)
-            };
-            let n = (0..(fifo / block) as i64)
-                .filter(|&k| (k - 4..=k).all(quiet))
-                .take(want as usize)
-                .count() as u64;
+            let mut n = 0;
+            while n < want
+                && (n + 1) * block <= fifo
+                && silent(s, head + (n * block) as f64)
+                && silent(s, head + ((n + 1) * block) as f64 - 1.0)
+            {
+                n += 1;
+            }
             if n == 0 {
                 let lag = period_lag(s, plan.trim_frames as u64, fifo);
                 ctl.on_trimmed(lag, 0);
@@ -238,7 +231,6 @@ fn execute(ctl: &mut Controller, s: &Scenario, plan: Plan, phase: &mut f64) {
             ctl.on_trimmed(0, lag);
         }
     }
-    ctl.cut_beyond_max();
     if plan.feed_frames == 0 {
         return;
     }
@@ -307,12 +299,7 @@ fn simulate(s: Scenario) -> Figures {
         a
     };
     let mut next_arrival = arrival(k, &mut rng);
-    let first_packet_at = next_arrival;
-    let dev_start = if s.device_late_s > 0.0 {
-        first_packet_at + s.device_late_s
-    } else {
-        0.05
-    };
+    let dev_start = 0.05;
     let mut pops = 0u64;
     let mut next_pop = dev_start;
     let mut dev = Device {
@@ -591,52 +578,6 @@ fn sender_stalls() {
             s.name
         );
     }
-}
-
-/// A device that first pulls late (PulseAudio's idle null sink renders up to 2 s ahead, so a
-/// new stream waits that long for its first pull): what waited beyond the target goes, and
-/// playout starts at the target with no underrun and no concealment.
-#[test]
-fn a_device_that_pulls_late() {
-    let case = |name, late, seed| Scenario {
-        name,
-        pause_every: 0.3,
-        pause_len: 0.295,
-        device_late_s: late,
-        ..Scenario::lan("", 100.0, 10.0, 20.0, seed)
-    };
-    let results = run(vec![
-        case("device_late_0.9s", 0.9, 300),
-        case("device_late_1.4s", 1.4, 301),
-        case("device_late_2.5s", 2.5, 302),
-        Scenario {
-            name: "device_late_1.4s_no_pause",
-            pause_every: 0.0,
-            pause_len: 0.0,
-            ..case("", 1.4, 303)
-        },
-    ]);
-    print(&results);
-    for (s, f) in results.iter().filter(|(s, _)| s.pause_every > 0.0) {
-        // What waited beyond the target before the first pull goes (give or take a packet).
-        let allowed = (s.device_late_s * f64::from(RATE)) as u64 + 2 * 480;
-        assert!(
-            f.dropped <= allowed
-                && f.underruns_after_start == 0
-                && f.concealments_after_start == 0
-                && f.latency_settled_s < s.device_late_s + 2.5,
-            "{}: {f:?}",
-            s.name
-        );
-    }
-    // Audio without pauses: beyond the maximum latency the oldest is cut, down to the target,
-    // right after the first pull.
-    let (s, f) = &results[3];
-    assert!(
-        f.underruns_after_start == 0 && f.latency_settled_s < s.device_late_s + 1.5,
-        "{}: {f:?}",
-        s.name
-    );
 }
 
 /// Jitter traces: LAN, Wi-Fi-like bursts, a WAN with TCP retransmission stalls, a sender

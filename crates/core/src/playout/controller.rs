@@ -314,16 +314,12 @@ impl Controller {
     }
 
     /// The latency in stream frames at time `t` (seconds since the origin): from the earliest
-    /// arrival of a frame to the device's pull of it. The FIFO counts in whole chunks: a
-    /// remainder (a period cut or repeated by [`tsm`] is rarely a whole number of chunks)
-    /// reaches the ring only with the next packet, so it is not audio the device can count
-    /// on; the latency held is the one the ring can deliver, the true one up to a chunk
-    /// (2.5 ms) longer.
+    /// arrival of a frame to the device's pull of it.
     fn latency_frames_at(&self, t: f64) -> f64 {
         let Some(next) = self.next_pos else {
             return 0.0;
         };
-        let v = next as f64 - (self.fifo / self.chunk * self.chunk) as f64;
+        let v = next as f64 - self.fifo as f64;
         let s = self.stream.position_at(t).unwrap_or(next as f64);
         let ring = self.produced as f64 - self.popped_at(t);
         s - v + self.delay + ring / self.ratio
@@ -364,12 +360,11 @@ impl Controller {
             Phase::Idle => return plan,
             Phase::Buffering => {
                 if !self.device.started() || self.fifo == 0 {
-                    // Waiting for the device's first pull: what waits beyond the target is the
-                    // oldest and goes, as audio played while the link is down does (holding it,
-                    // up to 2 s behind PulseAudio's idle null sink, was tried: a tone then
-                    // starts with a backlog that takes tens of seconds of period cuts to come
-                    // down, and its skew is learnt through all of them).
-                    let over = self.whole_chunks(lat - target);
+                    // Waiting for the device to pull (PulseAudio's idle null sink renders 2 s
+                    // ahead, so it first pulls a new stream up to 2 s later): the audio that
+                    // waits beyond the target is the oldest and goes, as audio played while the
+                    // link is down does; playout starts at the target when the device comes.
+                    let over = ((lat - target).max(0.0) as u64).min(self.fifo);
                     if over > 0 {
                         self.fifo -= over;
                         self.dropped += over;
@@ -387,57 +382,28 @@ impl Controller {
                 plan.insert_frames = short;
                 self.phase = Phase::Playing { since: t };
                 self.filter.filtered = 0.0;
-                // Behind a device that pulled late, the FIFO holds more than the target: its
-                // pauses go before any of it reaches the ring (and then what still passes the
-                // maximum: `cut_beyond_max`). The device's line has one observation yet and
-                // may put the latency up to a pull too high: a packet's worth stays, for the
-                // loop and the later trims.
-                let err = lat - target - self.packet as f64;
-                if err > TRIM_SEC * self.rate {
-                    plan.trim_frames = err.round() as i64;
-                }
             }
             Phase::Playing { .. } => {
-                // Off the target: trim where it does not show (then `cut_beyond_max`).
-                let err = lat - target;
-                if err.abs() > TRIM_SEC * self.rate {
-                    plan.trim_frames = err.round() as i64;
+                if lat > self.target.max_frames() {
+                    // Beyond the maximum: the oldest audio goes, down to the target.
+                    let n = ((lat - target).round().max(0.0) as u64).min(self.fifo);
+                    if n > 0 {
+                        self.fifo -= n;
+                        self.dropped += n;
+                        self.overruns += 1;
+                        self.stepped = true;
+                        plan.drop_frames = n;
+                    }
+                } else {
+                    let err = lat - target;
+                    if err.abs() > TRIM_SEC * self.rate {
+                        plan.trim_frames = err.round() as i64;
+                    }
                 }
             }
         }
         plan.feed_frames = self.fifo / self.chunk * self.chunk;
         plan
-    }
-
-    /// After the plan's trim: the frames to cut from the FIFO's head because the latency still
-    /// passes the maximum (the oldest audio goes, down to the target; counted as an overrun).
-    /// The audio part drops them before it feeds.
-    pub fn cut_beyond_max(&mut self) -> u64 {
-        if !matches!(self.phase, Phase::Playing { .. }) {
-            return 0;
-        }
-        let t = self.now_t;
-        let lat = self.latency_frames_at(t);
-        if lat <= self.target.max_frames() {
-            return 0;
-        }
-        let target = self.target.target(t);
-        let n = self.whole_chunks(lat - target);
-        if n > 0 {
-            self.fifo -= n;
-            self.dropped += n;
-            self.overruns += 1;
-            self.stepped = true;
-        }
-        n
-    }
-
-    /// `frames` (at least 0) rounded up to whole chunks, at most the FIFO's whole chunks:
-    /// what a drop takes, so that the FIFO keeps feeding whole chunks (a remainder would
-    /// wait there, counted in the latency but never reaching the ring).
-    fn whole_chunks(&self, frames: f64) -> u64 {
-        let n = (frames.max(0.0).ceil() as u64).div_ceil(self.chunk) * self.chunk;
-        n.min(self.fifo / self.chunk * self.chunk)
     }
 
     /// The audio part dropped `dropped` silent frames or inserted `inserted` frames of silence

@@ -37,9 +37,6 @@ pub struct Playout {
     outbuf: Vec<Vec<f32>>,
     last_ts: Option<u32>,
     ext: i64,
-    /// Silent chunks in a row at the end of what went to the ring: the pause the FIFO's head
-    /// continues, if silent.
-    quiet_fed: usize,
 }
 
 impl std::fmt::Debug for Playout {
@@ -80,7 +77,6 @@ impl Playout {
             inbuf: vec![vec![0.0; chunk]; channels],
             outbuf,
             last_ts: None,
-            quiet_fed: 0,
             ext: 0,
         })
     }
@@ -144,8 +140,6 @@ impl Playout {
             let (dropped, inserted) = self.trim(plan.trim_frames);
             self.ctl.on_trimmed(dropped, inserted);
         }
-        let cut = (self.ctl.cut_beyond_max() as usize).min(self.fifo.len() / ch);
-        self.fifo.drain(..cut * ch);
         let chunk = self.chunk as u64;
         let plan = Plan {
             // What the trim left to feed (nothing while buffering).
@@ -168,11 +162,6 @@ impl Playout {
             let _ = self.resampler.set_resample_ratio(1.0, true);
         }
         while left >= self.chunk && self.fifo.len() >= self.chunk * ch {
-            let quiet = self
-                .fifo
-                .range(..self.chunk * ch)
-                .all(|v| v.abs() <= SILENCE_PEAK);
-            self.quiet_fed = if quiet { self.quiet_fed + 1 } else { 0 };
             let mut it = self.fifo.drain(..self.chunk * ch);
             for i in 0..self.chunk {
                 for buf in self.inbuf.iter_mut() {
@@ -200,9 +189,8 @@ impl Playout {
         }
     }
 
-    /// Drops (`frames` > 0) or inserts (< 0) up to `|frames|` frames where it does not show:
-    /// whole silent chunks (2.5 ms) first (dropped anywhere in the FIFO, inserted at its
-    /// head); else, at the head, where the audio
+    /// Drops (`frames` > 0) or inserts (< 0) up to `|frames|` frames at the head of the FIFO,
+    /// where it does not show: whole silent chunks (2.5 ms) first; else, where the audio
     /// repeats itself (a tone, a held note), one whole period of it ([`tsm`]). Returns
     /// (dropped, inserted).
     fn trim(&mut self, frames: i64) -> (u64, u64) {
@@ -215,32 +203,14 @@ impl Playout {
         let have = self.fifo.len() / ch;
         let want = frames.unsigned_abs() as usize;
         if frames > 0 {
-            // Drop silent blocks, the oldest first, as many as asked, wherever they are in the
-            // FIFO: it holds a packet or two when playing steadily, and seconds when playout
-            // starts behind a device that pulled late, whose pauses then go while every
-            // sound stays whole.
-            // A pause keeps its first PAUSE_KEEP_BLOCKS (counting what already went to the
-            // ring): sounds stay apart.
-            let mut run = self.quiet_fed;
-            let mut silent_blocks = Vec::new();
-            for k in 0..have / block {
-                if silent_blocks.len() >= want / block {
-                    break;
-                }
-                run = if silent(&self.fifo, k * block) {
-                    run + 1
-                } else {
-                    0
-                };
-                if run > PAUSE_KEEP_BLOCKS {
-                    silent_blocks.push(k);
-                }
+            // Drop the silent blocks at the head, as many as asked.
+            let mut n = 0;
+            while (n + 1) * block <= want.min(have) && silent(&self.fifo, n * block) {
+                n += 1;
             }
-            if !silent_blocks.is_empty() {
-                for &k in silent_blocks.iter().rev() {
-                    self.fifo.drain(k * block * ch..(k + 1) * block * ch);
-                }
-                return ((silent_blocks.len() * block) as u64, 0);
+            if n > 0 {
+                self.fifo.drain(..n * block * ch);
+                return ((n * block) as u64, 0);
             }
             // Else cut one period, at most half again as long as asked (a tone's period
             // rarely divides the error: the latency ends nearer the target either way).
@@ -278,7 +248,6 @@ impl Playout {
         self.fifo.clear();
         self.resampler.reset();
         self.last_ts = None;
-        self.quiet_fed = 0;
     }
 
     /// Statistics.
@@ -325,10 +294,6 @@ impl Playout {
         }
     }
 }
-
-/// How much of a pause a trim keeps, in chunks (10 ms): the start of every pause stays, so
-/// that the sounds on either side stay apart (clicks do not merge, words do not run on).
-const PAUSE_KEEP_BLOCKS: usize = 4;
 
 /// The longest period [`tsm`] may cut or repeat for a trim of `want` frames: half again as
 /// long as asked, at most 8 chunks (20 ms).
