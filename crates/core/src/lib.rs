@@ -32,5 +32,6 @@ pub mod samples;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod surround;
 
 pub use rtp::WireError;
