@@ -69,8 +69,8 @@
 
 use opus_tunnel_core::args::{
     check_encoder, codec_summary, device_description, effective_properties, load_cookie,
-    parse_compression, parse_knobs, parse_latency_bounds, voice_knobs, LatencyBounds,
-    PW_LATENCY_KEYS,
+    parse_compression, parse_knobs, parse_latency_bounds, scale_bitrate, voice_knobs,
+    LatencyBounds, PW_LATENCY_KEYS,
 };
 use opus_tunnel_core::argtable::{self, keys, PW_TUNNEL, PW_TUNNEL_USAGE};
 use opus_tunnel_core::client::{start_play, start_record, RecordClient, RecordClientConfig};
@@ -241,14 +241,12 @@ impl PwModule for Tunnel {
             .map_err(|e| format!("server.address: {e}"))?;
         let get = |k: &str| args.get(k).map(str::to_string);
         let compression = parse_compression(args.get("compression"))?;
-        let knobs = parse_knobs(
-            &get,
-            if source_mode {
-                voice_knobs()
-            } else {
-                OpusKnobs::default()
-            },
-        )?;
+        let base_knobs = if source_mode {
+            voice_knobs()
+        } else {
+            OpusKnobs::default()
+        };
+        let mut knobs = parse_knobs(&get, base_knobs)?;
         let mut stream_props: Vec<(String, String)> = match args.get("stream.props") {
             None => Vec::new(),
             Some(v) => parse_object(v).map_err(|e| format!("stream.props: {e}"))?,
@@ -270,6 +268,7 @@ impl PwModule for Tunnel {
         let map = channel_map(lookup("audio.position").as_deref(), channels)?;
         let fmt = StreamFormat { rate, channels };
         codec::validate(compression, &fmt).map_err(|e| e.to_string())?;
+        scale_bitrate(&mut knobs, &get, channels, base_knobs.bitrate);
         check_encoder(compression, fmt, &knobs)?;
         let cookie = load_cookie("auth.cookie", args.get("auth.cookie"))?;
         let remote_sink = args.get("remote.sink").map(str::to_string);

@@ -164,6 +164,15 @@ pub fn hello_field(codec: Compression, channels: u8, map: &str) -> Option<String
     (codec == Compression::Opus && channels > 2).then(|| layout(channels, map).family.to_string())
 }
 
+/// The hello's header fields that announce the stream's layout: [`HEADER`] for 3–8 channel
+/// Opus, none otherwise (the wire of mono, stereo and PCM is unchanged).
+pub fn hello_fields(codec: Compression, channels: u8, map: &str) -> BTreeMap<String, String> {
+    hello_field(codec, channels, map)
+        .map(|v| (HEADER.to_string(), v))
+        .into_iter()
+        .collect()
+}
+
 /// Checks a hello's multistream announcement (the receiver's side): Opus with more than two
 /// channels needs the [`HEADER`] header, naming the family this end derives from the map.
 /// The error is the reason of a 415.
