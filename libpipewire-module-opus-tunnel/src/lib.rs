@@ -21,11 +21,11 @@
 //! | `sess.latency.max.msec` | sess.latency.min.msec to 10000 | source mode: the most the receive buffer may hold, ms | 1000, or the minimum or a fixed target if larger |
 //! | `stream.props` | `{ ... }` | properties of the node: node.name, node.description, node.latency, ... | `sink: node.name = tunnel-opus.<host>, node.latency = 1024/48000; source: node.name = tunnel-opus-source.<host>, node.latency = 512/48000` |
 //! | `audio.rate` | 1-384000 | sample rate; with Opus one of 8000, 12000, 16000, 24000, 48000 | 48000 |
-//! | `audio.channels` | 1-32 | channels: 1-2 with Opus, 1-8 with compression = none | 2 (source mode: 1) |
+//! | `audio.channels` | 1-32 | channels: 1-8 (with Opus 3-8 are multistream surround) | 2 (source mode: 1) |
 //! | `audio.position` | `[ FL FR ... ]` | channel positions | by channel count |
 //! | `compression` | opus, none | Opus, or L16 PCM | opus |
 //! | `auth.cookie` | path | a copy of the receiver's cookie, proven when it asks | none |
-//! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 64000 (source mode: 32000) |
+//! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 64000 (source mode: 32000; 3-8 channels: 32000 a channel) |
 //! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets) | 20 |
 //! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |
 //! | `compression.opus.max_bandwidth` | narrowband, mediumband, wideband, superwideband, fullband | audio bandwidth limit | fullband |

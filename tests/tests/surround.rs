@@ -11,8 +11,11 @@
 
 use opus_tunnel_tests::analysis::{channel, dominant_frequency, hann_spectrum, rms_dbfs};
 use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire};
+use opus_tunnel_tests::process::clock_ticks_per_second;
 use opus_tunnel_tests::signal::dbfs_to_amplitude;
-use opus_tunnel_tests::{begin, free_port, require_modules, serial, Daemon, RECEIVER, SENDER};
+use opus_tunnel_tests::{
+    begin, free_port, require_modules, serial, CountingProxy, Daemon, RECEIVER, SENDER,
+};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -43,6 +46,20 @@ fn tones(freqs: &[f64]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// CPU time (user + system) a process has used, s.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() as f64 / clock_ticks_per_second() as f64
 }
 
 /// A child process of ours, killed (by its pid) and reaped when dropped; a thread feeds its
@@ -266,18 +283,19 @@ fn pa_sender(port: u16, channels: usize, map: &str, remote: &str) -> Daemon {
     sender
 }
 
-fn pa_to_pa(test: &str, pa_map: &str, map: &str, freqs: &[f64], kbps: i32) {
+fn pa_to_pa(test: &str, pa_map: &str, map: &str, freqs: &[f64], kbps_default: i32) {
     let Some(_g) = begin(test, &[SENDER, RECEIVER]) else {
         return;
     };
     let port = free_port();
     let receiver = pa_receiver(port, freqs.len(), pa_map);
-    let sender = pa_sender(port, freqs.len(), pa_map, "surround");
+    let proxy = CountingProxy::start(port);
+    let sender = pa_sender(proxy.port(), freqs.len(), pa_map, "surround");
     // The default bitrate scales with the channels: 32 kbit/s a channel.
     let props = sender.sink_properties("tun").expect("tun's properties");
     assert_eq!(
         props.get("compression.bitrate").map(String::as_str),
-        Some(kbps.to_string().as_str()),
+        Some(kbps_default.to_string().as_str()),
         "{test}: default bitrate"
     );
     let rec = record(
@@ -296,6 +314,29 @@ fn pa_to_pa(test: &str, pa_map: &str, map: &str, freqs: &[f64], kbps: i32) {
     };
     let took = expect_each_channel(test, &rec, freqs, Duration::from_secs(20), &logs);
     println!("{test}: every channel on its own after {took:?}");
+    // What it costs at the defaults, over 5 s: the wire toward the receiver and the CPU of
+    // both daemons (the tones are pure, so unconstrained VBR spends more than on music).
+    let cpu = |d: &Daemon| cpu_secs(d.pid());
+    let (b0, s0, r0, t0) = (
+        proxy.bytes_to_server(),
+        cpu(&sender),
+        cpu(&receiver),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let secs = t0.elapsed().as_secs_f64();
+    let kbps = (proxy.bytes_to_server() - b0) as f64 * 8.0 / secs / 1000.0;
+    println!(
+        "{test}: {kbps:.1} kbit/s on the wire (compression.bitrate {kbps_default}); CPU: sender \
+         daemon {:.1} %, receiver daemon {:.1} % of one core",
+        (cpu(&sender) - s0) / secs * 100.0,
+        (cpu(&receiver) - r0) / secs * 100.0,
+        kbps_default = kbps_default
+    );
+    assert!(
+        kbps > 0.3 * f64::from(kbps_default) / 1000.0 && kbps < 600.0,
+        "{test}: {kbps:.1} kbit/s on the wire"
+    );
     // The receiver's stream carries the sender's positions.
     let inputs = receiver.pactl_ok(&["list", "sink-inputs"]);
     assert!(
@@ -414,6 +455,45 @@ fn s4_multistream_without_the_header_is_refused() {
         "{test}: {reply:?}"
     );
     assert!(receiver.is_alive());
+}
+
+/// The record direction: `module-tunnel-source-opus channels=6 channel_map=surround-51` on
+/// the desktop records the receiver's 5.1 `surround.monitor`, which the receiver's daemon
+/// encodes (multistream, the knobs and default bitrate from the hello); each tone arrives on
+/// its own channel of the desktop's tunnel source.
+#[test]
+fn s7_surround51_record_direction() {
+    let test = "s7_surround51_record_direction";
+    let Some(_g) = begin(test, &["module-tunnel-source-opus", RECEIVER]) else {
+        return;
+    };
+    let port = free_port();
+    let receiver = pa_receiver(port, 6, "surround-51");
+    let _tones = play(receiver.command("pacat"), "surround", "surround-51", &F51);
+    let desktop = Daemon::named("desktop");
+    let args = format!(
+        "source_name=surr server=tcp:127.0.0.1:{port} source=surround.monitor channels=6 \
+         channel_map=surround-51"
+    );
+    desktop
+        .load_module("module-tunnel-source-opus", &args)
+        .unwrap_or_else(|e| panic!("{test}: {e}\n{}", desktop.log_tail(30)));
+    let rec = record(desktop.command("parec"), "surr", 6, "surround-51");
+    let logs = || {
+        format!(
+            "--- desktop ---\n{}\n--- receiver ---\n{}",
+            desktop.log_tail(30),
+            receiver.log_tail(30)
+        )
+    };
+    let took = expect_each_channel(test, &rec, &F51, Duration::from_secs(20), &logs);
+    println!("{test}: every channel on its own after {took:?}");
+    let props = desktop.pactl_ok(&["list", "sources"]);
+    assert!(
+        props.contains("compression.bitrate = \"192000\""),
+        "{test}: the 5.1 source's default bitrate should be 192000:\n{props}"
+    );
+    assert!(desktop.is_alive() && receiver.is_alive());
 }
 
 // ---- PulseAudio → PipeWire ---------------------------------------------------------------

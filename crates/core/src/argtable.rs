@@ -101,7 +101,7 @@ with_knobs! { pa_table! {
     "format", "float32le (opus), s16le (none)", "sample format",
         "sample format of the local sink";
     "rate", "48000", "1-384000", "sample rate; with Opus one of 8000, 12000, 16000, 24000, 48000";
-    "channels", "2", "1-32", "channels: 1-2 with Opus, 1-8 with compression=none";
+    "channels", "2", "1-32", "channels: 1-8 (with Opus 3-8 are multistream surround)";
     "channel_map", "PulseAudio's default for channels", "channel map", "channel map";
     "latency_msec", "10", "1-200", "the sink's block (wake-up period and fixed latency), ms";
     "compression", "opus", "opus|none", "Opus, or RTP L16 PCM";
@@ -109,7 +109,7 @@ with_knobs! { pa_table! {
         "test aid: the sink consumes audio at (1 + ppm/1e6) x its nominal rate";
     "cookie", "none", "path",
         "a copy of the receiver's cookie, proven when the receiver asks (never sent)";
-} bitrate: "64000", signal: "auto" }
+} bitrate: "64000 (3-8 channels: 32000 a channel)", signal: "auto" }
 
 with_knobs! { pa_table! {
     /// `module-tunnel-source-opus`.
@@ -124,7 +124,7 @@ with_knobs! { pa_table! {
     "format", "float32le (opus), s16le (none)", "sample format",
         "sample format of the local source";
     "rate", "48000", "1-384000", "sample rate; with Opus one of 8000, 12000, 16000, 24000, 48000";
-    "channels", "1", "1-32", "channels: 1-2 with Opus, 1-8 with compression=none";
+    "channels", "1", "1-32", "channels: 1-8 (with Opus 3-8 are multistream surround)";
     "channel_map", "PulseAudio's default for channels", "channel map", "channel map";
     "latency_msec", "10", "1-200", "the source's block, ms";
     "target_latency_msec", "auto", "auto, 1-10000",
@@ -136,7 +136,7 @@ with_knobs! { pa_table! {
     "clock_skew_ppm", "0", "-100000 to 100000",
         "test aid: the source produces at (1 + ppm/1e6) x its nominal rate";
     "cookie", "none", "path", "a copy of the far end's cookie";
-} bitrate: "32000", signal: "voice" }
+} bitrate: "32000 (3-8 channels: 32000 a channel)", signal: "voice" }
 
 pa_table! {
     /// `module-opus-protocol-tcp`.
@@ -178,11 +178,11 @@ with_knobs! { pw_table! {
     "stream.props", "sink: node.name = tunnel-opus.<host>, node.latency = 1024/48000; source: node.name = tunnel-opus-source.<host>, node.latency = 512/48000",
         "{ ... }", "properties of the node: node.name, node.description, node.latency, ...";
     "audio.rate", "48000", "1-384000", "sample rate; with Opus one of 8000, 12000, 16000, 24000, 48000";
-    "audio.channels", "2 (source mode: 1)", "1-32", "channels: 1-2 with Opus, 1-8 with compression = none";
+    "audio.channels", "2 (source mode: 1)", "1-32", "channels: 1-8 (with Opus 3-8 are multistream surround)";
     "audio.position", "by channel count", "[ FL FR ... ]", "channel positions";
     "compression", "opus", "opus|none", "Opus, or L16 PCM";
     "auth.cookie", "none", "path", "a copy of the receiver's cookie, proven when it asks";
-} bitrate: "64000 (source mode: 32000)", signal: "auto (source mode: voice)";
+} bitrate: "64000 (source mode: 32000; 3-8 channels: 32000 a channel)", signal: "auto (source mode: voice)";
 "The compression.* knobs also change live: pw-cli set-param <node id> Props '{ params = [ \"compression.bitrate\" 16000 ] }'\n" }
 
 pw_table! {
