@@ -404,15 +404,12 @@ mod tests {
     fn knob_defaults_are_the_parsers() {
         let sink = OpusKnobs::default();
         let voice = voice_knobs();
+        // The documented default starts with the parser's (the bitrate's then says what 3-8
+        // channels get: `64000 (3-8 channels: 32000 a channel)`).
+        let first = |d: &str| d.split(' ').next().map(str::to_string);
         for key in KNOB_KEYS {
-            assert_eq!(
-                Some(arg(TUNNEL_SINK, key).default.to_string()),
-                sink.get(key)
-            );
-            assert_eq!(
-                Some(arg(TUNNEL_SOURCE, key).default.to_string()),
-                voice.get(key)
-            );
+            assert_eq!(first(arg(TUNNEL_SINK, key).default), sink.get(key));
+            assert_eq!(first(arg(TUNNEL_SOURCE, key).default), voice.get(key));
             assert!(arg(PW_TUNNEL, key)
                 .default
                 .starts_with(&sink.get(key).unwrap()));
