@@ -188,6 +188,12 @@ fn channel_map(position: Option<&str>, channels: u8) -> Result<String, String> {
     Ok(match channels {
         1 => "mono".to_string(),
         2 => "front-left,front-right".to_string(),
+        // Quad, 5.1 and 7.1 in PipeWire's usual order, so that Opus codes them as surround
+        // (coupled pairs, LFE) and the receiver's stream gets positions.
+        4 => "front-left,front-right,rear-left,rear-right".to_string(),
+        6 => "front-left,front-right,front-center,lfe,rear-left,rear-right".to_string(),
+        8 => "front-left,front-right,front-center,lfe,rear-left,rear-right,side-left,side-right"
+            .to_string(),
         n => (0..n)
             .map(|i| format!("aux{i}"))
             .collect::<Vec<_>>()
@@ -597,6 +603,19 @@ mod tests {
         );
         assert!(channel_map(Some("[ FL ]"), 2).is_err());
         assert_eq!(channel_map(None, 1).unwrap(), "mono");
+        assert_eq!(
+            channel_map(None, 6).unwrap(),
+            "front-left,front-right,front-center,lfe,rear-left,rear-right"
+        );
+        assert_eq!(
+            opus_tunnel_core::surround::layout(8, &channel_map(None, 8).unwrap()).family,
+            1
+        );
+        assert_eq!(channel_map(None, 3).unwrap(), "aux0,aux1,aux2");
+        assert_eq!(
+            channel_map(Some("[ FL FR RL RR FC LFE ]"), 6).unwrap(),
+            "front-left,front-right,rear-left,rear-right,front-center,lfe"
+        );
     }
 }
 

@@ -558,3 +558,74 @@ fn s6_surround71_pulseaudio_to_pipewire() {
         &F71,
     );
 }
+
+// ---- PipeWire → PulseAudio ---------------------------------------------------------------
+
+const PW_SENDER: &str = "libpipewire-module-opus-tunnel";
+
+/// The PipeWire tunnel sink with `audio.channels = 6` and no `audio.position` (its default
+/// 5.1, FL FR FC LFE RL RR) toward a PulseAudio receiver whose sink is surround-51 (FL FR RL
+/// RR FC LFE): each position's tone lands on that position, whatever the order.
+#[test]
+fn s8_surround51_pipewire_to_pulseaudio() {
+    let test = "s8_surround51_pipewire_to_pulseaudio";
+    if !require_modules(test, &[RECEIVER]) || !require_pw_modules(test, &[PW_SENDER]) {
+        return;
+    }
+    let _g = serial();
+    let port = free_port();
+    let receiver = pa_receiver(port, 6, "surround-51");
+    let pw = PipeWire::builder()
+        .name("pw-sender")
+        .module(
+            PW_SENDER,
+            &format!(
+                "tunnel.mode = sink server.address = \"tcp:127.0.0.1:{port}\" remote.sink = \"surround\" \
+                 audio.channels = 6 stream.props = {{ node.name = \"tun\" }}"
+            ),
+        )
+        .start()
+        .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER}: {e:#}"));
+    // Wait for the tunnel's node before playing into it.
+    let t0 = Instant::now();
+    while pw.node_props("tun").is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "{test}: no node tun\n{}",
+            pw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let bitrate = pw
+        .node_props("tun")
+        .and_then(|p| p.get("compression.bitrate").cloned());
+    assert_eq!(
+        bitrate.as_deref(),
+        Some("192000"),
+        "{test}: default bitrate"
+    );
+    let rec = record(
+        receiver.command("parec"),
+        "surround.monitor",
+        6,
+        "surround-51",
+    );
+    // pacat plays in PulseAudio's surround-51 order; PipeWire maps it to the node's positions.
+    let _player = play(pw.command("pacat"), "tun", "surround-51", &F51);
+    let logs = || {
+        format!(
+            "--- pipewire ---\n{}\n--- receiver ---\n{}",
+            pw.log(),
+            receiver.log_tail(30)
+        )
+    };
+    let took = expect_each_channel(test, &rec, &F51, Duration::from_secs(25), &logs);
+    println!("{test}: every channel on its own after {took:?}");
+    let inputs = receiver.pactl_ok(&["list", "sink-inputs"]);
+    assert!(
+        inputs
+            .contains("Channel Map: front-left,front-right,front-center,lfe,rear-left,rear-right"),
+        "{test}: the receiver's stream should carry PipeWire's positions:\n{inputs}"
+    );
+    assert!(receiver.is_alive());
+}
