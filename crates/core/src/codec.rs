@@ -308,6 +308,16 @@ impl Encoder {
         &self.layout
     }
 
+    /// Opus streams in each packet and how many of them are coupled (stereo): (1, 0) mono,
+    /// (1, 1) stereo, e.g. (4, 2) for 5.1; (0, 0) for L16.
+    pub fn streams(&self) -> (u8, u8) {
+        match &self.opus {
+            None => (0, 0),
+            Some(OpusEnc::Single(_)) => (1, u8::from(self.fmt.channels == 2)),
+            Some(OpusEnc::Multi(e)) => (e.layout().streams, e.layout().coupled),
+        }
+    }
+
     fn tune(e: &mut OpusEnc, k: &OpusKnobs) -> Result<(), CodecError> {
         let bw = match k.max_bandwidth {
             MaxBandwidth::Narrowband => ffi::OPUS_BANDWIDTH_NARROWBAND,
@@ -1107,6 +1117,7 @@ mod tests {
         };
         let mut enc = Encoder::with_map(Compression::Opus, fmt, &knobs, s51).unwrap();
         assert_eq!(enc.layout().family, 1);
+        assert_eq!(enc.streams(), (4, 2));
         let mut dec = Decoder::with_map(Compression::Opus, fmt, s51).unwrap();
         let src = multi_sine(
             48000,
@@ -1157,6 +1168,59 @@ mod tests {
                 })
                 .collect();
             let _ = dec.decode(&p, &mut out);
+        }
+    }
+
+    /// Every knob applies to a multistream encoder, at every Opus rate and frame size.
+    #[test]
+    fn surround_every_knob_and_rate() {
+        let s71 =
+            "front-left,front-right,rear-left,rear-right,front-center,lfe,side-left,side-right";
+        for rate in OPUS_RATES {
+            let fmt = StreamFormat { rate, channels: 8 };
+            let mut enc =
+                Encoder::with_map(Compression::Opus, fmt, &OpusKnobs::default(), s71).unwrap();
+            let mut dec = Decoder::with_map(Compression::Opus, fmt, s71).unwrap();
+            assert_eq!(enc.streams(), (5, 3));
+            for (frame, knobs) in [
+                (
+                    FrameSize::Ms2_5,
+                    OpusKnobs {
+                        frame_size: FrameSize::Ms2_5,
+                        application: Application::LowDelay,
+                        complexity: 0,
+                        ..Default::default()
+                    },
+                ),
+                (
+                    FrameSize::Ms60,
+                    OpusKnobs {
+                        frame_size: FrameSize::Ms60,
+                        bitrate: 48_000,
+                        max_bandwidth: MaxBandwidth::Wideband,
+                        signal: Signal::Music,
+                        vbr: false,
+                        lsb_depth: 24,
+                        dtx: true,
+                        fec: true,
+                        packet_loss: 30,
+                        application: Application::Voip,
+                        ..Default::default()
+                    },
+                ),
+            ] {
+                enc.apply(&knobs).unwrap();
+                let n = frame.samples(rate);
+                assert_eq!(enc.frame_samples(), n);
+                let pcm: Vec<f32> = (0..n * 8)
+                    .map(|i| ((i % 97) as f32 - 48.0) / 200.0)
+                    .collect();
+                let mut pkt = Vec::new();
+                enc.encode(&pcm, &mut pkt).unwrap();
+                let mut out = Vec::new();
+                assert_eq!(dec.decode(&pkt, &mut out).unwrap(), n);
+                assert_eq!(out.len(), n * 8);
+            }
         }
     }
 
