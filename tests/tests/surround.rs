@@ -496,6 +496,76 @@ fn s7_surround51_record_direction() {
     assert!(desktop.is_alive() && receiver.is_alive());
 }
 
+/// Live knobs reach the multistream encoder: a 5.1 tunnel at constrained VBR holds
+/// `compression.bitrate` (the total of its four streams) on the wire, and
+/// `update-sink-proplist tun compression.bitrate=96000` while it plays halves the rate; the
+/// tones stay each on its own channel.
+#[test]
+fn s9_surround51_live_bitrate() {
+    let test = "s9_surround51_live_bitrate";
+    let Some(_g) = begin(test, &[SENDER, RECEIVER]) else {
+        return;
+    };
+    let port = free_port();
+    let receiver = pa_receiver(port, 6, "surround-51");
+    let proxy = CountingProxy::start(port);
+    let sender = Daemon::named("sender");
+    let args = format!(
+        "sink_name=tun server=tcp:127.0.0.1:{} sink=surround channels=6 channel_map=surround-51 \
+         compression.opus.vbr_constraint=true",
+        proxy.port()
+    );
+    sender
+        .load_module(SENDER, &args)
+        .unwrap_or_else(|e| panic!("{test}: {e}\n{}", sender.log_tail(30)));
+    let rec = record(
+        receiver.command("parec"),
+        "surround.monitor",
+        6,
+        "surround-51",
+    );
+    let _player = play(sender.command("pacat"), "tun", "surround-51", &F51);
+    let logs = || {
+        format!(
+            "--- sender ---\n{}\n--- receiver ---\n{}",
+            sender.log_tail(30),
+            receiver.log_tail(30)
+        )
+    };
+    expect_each_channel(test, &rec, &F51, Duration::from_secs(20), &logs);
+    let wire = |secs: u64| {
+        let (b0, t0) = (proxy.bytes_to_server(), Instant::now());
+        std::thread::sleep(Duration::from_secs(secs));
+        (proxy.bytes_to_server() - b0) as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1000.0
+    };
+    let before = wire(4);
+    let out = sender.cli("update-sink-proplist tun compression.bitrate=96000");
+    std::thread::sleep(Duration::from_secs(1));
+    let after = wire(4);
+    let props = sender.sink_properties("tun").expect("tun's properties");
+    println!(
+        "{test}: {before:.1} kbit/s on the wire at 192000, {after:.1} after \
+         compression.bitrate=96000 ({out:?})"
+    );
+    assert_eq!(
+        props.get("compression.bitrate").map(String::as_str),
+        Some("96000"),
+        "{test}: the property should show the new bitrate"
+    );
+    // Payload at the bitrate plus 14 bytes of RTP header and framing per 20 ms packet.
+    assert!(
+        (170.0..230.0).contains(&before),
+        "{test}: {before:.1} kbit/s at 192000\n{}",
+        logs()
+    );
+    assert!(
+        (80.0..125.0).contains(&after),
+        "{test}: {after:.1} kbit/s at 96000\n{}",
+        logs()
+    );
+    expect_each_channel(test, &rec, &F51, Duration::from_secs(10), &logs);
+}
+
 // ---- PulseAudio → PipeWire ---------------------------------------------------------------
 
 const PW_RECEIVER: &str = "libpipewire-module-opus-protocol-tcp";
