@@ -28,10 +28,13 @@ const LEVEL: f64 = -12.0;
 const S51: &str = "front-left,front-right,rear-left,rear-right,front-center,lfe";
 const S71: &str =
     "front-left,front-right,rear-left,rear-right,front-center,lfe,side-left,side-right";
-/// One tone per channel of surround-51 (PulseAudio's order FL FR RL RR FC LFE).
-const F51: [f64; 6] = [500.0, 700.0, 900.0, 1100.0, 1300.0, 80.0];
+/// One tone per channel of surround-51 (PulseAudio's order FL FR RL RR FC LFE), 200 Hz apart
+/// (closer, the codec's noise at 96 kbit/s for 5.1 reaches the neighbour's frequency at −26
+/// dB) and at most 1.5 kHz (the receiver's drift correction moves a tone by its ratio, up to
+/// ~1500 ppm seen while it locks, which must stay well inside ±5 Hz).
+const F51: [f64; 6] = [300.0, 500.0, 700.0, 900.0, 1100.0, 80.0];
 /// One tone per channel of surround-71 (FL FR RL RR FC LFE SL SR).
-const F71: [f64; 8] = [500.0, 700.0, 900.0, 1100.0, 1300.0, 60.0, 1500.0, 1700.0];
+const F71: [f64; 8] = [300.0, 500.0, 700.0, 900.0, 1100.0, 60.0, 1300.0, 1500.0];
 
 /// One second of `freqs[c]` Hz on channel c at `LEVEL` dBFS peak, s16le interleaved, no
 /// fades: with whole-Hz tones it repeats seamlessly.
@@ -398,12 +401,15 @@ fn s3_surround51_into_a_stereo_sink_is_remixed() {
             let (l, r) = (channel(&a, 0, 2), channel(&a, 1, 2));
             let (sl, sr) = (hann_spectrum(&l), hann_spectrum(&r));
             let db = |s: &[f64], f: f64| 20.0 * (s[(f / 0.5).round() as usize] + 1e-12).log10();
-            // FL 500 Hz: left only; FR 700 Hz: right only (PulseAudio's remix sends FC and
+            // The FL tone: left only; the FR tone: right only (PulseAudio's remix sends FC and
             // LFE to both, rear-left to the left, rear-right to the right).
-            let (l500, r500) = (db(&sl, F51[0]), db(&sr, F51[0]));
-            let (l700, r700) = (db(&sl, F51[1]), db(&sr, F51[1]));
-            last = format!("500 Hz L {l500:.1} R {r500:.1} dB; 700 Hz L {l700:.1} R {r700:.1} dB");
-            if l500 - r500 > 30.0 && r700 - l700 > 30.0 {
+            let (fl_l, fl_r) = (db(&sl, F51[0]), db(&sr, F51[0]));
+            let (fr_l, fr_r) = (db(&sl, F51[1]), db(&sr, F51[1]));
+            last = format!(
+                "FL's {} Hz: L {fl_l:.1} R {fl_r:.1} dB; FR's {} Hz: L {fr_l:.1} R {fr_r:.1} dB",
+                F51[0], F51[1]
+            );
+            if fl_l - fl_r > 30.0 && fr_r - fr_l > 30.0 {
                 println!("{test}: {last}");
                 break;
             }
@@ -467,22 +473,41 @@ fn s4_multistream_without_the_header_is_refused() {
 /// its own channel of the desktop's tunnel source.
 #[test]
 fn s7_surround51_record_direction() {
-    let test = "s7_surround51_record_direction";
+    record_direction(
+        "s7_surround51_record_direction",
+        "surround-51",
+        &F51,
+        192_000,
+    );
+}
+
+#[test]
+fn s7b_surround71_record_direction() {
+    record_direction(
+        "s7b_surround71_record_direction",
+        "surround-71",
+        &F71,
+        256_000,
+    );
+}
+
+fn record_direction(test: &str, map: &str, freqs: &[f64], kbps_default: i32) {
     let Some(_g) = begin(test, &["module-tunnel-source-opus", RECEIVER]) else {
         return;
     };
+    let n = freqs.len();
     let port = free_port();
-    let receiver = pa_receiver(port, 6, "surround-51");
-    let _tones = play(receiver.command("pacat"), "surround", "surround-51", &F51);
+    let receiver = pa_receiver(port, n, map);
+    let _tones = play(receiver.command("pacat"), "surround", map, freqs);
     let desktop = Daemon::named("desktop");
     let args = format!(
-        "source_name=surr server=tcp:127.0.0.1:{port} source=surround.monitor channels=6 \
-         channel_map=surround-51"
+        "source_name=surr server=tcp:127.0.0.1:{port} source=surround.monitor channels={n} \
+         channel_map={map}"
     );
     desktop
         .load_module("module-tunnel-source-opus", &args)
         .unwrap_or_else(|e| panic!("{test}: {e}\n{}", desktop.log_tail(30)));
-    let rec = record(desktop.command("parec"), "surr", 6, "surround-51");
+    let rec = record(desktop.command("parec"), "surr", n, map);
     let logs = || {
         format!(
             "--- desktop ---\n{}\n--- receiver ---\n{}",
@@ -490,12 +515,12 @@ fn s7_surround51_record_direction() {
             receiver.log_tail(30)
         )
     };
-    let took = expect_each_channel(test, &rec, &F51, Duration::from_secs(20), &logs);
+    let took = expect_each_channel(test, &rec, freqs, Duration::from_secs(20), &logs);
     println!("{test}: every channel on its own after {took:?}");
     let props = desktop.pactl_ok(&["list", "sources"]);
     assert!(
-        props.contains("compression.bitrate = \"192000\""),
-        "{test}: the 5.1 source's default bitrate should be 192000:\n{props}"
+        props.contains(&format!("compression.bitrate = \"{kbps_default}\"")),
+        "{test}: the source's default bitrate should be {kbps_default}:\n{props}"
     );
     assert!(desktop.is_alive() && receiver.is_alive());
 }
@@ -702,4 +727,66 @@ fn s8_surround51_pipewire_to_pulseaudio() {
         "{test}: the receiver's stream should carry PipeWire's positions:\n{inputs}"
     );
     assert!(receiver.is_alive());
+}
+
+/// PipeWire → PipeWire: the PipeWire tunnel sink with `audio.channels = 8` (its default 7.1,
+/// FL FR FC LFE RL RR SL SR) toward the PipeWire receiver, whose target is a surround-71 sink
+/// (PulseAudio's order FL FR RL RR FC LFE SL SR) made through its pulse server.
+#[test]
+fn s10_surround71_pipewire_to_pipewire() {
+    let test = "s10_surround71_pipewire_to_pipewire";
+    if !require_pw_modules(test, &[PW_SENDER, PW_RECEIVER]) {
+        return;
+    }
+    let _g = serial();
+    let port = free_port();
+    let rx = PipeWire::builder()
+        .name("pw-receiver")
+        .module(
+            PW_RECEIVER,
+            &format!(
+                "server.address = [ \"tcp:127.0.0.1:{port}\" ] auth.anonymous = true target.object = \"surround\""
+            ),
+        )
+        .start()
+        .unwrap_or_else(|e| panic!("PipeWire with {PW_RECEIVER}: {e:#}"));
+    rx.pactl_ok(&[
+        "load-module",
+        "module-null-sink",
+        "sink_name=surround",
+        "rate=48000",
+        "channels=8",
+        "channel_map=surround-71",
+    ]);
+    let rec = record(rx.command("parec"), "surround.monitor", 8, "surround-71");
+    let tx = PipeWire::builder()
+        .name("pw-sender")
+        .module(
+            PW_SENDER,
+            &format!(
+                "tunnel.mode = sink server.address = \"tcp:127.0.0.1:{port}\" remote.sink = \"surround\" \
+                 audio.channels = 8 stream.props = {{ node.name = \"tun\" }}"
+            ),
+        )
+        .start()
+        .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER}: {e:#}"));
+    let t0 = Instant::now();
+    while tx.node_props("tun").is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "{test}: no node tun\n{}",
+            tx.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _player = play(tx.command("pacat"), "tun", "surround-71", &F71);
+    let logs = || {
+        format!(
+            "--- pw sender ---\n{}\n--- pw receiver ---\n{}",
+            tx.log(),
+            rx.log()
+        )
+    };
+    let took = expect_each_channel(test, &rec, &F71, Duration::from_secs(25), &logs);
+    println!("{test}: every channel on its own after {took:?}");
 }
