@@ -790,3 +790,54 @@ fn s10_surround71_pipewire_to_pipewire() {
     let took = expect_each_channel(test, &rec, &F71, Duration::from_secs(25), &logs);
     println!("{test}: every channel on its own after {took:?}");
 }
+
+/// The record direction with a PipeWire receiver: it records the 5.1 monitor of a sink made
+/// through its pulse server and encodes it (multistream); the PulseAudio tunnel source on the
+/// desktop gets each tone on its own channel.
+#[test]
+fn s11_surround51_record_from_pipewire() {
+    let test = "s11_surround51_record_from_pipewire";
+    if !require_modules(test, &["module-tunnel-source-opus"])
+        || !require_pw_modules(test, &[PW_RECEIVER])
+    {
+        return;
+    }
+    let _g = serial();
+    let port = free_port();
+    let pw = PipeWire::builder()
+        .name("pw-receiver")
+        .module(
+            PW_RECEIVER,
+            &format!("server.address = [ \"tcp:127.0.0.1:{port}\" ] auth.anonymous = true"),
+        )
+        .start()
+        .unwrap_or_else(|e| panic!("PipeWire with {PW_RECEIVER}: {e:#}"));
+    pw.pactl_ok(&[
+        "load-module",
+        "module-null-sink",
+        "sink_name=surround",
+        "rate=48000",
+        "channels=6",
+        "channel_map=surround-51",
+    ]);
+    let _tones = play(pw.command("pacat"), "surround", "surround-51", &F51);
+    let desktop = Daemon::named("desktop");
+    let args = format!(
+        "source_name=surr server=tcp:127.0.0.1:{port} source=surround.monitor channels=6 \
+         channel_map=surround-51"
+    );
+    desktop
+        .load_module("module-tunnel-source-opus", &args)
+        .unwrap_or_else(|e| panic!("{test}: {e}\n{}", desktop.log_tail(30)));
+    let rec = record(desktop.command("parec"), "surr", 6, "surround-51");
+    let logs = || {
+        format!(
+            "--- desktop ---\n{}\n--- pipewire ---\n{}",
+            desktop.log_tail(30),
+            pw.log()
+        )
+    };
+    let took = expect_each_channel(test, &rec, &F51, Duration::from_secs(25), &logs);
+    println!("{test}: every channel on its own after {took:?}");
+    assert!(desktop.is_alive());
+}
