@@ -841,3 +841,59 @@ fn s11_surround51_record_from_pipewire() {
     println!("{test}: every channel on its own after {took:?}");
     assert!(desktop.is_alive());
 }
+
+/// The PipeWire tunnel in source mode with `audio.channels = 6` (its default 5.1 order, FL FR
+/// FC LFE RL RR) records a PulseAudio receiver's surround-51 monitor: each position's tone
+/// comes out of the PipeWire source on that position.
+#[test]
+fn s12_surround51_pipewire_tunnel_source() {
+    let test = "s12_surround51_pipewire_tunnel_source";
+    if !require_modules(test, &[RECEIVER]) || !require_pw_modules(test, &[PW_SENDER]) {
+        return;
+    }
+    let _g = serial();
+    let port = free_port();
+    let receiver = pa_receiver(port, 6, "surround-51");
+    let _tones = play(receiver.command("pacat"), "surround", "surround-51", &F51);
+    let pw = PipeWire::builder()
+        .name("pw-desktop")
+        .module(
+            PW_SENDER,
+            &format!(
+                "tunnel.mode = source server.address = \"tcp:127.0.0.1:{port}\" \
+                 remote.source = \"surround.monitor\" audio.channels = 6 \
+                 stream.props = {{ node.name = \"surr\" }}"
+            ),
+        )
+        .start()
+        .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER}: {e:#}"));
+    let t0 = Instant::now();
+    while pw.node_props("surr").is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "{test}: no node surr\n{}",
+            pw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let bitrate = pw
+        .node_props("surr")
+        .and_then(|p| p.get("compression.bitrate").cloned());
+    assert_eq!(
+        bitrate.as_deref(),
+        Some("192000"),
+        "{test}: default bitrate"
+    );
+    // parec asks for PulseAudio's surround-51 order; PipeWire maps the node's positions to it.
+    let rec = record(pw.command("parec"), "surr", 6, "surround-51");
+    let logs = || {
+        format!(
+            "--- pipewire ---\n{}\n--- receiver ---\n{}",
+            pw.log(),
+            receiver.log_tail(30)
+        )
+    };
+    let took = expect_each_channel(test, &rec, &F51, Duration::from_secs(25), &logs);
+    println!("{test}: every channel on its own after {took:?}");
+    assert!(receiver.is_alive());
+}
