@@ -25,6 +25,7 @@
 //! | `audio.position` | `[ FL FR ... ]` | channel positions | by channel count |
 //! | `compression` | opus, none | Opus, or L16 PCM | opus |
 //! | `auth.cookie` | path | a copy of the receiver's cookie, proven when it asks | none |
+//! | `tunnel.encryption` | auto, required, none | encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging) | auto |
 //! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 64000 (source mode: 32000; 3-8 channels: 32000 a channel) |
 //! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets) | 20 |
 //! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |
@@ -80,6 +81,7 @@ use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::{Feeder, Shared, WorkerConfig};
 use opus_tunnel_core::params::{self, Compression, OpusKnobs};
 use opus_tunnel_core::samples::SampleFormat;
+use opus_tunnel_core::secure::Mode as Encryption;
 use opus_tunnel_pipewire::{
     declare_pw_module, host_name, parse_json_list, parse_object, Args, Context, Direction,
     ModuleInfo, PwModule, Stream, StreamHandle, StreamIo, StreamSpec, StreamState, Timer,
@@ -277,6 +279,7 @@ impl PwModule for Tunnel {
         scale_bitrate(&mut knobs, &get, channels, base_knobs.bitrate);
         check_encoder(compression, fmt, &knobs)?;
         let cookie = load_cookie("auth.cookie", args.get("auth.cookie"))?;
+        let encryption = Encryption::parse("tunnel.encryption", args.get("tunnel.encryption"))?;
         let remote_sink = args.get("remote.sink").map(str::to_string);
         let host_part = match &addr {
             params::ServerAddr::Tcp { host, .. } => host.clone(),
@@ -301,6 +304,7 @@ impl PwModule for Tunnel {
                     fmt,
                     map,
                     cookie,
+                    encryption,
                     bounds,
                     stream_props,
                 },
@@ -335,6 +339,7 @@ impl PwModule for Tunnel {
             channel_map: map.clone(),
             block_usec,
             cookie,
+            encryption,
         };
         let (feeder, shared, worker) = start_play(cfg, knobs, ring_bytes)
             .map_err(|e| format!("cannot start the worker thread: {e}"))?;
@@ -442,6 +447,7 @@ struct SourceSetup {
     fmt: StreamFormat,
     map: String,
     cookie: Option<opus_tunnel_core::auth::Cookie>,
+    encryption: Encryption,
     bounds: LatencyBounds,
     stream_props: Vec<(String, String)>,
 }
@@ -463,6 +469,7 @@ impl Tunnel {
                 min_usec: s.bounds.min_usec,
                 max_usec: s.bounds.max_usec,
                 cookie: s.cookie,
+                encryption: s.encryption,
             },
             s.knobs,
         )?;

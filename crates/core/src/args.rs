@@ -30,6 +30,8 @@ pub struct TunnelArgs {
     pub skew_ppm: f64,
     /// `cookie`, loaded.
     pub cookie: Option<Cookie>,
+    /// `encryption`.
+    pub encryption: crate::secure::Mode,
 }
 
 /// Defaults that differ between the play and the record tunnel.
@@ -140,6 +142,7 @@ pub fn parse_tunnel_args(
         },
     };
     let cookie = load_cookie("cookie", get("cookie").as_deref())?;
+    let encryption = crate::secure::Mode::parse("encryption", get("encryption").as_deref())?;
     check_encoder(compression, fmt, &knobs)?;
     Ok(TunnelArgs {
         addr,
@@ -151,6 +154,7 @@ pub fn parse_tunnel_args(
         latency_msec,
         skew_ppm,
         cookie,
+        encryption,
     })
 }
 

@@ -109,6 +109,8 @@ with_knobs! { pa_table! {
         "test aid: the sink consumes audio at (1 + ppm/1e6) x its nominal rate";
     "cookie", "none", "path",
         "a copy of the receiver's cookie, proven when the receiver asks (never sent)";
+    "encryption", "auto", "auto|required|none",
+        "encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging)";
 } bitrate: "64000 (3-8 channels: 32000 a channel)", signal: "auto" }
 
 with_knobs! { pa_table! {
@@ -136,6 +138,8 @@ with_knobs! { pa_table! {
     "clock_skew_ppm", "0", "-100000 to 100000",
         "test aid: the source produces at (1 + ppm/1e6) x its nominal rate";
     "cookie", "none", "path", "a copy of the far end's cookie";
+    "encryption", "auto", "auto|required|none",
+        "encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a far end of protocol version 1; required never sends cleartext; none is cleartext (debugging)";
 } bitrate: "32000 (3-8 channels: 32000 a channel)", signal: "voice" }
 
 pa_table! {
@@ -149,6 +153,8 @@ pa_table! {
     "auth-cookie", "PulseAudio's: $PULSE_COOKIE, ~/.config/pulse/cookie, ~/.pulse-cookie", "path",
         "the cookie file everyone else must prove";
     "auth-cookie-enabled", "true", "bool", "require the cookie from peers the ACL does not admit";
+    "encryption", "auto", "auto|required|none",
+        "auto encrypts whenever the tunnel asks; required refuses cleartext tunnels (426 Encryption Required); none refuses encryption (406)";
     "sink", "the default sink", "name", "sink that play tunnels use when the sender names none";
     "source", "the default source", "name",
         "source that record tunnels use when the desktop names none";
@@ -182,6 +188,8 @@ with_knobs! { pw_table! {
     "audio.position", "by channel count", "[ FL FR ... ]", "channel positions";
     "compression", "opus", "opus|none", "Opus, or L16 PCM";
     "auth.cookie", "none", "path", "a copy of the receiver's cookie, proven when it asks";
+    "tunnel.encryption", "auto", "auto|required|none",
+        "encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging)";
 } bitrate: "64000 (source mode: 32000; 3-8 channels: 32000 a channel)", signal: "auto (source mode: voice)";
 "The compression.* knobs also change live: pw-cli set-param <node id> Props '{ params = [ \"compression.bitrate\" 16000 ] }'\n" }
 
@@ -194,6 +202,8 @@ pw_table! {
     "auth.anonymous", "false", "bool", "accept any peer";
     "auth.ip-acl", "none", "\"ADDR[/BITS];...\"", "peers admitted by address";
     "auth.cookie", "none", "path", "others must prove this cookie (challenge-response)";
+    "tunnel.encryption", "auto", "auto|required|none",
+        "auto encrypts whenever the tunnel asks; required refuses cleartext tunnels (426 Encryption Required); none refuses encryption (406)";
     "target.object", "the default sink", "node.name",
         "the sink tunnels play on when the sender names none";
     "target.source", "the default source", "node.name",

@@ -30,6 +30,7 @@ pub mod quality;
 pub mod report;
 pub mod rtp;
 pub mod samples;
+pub mod secure;
 pub mod server;
 pub mod session;
 pub mod stats;
