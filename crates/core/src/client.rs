@@ -17,7 +17,6 @@ use crate::params::{Backoff, Compression, OpusKnobs, ServerAddr};
 use crate::report::{Counters, Report, State};
 use crate::secure::{self, Mode};
 use crate::stats::{Stats, TunnelState};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -177,7 +176,11 @@ impl Session for Worker {
             channel_map: self.cfg.channel_map.clone(),
             frame_usec: self.knobs().frame_size.usec(),
             target_latency_usec: None,
-            fields: BTreeMap::new(),
+            fields: crate::surround::hello_fields(
+                self.cfg.compression,
+                self.cfg.fmt.channels,
+                &self.cfg.channel_map,
+            ),
         }
     }
 
@@ -265,7 +268,7 @@ pub fn start_record(
         channel_map: cfg.channel_map.clone(),
         frame_usec: knobs.frame_size.usec(),
         target_latency_usec: None,
-        fields: Default::default(),
+        fields: crate::surround::hello_fields(cfg.compression, cfg.fmt.channels, &cfg.channel_map),
     };
     let compression = cfg.compression;
     let conn = new_conn(&hello, cfg.target_usec, cfg.addr.to_string());
@@ -355,7 +358,7 @@ impl Session for Recorder<'_> {
             "{name}: connected to {}, recording its source {dev}",
             self.cfg.addr
         );
-        match Decoder::new(self.cfg.compression, self.cfg.fmt) {
+        match Decoder::with_map(self.cfg.compression, self.cfg.fmt, &self.cfg.channel_map) {
             Ok(d) => self.receive.new_session(d),
             Err(e) => {
                 log::error!("{name}: {e}");

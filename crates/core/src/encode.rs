@@ -627,8 +627,13 @@ impl Worker {
             let knobs = self.knobs();
             self.shared
                 .set_codec_part(self.cfg.block_usec, self.cfg.compression, &knobs);
-            let enc = Encoder::new(self.cfg.compression, self.cfg.fmt, &knobs)
-                .map_err(|e| e.to_string())?;
+            let enc = Encoder::with_map(
+                self.cfg.compression,
+                self.cfg.fmt,
+                &knobs,
+                &self.cfg.channel_map,
+            )
+            .map_err(|e| e.to_string())?;
             self.encoder = Some(enc);
         }
         Ok(())

@@ -24,6 +24,7 @@ use crate::params::{OpusKnobs, ServerAddr, KNOB_KEYS};
 use crate::samples::SampleFormat;
 use crate::secure::{self, Mode, Pattern};
 use crate::stats::TunnelState;
+use crate::surround;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -367,6 +368,15 @@ fn serve(mut stream: Conn, peer: SocketAddr, shared: Arc<RecvShared>) {
         refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
         return;
     }
+    if let Err(e) = surround::check_hello(
+        hello.codec,
+        hello.channels,
+        &hello.channel_map,
+        &hello.fields,
+    ) {
+        refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e);
+        return;
+    }
     let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
     let _slot = Slot(&shared.connections);
     drop(handshake_slot);
@@ -605,7 +615,10 @@ fn serve_capture(
         rate: hello.rate,
         channels: hello.channels,
     };
-    let mut knobs = OpusKnobs::default();
+    let mut knobs = OpusKnobs {
+        bitrate: surround::default_bitrate(hello.channels, OpusKnobs::default().bitrate),
+        ..OpusKnobs::default()
+    };
     for (k, v) in &hello.fields {
         if let Some(key) = KNOB_KEYS.iter().find(|key| key.eq_ignore_ascii_case(k)) {
             if let Err(e) = knobs.set(key, v) {
@@ -615,7 +628,7 @@ fn serve_capture(
             }
         }
     }
-    if let Err(e) = codec::Encoder::new(hello.codec, fmt, &knobs) {
+    if let Err(e) = codec::Encoder::with_map(hello.codec, fmt, &knobs, &hello.channel_map) {
         refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
         conn.closed.store(true, Ordering::SeqCst);
         return;
