@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUNS=${1:-10000000}
-TARGETS=(${FUZZ_TARGETS:-handshake deframer rtp decode})
+TARGETS=(${FUZZ_TARGETS:-handshake deframer rtp decode secure})
 TIMEOUT=${FUZZ_TIMEOUT:-10}
 case "$RUNS" in '' | *[!0-9]*) echo "fuzz.sh: RUNS_PER_TARGET must be a number, got '$RUNS'" >&2; exit 2 ;; esac
 case "$TIMEOUT" in '' | *[!0-9]*) echo "fuzz.sh: FUZZ_TIMEOUT must be a number of seconds, got '$TIMEOUT'" >&2; exit 2 ;; esac
@@ -80,6 +80,7 @@ seed() { # TARGET NAME PRINTF-FORMAT…
 seed handshake hello '\001OPUS-TUNNEL/1 PLAY\nName: speakers\nHost: desk17\nDevice: sink0\nCodec: opus\nRate: 48000\nChannels: 2\nChannel-Map: front-left,front-right\nFrame-Usec: 20000\nTarget-Latency-Usec: 40000\nAuth: hmac-sha256\nClient-Nonce: %064d\n\nOPUS-TUNNEL/1 AUTH\nAuth: hmac-sha256\nProof: %064d\n\n' 0 0
 seed handshake challenge '\003OPUS-TUNNEL/1 401 Unauthorized\r\nAuth: hmac-sha256\r\nServer-Nonce: %064d\r\n\r\nOPUS-TUNNEL/1 200 OK\nServer-Proof: %064d\nDevice: x\n\n' 0 0
 seed handshake refusal '\007OPUS-TUNNEL/1 505 Version Not Supported\nSupported: 1\n\n'
+seed secure records '\000\000\020\005\377\000\001\002\003\004\005\006'
 seed deframer frames '\010\003\000\002ab\000\003xyz\000\001\000'
 seed rtp rtp '\200\140\000\001\000\000\003\300\022\064\126\170\370\377\376'
 seed rtp rtcp '\200\314\000\004\022\064\126\170OTUNlatency_usec=40000\n\000\000\000'

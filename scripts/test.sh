@@ -29,7 +29,7 @@ export OPUS_TUNNEL_REQUIRE_MODULES=1
 cargo test --release -p opus-tunnel-tests --lib --bins
 # One test file at a time (they start real daemons; timing checks want the machine to
 # themselves). No retries: a failure is a failure.
-for t in drift e2e harness hostile live netem pipewire refusals source suspend; do
+for t in drift e2e encryption harness hostile live netem pipewire refusals source surround suspend; do
   cargo test --release -p opus-tunnel-tests --test "$t" -- --test-threads=1
 done
 # The playout engine's render-to-render latency and the latency the tunnel sink reports,
@@ -37,4 +37,8 @@ done
 # at most, within 5 ms) are met in most runs but not all (31.7-40.4 ms measured), so they run
 # by hand; so do p1 and p2 of the same file (README, known limits).
 cargo test --release -p opus-tunnel-tests --test playout p3 -- --test-threads=1
+# Issue 17's regression test, short form: 7 s of speech at the defaults within 0.15 PESQ-WB of
+# opusenc/opusdec, and the music-like signal within 0.15 ViSQOL, no dropout (installs espeak-ng,
+# opus-tools and the scorers: scripts/quality.sh --setup). The 16 s forms run by hand.
+cargo test --release -p opus-tunnel-tests --test quality -- --test-threads=1 short_speech music
 echo "== all tests passed in $(( $(date +%s) - start )) s"

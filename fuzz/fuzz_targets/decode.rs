@@ -1,5 +1,6 @@
-//! The decoder (libopus through audiopus, and L16): a fuzzer-chosen format, then a series
-//! of packets, concealments and FEC recoveries taken from the input.
+//! The decoder (libopus through audiopus, libopus multistream through our binding crate, and
+//! L16): a fuzzer-chosen format and channel map, then a series of packets, concealments and
+//! FEC recoveries taken from the input.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -24,7 +25,20 @@ fuzz_target!(|data: &[u8]| {
     };
     let channels = data[1] % 10;
     let fmt = StreamFormat { rate, channels };
-    let Ok(mut dec) = Decoder::new(compression, fmt) else {
+    // 3-8 channel Opus: a map of an RFC 7845 family 1 layout (surround, coupled streams, LFE)
+    // or none (one stream a channel).
+    let map = match (data[1] & 0x80 != 0, channels) {
+        (true, 3) => "front-left,front-right,front-center",
+        (true, 4) => "front-left,front-right,rear-left,rear-right",
+        (true, 5) => "front-left,front-right,rear-left,rear-right,front-center",
+        (true, 6) => "front-left,front-right,rear-left,rear-right,front-center,lfe",
+        (true, 7) => "front-left,front-right,front-center,lfe,rear-center,side-left,side-right",
+        (true, 8) => {
+            "front-left,front-right,rear-left,rear-right,front-center,lfe,side-left,side-right"
+        }
+        _ => "",
+    };
+    let Ok(mut dec) = Decoder::with_map(compression, fmt, map) else {
         return;
     };
     let ch = usize::from(channels);

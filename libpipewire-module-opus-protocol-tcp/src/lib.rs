@@ -19,6 +19,7 @@
 //! | `auth.anonymous` | bool | accept any peer | false |
 //! | `auth.ip-acl` | `"ADDR[/BITS];..."` | peers admitted by address | none |
 //! | `auth.cookie` | path | others must prove this cookie (challenge-response) | none |
+//! | `tunnel.encryption` | auto, required, none | auto encrypts whenever the tunnel asks; required refuses cleartext tunnels (426 Encryption Required); none refuses encryption (406) | auto |
 //! | `target.object` | node.name | the sink tunnels play on when the sender names none | the default sink |
 //! | `target.source` | node.name | the source record tunnels record from when the desktop names none (NAME.monitor: a sink's monitor) | the default source |
 //! | `sess.latency.msec` | auto, 1-10000 | receive buffer target: sized from the measured lateness, or fixed, ms | auto |
@@ -53,6 +54,7 @@ use opus_tunnel_core::connection::ConnShared;
 use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::Feeder;
 use opus_tunnel_core::params::DEFAULT_PORT;
+use opus_tunnel_core::secure::Mode;
 use opus_tunnel_core::server::{self, RecvConfig};
 use opus_tunnel_core::session::{Daemon, MainThread, NewStream, Refusal, Sessions, StreamHandle};
 use opus_tunnel_pipewire::{
@@ -407,6 +409,7 @@ impl PwModule for Receiver {
                 Some(IpAcl::parse("auth.ip-acl", &joined).map_err(|e| e.to_string())?)
             }
         };
+        let encryption = Mode::parse("tunnel.encryption", args.get("tunnel.encryption"))?;
         let cookie = match args.get("auth.cookie") {
             None => None,
             Some(p) => Some(
@@ -469,6 +472,7 @@ impl PwModule for Receiver {
             max_usec: bounds.max_usec,
             max_connections,
             external_resampler: pw_resampler,
+            encryption,
         };
         let receiver = server::Receiver::start(listener, cfg, host)
             .map_err(|e| format!("cannot start the listener: {e}"))?;

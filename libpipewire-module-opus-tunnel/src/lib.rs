@@ -21,11 +21,12 @@
 //! | `sess.latency.max.msec` | sess.latency.min.msec to 10000 | source mode: the most the receive buffer may hold, ms | 1000, or the minimum or a fixed target if larger |
 //! | `stream.props` | `{ ... }` | properties of the node: node.name, node.description, node.latency, ... | `sink: node.name = tunnel-opus.<host>, node.latency = 1024/48000; source: node.name = tunnel-opus-source.<host>, node.latency = 512/48000` |
 //! | `audio.rate` | 1-384000 | sample rate; with Opus one of 8000, 12000, 16000, 24000, 48000 | 48000 |
-//! | `audio.channels` | 1-32 | channels: 1-2 with Opus, 1-8 with compression = none | 2 (source mode: 1) |
+//! | `audio.channels` | 1-32 | channels: 1-8 (with Opus 3-8 are multistream surround) | 2 (source mode: 1) |
 //! | `audio.position` | `[ FL FR ... ]` | channel positions | by channel count |
 //! | `compression` | opus, none | Opus, or L16 PCM | opus |
 //! | `auth.cookie` | path | a copy of the receiver's cookie, proven when it asks | none |
-//! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 64000 (source mode: 32000) |
+//! | `tunnel.encryption` | auto, required, none | encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging) | auto |
+//! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 64000 (source mode: 32000; 3-8 channels: 32000 a channel) |
 //! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets) | 20 |
 //! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |
 //! | `compression.opus.max_bandwidth` | narrowband, mediumband, wideband, superwideband, fullband | audio bandwidth limit | fullband |
@@ -69,8 +70,8 @@
 
 use opus_tunnel_core::args::{
     check_encoder, codec_summary, device_description, effective_properties, load_cookie,
-    parse_compression, parse_knobs, parse_latency_bounds, voice_knobs, LatencyBounds,
-    PW_LATENCY_KEYS,
+    parse_compression, parse_knobs, parse_latency_bounds, scale_bitrate, voice_knobs,
+    LatencyBounds, PW_LATENCY_KEYS,
 };
 use opus_tunnel_core::argtable::{self, keys, PW_TUNNEL, PW_TUNNEL_USAGE};
 use opus_tunnel_core::client::{start_play, start_record, RecordClient, RecordClientConfig};
@@ -80,6 +81,7 @@ use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::{Feeder, Shared, WorkerConfig};
 use opus_tunnel_core::params::{self, Compression, OpusKnobs};
 use opus_tunnel_core::samples::SampleFormat;
+use opus_tunnel_core::secure::Mode as Encryption;
 use opus_tunnel_pipewire::{
     declare_pw_module, host_name, parse_json_list, parse_object, Args, Context, Direction,
     ModuleInfo, PwModule, Stream, StreamHandle, StreamIo, StreamSpec, StreamState, Timer,
@@ -188,6 +190,12 @@ fn channel_map(position: Option<&str>, channels: u8) -> Result<String, String> {
     Ok(match channels {
         1 => "mono".to_string(),
         2 => "front-left,front-right".to_string(),
+        // Quad, 5.1 and 7.1 in PipeWire's usual order, so that Opus codes them as surround
+        // (coupled pairs, LFE) and the receiver's stream gets positions.
+        4 => "front-left,front-right,rear-left,rear-right".to_string(),
+        6 => "front-left,front-right,front-center,lfe,rear-left,rear-right".to_string(),
+        8 => "front-left,front-right,front-center,lfe,rear-left,rear-right,side-left,side-right"
+            .to_string(),
         n => (0..n)
             .map(|i| format!("aux{i}"))
             .collect::<Vec<_>>()
@@ -241,14 +249,12 @@ impl PwModule for Tunnel {
             .map_err(|e| format!("server.address: {e}"))?;
         let get = |k: &str| args.get(k).map(str::to_string);
         let compression = parse_compression(args.get("compression"))?;
-        let knobs = parse_knobs(
-            &get,
-            if source_mode {
-                voice_knobs()
-            } else {
-                OpusKnobs::default()
-            },
-        )?;
+        let base_knobs = if source_mode {
+            voice_knobs()
+        } else {
+            OpusKnobs::default()
+        };
+        let mut knobs = parse_knobs(&get, base_knobs)?;
         let mut stream_props: Vec<(String, String)> = match args.get("stream.props") {
             None => Vec::new(),
             Some(v) => parse_object(v).map_err(|e| format!("stream.props: {e}"))?,
@@ -270,8 +276,10 @@ impl PwModule for Tunnel {
         let map = channel_map(lookup("audio.position").as_deref(), channels)?;
         let fmt = StreamFormat { rate, channels };
         codec::validate(compression, &fmt).map_err(|e| e.to_string())?;
+        scale_bitrate(&mut knobs, &get, channels, base_knobs.bitrate);
         check_encoder(compression, fmt, &knobs)?;
         let cookie = load_cookie("auth.cookie", args.get("auth.cookie"))?;
+        let encryption = Encryption::parse("tunnel.encryption", args.get("tunnel.encryption"))?;
         let remote_sink = args.get("remote.sink").map(str::to_string);
         let host_part = match &addr {
             params::ServerAddr::Tcp { host, .. } => host.clone(),
@@ -296,6 +304,7 @@ impl PwModule for Tunnel {
                     fmt,
                     map,
                     cookie,
+                    encryption,
                     bounds,
                     stream_props,
                 },
@@ -330,6 +339,7 @@ impl PwModule for Tunnel {
             channel_map: map.clone(),
             block_usec,
             cookie,
+            encryption,
         };
         let (feeder, shared, worker) = start_play(cfg, knobs, ring_bytes)
             .map_err(|e| format!("cannot start the worker thread: {e}"))?;
@@ -437,6 +447,7 @@ struct SourceSetup {
     fmt: StreamFormat,
     map: String,
     cookie: Option<opus_tunnel_core::auth::Cookie>,
+    encryption: Encryption,
     bounds: LatencyBounds,
     stream_props: Vec<(String, String)>,
 }
@@ -458,6 +469,7 @@ impl Tunnel {
                 min_usec: s.bounds.min_usec,
                 max_usec: s.bounds.max_usec,
                 cookie: s.cookie,
+                encryption: s.encryption,
             },
             s.knobs,
         )?;
@@ -598,6 +610,19 @@ mod tests {
         );
         assert!(channel_map(Some("[ FL ]"), 2).is_err());
         assert_eq!(channel_map(None, 1).unwrap(), "mono");
+        assert_eq!(
+            channel_map(None, 6).unwrap(),
+            "front-left,front-right,front-center,lfe,rear-left,rear-right"
+        );
+        assert_eq!(
+            opus_tunnel_core::surround::layout(8, &channel_map(None, 8).unwrap()).family,
+            1
+        );
+        assert_eq!(channel_map(None, 3).unwrap(), "aux0,aux1,aux2");
+        assert_eq!(
+            channel_map(Some("[ FL FR RL RR FC LFE ]"), 6).unwrap(),
+            "front-left,front-right,rear-left,rear-right,front-center,lfe"
+        );
     }
 }
 

@@ -20,6 +20,7 @@
 //! | `auth-ip-acl` | `ADDR[/BITS];...` | peers allowed without a cookie | none |
 //! | `auth-cookie` | path | the cookie file everyone else must prove | PulseAudio's: $PULSE_COOKIE, ~/.config/pulse/cookie, ~/.pulse-cookie |
 //! | `auth-cookie-enabled` | bool | require the cookie from peers the ACL does not admit | true |
+//! | `encryption` | auto, required, none | auto encrypts whenever the tunnel asks; required refuses cleartext tunnels (426 Encryption Required); none refuses encryption (406) | auto |
 //! | `sink` | name | sink that play tunnels use when the sender names none | the default sink |
 //! | `source` | name | source that record tunnels use when the desktop names none | the default source |
 //! | `target_latency_msec` | auto, 1-10000 | receive buffer target: sized from the measured lateness, or fixed, ms | auto |
@@ -54,6 +55,7 @@ use opus_tunnel_core::auth::Cookie;
 use opus_tunnel_core::connection::ConnShared;
 use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::Feeder;
+use opus_tunnel_core::secure::Mode;
 use opus_tunnel_core::server::{self, RecvConfig};
 use opus_tunnel_core::session::{Daemon, MainThread, NewStream, Refusal, Sessions, StreamHandle};
 use opus_tunnel_pulse::mainloop::{MainTimer, MainWaker, WakeHandle};
@@ -269,6 +271,7 @@ impl PaModule for Receiver {
             None => None,
             Some(v) => Some(IpAcl::parse("auth-ip-acl", &v).map_err(|e| e.to_string())?),
         };
+        let encryption = Mode::parse("encryption", get("encryption").as_deref())?;
         let cookie_enabled = parse_flag(
             "auth-cookie-enabled",
             get("auth-cookie-enabled").as_deref(),
@@ -345,6 +348,7 @@ impl PaModule for Receiver {
             max_usec: bounds.max_usec,
             max_connections,
             external_resampler: false,
+            encryption,
         };
         let receiver = server::Receiver::start(listener, cfg, host)
             .map_err(|e| format!("cannot start the listener: {e}"))?;

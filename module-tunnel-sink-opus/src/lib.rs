@@ -15,13 +15,14 @@
 //! | `sink` | name | the sink to play on at the receiver | the receiver's sink=, else its default sink |
 //! | `format` | sample format | sample format of the local sink | float32le (opus), s16le (none) |
 //! | `rate` | 1-384000 | sample rate; with Opus one of 8000, 12000, 16000, 24000, 48000 | 48000 |
-//! | `channels` | 1-32 | channels: 1-2 with Opus, 1-8 with compression=none | 2 |
+//! | `channels` | 1-32 | channels: 1-8 (with Opus 3-8 are multistream surround) | 2 |
 //! | `channel_map` | channel map | channel map | PulseAudio's default for channels |
 //! | `latency_msec` | 1-200 | the sink's block (wake-up period and fixed latency), ms | 10 |
 //! | `compression` | opus, none | Opus, or RTP L16 PCM | opus |
 //! | `clock_skew_ppm` | -100000 to 100000 | test aid: the sink consumes audio at (1 + ppm/1e6) x its nominal rate | 0 |
 //! | `cookie` | path | a copy of the receiver's cookie, proven when the receiver asks (never sent) | none |
-//! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 64000 |
+//! | `encryption` | auto, required, none | encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging) | auto |
+//! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 64000 (3-8 channels: 32000 a channel) |
 //! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets) | 20 |
 //! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |
 //! | `compression.opus.max_bandwidth` | narrowband, mediumband, wideband, superwideband, fullband | audio bandwidth limit | fullband |
@@ -161,6 +162,7 @@ impl PaModule for TunnelSink {
             channel_map: map.to_text(),
             block_usec: u64::from(latency_msec) * 1000,
             cookie,
+            encryption: a.encryption,
         };
         let (feeder, shared, worker) = start_play(cfg, knobs, ring_bytes)
             .map_err(|e| format!("cannot start the worker thread: {e}"))?;

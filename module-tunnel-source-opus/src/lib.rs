@@ -18,7 +18,7 @@
 //! | `source` | name | the source to record at the far end | its source= argument, else its default source |
 //! | `format` | sample format | sample format of the local source | float32le (opus), s16le (none) |
 //! | `rate` | 1-384000 | sample rate; with Opus one of 8000, 12000, 16000, 24000, 48000 | 48000 |
-//! | `channels` | 1-32 | channels: 1-2 with Opus, 1-8 with compression=none | 1 |
+//! | `channels` | 1-32 | channels: 1-8 (with Opus 3-8 are multistream surround) | 1 |
 //! | `channel_map` | channel map | channel map | PulseAudio's default for channels |
 //! | `latency_msec` | 1-200 | the source's block, ms | 10 |
 //! | `target_latency_msec` | auto, 1-10000 | receive buffer target: sized from the measured lateness, or fixed, ms | auto |
@@ -27,7 +27,8 @@
 //! | `compression` | opus, none | Opus, or RTP L16 PCM, encoded by the far end | opus |
 //! | `clock_skew_ppm` | -100000 to 100000 | test aid: the source produces at (1 + ppm/1e6) x its nominal rate | 0 |
 //! | `cookie` | path | a copy of the far end's cookie | none |
-//! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 32000 |
+//! | `encryption` | auto, required, none | encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a far end of protocol version 1; required never sends cleartext; none is cleartext (debugging) | auto |
+//! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 32000 (3-8 channels: 32000 a channel) |
 //! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets) | 20 |
 //! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |
 //! | `compression.opus.max_bandwidth` | narrowband, mediumband, wideband, superwideband, fullband | audio bandwidth limit | fullband |
@@ -185,6 +186,7 @@ impl PaModule for TunnelSource {
                 min_usec: bounds.min_usec,
                 max_usec: bounds.max_usec,
                 cookie: a.cookie,
+                encryption: a.encryption,
             },
             a.knobs,
         )?;

@@ -190,6 +190,12 @@ pub fn format_tunnel(t: &Tunnel) -> String {
         "  server      {} → sink {remote}\n",
         text(t, "opus.tunnel.server")
     ));
+    let encryption = match t.props.get("opus.tunnel.encryption").map(String::as_str) {
+        Some("none") => "none (CLEARTEXT)".to_string(),
+        Some(p) => p.to_string(),
+        None => "? (a module without encryption)".to_string(),
+    };
+    s.push_str(&format!("  encryption  {encryption}\n"));
     s.push_str(&format!(
         "  bitrate     {} on the wire; sent {} in {} packets\n",
         num(t, "opus.tunnel.bitrate").map_or("?".into(), |b| format!("{:.1} kbit/s", b / 1000.0)),
@@ -296,6 +302,10 @@ mod tests {
             ("opus.tunnel.state", "streaming"),
             ("opus.tunnel.server", "tcp:10.0.0.2:4715"),
             ("opus.tunnel.remote_sink", "speakers"),
+            (
+                "opus.tunnel.encryption",
+                "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s",
+            ),
             ("opus.tunnel.bitrate", "69827"),
             ("opus.tunnel.bytes_sent", "1234567"),
             ("opus.tunnel.packets_sent", "2500"),
@@ -322,6 +332,10 @@ mod tests {
         let s = format_tunnel(&t);
         assert!(s.starts_with("tun (sink #3): streaming"), "{s}");
         assert!(s.contains("tcp:10.0.0.2:4715 → sink speakers"), "{s}");
+        assert!(
+            s.contains("  encryption  Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s\n"),
+            "{s}"
+        );
         assert!(s.contains("69.8 kbit/s on the wire"), "{s}");
         assert!(s.contains("1.23 MB in 2500 packets"), "{s}");
         assert!(s.contains("sink reports 95.0 ms"), "{s}");

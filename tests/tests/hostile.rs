@@ -392,7 +392,7 @@ fn auth_refusals_right_cookie_and_replay() {
 
     // Replay: the good sender's first connection, up to the end of its AUTH message.
     let cap = proxy.first_upstream();
-    let auth_at = find(&cap, b"OPUS-TUNNEL/1 AUTH").unwrap_or_else(|| {
+    let auth_at = find(&cap, b"OPUS-TUNNEL/2 AUTH").unwrap_or_else(|| {
         panic!(
             "no AUTH message in the recorded handshake: {:?}",
             String::from_utf8_lossy(&cap[..cap.len().min(600)])
@@ -431,7 +431,7 @@ fn auth_refusals_right_cookie_and_replay() {
             "no challenge to the replay: {challenge:?}"
         );
         assert!(
-            answer.starts_with("OPUS-TUNNEL/1 403"),
+            answer.starts_with("OPUS-TUNNEL/2 403"),
             "the replayed handshake was not refused with 403: {answer:?}{}",
             logs(&sender, &receiver)
         );

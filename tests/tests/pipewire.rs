@@ -16,6 +16,7 @@ use opus_tunnel_tests::{
     analyse_stereo, channel, dominant_frequency, free_port, play_loop, require_modules, rms_dbfs,
     serial, tone_loop, CountingProxy, Daemon, Recorder,
 };
+use opus_tunnel_tests::{encrypted_wire_rate, ENCRYPTION_BYTES};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
@@ -88,9 +89,11 @@ fn check_tone_and_wire(
 
 fn check_wire(test: &str, compression: &str, kbps: f64) {
     if compression == "opus" {
+        // 15 % over the bitrate, plus what encryption adds to each 20 ms packet (7.2 kbit/s).
+        let cap = 1.15 * BITRATE / 1000.0 + 50.0 * ENCRYPTION_BYTES * 8.0 / 1000.0;
         assert!(
-            kbps <= 1.15 * BITRATE / 1000.0,
-            "{test}: {kbps:.1} kbit/s on the wire for compression.bitrate=64000"
+            kbps <= cap,
+            "{test}: {kbps:.1} kbit/s on the wire for compression.bitrate=64000 (cap {cap:.1})"
         );
         assert!(
             kbps > 0.5 * BITRATE / 1000.0,
@@ -563,11 +566,11 @@ fn pw8_microphone_pipewire_receiver_to_pulseaudio() {
         recording_captures, 1,
         "{test}: one capture stream while reading"
     );
-    // Voice defaults of the PulseAudio source module: 32 kbit/s (+ 5.6 kbit/s of RTP and
-    // framing at 20 ms; VBR spends less on a sine). Constrained VBR, asked for above: at the
+    // Voice defaults of the PulseAudio source module: 32 kbit/s (+ 12.8 kbit/s of RTP,
+    // framing and encryption at 20 ms; VBR spends less on a sine). Constrained VBR, asked for above: at the
     // default (unconstrained) the bitrate is a quality target, not a cap.
     assert!(
-        kbps > 5.0 && kbps < 1.15 * 37.6,
+        kbps > 5.0 && kbps < 1.15 * encrypted_wire_rate(32_000.0) / 1000.0,
         "{test}: {kbps:.1} kbit/s from the receiver"
     );
     drop(rec);
@@ -795,7 +798,7 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
     let (b0, t0) = (proxy.bytes_to_client(), Instant::now());
     let after_audio = rec.read(5.0);
     let after = (proxy.bytes_to_client() - b0) as f64 * 8.0 / t0.elapsed().as_secs_f64();
-    let expect = 16_000.0 + 5_600.0;
+    let expect = encrypted_wire_rate(16_000.0);
     let (f, l) = tone_of(&after_audio);
     println!(
         "{test}: after the live change: {:.1} kbit/s from the far end (expected {:.1}), tone {f:.1} Hz at {l:.2} dBFS",
@@ -886,7 +889,7 @@ fn pw10_live_bitrate_on_pipewire_sink() {
     );
     std::thread::sleep(Duration::from_secs(1));
     let after = wire(5.0);
-    let (exp_before, exp_after) = (32_000.0 + 5_600.0, 16_000.0 + 5_600.0);
+    let (exp_before, exp_after) = (encrypted_wire_rate(32_000.0), encrypted_wire_rate(16_000.0));
     println!(
         "{test}: wire toward the receiver: {:.1} kbit/s at 32k (expected {:.1}), {:.1} kbit/s after pw-cli set-param compression.bitrate 16000 (expected {:.1}); property after {shown:?}; pw-cli said {:?}",
         before / 1000.0,
@@ -1015,10 +1018,10 @@ fn pw11_microphone_pipewire_to_pipewire() {
     let _ = rec.read(3.0);
     let kbps = (proxy.bytes_to_client() - b0) as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1000.0;
     println!("{test}: {kbps:.1} kbit/s from the receiver");
-    // Voice defaults, 32 kbit/s + 5.6 of framing, as a cap: `pw_desktop_mic` asks for
+    // Voice defaults, 32 kbit/s + 12.8 of framing and encryption, as a cap: `pw_desktop_mic` asks for
     // constrained VBR.
     assert!(
-        kbps > 5.0 && kbps < 1.15 * 37.6,
+        kbps > 5.0 && kbps < 1.15 * encrypted_wire_rate(32_000.0) / 1000.0,
         "{test}: {kbps:.1} kbit/s from the receiver"
     );
 }

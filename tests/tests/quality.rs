@@ -14,14 +14,17 @@
 //! The tunnel runs at the module's defaults (64 kbit/s, 20 ms, complexity 10, unconstrained
 //! VBR); the anchor is opusenc at the bitrate and frame size the tunnel sink reports.
 //!
-//! Three tests:
+//! Four tests:
 //! - `short_speech_as_received_within_margin_of_opusenc`: the contract as received, on the
 //!   first two sentences (7 s of speech; about 20-25 s in all), with the playout's stretch
 //!   bounded too: the short form meant for CI (not yet in `scripts/test.sh`);
 //! - `speech_as_received_within_margin_of_opusenc`: all five sentences (16 s) as received,
 //!   the whole contract;
 //! - `speech_through_the_codec_within_margin_of_opusenc`: all five sentences, with the
-//!   receiver's uniform time stretch undone before PESQ: the codec's share.
+//!   receiver's uniform time stretch undone before PESQ: the codec's share;
+//! - `music_as_received_within_margin_of_opusenc`: the codec matrix's 8 s music-like signal
+//!   as received, scored with ViSQOL v3 audio mode (PyPI `visqol-python`; PESQ is defined
+//!   for speech only), within 0.15 of opusenc's, no dropout.
 //!
 //! `cargo test --release -p opus-tunnel-tests --test quality -- --nocapture --test-threads=1`
 //! (about 30 s per test).
@@ -54,7 +57,7 @@ fn python() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/bench-venv/bin/python"));
     let ready = Command::new(&py)
-        .args(["-c", "import numpy, scipy, pesq"])
+        .args(["-c", "import numpy, scipy, pesq, visqol"])
         .output()
         .is_ok_and(|o| o.status.success())
         && Command::new("espeak-ng").arg("--version").output().is_ok()
@@ -92,30 +95,40 @@ fn json_num(json: &str, key: &str) -> Option<f64> {
     rest[..end].trim().parse().ok()
 }
 
-fn score(py: &Path, reference: &Path, degraded: &Path, key: &str) -> (f64, f64, String) {
-    let j = helper(
-        py,
-        &[
-            "score",
-            reference.to_str().expect("path"),
-            degraded.to_str().expect("path"),
-        ],
-    );
+fn score(
+    py: &Path,
+    reference: &Path,
+    degraded: &Path,
+    key: &str,
+    visqol: bool,
+) -> (f64, f64, String) {
+    let mut args = vec![
+        "score",
+        reference.to_str().expect("path"),
+        degraded.to_str().expect("path"),
+    ];
+    if visqol {
+        args.push("visqol");
+    }
+    let j = helper(py, &args);
     let pesq = json_num(&j, key).unwrap_or_else(|| panic!("no {key}: {j}"));
     let dropouts = json_num(&j, "dropouts").unwrap_or_else(|| panic!("no dropouts: {j}"));
     (pesq, dropouts, j)
 }
 
-/// Plays the speech (its first `sentences`, or all five) into a tunnel loaded just before and
-/// scores it against opusenc's: as received, or (`destretch`) with the uniform time stretch
-/// of the receiver's playout rate undone first.
-/// With `max_stretch_ppm`, the fitted stretch is held to it too.
-fn speech_through_tunnel(
-    test: &str,
-    sentences: Option<usize>,
-    destretch: bool,
-    max_stretch_ppm: Option<f64>,
-) {
+/// What goes through the tunnel.
+#[derive(Clone, Copy)]
+enum Signal {
+    /// The speech (its first n sentences, or all five), scored with PESQ-WB.
+    Speech(Option<usize>),
+    /// The music-like signal (8 s: `quality_matrix.py music`), scored with ViSQOL v3 audio.
+    Music,
+}
+
+/// Plays the signal into a tunnel loaded just before and scores it against opusenc's: as
+/// received, or (`destretch`, speech only) with the uniform time stretch of the receiver's
+/// playout rate undone first. With `max_stretch_ppm`, the fitted stretch is held to it too.
+fn through_tunnel(test: &str, signal: Signal, destretch: bool, max_stretch_ppm: Option<f64>) {
     if !require_modules(test, &[SENDER, RECEIVER]) {
         return;
     }
@@ -124,11 +137,21 @@ fn speech_through_tunnel(
     let py = python();
     let dir = std::env::temp_dir().join(format!("ot-quality-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let speech = dir.join("speech.raw");
-    let count = sentences.map(|n| n.to_string());
-    let mut args = vec!["speech", speech.to_str().expect("path")];
-    args.extend(count.as_deref());
-    let secs: f64 = helper(&py, &args).parse().expect("speech seconds");
+    let speech = dir.join("signal.raw");
+    let path = speech.to_str().expect("path");
+    let secs: f64 = match signal {
+        Signal::Speech(sentences) => {
+            let count = sentences.map(|n| n.to_string());
+            let mut args = vec!["speech", path];
+            args.extend(count.as_deref());
+            helper(&py, &args).parse().expect("speech seconds")
+        }
+        Signal::Music => {
+            helper(&py, &["music", path]);
+            let bytes = std::fs::metadata(&speech).expect("music file").len();
+            bytes as f64 / 4.0 / 48_000.0
+        }
+    };
 
     let port = free_port();
     let receiver = Daemon::builder()
@@ -156,7 +179,25 @@ fn speech_through_tunnel(
             .unwrap_or_else(|| panic!("tunnel sink has no {k}"))
     };
     let (bitrate, frame) = (prop("compression.bitrate"), prop("compression.frame_size"));
-    // Played at once: the first word after the tunnel loads must arrive too.
+    // Speech is played at once: the first word after the tunnel loads must arrive too (it
+    // starts with 0.5 s of silence). The music starts on its first sample: it waits for the
+    // link (audio played while the link is down is dropped, as the README says), so that what
+    // is scored is the codec and the playout, not that race.
+    if matches!(signal, Signal::Music) {
+        let t = Instant::now();
+        while sender
+            .sink_properties("tun")
+            .ok()
+            .and_then(|p| p.get("opus.tunnel.state").cloned())
+            .map_or(true, |s| s == "connecting")
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the tunnel did not connect"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     let mut player = play(&sender, "tun", &speech);
     let got = rec.read(secs + 4.0).expect("recording");
     assert!(player.wait(Duration::from_secs(10)), "pacat did not finish");
@@ -171,12 +212,12 @@ fn speech_through_tunnel(
     println!("{test}: receiver: {}", stats.join("; "));
     let recorded = dir.join("tunnel.raw");
     write_s16le(&recorded, &got).expect("writing the recording");
-    let key = if destretch {
-        "pesq_wb_destretched"
-    } else {
-        "pesq_wb"
+    let (key, visqol) = match (signal, destretch) {
+        (Signal::Music, _) => ("visqol_audio", true),
+        (_, true) => ("pesq_wb_destretched", false),
+        (_, false) => ("pesq_wb", false),
     };
-    let (tunnel, dropouts, tj) = score(&py, &speech, &recorded, key);
+    let (tunnel, dropouts, tj) = score(&py, &speech, &recorded, key, visqol);
 
     // The anchor: opusenc/opusdec at their defaults (complexity 10, unconstrained VBR) with
     // the tunnel's bitrate and frame size.
@@ -194,14 +235,14 @@ fn speech_through_tunnel(
             "vbr",
         ],
     );
-    let (reference, _, rj) = score(&py, &speech, &anchor, "pesq_wb");
+    let (reference, _, rj) = score(&py, &speech, &anchor, key, visqol);
     let (vbr, cvbr, complexity) = (
         prop("compression.opus.vbr"),
         prop("compression.opus.vbr_constraint"),
         prop("compression.opus.complexity"),
     );
     println!(
-        "{test}: {secs:.1} s of speech; bitrate {bitrate} frame {frame} ms complexity {complexity} \
+        "{test}: {secs:.1} s of signal; bitrate {bitrate} frame {frame} ms complexity {complexity} \
          vbr {vbr} vbr_constraint {cvbr}: tunnel {key} {tunnel:.3} ({dropouts} dropouts), \
          opusenc {reference:.3}, difference {:.3}; {:.1} s\n tunnel: {tj}\n opusenc: {rj}",
         tunnel - reference,
@@ -217,7 +258,7 @@ fn speech_through_tunnel(
     assert_eq!(
         dropouts,
         0.0,
-        "dropouts in the tunnel's speech: {tj}{}",
+        "dropouts in the tunnel's audio: {tj}{}",
         logs()
     );
     assert!(
@@ -243,9 +284,9 @@ fn speech_through_tunnel(
 /// PESQ alone would not catch).
 #[test]
 fn short_speech_as_received_within_margin_of_opusenc() {
-    speech_through_tunnel(
+    through_tunnel(
         "short_speech_as_received_within_margin_of_opusenc",
-        Some(2),
+        Signal::Speech(Some(2)),
         false,
         Some(SHORT_MAX_STRETCH_PPM),
     );
@@ -256,9 +297,9 @@ fn short_speech_as_received_within_margin_of_opusenc() {
 /// no dropout.
 #[test]
 fn speech_through_the_codec_within_margin_of_opusenc() {
-    speech_through_tunnel(
+    through_tunnel(
         "speech_through_the_codec_within_margin_of_opusenc",
-        None,
+        Signal::Speech(None),
         true,
         None,
     );
@@ -269,9 +310,22 @@ fn speech_through_the_codec_within_margin_of_opusenc() {
 /// speech 0.7-1.0 below opusenc; docs/benchmarks.md, "Codec quality matrix".)
 #[test]
 fn speech_as_received_within_margin_of_opusenc() {
-    speech_through_tunnel(
+    through_tunnel(
         "speech_as_received_within_margin_of_opusenc",
+        Signal::Speech(None),
+        false,
         None,
+    );
+}
+
+/// Music (the 8 s music-like signal of the codec matrix: plucked notes, noise bursts, a chord
+/// pad) as received, at the defaults: within 0.15 ViSQOL (v3 audio mode) of opusenc, no
+/// dropout.
+#[test]
+fn music_as_received_within_margin_of_opusenc() {
+    through_tunnel(
+        "music_as_received_within_margin_of_opusenc",
+        Signal::Music,
         false,
         None,
     );

@@ -59,7 +59,7 @@ fn refusals(open: u16, acl: u16) -> Vec<(u16, String)> {
             println!("{what}: {status} {reason} {headers:?}");
             if status == 505 {
                 assert!(
-                    headers.iter().any(|h| h == "Supported: 1"),
+                    headers.iter().any(|h| h == "Supported: 1,2"),
                     "505 without Supported: {headers:?}"
                 );
             }

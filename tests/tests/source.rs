@@ -5,6 +5,7 @@
 //! at once when a reader arrives, which no drift-correcting buffer of 60 ms can smooth.)
 use opus_tunnel_tests::assert_prop;
 use opus_tunnel_tests::begin;
+use opus_tunnel_tests::encrypted_wire_rate;
 use opus_tunnel_tests::{
     channel, dominant_frequency, free_port, play_loop, rms_dbfs, tone_loop, CountingProxy, Daemon,
     Player, Recorder,
@@ -171,8 +172,8 @@ fn m3_bitrate_changes_live() {
     let _ = rec.read(1.0).expect("settle");
     let after = rate_over(&mut rec, 5.0);
     let p = source_props(&s.desktop, "mic");
-    // The wire carries 14 bytes of RTP and framing per 20 ms packet: +5.6 kbit/s.
-    let expect = 16_000.0 + 5_600.0;
+    // The wire carries 32 bytes of RTP, framing and encryption per 20 ms packet: +12.8 kbit/s.
+    let expect = encrypted_wire_rate(16_000.0);
     println!(
         "wire from the far end: {:.1} kbit/s at 32k, {:.1} kbit/s after update-source-proplist \
          compression.bitrate=16000 (expected {:.1}); property {}",

@@ -10,6 +10,11 @@
 //! Prints one line of `key=value` pairs: `stream_secs`, `enc_cpu_s`, `dec_cpu_s` (CPU time of
 //! this thread, from /proc/thread-self/schedstat, nanosecond resolution), `payload_bytes`,
 //! `packets`. `tests/src/bin/bench` runs it and reads that line.
+//!
+//! `bench_floor --encryption` instead prints what sealing and opening one stream-second costs
+//! (Noise's ChaChaPoly through `secure`, both ends of a tunnel), µs of this thread's CPU:
+//! `opus_us` (Opus 64 kbit/s, 20 ms packets of 160 bytes) and `pcm_us` (L16 stereo, 3840-byte
+//! packets), over 200 stream-seconds each.
 
 use opus_tunnel_core::codec::{Decoder, Encoder, StreamFormat};
 use opus_tunnel_core::params::{Compression, FrameSize, OpusKnobs};
@@ -26,7 +31,35 @@ fn thread_cpu() -> f64 {
     ns / 1e9
 }
 
+/// See the module doc: `--encryption`.
+fn encryption_cost() {
+    use opus_tunnel_core::secure::{pair, Pattern};
+    let mut line = Vec::new();
+    for (key, len) in [("opus_us", 160usize), ("pcm_us", 3840)] {
+        let ((mut sealer, _), (_, mut opener)) =
+            pair(Pattern::Nn, None, None, b"bench").expect("a Noise pair");
+        let packet = vec![0x5a; len + 14];
+        let seconds = 200;
+        let mut wire = Vec::new();
+        let t = thread_cpu();
+        for _ in 0..seconds * 50 {
+            wire.clear();
+            sealer.seal(&packet, &mut wire).expect("seal");
+            opener.push(&wire);
+            let got = opener.next_plain().expect("open");
+            assert_eq!(got.map(|p| p.len()), Some(packet.len()));
+        }
+        let us = (thread_cpu() - t) * 1e6 / f64::from(seconds);
+        line.push(format!("{key}={us:.1}"));
+    }
+    println!("{}", line.join(" "));
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--encryption") {
+        encryption_cost();
+        return;
+    }
     let mut args = std::env::args().skip(1);
     let input = args
         .next()

@@ -6,6 +6,7 @@ use crate::argtable::{self, Arg};
 use crate::auth::Cookie;
 use crate::codec::{self, Encoder, StreamFormat};
 use crate::params::{self, Compression, OpusKnobs, ServerAddr, Signal, KNOB_KEYS};
+use crate::surround;
 
 /// What a tunnel module was asked for.
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub struct TunnelArgs {
     pub skew_ppm: f64,
     /// `cookie`, loaded.
     pub cookie: Option<Cookie>,
+    /// `encryption`.
+    pub encryption: crate::secure::Mode,
 }
 
 /// Defaults that differ between the play and the record tunnel.
@@ -72,6 +75,19 @@ pub fn parse_knobs(
     Ok(knobs)
 }
 
+/// Without a `compression.bitrate` argument, the default bitrate for `channels`
+/// ([`surround::default_bitrate`]: `base` for 1–2 channels, 32 kbit/s a channel for 3–8).
+pub fn scale_bitrate(
+    knobs: &mut OpusKnobs,
+    get: &dyn Fn(&str) -> Option<String>,
+    channels: u8,
+    base: i32,
+) {
+    if get(params::KEY_BITRATE).is_none() {
+        knobs.bitrate = surround::default_bitrate(channels, base);
+    }
+}
+
 /// A cookie file named by the argument `key`, loaded (`None` when not given).
 pub fn load_cookie(key: &str, path: Option<&str>) -> Result<Option<Cookie>, String> {
     path.map(|p| Cookie::load(std::path::Path::new(p)).map_err(|e| format!("{key}: {e}")))
@@ -99,7 +115,7 @@ pub fn parse_tunnel_args(
     })?;
     let addr = params::parse_server(&server, params::DEFAULT_PORT).map_err(|e| e.to_string())?;
     let compression = parse_compression(get("compression").as_deref())?;
-    let knobs = parse_knobs(get, d.knobs)?;
+    let mut knobs = parse_knobs(get, d.knobs)?;
     let format = get("format").unwrap_or_else(|| {
         match compression {
             Compression::Opus => "float32le",
@@ -111,6 +127,7 @@ pub fn parse_tunnel_args(
     let channels = argtable::int::<u8>(d.table, "channels", get("channels").as_deref())?;
     let fmt = StreamFormat { rate, channels };
     codec::validate(compression, &fmt).map_err(|e| e.to_string())?;
+    scale_bitrate(&mut knobs, get, channels, d.knobs.bitrate);
     let latency_msec =
         argtable::int::<u32>(d.table, "latency_msec", get("latency_msec").as_deref())?;
     let skew_ppm = match get("clock_skew_ppm") {
@@ -125,6 +142,7 @@ pub fn parse_tunnel_args(
         },
     };
     let cookie = load_cookie("cookie", get("cookie").as_deref())?;
+    let encryption = crate::secure::Mode::parse("encryption", get("encryption").as_deref())?;
     check_encoder(compression, fmt, &knobs)?;
     Ok(TunnelArgs {
         addr,
@@ -136,6 +154,7 @@ pub fn parse_tunnel_args(
         latency_msec,
         skew_ppm,
         cookie,
+        encryption,
     })
 }
 
@@ -392,6 +411,32 @@ mod tests {
             table: argtable::TUNNEL_SINK,
             knobs: OpusKnobs::default(),
         }
+    }
+
+    #[test]
+    fn surround_default_bitrate() {
+        let a =
+            parse_tunnel_args(&getter(&[("server", "h"), ("channels", "6")]), &defaults()).unwrap();
+        assert_eq!(a.knobs.bitrate, 192_000);
+        let a =
+            parse_tunnel_args(&getter(&[("server", "h"), ("channels", "8")]), &defaults()).unwrap();
+        assert_eq!(a.knobs.bitrate, 256_000);
+        let a = parse_tunnel_args(
+            &getter(&[
+                ("server", "h"),
+                ("channels", "8"),
+                ("compression.bitrate", "96k"),
+            ]),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(a.knobs.bitrate, 96_000);
+        let a =
+            parse_tunnel_args(&getter(&[("server", "h"), ("channels", "1")]), &defaults()).unwrap();
+        assert_eq!(a.knobs.bitrate, 64_000);
+        assert!(
+            parse_tunnel_args(&getter(&[("server", "h"), ("channels", "9")]), &defaults()).is_err()
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!
 //! 1. The client's [`Hello`] carries two extra headers:
 //!    ```text
-//!    OPUS-TUNNEL/1 PLAY
+//!    OPUS-TUNNEL/2 PLAY
 //!    Name: speakers
 //!    …the other hello headers…
 //!    Auth: hmac-sha256
@@ -23,7 +23,7 @@
 //! 2. A server that requires a cookie for this client answers with a challenge and keeps the
 //!    connection open:
 //!    ```text
-//!    OPUS-TUNNEL/1 401 Unauthorized
+//!    OPUS-TUNNEL/2 401 Unauthorized
 //!    Auth: hmac-sha256
 //!    Server-Nonce: <Sn, 64 hex digits>
 //!
@@ -33,7 +33,7 @@
 //!    `Server-Nonce`, and closes the connection.
 //! 3. The client answers the challenge with one message:
 //!    ```text
-//!    OPUS-TUNNEL/1 AUTH
+//!    OPUS-TUNNEL/2 AUTH
 //!    Auth: hmac-sha256
 //!    Proof: <hex of HMAC-SHA256(cookie, "opus-tunnel/1 client\0" ‖ Cn ‖ Sn ‖ H)>
 //!
@@ -42,15 +42,16 @@
 //!    byte of its first line up to and including the blank line that ends it, and `Cn`, `Sn`
 //!    are the 32 raw nonce bytes (not their hex text). The labels end with one NUL byte.
 //! 4. The server recomputes the proof and compares in constant time. On a match it answers
-//!    its ordinary `OPUS-TUNNEL/1 200 OK` reply (with whatever other headers it carries)
+//!    its ordinary `OPUS-TUNNEL/2 200 OK` reply (with whatever other headers it carries)
 //!    plus
 //!    ```text
 //!    Server-Proof: <hex of HMAC-SHA256(cookie, "opus-tunnel/1 server\0" ‖ Cn ‖ Sn ‖ H)>
 //!    ```
 //!    which the client verifies (constant time) before it sends audio; on a mismatch it
-//!    answers `OPUS-TUNNEL/1 403 cookie authentication failed` and closes.
+//!    answers `OPUS-TUNNEL/2 403 cookie authentication failed` and closes.
 //!
-//! After a `200` the RTP stream starts as without authentication. A server that does not
+//! After a `200` the stream starts: in cleartext, or with the cookie as the pre-shared key of
+//! the Noise handshake that encrypts it ([`crate::secure`]). A server that does not
 //! require a cookie (e.g. `auth-anonymous=1`, or an `auth-ip-acl` match) answers the hello
 //! with `200 OK` directly and ignores the two headers; the client accepts that unless it was
 //! told to require the server's proof ([`ClientAuth::set_require_server_proof`]).
@@ -62,14 +63,15 @@
 //!   time. The two directions use different labels, so a proof cannot be reflected.
 //! * The proofs cover the hello byte for byte, so a hello altered in transit (device,
 //!   direction, format) is refused.
-//! * The audio stream after the handshake is neither encrypted nor integrity-protected, and
-//!   the headers of the final `200` reply other than `Server-Proof` are not covered: an
-//!   attacker who can rewrite the TCP stream can still take over an authenticated connection
-//!   or relay a whole exchange. Use an SSH tunnel or a VPN where that matters.
+//! * These proofs alone do not protect what follows: the headers of the final `200` other
+//!   than `Server-Proof` are not covered, and a cleartext stream (version 1 peers,
+//!   `encryption=none`) can be taken over by whoever can rewrite the TCP stream. The Noise
+//!   handshake of an encrypted tunnel covers the hello and the whole `200` (its prologue) and
+//!   keys the stream with the cookie, which closes both gaps.
 
 use crate::handshake::{
-    parse_version, split_message, HandshakeError, Hello, Reply, PROTOCOL, STATUS_BAD_REQUEST,
-    STATUS_FORBIDDEN, STATUS_OK, STATUS_UNAUTHORIZED, VERSION,
+    parse_version, split_message, HandshakeError, Hello, Reply, MIN_VERSION, PROTOCOL,
+    STATUS_BAD_REQUEST, STATUS_FORBIDDEN, STATUS_OK, STATUS_UNAUTHORIZED, VERSION,
 };
 use hmac::{Hmac, Mac};
 use rand::rngs::OsRng;
@@ -94,7 +96,7 @@ pub const HEADER_SERVER_NONCE: &str = "Server-Nonce";
 pub const HEADER_PROOF: &str = "Proof";
 /// Header of the final `200` reply carrying the server's proof.
 pub const HEADER_SERVER_PROOF: &str = "Server-Proof";
-/// Method word on the first line of the client's auth message (`OPUS-TUNNEL/1 AUTH`).
+/// Method word on the first line of the client's auth message (`OPUS-TUNNEL/2 AUTH`).
 pub const AUTH_METHOD: &str = "AUTH";
 /// Bytes in a nonce.
 pub const NONCE_LEN: usize = 32;
@@ -216,6 +218,11 @@ impl Cookie {
     /// True for the size of PulseAudio's cookies (256 bytes).
     pub fn is_pulseaudio_size(&self) -> bool {
         self.bytes.len() == PULSE_COOKIE_LEN
+    }
+
+    /// The secret's bytes (for the encryption's pre-shared key; never logged).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     fn mac(&self, label: &[u8], cn: &Nonce, sn: &Nonce, hello_text: &str) -> HmacSha256 {
@@ -482,7 +489,7 @@ fn offers_scheme(list: &str) -> bool {
         .any(|s| s.trim().eq_ignore_ascii_case(SCHEME))
 }
 
-/// The client's answer to a challenge: `OPUS-TUNNEL/1 AUTH`, `Auth: hmac-sha256`,
+/// The client's answer to a challenge: `OPUS-TUNNEL/2 AUTH`, `Auth: hmac-sha256`,
 /// `Proof: <hex>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthMessage {
@@ -491,20 +498,25 @@ pub struct AuthMessage {
 }
 
 impl AuthMessage {
-    /// The message text, ending with the blank line.
+    /// The message text at [`VERSION`], ending with the blank line.
     pub fn to_text(&self) -> String {
+        self.to_text_version(VERSION)
+    }
+
+    /// The message text at `version` (that of the hello it follows).
+    pub fn to_text_version(&self, version: u32) -> String {
         format!(
-            "{PROTOCOL}/{VERSION} {AUTH_METHOD}\n{HEADER_AUTH}: {SCHEME}\n{HEADER_PROOF}: {}\n\n",
+            "{PROTOCOL}/{version} {AUTH_METHOD}\n{HEADER_AUTH}: {SCHEME}\n{HEADER_PROOF}: {}\n\n",
             self.proof.to_hex()
         )
     }
 
-    /// Parses an auth message: first line `OPUS-TUNNEL/1 AUTH`, `Auth` naming
+    /// Parses an auth message: first line `OPUS-TUNNEL/2 AUTH`, `Auth` naming
     /// `hmac-sha256`, `Proof` of 64 hex digits; other headers are ignored, none may repeat.
     pub fn parse(text: &str) -> Result<AuthMessage, AuthError> {
         let (first, headers) = split_message(text)?;
         let (version, tail) = parse_version(first)?;
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(HandshakeError::Version { theirs: version }.into());
         }
         if tail.trim() != AUTH_METHOD {
@@ -625,6 +637,7 @@ impl ServerAuth {
             hello_text: hello_text.to_string(),
         };
         let mut r = Reply::refuse(STATUS_UNAUTHORIZED, "");
+        r.version = hello.version;
         r.fields.insert(HEADER_AUTH.into(), SCHEME.into());
         r.fields
             .insert(HEADER_SERVER_NONCE.into(), self.sn.to_hex());
@@ -692,6 +705,8 @@ pub enum ClientStep {
 #[derive(Debug, Clone)]
 pub struct ClientAuth {
     cookie: Option<Cookie>,
+    /// The hello's version, which the auth message repeats.
+    version: u32,
     cn: Nonce,
     require_server_proof: bool,
     state: ClientState,
@@ -708,6 +723,7 @@ impl ClientAuth {
     pub fn with_nonce(cookie: Option<Cookie>, client_nonce: Nonce) -> ClientAuth {
         ClientAuth {
             cookie,
+            version: VERSION,
             cn: client_nonce,
             require_server_proof: false,
             state: ClientState::Start,
@@ -739,6 +755,7 @@ impl ClientAuth {
                 .insert(HEADER_CLIENT_NONCE.into(), self.cn.to_hex());
         }
         let text = hello.to_text();
+        self.version = hello.version;
         self.state = ClientState::HelloSent {
             hello_text: text.clone(),
         };
@@ -771,7 +788,9 @@ impl ClientAuth {
                 };
                 let proof = cookie.client_proof(&self.cn, &sn, &hello_text);
                 self.state = ClientState::ProofSent { hello_text, sn };
-                Ok(ClientStep::SendAuth(AuthMessage { proof }.to_text()))
+                Ok(ClientStep::SendAuth(
+                    AuthMessage { proof }.to_text_version(self.version),
+                ))
             }
             (ClientState::HelloSent { .. }, STATUS_OK) => {
                 if self.require_server_proof {
@@ -925,7 +944,7 @@ mod tests {
         let r = AuthError::NotOffered.reply();
         assert_eq!(
             r.to_text(),
-            "OPUS-TUNNEL/1 401 cookie authentication required\nAuth: hmac-sha256\n\n"
+            "OPUS-TUNNEL/2 401 cookie authentication required\nAuth: hmac-sha256\n\n"
         );
         // A client with a cookie that gets such a refusal (no nonce) reports it.
         let mut c = ClientAuth::new(Some(cookie(1))).unwrap();
@@ -952,7 +971,7 @@ mod tests {
         assert_eq!(
             ch.to_text(),
             format!(
-                "OPUS-TUNNEL/1 401 Unauthorized\nAuth: hmac-sha256\nServer-Nonce: {}\n\n",
+                "OPUS-TUNNEL/2 401 Unauthorized\nAuth: hmac-sha256\nServer-Nonce: {}\n\n",
                 "ab".repeat(32)
             )
         );
@@ -963,7 +982,7 @@ mod tests {
         assert_eq!(
             auth,
             format!(
-                "OPUS-TUNNEL/1 AUTH\nAuth: hmac-sha256\nProof: {}\n\n",
+                "OPUS-TUNNEL/2 AUTH\nAuth: hmac-sha256\nProof: {}\n\n",
                 proof.to_hex()
             )
         );
@@ -980,7 +999,7 @@ mod tests {
         assert_eq!(
             ok.to_text(),
             format!(
-                "OPUS-TUNNEL/1 200 OK\nServer-Proof: {}\n\n",
+                "OPUS-TUNNEL/2 200 OK\nServer-Proof: {}\n\n",
                 cookie(9).server_proof(&cn, &sn, &text).to_hex()
             )
         );
@@ -1148,7 +1167,7 @@ mod tests {
             String::new(),
             "OPUS-TUNNEL/1 AUTH\n\n".into(),
             good.replace("AUTH", "PLAY"),
-            good.replace("/1", "/2"),
+            good.replace("/1", "/3"),
             good.replace("hmac-sha256", "md5"),
             good.replace(&p, &p[..62]),
             good.replace(&p, &format!("{p}00")),

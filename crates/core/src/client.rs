@@ -15,8 +15,8 @@ use crate::link::client_handshake;
 use crate::net::Conn;
 use crate::params::{Backoff, Compression, OpusKnobs, ServerAddr};
 use crate::report::{Counters, Report, State};
+use crate::secure::{self, Mode};
 use crate::stats::{Stats, TunnelState};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -36,6 +36,8 @@ pub(crate) trait Session {
 pub(crate) struct Target<'a> {
     pub addr: &'a ServerAddr,
     pub cookie: Option<Cookie>,
+    /// `encryption=`.
+    pub encryption: Mode,
     /// Our device's name, for log lines.
     pub name: &'a str,
     pub stop: &'a AtomicBool,
@@ -55,6 +57,7 @@ pub(crate) fn keep_connected(target: Target<'_>, session: &mut impl Session) {
     let Target {
         addr,
         cookie,
+        encryption,
         name,
         stop,
         sock,
@@ -76,8 +79,14 @@ pub(crate) fn keep_connected(target: Target<'_>, session: &mut impl Session) {
         } else {
             TunnelState::Connecting
         });
-        match client_handshake(addr, session.hello(), cookie.clone(), sock, stop, name) {
+        let hello = session.hello();
+        match client_handshake(addr, hello, cookie.clone(), encryption, sock, stop, name) {
             Ok((conn, reply, rest, rtt)) => {
+                let enc = conn
+                    .pattern()
+                    .map_or(secure::State::None, secure::State::Noise);
+                stats.set_encryption(enc);
+                log::info!("{name}: encryption: {}", enc.as_str());
                 let one_way = net.update(rtt.as_micros() as f64 / 2.0);
                 net_usec.store(one_way as u64, Ordering::Relaxed);
                 log::debug!(
@@ -134,10 +143,12 @@ pub fn start_play(
         .name("opus-tunnel-tx".into())
         .spawn(move || {
             let (addr, name, cookie) = (cfg.addr.clone(), cfg.name.clone(), cfg.cookie.clone());
+            let encryption = cfg.encryption;
             let mut w = Worker::new(cfg, consumer, s2.clone());
             let target = Target {
                 addr: &addr,
                 cookie,
+                encryption,
                 name: &name,
                 stop: &s2.stop,
                 sock: &s2.sock,
@@ -165,7 +176,11 @@ impl Session for Worker {
             channel_map: self.cfg.channel_map.clone(),
             frame_usec: self.knobs().frame_size.usec(),
             target_latency_usec: None,
-            fields: BTreeMap::new(),
+            fields: crate::surround::hello_fields(
+                self.cfg.compression,
+                self.cfg.fmt.channels,
+                &self.cfg.channel_map,
+            ),
         }
     }
 
@@ -208,6 +223,8 @@ pub struct RecordClientConfig {
     pub max_usec: u64,
     /// The cookie to prove when the far end asks.
     pub cookie: Option<Cookie>,
+    /// `encryption=`.
+    pub encryption: Mode,
 }
 
 struct ClientShared {
@@ -251,7 +268,7 @@ pub fn start_record(
         channel_map: cfg.channel_map.clone(),
         frame_usec: knobs.frame_size.usec(),
         target_latency_usec: None,
-        fields: Default::default(),
+        fields: crate::surround::hello_fields(cfg.compression, cfg.fmt.channels, &cfg.channel_map),
     };
     let compression = cfg.compression;
     let conn = new_conn(&hello, cfg.target_usec, cfg.addr.to_string());
@@ -292,6 +309,7 @@ pub fn start_record(
             let target = Target {
                 addr: &cfg.addr,
                 cookie: cfg.cookie.clone(),
+                encryption: cfg.encryption,
                 name: &cfg.name,
                 stop: &s2.stop,
                 sock: &s2.sock,
@@ -340,7 +358,7 @@ impl Session for Recorder<'_> {
             "{name}: connected to {}, recording its source {dev}",
             self.cfg.addr
         );
-        match Decoder::new(self.cfg.compression, self.cfg.fmt) {
+        match Decoder::with_map(self.cfg.compression, self.cfg.fmt, &self.cfg.channel_map) {
             Ok(d) => self.receive.new_session(d),
             Err(e) => {
                 log::error!("{name}: {e}");

@@ -9,8 +9,10 @@
 //! stream rate as RTP clock.
 
 use crate::params::{Application, Compression, MaxBandwidth, OpusKnobs, ParamError, Signal};
+use crate::surround::{self, Layout};
 use audiopus::coder::{Decoder as OpusDecoder, Encoder as OpusEncoder};
 use audiopus::ffi;
+use opus_tunnel_opus_ms::{MsDecoder, MsEncoder};
 
 /// RTP payload type used for Opus.
 pub const PT_OPUS: u8 = 96;
@@ -23,8 +25,11 @@ pub const MAX_PAYLOAD: usize = 65_535 - 12;
 /// Sample rates Opus accepts.
 pub const OPUS_RATES: [u32; 5] = [8_000, 12_000, 16_000, 24_000, 48_000];
 
-/// Largest Opus packet the encoder is allowed to produce, bytes.
+/// Largest Opus packet the encoder is allowed to produce, bytes (mono and stereo; a
+/// multistream packet may take [`MAX_OPUS_PACKET_PER_CHANNEL`] a channel).
 const MAX_OPUS_PACKET: usize = 4_000;
+/// Largest multistream Opus packet per channel, bytes.
+const MAX_OPUS_PACKET_PER_CHANNEL: usize = 2_000;
 
 /// Sample rate and channel count of a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,7 +42,8 @@ pub struct StreamFormat {
 
 /// Checks that `fmt` can be carried with `compression`.
 ///
-/// Opus: rate one of 8000, 12000, 16000, 24000, 48000 and 1–2 channels.
+/// Opus: rate one of 8000, 12000, 16000, 24000, 48000 and 1–8 channels (3–8: multistream,
+/// see [`crate::surround`]).
 /// None (L16): rate 1000–384000 and 1–8 channels. The error names the key `rate` or
 /// `channels`.
 pub fn validate(compression: Compression, fmt: &StreamFormat) -> Result<(), ParamError> {
@@ -51,11 +57,11 @@ pub fn validate(compression: Compression, fmt: &StreamFormat) -> Result<(), Para
                      use compression=none for other rates",
                 ));
             }
-            if !(1..=2).contains(&fmt.channels) {
+            if !(1..=8).contains(&fmt.channels) {
                 return Err(ParamError::new(
                     "channels",
                     fmt.channels.to_string(),
-                    "with compression=opus 1 or 2 channels; use compression=none for more",
+                    "with compression=opus 1 to 8 channels",
                 ));
             }
         }
@@ -147,6 +153,42 @@ fn opus_rate(rate: u32) -> Result<audiopus::SampleRate, CodecError> {
     })
 }
 
+fn ms_err(what: &'static str) -> impl Fn(opus_tunnel_opus_ms::Error) -> CodecError {
+    move |e| CodecError::Opus {
+        what,
+        detail: e.text,
+    }
+}
+
+fn ms_application(a: Application) -> i32 {
+    match a {
+        Application::Voip => opus_tunnel_opus_ms::OPUS_APPLICATION_VOIP,
+        Application::Audio => opus_tunnel_opus_ms::OPUS_APPLICATION_AUDIO,
+        Application::LowDelay => opus_tunnel_opus_ms::OPUS_APPLICATION_RESTRICTED_LOWDELAY,
+    }
+}
+
+/// A libopus encoder: single-stream (mono, stereo) or multistream (3–8 channels).
+enum OpusEnc {
+    Single(OpusEncoder),
+    Multi(MsEncoder),
+}
+
+impl OpusEnc {
+    fn set(&mut self, req: i32, val: i32, what: &'static str) -> Result<(), CodecError> {
+        match self {
+            OpusEnc::Single(e) => e.set_encoder_ctl_request(req, val).map_err(opus_err(what)),
+            OpusEnc::Multi(e) => e.set(req, val).map_err(ms_err(what)),
+        }
+    }
+}
+
+/// A libopus decoder: single-stream or multistream.
+enum OpusDec {
+    Single(OpusDecoder),
+    Multi(MsDecoder),
+}
+
 fn opus_channels(ch: u8) -> audiopus::Channels {
     if ch == 1 {
         audiopus::Channels::Mono
@@ -168,7 +210,8 @@ pub struct Encoder {
     compression: Compression,
     fmt: StreamFormat,
     knobs: OpusKnobs,
-    opus: Option<OpusEncoder>,
+    layout: Layout,
+    opus: Option<OpusEnc>,
     scratch: Vec<f32>,
 }
 
@@ -178,6 +221,7 @@ impl std::fmt::Debug for Encoder {
             .field("compression", &self.compression)
             .field("fmt", &self.fmt)
             .field("knobs", &self.knobs)
+            .field("layout", &self.layout)
             .finish()
     }
 }
@@ -185,24 +229,44 @@ impl std::fmt::Debug for Encoder {
 impl Encoder {
     /// Creates an encoder. Checks `fmt` with [`validate`] and the knobs with
     /// [`OpusKnobs::validate`]; for `Compression::None` only `frame_size` is used, and the
-    /// frame must fit one RTP packet ([`MAX_PAYLOAD`] bytes).
+    /// frame must fit one RTP packet ([`MAX_PAYLOAD`] bytes). More than two channels are
+    /// carried as if their positions were unknown (one stream a channel); a stream with a
+    /// channel map uses [`with_map`](Self::with_map).
     pub fn new(
         compression: Compression,
         fmt: StreamFormat,
         knobs: &OpusKnobs,
     ) -> Result<Encoder, CodecError> {
+        Self::with_map(compression, fmt, knobs, "")
+    }
+
+    /// As [`new`](Self::new), for a stream whose channel positions are `channel_map`
+    /// (PulseAudio's text form): 3–8 channel Opus is coded in the layout
+    /// [`surround::layout`] gives, the input reordered to it. The decoder must be made with
+    /// the same map ([`Decoder::with_map`]).
+    pub fn with_map(
+        compression: Compression,
+        fmt: StreamFormat,
+        knobs: &OpusKnobs,
+        channel_map: &str,
+    ) -> Result<Encoder, CodecError> {
         validate(compression, &fmt)?;
         knobs.validate()?;
+        let layout = match compression {
+            Compression::Opus => surround::layout(fmt.channels, channel_map),
+            Compression::None => surround::layout(0, ""),
+        };
         let mut enc = Encoder {
             compression,
             fmt,
             knobs: *knobs,
+            layout,
             opus: None,
             scratch: Vec::new(),
         };
         match compression {
             Compression::Opus => {
-                let mut e = Self::make_opus(fmt, knobs.application)?;
+                let mut e = Self::make_opus(fmt, &enc.layout, knobs.application)?;
                 Self::tune(&mut e, knobs)?;
                 enc.opus = Some(e);
             }
@@ -219,16 +283,42 @@ impl Encoder {
         Ok(())
     }
 
-    fn make_opus(fmt: StreamFormat, app: Application) -> Result<OpusEncoder, CodecError> {
-        OpusEncoder::new(
-            opus_rate(fmt.rate)?,
-            opus_channels(fmt.channels),
-            opus_application(app),
-        )
-        .map_err(opus_err("create encoder"))
+    fn make_opus(
+        fmt: StreamFormat,
+        layout: &Layout,
+        app: Application,
+    ) -> Result<OpusEnc, CodecError> {
+        if layout.family == 0 {
+            return OpusEncoder::new(
+                opus_rate(fmt.rate)?,
+                opus_channels(fmt.channels),
+                opus_application(app),
+            )
+            .map(OpusEnc::Single)
+            .map_err(opus_err("create encoder"));
+        }
+        opus_rate(fmt.rate)?;
+        MsEncoder::surround(fmt.rate, fmt.channels, layout.family, ms_application(app))
+            .map(OpusEnc::Multi)
+            .map_err(ms_err("create multistream encoder"))
     }
 
-    fn tune(e: &mut OpusEncoder, k: &OpusKnobs) -> Result<(), CodecError> {
+    /// The multistream layout in use (family 0 for mono, stereo and PCM).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Opus streams in each packet and how many of them are coupled (stereo): (1, 0) mono,
+    /// (1, 1) stereo, e.g. (4, 2) for 5.1; (0, 0) for L16.
+    pub fn streams(&self) -> (u8, u8) {
+        match &self.opus {
+            None => (0, 0),
+            Some(OpusEnc::Single(_)) => (1, u8::from(self.fmt.channels == 2)),
+            Some(OpusEnc::Multi(e)) => (e.layout().streams, e.layout().coupled),
+        }
+    }
+
+    fn tune(e: &mut OpusEnc, k: &OpusKnobs) -> Result<(), CodecError> {
         let bw = match k.max_bandwidth {
             MaxBandwidth::Narrowband => ffi::OPUS_BANDWIDTH_NARROWBAND,
             MaxBandwidth::Mediumband => ffi::OPUS_BANDWIDTH_MEDIUMBAND,
@@ -274,8 +364,7 @@ impl Encoder {
             ),
         ];
         for (req, val, what) in reqs {
-            e.set_encoder_ctl_request(req, val)
-                .map_err(opus_err(what))?;
+            e.set(req, val, what)?;
         }
         Ok(())
     }
@@ -290,7 +379,7 @@ impl Encoder {
             Compression::None => self.check_l16_size(knobs)?,
             Compression::Opus => {
                 if knobs.application != self.knobs.application || self.opus.is_none() {
-                    let mut e = Self::make_opus(self.fmt, knobs.application)?;
+                    let mut e = Self::make_opus(self.fmt, &self.layout, knobs.application)?;
                     Self::tune(&mut e, knobs)?;
                     self.opus = Some(e);
                 } else if let Some(e) = self.opus.as_mut() {
@@ -339,9 +428,9 @@ impl Encoder {
             });
         }
         out.clear();
-        match &self.opus {
+        match &mut self.opus {
             None => crate::samples::SampleFormat::S16Be.from_f32(pcm, out),
-            Some(e) => {
+            Some(OpusEnc::Single(e)) => {
                 let input: &[f32] = if pcm.iter().all(|x| x.is_finite()) {
                     pcm
                 } else {
@@ -354,6 +443,20 @@ impl Encoder {
                 let n = e
                     .encode_float(input, &mut out[..])
                     .map_err(opus_err("encode"))?;
+                out.truncate(n);
+            }
+            Some(OpusEnc::Multi(e)) => {
+                self.layout.to_codec(pcm, &mut self.scratch);
+                for x in self.scratch.iter_mut().filter(|x| !x.is_finite()) {
+                    *x = 0.0;
+                }
+                out.resize(
+                    MAX_OPUS_PACKET_PER_CHANNEL * usize::from(self.fmt.channels),
+                    0,
+                );
+                let n = e
+                    .encode_float(&self.scratch, &mut out[..])
+                    .map_err(ms_err("encode"))?;
                 out.truncate(n);
             }
         }
@@ -399,8 +502,11 @@ pub fn rtp_clock_rate(c: Compression, fmt: &StreamFormat) -> u32 {
 pub struct Decoder {
     compression: Compression,
     fmt: StreamFormat,
-    opus: Option<OpusDecoder>,
+    layout: Layout,
+    opus: Option<OpusDec>,
     scratch: Vec<f32>,
+    /// Multistream: what libopus decoded, in the codec's channel order.
+    coded: Vec<f32>,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -414,21 +520,91 @@ impl std::fmt::Debug for Decoder {
 
 impl Decoder {
     /// Creates a decoder for `fmt` (checked with [`validate`]). Opus decodes at `fmt.rate`.
+    /// More than two channels: as [`Encoder::new`], positions unknown; see
+    /// [`with_map`](Self::with_map).
     pub fn new(compression: Compression, fmt: StreamFormat) -> Result<Decoder, CodecError> {
+        Self::with_map(compression, fmt, "")
+    }
+
+    /// As [`new`](Self::new), for a stream whose channel positions are `channel_map`: 3–8
+    /// channel Opus is decoded in the layout [`surround::layout`] gives and put back in the
+    /// map's order.
+    pub fn with_map(
+        compression: Compression,
+        fmt: StreamFormat,
+        channel_map: &str,
+    ) -> Result<Decoder, CodecError> {
         validate(compression, &fmt)?;
+        let layout = match compression {
+            Compression::Opus => surround::layout(fmt.channels, channel_map),
+            Compression::None => surround::layout(0, ""),
+        };
         let opus = match compression {
-            Compression::Opus => Some(
+            Compression::Opus if layout.family == 0 => Some(OpusDec::Single(
                 OpusDecoder::new(opus_rate(fmt.rate)?, opus_channels(fmt.channels))
                     .map_err(opus_err("create decoder"))?,
-            ),
+            )),
+            Compression::Opus => {
+                opus_rate(fmt.rate)?;
+                let streams = opus_tunnel_opus_ms::surround_layout(fmt.channels, layout.family)
+                    .map_err(ms_err("multistream layout"))?;
+                Some(OpusDec::Multi(
+                    MsDecoder::new(fmt.rate, fmt.channels, &streams)
+                        .map_err(ms_err("create multistream decoder"))?,
+                ))
+            }
             Compression::None => None,
         };
         Ok(Decoder {
             compression,
             fmt,
+            layout,
             opus,
             scratch: Vec::new(),
+            coded: Vec::new(),
         })
+    }
+
+    /// The multistream layout in use (family 0 for mono, stereo and PCM).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Runs libopus on `packet` (`None`: conceal) for at most `frames` samples per channel;
+    /// the result, in stream channel order, is in `self.scratch`. Returns the samples per
+    /// channel.
+    fn run_opus(
+        &mut self,
+        packet: Option<&[u8]>,
+        frames: usize,
+        fec: bool,
+        what: &'static str,
+    ) -> Result<usize, CodecError> {
+        let ch = usize::from(self.fmt.channels);
+        self.scratch.clear();
+        match self.opus.as_mut() {
+            None => Err(CodecError::EmptyPayload),
+            Some(OpusDec::Single(d)) => {
+                self.scratch.resize(frames * ch, 0.0);
+                let n = d
+                    .decode_float(packet, &mut self.scratch[..], fec)
+                    .map_err(opus_err(what))?
+                    .min(frames);
+                self.scratch.truncate(n * ch);
+                Ok(n)
+            }
+            Some(OpusDec::Multi(d)) => {
+                self.coded.clear();
+                self.coded.resize(frames * ch, 0.0);
+                let n = d
+                    .decode_float(packet, &mut self.coded[..], fec)
+                    .map_err(ms_err(what))?
+                    .min(frames);
+                self.layout
+                    .from_codec(&self.coded[..n * ch], &mut self.scratch);
+                Ok(n)
+            }
+        }
     }
 
     /// The stream format.
@@ -473,14 +649,9 @@ impl Decoder {
                 crate::samples::SampleFormat::S16Be.to_f32(payload, out);
                 Ok(payload.len() / (2 * ch))
             }
-            Some(d) => {
-                let max = self.fmt.rate as usize * 120 / 1000;
-                self.scratch.clear();
-                self.scratch.resize(max * ch, 0.0);
-                let n = d
-                    .decode_float(Some(payload), &mut self.scratch[..], false)
-                    .map_err(opus_err("decode"))?;
-                let n = n.min(max);
+            Some(_) => {
+                let max = self.max_frame();
+                let n = self.run_opus(Some(payload), max, false, "decode")?;
                 out.extend_from_slice(&self.scratch[..n * ch]);
                 Ok(n)
             }
@@ -521,20 +692,14 @@ impl Decoder {
                 out.resize(out.len() + samples_per_channel * ch, 0.0);
                 Ok(samples_per_channel)
             }
-            Some(d) => {
+            Some(_) => {
                 let start = out.len();
                 let mut left = samples_per_channel;
                 while left > 0 {
                     let n = left.min(max);
-                    self.scratch.clear();
-                    self.scratch.resize(n * ch, 0.0);
-                    let got = d
-                        .decode_float(None::<&[u8]>, &mut self.scratch[..], false)
-                        .map_err(|e| {
-                            out.truncate(start);
-                            opus_err("conceal")(e)
-                        })?;
-                    let got = got.min(n);
+                    let got = self.run_opus(None, n, false, "conceal").inspect_err(|_| {
+                        out.truncate(start);
+                    })?;
                     out.extend_from_slice(&self.scratch[..got * ch]);
                     if got == 0 {
                         break;
@@ -570,16 +735,7 @@ impl Decoder {
             });
         }
         let ch = usize::from(self.fmt.channels);
-        self.scratch.clear();
-        self.scratch.resize(samples_per_channel * ch, 0.0);
-        let d = match self.opus.as_mut() {
-            Some(d) => d,
-            None => return Err(CodecError::EmptyPayload),
-        };
-        let n = d
-            .decode_float(Some(payload), &mut self.scratch[..], true)
-            .map_err(opus_err("decode fec"))?
-            .min(samples_per_channel);
+        let n = self.run_opus(Some(payload), samples_per_channel, true, "decode fec")?;
         out.extend_from_slice(&self.scratch[..n * ch]);
         Ok(n)
     }
@@ -642,8 +798,10 @@ mod tests {
         let e = validate(Compression::Opus, &f(44100, 2)).unwrap_err();
         assert_eq!(e.key, "rate");
         assert!(e.to_string().starts_with("rate: \"44100\" is not accepted"));
+        assert!(validate(Compression::Opus, &f(48000, 6)).is_ok());
+        assert!(validate(Compression::Opus, &f(48000, 8)).is_ok());
         assert_eq!(
-            validate(Compression::Opus, &f(48000, 3)).unwrap_err().key,
+            validate(Compression::Opus, &f(48000, 9)).unwrap_err().key,
             "channels"
         );
         assert_eq!(
@@ -854,6 +1012,216 @@ mod tests {
             &knobs
         )
         .is_err());
+    }
+
+    /// `secs` of a sine of `freqs[c]` Hz on each channel c, interleaved.
+    fn multi_sine(rate: u32, secs: f64, freqs: &[f64], amp: f64) -> Vec<f32> {
+        let n = (f64::from(rate) * secs) as usize;
+        let mut v = Vec::with_capacity(n * freqs.len());
+        for i in 0..n {
+            let t = i as f64 / f64::from(rate);
+            v.extend(
+                freqs
+                    .iter()
+                    .map(|f| (amp * (2.0 * PI * f * t).sin()) as f32),
+            );
+        }
+        v
+    }
+
+    /// Encodes and decodes 1 s of a distinct tone per channel through `map`, and checks that
+    /// each channel comes out with its own tone at its level (±1 dB) and the others at least
+    /// 30 dB down. Returns the bytes the second took.
+    fn surround_round_trip(map: &str, freqs: &[f64], knobs: &OpusKnobs) -> usize {
+        let ch = freqs.len();
+        let fmt = StreamFormat {
+            rate: 48000,
+            channels: ch as u8,
+        };
+        let mut enc = Encoder::with_map(Compression::Opus, fmt, knobs, map).unwrap();
+        let mut dec = Decoder::with_map(Compression::Opus, fmt, map).unwrap();
+        let amp = 0.3;
+        let src = multi_sine(48000, 1.0, freqs, amp);
+        let (mut pkt, mut out, mut bytes) = (Vec::new(), Vec::new(), 0);
+        let n = enc.frame_samples();
+        for frame in src.chunks_exact(n * ch) {
+            enc.encode(frame, &mut pkt).unwrap();
+            bytes += pkt.len();
+            assert_eq!(dec.decode(&pkt, &mut out).unwrap(), n);
+        }
+        assert_eq!(out.len(), src.len());
+        let db = |a: f64| 20.0 * (a / amp).log10();
+        for (c, &f) in freqs.iter().enumerate() {
+            let x: Vec<f32> = out[ch * 4800..ch * (4800 + 24000)]
+                .iter()
+                .skip(c)
+                .step_by(ch)
+                .copied()
+                .collect();
+            let own = db(goertzel_amp(&x, 48000.0, f));
+            assert!(own.abs() < 1.0, "{map}: channel {c} {f} Hz at {own:.2} dB");
+            for (o, &g) in freqs.iter().enumerate().filter(|(o, _)| *o != c) {
+                let leak = db(goertzel_amp(&x, 48000.0, g));
+                assert!(
+                    leak < -30.0,
+                    "{map}: channel {c} has {g} Hz of {o} at {leak:.1} dB"
+                );
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn surround_51_and_71_keep_each_channel() {
+        // PulseAudio's surround-51 order; the LFE below 200 Hz (Opus's LFE mode codes only
+        // the lowest band).
+        let s51 = "front-left,front-right,rear-left,rear-right,front-center,lfe";
+        let k = OpusKnobs {
+            bitrate: crate::surround::default_bitrate(6, 64_000),
+            ..Default::default()
+        };
+        let bytes = surround_round_trip(s51, &[500.0, 700.0, 900.0, 1100.0, 1300.0, 80.0], &k);
+        assert!(bytes > 5000, "{bytes}");
+        let s71 =
+            "front-left,front-right,rear-left,rear-right,front-center,lfe,side-left,side-right";
+        let k = OpusKnobs {
+            bitrate: crate::surround::default_bitrate(8, 64_000),
+            ..Default::default()
+        };
+        surround_round_trip(
+            s71,
+            &[500.0, 700.0, 900.0, 1100.0, 1300.0, 60.0, 1500.0, 1700.0],
+            &k,
+        );
+        // A map of no family-1 layout: one stream a channel, still each on its own.
+        surround_round_trip(
+            "front-left,front-right,lfe",
+            &[600.0, 800.0, 1000.0],
+            &OpusKnobs::default(),
+        );
+    }
+
+    #[test]
+    fn surround_knobs_plc_and_fec() {
+        let s51 = "front-left,front-right,rear-left,rear-right,front-center,lfe";
+        let fmt = StreamFormat {
+            rate: 48000,
+            channels: 6,
+        };
+        let mut knobs = OpusKnobs {
+            bitrate: 192_000,
+            vbr_constraint: true,
+            fec: true,
+            packet_loss: 20,
+            ..Default::default()
+        };
+        let mut enc = Encoder::with_map(Compression::Opus, fmt, &knobs, s51).unwrap();
+        assert_eq!(enc.layout().family, 1);
+        assert_eq!(enc.streams(), (4, 2));
+        let mut dec = Decoder::with_map(Compression::Opus, fmt, s51).unwrap();
+        let src = multi_sine(
+            48000,
+            1.0,
+            &[500.0, 700.0, 900.0, 1100.0, 1300.0, 80.0],
+            0.3,
+        );
+        let mut pkt = Vec::new();
+        let mut bytes = 0;
+        let mut pkts = Vec::new();
+        for frame in src.chunks_exact(960 * 6) {
+            enc.encode(frame, &mut pkt).unwrap();
+            bytes += pkt.len();
+            pkts.push(pkt.clone());
+        }
+        // Constrained VBR holds the multistream total: 192 kbit/s → ~24000 bytes in 1 s.
+        assert!((20_000..27_000).contains(&bytes), "{bytes} bytes");
+        // Live retune: the bitrate knob is the total over all streams.
+        knobs.bitrate = 96_000;
+        enc.apply(&knobs).unwrap();
+        let mut bytes = 0;
+        for frame in src.chunks_exact(960 * 6) {
+            enc.encode(frame, &mut pkt).unwrap();
+            bytes += pkt.len();
+        }
+        assert!((10_000..14_000).contains(&bytes), "{bytes} bytes");
+        // Application change recreates the multistream encoder.
+        knobs.application = Application::LowDelay;
+        enc.apply(&knobs).unwrap();
+        enc.encode(&src[..960 * 6], &mut pkt).unwrap();
+        let mut out = Vec::new();
+        for p in &pkts[..10] {
+            dec.decode(p, &mut out).unwrap();
+        }
+        let before = out.len();
+        assert_eq!(dec.conceal(960, &mut out).unwrap(), 960);
+        assert_eq!(out.len(), before + 960 * 6);
+        assert!(rms(&out[before..]) > 0.01);
+        assert_eq!(dec.decode_fec(&pkts[12], 960, &mut out).unwrap(), 960);
+        assert_eq!(dec.decode(&pkts[12], &mut out).unwrap(), 960);
+        // Garbage never panics.
+        let mut x: u32 = 7;
+        for len in 1..200 {
+            let p: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (x >> 24) as u8
+                })
+                .collect();
+            let _ = dec.decode(&p, &mut out);
+        }
+    }
+
+    /// Every knob applies to a multistream encoder, at every Opus rate and frame size.
+    #[test]
+    fn surround_every_knob_and_rate() {
+        let s71 =
+            "front-left,front-right,rear-left,rear-right,front-center,lfe,side-left,side-right";
+        for rate in OPUS_RATES {
+            let fmt = StreamFormat { rate, channels: 8 };
+            let mut enc =
+                Encoder::with_map(Compression::Opus, fmt, &OpusKnobs::default(), s71).unwrap();
+            let mut dec = Decoder::with_map(Compression::Opus, fmt, s71).unwrap();
+            assert_eq!(enc.streams(), (5, 3));
+            for (frame, knobs) in [
+                (
+                    FrameSize::Ms2_5,
+                    OpusKnobs {
+                        frame_size: FrameSize::Ms2_5,
+                        application: Application::LowDelay,
+                        complexity: 0,
+                        ..Default::default()
+                    },
+                ),
+                (
+                    FrameSize::Ms60,
+                    OpusKnobs {
+                        frame_size: FrameSize::Ms60,
+                        bitrate: 48_000,
+                        max_bandwidth: MaxBandwidth::Wideband,
+                        signal: Signal::Music,
+                        vbr: false,
+                        lsb_depth: 24,
+                        dtx: true,
+                        fec: true,
+                        packet_loss: 30,
+                        application: Application::Voip,
+                        ..Default::default()
+                    },
+                ),
+            ] {
+                enc.apply(&knobs).unwrap();
+                let n = frame.samples(rate);
+                assert_eq!(enc.frame_samples(), n);
+                let pcm: Vec<f32> = (0..n * 8)
+                    .map(|i| ((i % 97) as f32 - 48.0) / 200.0)
+                    .collect();
+                let mut pkt = Vec::new();
+                enc.encode(&pcm, &mut pkt).unwrap();
+                let mut out = Vec::new();
+                assert_eq!(dec.decode(&pkt, &mut out).unwrap(), n);
+                assert_eq!(out.len(), n * 8);
+            }
+        }
     }
 
     #[test]

@@ -169,6 +169,7 @@ impl ConnShared {
             return r;
         }
         let s = self.stats.snapshot();
+        let s_enc = self.stats.encryption().as_str();
         let bitrate = match self.meter.lock() {
             Ok(mut m) => m.sample(Instant::now(), s.bytes_received),
             Err(_) => 0,
@@ -185,6 +186,7 @@ impl ConnShared {
             peer: Some(self.peer.clone()),
             bitrate,
             reconnects: None,
+            encryption: s_enc,
             counters: Counters::Received(Received {
                 latency_usec: p.map_or_else(|| self.latency_usec(), |p| p.latency_usec),
                 target_latency_usec: p.map_or(self.target_usec, |p| p.target_usec),

@@ -54,7 +54,8 @@ pub(crate) fn decode_path(
         rate: conn.rate,
         channels: conn.channels,
     };
-    let decoder = Decoder::new(compression, fmt).map_err(|e| e.to_string())?;
+    let decoder =
+        Decoder::with_map(compression, fmt, &conn.channel_map).map_err(|e| e.to_string())?;
     let max_usec = max_usec.max(target_usec).max(min_usec);
     let target = if target_usec == 0 {
         Target::Auto

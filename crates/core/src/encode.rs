@@ -210,6 +210,7 @@ impl Shared {
             peer: None,
             bitrate: self.last_bitrate.load(Ordering::Relaxed),
             reconnects: Some(s.reconnects),
+            encryption: self.stats.encryption().as_str(),
             counters: Counters::Sent(Sent {
                 bytes_sent: s.bytes_sent,
                 packets_sent: s.packets_sent,
@@ -245,6 +246,8 @@ pub struct WorkerConfig {
     pub block_usec: u64,
     /// The cookie to prove when the receiver asks (`cookie=`).
     pub cookie: Option<Cookie>,
+    /// `encryption=` (auto: encrypt whenever the receiver can).
+    pub encryption: crate::secure::Mode,
 }
 
 /// The real-time side of a play tunnel: the daemon's IO thread pushes every rendered block
@@ -628,8 +631,13 @@ impl Worker {
             let knobs = self.knobs();
             self.shared
                 .set_codec_part(self.cfg.block_usec, self.cfg.compression, &knobs);
-            let enc = Encoder::new(self.cfg.compression, self.cfg.fmt, &knobs)
-                .map_err(|e| e.to_string())?;
+            let enc = Encoder::with_map(
+                self.cfg.compression,
+                self.cfg.fmt,
+                &knobs,
+                &self.cfg.channel_map,
+            )
+            .map_err(|e| e.to_string())?;
             self.encoder = Some(enc);
         }
         Ok(())

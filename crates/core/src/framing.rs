@@ -109,6 +109,15 @@ impl Deframer {
         }
     }
 
+    /// Takes the bytes held that have not been returned as frames (the deframer is then
+    /// empty).
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        let rest = self.buf.split_off(self.pos.min(self.buf.len()));
+        self.buf.clear();
+        self.pos = 0;
+        rest
+    }
+
     /// Bytes held that have not been returned as frames yet.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.pos
@@ -202,6 +211,12 @@ mod tests {
         assert_eq!(d.buffered(), 3);
         d.push(&[2, 3]);
         assert_eq!(d.next_frame(), Ok(Some(vec![1, 2, 3])));
+        // What follows a frame comes back as bytes.
+        let mut d = Deframer::new(100);
+        d.push(&[0, 1, 9, 0, 5, 1]);
+        assert_eq!(d.next_frame(), Ok(Some(vec![9])));
+        assert_eq!(d.take_rest(), vec![0, 5, 1]);
+        assert_eq!(d.buffered(), 0);
         // Capped at the field's range.
         assert_eq!(Deframer::new(1 << 20).max_len, MAX_FRAME_LEN);
     }

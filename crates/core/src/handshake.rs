@@ -7,7 +7,7 @@
 //! Header names are case-insensitive on input.
 //!
 //! ```text
-//! OPUS-TUNNEL/1 PLAY
+//! OPUS-TUNNEL/2 PLAY
 //! Name: tunnel-sink.desktop42
 //! Host: desktop42
 //! Device: alsa_output.usb-headset
@@ -18,14 +18,24 @@
 //! Frame-Usec: 20000
 //! Target-Latency-Usec: 40000
 //! Compression.bitrate: 64000
+//! Encryption: noise
 //!
 //! ```
 //! ```text
-//! OPUS-TUNNEL/1 200 OK
+//! OPUS-TUNNEL/2 200 OK
+//! Encryption: Noise_NN_25519_ChaChaPoly_BLAKE2s
 //!
 //! ```
 //! A server that speaks another version answers `505 Version Not Supported` with a
-//! `Supported: 1` header; a client can log that and give up.
+//! `Supported:` header naming the versions it speaks; a client can log that and give up.
+//!
+//! Version 2 (this one) adds encryption ([`crate::secure`]): the hello carries
+//! `Encryption: noise` or `Encryption: none`, the `200` names what was chosen, and with a
+//! Noise pattern everything after the `200` is ciphertext. A version 2 receiver still
+//! serves version 1 hellos (in cleartext, unless its `encryption=required`); a version 2
+//! tunnel whose hello a version 1 receiver refuses with `505` falls back to version 1 in
+//! cleartext with `encryption=auto` (a warning in the log), and gives up with
+//! `encryption=required`.
 
 use crate::params::Compression;
 use std::collections::BTreeMap;
@@ -33,7 +43,9 @@ use std::collections::BTreeMap;
 /// Protocol name on the first line.
 pub const PROTOCOL: &str = "OPUS-TUNNEL";
 /// Protocol version of this implementation.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The oldest version this implementation still speaks (cleartext only).
+pub const MIN_VERSION: u32 = 1;
 /// Largest message, bytes (blank line included).
 pub const MAX_MESSAGE: usize = 8192;
 /// Most header lines in one message.
@@ -53,8 +65,15 @@ pub const STATUS_NO_SUCH_DEVICE: u16 = 404;
 pub const STATUS_UNSUPPORTED_FORMAT: u16 = 415;
 /// Status: the server has reached `max_connections`.
 pub const STATUS_TOO_MANY_CONNECTIONS: u16 = 503;
-/// Status: another protocol version (the reply carries `Supported: 1`).
+/// Status: the receiver does not encrypt (`encryption=none`) and the tunnel asked it to.
+pub const STATUS_ENCRYPTION_NOT_ACCEPTED: u16 = 406;
+/// Status: the receiver requires encryption (`encryption=required`) and the tunnel asked for
+/// cleartext (or speaks version 1, which cannot encrypt).
+pub const STATUS_ENCRYPTION_REQUIRED: u16 = 426;
+/// Status: another protocol version (the reply carries `Supported: 1,2`).
 pub const STATUS_VERSION_NOT_SUPPORTED: u16 = 505;
+/// The `Supported` header of a 505: the versions this implementation speaks.
+pub const SUPPORTED: &str = "1,2";
 
 /// The standard reason phrase of a status, or `"Unknown"`.
 pub fn status_reason(status: u16) -> &'static str {
@@ -64,7 +83,9 @@ pub fn status_reason(status: u16) -> &'static str {
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "No Such Device",
+        406 => "Encryption Not Accepted",
         415 => "Unsupported Format",
+        426 => "Encryption Required",
         503 => "Too Many Connections",
         505 => "Version Not Supported",
         _ => "Unknown",
@@ -293,7 +314,7 @@ impl Hello {
     pub fn parse(text: &str) -> Result<Hello, HandshakeError> {
         let (first, headers) = split_message(text)?;
         let (version, tail) = parse_version(first)?;
-        if version != VERSION {
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(HandshakeError::Version { theirs: version });
         }
         let direction = match tail.trim() {
@@ -408,7 +429,7 @@ impl Reply {
     }
 
     /// A refusal with `status` and a human-readable `reason` (an empty reason becomes the
-    /// standard phrase). A 505 carries `Supported: 1`.
+    /// standard phrase). A 505 carries `Supported: 1,2`.
     pub fn refuse(status: u16, reason: impl Into<String>) -> Reply {
         let mut reason = reason.into();
         if reason.trim().is_empty() {
@@ -416,7 +437,7 @@ impl Reply {
         }
         let mut fields = BTreeMap::new();
         if status == STATUS_VERSION_NOT_SUPPORTED {
-            fields.insert("Supported".to_string(), VERSION.to_string());
+            fields.insert("Supported".to_string(), SUPPORTED.to_string());
         }
         Reply {
             version: VERSION,
@@ -564,7 +585,7 @@ mod tests {
         let t = h.to_text();
         assert_eq!(
             t,
-            "OPUS-TUNNEL/1 PLAY\nName: tunnel.desk42\nHost: desk42\nDevice: alsa_output.usb\n\
+            "OPUS-TUNNEL/2 PLAY\nName: tunnel.desk42\nHost: desk42\nDevice: alsa_output.usb\n\
              Codec: opus\nRate: 48000\nChannels: 2\nChannel-Map: front-left,front-right\n\
              Frame-Usec: 20000\nTarget-Latency-Usec: 40000\nAuth-Response: abcdef\n\
              compression.bitrate: 32000\n\n"
@@ -604,8 +625,13 @@ mod tests {
             Hello::parse("GET / HTTP/1.1\nHost: x\n\n"),
             Err(HandshakeError::NotOurProtocol)
         );
-        let v2 = "OPUS-TUNNEL/2 PLAY\nWhatever: x\n\n";
-        assert_eq!(Hello::parse(v2), Err(HandshakeError::Version { theirs: 2 }));
+        let v3 = "OPUS-TUNNEL/3 PLAY\nWhatever: x\n\n";
+        assert_eq!(Hello::parse(v3), Err(HandshakeError::Version { theirs: 3 }));
+        let v0 = "OPUS-TUNNEL/0 PLAY\nWhatever: x\n\n";
+        assert_eq!(Hello::parse(v0), Err(HandshakeError::Version { theirs: 0 }));
+        // Version 1 hellos are still served.
+        let v1 = hello().to_text().replace("OPUS-TUNNEL/2", "OPUS-TUNNEL/1");
+        assert_eq!(Hello::parse(&v1).map(|h| h.version), Ok(1));
         // Even a v7 with a shape we do not know reports the version.
         assert_eq!(
             Hello::parse("OPUS-TUNNEL/7 STREAM-MULTI\n\n"),
@@ -652,16 +678,16 @@ mod tests {
     fn replies() {
         let ok = Reply::ok();
         assert!(ok.is_ok());
-        assert_eq!(ok.to_text(), "OPUS-TUNNEL/1 200 OK\n\n");
+        assert_eq!(ok.to_text(), "OPUS-TUNNEL/2 200 OK\n\n");
         assert_eq!(Reply::parse(&ok.to_text()).unwrap(), ok);
         let r = Reply::refuse(505, "");
         assert_eq!(
             r.to_text(),
-            "OPUS-TUNNEL/1 505 Version Not Supported\nSupported: 1\n\n"
+            "OPUS-TUNNEL/2 505 Version Not Supported\nSupported: 1,2\n\n"
         );
         assert_eq!(Reply::parse(&r.to_text()).unwrap(), r);
         let r = Reply::refuse(404, "no sink named\n\"foo\"");
-        assert_eq!(r.to_text(), "OPUS-TUNNEL/1 404 no sink named \"foo\"\n\n");
+        assert_eq!(r.to_text(), "OPUS-TUNNEL/2 404 no sink named \"foo\"\n\n");
         let p = Reply::parse(&r.to_text()).unwrap();
         assert_eq!(p.status, 404);
         assert!(!p.is_ok());
@@ -672,7 +698,9 @@ mod tests {
             (400, "Bad Request"),
             (401, "Unauthorized"),
             (403, "Forbidden"),
+            (406, "Encryption Not Accepted"),
             (415, "Unsupported Format"),
+            (426, "Encryption Required"),
             (503, "Too Many Connections"),
         ] {
             assert_eq!(Reply::refuse(s, " ").reason, reason);

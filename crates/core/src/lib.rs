@@ -1,7 +1,8 @@
 //! Core of the Opus tunnel modules for PulseAudio and PipeWire: codec, wire format
 //! (handshake, RTP/RTCP, RFC 4571 framing), jitter buffer, parameters and statistics.
 //!
-//! Pure safe Rust; the only foreign code is libopus, reached through the `audiopus` crate.
+//! Pure safe Rust; the only foreign code is libopus, reached through the `audiopus` crate and,
+//! for multistream (surround), through the binding crate `opus-tunnel-opus-ms`.
 //! Nothing here knows either sound daemon, and nothing panics on data that a peer or user
 //! controls: every parser returns a `Result` with an error that says what was wrong.
 #![forbid(unsafe_code)]
@@ -29,8 +30,10 @@ pub mod quality;
 pub mod report;
 pub mod rtp;
 pub mod samples;
+pub mod secure;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod surround;
 
 pub use rtp::WireError;

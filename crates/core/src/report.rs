@@ -116,6 +116,9 @@ pub struct Report {
     pub bitrate: u64,
     /// Links re-established after a loss (clients).
     pub reconnects: Option<u64>,
+    /// What the connection is encrypted with: a Noise pattern's name, or `none`
+    /// (property `opus.tunnel.encryption`).
+    pub encryption: &'static str,
     /// The side's counters.
     pub counters: Counters,
 }
@@ -130,6 +133,7 @@ impl Report {
             put("peer", peer.clone());
         }
         put("bitrate", self.bitrate.to_string());
+        put("encryption", self.encryption.to_string());
         match &self.counters {
             Counters::Received(r) => {
                 put("latency_usec", r.latency_usec.to_string());
@@ -174,6 +178,7 @@ mod tests {
             peer: Some("127.0.0.1:5000".into()),
             bitrate: 64_000,
             reconnects,
+            encryption: "none",
             counters,
         };
         r.properties()
@@ -196,7 +201,8 @@ mod tests {
         assert_eq!(get(&p, "opus.tunnel.drift_ppm"), Some("12.3"));
         assert_eq!(get(&p, "opus.tunnel.latency_usec"), Some("60000"));
         assert_eq!(get(&p, "opus.tunnel.reconnects"), None);
-        assert_eq!(p.len(), 12);
+        assert_eq!(get(&p, "opus.tunnel.encryption"), Some("none"));
+        assert_eq!(p.len(), 13);
         let mut sent = Sent {
             bytes_sent: 10,
             ..Default::default()

@@ -14,11 +14,17 @@ use crate::handshake::{
     Direction, HandshakeError, Hello, Reply, STATUS_BAD_REQUEST, STATUS_FORBIDDEN,
     STATUS_TOO_MANY_CONNECTIONS, STATUS_UNSUPPORTED_FORMAT, STATUS_VERSION_NOT_SUPPORTED,
 };
-use crate::link::{accept, authenticate, read_message, refuse, ReadError, HANDSHAKE_TIMEOUT};
+use crate::handshake::{STATUS_ENCRYPTION_NOT_ACCEPTED, STATUS_ENCRYPTION_REQUIRED};
+use crate::link::{
+    accept, authenticate, read_message, refuse, secure_responder, wants_encryption, ReadError,
+    HANDSHAKE_TIMEOUT,
+};
 use crate::net::Conn;
 use crate::params::{OpusKnobs, ServerAddr, KNOB_KEYS};
 use crate::samples::SampleFormat;
+use crate::secure::{self, Mode, Pattern};
 use crate::stats::TunnelState;
+use crate::surround;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -48,6 +54,9 @@ pub struct RecvConfig {
     /// real-time side applies [`Playback::ratio`] (see
     /// [`crate::playout::Controller::set_external_resampler`]).
     pub external_resampler: bool,
+    /// `encryption=`: auto encrypts whenever the tunnel asks; required answers a cleartext
+    /// tunnel `426`; none answers a tunnel that asks for encryption `406`.
+    pub encryption: Mode,
 }
 
 /// Largest RFC 4571 frame a sender may send us (an Opus packet is at most a few KB; a 60 ms
@@ -312,7 +321,7 @@ fn serve(mut stream: Conn, peer: SocketAddr, shared: Arc<RecvShared>) {
                 format!("protocol version {theirs} is not supported"),
             );
             r.fields
-                .insert("Supported".into(), crate::handshake::VERSION.to_string());
+                .insert("Supported".into(), crate::handshake::SUPPORTED.to_string());
             log::warn!("refused a tunnel from {peer}: it speaks protocol version {theirs}");
             let _ = stream.write_all(r.to_text().as_bytes());
             return;
@@ -337,6 +346,36 @@ fn serve(mut stream: Conn, peer: SocketAddr, shared: Arc<RecvShared>) {
             return;
         }
     };
+    let wants = wants_encryption(&hello);
+    match (cfg.encryption, wants) {
+        (Mode::Required, false) => {
+            let why = if hello.version < 2 {
+                format!(
+                    "this receiver requires encryption (encryption=required); the sender speaks \
+                     protocol version {}, which cannot encrypt",
+                    hello.version
+                )
+            } else {
+                "this receiver requires encryption (encryption=required); the sender asked for \
+                 none"
+                    .to_string()
+            };
+            refuse(&mut stream, peer, STATUS_ENCRYPTION_REQUIRED, &why);
+            return;
+        }
+        (Mode::None, true) => {
+            refuse(
+                &mut stream,
+                peer,
+                STATUS_ENCRYPTION_NOT_ACCEPTED,
+                "this receiver does not encrypt (encryption=none); load the tunnel with \
+                 encryption=none",
+            );
+            return;
+        }
+        _ => {}
+    }
+    let psk = cookie.as_ref().map(secure::psk_of);
     let mut verified = None;
     if let Some(cookie) = cookie {
         match authenticate(
@@ -363,6 +402,15 @@ fn serve(mut stream: Conn, peer: SocketAddr, shared: Arc<RecvShared>) {
         refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
         return;
     }
+    if let Err(e) = surround::check_hello(
+        hello.codec,
+        hello.channels,
+        &hello.channel_map,
+        &hello.fields,
+    ) {
+        refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e);
+        return;
+    }
     let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
     let _slot = Slot(&shared.connections);
     drop(handshake_slot);
@@ -380,10 +428,33 @@ fn serve(mut stream: Conn, peer: SocketAddr, shared: Arc<RecvShared>) {
         live.retain(|c| !c.is_closed());
         live.push(conn.clone());
     }
+    // The cookie's pattern when the peer proved the cookie, else ephemeral keys only.
+    let pattern = wants.then_some(if verified.is_some() {
+        Pattern::NnPsk0
+    } else {
+        Pattern::Nn
+    });
+    let hs = Handshaken {
+        hello_text,
+        verified,
+        pattern,
+        psk: psk.filter(|_| pattern == Some(Pattern::NnPsk0)),
+        rest,
+    };
     match hello.direction {
-        Direction::Play => serve_play(stream, peer, &shared, &hello, conn, rest, verified),
-        Direction::Record => serve_capture(stream, peer, &shared, &hello, conn, verified),
+        Direction::Play => serve_play(stream, peer, &shared, &hello, conn, hs),
+        Direction::Record => serve_capture(stream, peer, &shared, &hello, conn, hs),
     }
+}
+
+/// What the handshake settled, for the `200` and the encryption that follows it.
+struct Handshaken {
+    hello_text: String,
+    verified: Option<Verified>,
+    pattern: Option<Pattern>,
+    psk: Option<[u8; 32]>,
+    /// Bytes that followed the hello (or the auth message).
+    rest: Vec<u8>,
 }
 
 fn await_answer(
@@ -424,21 +495,30 @@ fn request<IO>(
     hello: &Hello,
     conn: &Arc<ConnShared>,
     io: IO,
+    pattern: Option<Pattern>,
 ) -> (Request<IO>, mpsc::Receiver<Result<String, (u16, String)>>) {
     let (reply, rx) = mpsc::channel();
     let req = Request {
         conn: conn.clone(),
         io,
         media_name: format!("{} on {}", hello.name, hello.host),
-        props: stream_props(peer, hello),
+        props: stream_props(peer, hello, pattern),
         reply,
     };
     (req, rx)
 }
 
-/// Properties of a tunnel's stream: who is at the other end, and the codec.
-fn stream_props(peer: SocketAddr, hello: &Hello) -> Vec<(String, String)> {
+/// Properties of a tunnel's stream: who is at the other end, the codec, the encryption.
+fn stream_props(
+    peer: SocketAddr,
+    hello: &Hello,
+    pattern: Option<Pattern>,
+) -> Vec<(String, String)> {
     vec![
+        (
+            "opus.tunnel.encryption".to_string(),
+            pattern.map_or(secure::NONE, |p| p.name()).to_string(),
+        ),
         ("opus.tunnel.peer".to_string(), peer.to_string()),
         ("opus.tunnel.remote_name".to_string(), hello.name.clone()),
         ("opus.tunnel.remote_host".to_string(), hello.host.clone()),
@@ -446,19 +526,49 @@ fn stream_props(peer: SocketAddr, hello: &Hello) -> Vec<(String, String)> {
     ]
 }
 
-/// Ends the handshake once the host has answered: the `200` with the device, or the
-/// host's refusal. `None` (connection marked closed, host told) if there is no tunnel.
+/// Ends the handshake once the host has answered: the `200` with the device (and, when
+/// chosen, the Noise handshake that encrypts the connection from then on), or the host's
+/// refusal. `None` (connection marked closed, host told) if there is no tunnel.
 fn conclude(
     stream: &mut Conn,
     peer: SocketAddr,
     rx: &mpsc::Receiver<Result<String, (u16, String)>>,
     shared: &RecvShared,
     conn: &ConnShared,
-    verified: &Option<Verified>,
+    hello: &Hello,
+    hs: &mut Handshaken,
 ) -> Option<String> {
     match await_answer(rx, shared) {
-        Ok(device) if accept(stream, &device, verified) => return Some(device),
-        Ok(_) => {}
+        Ok(device) => {
+            if let Some(reply_text) =
+                accept(stream, &device, &hs.verified, hello.version, hs.pattern)
+            {
+                let rest = std::mem::take(&mut hs.rest);
+                let secured = match hs.pattern {
+                    None => Ok(()),
+                    Some(p) => secure_responder(
+                        stream,
+                        p,
+                        hs.psk.as_ref(),
+                        &hs.hello_text,
+                        &reply_text,
+                        &rest,
+                        &shared.stop,
+                    ),
+                };
+                match secured {
+                    Ok(()) => {
+                        if hs.pattern.is_none() {
+                            hs.rest = rest;
+                        }
+                        let enc = hs.pattern.map_or(secure::State::None, secure::State::Noise);
+                        conn.stats.set_encryption(enc);
+                        return Some(device);
+                    }
+                    Err(e) => log::warn!("closed a tunnel from {peer}: {e}"),
+                }
+            }
+        }
         Err((status, reason)) => refuse(stream, peer, status, &reason),
     }
     conn.closed.store(true, Ordering::SeqCst);
@@ -472,8 +582,7 @@ fn serve_play(
     shared: &Arc<RecvShared>,
     hello: &Hello,
     conn: Arc<ConnShared>,
-    rest: Vec<u8>,
-    verified: Option<Verified>,
+    mut hs: Handshaken,
 ) {
     let cfg = &shared.cfg;
     let label = conn.label.clone();
@@ -497,17 +606,18 @@ fn serve_play(
             return;
         }
     };
-    let (req, rx) = request(peer, hello, &conn, playback);
+    let (req, rx) = request(peer, hello, &conn, playback, hs.pattern);
     shared.host.open(req);
-    let Some(sink) = conclude(&mut stream, peer, &rx, shared, &conn, &verified) else {
+    let Some(sink) = conclude(&mut stream, peer, &rx, shared, &conn, hello, &mut hs) else {
         return;
     };
     log::info!(
-        "tunnel {label} from {peer} plays on {sink} ({})",
-        format(hello)
+        "tunnel {label} from {peer} plays on {sink} ({}; encryption: {})",
+        format(hello),
+        conn.stats.encryption().as_str()
     );
     conn.stats.set_state(TunnelState::Streaming);
-    let why = receive.run(&mut stream, rest, &shared.stop);
+    let why = receive.run(&mut stream, std::mem::take(&mut hs.rest), &shared.stop);
     log::info!("tunnel {label} from {peer} ended: {why}");
     conn.stats.set_state(TunnelState::Closed);
     conn.closed.store(true, Ordering::SeqCst);
@@ -536,14 +646,17 @@ fn serve_capture(
     shared: &Arc<RecvShared>,
     hello: &Hello,
     conn: Arc<ConnShared>,
-    verified: Option<Verified>,
+    mut hs: Handshaken,
 ) {
     let label = conn.label.clone();
     let fmt = StreamFormat {
         rate: hello.rate,
         channels: hello.channels,
     };
-    let mut knobs = OpusKnobs::default();
+    let mut knobs = OpusKnobs {
+        bitrate: surround::default_bitrate(hello.channels, OpusKnobs::default().bitrate),
+        ..OpusKnobs::default()
+    };
     for (k, v) in &hello.fields {
         if let Some(key) = KNOB_KEYS.iter().find(|key| key.eq_ignore_ascii_case(k)) {
             if let Err(e) = knobs.set(key, v) {
@@ -553,7 +666,7 @@ fn serve_capture(
             }
         }
     }
-    if let Err(e) = codec::Encoder::new(hello.codec, fmt, &knobs) {
+    if let Err(e) = codec::Encoder::with_map(hello.codec, fmt, &knobs, &hello.channel_map) {
         refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
         conn.closed.store(true, Ordering::SeqCst);
         return;
@@ -574,19 +687,22 @@ fn serve_capture(
         // encoder keeps up to three of them before it drops old audio.
         block_usec: 1_000_000,
         cookie: None,
+        encryption: shared.cfg.encryption,
     };
     // Three seconds between the recording stream and the encoder (float32).
     let ring_bytes = 4 * usize::from(hello.channels) * hello.rate as usize * 3;
     let (feeder, tshared, consumer) = feeder(&wcfg, knobs, ring_bytes);
     let _ = conn.record.set(tshared.clone());
-    let (req, rx) = request(peer, hello, &conn, feeder);
+    let (req, rx) = request(peer, hello, &conn, feeder, hs.pattern);
     shared.host.open_record(req);
-    let Some(source) = conclude(&mut stream, peer, &rx, shared, &conn, &verified) else {
+    let Some(source) = conclude(&mut stream, peer, &rx, shared, &conn, hello, &mut hs) else {
         return;
     };
+    tshared.stats.set_encryption(conn.stats.encryption());
     log::info!(
-        "record tunnel {label} from {peer} records {source} ({}), while it has readers",
-        format(hello)
+        "record tunnel {label} from {peer} records {source} ({}; encryption: {}), while it has readers",
+        format(hello),
+        conn.stats.encryption().as_str()
     );
     let remote: Arc<dyn RemoteCapture> = Arc::new(HostCapture {
         conn: conn.clone(),

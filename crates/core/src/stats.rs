@@ -79,6 +79,7 @@ pub struct Stats {
     /// Frames dropped (link down, queue full).
     pub dropped_frames: AtomicU64,
     state: AtomicU8,
+    encryption: AtomicU8,
 }
 
 /// A plain copy of [`Stats`] at one moment.
@@ -158,7 +159,18 @@ impl Stats {
             reconnects: AtomicU64::new(0),
             dropped_frames: AtomicU64::new(0),
             state: AtomicU8::new(TunnelState::Connecting.to_u8()),
+            encryption: AtomicU8::new(crate::secure::State::None.to_u8()),
         }
+    }
+
+    /// Sets what the current connection is encrypted with.
+    pub fn set_encryption(&self, e: crate::secure::State) {
+        self.encryption.store(e.to_u8(), Ordering::Relaxed);
+    }
+
+    /// What the current (or last) connection is encrypted with.
+    pub fn encryption(&self) -> crate::secure::State {
+        crate::secure::State::from_u8(self.encryption.load(Ordering::Relaxed))
     }
 
     /// Adds `n` to `counter` (relaxed ordering; lock-free, fine on real-time threads).

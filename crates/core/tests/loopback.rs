@@ -12,9 +12,10 @@ use opus_tunnel_core::client::{start_play, start_record, RecordClientConfig};
 use opus_tunnel_core::codec::StreamFormat;
 use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::{Feeder, Shared, WorkerConfig};
-use opus_tunnel_core::handshake::{Direction, Hello, Reply, VERSION};
+use opus_tunnel_core::handshake::{Direction, Hello, Reply, SUPPORTED, VERSION};
 use opus_tunnel_core::params::{Compression, OpusKnobs, ServerAddr};
 use opus_tunnel_core::samples::SampleFormat;
+use opus_tunnel_core::secure::{self, Mode, Pattern};
 use opus_tunnel_core::server::{Receiver, RecvConfig};
 use opus_tunnel_core::session::{Daemon, NewStream, Refusal, Sessions, StreamHandle};
 use std::io::{Read, Write};
@@ -295,6 +296,7 @@ fn config() -> RecvConfig {
         max_usec: 1_000_000,
         max_connections: 4,
         external_resampler: false,
+        encryption: Mode::Auto,
     }
 }
 
@@ -380,6 +382,16 @@ struct Sender {
 
 impl Sender {
     fn start(addr: ServerAddr, device: Option<&str>, cookie: Option<Cookie>, freq: f64) -> Sender {
+        Sender::start_with(addr, device, cookie, freq, Mode::Auto)
+    }
+
+    fn start_with(
+        addr: ServerAddr,
+        device: Option<&str>,
+        cookie: Option<Cookie>,
+        freq: f64,
+        encryption: Mode,
+    ) -> Sender {
         let cfg = WorkerConfig {
             addr,
             remote_sink: device.map(str::to_string),
@@ -394,6 +406,7 @@ impl Sender {
             channel_map: "front-left,front-right".into(),
             block_usec: 10_000,
             cookie,
+            encryption,
         };
         let (feeder, shared, worker) = start_play(cfg, OpusKnobs::default(), 192_000).unwrap();
         let running = Arc::new(AtomicBool::new(true));
@@ -499,7 +512,10 @@ fn refusals_bad_request_version_format() {
     );
     let r = handshake(rig.addr, &text);
     assert_eq!(r.status, 505, "{r:?}");
-    assert_eq!(r.fields.get("Supported"), Some(&VERSION.to_string()));
+    assert_eq!(
+        r.fields.get("Supported").map(String::as_str),
+        Some(SUPPORTED)
+    );
     let mut h = hello(Direction::Play, None);
     h.rate = 12_345;
     let r = handshake(rig.addr, &h.to_text());
@@ -603,6 +619,15 @@ fn cookie_authentication() {
     let right = Sender::start(rig.server(), None, Some(cookie), 1000.0);
     assert!(rig.hears_audio());
     assert_eq!(right.state(), "streaming");
+    // The cookie keys the encryption.
+    assert_eq!(
+        right.shared.stats.encryption(),
+        secure::State::Noise(Pattern::NnPsk0)
+    );
+    assert!(wait_for(Duration::from_secs(1), || rig
+        .prop("opus.tunnel.encryption")
+        .as_deref()
+        == Some(secure::PATTERN_PSK)));
     let (freq, _, _) = steady_tone(&rig.seen.played.lock().unwrap(), 4_800);
     assert!((freq - 1000.0).abs() < 10.0, "tone at {freq:.1} Hz");
 }
@@ -667,6 +692,7 @@ fn record_tunnel_parks_and_relays_knobs() {
         min_usec: 0,
         max_usec: 1_000_000,
         cookie: None,
+        encryption: Mode::Auto,
     };
     let (mut playback, client) = start_record(cfg, OpusKnobs::default()).unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -704,4 +730,317 @@ fn record_tunnel_parks_and_relays_knobs() {
     assert!(reaches(&rig.seen.captures_opened, 2));
     let r = client.report();
     assert_eq!(r.reconnects, Some(0));
+    // Both directions of a record tunnel are encrypted too.
+    assert_eq!(r.encryption, secure::PATTERN_NN);
+    assert!(r
+        .properties()
+        .contains(&("opus.tunnel.encryption".into(), secure::PATTERN_NN.into())));
+}
+
+// ---- encryption ----------------------------------------------------------------------------------
+
+/// A TCP relay between a tunnel and the receiver, on 127.0.0.1. On its first connection it
+/// can flip one bit of the byte at `flip_at` in the tunnel → receiver direction (counted from
+/// the connection's first byte: past the hello, the `200` and the Noise handshake).
+struct Proxy {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    connections: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    fn start(to: SocketAddr, flip_at: Option<usize>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (s2, c2) = (stop.clone(), connections.clone());
+        let thread = thread::spawn(move || {
+            let mut pumps = Vec::new();
+            while !s2.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let n = c2.fetch_add(1, Ordering::SeqCst);
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = TcpStream::connect(to) else {
+                    continue;
+                };
+                let flip = if n == 0 { flip_at } else { None };
+                let (c_r, s_w) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                pumps.push(pump(c_r, s_w, flip, s2.clone()));
+                pumps.push(pump(server, client, None, s2.clone()));
+            }
+            for p in pumps {
+                let _ = p.join();
+            }
+        });
+        Proxy {
+            addr,
+            stop,
+            connections,
+            thread: Some(thread),
+        }
+    }
+
+    fn server(&self) -> ServerAddr {
+        ServerAddr::Tcp {
+            host: "127.0.0.1".into(),
+            port: self.addr.port(),
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Copies `from` to `to` until either closes (or the proxy stops), flipping the byte at
+/// `flip` once.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    flip: Option<usize>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    thread::spawn(move || {
+        from.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut seen = 0usize;
+        let mut buf = [0u8; 4096];
+        while !stop.load(Ordering::SeqCst) {
+            let n = match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(_) => break,
+            };
+            if let Some(at) = flip {
+                if (seen..seen + n).contains(&at) {
+                    buf[at - seen] ^= 0x10;
+                }
+            }
+            seen += n;
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = from.shutdown(std::net::Shutdown::Both);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    })
+}
+
+#[test]
+fn encrypted_by_default_and_shown_as_a_property() {
+    let _serial = serial();
+    let rig = Rig::start(config(), false);
+    let tx = Sender::start(rig.server(), None, None, 1000.0);
+    assert!(rig.hears_audio());
+    let (freq, _, _) = steady_tone(&rig.seen.played.lock().unwrap(), 4_800);
+    assert!((freq - 1000.0).abs() < 10.0, "tone at {freq:.1} Hz");
+    // No cookie (anonymous receiver): ephemeral keys only.
+    assert_eq!(
+        tx.shared.stats.encryption(),
+        secure::State::Noise(Pattern::Nn)
+    );
+    assert!(tx
+        .shared
+        .stat_properties()
+        .contains(&("opus.tunnel.encryption".into(), secure::PATTERN_NN.into())));
+    assert!(wait_for(Duration::from_secs(1), || rig
+        .prop("opus.tunnel.encryption")
+        .as_deref()
+        == Some(secure::PATTERN_NN)));
+}
+
+#[test]
+fn a_flipped_byte_closes_the_link_and_the_tunnel_reconnects() {
+    let _serial = serial();
+    let rig = Rig::start(config(), false);
+    let proxy = Proxy::start(rig.addr, Some(6_000));
+    let tx = Sender::start(proxy.server(), None, None, 1000.0);
+    assert!(
+        wait_for(Duration::from_secs(6), || tx
+            .shared
+            .stats
+            .snapshot()
+            .reconnects
+            >= 1
+            && tx.state() == "streaming"),
+        "no reconnect after the flipped byte: state {}, {} connections",
+        tx.state(),
+        proxy.connections.load(Ordering::SeqCst)
+    );
+    assert!(proxy.connections.load(Ordering::SeqCst) >= 2);
+    rig.seen.played.lock().unwrap().clear();
+    assert!(rig.hears_audio());
+    assert_eq!(
+        tx.shared.stats.encryption(),
+        secure::State::Noise(Pattern::Nn)
+    );
+}
+
+#[test]
+fn encryption_none_is_cleartext_and_refused_where_required() {
+    let _serial = serial();
+    // Both ends none: cleartext.
+    let mut cfg = config();
+    cfg.encryption = Mode::None;
+    let rig = Rig::start(cfg, false);
+    let tx = Sender::start_with(rig.server(), None, None, 1000.0, Mode::None);
+    assert!(rig.hears_audio());
+    assert_eq!(tx.shared.stats.encryption(), secure::State::None);
+    assert!(wait_for(Duration::from_secs(1), || rig
+        .prop("opus.tunnel.encryption")
+        .as_deref()
+        == Some("none")));
+    drop(tx);
+    // A tunnel that asks for encryption is refused by a receiver with encryption=none.
+    let mut h = hello(Direction::Play, None);
+    h.fields.insert("Encryption".into(), "noise".into());
+    let r = handshake(rig.addr, &h.to_text());
+    assert_eq!(r.status, 406, "{r:?}");
+    let tx = Sender::start(rig.server(), None, None, 1000.0);
+    thread::sleep(Duration::from_millis(400));
+    assert_ne!(tx.state(), "streaming");
+    drop(tx);
+    drop(rig);
+    // A receiver with encryption=required refuses cleartext: version 2 asking for none,
+    // a version 2 hello without the header, and version 1.
+    let mut cfg = config();
+    cfg.encryption = Mode::Required;
+    let rig = Rig::start(cfg, false);
+    let mut h = hello(Direction::Play, None);
+    h.fields.insert("Encryption".into(), "none".into());
+    let r = handshake(rig.addr, &h.to_text());
+    assert_eq!(r.status, 426, "{r:?}");
+    assert!(r.reason.contains("requires encryption"), "{r:?}");
+    let r = handshake(rig.addr, &hello(Direction::Play, None).to_text());
+    assert_eq!(r.status, 426, "{r:?}");
+    let mut h = hello(Direction::Play, None);
+    h.version = 1;
+    let r = handshake(rig.addr, &h.to_text());
+    assert_eq!(r.status, 426, "{r:?}");
+    assert!(r.reason.contains("version 1"), "{r:?}");
+    let tx = Sender::start_with(rig.server(), None, None, 1000.0, Mode::None);
+    thread::sleep(Duration::from_millis(400));
+    assert_ne!(tx.state(), "streaming");
+    assert_eq!(played_tone(&rig.seen).2, 0, "cleartext played");
+    drop(tx);
+    // An encrypting tunnel is welcome there.
+    let tx = Sender::start_with(rig.server(), None, None, 1000.0, Mode::Required);
+    assert!(rig.hears_audio());
+    assert_eq!(
+        tx.shared.stats.encryption(),
+        secure::State::Noise(Pattern::Nn)
+    );
+}
+
+#[test]
+fn a_version_1_sender_is_served_in_cleartext() {
+    let _serial = serial();
+    let rig = Rig::start(config(), false);
+    let mut h = hello(Direction::Play, None);
+    h.version = 1;
+    let r = handshake(rig.addr, &h.to_text());
+    assert_eq!((r.status, r.version), (200, 1), "{r:?}");
+    assert_eq!(r.fields.get("Encryption"), None);
+}
+
+/// A receiver of protocol version 1 as it answers: `505` to any other version, `200` to a
+/// version 1 hello, then it swallows the stream. Returns its address and the first lines of
+/// the hellos it saw.
+fn version_1_receiver(stop: Arc<AtomicBool>) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((mut s, _)) = listener.accept() else {
+                thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let seen = s2.clone();
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 2048];
+                while !buf.windows(2).any(|w| w == b"\n\n") && !stop.load(Ordering::SeqCst) {
+                    match s.read(&mut chunk) {
+                        Ok(0) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        Err(_) => {}
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf).to_string();
+                let first = text.lines().next().unwrap_or("").to_string();
+                seen.lock().unwrap().push(text);
+                if !first.starts_with("OPUS-TUNNEL/1 ") {
+                    let _ =
+                        s.write_all(b"OPUS-TUNNEL/1 505 Version Not Supported\nSupported: 1\n\n");
+                    return;
+                }
+                let _ = s.write_all(b"OPUS-TUNNEL/1 200 OK\nDevice: speakers\n\n");
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok(0) = s.read(&mut chunk) {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[test]
+fn a_version_1_receiver_gets_cleartext_with_auto_and_a_refusal_with_required() {
+    let _serial = serial();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (addr, hellos) = version_1_receiver(stop.clone());
+    let server = ServerAddr::Tcp {
+        host: "127.0.0.1".into(),
+        port: addr.port(),
+    };
+    let tx = Sender::start_with(server.clone(), None, None, 1000.0, Mode::Auto);
+    assert!(wait_for(Duration::from_secs(3), || tx.state() == "streaming"));
+    assert_eq!(tx.shared.stats.encryption(), secure::State::None);
+    {
+        let h = hellos.lock().unwrap();
+        assert!(h[0].starts_with("OPUS-TUNNEL/2 PLAY\n"), "{h:?}");
+        assert!(h[0].contains("\nEncryption: noise\n"), "{h:?}");
+        assert!(h[1].starts_with("OPUS-TUNNEL/1 PLAY\n"), "{h:?}");
+        assert!(!h[1].contains("Encryption"), "{h:?}");
+    }
+    drop(tx);
+    hellos.lock().unwrap().clear();
+    let tx = Sender::start_with(server, None, None, 1000.0, Mode::Required);
+    thread::sleep(Duration::from_millis(500));
+    assert_ne!(tx.state(), "streaming");
+    {
+        let h = hellos.lock().unwrap();
+        assert!(!h.is_empty());
+        assert!(h.iter().all(|t| t.starts_with("OPUS-TUNNEL/2 ")), "{h:?}");
+    }
+    drop(tx);
+    stop.store(true, Ordering::SeqCst);
 }

@@ -538,14 +538,19 @@ impl Drop for Stream {
 }
 
 /// SPA channel positions for a PulseAudio-style channel map (`front-left,front-right`); when
-/// the map is empty or unknown, the usual positions for that many channels.
+/// the map is empty or has another number of channels, the usual positions for that many
+/// channels. A name this end does not know becomes an AUX position of its own, so that the
+/// known positions keep their places (a surround stream is never shifted by one odd name).
 pub fn channel_positions(map: &str, channels: u8) -> Vec<u32> {
-    let parsed: Option<Vec<u32>> = map
-        .split(',')
-        .map(|n| position(n.trim()))
-        .collect::<Option<Vec<u32>>>()
-        .filter(|v| v.len() == usize::from(channels));
-    parsed.unwrap_or_else(|| default_positions(channels))
+    let names: Vec<&str> = map.split(',').map(str::trim).collect();
+    if map.trim().is_empty() || names.len() != usize::from(channels) {
+        return default_positions(channels);
+    }
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| position(n).unwrap_or(spa::SPA_AUDIO_CHANNEL_AUX0 + i as u32))
+        .collect()
 }
 
 fn position(name: &str) -> Option<u32> {
@@ -562,6 +567,13 @@ fn position(name: &str) -> Option<u32> {
         "side-right" => spa::SPA_AUDIO_CHANNEL_SR,
         "front-left-of-center" => spa::SPA_AUDIO_CHANNEL_FLC,
         "front-right-of-center" => spa::SPA_AUDIO_CHANNEL_FRC,
+        "top-center" => spa::SPA_AUDIO_CHANNEL_TC,
+        "top-front-left" => spa::SPA_AUDIO_CHANNEL_TFL,
+        "top-front-right" => spa::SPA_AUDIO_CHANNEL_TFR,
+        "top-front-center" => spa::SPA_AUDIO_CHANNEL_TFC,
+        "top-rear-left" => spa::SPA_AUDIO_CHANNEL_TRL,
+        "top-rear-right" => spa::SPA_AUDIO_CHANNEL_TRR,
+        "top-rear-center" => spa::SPA_AUDIO_CHANNEL_TRC,
         other => {
             let n: u32 = other.strip_prefix("aux")?.parse().ok()?;
             spa::SPA_AUDIO_CHANNEL_AUX0 + n
@@ -650,5 +662,34 @@ mod tests {
         );
         assert_eq!(channel_positions("", 1), vec![spa::SPA_AUDIO_CHANNEL_MONO]);
         assert_eq!(channel_positions("bogus,x", 2).len(), 2);
+        // 5.1 in PulseAudio's order keeps it; an unknown name takes an AUX place of its own.
+        use spa::*;
+        assert_eq!(
+            channel_positions(
+                "front-left,front-right,rear-left,rear-right,front-center,lfe",
+                6
+            ),
+            vec![
+                SPA_AUDIO_CHANNEL_FL,
+                SPA_AUDIO_CHANNEL_FR,
+                SPA_AUDIO_CHANNEL_RL,
+                SPA_AUDIO_CHANNEL_RR,
+                SPA_AUDIO_CHANNEL_FC,
+                SPA_AUDIO_CHANNEL_LFE
+            ]
+        );
+        assert_eq!(
+            channel_positions("front-left,front-right,weird,lfe", 4),
+            vec![
+                SPA_AUDIO_CHANNEL_FL,
+                SPA_AUDIO_CHANNEL_FR,
+                SPA_AUDIO_CHANNEL_AUX0 + 2,
+                SPA_AUDIO_CHANNEL_LFE
+            ]
+        );
+        assert_eq!(
+            channel_positions("front-left,front-right", 6),
+            default_positions(6)
+        );
     }
 }

@@ -136,6 +136,43 @@ mod tests {
         assert!(max_step(&y, 2) <= smooth * 1.05);
     }
 
+    /// Surround: a different tone on every channel. Whatever lag is taken must be a period of
+    /// every channel, or the cut clicks on the channels it is not a period of.
+    #[test]
+    fn a_cut_never_clicks_on_any_channel() {
+        let freqs = [500.0, 700.0, 900.0, 1100.0, 1300.0, 80.0];
+        let ch = freqs.len();
+        let mut x = VecDeque::new();
+        for i in 0..4800 {
+            for f in freqs {
+                let t = i as f64 / 48_000.0;
+                x.push_back((0.25 * (2.0 * std::f64::consts::PI * f * t).sin()) as f32);
+            }
+        }
+        let step = |x: &VecDeque<f32>, c: usize| {
+            let v: Vec<f32> = x.iter().skip(c).step_by(ch).copied().collect();
+            v.windows(2)
+                .map(|w| (w[1] - w[0]).abs())
+                .fold(0.0, f32::max)
+        };
+        let smooth: Vec<f32> = (0..ch).map(|c| step(&x, c)).collect();
+        for (min, max) in [(120, 480), (120, 2400), (480, 2400)] {
+            if let Some(lag) = period(&x, ch, 120, min, max) {
+                let mut y = x.clone();
+                cut(&mut y, ch, lag, 120);
+                for c in 0..ch {
+                    assert!(
+                        step(&y, c) <= smooth[c] * 1.05,
+                        "lag {lag} in {min}..={max}: channel {c} ({} Hz) steps {} (smooth {})",
+                        freqs[c],
+                        step(&y, c),
+                        smooth[c]
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn noise_has_no_period() {
         let mut seed = 7u64;

@@ -6,7 +6,7 @@
 //!     scripts/bench.sh        (builds the modules and the floor example, then runs this)
 //!     cargo run --release -p opus-tunnel-tests --bin bench
 //!
-//! Environment: `BENCH_ONLY=sessions,cpu,scale,quality` runs some sections only (the doc is
+//! Environment: `BENCH_ONLY=sessions,cpu,scale,quality,encryption` runs some sections only (the doc is
 //! then not written unless `BENCH_WRITE=1`); `BENCH_LOWLAT_TARGET` (ms) overrides the
 //! receiver's target of the low-latency setting; `BENCH_SCALE=1,8,32,64` the tunnel counts;
 //! `BENCH_PYTHON` the Python with numpy, scipy and pesq (default: a venv in
@@ -402,6 +402,35 @@ fn run_scale(n: usize) -> Result<ScaleRow> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Encryption
+
+/// What sealing and opening one stream-second costs (issue 19), µs of CPU: `bench_floor
+/// --encryption` (in-process, thread CPU time).
+fn encryption_cost(floor: &Path) -> Result<Vec<(String, f64)>> {
+    let out = Command::new(floor).arg("--encryption").output()?;
+    if !out.status.success() {
+        bail!(
+            "bench_floor --encryption: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let get = |k: &str| -> f64 {
+        text.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    Ok(vec![
+        ("Opus 64 kbit/s, 20 ms packets".to_string(), get("opus_us")),
+        (
+            "PCM L16 stereo 48 kHz, 20 ms packets".to_string(),
+            get("pcm_us"),
+        ),
+    ])
+}
+
+// ---------------------------------------------------------------------------------------
 // Quality
 
 struct Python {
@@ -491,7 +520,30 @@ impl Python {
                 String::from_utf8_lossy(&run.stderr)
             );
         }
-        self.score(input, &out)
+        // opusdec removes the pre-skip, so its output may start a sample or two early:
+        // quality_matrix.py's scorer (tests/tests/quality.rs's) aligns either way.
+        let run = Command::new(&self.exe)
+            .arg(root().join("scripts/quality_matrix.py"))
+            .arg("score")
+            .arg(input)
+            .arg(&out)
+            .output()
+            .context("scripts/quality_matrix.py score")?;
+        if !run.status.success() {
+            bail!(
+                "quality_matrix.py score: {}",
+                String::from_utf8_lossy(&run.stderr)
+            );
+        }
+        let j = String::from_utf8_lossy(&run.stdout).trim().to_string();
+        Ok(Score {
+            pesq: json_num(&j, "pesq_wb"),
+            snr: json_num(&j, "snr_db"),
+            exact: f64::NAN,
+            dropouts: json_num(&j, "dropouts"),
+            lag: json_num(&j, "lag"),
+            raw: j,
+        })
     }
 
     fn score(&self, reference: &Path, degraded: &Path) -> Result<Score> {
@@ -807,6 +859,18 @@ fn run() -> Result<()> {
         }
     }
 
+    // 5. What encryption adds (issue 19), in-process.
+    let encryption = if want("encryption") {
+        encryption_cost(&floor_exe)?
+    } else {
+        Vec::new()
+    };
+    for (what, us) in &encryption {
+        log(&format!(
+            "encryption: {what}: {us:.0} us of CPU per stream-second"
+        ));
+    }
+
     let total = t_start.elapsed().as_secs_f64();
     let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let doc = report(&Report {
@@ -817,6 +881,7 @@ fn run() -> Result<()> {
         quality: &quality,
         quality_err,
         raw_extra: &raw_extra,
+        encryption: &encryption,
         lowlat_target,
         total,
         load_start,
