@@ -79,22 +79,22 @@ impl Conn {
         self.secure.as_ref().map(|s| s.pattern)
     }
 
-    fn raw_read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match &mut self.io {
-            Io::Tcp(s) => s.read(buf),
-            Io::Unix(s) => s.read(buf),
+    fn raw_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &self.io {
+            Io::Tcp(s) => (&*s).read(buf),
+            Io::Unix(s) => (&*s).read(buf),
         }
     }
 
-    fn raw_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match &mut self.io {
-            Io::Tcp(s) => s.write(buf),
-            Io::Unix(s) => s.write(buf),
+    fn raw_write(&self, buf: &[u8]) -> std::io::Result<usize> {
+        match &self.io {
+            Io::Tcp(s) => (&*s).write(buf),
+            Io::Unix(s) => (&*s).write(buf),
         }
     }
 
     /// Writes all of `buf` to the socket, retrying only interruptions.
-    fn raw_write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+    fn raw_write_all(&self, mut buf: &[u8]) -> std::io::Result<()> {
         while !buf.is_empty() {
             match self.raw_write(buf) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -170,9 +170,9 @@ impl Conn {
     /// Ends the reading side: a read blocked on the connection returns 0 at once (this is how
     /// another thread wakes it); writing still works.
     pub(crate) fn shutdown_read(&self) {
-        let _ = match self {
-            Conn::Tcp(s) => s.shutdown(Shutdown::Read),
-            Conn::Unix(s) => s.shutdown(Shutdown::Read),
+        let _ = match &self.io {
+            Io::Tcp(s) => s.shutdown(Shutdown::Read),
+            Io::Unix(s) => s.shutdown(Shutdown::Read),
         };
     }
 
@@ -231,6 +231,18 @@ impl Read for Conn {
 }
 
 impl Write for Conn {
+    /// See the `&Conn` writer: the same, through an exclusive reference.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writing through a shared reference, as `&TcpStream` allows: the sealing side is behind a
+/// mutex, so a clone kept elsewhere (to wake a reader) may write too.
+impl Write for &Conn {
     /// Cleartext: the socket's write. Encrypted: all of `buf` is sealed and written, or an
     /// error, after which the connection may not be written again (a record cut short would
     /// put the stream out of step).
@@ -265,19 +277,6 @@ impl Write for Conn {
                 tx.broken = true;
                 Err(e)
             }
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Writing through a shared reference, as `&TcpStream` allows (one thread writes).
-impl Write for &Conn {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => (&*s).write(buf),
-            Conn::Unix(s) => (&*s).write(buf),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
