@@ -44,8 +44,6 @@ pub struct Controller {
     target: TargetAdapter,
     filter: LoopFilter,
     skew: SkewEstimator,
-    /// The latency stepped (not by drift) since the last control step.
-    stepped: bool,
     ratio: f64,
     last_tick: Option<f64>,
     // Concealment.
@@ -106,7 +104,6 @@ impl Controller {
             target: TargetAdapter::new(cfg.target, cfg.rate, cfg.min_usec, cfg.max_usec, delay),
             filter: LoopFilter::default(),
             skew: SkewEstimator::default(),
-            stepped: false,
             ratio: 1.0,
             last_tick: None,
             in_conceal: false,
@@ -199,6 +196,7 @@ impl Controller {
             // A (re)start: a new arrival line from this packet on.
             self.phase = Phase::Buffering;
             self.stream.clear();
+            self.skew.restart_stream();
             self.next_pos = None;
         }
         let next = *self.next_pos.get_or_insert(pos);
@@ -207,8 +205,8 @@ impl Controller {
         if d > self.target.max_frames() as i64 || d < -(self.rate as i64) {
             // A jump of the stream position: join the audio, keep the latency.
             self.discontinuities += 1;
-            self.stepped = true;
             self.stream.shift(d as f64);
+            self.skew.restart_stream();
             self.next_pos = Some(pos);
         } else if d < 0 {
             let overlap = (-d as u64).min(frames);
@@ -216,8 +214,6 @@ impl Controller {
             if lat > self.target.max_frames() {
                 skip = overlap;
                 self.late += skip;
-            } else {
-                self.stepped = true;
             }
         }
         self.packet = frames;
@@ -227,9 +223,9 @@ impl Controller {
         self.next_pos = Some(next.max(end));
         // The packet's first frame waits for its last: the buffer must cover the packet's
         // length on top of its lateness.
-        let (late, moved) = self.stream.observe(t, end as f64);
+        let (late, _) = self.stream.observe(t, end as f64);
+        self.skew.on_stream(t, end as f64, self.rate);
         self.target.on_packet(t, late * self.rate, frames as f64);
-        self.note_line_move(moved);
         if appended > 0 {
             // Fresh audio: a concealment episode (if any) is over.
             self.in_conceal = false;
@@ -251,6 +247,7 @@ impl Controller {
         if consumed_total < self.consumed || missing_total < self.missing {
             // The ring was recreated under us: start the device side again.
             self.device.clear();
+            self.skew.restart_device();
             self.produced = self.produced.saturating_sub(self.consumed);
             self.consumed = 0;
             self.missing = 0;
@@ -262,28 +259,19 @@ impl Controller {
         {
             // The device stopped for a while (suspended, moved): a new line from here.
             self.device.clear();
-            self.stepped = true;
+            self.skew.restart_device();
         }
         let new_missing = missing_total - self.missing;
         self.consumed = consumed_total;
         self.missing = missing_total;
-        let (_, moved) = self
-            .device
-            .observe(t, consumed_total.saturating_add(missing_total) as f64);
-        self.note_line_move(moved);
+        let device_pos = consumed_total.saturating_add(missing_total) as f64;
+        self.device.observe(t, device_pos);
+        self.skew.on_device(t, device_pos, self.rate);
         if matches!(self.phase, Phase::Playing { .. }) && new_missing > 0 {
             self.underruns += 1;
             self.target.on_underrun(t, new_missing as f64);
         }
         self.control(t);
-    }
-
-    /// A clock's line moved by `moved` seconds at once: beyond what drift does between two
-    /// observations, the latency stepped.
-    fn note_line_move(&mut self, moved: f64) {
-        if moved.abs() > LINE_STEP_SEC {
-            self.stepped = true;
-        }
     }
 
     /// External resampler: the device's stream-frame totals → device-frame totals (each new
@@ -333,10 +321,6 @@ impl Controller {
             return;
         };
         let lat = self.latency_frames_at(t) / self.rate;
-        if std::mem::take(&mut self.stepped) {
-            self.skew.step();
-        }
-        self.skew.update(t, lat, self.ratio - 1.0, dt);
         let err = lat - self.target.target(t) / self.rate;
         // After a concealment (once the start is over) the pitch stays within ±200 ppm of the
         // skew: the latency the late audio added is the target's, not an error to chase.
@@ -391,7 +375,6 @@ impl Controller {
                         self.fifo -= n;
                         self.dropped += n;
                         self.overruns += 1;
-                        self.stepped = true;
                         plan.drop_frames = n;
                     }
                 } else {
@@ -409,9 +392,6 @@ impl Controller {
     /// The audio part dropped `dropped` silent frames or inserted `inserted` frames of silence
     /// for [`Plan::trim_frames`].
     pub fn on_trimmed(&mut self, dropped: u64, inserted: u64) {
-        if dropped + inserted > 0 {
-            self.stepped = true;
-        }
         self.fifo = self.fifo.saturating_sub(dropped) + inserted;
         self.trimmed += dropped + inserted;
         self.dropped += dropped;
@@ -487,7 +467,6 @@ impl Controller {
             self.concealments += 1;
         }
         self.last_conceal_t = self.now_t;
-        self.stepped = true;
         self.fifo += frames;
         if let Some(n) = self.next_pos.as_mut() {
             *n = n.saturating_add(frames as i64);

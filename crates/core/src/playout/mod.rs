@@ -46,9 +46,11 @@
 //! - **Start.** Playout starts with the first frame received once the device pulls, behind
 //!   as much silence as brings `L` to the target (the same as waiting; nothing received is
 //!   cut). For the first 3 s the target assumes at least 10 ms of lateness.
-//! - **Drift.** `ratio = 1 + skew + correction`. The [`SkewEstimator`] learns the skew from
-//!   how the latency moves (`dL/dt = skew − (ratio − 1)`), never from its level, so a start
-//!   or a step does not bend it. The [`LoopFilter`]'s correction is `−gain · error`, at most
+//! - **Drift.** `ratio = 1 + skew + correction`. The [`SkewEstimator`] learns the skew as the
+//!   ratio of the two clocks' rates against ours — the stream's (packet arrivals by RTP
+//!   position) and the device's (its pulls) — each the slope of a line through the clock's
+//!   earliest observation of each second over the last 30 s. Neither the latency nor the
+//!   loop's correction, trims or concealments enter it, so none of them bends it. The [`LoopFilter`]'s correction is `−gain · error`, at most
 //!   ±1000 ppm (1.7 cents), and ±200 ppm for [`AFTER_CONCEAL_SEC`] after a concealment once
 //!   the start ([`START_SEC`]) is over; the gain narrows from 2/s to 0.1/s over the first
 //!   half minute.
