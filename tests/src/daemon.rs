@@ -98,6 +98,7 @@ pub struct DaemonBuilder {
     name: String,
     lines: Vec<String>,
     extra_args: Vec<String>,
+    conf: Vec<String>,
     netns: Option<Netns>,
 }
 
@@ -121,6 +122,13 @@ impl DaemonBuilder {
         self.line(format!(
             "load-module module-native-protocol-tcp port={port} listen=127.0.0.1 auth-anonymous=1"
         ))
+    }
+
+    /// One line of the daemon's `daemon.conf` (e.g. `rlimit-nofile = 16384`: what has no
+    /// command-line flag).
+    pub fn conf(mut self, line: impl Into<String>) -> Self {
+        self.conf.push(line.into());
+        self
     }
 
     /// An extra command-line argument of `pulseaudio`.
@@ -243,6 +251,12 @@ impl Daemon {
         fs::write(dir.join("init.pa"), init)?;
         // Clients must never autospawn a daemon of their own.
         fs::write(dir.join("client.conf"), "autospawn = no\n")?;
+        if !b.conf.is_empty() {
+            // XDG_CONFIG_HOME is the daemon's own (see `env`).
+            let conf_dir = dir.join(".config").join("pulse");
+            fs::create_dir_all(&conf_dir)?;
+            fs::write(conf_dir.join("daemon.conf"), b.conf.join("\n") + "\n")?;
+        }
         let modules = module_dir();
         let mut args = vec![
             "-n".to_string(),
