@@ -33,16 +33,13 @@ impl Clock {
     }
 
     /// An observation: position `pos` reached at time `t`. Returns its lateness against the
-    /// line and how far the line moved with it (a new earliest observation, or an old one
-    /// forgotten), both in seconds.
-    pub fn observe(&mut self, t: f64, pos: f64) -> (f64, f64) {
+    /// line, seconds.
+    pub fn observe(&mut self, t: f64, pos: f64) -> f64 {
         let base = *self.base.get_or_insert(pos);
         self.last_t = Some(t);
         let a = t - (pos - base) / self.nominal;
-        let before = self.envelope.min();
         self.envelope.push(t, a);
-        let floor = self.envelope.min().unwrap_or(a);
-        (a - floor, before.map_or(0.0, |b| floor - b))
+        a - self.envelope.min().unwrap_or(a)
     }
 
     /// Whether it has been observed since it was (re)started.
@@ -94,7 +91,7 @@ mod tests {
             let j = (seed >> 33) as f64 / (1u64 << 31) as f64 * 0.005;
             let pos = 1e12 + (k * 960) as f64;
             let t = (k * 960) as f64 / fs + j;
-            let (late, _) = c.observe(t, pos);
+            let late = c.observe(t, pos);
             worst = worst.max(late);
             if k > 200 {
                 // The line is within a millisecond of the earliest possible arrivals.

@@ -223,7 +223,7 @@ impl Controller {
         self.next_pos = Some(next.max(end));
         // The packet's first frame waits for its last: the buffer must cover the packet's
         // length on top of its lateness.
-        let (late, _) = self.stream.observe(t, end as f64);
+        let late = self.stream.observe(t, end as f64);
         self.skew.on_stream(t, end as f64, self.rate);
         self.target.on_packet(t, late * self.rate, frames as f64);
         if appended > 0 {
