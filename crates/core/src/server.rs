@@ -412,9 +412,10 @@ fn serve(mut stream: Conn, peer: SocketAddr, shared: Arc<RecvShared>) {
         return;
     }
     let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
-    let _slot = Slot(&shared.connections);
+    let slot = Slot(&shared.connections);
     drop(handshake_slot);
     if n > cfg.max_connections {
+        drop(slot);
         refuse(
             &mut stream,
             peer,
@@ -435,6 +436,7 @@ fn serve(mut stream: Conn, peer: SocketAddr, shared: Arc<RecvShared>) {
         Pattern::Nn
     });
     let hs = Handshaken {
+        slot: Some(slot),
         hello_text,
         verified,
         pattern,
@@ -448,13 +450,24 @@ fn serve(mut stream: Conn, peer: SocketAddr, shared: Arc<RecvShared>) {
 }
 
 /// What the handshake settled, for the `200` and the encryption that follows it.
-struct Handshaken {
+struct Handshaken<'a> {
+    /// The tunnel's place among `max_connections`, held until it ends or is refused.
+    slot: Option<Slot<'a>>,
     hello_text: String,
     verified: Option<Verified>,
     pattern: Option<Pattern>,
     psk: Option<[u8; 32]>,
     /// Bytes that followed the hello (or the auth message).
     rest: Vec<u8>,
+}
+
+impl Handshaken<'_> {
+    /// Refuses the tunnel, giving up its place first: a peer that reads the refusal and
+    /// connects again at once must not find its old connection still counted.
+    fn refuse(&mut self, stream: &mut Conn, peer: SocketAddr, status: u16, reason: &str) {
+        self.slot = None;
+        refuse(stream, peer, status, reason);
+    }
 }
 
 fn await_answer(
@@ -536,7 +549,7 @@ fn conclude(
     shared: &RecvShared,
     conn: &ConnShared,
     hello: &Hello,
-    hs: &mut Handshaken,
+    hs: &mut Handshaken<'_>,
 ) -> Option<String> {
     match await_answer(rx, shared) {
         Ok(device) => {
@@ -569,7 +582,7 @@ fn conclude(
                 }
             }
         }
-        Err((status, reason)) => refuse(stream, peer, status, &reason),
+        Err((status, reason)) => hs.refuse(stream, peer, status, &reason),
     }
     conn.closed.store(true, Ordering::SeqCst);
     shared.host.changed();
@@ -582,7 +595,7 @@ fn serve_play(
     shared: &Arc<RecvShared>,
     hello: &Hello,
     conn: Arc<ConnShared>,
-    mut hs: Handshaken,
+    mut hs: Handshaken<'_>,
 ) {
     let cfg = &shared.cfg;
     let label = conn.label.clone();
@@ -601,7 +614,7 @@ fn serve_play(
             (r, p)
         }
         Err(e) => {
-            refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e);
+            hs.refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e);
             conn.closed.store(true, Ordering::SeqCst);
             return;
         }
@@ -646,7 +659,7 @@ fn serve_capture(
     shared: &Arc<RecvShared>,
     hello: &Hello,
     conn: Arc<ConnShared>,
-    mut hs: Handshaken,
+    mut hs: Handshaken<'_>,
 ) {
     let label = conn.label.clone();
     let fmt = StreamFormat {
@@ -660,14 +673,14 @@ fn serve_capture(
     for (k, v) in &hello.fields {
         if let Some(key) = KNOB_KEYS.iter().find(|key| key.eq_ignore_ascii_case(k)) {
             if let Err(e) = knobs.set(key, v) {
-                refuse(&mut stream, peer, STATUS_BAD_REQUEST, &e.to_string());
+                hs.refuse(&mut stream, peer, STATUS_BAD_REQUEST, &e.to_string());
                 conn.closed.store(true, Ordering::SeqCst);
                 return;
             }
         }
     }
     if let Err(e) = codec::Encoder::with_map(hello.codec, fmt, &knobs, &hello.channel_map) {
-        refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
+        hs.refuse(&mut stream, peer, STATUS_UNSUPPORTED_FORMAT, &e.to_string());
         conn.closed.store(true, Ordering::SeqCst);
         return;
     }

@@ -560,6 +560,19 @@ fn refusals_forbidden_and_unavailable() {
         (503, "the daemon refused the stream")
     );
     drop(rig);
+    // A refused tunnel gives up its place before its answer is written: with room for one,
+    // peers refused back to back each hear the daemon's reason, never `max_connections`.
+    let mut cfg = config();
+    cfg.max_connections = 1;
+    let rig = Rig::start(cfg, true);
+    for _ in 0..300 {
+        let r = handshake(rig.addr, &hello(Direction::Play, None).to_text());
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (503, "the daemon refused the stream")
+        );
+    }
+    drop(rig);
     // One connection too many: 503.
     let mut cfg = config();
     cfg.max_connections = 1;
