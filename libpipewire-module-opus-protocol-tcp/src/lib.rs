@@ -410,6 +410,7 @@ impl PwModule for Receiver {
             }
         };
         let encryption = Mode::parse("tunnel.encryption", args.get("tunnel.encryption"))?;
+        let udp_port = argtable::int::<u16>(PW_RECEIVER, "udp.port", args.get("udp.port"))?;
         let cookie = match args.get("auth.cookie") {
             None => None,
             Some(p) => Some(
@@ -473,6 +474,7 @@ impl PwModule for Receiver {
             max_connections,
             external_resampler: pw_resampler,
             encryption,
+            udp_port: Some(udp_port),
         };
         let receiver = server::Receiver::start(listener, cfg, host)
             .map_err(|e| format!("cannot start the listener: {e}"))?;

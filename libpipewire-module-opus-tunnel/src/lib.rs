@@ -82,6 +82,7 @@ use opus_tunnel_core::encode::{Feeder, Shared, WorkerConfig};
 use opus_tunnel_core::params::{self, Compression, OpusKnobs};
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_core::secure::Mode as Encryption;
+use opus_tunnel_core::udp::Transport;
 use opus_tunnel_pipewire::{
     declare_pw_module, host_name, parse_json_list, parse_object, Args, Context, Direction,
     ModuleInfo, PwModule, Stream, StreamHandle, StreamIo, StreamSpec, StreamState, Timer,
@@ -280,6 +281,10 @@ impl PwModule for Tunnel {
         check_encoder(compression, fmt, &knobs)?;
         let cookie = load_cookie("auth.cookie", args.get("auth.cookie"))?;
         let encryption = Encryption::parse("tunnel.encryption", args.get("tunnel.encryption"))?;
+        let transport = Transport::parse("tunnel.transport", args.get("tunnel.transport"))?;
+        if transport == Transport::Udp && args.get("compression.opus.fec").is_none() {
+            knobs.fec = true;
+        }
         let remote_sink = args.get("remote.sink").map(str::to_string);
         let host_part = match &addr {
             params::ServerAddr::Tcp { host, .. } => host.clone(),
@@ -305,6 +310,7 @@ impl PwModule for Tunnel {
                     map,
                     cookie,
                     encryption,
+                    transport,
                     bounds,
                     stream_props,
                 },
@@ -340,6 +346,7 @@ impl PwModule for Tunnel {
             block_usec,
             cookie,
             encryption,
+            transport,
         };
         let (feeder, shared, worker) = start_play(cfg, knobs, ring_bytes)
             .map_err(|e| format!("cannot start the worker thread: {e}"))?;
@@ -448,6 +455,7 @@ struct SourceSetup {
     map: String,
     cookie: Option<opus_tunnel_core::auth::Cookie>,
     encryption: Encryption,
+    transport: Transport,
     bounds: LatencyBounds,
     stream_props: Vec<(String, String)>,
 }
@@ -470,6 +478,7 @@ impl Tunnel {
                 max_usec: s.bounds.max_usec,
                 cookie: s.cookie,
                 encryption: s.encryption,
+                transport: s.transport,
             },
             s.knobs,
         )?;

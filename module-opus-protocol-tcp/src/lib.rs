@@ -272,6 +272,7 @@ impl PaModule for Receiver {
             Some(v) => Some(IpAcl::parse("auth-ip-acl", &v).map_err(|e| e.to_string())?),
         };
         let encryption = Mode::parse("encryption", get("encryption").as_deref())?;
+        let udp_port = argtable::int::<u16>(RECEIVER, "udp_port", get("udp_port").as_deref())?;
         let cookie_enabled = parse_flag(
             "auth-cookie-enabled",
             get("auth-cookie-enabled").as_deref(),
@@ -349,6 +350,7 @@ impl PaModule for Receiver {
             max_connections,
             external_resampler: false,
             encryption,
+            udp_port: Some(udp_port),
         };
         let receiver = server::Receiver::start(listener, cfg, host)
             .map_err(|e| format!("cannot start the listener: {e}"))?;

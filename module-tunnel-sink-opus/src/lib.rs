@@ -163,6 +163,7 @@ impl PaModule for TunnelSink {
             block_usec: u64::from(latency_msec) * 1000,
             cookie,
             encryption: a.encryption,
+            transport: a.transport,
         };
         let (feeder, shared, worker) = start_play(cfg, knobs, ring_bytes)
             .map_err(|e| format!("cannot start the worker thread: {e}"))?;

@@ -187,6 +187,7 @@ impl PaModule for TunnelSource {
                 max_usec: bounds.max_usec,
                 cookie: a.cookie,
                 encryption: a.encryption,
+                transport: a.transport,
             },
             a.knobs,
         )?;

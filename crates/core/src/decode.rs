@@ -15,7 +15,9 @@ use crate::params::OpusKnobs;
 use crate::playout::{Playout as PlayoutEngine, PlayoutConfig, Target};
 use crate::rtp::{self, Control};
 use crate::server::Host;
+use crate::udp::{self, ParityDecoder};
 use std::io::Read;
+use std::sync::mpsc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -94,6 +96,12 @@ pub(crate) fn decode_path(
         rules: RestartRules::new(max_usec),
         notify: None,
         idle_since: None,
+        udp: None,
+        parity: ParityDecoder::new(),
+        gap_since: None,
+        last_seq: None,
+        paused_seq: None,
+        loss_mark: (0, 0),
     };
     Ok((receive, Playback::new(conn.clone(), consumer, report_tx)))
 }
@@ -151,6 +159,50 @@ pub(crate) struct Receive {
     pub(crate) notify: Option<Arc<dyn Host>>,
     /// Since when nothing is to play and the ring is empty (for [`ConnShared::quiet`]).
     idle_since: Option<Instant>,
+    /// `transport=udp`: what the UDP thread and this connection's TCP reader deliver.
+    pub(crate) udp: Option<(mpsc::Sender<Input>, mpsc::Receiver<Input>)>,
+    /// Rebuilds lost packets from parity blocks (UDP).
+    parity: ParityDecoder,
+    /// Since when the jitter buffer's head is a gap (UDP: held a little for its parity).
+    gap_since: Option<Instant>,
+    /// The sequence number of the newest audio packet taken.
+    last_seq: Option<u16>,
+    /// UDP: the sender paused after this packet; older datagrams that arrive after the pause
+    /// are stale and dropped.
+    paused_seq: Option<u16>,
+    /// Packets lost and received at the last report (for the loss rate it carries).
+    loss_mark: (u64, u64),
+}
+
+/// What a UDP tunnel's connection thread waits for: bytes from its TCP connection (control),
+/// a datagram's inner message (from the receiver's UDP thread), or the end of the TCP side.
+pub(crate) enum Input {
+    /// Bytes read from the TCP connection.
+    Tcp(Vec<u8>),
+    /// A datagram's kind and body, authenticated and new.
+    Udp(u8, Vec<u8>),
+    /// The TCP connection ended (the reason).
+    Closed(String),
+}
+
+/// Reads the TCP side of a UDP tunnel and hands the bytes to its connection thread, until the
+/// connection ends (or is shut down for reading).
+fn tcp_reader(mut conn: Conn, tx: mpsc::Sender<Input>) {
+    let _ = conn.set_timeouts(None, Some(Duration::from_secs(4)));
+    let mut buf = vec![0u8; 16 * 1024];
+    let why = loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break "the sender closed the connection".to_string(),
+            Ok(n) => {
+                if tx.send(Input::Tcp(buf[..n].to_vec())).is_err() {
+                    return;
+                }
+            }
+            Err(e) if link::is_timeout(&e) => {}
+            Err(e) => break e.to_string(),
+        }
+    };
+    let _ = tx.send(Input::Closed(why));
 }
 
 /// What the desktop end of a record tunnel relays to the capturing end.
@@ -187,13 +239,52 @@ impl Receive {
         let mut last_report = Instant::now();
         let mut last_stats = Instant::now();
         let mut buf = vec![0u8; 16 * 1024];
+        // UDP: a thread reads the TCP side, and this one waits on both through a channel.
+        let udp = self.udp.take();
+        let mut reader = None;
+        if let Some((tx, _)) = &udp {
+            let r = match stream.try_clone() {
+                Ok(r) => r,
+                Err(e) => return e.to_string(),
+            };
+            let tx = tx.clone();
+            match std::thread::Builder::new()
+                .name("opus-tunnel-ctl".into())
+                .spawn(move || tcp_reader(r, tx))
+            {
+                Ok(t) => reader = Some(t),
+                Err(e) => return e.to_string(),
+            }
+        }
+        let why = self.serve(stream, &mut reporter, rest, stop, udp.as_ref().map(|u| &u.1), &mut buf, &mut last_heard, &mut last_report, &mut last_stats);
+        if let Some(t) = reader {
+            stream.shutdown_read();
+            let _ = t.join();
+        }
+        why
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn serve(
+        &mut self,
+        stream: &mut Conn,
+        reporter: &mut &Conn,
+        rest: Vec<u8>,
+        stop: &AtomicBool,
+        udp: Option<&mpsc::Receiver<Input>>,
+        buf: &mut [u8],
+        last_heard: &mut Instant,
+        last_report: &mut Instant,
+        last_stats: &mut Instant,
+    ) -> String {
+        let reporter = &mut *reporter;
         if let Err(e) = self.consume(&rest) {
             return e;
         }
         loop {
             if self.conn.killed() || stop.load(Ordering::SeqCst) {
                 let bye = Control::Bye("stream closed by the receiver".into());
-                let _ = link::send_controls(&mut reporter, 0, &[bye]);
+                let _ = link::send_controls(reporter, 0, &[bye]);
                 return "closed by the receiver".into();
             }
             // Wake up when the engine must look again (a late packet: concealment), or at
@@ -214,36 +305,71 @@ impl Receive {
                     .wake_in_usec(self.conn.now_usec())
                     .clamp(1_000, 10_000)
             };
-            let _ = stream.set_read_timeout(Duration::from_micros(wake));
-            match stream.read(&mut buf) {
-                Ok(0) if self.conn.killed() || stop.load(Ordering::SeqCst) => continue,
-                Ok(0) => return "the sender closed the connection".into(),
-                Ok(n) => {
-                    last_heard = Instant::now();
-                    self.conn
-                        .stats
-                        .bytes_received
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    if let Err(e) = self.consume(&buf[..n]) {
-                        return e;
+            if let Some(rx) = udp {
+                match rx.recv_timeout(Duration::from_micros(wake)) {
+                    Ok(Input::Tcp(bytes)) => {
+                        *last_heard = Instant::now();
+                        self.conn
+                            .stats
+                            .bytes_received
+                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        if let Err(e) = self.consume(&bytes) {
+                            return e;
+                        }
+                    }
+                    Ok(Input::Udp(kind, body)) => {
+                        *last_heard = Instant::now();
+                        self.datagram(kind, &body);
+                    }
+                    Ok(Input::Closed(_)) if self.conn.killed() || stop.load(Ordering::SeqCst) => {
+                        continue
+                    }
+                    Ok(Input::Closed(why)) => return why,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if last_heard.elapsed() > DEAD_AFTER {
+                            return format!("nothing heard for {} s", DEAD_AFTER.as_secs());
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        return "the connection's reader ended".into()
                     }
                 }
-                Err(e) if link::is_timeout(&e) => {
-                    if last_heard.elapsed() > DEAD_AFTER {
-                        return format!("nothing heard for {} s", DEAD_AFTER.as_secs());
-                    }
+                // A gap held for its parity block may be due.
+                if let Err(e) = self.drain_jitter() {
+                    return e;
                 }
-                Err(e) => return e.to_string(),
+            } else {
+                let _ = stream.set_read_timeout(Duration::from_micros(wake));
+                match stream.read(buf) {
+                    Ok(0) if self.conn.killed() || stop.load(Ordering::SeqCst) => continue,
+                    Ok(0) => return "the sender closed the connection".into(),
+                    Ok(n) => {
+                        *last_heard = Instant::now();
+                        self.conn
+                            .stats
+                            .bytes_received
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        if let Err(e) = self.consume(&buf[..n]) {
+                            return e;
+                        }
+                    }
+                    Err(e) if link::is_timeout(&e) => {
+                        if last_heard.elapsed() > DEAD_AFTER {
+                            return format!("nothing heard for {} s", DEAD_AFTER.as_secs());
+                        }
+                    }
+                    Err(e) => return e.to_string(),
+                }
             }
             if let Err(e) = self.tick() {
                 return e;
             }
             self.follow_quiet();
-            if let Err(e) = self.relay_upstream(&mut reporter) {
+            if let Err(e) = self.relay_upstream(reporter) {
                 return e;
             }
             if last_stats.elapsed() >= Duration::from_millis(100) {
-                last_stats = Instant::now();
+                *last_stats = Instant::now();
                 if let Ok(mut st) = self.conn.playout.lock() {
                     *st = Some(self.playout.stats());
                 }
@@ -264,10 +390,10 @@ impl Receive {
                 }
             }
             if last_report.elapsed() >= Duration::from_secs(1) {
-                last_report = Instant::now();
+                *last_report = Instant::now();
                 let p = self.playout.stats();
                 let s = self.conn.stats.snapshot();
-                let kv = vec![
+                let mut kv = vec![
                     // The buffer's mean fill, as the sender's sum counts it (its frame's wait
                     // already covers the packet's first half: crates/core/src/latency.rs).
                     (
@@ -283,6 +409,9 @@ impl Receive {
                         self.conn.device_latency_usec().to_string(),
                     ),
                 ];
+                if self.conn.stats.udp.transport() == udp::Transport::Udp {
+                    kv.extend(self.loss_report(s.packets_received));
+                }
                 // While the sender is paused (or before its first audio) a bare keepalive says we
                 // are alive (14 bytes).
                 let msg = if self.ssrc.is_none() || self.conn.paused.load(Ordering::Relaxed) {
@@ -290,7 +419,7 @@ impl Receive {
                 } else {
                     Control::Report(kv)
                 };
-                if link::send_controls(&mut reporter, 0, &[msg]).is_err() {
+                if link::send_controls(reporter, 0, &[msg]).is_err() {
                     return "cannot send reports to the sender".into();
                 }
             }
@@ -371,6 +500,10 @@ impl Receive {
     pub(crate) fn new_session(&mut self, decoder: Decoder) {
         self.decoder = decoder;
         self.jitter.reset();
+        self.parity.reset();
+        self.last_seq = None;
+        self.paused_seq = None;
+        self.gap_since = None;
         self.deframer = Deframer::new(MAX_FRAME);
         self.restart_engine();
         self.ssrc = None;
@@ -469,6 +602,8 @@ impl Receive {
                         Control::Pause => {
                             self.conn.paused.store(true, Ordering::Relaxed);
                             self.restart = true;
+                            self.paused_seq = self.last_seq;
+                            self.parity.reset();
                         }
                         Control::Bye(why) => return Err(format!("the sender said goodbye: {why}")),
                         _ => {}
@@ -476,7 +611,71 @@ impl Receive {
                 }
                 continue;
             }
-            let (h, payload) = rtp::parse_rtp(&frame).map_err(|e| format!("bad RTP: {e}"))?;
+            self.on_rtp(&frame)?;
+        }
+    }
+
+    /// A datagram's inner message (UDP): an RTP packet or a parity block. Nothing in it can
+    /// end the connection: what cannot be used is dropped and counted.
+    fn datagram(&mut self, kind: u8, body: &[u8]) {
+        let rebuilt = match kind {
+            udp::KIND_RTP => match rtp::parse_rtp(body) {
+                Ok((h, _)) if h.payload_type == self.payload_type && !rtp::is_rtcp(body) => {
+                    self.parity.on_packet(h.seq, body)
+                }
+                _ => {
+                    self.conn.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+            udp::KIND_PARITY => self.parity.on_block(body),
+            _ => {
+                self.conn.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        // The rebuilt packet is older: it goes in first.
+        if let Some(p) = rebuilt {
+            if let Ok(Some(PushResult::Accepted)) = self.take_rtp(&p) {
+                self.conn
+                    .stats
+                    .udp
+                    .parity_frames
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if kind == udp::KIND_RTP {
+            let _ = self.take_rtp(body);
+        }
+        if let Err(e) = self.drain_jitter() {
+            log::debug!("{}: {e}", self.conn.label);
+        }
+    }
+
+    /// An RTP packet from a datagram: into the jitter buffer unless it is stale (sent before
+    /// a pause that has overtaken it). `None`: dropped.
+    fn take_rtp(&mut self, pkt: &[u8]) -> Result<Option<PushResult>, String> {
+        let Ok((h, _)) = rtp::parse_rtp(pkt) else {
+            return Ok(None);
+        };
+        if let (Some(p), true) = (self.paused_seq, self.conn.paused.load(Ordering::Relaxed)) {
+            if h.seq.wrapping_sub(p) as i16 <= 0 && self.ssrc == Some(h.ssrc) {
+                return Ok(None);
+            }
+        }
+        self.push_rtp(pkt)
+    }
+
+    /// One RTP packet (from the TCP stream: an error closes the connection).
+    fn on_rtp(&mut self, frame: &[u8]) -> Result<(), String> {
+        self.push_rtp(frame)?;
+        self.drain_jitter()
+    }
+
+    /// Checks an RTP packet against the handshake and pushes it into the jitter buffer.
+    fn push_rtp(&mut self, frame: &[u8]) -> Result<Option<PushResult>, String> {
+        {
+            let (h, payload) = rtp::parse_rtp(frame).map_err(|e| format!("bad RTP: {e}"))?;
             if h.payload_type != self.payload_type {
                 return Err(format!(
                     "RTP payload type {} where the handshake agreed on {}",
@@ -501,17 +700,70 @@ impl Receive {
                 .stats
                 .packets_received
                 .fetch_add(1, Ordering::Relaxed);
-            match self.jitter.push(h.seq, h.timestamp, payload.to_vec()) {
+            let r = self.jitter.push(h.seq, h.timestamp, payload.to_vec());
+            match r {
                 PushResult::Late | PushResult::Duplicate => {
                     self.conn.stats.late_packets.fetch_add(1, Ordering::Relaxed);
                 }
                 PushResult::Overflow => {
                     self.conn.stats.overruns.fetch_add(1, Ordering::Relaxed);
                 }
-                PushResult::Accepted => {}
+                PushResult::Accepted => {
+                    let newer = match self.last_seq {
+                        None => true,
+                        Some(l) => h.seq.wrapping_sub(l) as i16 > 0,
+                    };
+                    if newer {
+                        self.last_seq = Some(h.seq);
+                    }
+                }
             }
-            self.drain_jitter()?;
+            Ok(Some(r))
         }
+    }
+
+    /// The loss since the last report (UDP), for the sender's encoder: `loss_pct` (packets
+    /// that did not arrive, recovered or not, per hundred sent), and the running counts.
+    fn loss_report(&mut self, received: u64) -> Vec<(String, String)> {
+        let u = &self.conn.stats.udp;
+        let lost = u.packets_lost.load(Ordering::Relaxed);
+        let (l0, r0) = self.loss_mark;
+        self.loss_mark = (lost, received);
+        let (dl, dr) = (lost.saturating_sub(l0), received.saturating_sub(r0));
+        let pct = if dl + dr == 0 {
+            0
+        } else {
+            (dl * 100).div_ceil(dl + dr)
+        };
+        vec![
+            ("loss_pct".to_string(), pct.to_string()),
+            ("packets_lost".to_string(), lost.to_string()),
+            (
+                "fec_frames".to_string(),
+                u.fec_frames.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "parity_frames".to_string(),
+                u.parity_frames.load(Ordering::Relaxed).to_string(),
+            ),
+        ]
+    }
+
+    /// How long a gap at the jitter buffer's head may wait for the parity block that could
+    /// rebuild it (UDP): what the receive buffer holds beyond two packets, at most a parity
+    /// group. Over TCP, and with a short buffer, nothing: the gap is concealed at once.
+    fn gap_hold(&self) -> Duration {
+        if self.udp_mode() {
+            let p = self.playout.stats();
+            let spare = p.latency_usec.saturating_sub(2 * p.packet_usec);
+            Duration::from_micros(spare.min(udp::PARITY_GROUP as u64 * p.packet_usec))
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn udp_mode(&self) -> bool {
+        self.conn.stats.udp.transport() == udp::Transport::Udp
     }
 
     /// The stream position of an RTP timestamp, in frames at the stream's rate.
@@ -525,7 +777,18 @@ impl Receive {
     }
 
     fn drain_jitter(&mut self) -> Result<(), String> {
-        while let Some(p) = self.jitter.pop() {
+        loop {
+            if self.jitter.gap_at_head() {
+                let now = Instant::now();
+                let since = *self.gap_since.get_or_insert(now);
+                if now.duration_since(since) < self.gap_hold() {
+                    break;
+                }
+            }
+            let Some(p) = self.jitter.pop() else {
+                break;
+            };
+            self.gap_since = None;
             self.pcm.clear();
             let ts = match p {
                 Playout::Packet { payload, timestamp } => {
@@ -542,10 +805,41 @@ impl Receive {
                 Playout::Missing { ticks, timestamp } => {
                     let n = self.decoder.ticks_to_samples(ticks);
                     if n > 0 {
-                        self.decoder
-                            .conceal(n, &mut self.pcm)
-                            .map_err(|e| format!("concealment: {e}"))?;
-                        self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
+                        self.conn
+                            .stats
+                            .udp
+                            .packets_lost
+                            .fetch_add(1, Ordering::Relaxed);
+                        // The next packet's in-band FEC, when it carries some (Opus SILK or
+                        // hybrid frames from a sender with FEC on), else concealment.
+                        let fec = self
+                            .jitter
+                            .head_payload()
+                            .filter(|p| {
+                                self.payload_type == codec::payload_type(Compression::Opus)
+                                    && self.conn.channels <= 2
+                                    && udp::opus_has_fec(p)
+                            })
+                            .map(<[u8]>::to_vec);
+                        let recovered = fec.is_some_and(|p| {
+                            let ok = self.decoder.decode_fec(&p, n, &mut self.pcm).is_ok();
+                            if !ok {
+                                self.pcm.clear();
+                            }
+                            ok
+                        });
+                        if recovered {
+                            self.conn
+                                .stats
+                                .udp
+                                .fec_frames
+                                .fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            self.decoder
+                                .conceal(n, &mut self.pcm)
+                                .map_err(|e| format!("concealment: {e}"))?;
+                            self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     timestamp
                 }

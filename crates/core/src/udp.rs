@@ -296,6 +296,31 @@ impl DgramOpener {
     }
 }
 
+/// Whether an Opus packet (one or two channels, one frame) carries in-band FEC data for the
+/// packet before it: a SILK or hybrid frame whose LBRR flag is set (read as libopus's
+/// `opus_packet_has_lbrr` reads it: the flag follows the VAD flags in the first byte of the
+/// frame). CELT-only packets never do.
+pub fn opus_has_fec(packet: &[u8]) -> bool {
+    let (Some(&toc), Some(&first)) = (packet.first(), packet.get(1)) else {
+        return false;
+    };
+    let config = toc >> 3;
+    if config >= 16 || toc & 0x3 != 0 {
+        return false;
+    }
+    let ms = if config >= 12 {
+        [10, 20][usize::from(config & 1)]
+    } else {
+        [10, 20, 40, 60][usize::from(config & 3)]
+    };
+    let frames = (ms / 20).max(1);
+    let mut lbrr = (first >> (7 - frames)) & 1;
+    if toc & 0x4 != 0 {
+        lbrr |= (first >> (6 - 2 * frames)) & 1;
+    }
+    lbrr != 0
+}
+
 /// XOR parity over [`PARITY_GROUP`] consecutive RTP packets (the idea of RFC 5109's XOR
 /// protection, with our own small header): what is XORed is each packet's 2-byte length and
 /// its bytes, zero-padded to the longest of the group, so that any one lost packet comes back
@@ -621,6 +646,49 @@ mod tests {
         assert!(enc.add(8, &pkts[0]).is_none());
         assert!(enc.add(9, &pkts[0]).is_none());
         assert!(enc.add(10, &pkts[0]).is_some());
+    }
+
+    #[test]
+    fn fec_flag_of_real_packets() {
+        use crate::codec::{Encoder, StreamFormat};
+        use crate::params::{OpusKnobs, Signal};
+        let fmt = StreamFormat {
+            rate: 48_000,
+            channels: 2,
+        };
+        for (fec, loss) in [(false, 0u8), (true, 10)] {
+            let knobs = OpusKnobs {
+                bitrate: 24_000,
+                signal: Signal::Voice,
+                fec,
+                packet_loss: loss,
+                ..OpusKnobs::default()
+            };
+            let mut enc = Encoder::new(crate::params::Compression::Opus, fmt, &knobs).unwrap();
+            let mut with = 0;
+            let mut out = Vec::new();
+            for f in 0..50 {
+                // A voiced-speech-like signal: a 150 Hz pulse train through a resonance.
+                let pcm: Vec<f32> = (0..960 * 2)
+                    .map(|i| {
+                        let t = (f * 960 + i / 2) as f32 / 48_000.0;
+                        0.3 * (t * 2.0 * std::f32::consts::PI * 150.0).sin().powi(15)
+                            + 0.05 * (t * 2.0 * std::f32::consts::PI * 700.0).sin()
+                    })
+                    .collect();
+                enc.encode(&pcm, &mut out).unwrap();
+                if opus_has_fec(&out) {
+                    with += 1;
+                }
+            }
+            if fec {
+                assert!(with > 25, "{with} of 50 packets carry FEC");
+            } else {
+                assert_eq!(with, 0);
+            }
+        }
+        assert!(!opus_has_fec(&[]));
+        assert!(!opus_has_fec(&[0xfc, 0xff]), "CELT-only");
     }
 
     #[test]

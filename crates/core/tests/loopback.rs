@@ -17,6 +17,7 @@ use opus_tunnel_core::params::{Compression, OpusKnobs, ServerAddr};
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_core::secure::{self, Mode, Pattern};
 use opus_tunnel_core::server::{Receiver, RecvConfig};
+use opus_tunnel_core::udp::Transport;
 use opus_tunnel_core::session::{Daemon, NewStream, Refusal, Sessions, StreamHandle};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -297,6 +298,7 @@ fn config() -> RecvConfig {
         max_connections: 4,
         external_resampler: false,
         encryption: Mode::Auto,
+        udp_port: None,
     }
 }
 
@@ -392,6 +394,17 @@ impl Sender {
         freq: f64,
         encryption: Mode,
     ) -> Sender {
+        Sender::start_on(addr, device, cookie, freq, encryption, Transport::Tcp)
+    }
+
+    fn start_on(
+        addr: ServerAddr,
+        device: Option<&str>,
+        cookie: Option<Cookie>,
+        freq: f64,
+        encryption: Mode,
+        transport: Transport,
+    ) -> Sender {
         let cfg = WorkerConfig {
             addr,
             remote_sink: device.map(str::to_string),
@@ -407,6 +420,7 @@ impl Sender {
             block_usec: 10_000,
             cookie,
             encryption,
+            transport,
         };
         let (feeder, shared, worker) = start_play(cfg, OpusKnobs::default(), 192_000).unwrap();
         let running = Arc::new(AtomicBool::new(true));
@@ -693,6 +707,7 @@ fn record_tunnel_parks_and_relays_knobs() {
         max_usec: 1_000_000,
         cookie: None,
         encryption: Mode::Auto,
+        transport: Transport::Tcp,
     };
     let (mut playback, client) = start_record(cfg, OpusKnobs::default()).unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -1043,4 +1058,101 @@ fn a_version_1_receiver_gets_cleartext_with_auto_and_a_refusal_with_required() {
     }
     drop(tx);
     stop.store(true, Ordering::SeqCst);
+}
+
+// ---- transport=udp ----------------------------------------------------------------------------
+
+/// The tone arrives whole at `freq` and level, within 2 s.
+fn hears_tone(rig: &Rig, freq_want: f64) {
+    let enough = wait_for(Duration::from_secs(3), || {
+        played_tone(&rig.seen).2 >= 24_000
+    });
+    let n = played_tone(&rig.seen).2;
+    assert!(enough, "only {n} frames of audio arrived");
+    let (freq, rms, _) = steady_tone(&rig.seen.played.lock().unwrap(), 14_400);
+    assert!((freq - freq_want).abs() < 5.0, "tone at {freq:.1} Hz");
+    let db = 20.0 * (rms / (0.25 / 2f64.sqrt())).log10();
+    assert!(db.abs() < 1.5, "level {db:+.2} dB off");
+}
+
+#[test]
+fn udp_transport_encrypted_and_cleartext() {
+    let _serial = serial();
+    for enc in [Mode::Auto, Mode::None] {
+        let mut cfg = config();
+        cfg.udp_port = Some(0);
+        let rig = Rig::start(cfg, false);
+        assert!(rig.receiver.as_ref().unwrap().udp_port().is_some());
+        let tx = Sender::start_on(rig.server(), None, None, 1000.0, enc, Transport::Udp);
+        hears_tone(&rig, 1000.0);
+        assert_eq!(tx.shared.stats.udp.transport(), Transport::Udp);
+        assert!(wait_for(Duration::from_secs(2), || rig
+            .prop("opus.tunnel.transport")
+            .as_deref()
+            == Some("udp")));
+        assert_eq!(rig.prop("opus.tunnel.udp_dropped").as_deref(), Some("0"));
+        let props = tx.shared.stat_properties();
+        assert!(props.contains(&("opus.tunnel.transport".into(), "udp".into())));
+        // FEC is the encoder's business (on by default through the module arguments); the
+        // receiver's reports carry the loss.
+        assert!(wait_for(Duration::from_secs(3), || tx
+            .shared
+            .stat_properties()
+            .iter()
+            .any(|(k, v)| k == "opus.tunnel.remote.loss_pct" && v == "0")));
+        let expect = if enc == Mode::None {
+            secure::State::None
+        } else {
+            secure::State::Noise(Pattern::Nn)
+        };
+        assert_eq!(tx.shared.stats.encryption(), expect);
+    }
+}
+
+#[test]
+fn udp_falls_back_to_tcp_when_the_receiver_has_no_udp() {
+    let _serial = serial();
+    let rig = Rig::start(config(), false);
+    let tx = Sender::start_on(rig.server(), None, None, 800.0, Mode::Auto, Transport::Udp);
+    hears_tone(&rig, 800.0);
+    assert_eq!(tx.shared.stats.udp.transport(), Transport::Tcp);
+    assert!(wait_for(Duration::from_secs(2), || rig
+        .prop("opus.tunnel.transport")
+        .as_deref()
+        == Some("tcp")));
+}
+
+#[test]
+fn junk_datagrams_do_not_disturb_a_udp_stream() {
+    let _serial = serial();
+    let mut cfg = config();
+    cfg.udp_port = Some(0);
+    let rig = Rig::start(cfg, false);
+    let port = rig.receiver.as_ref().unwrap().udp_port().unwrap();
+    let tx = Sender::start_on(rig.server(), None, None, 1000.0, Mode::Auto, Transport::Udp);
+    assert!(rig.hears_audio());
+    // Random datagrams, and datagrams of every short length, at the receiver's port while
+    // the tone plays.
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut x = 99u64;
+    let stop = Instant::now() + Duration::from_millis(800);
+    let mut sent = 0;
+    while Instant::now() < stop {
+        let len = sent % 200;
+        let d: Vec<u8> = (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (x >> 40) as u8
+            })
+            .collect();
+        let _ = junk.send_to(&d, ("127.0.0.1", port));
+        sent += 1;
+        if sent % 50 == 0 {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    rig.seen.played.lock().unwrap().clear();
+    hears_tone(&rig, 1000.0);
+    assert_eq!(tx.shared.stats.udp.transport(), Transport::Udp);
+    assert_eq!(tx.state(), "streaming");
 }
