@@ -17,8 +17,8 @@ use crate::rtp::{self, Control};
 use crate::server::Host;
 use crate::udp::{self, ParityDecoder};
 use std::io::Read;
-use std::sync::mpsc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -256,7 +256,17 @@ impl Receive {
                 Err(e) => return e.to_string(),
             }
         }
-        let why = self.serve(stream, &mut reporter, rest, stop, udp.as_ref().map(|u| &u.1), &mut buf, &mut last_heard, &mut last_report, &mut last_stats);
+        let why = self.serve(
+            stream,
+            &mut reporter,
+            rest,
+            stop,
+            udp.as_ref().map(|u| &u.1),
+            &mut buf,
+            &mut last_heard,
+            &mut last_report,
+            &mut last_stats,
+        );
         if let Some(t) = reader {
             stream.shutdown_read();
             let _ = t.join();

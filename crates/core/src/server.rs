@@ -17,8 +17,7 @@ use crate::handshake::{
 use crate::handshake::{STATUS_ENCRYPTION_NOT_ACCEPTED, STATUS_ENCRYPTION_REQUIRED};
 use crate::link::{
     accept, authenticate, read_message, refuse, secure_responder, wants_encryption, wants_udp,
-    ReadError,
-    HANDSHAKE_TIMEOUT,
+    ReadError, HANDSHAKE_TIMEOUT,
 };
 use crate::net::Conn;
 use crate::params::{OpusKnobs, ServerAddr, KNOB_KEYS};
@@ -201,7 +200,10 @@ impl UdpIn {
 
     /// A fresh token, not 0 and not in use.
     fn new_token(&self) -> u32 {
-        let routes = self.routes.lock().map(|r| r.keys().copied().collect::<Vec<_>>());
+        let routes = self
+            .routes
+            .lock()
+            .map(|r| r.keys().copied().collect::<Vec<_>>());
         let used = routes.unwrap_or_default();
         loop {
             let t: u32 = rand::random();
@@ -250,7 +252,10 @@ fn udp_loop(udp: Arc<UdpIn>, stop: &AtomicBool) {
         let Some(route) = routes.get_mut(&token) else {
             let k = udp.unknown.fetch_add(1, Ordering::Relaxed);
             if k.is_power_of_two() {
-                log::debug!("dropped {} UDP datagrams naming no tunnel (last from {from})", k + 1);
+                log::debug!(
+                    "dropped {} UDP datagrams naming no tunnel (last from {from})",
+                    k + 1
+                );
             }
             continue;
         };
@@ -725,16 +730,14 @@ fn conclude(
 ) -> Option<String> {
     match await_answer(rx, shared) {
         Ok(device) => {
-            if let Some(reply_text) =
-                accept(
-                    stream,
-                    &device,
-                    &hs.verified,
-                    hello.version,
-                    hs.pattern,
-                    &hs.grant,
-                )
-            {
+            if let Some(reply_text) = accept(
+                stream,
+                &device,
+                &hs.verified,
+                hello.version,
+                hs.pattern,
+                &hs.grant,
+            ) {
                 let rest = std::mem::take(&mut hs.rest);
                 let secured = match hs.pattern {
                     None => Ok(()),

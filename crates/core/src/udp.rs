@@ -462,9 +462,7 @@ impl ParityDecoder {
                     self.blocks.remove(i);
                 }
                 1 => {
-                    let Some((_, _, xor)) = self.blocks.remove(i) else {
-                        return None;
-                    };
+                    let (_, _, xor) = self.blocks.remove(i)?;
                     let mut acc = xor;
                     for k in 0..u16::from(count) {
                         let s = first.wrapping_add(k);
@@ -613,7 +611,10 @@ mod tests {
                 }
             }
             let block = block.expect("a block after the group");
-            assert_eq!(block.len(), 3 + 2 + pkts.iter().map(Vec::len).max().unwrap());
+            assert_eq!(
+                block.len(),
+                3 + 2 + pkts.iter().map(Vec::len).max().unwrap()
+            );
             let back = dec.on_block(&block).expect("rebuilt");
             assert_eq!(back, pkts[lost]);
             assert!(parse_rtp(&back).is_ok());
@@ -635,7 +636,12 @@ mod tests {
         dec.on_packet(10, &pkts[0]);
         dec.on_packet(13, &pkts[3]);
         assert_eq!(dec.on_block(&block), None);
-        for junk in [&[][..], &[1, 2, 3, 4][..], &[0, 10, 0, 1, 2][..], &[0, 10, 255, 9, 9][..]] {
+        for junk in [
+            &[][..],
+            &[1, 2, 3, 4][..],
+            &[0, 10, 0, 1, 2][..],
+            &[0, 10, 255, 9, 9][..],
+        ] {
             assert_eq!(dec.on_block(junk), None);
         }
         // A gap in the sequence starts a new group.
