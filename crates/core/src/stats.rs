@@ -89,7 +89,8 @@ pub struct Stats {
 pub struct UdpCounters {
     /// The transport in use: 0 TCP, 1 UDP.
     transport: AtomicU8,
-    /// Audio packets that did not arrive (gaps in the sequence), recovered or not.
+    /// Audio packets that did not arrive (gaps in the sequence), recovered or not: rebuilt
+    /// from parity, decoded from FEC, or concealed.
     pub packets_lost: AtomicU64,
     /// Lost frames decoded from the next packet's Opus in-band FEC (SILK and hybrid frames).
     pub fec_frames: AtomicU64,
