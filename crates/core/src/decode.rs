@@ -160,7 +160,7 @@ pub(crate) struct Receive {
     /// Since when nothing is to play and the ring is empty (for [`ConnShared::quiet`]).
     idle_since: Option<Instant>,
     /// `transport=udp`: what the UDP thread and this connection's TCP reader deliver.
-    pub(crate) udp: Option<(mpsc::Sender<Input>, mpsc::Receiver<Input>)>,
+    pub(crate) udp: Option<(mpsc::SyncSender<Input>, mpsc::Receiver<Input>)>,
     /// Rebuilds lost packets from parity blocks (UDP).
     parity: ParityDecoder,
     /// Since when the jitter buffer's head is a gap (UDP: held a little for its parity).
@@ -187,7 +187,7 @@ pub(crate) enum Input {
 
 /// Reads the TCP side of a UDP tunnel and hands the bytes to its connection thread, until the
 /// connection ends (or is shut down for reading).
-fn tcp_reader(mut conn: Conn, tx: mpsc::Sender<Input>) {
+fn tcp_reader(mut conn: Conn, tx: mpsc::SyncSender<Input>) {
     let _ = conn.set_timeouts(None, Some(Duration::from_secs(4)));
     let mut buf = vec![0u8; 16 * 1024];
     let why = loop {
@@ -267,6 +267,8 @@ impl Receive {
             &mut last_report,
             &mut last_stats,
         );
+        // The reader may wait on a full queue: dropping its receiving end frees it.
+        drop(udp);
         if let Some(t) = reader {
             stream.shutdown_read();
             let _ = t.join();
@@ -345,8 +347,10 @@ impl Receive {
                     }
                 }
                 // A gap held for its parity block may be due.
-                if let Err(e) = self.drain_jitter() {
-                    return e;
+                if self.jitter.gap_at_head() {
+                    if let Err(e) = self.drain_jitter() {
+                        return e;
+                    }
                 }
             } else {
                 let _ = stream.set_read_timeout(Duration::from_micros(wake));

@@ -154,6 +154,10 @@ struct RecvShared {
     udp: Option<Arc<UdpIn>>,
 }
 
+/// Datagrams (and TCP reads) queued for one UDP tunnel's connection thread: 5 s of 20 ms
+/// packets with their parity.
+const UDP_QUEUE: usize = 320;
+
 /// The receiver's UDP socket and the play tunnels it feeds, by token.
 struct UdpIn {
     sock: UdpSocket,
@@ -168,7 +172,7 @@ struct Route {
     /// The handshaken peer's address: datagrams from any other are dropped.
     ip: IpAddr,
     opener: DgramOpener,
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::SyncSender<Input>,
     conn: Arc<ConnShared>,
 }
 
@@ -269,8 +273,12 @@ fn udp_loop(udp: Arc<UdpIn>, stop: &AtomicBool) {
                         .stats
                         .bytes_received
                         .fetch_add(n as u64, Ordering::Relaxed);
-                    let _ = route.tx.send(Input::Udp(kind, body.to_vec()));
-                    continue;
+                    // A connection thread that cannot keep up loses datagrams, as the
+                    // network would: the queue is bounded.
+                    if route.tx.try_send(Input::Udp(kind, body.to_vec())).is_ok() {
+                        continue;
+                    }
+                    udp::Drop::Overflow
                 }
                 Err(e) => e,
             }
@@ -822,7 +830,7 @@ fn serve_play(
         return;
     };
     if let Some((u, token)) = &udp {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(UDP_QUEUE);
         u.add(
             *token,
             Route {

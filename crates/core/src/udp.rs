@@ -100,6 +100,8 @@ pub enum Drop {
     Tampered,
     /// Its counter was seen already, or is too old for the window.
     Replayed,
+    /// The tunnel's queue is full (its thread does not keep up).
+    Overflow,
 }
 
 impl Drop {
@@ -111,6 +113,7 @@ impl Drop {
             Drop::Foreign => "from another address than the tunnel's peer",
             Drop::Tampered => "does not authenticate",
             Drop::Replayed => "replayed",
+            Drop::Overflow => "the tunnel's queue is full",
         }
     }
 }
