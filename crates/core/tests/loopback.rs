@@ -1063,8 +1063,8 @@ fn a_version_1_receiver_gets_cleartext_with_auto_and_a_refusal_with_required() {
 // ---- transport=udp ----------------------------------------------------------------------------
 
 /// The tone arrives whole at `freq` and level: 1 s of it within 3 s, its last 0.3 s checked
-/// (the start may glide: over UDP in-process, about one run in six played the first 0.5 s
-/// 1.4 % slow).
+/// (the start may stumble: over UDP in-process, about one start in six played its first
+/// tenths of a second off pitch or with a concealed frame; see the README's known limits).
 fn hears_tone(rig: &Rig, freq_want: f64) {
     let enough = wait_for(Duration::from_secs(3), || {
         played_tone(&rig.seen).2 >= 48_000
