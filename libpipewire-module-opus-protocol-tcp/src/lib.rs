@@ -28,6 +28,7 @@
 //! | `max.connections` | 1-1024 | concurrent tunnels | 64 |
 //! | `stream.props` | `{ ... }` | extra properties of every tunnel's stream | none |
 //! | `opus.resampler` | engine, pipewire | who applies the drift correction: the core engine (rubato), or PipeWire's adapter through rate matching | engine |
+//! | `udp.port` | 1-65535 | UDP port for the audio of transport=udp play tunnels; if it cannot be bound they get TCP | 4715 |
 //!
 //! ## Example
 //!
