@@ -262,7 +262,16 @@ pub(crate) struct UdpOut {
     dgram: Vec<u8>,
     /// The loss the receiver reports, smoothed, percent.
     loss: f64,
+    /// When the first datagram of audio left.
+    first_sent: Option<Instant>,
+    /// The receiver reported audio received: datagrams get through.
+    confirmed: bool,
 }
+
+/// How long datagrams of audio may go unanswered by a report of received audio before the
+/// tunnel takes them for blocked (a firewall on the receiver's UDP port) and sends its audio
+/// over TCP instead.
+const UDP_PROBE: Duration = Duration::from_secs(3);
 
 impl UdpOut {
     /// A socket of our own, connected to `to`; datagrams named `token`, sealed with `key`.
@@ -286,6 +295,8 @@ impl UdpOut {
             parity: crate::udp::ParityEncoder::new(),
             dgram: Vec::new(),
             loss: 0.0,
+            first_sent: None,
+            confirmed: false,
         })
     }
 
@@ -576,6 +587,7 @@ impl Worker {
                 if let Err(e) = self.pump(conn) {
                     return Ended::Lost(e);
                 }
+                self.check_udp();
                 last_sent = Instant::now();
             } else if sending && !running {
                 // The last stream stopped: flush, tell the receiver, and go quiet.
@@ -629,6 +641,10 @@ impl Worker {
         for c in controls {
             match c {
                 Control::Report(kv) => {
+                    // The receiver reports only once audio arrives.
+                    if let Some(u) = self.udp.as_mut() {
+                        u.confirmed = true;
+                    }
                     if let Ok(mut r) = self.shared.remote.lock() {
                         for (k, v) in kv {
                             let us = v.parse::<u64>().ok();
@@ -668,6 +684,31 @@ impl Worker {
         }
         if let Some(pct) = loss {
             self.follow_loss(pct);
+        }
+    }
+
+    /// UDP: datagrams that the receiver never reports as arriving (blocked on the way) give
+    /// way to TCP, on the same connection (the receiver takes RTP from either).
+    fn check_udp(&mut self) {
+        let Some(u) = self.udp.as_mut() else {
+            return;
+        };
+        if u.confirmed {
+            return;
+        }
+        let since = *u.first_sent.get_or_insert_with(Instant::now);
+        if since.elapsed() > UDP_PROBE {
+            log::warn!(
+                "{}: no audio reached the receiver over UDP in {} s (is its udp_port blocked by a \
+                 firewall?); falling back to TCP",
+                self.cfg.name,
+                UDP_PROBE.as_secs()
+            );
+            self.udp = None;
+            self.shared
+                .stats
+                .udp
+                .set_transport(crate::udp::Transport::Tcp);
         }
     }
 

@@ -1158,3 +1158,64 @@ fn junk_datagrams_do_not_disturb_a_udp_stream() {
     assert_eq!(tx.shared.stats.udp.transport(), Transport::Udp);
     assert_eq!(tx.state(), "streaming");
 }
+
+/// A TCP forwarder on `listen` to `to` (one connection at a time, both directions).
+fn tcp_forwarder(listen: &str, to: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind(listen).unwrap();
+    let at = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(a) = c else { return };
+            let Ok(b) = TcpStream::connect(to) else {
+                continue;
+            };
+            let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+            let (mut a, mut b) = (a, b);
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut a, &mut b);
+                let _ = b.shutdown(std::net::Shutdown::Both);
+            });
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut b2, &mut a2);
+                let _ = a2.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    at
+}
+
+#[test]
+fn blocked_udp_falls_back_to_tcp_on_the_same_connection() {
+    let _serial = serial();
+    let mut cfg = config();
+    cfg.udp_port = Some(0);
+    let rig = Rig::start(cfg, false);
+    // Through a TCP forwarder on 127.0.0.2: the receiver grants UDP, but the datagrams go to
+    // 127.0.0.2, where nothing listens (as a firewall would drop them).
+    let fwd = tcp_forwarder("127.0.0.2:0", rig.addr);
+    let addr = ServerAddr::Tcp {
+        host: "127.0.0.2".into(),
+        port: fwd.port(),
+    };
+    let tx = Sender::start_on(addr, None, None, 1000.0, Mode::Auto, Transport::Udp);
+    assert!(wait_for(Duration::from_secs(2), || tx
+        .shared
+        .stats
+        .udp
+        .transport()
+        == Transport::Udp));
+    assert_eq!(
+        played_tone(&rig.seen).2,
+        0,
+        "audio arrived over blocked UDP"
+    );
+    // After 3 s unanswered, the audio goes over TCP.
+    assert!(wait_for(Duration::from_secs(5), || tx
+        .shared
+        .stats
+        .udp
+        .transport()
+        == Transport::Tcp));
+    hears_tone(&rig, 1000.0);
+    assert_eq!(tx.shared.stats.snapshot().reconnects, 0);
+}
