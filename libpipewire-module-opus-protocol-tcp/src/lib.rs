@@ -28,6 +28,7 @@
 //! | `max.connections` | 1-1024 | concurrent tunnels | 64 |
 //! | `stream.props` | `{ ... }` | extra properties of every tunnel's stream | none |
 //! | `opus.resampler` | engine, pipewire | who applies the drift correction: the core engine (rubato), or PipeWire's adapter through rate matching | engine |
+//! | `udp.port` | 1-65535 | UDP port for the audio of transport=udp play tunnels; if it cannot be bound they get TCP | 4715 |
 //!
 //! ## Example
 //!
@@ -410,6 +411,7 @@ impl PwModule for Receiver {
             }
         };
         let encryption = Mode::parse("tunnel.encryption", args.get("tunnel.encryption"))?;
+        let udp_port = argtable::int::<u16>(PW_RECEIVER, "udp.port", args.get("udp.port"))?;
         let cookie = match args.get("auth.cookie") {
             None => None,
             Some(p) => Some(
@@ -473,6 +475,7 @@ impl PwModule for Receiver {
             max_connections,
             external_resampler: pw_resampler,
             encryption,
+            udp_port: Some(udp_port),
         };
         let receiver = server::Receiver::start(listener, cfg, host)
             .map_err(|e| format!("cannot start the listener: {e}"))?;

@@ -26,6 +26,7 @@
 //! | `compression` | opus, none | Opus, or L16 PCM | opus |
 //! | `auth.cookie` | path | a copy of the receiver's cookie, proven when it asks | none |
 //! | `tunnel.encryption` | auto, required, none | encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging) | auto |
+//! | `tunnel.transport` | tcp, udp | sink mode: audio over TCP, or RTP over UDP to the receiver's UDP port (control stays on TCP; TCP when the receiver cannot grant UDP); source mode runs over TCP | tcp |
 //! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 64000 (source mode: 32000; 3-8 channels: 32000 a channel) |
 //! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets) | 20 |
 //! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |
@@ -82,6 +83,7 @@ use opus_tunnel_core::encode::{Feeder, Shared, WorkerConfig};
 use opus_tunnel_core::params::{self, Compression, OpusKnobs};
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_core::secure::Mode as Encryption;
+use opus_tunnel_core::udp::Transport;
 use opus_tunnel_pipewire::{
     declare_pw_module, host_name, parse_json_list, parse_object, Args, Context, Direction,
     ModuleInfo, PwModule, Stream, StreamHandle, StreamIo, StreamSpec, StreamState, Timer,
@@ -280,6 +282,10 @@ impl PwModule for Tunnel {
         check_encoder(compression, fmt, &knobs)?;
         let cookie = load_cookie("auth.cookie", args.get("auth.cookie"))?;
         let encryption = Encryption::parse("tunnel.encryption", args.get("tunnel.encryption"))?;
+        let transport = Transport::parse("tunnel.transport", args.get("tunnel.transport"))?;
+        if transport == Transport::Udp && args.get("compression.opus.fec").is_none() {
+            knobs.fec = true;
+        }
         let remote_sink = args.get("remote.sink").map(str::to_string);
         let host_part = match &addr {
             params::ServerAddr::Tcp { host, .. } => host.clone(),
@@ -305,6 +311,7 @@ impl PwModule for Tunnel {
                     map,
                     cookie,
                     encryption,
+                    transport,
                     bounds,
                     stream_props,
                 },
@@ -340,6 +347,7 @@ impl PwModule for Tunnel {
             block_usec,
             cookie,
             encryption,
+            transport,
         };
         let (feeder, shared, worker) = start_play(cfg, knobs, ring_bytes)
             .map_err(|e| format!("cannot start the worker thread: {e}"))?;
@@ -448,6 +456,7 @@ struct SourceSetup {
     map: String,
     cookie: Option<opus_tunnel_core::auth::Cookie>,
     encryption: Encryption,
+    transport: Transport,
     bounds: LatencyBounds,
     stream_props: Vec<(String, String)>,
 }
@@ -470,6 +479,7 @@ impl Tunnel {
                 max_usec: s.bounds.max_usec,
                 cookie: s.cookie,
                 encryption: s.encryption,
+                transport: s.transport,
             },
             s.knobs,
         )?;

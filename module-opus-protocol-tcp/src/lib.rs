@@ -27,6 +27,7 @@
 //! | `min_latency_msec` | 0-10000 | the least the receive buffer target may be, ms | 0 |
 //! | `max_latency_msec` | min_latency_msec to 10000 | the most the receive buffer (and its target) may hold, ms | 1000, or the minimum or a fixed target if larger |
 //! | `max_connections` | 1-1024 | concurrent tunnels; one more is refused with 503 | 64 |
+//! | `udp_port` | 1-65535 | UDP port (on the listen address) for the audio of transport=udp play tunnels; if it cannot be bound they get TCP | 4715 |
 //!
 //! A refused tunnel gets a status line both ends log: 400 (not our handshake), 403 (not
 //! admitted), 404 (no such sink or source), 415 (a format we cannot play), 503 (the daemon
@@ -272,6 +273,7 @@ impl PaModule for Receiver {
             Some(v) => Some(IpAcl::parse("auth-ip-acl", &v).map_err(|e| e.to_string())?),
         };
         let encryption = Mode::parse("encryption", get("encryption").as_deref())?;
+        let udp_port = argtable::int::<u16>(RECEIVER, "udp_port", get("udp_port").as_deref())?;
         let cookie_enabled = parse_flag(
             "auth-cookie-enabled",
             get("auth-cookie-enabled").as_deref(),
@@ -349,6 +351,7 @@ impl PaModule for Receiver {
             max_connections,
             external_resampler: false,
             encryption,
+            udp_port: Some(udp_port),
         };
         let receiver = server::Receiver::start(listener, cfg, host)
             .map_err(|e| format!("cannot start the listener: {e}"))?;

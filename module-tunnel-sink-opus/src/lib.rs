@@ -22,6 +22,7 @@
 //! | `clock_skew_ppm` | -100000 to 100000 | test aid: the sink consumes audio at (1 + ppm/1e6) x its nominal rate | 0 |
 //! | `cookie` | path | a copy of the receiver's cookie, proven when the receiver asks (never sent) | none |
 //! | `encryption` | auto, required, none | encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging) | auto |
+//! | `transport` | tcp, udp | audio over the TCP connection, or RTP over UDP to the receiver's udp_port (control stays on TCP; TCP when the receiver cannot grant UDP, logged) | tcp |
 //! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 64000 (3-8 channels: 32000 a channel) |
 //! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets) | 20 |
 //! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |
@@ -163,6 +164,7 @@ impl PaModule for TunnelSink {
             block_usec: u64::from(latency_msec) * 1000,
             cookie,
             encryption: a.encryption,
+            transport: a.transport,
         };
         let (feeder, shared, worker) = start_play(cfg, knobs, ring_bytes)
             .map_err(|e| format!("cannot start the worker thread: {e}"))?;

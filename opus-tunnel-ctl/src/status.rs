@@ -196,6 +196,17 @@ pub fn format_tunnel(t: &Tunnel) -> String {
         None => "? (a module without encryption)".to_string(),
     };
     s.push_str(&format!("  encryption  {encryption}\n"));
+    match t.props.get("opus.tunnel.transport").map(String::as_str) {
+        Some("udp") => s.push_str(&format!(
+            "  transport   udp: loss {} % (last second), packets lost {}, recovered by FEC {}, by parity {}\n",
+            count(t, "opus.tunnel.remote.loss_pct"),
+            count(t, "opus.tunnel.remote.packets_lost"),
+            count(t, "opus.tunnel.remote.fec_frames"),
+            count(t, "opus.tunnel.remote.parity_frames"),
+        )),
+        Some(tr) => s.push_str(&format!("  transport   {tr}\n")),
+        None => {}
+    }
     s.push_str(&format!(
         "  bitrate     {} on the wire; sent {} in {} packets\n",
         num(t, "opus.tunnel.bitrate").map_or("?".into(), |b| format!("{:.1} kbit/s", b / 1000.0)),
@@ -318,6 +329,11 @@ mod tests {
             ("compression.opus.complexity", "10"),
             ("compression.opus.max_bandwidth", "fullband"),
             ("compression.opus.fec", "true"),
+            ("opus.tunnel.transport", "udp"),
+            ("opus.tunnel.remote.loss_pct", "2"),
+            ("opus.tunnel.remote.packets_lost", "61"),
+            ("opus.tunnel.remote.fec_frames", "20"),
+            ("opus.tunnel.remote.parity_frames", "9"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -332,6 +348,12 @@ mod tests {
         let s = format_tunnel(&t);
         assert!(s.starts_with("tun (sink #3): streaming"), "{s}");
         assert!(s.contains("tcp:10.0.0.2:4715 → sink speakers"), "{s}");
+        assert!(
+            s.contains(
+                "  transport   udp: loss 2 % (last second), packets lost 61, recovered by FEC 20, by parity 9\n"
+            ),
+            "{s}"
+        );
         assert!(
             s.contains("  encryption  Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s\n"),
             "{s}"

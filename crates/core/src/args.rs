@@ -32,6 +32,8 @@ pub struct TunnelArgs {
     pub cookie: Option<Cookie>,
     /// `encryption`.
     pub encryption: crate::secure::Mode,
+    /// `transport`.
+    pub transport: crate::udp::Transport,
 }
 
 /// Defaults that differ between the play and the record tunnel.
@@ -143,6 +145,8 @@ pub fn parse_tunnel_args(
     };
     let cookie = load_cookie("cookie", get("cookie").as_deref())?;
     let encryption = crate::secure::Mode::parse("encryption", get("encryption").as_deref())?;
+    let transport = crate::udp::Transport::parse("transport", get("transport").as_deref())?;
+    udp_knobs(transport, &mut knobs, get);
     check_encoder(compression, fmt, &knobs)?;
     Ok(TunnelArgs {
         addr,
@@ -155,7 +159,20 @@ pub fn parse_tunnel_args(
         skew_ppm,
         cookie,
         encryption,
+        transport,
     })
+}
+
+/// With `transport=udp`, Opus in-band FEC is on unless `compression.opus.fec` says otherwise
+/// (the encoder's `packet_loss` then follows the receiver's loss reports).
+pub fn udp_knobs(
+    transport: crate::udp::Transport,
+    knobs: &mut OpusKnobs,
+    get: &dyn Fn(&str) -> Option<String>,
+) {
+    if transport == crate::udp::Transport::Udp && get(crate::params::KEY_FEC).is_none() {
+        knobs.fec = true;
+    }
 }
 
 /// PulseAudio's names of the receive buffer's target, minimum and maximum.

@@ -54,7 +54,7 @@ macro_rules! with_knobs {
             "compression.opus.application", "audio", "voip|audio|lowdelay", "encoder mode";
             "compression.opus.lsb_depth", "16", "8-24", "input resolution hint, bits";
             "compression.opus.dtx", "false", "bool", "discontinuous transmission";
-            "compression.opus.fec", "false", "bool", "in-band forward error correction";
+            "compression.opus.fec", "false", "bool", "in-band forward error correction (on with transport=udp unless given)";
             "compression.opus.packet_loss", "0", "0-100", "expected packet loss, percent";
         } $($tail)? }
     };
@@ -111,6 +111,8 @@ with_knobs! { pa_table! {
         "a copy of the receiver's cookie, proven when the receiver asks (never sent)";
     "encryption", "auto", "auto|required|none",
         "encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging)";
+    "transport", "tcp", "tcp|udp",
+        "audio over the TCP connection, or RTP over UDP to the receiver's udp_port (control stays on TCP; TCP when the receiver cannot grant UDP, logged)";
 } bitrate: "64000 (3-8 channels: 32000 a channel)", signal: "auto" }
 
 with_knobs! { pa_table! {
@@ -140,6 +142,8 @@ with_knobs! { pa_table! {
     "cookie", "none", "path", "a copy of the far end's cookie";
     "encryption", "auto", "auto|required|none",
         "encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a far end of protocol version 1; required never sends cleartext; none is cleartext (debugging)";
+    "transport", "tcp", "tcp|udp",
+        "asked of the far end; record tunnels run over TCP for now (the far end grants TCP, logged)";
 } bitrate: "32000 (3-8 channels: 32000 a channel)", signal: "voice" }
 
 pa_table! {
@@ -164,6 +168,8 @@ pa_table! {
     "max_latency_msec", "1000, or the minimum or a fixed target if larger",
         "min_latency_msec to 10000", "the most the receive buffer (and its target) may hold, ms";
     "max_connections", "64", "1-1024", "concurrent tunnels; one more is refused with 503";
+    "udp_port", "4715", "1-65535",
+        "UDP port (on the listen address) for the audio of transport=udp play tunnels; if it cannot be bound they get TCP";
 }}
 
 with_knobs! { pw_table! {
@@ -190,6 +196,8 @@ with_knobs! { pw_table! {
     "auth.cookie", "none", "path", "a copy of the receiver's cookie, proven when it asks";
     "tunnel.encryption", "auto", "auto|required|none",
         "encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging)";
+    "tunnel.transport", "tcp", "tcp|udp",
+        "sink mode: audio over TCP, or RTP over UDP to the receiver's UDP port (control stays on TCP; TCP when the receiver cannot grant UDP); source mode runs over TCP";
 } bitrate: "64000 (source mode: 32000; 3-8 channels: 32000 a channel)", signal: "auto (source mode: voice)";
 "The compression.* knobs also change live: pw-cli set-param <node id> Props '{ params = [ \"compression.bitrate\" 16000 ] }'\n" }
 
@@ -217,6 +225,8 @@ pw_table! {
     "stream.props", "none", "{ ... }", "extra properties of every tunnel's stream";
     "opus.resampler", "engine", "engine|pipewire",
         "who applies the drift correction: the core engine (rubato), or PipeWire's adapter through rate matching";
+    "udp.port", "4715", "1-65535",
+        "UDP port for the audio of transport=udp play tunnels; if it cannot be bound they get TCP";
 }}
 
 /// The keys of `table`, in its order (what the daemon's argument check accepts).

@@ -7,16 +7,17 @@ use crate::auth::Cookie;
 use crate::codec::{Decoder, StreamFormat};
 use crate::connection::{new_conn, ConnShared};
 use crate::decode::{decode_path, Playback, Receive, Upstream};
-use crate::encode::{feeder, Ended, Feeder, Shared, Worker, WorkerConfig};
+use crate::encode::{feeder, Ended, Feeder, Shared, UdpOut, Worker, WorkerConfig};
 use crate::handshake::{Direction, Hello, Reply, VERSION};
 use crate::latency::lookahead_usec;
 use crate::latency::Steady;
-use crate::link::client_handshake;
+use crate::link::{self, client_handshake};
 use crate::net::Conn;
 use crate::params::{Backoff, Compression, OpusKnobs, ServerAddr};
 use crate::report::{Counters, Report, State};
 use crate::secure::{self, Mode};
 use crate::stats::{Stats, TunnelState};
+use crate::udp::{self, Transport};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -176,11 +177,17 @@ impl Session for Worker {
             channel_map: self.cfg.channel_map.clone(),
             frame_usec: self.knobs().frame_size.usec(),
             target_latency_usec: None,
-            fields: crate::surround::hello_fields(
-                self.cfg.compression,
-                self.cfg.fmt.channels,
-                &self.cfg.channel_map,
-            ),
+            fields: {
+                let mut f = crate::surround::hello_fields(
+                    self.cfg.compression,
+                    self.cfg.fmt.channels,
+                    &self.cfg.channel_map,
+                );
+                if self.cfg.transport == Transport::Udp {
+                    f.insert(udp::HEADER_TRANSPORT.into(), "udp".into());
+                }
+                f
+            },
         }
     }
 
@@ -188,12 +195,53 @@ impl Session for Worker {
         if let Some(dev) = reply.fields.get("Device") {
             log::info!("{}: the receiver plays on its sink {dev}", self.cfg.name);
         }
-        log::info!("{}: connected to {}", self.cfg.name, self.cfg.addr);
+        self.udp = None;
+        if self.cfg.transport == Transport::Udp {
+            self.udp = open_udp(&self.cfg.name, &conn, &reply);
+        }
+        let t = if self.udp.is_some() {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        };
+        self.shared.stats.udp.set_transport(t);
+        log::info!(
+            "{}: connected to {} (transport: {})",
+            self.cfg.name,
+            self.cfg.addr,
+            t.as_str()
+        );
         self.stream(conn)
     }
 
     fn wait(&mut self, d: Duration) -> bool {
         self.idle_wait(d)
+    }
+}
+
+/// The UDP path a `200` granted, or `None` (logged: the tunnel falls back to TCP).
+fn open_udp(name: &str, conn: &Conn, reply: &Reply) -> Option<UdpOut> {
+    let Some((port, token)) = link::granted_udp(reply) else {
+        log::warn!(
+            "{name}: the receiver did not grant transport=udp (an older receiver, no UDP port, \
+             or a record tunnel); falling back to TCP"
+        );
+        return None;
+    };
+    let Some(peer) = conn.peer_addr() else {
+        log::warn!("{name}: transport=udp needs a TCP connection; falling back to TCP");
+        return None;
+    };
+    let to = std::net::SocketAddr::new(peer.ip(), port);
+    match UdpOut::open(to, token, conn.datagram_key()) {
+        Ok(u) => {
+            log::info!("{name}: audio goes over UDP to {to}");
+            Some(u)
+        }
+        Err(e) => {
+            log::warn!("{name}: cannot open a UDP socket to {to}: {e}; falling back to TCP");
+            None
+        }
     }
 }
 
@@ -225,6 +273,9 @@ pub struct RecordClientConfig {
     pub cookie: Option<Cookie>,
     /// `encryption=`.
     pub encryption: Mode,
+    /// `transport=`: asked for; record tunnels run over TCP (the far end grants TCP, and the
+    /// fallback is logged).
+    pub transport: Transport,
 }
 
 struct ClientShared {
@@ -268,7 +319,14 @@ pub fn start_record(
         channel_map: cfg.channel_map.clone(),
         frame_usec: knobs.frame_size.usec(),
         target_latency_usec: None,
-        fields: crate::surround::hello_fields(cfg.compression, cfg.fmt.channels, &cfg.channel_map),
+        fields: {
+            let mut f =
+                crate::surround::hello_fields(cfg.compression, cfg.fmt.channels, &cfg.channel_map);
+            if cfg.transport == Transport::Udp {
+                f.insert(udp::HEADER_TRANSPORT.into(), "udp".into());
+            }
+            f
+        },
     };
     let compression = cfg.compression;
     let conn = new_conn(&hello, cfg.target_usec, cfg.addr.to_string());
@@ -358,6 +416,12 @@ impl Session for Recorder<'_> {
             "{name}: connected to {}, recording its source {dev}",
             self.cfg.addr
         );
+        if self.cfg.transport == Transport::Udp && link::granted_udp(&reply).is_none() {
+            log::warn!(
+                "{name}: the far end granted TCP, not transport=udp (record tunnels run over \
+                 TCP); falling back to TCP"
+            );
+        }
         match Decoder::with_map(self.cfg.compression, self.cfg.fmt, &self.cfg.channel_map) {
             Ok(d) => self.receive.new_session(d),
             Err(e) => {

@@ -169,6 +169,7 @@ impl ConnShared {
             return r;
         }
         let s = self.stats.snapshot();
+        let udp = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let s_enc = self.stats.encryption().as_str();
         let bitrate = match self.meter.lock() {
             Ok(mut m) => m.sample(Instant::now(), s.bytes_received),
@@ -187,6 +188,7 @@ impl ConnShared {
             bitrate,
             reconnects: None,
             encryption: s_enc,
+            transport: self.stats.udp.transport().as_str(),
             counters: Counters::Received(Received {
                 latency_usec: p.map_or_else(|| self.latency_usec(), |p| p.latency_usec),
                 target_latency_usec: p.map_or(self.target_usec, |p| p.target_usec),
@@ -197,6 +199,10 @@ impl ConnShared {
                 late_packets: s.late_packets,
                 bytes_received: s.bytes_received,
                 device_latency_usec: self.device_latency_usec(),
+                packets_lost: udp(&self.stats.udp.packets_lost),
+                fec_frames: udp(&self.stats.udp.fec_frames),
+                parity_frames: udp(&self.stats.udp.parity_frames),
+                udp_dropped: udp(&self.stats.udp.dropped),
             }),
         }
     }

@@ -212,6 +212,7 @@ pub fn device_handlers<D: 'static>(
         }
     };
     let (d2, d3) = (Rc::downgrade(device), Rc::downgrade(device));
+    let c3 = control.clone();
     let Stats { get, tick } = stats;
     let on_message = move |msg: &str, params: &str| match d2.upgrade() {
         Some(d) => control.message(msg, params, &get, |eff| publish(&d, eff)),
@@ -220,7 +221,10 @@ pub fn device_handlers<D: 'static>(
     let mut last: Option<(Instant, Vec<(String, String)>)> = None;
     let on_tick = move || {
         if let Some(d) = d3.upgrade() {
-            let props = tick();
+            // The knobs too: the worker may change one itself (`transport=udp` feeds
+            // `packet_loss` from the receiver's reports), and the device shows what is in effect.
+            let mut props = tick();
+            props.extend(c3.effective());
             if let Some((at, before)) = &last {
                 if at.elapsed() < IDLE_PUBLISH && idle_counters_only(before, &props) {
                     return;

@@ -211,6 +211,7 @@ impl Shared {
             bitrate: self.last_bitrate.load(Ordering::Relaxed),
             reconnects: Some(s.reconnects),
             encryption: self.stats.encryption().as_str(),
+            transport: self.stats.udp.transport().as_str(),
             counters: Counters::Sent(Sent {
                 bytes_sent: s.bytes_sent,
                 packets_sent: s.packets_sent,
@@ -248,6 +249,70 @@ pub struct WorkerConfig {
     pub cookie: Option<Cookie>,
     /// `encryption=` (auto: encrypt whenever the receiver can).
     pub encryption: crate::secure::Mode,
+    /// `transport=`: audio over TCP, or over UDP when the receiver grants it.
+    pub transport: crate::udp::Transport,
+}
+
+/// A play tunnel's UDP path: its socket (connected to the receiver's UDP port), the
+/// datagram sealer and the parity of the open group.
+pub(crate) struct UdpOut {
+    sock: std::net::UdpSocket,
+    sealer: crate::udp::DgramSealer,
+    parity: crate::udp::ParityEncoder,
+    dgram: Vec<u8>,
+    /// The loss the receiver reports, smoothed, percent.
+    loss: f64,
+    /// When the first datagram of audio left.
+    first_sent: Option<Instant>,
+    /// The receiver reported audio received: datagrams get through.
+    confirmed: bool,
+}
+
+/// How long datagrams of audio may go unanswered by a report of received audio before the
+/// tunnel takes them for blocked (a firewall on the receiver's UDP port) and sends its audio
+/// over TCP instead.
+const UDP_PROBE: Duration = Duration::from_secs(3);
+
+impl UdpOut {
+    /// A socket of our own, connected to `to`; datagrams named `token`, sealed with `key`.
+    pub(crate) fn open(
+        to: std::net::SocketAddr,
+        token: u32,
+        key: Option<Arc<snow::StatelessTransportState>>,
+    ) -> std::io::Result<UdpOut> {
+        let any: std::net::SocketAddr = if to.is_ipv4() {
+            ([0u8; 4], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
+        let sock = std::net::UdpSocket::bind(any)?;
+        sock.connect(to)?;
+        // A full socket buffer drops the datagram (as the network would), never waits.
+        sock.set_nonblocking(true)?;
+        Ok(UdpOut {
+            sock,
+            sealer: crate::udp::DgramSealer::new(token, key),
+            parity: crate::udp::ParityEncoder::new(),
+            dgram: Vec::new(),
+            loss: 0.0,
+            first_sent: None,
+            confirmed: false,
+        })
+    }
+
+    /// Sends one datagram; returns its size on the wire (0: not sent).
+    fn send(&mut self, kind: u8, body: &[u8]) -> usize {
+        if self.sealer.seal(kind, body, &mut self.dgram).is_err() {
+            return 0;
+        }
+        match self.sock.send(&self.dgram) {
+            Ok(n) => n,
+            Err(e) => {
+                log::debug!("UDP send: {e}");
+                0
+            }
+        }
+    }
 }
 
 /// The real-time side of a play tunnel: the daemon's IO thread pushes every rendered block
@@ -375,6 +440,8 @@ pub(crate) struct Worker {
     /// The receiver's reported buffer and device latency, held still (1 ms deadband).
     remote_latency: Steady,
     remote_device: Steady,
+    /// `transport=udp` granted: where the audio goes.
+    pub(crate) udp: Option<UdpOut>,
 }
 
 /// How a connection ended.
@@ -402,6 +469,7 @@ impl Worker {
             remote: None,
             remote_latency: Steady::new(1_000.0),
             remote_device: Steady::new(1_000.0),
+            udp: None,
         }
     }
 
@@ -478,6 +546,7 @@ impl Worker {
         let _ = rthread.join();
         self.pcm.clear();
         self.encoder = None;
+        self.udp = None;
         result
     }
 
@@ -518,6 +587,7 @@ impl Worker {
                 if let Err(e) = self.pump(conn) {
                     return Ended::Lost(e);
                 }
+                self.check_udp();
                 last_sent = Instant::now();
             } else if sending && !running {
                 // The last stream stopped: flush, tell the receiver, and go quiet.
@@ -530,6 +600,9 @@ impl Worker {
                     return Ended::Lost(e);
                 }
                 self.rtp.skip(0);
+                if let Some(u) = self.udp.as_mut() {
+                    u.parity.reset();
+                }
                 sending = false;
                 last_sent = Instant::now();
                 self.shared.stats.set_state(TunnelState::Idle);
@@ -564,9 +637,14 @@ impl Worker {
     }
 
     fn on_controls(&mut self, controls: Vec<Control>) {
+        let mut loss = None;
         for c in controls {
             match c {
                 Control::Report(kv) => {
+                    // The receiver reports only once audio arrives.
+                    if let Some(u) = self.udp.as_mut() {
+                        u.confirmed = true;
+                    }
                     if let Ok(mut r) = self.shared.remote.lock() {
                         for (k, v) in kv {
                             let us = v.parse::<u64>().ok();
@@ -583,6 +661,7 @@ impl Worker {
                                         .remote_device_usec
                                         .store(held as u64, Ordering::Relaxed);
                                 }
+                                ("loss_pct", Some(pct)) => loss = Some(pct),
                                 _ => {}
                             }
                             r.insert(k, v);
@@ -602,6 +681,56 @@ impl Worker {
                 Control::Knobs(kv) if self.remote.is_some() => self.remote_knobs(kv),
                 _ => {}
             }
+        }
+        if let Some(pct) = loss {
+            self.follow_loss(pct);
+        }
+    }
+
+    /// UDP: datagrams that the receiver never reports as arriving (blocked on the way) give
+    /// way to TCP, on the same connection (the receiver takes RTP from either).
+    fn check_udp(&mut self) {
+        let Some(u) = self.udp.as_mut() else {
+            return;
+        };
+        if u.confirmed {
+            return;
+        }
+        let since = *u.first_sent.get_or_insert_with(Instant::now);
+        if since.elapsed() > UDP_PROBE {
+            log::warn!(
+                "{}: no audio reached the receiver over UDP in {} s (is its udp_port blocked by a \
+                 firewall?); falling back to TCP",
+                self.cfg.name,
+                UDP_PROBE.as_secs()
+            );
+            self.udp = None;
+            self.shared
+                .stats
+                .udp
+                .set_transport(crate::udp::Transport::Tcp);
+        }
+    }
+
+    /// UDP: the encoder's expected loss (`compression.opus.packet_loss`, which sizes its
+    /// in-band FEC) follows the receiver's reports: quickly up, slowly down.
+    fn follow_loss(&mut self, pct: u64) {
+        let Some(u) = self.udp.as_mut() else {
+            return;
+        };
+        let pct = pct.min(100) as f64;
+        let a = if pct > u.loss { 0.5 } else { 0.1 };
+        u.loss += a * (pct - u.loss);
+        let want = u.loss.ceil().clamp(0.0, 100.0) as u8;
+        let mut knobs = self.knobs();
+        if knobs.packet_loss != want && self.cfg.compression == Compression::Opus {
+            log::debug!(
+                "{}: the receiver reports {pct} % loss: packet_loss {} -> {want}",
+                self.cfg.name,
+                knobs.packet_loss
+            );
+            knobs.packet_loss = want;
+            self.shared.set_knobs(knobs);
         }
     }
 
@@ -721,9 +850,38 @@ impl Worker {
         let mut packet = std::mem::take(&mut self.packet);
         self.rtp
             .packetize(pt, ticks, false, &self.payload, &mut packet);
-        let r = self.send_packet(conn, &packet);
+        let r = if self.udp.is_some() {
+            self.send_datagrams(&packet);
+            Ok(())
+        } else {
+            self.send_packet(conn, &packet)
+        };
         self.packet = packet;
         r
+    }
+
+    /// UDP: the RTP packet as a datagram, and after every [`crate::udp::PARITY_GROUP`]
+    /// packets the group's parity block. A datagram that cannot be sent is lost, as on the
+    /// network: never waited for.
+    fn send_datagrams(&mut self, packet: &[u8]) {
+        let Some(u) = self.udp.as_mut() else {
+            return;
+        };
+        let seq = self.rtp.seq().wrapping_sub(1);
+        let mut wire = u.send(crate::udp::KIND_RTP, packet);
+        let mut sent = 1;
+        if let Some(block) = u.parity.add(seq, packet) {
+            wire += u.send(crate::udp::KIND_PARITY, &block);
+            sent += 1;
+        }
+        self.shared
+            .stats
+            .bytes_sent
+            .fetch_add(wire as u64, Ordering::Relaxed);
+        self.shared
+            .stats
+            .packets_sent
+            .fetch_add(sent, Ordering::Relaxed);
     }
 
     fn send_packet(&mut self, conn: &mut Conn, packet: &[u8]) -> Result<(), String> {

@@ -36,6 +36,10 @@
 //! tunnel whose hello a version 1 receiver refuses with `505` falls back to version 1 in
 //! cleartext with `encryption=auto` (a warning in the log), and gives up with
 //! `encryption=required`.
+//!
+//! Version 2 also carries the transport ([`crate::udp`]): a hello with `Transport: udp` gets a
+//! `200` with `Transport: udp`, `Udp-Port` and `Udp-Token`, or `Transport: tcp`; a receiver
+//! that does not know the header answers without it, which means TCP.
 
 use crate::params::Compression;
 use std::collections::BTreeMap;

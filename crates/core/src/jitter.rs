@@ -146,6 +146,23 @@ impl JitterBuffer {
         Some(Playout::Missing { timestamp, ticks })
     }
 
+    /// Whether the next entry would be a gap ([`Playout::Missing`]): packets wait, but not
+    /// the next one in sequence.
+    pub fn gap_at_head(&self) -> bool {
+        match (self.packets.keys().next(), self.next, self.last_played) {
+            (Some(&first), Some(next), Some(_)) => first > next,
+            _ => false,
+        }
+    }
+
+    /// The payload of the next packet in sequence, if it is here (after a
+    /// [`Playout::Missing`]: the packet that follows the lost one, whose in-band FEC may
+    /// carry it).
+    pub fn head_payload(&self) -> Option<&[u8]> {
+        let next = self.next?;
+        self.packets.get(&next).map(|(_, p)| p.as_slice())
+    }
+
     /// Packets buffered.
     pub fn len(&self) -> usize {
         self.packets.len()

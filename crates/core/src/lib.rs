@@ -35,5 +35,6 @@ pub mod server;
 pub mod session;
 pub mod stats;
 pub mod surround;
+pub mod udp;
 
 pub use rtp::WireError;

@@ -130,10 +130,14 @@ pub(crate) fn accept(
     verified: &Option<Verified>,
     version: u32,
     pattern: Option<Pattern>,
+    extra: &[(String, String)],
 ) -> Option<String> {
     let mut ok = Reply::ok();
     ok.version = version;
     ok.fields.insert("Device".into(), device.to_string());
+    for (k, v) in extra {
+        ok.fields.insert(k.clone(), v.clone());
+    }
     if version >= 2 {
         ok.fields.insert(
             secure::HEADER.into(),
@@ -145,6 +149,31 @@ pub(crate) fn accept(
     }
     let text = ok.to_text();
     conn.write_all(text.as_bytes()).ok().map(|_| text)
+}
+
+/// Whether a hello asks for the UDP transport (`Transport: udp`).
+pub(crate) fn wants_udp(hello: &Hello) -> bool {
+    hello.fields.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case(crate::udp::HEADER_TRANSPORT) && v.trim().eq_ignore_ascii_case("udp")
+    })
+}
+
+/// What a `200` granted: `Some((port, token))` for UDP, `None` for TCP (also from a receiver
+/// that does not know the header, or a grant that does not parse).
+pub(crate) fn granted_udp(reply: &Reply) -> Option<(u16, u32)> {
+    let get = |name: &str| {
+        reply
+            .fields
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    };
+    if !get(crate::udp::HEADER_TRANSPORT)?.eq_ignore_ascii_case("udp") {
+        return None;
+    }
+    let port = get(crate::udp::HEADER_PORT)?.parse::<u16>().ok()?;
+    let token = get(crate::udp::HEADER_TOKEN)?.parse::<u32>().ok()?;
+    (port != 0).then_some((port, token))
 }
 
 /// Whether a hello asks for encryption (`Encryption: noise`; version 1 hellos never do).

@@ -79,6 +79,22 @@ impl Conn {
         self.secure.as_ref().map(|s| s.pattern)
     }
 
+    /// The transport keys of an encrypted connection, for datagrams ([`crate::udp`]; one
+    /// state holds both directions: sealing uses ours, opening the peer's).
+    pub(crate) fn datagram_key(&self) -> Option<Arc<snow::StatelessTransportState>> {
+        let s = self.secure.as_ref()?;
+        let key = s.send.lock().ok()?.sealer.transport_key();
+        Some(key)
+    }
+
+    /// The peer's address (TCP only).
+    pub(crate) fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        match &self.io {
+            Io::Tcp(s) => s.peer_addr().ok(),
+            Io::Unix(_) => None,
+        }
+    }
+
     fn raw_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         match &self.io {
             Io::Tcp(s) => (&*s).read(buf),

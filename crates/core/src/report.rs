@@ -75,6 +75,14 @@ pub struct Received {
     /// The receiving device's latency for the stream, µs (0 where the receiving side is the
     /// tunnel source itself).
     pub device_latency_usec: u64,
+    /// Audio packets that never arrived (UDP; recovered or not).
+    pub packets_lost: u64,
+    /// Lost frames decoded from Opus in-band FEC.
+    pub fec_frames: u64,
+    /// Lost packets rebuilt from parity.
+    pub parity_frames: u64,
+    /// Datagrams dropped (foreign, not authentic, replayed, malformed).
+    pub udp_dropped: u64,
 }
 
 /// What the sending side of a tunnel counts (the tunnel sink, a receiver's record streams).
@@ -119,6 +127,8 @@ pub struct Report {
     /// What the connection is encrypted with: a Noise pattern's name, or `none`
     /// (property `opus.tunnel.encryption`).
     pub encryption: &'static str,
+    /// `tcp` or `udp` (property `opus.tunnel.transport`).
+    pub transport: &'static str,
     /// The side's counters.
     pub counters: Counters,
 }
@@ -134,6 +144,7 @@ impl Report {
         }
         put("bitrate", self.bitrate.to_string());
         put("encryption", self.encryption.to_string());
+        put("transport", self.transport.to_string());
         match &self.counters {
             Counters::Received(r) => {
                 put("latency_usec", r.latency_usec.to_string());
@@ -145,6 +156,10 @@ impl Report {
                 put("late_packets", r.late_packets.to_string());
                 put("bytes_received", r.bytes_received.to_string());
                 put("device_latency_usec", r.device_latency_usec.to_string());
+                put("packets_lost", r.packets_lost.to_string());
+                put("fec_frames", r.fec_frames.to_string());
+                put("parity_frames", r.parity_frames.to_string());
+                put("udp_dropped", r.udp_dropped.to_string());
                 if let Some(n) = self.reconnects {
                     put("reconnects", n.to_string());
                 }
@@ -179,6 +194,7 @@ mod tests {
             bitrate: 64_000,
             reconnects,
             encryption: "none",
+            transport: "tcp",
             counters,
         };
         r.properties()
@@ -202,7 +218,7 @@ mod tests {
         assert_eq!(get(&p, "opus.tunnel.latency_usec"), Some("60000"));
         assert_eq!(get(&p, "opus.tunnel.reconnects"), None);
         assert_eq!(get(&p, "opus.tunnel.encryption"), Some("none"));
-        assert_eq!(p.len(), 13);
+        assert_eq!(p.len(), 18);
         let mut sent = Sent {
             bytes_sent: 10,
             ..Default::default()

@@ -300,6 +300,12 @@ impl Sealer {
         self.pattern
     }
 
+    /// The connection's transport keys, for datagrams ([`crate::udp`]: they seal with
+    /// explicit nonces from 2^63 up, which the records never reach).
+    pub fn transport_key(&self) -> Arc<snow::StatelessTransportState> {
+        self.state.clone()
+    }
+
     /// Appends `plain` to `out` as records (one per [`MAX_RECORD_PLAIN`] bytes), each with its
     /// 2-byte length. On error `out` may hold part of the records: the stream is unusable.
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), SecureError> {
@@ -329,6 +335,11 @@ pub struct Opener {
 }
 
 impl Opener {
+    /// The connection's transport keys, for datagrams (see [`Sealer::transport_key`]).
+    pub fn transport_key(&self) -> Arc<snow::StatelessTransportState> {
+        self.state.clone()
+    }
+
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         if self.failed.is_none() {

@@ -8,7 +8,7 @@ use crate::acl::IpAcl;
 use crate::auth::{Cookie, Verified};
 use crate::codec::{self, StreamFormat};
 use crate::connection::{new_conn, ConnShared};
-use crate::decode::{decode_path, Playback};
+use crate::decode::{decode_path, Input, Playback};
 use crate::encode::{feeder, serve_record, Feeder, RemoteCapture, WorkerConfig};
 use crate::handshake::{
     Direction, HandshakeError, Hello, Reply, STATUS_BAD_REQUEST, STATUS_FORBIDDEN,
@@ -16,8 +16,8 @@ use crate::handshake::{
 };
 use crate::handshake::{STATUS_ENCRYPTION_NOT_ACCEPTED, STATUS_ENCRYPTION_REQUIRED};
 use crate::link::{
-    accept, authenticate, read_message, refuse, secure_responder, wants_encryption, ReadError,
-    HANDSHAKE_TIMEOUT,
+    accept, authenticate, read_message, refuse, secure_responder, wants_encryption, wants_udp,
+    ReadError, HANDSHAKE_TIMEOUT,
 };
 use crate::net::Conn;
 use crate::params::{OpusKnobs, ServerAddr, KNOB_KEYS};
@@ -25,9 +25,11 @@ use crate::samples::SampleFormat;
 use crate::secure::{self, Mode, Pattern};
 use crate::stats::TunnelState;
 use crate::surround;
+use crate::udp::{self, DgramOpener, Transport};
+use std::collections::HashMap;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -57,6 +59,9 @@ pub struct RecvConfig {
     /// `encryption=`: auto encrypts whenever the tunnel asks; required answers a cleartext
     /// tunnel `426`; none answers a tunnel that asks for encryption `406`.
     pub encryption: Mode,
+    /// `udp_port=`: where play tunnels with `transport=udp` send their audio (bound on the
+    /// listener's address); `None`: no UDP, such tunnels are granted TCP.
+    pub udp_port: Option<u16>,
 }
 
 /// Largest RFC 4571 frame a sender may send us (an Opus packet is at most a few KB; a 60 ms
@@ -135,6 +140,7 @@ pub struct Receiver {
     shared: Arc<RecvShared>,
     listener: Option<JoinHandle<()>>,
     local: SocketAddr,
+    udp_thread: Option<JoinHandle<()>>,
 }
 
 struct RecvShared {
@@ -144,6 +150,149 @@ struct RecvShared {
     cfg: RecvConfig,
     host: Arc<dyn Host>,
     live: Mutex<Vec<Arc<ConnShared>>>,
+    /// The UDP socket, when `udp_port` could be bound.
+    udp: Option<Arc<UdpIn>>,
+}
+
+/// Datagrams (and TCP reads) queued for one UDP tunnel's connection thread: 5 s of 20 ms
+/// packets with their parity.
+const UDP_QUEUE: usize = 320;
+
+/// The receiver's UDP socket and the play tunnels it feeds, by token.
+struct UdpIn {
+    sock: UdpSocket,
+    port: u16,
+    routes: Mutex<HashMap<u32, Route>>,
+    /// Datagrams whose token names no tunnel (or too short to have one).
+    unknown: AtomicU64,
+}
+
+/// Where the datagrams of one tunnel go.
+struct Route {
+    /// The handshaken peer's address: datagrams from any other are dropped.
+    ip: IpAddr,
+    opener: DgramOpener,
+    tx: mpsc::SyncSender<Input>,
+    conn: Arc<ConnShared>,
+}
+
+impl UdpIn {
+    /// Binds `udp_port` on `ip`; `None` (logged) if it cannot.
+    fn bind(ip: IpAddr, port: u16) -> Option<UdpIn> {
+        let sock = match UdpSocket::bind((ip, port)) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!(
+                    "cannot receive UDP on {}: {e}; tunnels asking for transport=udp are \
+                     granted TCP",
+                    SocketAddr::new(ip, port)
+                );
+                return None;
+            }
+        };
+        // Idle, the thread wakes once a second to look at the stop flag.
+        let _ = sock.set_read_timeout(Some(Duration::from_secs(1)));
+        let port = sock.local_addr().map(|a| a.port()).unwrap_or(port);
+        log::info!("receiving transport=udp audio on UDP port {port}");
+        Some(UdpIn {
+            sock,
+            port,
+            routes: Mutex::new(HashMap::new()),
+            unknown: AtomicU64::new(0),
+        })
+    }
+
+    /// A fresh token, not 0 and not in use.
+    fn new_token(&self) -> u32 {
+        let routes = self
+            .routes
+            .lock()
+            .map(|r| r.keys().copied().collect::<Vec<_>>());
+        let used = routes.unwrap_or_default();
+        loop {
+            let t: u32 = rand::random();
+            if t != 0 && !used.contains(&t) {
+                return t;
+            }
+        }
+    }
+
+    fn add(&self, token: u32, route: Route) {
+        if let Ok(mut r) = self.routes.lock() {
+            r.insert(token, route);
+        }
+    }
+
+    fn remove(&self, token: u32) {
+        if let Ok(mut r) = self.routes.lock() {
+            r.remove(&token);
+        }
+    }
+}
+
+/// The UDP thread: each datagram goes to the tunnel its token names, if it comes from that
+/// tunnel's peer, opens and is not a replay; anything else is dropped and counted.
+fn udp_loop(udp: Arc<UdpIn>, stop: &AtomicBool) {
+    let mut buf = vec![0u8; udp::MAX_DATAGRAM + 1];
+    while !stop.load(Ordering::SeqCst) {
+        let (n, from) = match udp.sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) if crate::link::is_timeout(&e) => continue,
+            Err(e) => {
+                // ICMP errors and the like: nothing to do with a stream.
+                log::debug!("UDP receive: {e}");
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let dgram = &buf[..n];
+        let Some(token) = udp::token_of(dgram) else {
+            udp.unknown.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let Ok(mut routes) = udp.routes.lock() else {
+            return;
+        };
+        let Some(route) = routes.get_mut(&token) else {
+            let k = udp.unknown.fetch_add(1, Ordering::Relaxed);
+            if k.is_power_of_two() {
+                log::debug!(
+                    "dropped {} UDP datagrams naming no tunnel (last from {from})",
+                    k + 1
+                );
+            }
+            continue;
+        };
+        let why = if from.ip().to_canonical() != route.ip {
+            udp::Drop::Foreign
+        } else {
+            match route.opener.open(dgram) {
+                Ok((kind, body)) => {
+                    route
+                        .conn
+                        .stats
+                        .bytes_received
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    // A connection thread that cannot keep up loses datagrams, as the
+                    // network would: the queue is bounded.
+                    if route.tx.try_send(Input::Udp(kind, body.to_vec())).is_ok() {
+                        continue;
+                    }
+                    udp::Drop::Overflow
+                }
+                Err(e) => e,
+            }
+        };
+        let k = route.conn.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
+        if k.is_power_of_two() || k == 0 {
+            log::info!(
+                "tunnel {}: dropped a UDP datagram from {from} ({}); {} so far",
+                route.conn.label,
+                why.as_str(),
+                k + 1
+            );
+        }
+    }
 }
 
 impl Receiver {
@@ -155,6 +304,10 @@ impl Receiver {
     ) -> std::io::Result<Receiver> {
         let local = listener.local_addr()?;
         let listener = waiting_listener(listener)?;
+        let udp = cfg
+            .udp_port
+            .and_then(|p| UdpIn::bind(local.ip(), p))
+            .map(Arc::new);
         let shared = Arc::new(RecvShared {
             stop: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
@@ -162,21 +315,36 @@ impl Receiver {
             cfg,
             host,
             live: Mutex::new(Vec::new()),
+            udp,
         });
         let s2 = shared.clone();
         let listener = thread::Builder::new()
             .name("opus-tunnel-listen".into())
             .spawn(move || accept_loop(listener, s2))?;
+        let mut udp_thread = None;
+        if let Some(u) = shared.udp.clone() {
+            let s3 = shared.clone();
+            let t = thread::Builder::new()
+                .name("opus-tunnel-udp".into())
+                .spawn(move || udp_loop(u, &s3.stop))?;
+            udp_thread = Some(t);
+        }
         Ok(Receiver {
             shared,
             listener: Some(listener),
             local,
+            udp_thread,
         })
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The UDP port `transport=udp` tunnels send to, if one is bound.
+    pub fn udp_port(&self) -> Option<u16> {
+        self.shared.udp.as_ref().map(|u| u.port)
     }
 
     /// Tunnels past their handshake (streaming, or waiting for their stream).
@@ -205,6 +373,21 @@ impl Drop for Receiver {
         let _ = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200));
         if let Some(l) = self.listener.take() {
             let _ = l.join();
+        }
+        // The UDP thread waits in recv_from (up to a second): a datagram of our own wakes it.
+        if let Some(u) = &self.shared.udp {
+            if let Ok(mut at) = u.sock.local_addr() {
+                if at.ip().is_unspecified() {
+                    at.set_ip(match at {
+                        SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                        SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                    });
+                }
+                let _ = u.sock.send_to(&[], at);
+            }
+        }
+        if let Some(t) = self.udp_thread.take() {
+            let _ = t.join();
         }
     }
 }
@@ -442,6 +625,7 @@ fn serve(mut stream: Conn, peer: SocketAddr, shared: Arc<RecvShared>) {
         pattern,
         psk: psk.filter(|_| pattern == Some(Pattern::NnPsk0)),
         rest,
+        grant: Vec::new(),
     };
     match hello.direction {
         Direction::Play => serve_play(stream, peer, &shared, &hello, conn, hs),
@@ -459,6 +643,20 @@ struct Handshaken<'a> {
     psk: Option<[u8; 32]>,
     /// Bytes that followed the hello (or the auth message).
     rest: Vec<u8>,
+    /// Headers the `200` adds (the transport granted).
+    grant: Vec<(String, String)>,
+}
+
+/// The `200`'s headers for the transport granted.
+fn transport_grant(udp: Option<(u16, u32)>) -> Vec<(String, String)> {
+    match udp {
+        Some((port, token)) => vec![
+            (udp::HEADER_TRANSPORT.into(), "udp".into()),
+            (udp::HEADER_PORT.into(), port.to_string()),
+            (udp::HEADER_TOKEN.into(), token.to_string()),
+        ],
+        None => vec![(udp::HEADER_TRANSPORT.into(), "tcp".into())],
+    }
 }
 
 impl Handshaken<'_> {
@@ -553,9 +751,14 @@ fn conclude(
 ) -> Option<String> {
     match await_answer(rx, shared) {
         Ok(device) => {
-            if let Some(reply_text) =
-                accept(stream, &device, &hs.verified, hello.version, hs.pattern)
-            {
+            if let Some(reply_text) = accept(
+                stream,
+                &device,
+                &hs.verified,
+                hello.version,
+                hs.pattern,
+                &hs.grant,
+            ) {
                 let rest = std::mem::take(&mut hs.rest);
                 let secured = match hs.pattern {
                     None => Ok(()),
@@ -619,18 +822,51 @@ fn serve_play(
             return;
         }
     };
+    // transport=udp: a token names the tunnel in its datagrams.
+    let udp = match (&shared.udp, wants_udp(hello)) {
+        (Some(u), true) => Some((u.clone(), u.new_token())),
+        (None, true) => {
+            log::info!(
+                "tunnel {label} from {peer} asks for transport=udp; this receiver has no UDP \
+                 socket (udp_port): granted TCP"
+            );
+            None
+        }
+        (_, false) => None,
+    };
+    if wants_udp(hello) {
+        hs.grant = transport_grant(udp.as_ref().map(|(u, t)| (u.port, *t)));
+    }
     let (req, rx) = request(peer, hello, &conn, playback, hs.pattern);
     shared.host.open(req);
     let Some(sink) = conclude(&mut stream, peer, &rx, shared, &conn, hello, &mut hs) else {
         return;
     };
+    if let Some((u, token)) = &udp {
+        let (tx, rx) = mpsc::sync_channel(UDP_QUEUE);
+        u.add(
+            *token,
+            Route {
+                ip: peer.ip().to_canonical(),
+                opener: DgramOpener::new(stream.datagram_key()),
+                tx: tx.clone(),
+                conn: conn.clone(),
+            },
+        );
+        conn.stats.udp.set_transport(Transport::Udp);
+        receive.udp = Some((tx, rx));
+    }
     log::info!(
-        "tunnel {label} from {peer} plays on {sink} ({}; encryption: {})",
+        "tunnel {label} from {peer} plays on {sink} ({}; encryption: {}; transport: {})",
         format(hello),
-        conn.stats.encryption().as_str()
+        conn.stats.encryption().as_str(),
+        conn.stats.udp.transport().as_str()
     );
     conn.stats.set_state(TunnelState::Streaming);
     let why = receive.run(&mut stream, std::mem::take(&mut hs.rest), &shared.stop);
+    if let Some((u, token)) = &udp {
+        u.remove(*token);
+    }
     log::info!("tunnel {label} from {peer} ended: {why}");
     conn.stats.set_state(TunnelState::Closed);
     conn.closed.store(true, Ordering::SeqCst);
@@ -701,11 +937,19 @@ fn serve_capture(
         block_usec: 1_000_000,
         cookie: None,
         encryption: shared.cfg.encryption,
+        transport: Transport::Tcp,
     };
     // Three seconds between the recording stream and the encoder (float32).
     let ring_bytes = 4 * usize::from(hello.channels) * hello.rate as usize * 3;
     let (feeder, tshared, consumer) = feeder(&wcfg, knobs, ring_bytes);
     let _ = conn.record.set(tshared.clone());
+    if wants_udp(hello) {
+        log::info!(
+            "record tunnel {label} from {peer} asks for transport=udp; record tunnels run over \
+             TCP: granted TCP"
+        );
+        hs.grant = transport_grant(None);
+    }
     let (req, rx) = request(peer, hello, &conn, feeder, hs.pattern);
     shared.host.open_record(req);
     let Some(source) = conclude(&mut stream, peer, &rx, shared, &conn, hello, &mut hs) else {

@@ -80,6 +80,41 @@ pub struct Stats {
     pub dropped_frames: AtomicU64,
     state: AtomicU8,
     encryption: AtomicU8,
+    /// `transport=udp`: what the UDP path counts (all zero over TCP).
+    pub udp: UdpCounters,
+}
+
+/// What the UDP transport counts ([`crate::udp`]).
+#[derive(Debug, Default)]
+pub struct UdpCounters {
+    /// The transport in use: 0 TCP, 1 UDP.
+    transport: AtomicU8,
+    /// Audio packets that did not arrive (gaps in the sequence), recovered or not: rebuilt
+    /// from parity, decoded from FEC, or concealed.
+    pub packets_lost: AtomicU64,
+    /// Lost frames decoded from the next packet's Opus in-band FEC (SILK and hybrid frames).
+    pub fec_frames: AtomicU64,
+    /// Lost packets rebuilt from a parity block.
+    pub parity_frames: AtomicU64,
+    /// Datagrams dropped: from another address than the peer's, not authentic, replayed,
+    /// malformed.
+    pub dropped: AtomicU64,
+}
+
+impl UdpCounters {
+    /// Sets the transport in use.
+    pub fn set_transport(&self, t: crate::udp::Transport) {
+        self.transport
+            .store(u8::from(t == crate::udp::Transport::Udp), Ordering::Relaxed);
+    }
+
+    /// The transport in use (TCP until a link grants UDP).
+    pub fn transport(&self) -> crate::udp::Transport {
+        match self.transport.load(Ordering::Relaxed) {
+            1 => crate::udp::Transport::Udp,
+            _ => crate::udp::Transport::Tcp,
+        }
+    }
 }
 
 /// A plain copy of [`Stats`] at one moment.
@@ -160,6 +195,7 @@ impl Stats {
             dropped_frames: AtomicU64::new(0),
             state: AtomicU8::new(TunnelState::Connecting.to_u8()),
             encryption: AtomicU8::new(crate::secure::State::None.to_u8()),
+            udp: UdpCounters::default(),
         }
     }
 

@@ -18,6 +18,7 @@ use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_core::secure::{self, Mode, Pattern};
 use opus_tunnel_core::server::{Receiver, RecvConfig};
 use opus_tunnel_core::session::{Daemon, NewStream, Refusal, Sessions, StreamHandle};
+use opus_tunnel_core::udp::Transport;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -297,6 +298,7 @@ fn config() -> RecvConfig {
         max_connections: 4,
         external_resampler: false,
         encryption: Mode::Auto,
+        udp_port: None,
     }
 }
 
@@ -392,6 +394,17 @@ impl Sender {
         freq: f64,
         encryption: Mode,
     ) -> Sender {
+        Sender::start_on(addr, device, cookie, freq, encryption, Transport::Tcp)
+    }
+
+    fn start_on(
+        addr: ServerAddr,
+        device: Option<&str>,
+        cookie: Option<Cookie>,
+        freq: f64,
+        encryption: Mode,
+        transport: Transport,
+    ) -> Sender {
         let cfg = WorkerConfig {
             addr,
             remote_sink: device.map(str::to_string),
@@ -407,6 +420,7 @@ impl Sender {
             block_usec: 10_000,
             cookie,
             encryption,
+            transport,
         };
         let (feeder, shared, worker) = start_play(cfg, OpusKnobs::default(), 192_000).unwrap();
         let running = Arc::new(AtomicBool::new(true));
@@ -706,6 +720,7 @@ fn record_tunnel_parks_and_relays_knobs() {
         max_usec: 1_000_000,
         cookie: None,
         encryption: Mode::Auto,
+        transport: Transport::Tcp,
     };
     let (mut playback, client) = start_record(cfg, OpusKnobs::default()).unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -1056,4 +1071,164 @@ fn a_version_1_receiver_gets_cleartext_with_auto_and_a_refusal_with_required() {
     }
     drop(tx);
     stop.store(true, Ordering::SeqCst);
+}
+
+// ---- transport=udp ----------------------------------------------------------------------------
+
+/// The tone arrives whole at `freq` and level: 1 s of it within 3 s, its last 0.3 s checked
+/// (the start may stumble: over UDP in-process, about one start in six played its first
+/// tenths of a second off pitch or with a concealed frame; see the README's known limits).
+fn hears_tone(rig: &Rig, freq_want: f64) {
+    let enough = wait_for(Duration::from_secs(3), || {
+        played_tone(&rig.seen).2 >= 48_000
+    });
+    let n = played_tone(&rig.seen).2;
+    assert!(enough, "only {n} frames of audio arrived");
+    let (freq, rms, _) = steady_tone(&rig.seen.played.lock().unwrap(), 14_400);
+    assert!((freq - freq_want).abs() < 5.0, "tone at {freq:.1} Hz");
+    let db = 20.0 * (rms / (0.25 / 2f64.sqrt())).log10();
+    assert!(db.abs() < 1.5, "level {db:+.2} dB off");
+}
+
+#[test]
+fn udp_transport_encrypted_and_cleartext() {
+    let _serial = serial();
+    for enc in [Mode::Auto, Mode::None] {
+        let mut cfg = config();
+        cfg.udp_port = Some(0);
+        let rig = Rig::start(cfg, false);
+        assert!(rig.receiver.as_ref().unwrap().udp_port().is_some());
+        let tx = Sender::start_on(rig.server(), None, None, 1000.0, enc, Transport::Udp);
+        hears_tone(&rig, 1000.0);
+        assert_eq!(tx.shared.stats.udp.transport(), Transport::Udp);
+        assert!(wait_for(Duration::from_secs(2), || rig
+            .prop("opus.tunnel.transport")
+            .as_deref()
+            == Some("udp")));
+        assert_eq!(rig.prop("opus.tunnel.udp_dropped").as_deref(), Some("0"));
+        let props = tx.shared.stat_properties();
+        assert!(props.contains(&("opus.tunnel.transport".into(), "udp".into())));
+        // FEC is the encoder's business (on by default through the module arguments); the
+        // receiver's reports carry the loss.
+        assert!(wait_for(Duration::from_secs(3), || tx
+            .shared
+            .stat_properties()
+            .iter()
+            .any(|(k, v)| k == "opus.tunnel.remote.loss_pct" && v == "0")));
+        let expect = if enc == Mode::None {
+            secure::State::None
+        } else {
+            secure::State::Noise(Pattern::Nn)
+        };
+        assert_eq!(tx.shared.stats.encryption(), expect);
+    }
+}
+
+#[test]
+fn udp_falls_back_to_tcp_when_the_receiver_has_no_udp() {
+    let _serial = serial();
+    let rig = Rig::start(config(), false);
+    let tx = Sender::start_on(rig.server(), None, None, 800.0, Mode::Auto, Transport::Udp);
+    hears_tone(&rig, 800.0);
+    assert_eq!(tx.shared.stats.udp.transport(), Transport::Tcp);
+    assert!(wait_for(Duration::from_secs(2), || rig
+        .prop("opus.tunnel.transport")
+        .as_deref()
+        == Some("tcp")));
+}
+
+#[test]
+fn junk_datagrams_do_not_disturb_a_udp_stream() {
+    let _serial = serial();
+    let mut cfg = config();
+    cfg.udp_port = Some(0);
+    let rig = Rig::start(cfg, false);
+    let port = rig.receiver.as_ref().unwrap().udp_port().unwrap();
+    let tx = Sender::start_on(rig.server(), None, None, 1000.0, Mode::Auto, Transport::Udp);
+    assert!(rig.hears_audio());
+    // Random datagrams, and datagrams of every short length, at the receiver's port while
+    // the tone plays.
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut x = 99u64;
+    let stop = Instant::now() + Duration::from_millis(800);
+    let mut sent = 0;
+    while Instant::now() < stop {
+        let len = sent % 200;
+        let d: Vec<u8> = (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (x >> 40) as u8
+            })
+            .collect();
+        let _ = junk.send_to(&d, ("127.0.0.1", port));
+        sent += 1;
+        if sent % 50 == 0 {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    rig.seen.played.lock().unwrap().clear();
+    hears_tone(&rig, 1000.0);
+    assert_eq!(tx.shared.stats.udp.transport(), Transport::Udp);
+    assert_eq!(tx.state(), "streaming");
+}
+
+/// A TCP forwarder on `listen` to `to` (one connection at a time, both directions).
+fn tcp_forwarder(listen: &str, to: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind(listen).unwrap();
+    let at = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(a) = c else { return };
+            let Ok(b) = TcpStream::connect(to) else {
+                continue;
+            };
+            let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+            let (mut a, mut b) = (a, b);
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut a, &mut b);
+                let _ = b.shutdown(std::net::Shutdown::Both);
+            });
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut b2, &mut a2);
+                let _ = a2.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    at
+}
+
+#[test]
+fn blocked_udp_falls_back_to_tcp_on_the_same_connection() {
+    let _serial = serial();
+    let mut cfg = config();
+    cfg.udp_port = Some(0);
+    let rig = Rig::start(cfg, false);
+    // Through a TCP forwarder on 127.0.0.2: the receiver grants UDP, but the datagrams go to
+    // 127.0.0.2, where nothing listens (as a firewall would drop them).
+    let fwd = tcp_forwarder("127.0.0.2:0", rig.addr);
+    let addr = ServerAddr::Tcp {
+        host: "127.0.0.2".into(),
+        port: fwd.port(),
+    };
+    let tx = Sender::start_on(addr, None, None, 1000.0, Mode::Auto, Transport::Udp);
+    assert!(wait_for(Duration::from_secs(2), || tx
+        .shared
+        .stats
+        .udp
+        .transport()
+        == Transport::Udp));
+    assert_eq!(
+        played_tone(&rig.seen).2,
+        0,
+        "audio arrived over blocked UDP"
+    );
+    // After 3 s unanswered, the audio goes over TCP.
+    assert!(wait_for(Duration::from_secs(5), || tx
+        .shared
+        .stats
+        .udp
+        .transport()
+        == Transport::Tcp));
+    hears_tone(&rig, 1000.0);
+    assert_eq!(tx.shared.stats.snapshot().reconnects, 0);
 }

@@ -1,0 +1,731 @@
+//! `transport=udp`: the handshake, authentication and control stay on the TCP connection; the
+//! audio (RTP) of a play tunnel travels in UDP datagrams from the tunnel to the receiver's
+//! `udp_port` (default 4715).
+//!
+//! The hello asks `Transport: udp`; a receiver that can answers its `200` with
+//! `Transport: udp`, `Udp-Port: N` and `Udp-Token: T` (a random 32-bit number naming the
+//! connection); one that cannot (no UDP socket, a record tunnel, an older peer) answers
+//! `Transport: tcp` or nothing, and the tunnel logs that it fell back to TCP. The `200` is
+//! covered by the cookie's signature and the Noise prologue, so neither can be changed on the
+//! way.
+//!
+//! A datagram is
+//!
+//! ```text
+//! token (u32, big-endian) | counter (u64, big-endian) | body
+//! ```
+//!
+//! The counter starts at 0 and grows by one a datagram. In cleartext the body is the inner
+//! message; on an encrypted connection it is the inner message sealed with the connection's
+//! Noise transport key of that direction (through `snow`'s stateless transport, the nonce
+//! being `2^63 + counter`: the TCP records use the nonces from 0 up, so the two never meet),
+//! 16 bytes of tag added. The inner message is a kind byte and its bytes: [`KIND_RTP`] and an
+//! RTP packet, or [`KIND_PARITY`] and a parity block ([`ParityEncoder`]).
+//!
+//! The receiver takes a datagram only from the IP address of the connection its token names,
+//! only if it opens (encrypted), and only if its counter is new to a 1024-wide window
+//! ([`ReplayWindow`]); everything else is dropped and counted, and never touches the stream.
+//!
+//! Loss protection: Opus in-band FEC (SILK and hybrid frames: the receiver decodes a lost
+//! frame from the next packet), and one XOR parity block after every [`PARITY_GROUP`] audio
+//! packets, which rebuilds any one lost packet of the group (CELT frames too) when the block
+//! arrives before the lost packet's turn to play.
+use crate::secure::SecureError;
+use snow::StatelessTransportState;
+use std::sync::Arc;
+
+/// The receiver's UDP port when `udp_port=` is not given.
+pub const DEFAULT_PORT: u16 = 4715;
+/// The hello's request (`udp` or `tcp`) and the `200`'s grant.
+pub const HEADER_TRANSPORT: &str = "Transport";
+/// The `200`: the UDP port granted.
+pub const HEADER_PORT: &str = "Udp-Port";
+/// The `200`: the token naming the connection in every datagram.
+pub const HEADER_TOKEN: &str = "Udp-Token";
+/// Bytes before the body: token and counter.
+pub const HEADER_LEN: usize = 12;
+/// The inner message is an RTP packet.
+pub const KIND_RTP: u8 = 0;
+/// The inner message is a parity block.
+pub const KIND_PARITY: u8 = 1;
+/// Audio packets covered by one parity block.
+pub const PARITY_GROUP: usize = 4;
+/// The largest datagram taken (an IPv4 UDP payload's limit).
+pub const MAX_DATAGRAM: usize = 65_507;
+/// Datagram nonces start here (TCP records count from 0).
+const NONCE_BASE: u64 = 1 << 63;
+/// Counters remembered behind the newest.
+const WINDOW: u64 = 1024;
+
+/// `transport=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Everything on the TCP connection (the default: it survives NX and SSH forwards).
+    #[default]
+    Tcp,
+    /// Audio over UDP, control on TCP.
+    Udp,
+}
+
+impl Transport {
+    /// `tcp` or `udp`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+
+    /// Parses the argument `key` (`tcp` when not given); the error names the key.
+    pub fn parse(key: &str, value: Option<&str>) -> Result<Transport, String> {
+        match value.map(|v| v.trim().to_ascii_lowercase()) {
+            None => Ok(Transport::Tcp),
+            Some(v) if v == "tcp" => Ok(Transport::Tcp),
+            Some(v) if v == "udp" => Ok(Transport::Udp),
+            Some(v) => Err(format!("{key}: {v:?} is not accepted (tcp or udp)")),
+        }
+    }
+}
+
+/// Why a datagram was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// Shorter than its header, or longer than allowed, or an empty body.
+    Malformed,
+    /// Its token names no connection.
+    UnknownToken,
+    /// It came from another address than the connection's peer.
+    Foreign,
+    /// It does not open with the connection's key (tampered, or another key).
+    Tampered,
+    /// Its counter was seen already, or is too old for the window.
+    Replayed,
+    /// The tunnel's queue is full (its thread does not keep up).
+    Overflow,
+}
+
+impl Drop {
+    /// For the log.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Drop::Malformed => "malformed",
+            Drop::UnknownToken => "unknown token",
+            Drop::Foreign => "from another address than the tunnel's peer",
+            Drop::Tampered => "does not authenticate",
+            Drop::Replayed => "replayed",
+            Drop::Overflow => "the tunnel's queue is full",
+        }
+    }
+}
+
+/// The token of a datagram, if it has a whole header.
+pub fn token_of(dgram: &[u8]) -> Option<u32> {
+    let b = dgram.get(..4)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Accepts each counter once: the newest seen and a bitmap of the [`WINDOW`] before it
+/// (RFC 6479's idea, in a plain bitmap).
+#[derive(Debug, Clone, Default)]
+pub struct ReplayWindow {
+    /// The newest counter accepted, plus one (0: none yet).
+    top: u64,
+    /// Bit `i` of the bitmap: counter `top - 1 - i` was accepted.
+    bits: [u64; (WINDOW / 64) as usize],
+}
+
+impl ReplayWindow {
+    /// An empty window.
+    pub fn new() -> ReplayWindow {
+        ReplayWindow::default()
+    }
+
+    /// Whether `n` would be accepted (new and not too old). Does not change the window.
+    pub fn check(&self, n: u64) -> bool {
+        if n >= self.top {
+            return n != u64::MAX;
+        }
+        let back = self.top - 1 - n;
+        back < WINDOW && !self.bit(back)
+    }
+
+    /// Checks `n` and, if accepted, remembers it.
+    pub fn accept(&mut self, n: u64) -> bool {
+        if !self.check(n) {
+            return false;
+        }
+        if n >= self.top {
+            let shift = n + 1 - self.top;
+            self.shift(shift);
+            self.top = n + 1;
+            self.set(0);
+        } else {
+            self.set(self.top - 1 - n);
+        }
+        true
+    }
+
+    fn bit(&self, back: u64) -> bool {
+        self.bits[(back / 64) as usize] & (1 << (back % 64)) != 0
+    }
+
+    fn set(&mut self, back: u64) {
+        self.bits[(back / 64) as usize] |= 1 << (back % 64);
+    }
+
+    /// Moves every bit `by` places older (bits past the window fall off).
+    fn shift(&mut self, by: u64) {
+        if by >= WINDOW {
+            self.bits = Default::default();
+            return;
+        }
+        let words = (by / 64) as usize;
+        let bits = (by % 64) as u32;
+        let n = self.bits.len();
+        for i in (0..n).rev() {
+            let src = i.checked_sub(words);
+            let hi = src.map_or(0, |s| self.bits[s]);
+            let lo = src
+                .and_then(|s| s.checked_sub(1))
+                .map_or(0, |s| self.bits[s]);
+            self.bits[i] = if bits == 0 {
+                hi
+            } else {
+                (hi << bits) | (lo >> (64 - bits))
+            };
+        }
+    }
+}
+
+/// The sending half: numbers, seals (when the connection is encrypted) and frames datagrams.
+pub struct DgramSealer {
+    key: Option<Arc<StatelessTransportState>>,
+    token: u32,
+    counter: u64,
+}
+
+impl DgramSealer {
+    /// Datagrams for the connection `token`, sealed with `key` (`None`: cleartext).
+    pub fn new(token: u32, key: Option<Arc<StatelessTransportState>>) -> DgramSealer {
+        DgramSealer {
+            key,
+            token,
+            counter: 0,
+        }
+    }
+
+    /// `out` becomes the datagram carrying `kind` and `body`.
+    pub fn seal(&mut self, kind: u8, body: &[u8], out: &mut Vec<u8>) -> Result<(), SecureError> {
+        if self.counter >= NONCE_BASE - 1 {
+            return Err(SecureError::Exhausted);
+        }
+        let n = self.counter;
+        self.counter += 1;
+        out.clear();
+        out.extend_from_slice(&self.token.to_be_bytes());
+        out.extend_from_slice(&n.to_be_bytes());
+        match &self.key {
+            None => {
+                out.push(kind);
+                out.extend_from_slice(body);
+            }
+            Some(k) => {
+                let mut plain = Vec::with_capacity(body.len() + 1);
+                plain.push(kind);
+                plain.extend_from_slice(body);
+                let start = out.len();
+                out.resize(start + plain.len() + crate::secure::TAG_LEN, 0);
+                let w = k
+                    .write_message(NONCE_BASE | n, &plain, &mut out[start..])
+                    .map_err(|e| SecureError::Framing(format!("{e:?}")))?;
+                out.truncate(start + w);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The receiving half of one connection: opens datagrams, keeps out replays.
+pub struct DgramOpener {
+    key: Option<Arc<StatelessTransportState>>,
+    window: ReplayWindow,
+    plain: Vec<u8>,
+}
+
+impl DgramOpener {
+    /// Opens datagrams sealed with `key` (`None`: cleartext).
+    pub fn new(key: Option<Arc<StatelessTransportState>>) -> DgramOpener {
+        DgramOpener {
+            key,
+            window: ReplayWindow::new(),
+            plain: Vec::new(),
+        }
+    }
+
+    /// The kind and body of a datagram (whose token the caller matched), or why it is
+    /// dropped. A datagram that opens counts in the replay window; one that does not leaves
+    /// the window as it was.
+    pub fn open<'a>(&'a mut self, dgram: &'a [u8]) -> Result<(u8, &'a [u8]), Drop> {
+        if dgram.len() <= HEADER_LEN || dgram.len() > MAX_DATAGRAM {
+            return Err(Drop::Malformed);
+        }
+        let mut c = [0u8; 8];
+        c.copy_from_slice(&dgram[4..HEADER_LEN]);
+        let n = u64::from_be_bytes(c);
+        if n >= NONCE_BASE || !self.window.check(n) {
+            return Err(Drop::Replayed);
+        }
+        let body = &dgram[HEADER_LEN..];
+        match &self.key {
+            None => {
+                self.window.accept(n);
+                Ok((body[0], &body[1..]))
+            }
+            Some(k) => {
+                if body.len() <= crate::secure::TAG_LEN {
+                    return Err(Drop::Malformed);
+                }
+                self.plain.resize(body.len(), 0);
+                let len = k
+                    .read_message(NONCE_BASE | n, body, &mut self.plain)
+                    .map_err(|_| Drop::Tampered)?;
+                if len == 0 {
+                    return Err(Drop::Malformed);
+                }
+                self.window.accept(n);
+                Ok((self.plain[0], &self.plain[1..len]))
+            }
+        }
+    }
+}
+
+/// Whether an Opus packet (one or two channels, one frame) carries in-band FEC data for the
+/// packet before it: a SILK or hybrid frame whose LBRR flag is set (read as libopus's
+/// `opus_packet_has_lbrr` reads it: the flag follows the VAD flags in the first byte of the
+/// frame). CELT-only packets never do.
+pub fn opus_has_fec(packet: &[u8]) -> bool {
+    let (Some(&toc), Some(&first)) = (packet.first(), packet.get(1)) else {
+        return false;
+    };
+    let config = toc >> 3;
+    if config >= 16 || toc & 0x3 != 0 {
+        return false;
+    }
+    let ms = if config >= 12 {
+        [10, 20][usize::from(config & 1)]
+    } else {
+        [10, 20, 40, 60][usize::from(config & 3)]
+    };
+    let frames = (ms / 20).max(1);
+    let mut lbrr = (first >> (7 - frames)) & 1;
+    if toc & 0x4 != 0 {
+        lbrr |= (first >> (6 - 2 * frames)) & 1;
+    }
+    lbrr != 0
+}
+
+/// XOR parity over [`PARITY_GROUP`] consecutive RTP packets (the idea of RFC 5109's XOR
+/// protection, with our own small header): what is XORed is each packet's 2-byte length and
+/// its bytes, zero-padded to the longest of the group, so that any one lost packet comes back
+/// whole. A block is `first sequence number (u16) | packets (u8) | XOR`; its overhead is one
+/// datagram (the longest packet's size, plus 3 + 2 bytes) every [`PARITY_GROUP`] packets.
+#[derive(Debug, Default)]
+pub struct ParityEncoder {
+    first: u16,
+    next: u16,
+    count: usize,
+    acc: Vec<u8>,
+}
+
+impl ParityEncoder {
+    /// An encoder with no group open.
+    pub fn new() -> ParityEncoder {
+        ParityEncoder::default()
+    }
+
+    /// Adds the RTP packet `seq`; returns the group's parity block when this packet completes
+    /// it. A packet that does not follow the last one starts a new group.
+    pub fn add(&mut self, seq: u16, rtp: &[u8]) -> Option<Vec<u8>> {
+        if self.count > 0 && seq != self.next {
+            self.reset();
+        }
+        if self.count == 0 {
+            self.first = seq;
+            self.acc.clear();
+            self.acc.extend_from_slice(&[0, 0, 0]);
+        }
+        xor_into(&mut self.acc, 3, rtp);
+        self.count += 1;
+        self.next = seq.wrapping_add(1);
+        if self.count < PARITY_GROUP {
+            return None;
+        }
+        let mut block = std::mem::take(&mut self.acc);
+        block[..2].copy_from_slice(&self.first.to_be_bytes());
+        block[2] = PARITY_GROUP as u8;
+        self.count = 0;
+        Some(block)
+    }
+
+    /// Forgets the open group (the stream paused or restarted).
+    pub fn reset(&mut self) {
+        self.count = 0;
+        self.acc.clear();
+    }
+}
+
+/// XORs `len(rtp) | rtp` into `acc` from `at`, growing `acc` with zeros as needed.
+fn xor_into(acc: &mut Vec<u8>, at: usize, rtp: &[u8]) {
+    let need = at + 2 + rtp.len();
+    if acc.len() < need {
+        acc.resize(need, 0);
+    }
+    let len = (rtp.len().min(usize::from(u16::MAX)) as u16).to_be_bytes();
+    acc[at] ^= len[0];
+    acc[at + 1] ^= len[1];
+    for (a, b) in acc[at + 2..].iter_mut().zip(rtp) {
+        *a ^= b;
+    }
+}
+
+/// The receiving side of the parity: keeps the last packets and blocks, and rebuilds a lost
+/// packet when its group's other packets and its block are in.
+#[derive(Debug, Default)]
+pub struct ParityDecoder {
+    /// Recent RTP packets by sequence number (oldest first).
+    packets: std::collections::VecDeque<(u16, Vec<u8>)>,
+    /// Blocks whose group is not complete yet: first sequence number, packets, XOR.
+    blocks: std::collections::VecDeque<(u16, u8, Vec<u8>)>,
+}
+
+/// Packets kept for rebuilding.
+const KEEP_PACKETS: usize = 4 * PARITY_GROUP;
+/// Blocks kept waiting.
+const KEEP_BLOCKS: usize = 4;
+
+impl ParityDecoder {
+    /// An empty decoder.
+    pub fn new() -> ParityDecoder {
+        ParityDecoder::default()
+    }
+
+    /// Forgets everything (a new stream).
+    pub fn reset(&mut self) {
+        self.packets.clear();
+        self.blocks.clear();
+    }
+
+    /// Remembers a received RTP packet (`seq` from its header); returns a packet rebuilt with
+    /// its help, if any.
+    pub fn on_packet(&mut self, seq: u16, rtp: &[u8]) -> Option<Vec<u8>> {
+        if self.has(seq) {
+            return None;
+        }
+        if self.packets.len() == KEEP_PACKETS {
+            self.packets.pop_front();
+        }
+        self.packets.push_back((seq, rtp.to_vec()));
+        self.try_blocks()
+    }
+
+    /// Takes a parity block; returns a packet rebuilt with its help, if any. A malformed
+    /// block is ignored.
+    pub fn on_block(&mut self, block: &[u8]) -> Option<Vec<u8>> {
+        if block.len() < 5 {
+            return None;
+        }
+        let first = u16::from_be_bytes([block[0], block[1]]);
+        let count = block[2];
+        if count == 0 || usize::from(count) > KEEP_PACKETS {
+            return None;
+        }
+        if self.blocks.len() == KEEP_BLOCKS {
+            self.blocks.pop_front();
+        }
+        self.blocks.push_back((first, count, block[3..].to_vec()));
+        self.try_blocks()
+    }
+
+    fn has(&self, seq: u16) -> bool {
+        self.packets.iter().any(|(s, _)| *s == seq)
+    }
+
+    /// Rebuilds from the first block that lacks exactly one packet; drops blocks whose group
+    /// is complete.
+    fn try_blocks(&mut self) -> Option<Vec<u8>> {
+        let mut i = 0;
+        while i < self.blocks.len() {
+            let (first, count, _) = self.blocks[i];
+            let missing: Vec<u16> = (0..u16::from(count))
+                .map(|k| first.wrapping_add(k))
+                .filter(|s| !self.has(*s))
+                .collect();
+            match missing.len() {
+                0 => {
+                    self.blocks.remove(i);
+                }
+                1 => {
+                    let (_, _, xor) = self.blocks.remove(i)?;
+                    let mut acc = xor;
+                    for k in 0..u16::from(count) {
+                        let s = first.wrapping_add(k);
+                        if let Some((_, p)) = self.packets.iter().find(|(q, _)| *q == s) {
+                            xor_into(&mut acc, 0, p);
+                        }
+                    }
+                    if acc.len() < 2 {
+                        return None;
+                    }
+                    let len = usize::from(u16::from_be_bytes([acc[0], acc[1]]));
+                    let rtp = acc.get(2..2 + len)?.to_vec();
+                    // Only a packet with the right sequence number counts.
+                    let seq = rtp.get(2..4).map(|b| u16::from_be_bytes([b[0], b[1]]));
+                    if seq != Some(missing[0]) || len < 12 {
+                        return None;
+                    }
+                    return Some(rtp);
+                }
+                _ => i += 1,
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtp::{parse_rtp, write_rtp, RtpHeader};
+    use crate::secure::{pair, Pattern};
+
+    fn rtp(seq: u16, len: usize) -> Vec<u8> {
+        let h = RtpHeader {
+            marker: false,
+            payload_type: 96,
+            seq,
+            timestamp: u32::from(seq) * 960,
+            ssrc: 7,
+        };
+        let payload: Vec<u8> = (0..len).map(|i| (i as u8) ^ (seq as u8)).collect();
+        let mut out = Vec::new();
+        write_rtp(&h, &payload, &mut out);
+        out
+    }
+
+    #[test]
+    fn transport_parses() {
+        assert_eq!(Transport::parse("transport", None), Ok(Transport::Tcp));
+        assert_eq!(
+            Transport::parse("transport", Some(" UDP ")),
+            Ok(Transport::Udp)
+        );
+        assert_eq!(
+            Transport::parse("tunnel.transport", Some("sctp")).unwrap_err(),
+            "tunnel.transport: \"sctp\" is not accepted (tcp or udp)"
+        );
+    }
+
+    #[test]
+    fn replay_window() {
+        let mut w = ReplayWindow::new();
+        assert!(w.accept(0));
+        assert!(!w.accept(0));
+        assert!(w.accept(5));
+        assert!(w.accept(3), "late but new");
+        assert!(!w.accept(3));
+        assert!(!w.accept(5));
+        assert!(w.accept(1));
+        // Far ahead: what falls out of the window is refused.
+        assert!(w.accept(5000));
+        assert!(!w.accept(5000 - WINDOW));
+        assert!(w.accept(5000 - WINDOW + 1));
+        assert!(!w.accept(6));
+        // Shifts of every size keep the bits right.
+        let mut w = ReplayWindow::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut x = 1u64;
+        let mut top = 0u64;
+        for _ in 0..20_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let step = (x >> 33) % 300;
+            let n = if (x >> 20) % 3 == 0 {
+                top + step
+            } else {
+                top.saturating_sub(step)
+            };
+            let fresh = !seen.contains(&n) && n + WINDOW >= top.max(1);
+            let expect = fresh && (n >= top || top - 1 - n < WINDOW);
+            assert_eq!(w.accept(n), expect, "n {n} top {top}");
+            if expect {
+                seen.insert(n);
+                top = top.max(n + 1);
+            }
+        }
+        assert!(!w.check(u64::MAX));
+    }
+
+    #[test]
+    fn datagrams_cleartext_and_sealed() {
+        let ((is, _), (_, ro)) = pair(Pattern::Nn, None, None, b"p").unwrap();
+        let (ik, rk) = (is.transport_key(), ro.transport_key());
+        for (sk, ok) in [(None, None), (Some(ik), Some(rk))] {
+            let sealed = sk.is_some();
+            let mut s = DgramSealer::new(0xdead_beef, sk);
+            let mut o = DgramOpener::new(ok);
+            let mut d = Vec::new();
+            s.seal(KIND_RTP, b"hello", &mut d).unwrap();
+            assert_eq!(token_of(&d), Some(0xdead_beef));
+            assert_eq!(d.len(), HEADER_LEN + 6 + if sealed { 16 } else { 0 });
+            assert_eq!(o.open(&d), Ok((KIND_RTP, &b"hello"[..])));
+            // Replayed.
+            assert_eq!(o.open(&d), Err(Drop::Replayed));
+            let mut d2 = Vec::new();
+            s.seal(KIND_PARITY, b"xy", &mut d2).unwrap();
+            if sealed {
+                // Every bit flip past the token fails, and leaves the window usable.
+                for bit in 32..d2.len() * 8 {
+                    let mut t = d2.clone();
+                    t[bit / 8] ^= 1 << (bit % 8);
+                    assert!(o.open(&t).is_err(), "bit {bit}");
+                }
+                assert!(!d2.windows(2).any(|w| w == b"xy"));
+            }
+            assert_eq!(o.open(&d2), Ok((KIND_PARITY, &b"xy"[..])));
+            assert_eq!(o.open(&d[..HEADER_LEN]), Err(Drop::Malformed));
+            assert_eq!(o.open(&[]), Err(Drop::Malformed));
+        }
+    }
+
+    #[test]
+    fn parity_rebuilds_any_one_lost_packet() {
+        for lost in 0..PARITY_GROUP {
+            let mut enc = ParityEncoder::new();
+            let mut dec = ParityDecoder::new();
+            let base = 65534u16; // wraps inside the group
+            let pkts: Vec<Vec<u8>> = (0..PARITY_GROUP as u16)
+                .map(|k| rtp(base.wrapping_add(k), 20 + 37 * usize::from(k)))
+                .collect();
+            let mut block = None;
+            for (k, p) in pkts.iter().enumerate() {
+                let seq = base.wrapping_add(k as u16);
+                block = enc.add(seq, p);
+                if k != lost {
+                    assert_eq!(dec.on_packet(seq, p), None);
+                }
+            }
+            let block = block.expect("a block after the group");
+            assert_eq!(
+                block.len(),
+                3 + 2 + pkts.iter().map(Vec::len).max().unwrap()
+            );
+            let back = dec.on_block(&block).expect("rebuilt");
+            assert_eq!(back, pkts[lost]);
+            assert!(parse_rtp(&back).is_ok());
+        }
+        // Block first, packets later; two lost: nothing; garbage blocks: nothing.
+        let mut enc = ParityEncoder::new();
+        let pkts: Vec<Vec<u8>> = (10..14).map(|s| rtp(s, 50)).collect();
+        let mut block = None;
+        for (k, p) in pkts.iter().enumerate() {
+            block = enc.add(10 + k as u16, p);
+        }
+        let block = block.unwrap();
+        let mut dec = ParityDecoder::new();
+        assert_eq!(dec.on_block(&block), None);
+        assert_eq!(dec.on_packet(10, &pkts[0]), None);
+        assert_eq!(dec.on_packet(12, &pkts[2]), None);
+        assert_eq!(dec.on_packet(13, &pkts[3]), Some(pkts[1].clone()));
+        let mut dec = ParityDecoder::new();
+        dec.on_packet(10, &pkts[0]);
+        dec.on_packet(13, &pkts[3]);
+        assert_eq!(dec.on_block(&block), None);
+        for junk in [
+            &[][..],
+            &[1, 2, 3, 4][..],
+            &[0, 10, 0, 1, 2][..],
+            &[0, 10, 255, 9, 9][..],
+        ] {
+            assert_eq!(dec.on_block(junk), None);
+        }
+        // A gap in the sequence starts a new group.
+        let mut enc = ParityEncoder::new();
+        assert!(enc.add(1, &pkts[0]).is_none());
+        assert!(enc.add(2, &pkts[0]).is_none());
+        assert!(enc.add(7, &pkts[0]).is_none());
+        assert!(enc.add(8, &pkts[0]).is_none());
+        assert!(enc.add(9, &pkts[0]).is_none());
+        assert!(enc.add(10, &pkts[0]).is_some());
+    }
+
+    #[test]
+    fn fec_flag_of_real_packets() {
+        use crate::codec::{Encoder, StreamFormat};
+        use crate::params::{OpusKnobs, Signal};
+        let fmt = StreamFormat {
+            rate: 48_000,
+            channels: 2,
+        };
+        for (fec, loss) in [(false, 0u8), (true, 10)] {
+            let knobs = OpusKnobs {
+                bitrate: 24_000,
+                signal: Signal::Voice,
+                fec,
+                packet_loss: loss,
+                ..OpusKnobs::default()
+            };
+            let mut enc = Encoder::new(crate::params::Compression::Opus, fmt, &knobs).unwrap();
+            let mut with = 0;
+            let mut out = Vec::new();
+            for f in 0..100 {
+                // Voiced syllables (200 ms on, 100 ms off, the pitch moving): SILK's voice
+                // activity detection takes a steady sound for noise after a while.
+                let pcm: Vec<f32> = (0..960 * 2)
+                    .map(|i| {
+                        let t = (f * 960 + i / 2) as f32 / 48_000.0;
+                        let on = if t % 0.3 < 0.2 { 1.0 } else { 0.0 };
+                        let f0 = 120.0 + 40.0 * (t * 2.0).sin();
+                        on * (0.3 * (t * 2.0 * std::f32::consts::PI * f0).sin().powi(15)
+                            + 0.05 * (t * 2.0 * std::f32::consts::PI * 700.0).sin())
+                    })
+                    .collect();
+                enc.encode(&pcm, &mut out).unwrap();
+                if opus_has_fec(&out) {
+                    with += 1;
+                }
+            }
+            if fec {
+                assert!(with > 30, "{with} of 100 packets carry FEC");
+            } else {
+                assert_eq!(with, 0);
+            }
+        }
+        assert!(!opus_has_fec(&[]));
+        assert!(!opus_has_fec(&[0xfc, 0xff]), "CELT-only");
+    }
+
+    #[test]
+    fn junk_never_panics() {
+        let ((is, _), (_, ro)) = pair(Pattern::Nn, None, None, b"").unwrap();
+        let _ = is;
+        let mut o = DgramOpener::new(Some(ro.transport_key()));
+        let mut c = DgramOpener::new(None);
+        let mut dec = ParityDecoder::new();
+        let mut x = 7u64;
+        for len in 0..2000usize {
+            let d: Vec<u8> = (0..len % 300)
+                .map(|_| {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(3);
+                    (x >> 40) as u8
+                })
+                .collect();
+            let _ = o.open(&d);
+            if let Ok((k, b)) = c.open(&d) {
+                if k == KIND_PARITY {
+                    let _ = dec.on_block(b);
+                } else if b.len() >= 4 {
+                    let _ = dec.on_packet(u16::from_be_bytes([b[2], b[3]]), b);
+                }
+            }
+        }
+    }
+}

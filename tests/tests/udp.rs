@@ -1,0 +1,364 @@
+//! `transport=udp` over an emulated WAN (issue 18, item 2's done-when): the sender's
+//! PulseAudio in namespace A, the receiver's in B, a link of 20 ms one way, 0–5 ms of
+//! order-keeping jitter and 2 % random loss each way (tests/src/netem.rs). At the defaults
+//! (Opus 64 kbit/s, 20 ms frames, complexity 10, encrypted with Noise NN, FEC on with UDP,
+//! `packet_loss` following the receiver's reports, one parity block every 4 packets, the
+//! receive buffer sized automatically):
+//!
+//! 1. a 1 kHz tone for `OPUS_TUNNEL_UDP_SECS` (default 60): after the first second no 10 ms
+//!    block more than 20 dB below the tone; the stream's transport is `udp`;
+//! 2. render-to-render latency (the sender's sink renders a click → the receiver's sink renders
+//!    it, from timed recordings of both monitors, as `playout.rs` p3): median ≤ 60 ms (one way
+//!    + 40 ms);
+//! 3. speech-like audio (voiced syllables; the speech hint `compression.opus.signal=voice`, as
+//!    microphones have): the counters show lost frames recovered by FEC or parity;
+//! 4. the same tone over `transport=tcp` at the same bitrate: the UDP tunnel's bytes on the
+//!    link (A→B, IP packets) at most 1.3× the TCP tunnel's.
+//!
+//! Runs 60 + ~45 s at the default; `OPUS_TUNNEL_UDP_SECS=20` for CI.
+use opus_tunnel_tests::daemon::tunnel_logs;
+use opus_tunnel_tests::timed::{play_train, sink_latency_usec, Origin, TimedRecorder};
+use opus_tunnel_tests::{
+    begin_tunnel, channel, play_loop, prop_or_unknown, rms_dbfs, tone_loop, wait::wait_for_tone,
+    Daemon, Dir, Link, Netem, Recorder, RATE,
+};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// A received sample above this (s16) is loud; a click's onset comes after 50 ms of quiet.
+const LOUD: i16 = 4000;
+const QUIET: usize = 2400;
+
+/// `opus.tunnel.*` properties of the receiver's first sink-input.
+fn stream_props(d: &Daemon) -> HashMap<String, String> {
+    let text = d.pactl_ok(&["list", "sink-inputs"]);
+    let mut map = HashMap::new();
+    for line in text.lines() {
+        if let Some((k, v)) = line.trim().split_once(" = ") {
+            if k.starts_with("opus.tunnel.") && !map.contains_key(k) {
+                map.insert(k.to_string(), v.trim_matches('"').to_string());
+            }
+        }
+    }
+    map
+}
+
+fn num(p: &HashMap<String, String>, key: &str) -> u64 {
+    p.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn ms_of(p: &HashMap<String, String>, key: &str) -> f64 {
+    p.get(key)
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(f64::NAN, |us| us / 1000.0)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// The level (dBFS) of each 10 ms block of interleaved stereo.
+fn block_levels(samples: &[i16]) -> Vec<f64> {
+    let block = RATE as usize / 100 * 2;
+    samples
+        .chunks_exact(block)
+        .map(|b| rms_dbfs(&channel(b, 0, 2)).max(rms_dbfs(&channel(b, 1, 2))))
+        .collect()
+}
+
+/// Speech-like audio, `seconds` long, looped: voiced syllables (a 110–160 Hz glottal pulse
+/// train through two formant resonances) of 180 ms with 70 ms pauses, at about -18 dBFS.
+fn speech_like(seconds: usize) -> Vec<i16> {
+    let n = seconds * RATE as usize;
+    let mut out = Vec::with_capacity(n * 2);
+    let (mut phase, mut y1, mut y2, mut z1, mut z2) = (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let formants = [
+        (700.0, 1200.0),
+        (400.0, 2000.0),
+        (600.0, 900.0),
+        (300.0, 2300.0),
+    ];
+    for i in 0..n {
+        let t = i as f64 / RATE as f64;
+        let syl = (t / 0.25) as usize;
+        let in_syl = t % 0.25;
+        let voiced = in_syl < 0.18;
+        let f0 = 110.0 + 50.0 * ((syl % 5) as f64 / 4.0) + 10.0 * (t * 3.0).sin();
+        phase += f0 / RATE as f64;
+        let pulse = if voiced && phase >= 1.0 { 1.0 } else { 0.0 };
+        if phase >= 1.0 {
+            phase -= 1.0;
+        }
+        let (fa, fb) = formants[syl % formants.len()];
+        // Two two-pole resonators.
+        let res = |f: f64, bw: f64| {
+            let r = (-std::f64::consts::PI * bw / RATE as f64).exp();
+            (
+                2.0 * r * (2.0 * std::f64::consts::PI * f / RATE as f64).cos(),
+                -r * r,
+            )
+        };
+        let (a1, a2) = res(fa, 80.0);
+        let (b1, b2) = res(fb, 120.0);
+        let y = pulse + a1 * y1 + a2 * y2;
+        y2 = y1;
+        y1 = y;
+        let z = pulse + b1 * z1 + b2 * z2;
+        z2 = z1;
+        z1 = z;
+        let env = if voiced {
+            (in_syl / 0.02).min(1.0) * ((0.18 - in_syl) / 0.03).min(1.0)
+        } else {
+            0.0
+        };
+        let v = (0.02 * y + 0.012 * z) * env;
+        let s = (v.clamp(-1.0, 1.0) * 32767.0) as i16;
+        out.push(s);
+        out.push(s);
+    }
+    out
+}
+
+#[test]
+fn udp_over_a_20ms_wan_with_2pct_loss() {
+    let Some(_g) = begin_tunnel("udp") else {
+        return;
+    };
+    let started = Instant::now();
+    let secs: usize = std::env::var("OPUS_TUNNEL_UDP_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let link = Link::wan(Duration::from_millis(20), Duration::from_millis(5), 0.02);
+    // Declared first, so dropped last: the daemons inside stop before their namespaces go.
+    let net = Netem::new(link).expect("link emulator (root, /dev/net/tun, ip netns)");
+    let port = 4715;
+    let receiver = Daemon::builder()
+        .name("udp-rx")
+        .netns(net.b())
+        .line(format!(
+            "load-module module-opus-protocol-tcp port={port} listen={} sink=null \
+             auth-anonymous=1 udp_port={port}",
+            net.addr_b()
+        ))
+        .start()
+        .expect("receiver in namespace B");
+    let sender = Daemon::builder()
+        .name("udp-tx")
+        .netns(net.a())
+        .start()
+        .expect("sender in namespace A");
+    let tunnel_args = |transport: &str| {
+        format!(
+            "sink_name=tun server=tcp:{}:{port} sink=null transport={transport}",
+            net.addr_b()
+        )
+    };
+    let module = sender
+        .load_module("module-tunnel-sink-opus", &tunnel_args("udp"))
+        .expect("tunnel sink");
+    println!("link each way: {link}");
+
+    // 1. The tone.
+    let mut player = play_loop(&sender, "tun", tone_loop(1000.0, 1000.0, -12.0));
+    let mut rec = Recorder::start(&receiver, "null.monitor");
+    let arrived = wait_for_tone(
+        |s| rec.read(s).ok(),
+        0.25,
+        (1000.0, 1000.0),
+        Duration::from_secs(10),
+    );
+    assert!(
+        arrived.is_some(),
+        "no tone at the receiver within 10 s{}",
+        tunnel_logs(&sender, &receiver)
+    );
+    rec.read(1.0).expect("first second");
+    let before = stream_props(&receiver);
+    let ab0 = net.stats(Dir::AtoB);
+    let t0 = Instant::now();
+    let mut audio = Vec::with_capacity(secs * RATE as usize * 2);
+    for _ in 0..secs {
+        audio.extend(rec.read(1.0).expect("recording"));
+    }
+    let udp_secs = t0.elapsed().as_secs_f64();
+    let ab1 = net.stats(Dir::AtoB);
+    let after = stream_props(&receiver);
+    let tun = sender.sink_properties("tun").unwrap_or_default();
+    let udp_rate = (ab1.forwarded_bytes - ab0.forwarded_bytes) as f64 * 8.0 / udp_secs;
+    let levels = block_levels(&audio);
+    let mut sorted = levels.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median_db = sorted[sorted.len() / 2];
+    let quiet: Vec<(f64, f64)> = levels
+        .iter()
+        .enumerate()
+        .filter(|(_, &l)| l < median_db - 20.0)
+        .map(|(i, &l)| (i as f64 * 0.01, l))
+        .collect();
+    let delta = |k: &str| num(&after, k).saturating_sub(num(&before, k));
+    println!(
+        "UDP, {secs} s of tone: median 10 ms block {median_db:.1} dBFS, quietest {:.1}, {} blocks \
+         > 20 dB below (s, dBFS: {:?})",
+        sorted[0],
+        quiet.len(),
+        &quiet[..quiet.len().min(10)]
+    );
+    println!(
+        "  receiver: transport {}, packets lost {}, recovered by FEC {}, by parity {}, PLC frames \
+         {}, late {}, udp_dropped {}, latency {:.1} ms, target {:.1} ms",
+        prop_or_unknown(&after, "opus.tunnel.transport"),
+        delta("opus.tunnel.packets_lost"),
+        delta("opus.tunnel.fec_frames"),
+        delta("opus.tunnel.parity_frames"),
+        delta("opus.tunnel.plc_frames"),
+        delta("opus.tunnel.late_packets"),
+        prop_or_unknown(&after, "opus.tunnel.udp_dropped"),
+        ms_of(&after, "opus.tunnel.latency_usec"),
+        ms_of(&after, "opus.tunnel.target_latency_usec"),
+    );
+    println!(
+        "  sender: transport {}, packet_loss {}, fec {}, reported latency {:.1} ms; link A→B \
+         {:.1} kbit/s (IP), {} lost of {}",
+        prop_or_unknown(&tun, "opus.tunnel.transport"),
+        prop_or_unknown(&tun, "compression.opus.packet_loss"),
+        prop_or_unknown(&tun, "compression.opus.fec"),
+        ms_of(&tun, "opus.tunnel.latency_usec"),
+        udp_rate / 1000.0,
+        ab1.lost - ab0.lost,
+        ab1.received - ab0.received,
+    );
+    player.stop();
+    drop(rec);
+
+    // 2. Render-to-render latency, from a click train.
+    std::thread::sleep(Duration::from_millis(1500));
+    let origin = Origin::now();
+    let rec_s = TimedRecorder::start(&sender, "tun.monitor", origin).expect("parec tx");
+    let rec_r = TimedRecorder::start(&receiver, "null.monitor", origin).expect("parec rx");
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = play_train(&sender, "tun", 14, 50, 30, origin).expect("click train");
+    let (_, null_block) = sink_latency_usec(&receiver, "null").expect("null latency");
+    let null_block = null_block / 1e6;
+    std::thread::sleep(Duration::from_millis(300));
+    let (rs, rr) = (rec_s.finish(), rec_r.finish());
+    let (on_s, on_r) = (rs.onsets(LOUD, QUIET), rr.onsets(LOUD, QUIET));
+    let mut r2r = Vec::new();
+    let steady_from = sent.first().copied().unwrap_or(0.0) + 3.0;
+    for &fs in &on_s {
+        let (Some(cs), Some(ws)) = (rs.clock_time(fs, 1.0, 0.01), rs.render_time(fs, 1.0, 0.01))
+        else {
+            continue;
+        };
+        let hit = on_r.iter().find_map(|&fr| {
+            let cr = rr.clock_time(fr, 1.0, null_block)?;
+            let wr = rr.render_time(fr, 1.0, null_block)?;
+            (cr > cs && cr - cs < 0.4).then_some(wr)
+        });
+        if let (Some(wr), true) = (hit, ws >= steady_from) {
+            r2r.push((wr - ws) * 1000.0);
+        }
+    }
+    let r2r_median = median(&r2r);
+    println!(
+        "render to render over UDP: median {r2r_median:.1} ms over {} steady clicks {:?}",
+        r2r.len(),
+        r2r.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>()
+    );
+
+    // 3. Speech: FEC and parity at work.
+    sender.pactl_ok(&[
+        "update-sink-proplist",
+        "tun",
+        "compression.opus.signal=voice",
+    ]);
+    let before = stream_props(&receiver);
+    let mut player = play_loop(&sender, "tun", speech_like(10));
+    std::thread::sleep(Duration::from_secs(20));
+    player.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = stream_props(&receiver);
+    let delta = |k: &str| num(&after, k).saturating_sub(num(&before, k));
+    let (lost, fec, parity, plc) = (
+        delta("opus.tunnel.packets_lost"),
+        delta("opus.tunnel.fec_frames"),
+        delta("opus.tunnel.parity_frames"),
+        delta("opus.tunnel.plc_frames"),
+    );
+    let tun = sender.sink_properties("tun").unwrap_or_default();
+    println!(
+        "UDP, 20 s of speech-like audio (signal=voice): packets lost {lost}, recovered by FEC \
+         {fec}, by parity {parity}, PLC frames {plc}; the sender's packet_loss {}",
+        prop_or_unknown(&tun, "compression.opus.packet_loss"),
+    );
+
+    // 4. The same tone over TCP at the same bitrate: its bytes on the link.
+    sender.unload_module(module).expect("unload the UDP tunnel");
+    sender
+        .load_module("module-tunnel-sink-opus", &tunnel_args("tcp"))
+        .expect("TCP tunnel sink");
+    let mut player = play_loop(&sender, "tun", tone_loop(1000.0, 1000.0, -12.0));
+    let mut rec = Recorder::start(&receiver, "null.monitor");
+    let _ = wait_for_tone(
+        |s| rec.read(s).ok(),
+        0.25,
+        (1000.0, 1000.0),
+        Duration::from_secs(10),
+    );
+    rec.read(2.0).expect("settle");
+    let ab0 = net.stats(Dir::AtoB);
+    let t0 = Instant::now();
+    let tcp_secs_n = secs.min(15);
+    for _ in 0..tcp_secs_n {
+        rec.read(1.0).expect("recording");
+    }
+    let tcp_secs = t0.elapsed().as_secs_f64();
+    let ab1 = net.stats(Dir::AtoB);
+    let tcp_rate = (ab1.forwarded_bytes - ab0.forwarded_bytes) as f64 * 8.0 / tcp_secs;
+    player.stop();
+    let ratio = udp_rate / tcp_rate;
+    println!(
+        "wire A→B (IP packets): UDP {:.1} kbit/s, TCP {:.1} kbit/s ({tcp_secs_n} s): {ratio:.2}×",
+        udp_rate / 1000.0,
+        tcp_rate / 1000.0
+    );
+    println!("test time {:.1} s", started.elapsed().as_secs_f64());
+
+    assert_eq!(
+        after.get("opus.tunnel.transport").map(String::as_str),
+        Some("udp"),
+        "the stream did not run over UDP{}",
+        tunnel_logs(&sender, &receiver)
+    );
+    assert!(
+        median_db > -15.0,
+        "the tone arrived at {median_db:.1} dBFS, not about -12"
+    );
+    assert!(
+        quiet.is_empty(),
+        "{} of {} 10 ms blocks more than 20 dB below the tone (first ones at s, dBFS: {:?})",
+        quiet.len(),
+        levels.len(),
+        &quiet[..quiet.len().min(10)],
+    );
+    assert!(
+        r2r.len() >= 6,
+        "only {} steady clicks matched at both ends",
+        r2r.len()
+    );
+    assert!(
+        r2r_median <= 60.0,
+        "render-to-render latency {r2r_median:.1} ms > 60 ms (20 ms one way + 40)"
+    );
+    assert!(
+        fec + parity > 0,
+        "no lost frame of speech was recovered by FEC or parity ({lost} lost, {plc} concealed)"
+    );
+    assert!(ratio <= 1.3, "UDP's wire {ratio:.2}× TCP's, more than 1.3×");
+}
