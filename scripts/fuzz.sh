@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUNS=${1:-10000000}
-TARGETS=(${FUZZ_TARGETS:-handshake deframer rtp decode secure})
+TARGETS=(${FUZZ_TARGETS:-handshake deframer rtp decode secure rtp_udp})
 TIMEOUT=${FUZZ_TIMEOUT:-10}
 case "$RUNS" in '' | *[!0-9]*) echo "fuzz.sh: RUNS_PER_TARGET must be a number, got '$RUNS'" >&2; exit 2 ;; esac
 case "$TIMEOUT" in '' | *[!0-9]*) echo "fuzz.sh: FUZZ_TIMEOUT must be a number of seconds, got '$TIMEOUT'" >&2; exit 2 ;; esac
