@@ -862,8 +862,12 @@ fn deliver(
             packet: pkt.to_vec(),
             restart,
         };
-        // A stream thread far behind loses datagrams (concealed), never the listener's time.
-        let _ = l.tx.try_send(d);
+        // A stream thread far behind loses datagrams (concealed), never the listener's time;
+        // one that is gone (it cannot be, short of a bug) is started again at the next packet.
+        if let Err(mpsc::TrySendError::Disconnected(_)) = l.tx.try_send(d) {
+            src.link = None;
+            src.guard = SeqGuard::default();
+        }
     }
 }
 
