@@ -8,12 +8,14 @@
 //!    receiver's `rtp_port` (its null sink's monitor: the tone ±5 Hz, ±1 dB, no dropout),
 //!    while garbage datagrams arrive on the same port.
 //! c. a sender the receiver's `auth-ip-acl` does not admit plays nothing, and is logged.
+//! d. the PipeWire receiver's `rtp.port` plays GStreamer's RTP/Opus likewise.
 //!
 //! Needs GStreamer (gstreamer1.0-tools, -plugins-base, -plugins-good: scripts/install-deps.sh);
 //! without it the tests print `SKIP` (fail with `OPUS_TUNNEL_REQUIRE_MODULES=1`). Every
 //! process a test starts (daemons, pacat/parec, gst-launch) is stopped when it ends, also on
 //! failure. `cargo test --release -p opus-tunnel-tests --test rtp -- --test-threads=1`.
 
+use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire};
 use opus_tunnel_tests::process::{terminate, Signal};
 use opus_tunnel_tests::{
     analyse_stereo, begin, free_port, play_loop, tone_loop, Daemon, Recorder, RECEIVER, SENDER,
@@ -174,6 +176,35 @@ fn s16(bytes: &[u8]) -> Vec<i16> {
 const OPUS_RTP_CAPS: &str =
     "caps=application/x-rtp,media=(string)audio,clock-rate=(int)48000,encoding-name=(string)OPUS,payload=(int)96";
 
+/// `audiotestsrc` (LEFT Hz on both channels at LEVEL) → Opus → RTP (payload type 96) → UDP to
+/// 127.0.0.1:`port`.
+fn gst_tone_sender(port: u16) -> Gst {
+    let volume = format!("volume={:.4}", 10f64.powf(LEVEL / 20.0));
+    Gst::start(
+        &[
+            "audiotestsrc",
+            "wave=sine",
+            &format!("freq={LEFT}"),
+            &volume,
+            "is-live=true",
+            "!",
+            "audio/x-raw,rate=48000,channels=2",
+            "!",
+            "audioconvert",
+            "!",
+            "opusenc",
+            "!",
+            "rtpopuspay",
+            "pt=96",
+            "!",
+            "udpsink",
+            "host=127.0.0.1",
+            &format!("port={port}"),
+        ],
+        false,
+    )
+}
+
 /// a. GStreamer decodes our `rtp://` stream to the right stereo tone.
 #[test]
 fn a_gstreamer_decodes_our_rtp_stream() {
@@ -309,30 +340,7 @@ fn b_gstreamer_plays_through_our_rtp_port() {
         &format!("auth-ip-acl=127.0.0.1 rtp_port={rtp_port}"),
     );
     let mut rec = Recorder::start(&receiver, "null.monitor");
-    let volume = format!("volume={:.4}", 10f64.powf(LEVEL / 20.0));
-    let mut gst = Gst::start(
-        &[
-            "audiotestsrc",
-            "wave=sine",
-            &format!("freq={LEFT}"),
-            &volume,
-            "is-live=true",
-            "!",
-            "audio/x-raw,rate=48000,channels=2",
-            "!",
-            "audioconvert",
-            "!",
-            "opusenc",
-            "!",
-            "rtpopuspay",
-            "pt=96",
-            "!",
-            "udpsink",
-            "host=127.0.0.1",
-            &format!("port={rtp_port}"),
-        ],
-        false,
-    );
+    let mut gst = gst_tone_sender(rtp_port);
     // Garbage from another socket on the same host: not RTP, another payload type, RTP with
     // nonsense numbers; dropped and counted, the stream plays on.
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
@@ -461,4 +469,53 @@ fn c_sender_not_admitted_is_dropped() {
         "{}",
         receiver.log_tail(20)
     );
+}
+
+/// d. The PipeWire receiver's `rtp.port` plays GStreamer's RTP/Opus.
+#[test]
+fn d_gstreamer_plays_through_pipewire_rtp_port() {
+    let test = "d_gstreamer_plays_through_pipewire_rtp_port";
+    let module = "libpipewire-module-opus-protocol-tcp";
+    if !require_pw_modules(test, &[module]) {
+        return;
+    }
+    let _g = opus_tunnel_tests::serial();
+    if !gstreamer_present(test) {
+        return;
+    }
+    let rtp_port = free_udp_port();
+    let pw = PipeWire::builder()
+        .name("pw-receiver")
+        .module(
+            module,
+            &format!(
+                "server.address = [ \"tcp:127.0.0.1:{}\" ] auth.ip-acl = \"127.0.0.1\" \
+                 target.object = \"null\" rtp.port = {rtp_port}",
+                free_port()
+            ),
+        )
+        .start()
+        .unwrap_or_else(|e| panic!("PipeWire with {module}: {e:#}"));
+    let mut rec = pw.recorder("null.monitor");
+    let mut gst = gst_tone_sender(rtp_port);
+    let started = Instant::now();
+    let mut got = Vec::new();
+    while started.elapsed() < Duration::from_secs(15) {
+        got.extend(rec.read(0.5).expect("record"));
+        if opus_tunnel_tests::has_tone(&got, LEFT, LEFT, 5.0, 1.0) {
+            break;
+        }
+    }
+    let waited = started.elapsed();
+    let steady = rec.read(4.0).expect("record");
+    let (_, err) = gst.stop();
+    let r = analyse_stereo(&steady, 0.0).unwrap_or_else(|| {
+        panic!(
+            "no tone from GStreamer through rtp.port (waited {waited:?}); gst: {err}\n{}",
+            pw.log()
+        )
+    });
+    println!("{test}: tone after {waited:?}; {r:?}");
+    assert!(r.seconds > 3.5, "steady part only {} s: {r:?}", r.seconds);
+    r.assert_tone(LEFT, LEFT, LEVEL, 5.0, 1.0);
 }
