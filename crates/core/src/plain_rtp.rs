@@ -1032,18 +1032,16 @@ pub fn fuzz_datagrams(data: &[u8]) {
                     }
                 }
             };
-            {
-                let d = Datagram {
-                    packet: pkt.to_vec(),
-                    restart,
-                };
-                if r.on_datagram(&d).is_err() {
-                    paths.remove(&key);
-                    continue;
-                }
-                p.pop(&mut out);
-                assert!(out.iter().all(|s| s.is_finite()));
+            let d = Datagram {
+                packet: pkt.to_vec(),
+                restart,
+            };
+            if r.on_datagram(&d).is_err() {
+                paths.remove(&key);
+                continue;
             }
+            p.pop(&mut out);
+            assert!(out.iter().all(|s| s.is_finite()));
         }
     }
 }
