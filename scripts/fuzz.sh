@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUNS=${1:-10000000}
-TARGETS=(${FUZZ_TARGETS:-handshake deframer rtp decode secure udp})
+TARGETS=(${FUZZ_TARGETS:-handshake deframer rtp decode secure udp rtp_udp})
 TIMEOUT=${FUZZ_TIMEOUT:-10}
 case "$RUNS" in '' | *[!0-9]*) echo "fuzz.sh: RUNS_PER_TARGET must be a number, got '$RUNS'" >&2; exit 2 ;; esac
 case "$TIMEOUT" in '' | *[!0-9]*) echo "fuzz.sh: FUZZ_TIMEOUT must be a number of seconds, got '$TIMEOUT'" >&2; exit 2 ;; esac
@@ -84,6 +84,7 @@ seed secure records '\000\000\020\005\377\000\001\002\003\004\005\006'
 seed deframer frames '\010\003\000\002ab\000\003xyz\000\001\000'
 seed rtp rtp '\200\140\000\001\000\000\003\300\022\064\126\170\370\377\376'
 seed rtp rtcp '\200\314\000\004\022\064\126\170OTUNlatency_usec=40000\n\000\000\000'
+seed rtp_udp stream '\000\017\200\140\000\001\000\000\003\300\000\000\000\011\370\377\376\000\017\200\140\000\002\000\000\007\200\000\000\000\011\370\377\376\001\003\200\141\000'
 seed decode opus '\010\002\000\003\370\377\376\002\006\002'
 seed decode l16 '\003\002\000\010\000\001\000\002\000\003\000\004\002'
 seed udp rtp '\007\000\000\000\000\007\000\000\000\000\000\000\000\000\000\200\140\000\001\000\000\003\300\000\000\000\007\001\002\003'

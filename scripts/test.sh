@@ -29,7 +29,7 @@ export OPUS_TUNNEL_REQUIRE_MODULES=1
 cargo test --release -p opus-tunnel-tests --lib --bins
 # One test file at a time (they start real daemons; timing checks want the machine to
 # themselves). No retries: a failure is a failure.
-for t in drift e2e encryption harness hostile live netem pipewire refusals source surround suspend; do
+for t in drift e2e encryption harness hostile live netem pipewire refusals rtp source surround suspend; do
   cargo test --release -p opus-tunnel-tests --test "$t" -- --test-threads=1
 done
 # The playout engine's render-to-render latency and the latency the tunnel sink reports,

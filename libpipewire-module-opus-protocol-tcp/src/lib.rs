@@ -29,6 +29,13 @@
 //! | `stream.props` | `{ ... }` | extra properties of every tunnel's stream | none |
 //! | `opus.resampler` | engine, pipewire | who applies the drift correction: the core engine (rubato), or PipeWire's adapter through rate matching | engine |
 //! | `udp.port` | 1-65535 | UDP port for the audio of transport=udp play tunnels; if it cannot be bound they get TCP | 4715 |
+//! | `rtp.port` | 1-65535 | UDP port on which to play plain RTP/Opus streams (RFC 7587) from senders auth.ip-acl admits (anyone with auth.anonymous = true); cleartext, unauthenticated | none (off) |
+//! | `rtp.payload` | 96-127 | the RTP payload type of plain RTP/Opus on rtp.port | 96 |
+//!
+//! **Plain RTP** (`rtp.port`): as `module-opus-protocol-tcp`'s `rtp_port=`: each RTP/Opus
+//! stream from an admitted sender address (no cookie: there is no handshake) plays as one more
+//! playback stream, one per sender address and SSRC, ending 3 s after its last packet; it is
+//! cleartext and unauthenticated, so `tunnel.encryption = required` refuses it at load.
 //!
 //! ## Example
 //!
@@ -55,6 +62,7 @@ use opus_tunnel_core::connection::ConnShared;
 use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::Feeder;
 use opus_tunnel_core::params::DEFAULT_PORT;
+use opus_tunnel_core::plain_rtp::{self, RtpReceiver};
 use opus_tunnel_core::secure::Mode;
 use opus_tunnel_core::server::{self, RecvConfig};
 use opus_tunnel_core::session::{Daemon, MainThread, NewStream, Refusal, Sessions, StreamHandle};
@@ -347,6 +355,8 @@ fn clean(s: &str) -> String {
 /// The module instance.
 pub struct Receiver {
     receiver: Option<server::Receiver>,
+    /// `rtp.port`: plain RTP streams.
+    rtp: Option<RtpReceiver>,
     _timer: Timer,
     _event: Event,
     main: MainThread<Pipewire>,
@@ -444,7 +454,35 @@ impl PwModule for Receiver {
                 ))
             }
         };
+        let rtp_port = argtable::parse_int::<u16>("rtp.port", args.get("rtp.port"), 0, 1, 65535)?;
+        let rtp_payload = argtable::int::<u8>(PW_RECEIVER, "rtp.payload", args.get("rtp.payload"))?;
+        if rtp_port == 0 && args.get("rtp.payload").is_some() {
+            return Err("rtp.payload: only with rtp.port = <UDP port>".into());
+        }
+        if rtp_port != 0 && !anonymous && acl.is_none() {
+            return Err(
+                "rtp.port: plain RTP has no handshake, so no cookie can admit its senders: give \
+                 auth.ip-acl = \"<addresses>\" (or auth.anonymous = true)"
+                    .into(),
+            );
+        }
+        if rtp_port != 0 && encryption == Mode::Required {
+            return Err(
+                "rtp.port: plain RTP is always cleartext and unauthenticated, but \
+                 tunnel.encryption = required; drop one of them"
+                    .into(),
+            );
+        }
         let listener = server::bind(&addrs)?;
+        // Plain RTP listens on the same address as the tunnels (all of them for a bare port).
+        let rtp_ip = match addrs.as_slice() {
+            [one] => Some(one.ip()),
+            _ => None,
+        };
+        let rtp_sock = match rtp_port {
+            0 => None,
+            p => Some(plain_rtp::bind(rtp_ip, p).map_err(|e| e.replace("rtp_port", "rtp.port"))?),
+        };
         let main = MainThread::new(
             Pipewire {
                 ctx: ctx.clone(),
@@ -465,6 +503,17 @@ impl PwModule for Receiver {
             })
             .ok_or("the module state is busy")?;
         let timer = Timer::new(ctx, 1_000_000, main.on_tick())?;
+        let rtp_cfg = plain_rtp::RecvConfig {
+            anonymous,
+            acl: acl.clone(),
+            payload_type: rtp_payload,
+            target_usec: bounds.target_usec,
+            min_usec: bounds.min_usec,
+            max_usec: bounds.max_usec,
+            max_streams: max_connections,
+            external_resampler: pw_resampler,
+        };
+        let rtp_host = host.clone();
         let cfg = RecvConfig {
             anonymous,
             acl,
@@ -481,8 +530,22 @@ impl PwModule for Receiver {
             .map_err(|e| format!("cannot start the listener: {e}"))?;
         let addr = receiver.local_addr();
         log::info!("listening for opus tunnels on {addr}");
+        let rtp = match rtp_sock {
+            None => None,
+            Some(sock) => {
+                let r = RtpReceiver::start(sock, rtp_cfg, rtp_host)
+                    .map_err(|e| format!("cannot start the plain RTP listener: {e}"))?;
+                log::info!(
+                    "playing plain RTP/Opus (payload type {rtp_payload}) arriving on UDP {} \
+                     (cleartext, unauthenticated; senders admitted by address)",
+                    r.local_addr()
+                );
+                Some(r)
+            }
+        };
         Ok(Receiver {
             receiver: Some(receiver),
+            rtp,
             _timer: timer,
             _event: event,
             main,
@@ -495,6 +558,7 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         // Ends every connection (their threads notice within ~200 ms) and joins them; requests
         // still queued are refused, then the streams go.
+        drop(self.rtp.take());
         drop(self.receiver.take());
         self.main.with(|_, sessions| sessions.shutdown());
         log::info!("stopped listening on {}", self.addr);

@@ -249,6 +249,12 @@ impl PwModule for Tunnel {
         };
         let addr = params::parse_server(&server, params::DEFAULT_PORT)
             .map_err(|e| format!("server.address: {e}"))?;
+        if addr.is_rtp() {
+            return Err(format!(
+                "server.address: {server:?}: plain RTP (rtp://) is sent by PulseAudio's \
+                 module-tunnel-sink-opus only; give tcp:HOST:PORT"
+            ));
+        }
         let get = |k: &str| args.get(k).map(str::to_string);
         let compression = parse_compression(args.get("compression"))?;
         let base_knobs = if source_mode {
@@ -288,7 +294,9 @@ impl PwModule for Tunnel {
         }
         let remote_sink = args.get("remote.sink").map(str::to_string);
         let host_part = match &addr {
-            params::ServerAddr::Tcp { host, .. } => host.clone(),
+            params::ServerAddr::Tcp { host, .. } | params::ServerAddr::Rtp { host, .. } => {
+                host.clone()
+            }
             params::ServerAddr::Unix(p) => p.display().to_string(),
         };
         // The user's stream.props win (audio.* are ours to interpret, not node properties).

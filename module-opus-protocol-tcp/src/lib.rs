@@ -28,6 +28,16 @@
 //! | `max_latency_msec` | min_latency_msec to 10000 | the most the receive buffer (and its target) may hold, ms | 1000, or the minimum or a fixed target if larger |
 //! | `max_connections` | 1-1024 | concurrent tunnels; one more is refused with 503 | 64 |
 //! | `udp_port` | 1-65535 | UDP port (on the listen address) for the audio of transport=udp play tunnels; if it cannot be bound they get TCP | 4715 |
+//! | `rtp_port` | 1-65535 | UDP port on which to play plain RTP/Opus streams (RFC 7587) from senders auth-ip-acl admits (anyone with auth-anonymous=1); cleartext, unauthenticated | none (off) |
+//! | `rtp_payload` | 96-127 | the RTP payload type of plain RTP/Opus on rtp_port | 96 |
+//!
+//! **Plain RTP** (`rtp_port=`): every RTP/Opus stream (48 kHz RTP clock, mono or stereo, of
+//! payload type `rtp_payload`) from a sender that `auth-ip-acl` admits (or any sender with
+//! `auth-anonymous=1`; the cookie cannot admit anyone, there is no handshake) plays as one more
+//! stream on the sink, one per sender address and SSRC, and ends after 3 s without packets.
+//! Datagrams from other senders, and anything that is not RTP/Opus of the stream, are dropped,
+//! counted and logged (at most once per 10 s). It is cleartext and unauthenticated, so
+//! `encryption=required` refuses it at load.
 //!
 //! A refused tunnel gets a status line both ends log: 400 (not our handshake), 403 (not
 //! admitted), 404 (no such sink or source), 415 (a format we cannot play), 503 (the daemon
@@ -56,6 +66,7 @@ use opus_tunnel_core::auth::Cookie;
 use opus_tunnel_core::connection::ConnShared;
 use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::Feeder;
+use opus_tunnel_core::plain_rtp::{self, RtpReceiver};
 use opus_tunnel_core::secure::Mode;
 use opus_tunnel_core::server::{self, RecvConfig};
 use opus_tunnel_core::session::{Daemon, MainThread, NewStream, Refusal, Sessions, StreamHandle};
@@ -233,23 +244,30 @@ pub struct Receiver {
     // Drop order: the network side first (connections end, no new requests), then the
     // main-loop hooks, then the streams.
     receiver: Option<server::Receiver>,
+    /// `rtp_port=`: plain RTP streams.
+    rtp: Option<RtpReceiver>,
     _timer: MainTimer,
     _waker: MainWaker,
     main: MainThread<Pulse>,
     port: u16,
 }
 
-fn bind(listen: Option<&str>, port: u16) -> Result<TcpListener, String> {
-    let addrs: Vec<SocketAddr> = match listen {
-        Some(a) => {
-            let ip: IpAddr = a
-                .trim_matches(|c| c == '[' || c == ']')
+/// The `listen=` address (`None`: every address).
+fn listen_ip(listen: Option<&str>) -> Result<Option<IpAddr>, String> {
+    listen
+        .map(|a| {
+            a.trim_matches(|c| c == '[' || c == ']')
                 .parse()
                 .map_err(|_| {
                     format!("listen: {a:?} is not accepted (an IP address such as 127.0.0.1 or ::)")
-                })?;
-            vec![SocketAddr::new(ip, port)]
-        }
+                })
+        })
+        .transpose()
+}
+
+fn bind(listen: Option<IpAddr>, port: u16) -> Result<TcpListener, String> {
+    let addrs: Vec<SocketAddr> = match listen {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
         None => server::any_address(port),
     };
     server::bind(&addrs)
@@ -322,7 +340,33 @@ impl PaModule for Receiver {
                 );
             }
         }
-        let listener = bind(ma.get("listen").as_deref(), port)?;
+        let rtp_port =
+            argtable::parse_int::<u16>("rtp_port", get("rtp_port").as_deref(), 0, 1, 65535)?;
+        let rtp_payload =
+            argtable::int::<u8>(RECEIVER, "rtp_payload", get("rtp_payload").as_deref())?;
+        if rtp_port == 0 && get("rtp_payload").is_some() {
+            return Err("rtp_payload: only with rtp_port=<UDP port>".into());
+        }
+        if rtp_port != 0 && !anonymous && acl.is_none() {
+            return Err(
+                "rtp_port: plain RTP has no handshake, so no cookie can admit its senders: give \
+                 auth-ip-acl=<addresses> (or auth-anonymous=1)"
+                    .into(),
+            );
+        }
+        if rtp_port != 0 && encryption == Mode::Required {
+            return Err(
+                "rtp_port: plain RTP is always cleartext and unauthenticated, but \
+                 encryption=required; drop one of them"
+                    .into(),
+            );
+        }
+        let ip = listen_ip(ma.get("listen").as_deref())?;
+        let listener = bind(ip, port)?;
+        let rtp_sock = match rtp_port {
+            0 => None,
+            p => Some(plain_rtp::bind(ip, p)?),
+        };
         let main = MainThread::new(
             Pulse {
                 module: *module,
@@ -341,6 +385,17 @@ impl PaModule for Receiver {
             })
             .ok_or("the module state is busy")?;
         let timer = MainTimer::new(&core, 1_000_000, main.on_tick());
+        let rtp_cfg = plain_rtp::RecvConfig {
+            anonymous,
+            acl: acl.clone(),
+            payload_type: rtp_payload,
+            target_usec: bounds.target_usec,
+            min_usec: bounds.min_usec,
+            max_usec: bounds.max_usec,
+            max_streams: max_connections,
+            external_resampler: false,
+        };
+        let rtp_host = host.clone();
         let cfg = RecvConfig {
             anonymous,
             acl,
@@ -357,8 +412,22 @@ impl PaModule for Receiver {
             .map_err(|e| format!("cannot start the listener: {e}"))?;
         let local = receiver.local_addr();
         log::info!("listening for opus tunnels on {local}");
+        let rtp = match rtp_sock {
+            None => None,
+            Some(sock) => {
+                let r = RtpReceiver::start(sock, rtp_cfg, rtp_host)
+                    .map_err(|e| format!("cannot start the plain RTP listener: {e}"))?;
+                log::info!(
+                    "playing plain RTP/Opus (payload type {rtp_payload}) arriving on UDP {} \
+                     (cleartext, unauthenticated; senders admitted by address)",
+                    r.local_addr()
+                );
+                Some(r)
+            }
+        };
         Ok(Receiver {
             receiver: Some(receiver),
+            rtp,
             _timer: timer,
             _waker: waker,
             main,
@@ -377,6 +446,7 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         // Ends every connection (their threads notice within ~200 ms) and joins them; a
         // request still queued is refused, then the streams go.
+        drop(self.rtp.take());
         drop(self.receiver.take());
         self.main.with(|_, sessions| sessions.shutdown());
         log::info!("stopped listening on port {}", self.port);

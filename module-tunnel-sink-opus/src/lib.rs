@@ -11,7 +11,7 @@
 //! |---|---|---|---|
 //! | `sink_name` | name | name of the local sink | `tunnel-opus.<host>` |
 //! | `sink_properties` | properties | extra properties for the local sink | none |
-//! | `server` | tcp:HOST:PORT, HOST:PORT, HOST, unix:PATH | the receiver; port 4715 by default | required |
+//! | `server` | tcp:HOST:PORT, HOST:PORT, HOST, unix:PATH, rtp://HOST:PORT | the receiver; port 4715 by default; rtp://HOST:PORT sends plain RTP/Opus (RFC 7587) over UDP with no handshake, always cleartext | required |
 //! | `sink` | name | the sink to play on at the receiver | the receiver's sink=, else its default sink |
 //! | `format` | sample format | sample format of the local sink | float32le (opus), s16le (none) |
 //! | `rate` | 1-384000 | sample rate; with Opus one of 8000, 12000, 16000, 24000, 48000 | 48000 |
@@ -23,6 +23,8 @@
 //! | `cookie` | path | a copy of the receiver's cookie, proven when the receiver asks (never sent) | none |
 //! | `encryption` | auto, required, none | encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging) | auto |
 //! | `transport` | tcp, udp | audio over the TCP connection, or RTP over UDP to the receiver's udp_port (control stays on TCP; TCP when the receiver cannot grant UDP, logged) | tcp |
+//! | `rtp_payload` | 96-127 | server=rtp:// only: the RTP payload type | 96 |
+//! | `sdp_file` | path | server=rtp:// only: write the stream's SDP description (RFC 7587) to this file | none |
 //! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 64000 (3-8 channels: 32000 a channel) |
 //! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets) | 20 |
 //! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |
@@ -43,10 +45,17 @@
 //! effective values and the statistics); a refused value is logged and the property shows the
 //! effective value again.
 //!
+//! With `server=rtp://HOST:PORT` the sink sends plain RTP/Opus (RFC 7587) over UDP with no
+//! handshake, as `module-rtp-send` does, for GStreamer, ffmpeg, VLC and the receiver's
+//! `rtp_port=`: Opus only, 1 or 2 channels, always cleartext and unauthenticated
+//! (`encryption=required` is refused); the SDP description shows as `opus.tunnel.sdp` and is
+//! written to `sdp_file=` (rewritten when the knobs change).
+//!
 //! ## Example
 //!
 //! ```text
 //! load-module module-tunnel-sink-opus server=tcp:192.168.1.10:4715 sink_name=office compression.bitrate=96000
+//! load-module module-tunnel-sink-opus server=rtp://192.168.1.10:5004 sdp_file=/tmp/office.sdp
 //! ```
 //!
 //! ## Inside
@@ -66,6 +75,7 @@ use opus_tunnel_core::codec::StreamFormat;
 use opus_tunnel_core::control::{device_handlers, KnobControl, Stats};
 use opus_tunnel_core::encode::{Feeder, Shared, WorkerConfig};
 use opus_tunnel_core::params::OpusKnobs;
+use opus_tunnel_core::plain_rtp;
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_pulse::hooks::{watch_sink_proplist, HookSlot, MessageHandler};
 use opus_tunnel_pulse::mainloop::MainTimer;
@@ -97,6 +107,19 @@ fn publish(sink: &Sink, pairs: &[(String, String)]) {
         p.set(k, v);
     }
     sink.update_proplist(&p);
+}
+
+/// The statistics, and plain RTP's properties (send errors, and with `sdp` the SDP) when it
+/// sends that.
+fn with_rtp(
+    mut props: Vec<(String, String)>,
+    rtp: &Option<Arc<plain_rtp::SendInfo>>,
+    sdp: bool,
+) -> Vec<(String, String)> {
+    if let Some(i) = rtp {
+        props.extend(i.properties(sdp));
+    }
+    props
 }
 
 /// The sink's IO-thread side: hands rendered audio to the tunnel's worker.
@@ -166,8 +189,23 @@ impl PaModule for TunnelSink {
             encryption: a.encryption,
             transport: a.transport,
         };
-        let (feeder, shared, worker) = start_play(cfg, knobs, ring_bytes)
-            .map_err(|e| format!("cannot start the worker thread: {e}"))?;
+        // server=rtp://: plain RTP over UDP, no handshake (opus_tunnel_core::plain_rtp).
+        let (feeder, shared, worker, rtp_info) = match a.rtp {
+            Some(rtp) => {
+                if cfg.cookie.is_some() {
+                    log::warn!(
+                        "cookie: not used by plain RTP (server=rtp://), which has no handshake"
+                    );
+                }
+                let (f, s, w, i) = plain_rtp::start_play(cfg, knobs, ring_bytes, rtp)?;
+                (f, s, w, Some(i))
+            }
+            None => {
+                let (f, s, w) = start_play(cfg, knobs, ring_bytes)
+                    .map_err(|e| format!("cannot start the worker thread: {e}"))?;
+                (f, s, w, None)
+            }
+        };
 
         let mut props = Proplist::new();
         props.set(
@@ -183,6 +221,11 @@ impl PaModule for TunnelSink {
             props.set(&k, &v);
         }
         props.set("opus.tunnel.state", "connecting");
+        if let Some(i) = &rtp_info {
+            for (k, v) in i.properties(true) {
+                props.set(&k, &v);
+            }
+        }
         if let Some(p) = &user_props {
             props.update(p);
         }
@@ -220,13 +263,14 @@ impl PaModule for TunnelSink {
         // Knob control and statistics (main thread).
         let sink = Rc::new(sink);
         let (st1, st2) = (shared.clone(), shared.clone());
+        let (ri1, ri2) = (rtp_info.clone(), rtp_info);
         let h = device_handlers(
             KnobControl::new(shared.clone(), compression, fmt, sink.name(), "retuned"),
             &sink,
             publish,
             Stats {
-                get: move || st1.stat_properties_peek(),
-                tick: move || st2.stat_properties(),
+                get: move || with_rtp(st1.stat_properties_peek(), &ri1, false),
+                tick: move || with_rtp(st2.stat_properties(), &ri2, true),
             },
             "the sink is gone",
         );

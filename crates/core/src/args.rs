@@ -34,6 +34,8 @@ pub struct TunnelArgs {
     pub encryption: crate::secure::Mode,
     /// `transport`.
     pub transport: crate::udp::Transport,
+    /// `server=rtp://…`: plain RTP's `rtp_payload` and `sdp_file`.
+    pub rtp: Option<crate::plain_rtp::SendConfig>,
 }
 
 /// Defaults that differ between the play and the record tunnel.
@@ -147,6 +149,7 @@ pub fn parse_tunnel_args(
     let encryption = crate::secure::Mode::parse("encryption", get("encryption").as_deref())?;
     let transport = crate::udp::Transport::parse("transport", get("transport").as_deref())?;
     udp_knobs(transport, &mut knobs, get);
+    let rtp = parse_plain_rtp(get, d, &addr, compression, channels, encryption)?;
     check_encoder(compression, fmt, &knobs)?;
     Ok(TunnelArgs {
         addr,
@@ -160,7 +163,62 @@ pub fn parse_tunnel_args(
         cookie,
         encryption,
         transport,
+        rtp,
     })
+}
+
+/// `server=rtp://HOST:PORT` (plain RTP, in modules whose table has `rtp_payload`): Opus,
+/// 1–2 channels, never encrypted; `rtp_payload` and `sdp_file` only with it.
+fn parse_plain_rtp(
+    get: &dyn Fn(&str) -> Option<String>,
+    d: &Defaults,
+    addr: &ServerAddr,
+    compression: Compression,
+    channels: u8,
+    encryption: crate::secure::Mode,
+) -> Result<Option<crate::plain_rtp::SendConfig>, String> {
+    let can = d.table.iter().any(|a| a.key == "rtp_payload");
+    if !addr.is_rtp() {
+        for key in ["rtp_payload", "sdp_file"] {
+            if get(key).is_some() {
+                return Err(format!(
+                    "{key}: only with plain RTP (server=rtp://HOST:PORT); the server is {addr}"
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    if !can {
+        return Err(format!(
+            "server: {addr}: plain RTP (rtp://) is sent by module-tunnel-sink-opus only; give \
+             tcp:HOST:PORT"
+        ));
+    }
+    if compression != Compression::Opus {
+        return Err(
+            "compression: plain RTP (server=rtp://) carries Opus only (RFC 7587); drop \
+             compression=none"
+                .into(),
+        );
+    }
+    if channels > 2 {
+        return Err(format!(
+            "channels: plain RTP (server=rtp://) carries 1 or 2 channels (RFC 7587), not {channels}"
+        ));
+    }
+    if encryption == crate::secure::Mode::Required {
+        return Err(
+            "encryption: required, but server=rtp:// sends plain RTP, which is always \
+             cleartext and unauthenticated; use server=tcp:HOST:PORT to encrypt"
+                .into(),
+        );
+    }
+    let payload_type = argtable::int::<u8>(d.table, "rtp_payload", get("rtp_payload").as_deref())?;
+    let sdp_file = get("sdp_file").map(std::path::PathBuf::from);
+    Ok(Some(crate::plain_rtp::SendConfig {
+        payload_type,
+        sdp_file,
+    }))
 }
 
 /// With `transport=udp`, Opus in-band FEC is on unless `compression.opus.fec` says otherwise
@@ -342,7 +400,7 @@ pub fn apply_knob_changes(
 /// characters other than letters, digits, `-` and `.` replaced by `_`.
 pub fn default_device_name(prefix: &str, addr: &ServerAddr) -> String {
     let host = match addr {
-        ServerAddr::Tcp { host, .. } => host.clone(),
+        ServerAddr::Tcp { host, .. } | ServerAddr::Rtp { host, .. } => host.clone(),
         ServerAddr::Unix(p) => p
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
@@ -453,6 +511,68 @@ mod tests {
         assert_eq!(a.knobs.bitrate, 64_000);
         assert!(
             parse_tunnel_args(&getter(&[("server", "h"), ("channels", "9")]), &defaults()).is_err()
+        );
+    }
+
+    #[test]
+    fn plain_rtp_arguments() {
+        let a =
+            parse_tunnel_args(&getter(&[("server", "rtp://127.0.0.1:5004")]), &defaults()).unwrap();
+        assert!(a.addr.is_rtp());
+        let rtp = a.rtp.unwrap();
+        assert_eq!(rtp.payload_type, 96);
+        assert_eq!(rtp.sdp_file, None);
+        let a = parse_tunnel_args(
+            &getter(&[
+                ("server", "rtp://127.0.0.1:5004"),
+                ("rtp_payload", "111"),
+                ("sdp_file", "/tmp/x.sdp"),
+                ("channels", "1"),
+                ("encryption", "auto"),
+            ]),
+            &defaults(),
+        )
+        .unwrap();
+        let rtp = a.rtp.unwrap();
+        assert_eq!(rtp.payload_type, 111);
+        assert_eq!(
+            rtp.sdp_file.as_deref(),
+            Some(std::path::Path::new("/tmp/x.sdp"))
+        );
+        for (pairs, key) in [
+            (vec![("encryption", "required")], "encryption"),
+            (vec![("compression", "none")], "compression"),
+            (vec![("channels", "6")], "channels"),
+            (vec![("rtp_payload", "95")], "rtp_payload"),
+            (vec![("rtp_payload", "128")], "rtp_payload"),
+        ] {
+            let mut all = vec![("server", "rtp://127.0.0.1:5004")];
+            all.extend(pairs);
+            let e = parse_tunnel_args(&getter(&all), &defaults()).unwrap_err();
+            assert!(e.starts_with(key), "{e:?} should start with {key}");
+        }
+        let e = parse_tunnel_args(
+            &getter(&[
+                ("server", "rtp://127.0.0.1:5004"),
+                ("encryption", "required"),
+            ]),
+            &defaults(),
+        )
+        .unwrap_err();
+        assert!(e.contains("cleartext"), "{e}");
+        let e = parse_tunnel_args(&getter(&[("server", "h"), ("sdp_file", "/x")]), &defaults())
+            .unwrap_err();
+        assert!(e.starts_with("sdp_file: only with plain RTP"), "{e}");
+        // The tunnel source cannot send plain RTP.
+        let src = Defaults {
+            table: argtable::TUNNEL_SOURCE,
+            knobs: voice_knobs(),
+        };
+        let e =
+            parse_tunnel_args(&getter(&[("server", "rtp://127.0.0.1:5004")]), &src).unwrap_err();
+        assert!(
+            e.starts_with("server: rtp://127.0.0.1:5004: plain RTP"),
+            "{e}"
         );
     }
 

@@ -94,8 +94,8 @@ with_knobs! { pa_table! {
 } {
     "sink_name", "tunnel-opus.<host>", "name", "name of the local sink";
     "sink_properties", "none", "properties", "extra properties for the local sink";
-    "server", "required", "tcp:HOST:PORT|HOST:PORT|HOST|unix:PATH",
-        "the receiver; port 4715 by default";
+    "server", "required", "tcp:HOST:PORT|HOST:PORT|HOST|unix:PATH|rtp://HOST:PORT",
+        "the receiver; port 4715 by default; rtp://HOST:PORT sends plain RTP/Opus (RFC 7587) over UDP with no handshake, always cleartext";
     "sink", "the receiver's sink=, else its default sink", "name",
         "the sink to play on at the receiver";
     "format", "float32le (opus), s16le (none)", "sample format",
@@ -113,6 +113,9 @@ with_knobs! { pa_table! {
         "encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging)";
     "transport", "tcp", "tcp|udp",
         "audio over the TCP connection, or RTP over UDP to the receiver's udp_port (control stays on TCP; TCP when the receiver cannot grant UDP, logged)";
+    "rtp_payload", "96", "96-127", "server=rtp:// only: the RTP payload type";
+    "sdp_file", "none", "path",
+        "server=rtp:// only: write the stream's SDP description (RFC 7587) to this file";
 } bitrate: "64000 (3-8 channels: 32000 a channel)", signal: "auto" }
 
 with_knobs! { pa_table! {
@@ -170,6 +173,9 @@ pa_table! {
     "max_connections", "64", "1-1024", "concurrent tunnels; one more is refused with 503";
     "udp_port", "4715", "1-65535",
         "UDP port (on the listen address) for the audio of transport=udp play tunnels; if it cannot be bound they get TCP";
+    "rtp_port", "none (off)", "1-65535",
+        "UDP port on which to play plain RTP/Opus streams (RFC 7587) from senders auth-ip-acl admits (anyone with auth-anonymous=1); cleartext, unauthenticated";
+    "rtp_payload", "96", "96-127", "the RTP payload type of plain RTP/Opus on rtp_port";
 }}
 
 with_knobs! { pw_table! {
@@ -227,6 +233,9 @@ pw_table! {
         "who applies the drift correction: the core engine (rubato), or PipeWire's adapter through rate matching";
     "udp.port", "4715", "1-65535",
         "UDP port for the audio of transport=udp play tunnels; if it cannot be bound they get TCP";
+    "rtp.port", "none (off)", "1-65535",
+        "UDP port on which to play plain RTP/Opus streams (RFC 7587) from senders auth.ip-acl admits (anyone with auth.anonymous = true); cleartext, unauthenticated";
+    "rtp.payload", "96", "96-127", "the RTP payload type of plain RTP/Opus on rtp.port";
 }}
 
 /// The keys of `table`, in its order (what the daemon's argument check accepts).

@@ -18,8 +18,7 @@ use crate::server::Host;
 use crate::udp::{self, ParityDecoder};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The rings between a playout engine and the real-time side: audio (room for the maximum
@@ -116,6 +115,17 @@ pub(crate) struct DeviceReport {
     missing: u64,
 }
 
+/// A plain RTP datagram for a stream's thread ([`Receive::run_datagrams`]).
+pub(crate) struct Datagram {
+    /// The packet as it arrived.
+    pub(crate) packet: Vec<u8>,
+    /// The sender started a new sequence or timeline with this packet.
+    pub(crate) restart: bool,
+}
+
+/// A plain RTP stream without packets for this long counts as paused.
+pub(crate) const PLAIN_PAUSE_AFTER: Duration = Duration::from_secs(1);
+
 /// How often the connection thread wakes at least (the engine wants ≤ 12 ms).
 const WAKE: Duration = Duration::from_millis(10);
 
@@ -145,7 +155,8 @@ pub(crate) struct Receive {
     pcm: Vec<f32>,
     out: Vec<f32>,
     ssrc: Option<u32>,
-    payload_type: u8,
+    /// The RTP payload type of the stream's packets.
+    pub(crate) payload_type: u8,
     /// `OPUS_TUNNEL_TRACE` set in the daemon's environment: log the engine's state 10×/s.
     trace: bool,
     /// The desktop end of a record tunnel tells the far end when to record and how.
@@ -776,6 +787,96 @@ impl Receive {
 
     fn udp_mode(&self) -> bool {
         self.conn.stats.udp.transport() == udp::Transport::Udp
+    }
+
+    /// Plays a plain RTP stream (no handshake, no control: [`crate::plain_rtp`]) whose
+    /// packets arrive on `rx`, already checked by the listener, until `stop`, a kill, or
+    /// `end_after` without packets. After [`PLAIN_PAUSE_AFTER`] without packets the stream
+    /// counts as paused: it goes quiet, and starts afresh at the next packet.
+    pub(crate) fn run_datagrams(
+        &mut self,
+        rx: &mpsc::Receiver<Datagram>,
+        stop: &AtomicBool,
+        end_after: Duration,
+    ) -> String {
+        let mut last_heard = Instant::now();
+        let mut last_stats = Instant::now();
+        loop {
+            if self.conn.killed() || stop.load(Ordering::SeqCst) {
+                return "closed by the receiver".into();
+            }
+            let wake = if self.idle() {
+                IDLE_WAKE
+            } else {
+                let us = self
+                    .playout
+                    .wake_in_usec(self.conn.now_usec())
+                    .clamp(1_000, 10_000);
+                Duration::from_micros(us)
+            };
+            let mut next = rx.recv_timeout(wake);
+            loop {
+                match next {
+                    Ok(d) => {
+                        last_heard = Instant::now();
+                        self.conn
+                            .stats
+                            .bytes_received
+                            .fetch_add(d.packet.len() as u64, Ordering::Relaxed);
+                        if let Err(e) = self.on_datagram(&d) {
+                            return e;
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        return "the receiver stopped".into()
+                    }
+                }
+                next = rx.try_recv().map_err(|e| match e {
+                    mpsc::TryRecvError::Empty => mpsc::RecvTimeoutError::Timeout,
+                    mpsc::TryRecvError::Disconnected => mpsc::RecvTimeoutError::Disconnected,
+                });
+            }
+            let silent = last_heard.elapsed();
+            if silent > end_after {
+                return format!("no packets for {:.1} s", silent.as_secs_f64());
+            }
+            if silent > PLAIN_PAUSE_AFTER && !self.conn.paused.load(Ordering::Relaxed) {
+                self.conn.paused.store(true, Ordering::Relaxed);
+                self.restart = true;
+            }
+            if let Err(e) = self.tick() {
+                return e;
+            }
+            self.follow_quiet();
+            if last_stats.elapsed() >= Duration::from_millis(100) {
+                last_stats = Instant::now();
+                if let Ok(mut st) = self.conn.playout.lock() {
+                    *st = Some(self.playout.stats());
+                }
+            }
+        }
+    }
+
+    /// One plain RTP datagram. Anything but an RTP packet of the stream's payload type with a
+    /// payload is ignored (the listener counts those); an `Err` ends the stream.
+    pub(crate) fn on_datagram(&mut self, d: &Datagram) -> Result<(), String> {
+        if rtp::is_rtcp(&d.packet) {
+            return Ok(());
+        }
+        let Ok((h, payload)) = rtp::parse_rtp(&d.packet) else {
+            return Ok(());
+        };
+        if h.payload_type != self.payload_type || payload.is_empty() {
+            return Ok(());
+        }
+        if d.restart {
+            // The sender started afresh (a new sequence or timeline): no concealment of
+            // the "gap" in between.
+            self.jitter.reset();
+            self.restart = true;
+        }
+        self.on_rtp(&d.packet)
     }
 
     /// The stream position of an RTP timestamp, in frames at the stream's rate.

@@ -428,7 +428,9 @@ pub(crate) struct Worker {
     ring: rtrb::Consumer<u8>,
     pub(crate) shared: Arc<Shared>,
     encoder: Option<Encoder>,
-    rtp: RtpSender,
+    pub(crate) rtp: RtpSender,
+    /// The RTP payload type, when not the codec's own (`rtp_payload=` of plain RTP).
+    pub(crate) payload_type: Option<u8>,
     pcm: Vec<f32>,
     bytes: Vec<u8>,
     payload: Vec<u8>,
@@ -460,6 +462,7 @@ impl Worker {
             shared,
             encoder: None,
             rtp: RtpSender::new(),
+            payload_type: None,
             pcm: Vec::new(),
             bytes: Vec::new(),
             payload: Vec::new(),
@@ -477,11 +480,11 @@ impl Worker {
         self.shared.knobs()
     }
 
-    /// Applies knob changes made since the last call (between frames).
-    fn retune(&mut self) {
+    /// Applies knob changes made since the last call (between frames); true if there were any.
+    pub(crate) fn retune(&mut self) -> bool {
         let gen = self.shared.knobs_gen.load(Ordering::SeqCst);
         if gen == self.knobs_gen {
-            return;
+            return false;
         }
         self.knobs_gen = gen;
         let knobs = self.knobs();
@@ -495,10 +498,22 @@ impl Worker {
                 );
             }
         }
+        true
+    }
+
+    /// The sink rendered audio that waits for the encoder.
+    pub(crate) fn has_audio(&self) -> bool {
+        self.ring.slots() > 0
+    }
+
+    /// Drops the encoder (a fresh one is made for the next audio).
+    pub(crate) fn reset_encoder(&mut self) {
+        self.pcm.clear();
+        self.encoder = None;
     }
 
     /// Throws away what the sink rendered (link down: audio is dropped, never queued).
-    fn discard_ring(&mut self) {
+    pub(crate) fn discard_ring(&mut self) {
         let n = self.ring.slots();
         if n > 0 {
             if let Ok(c) = self.ring.read_chunk(n) {
@@ -576,7 +591,7 @@ impl Worker {
                     }
                 }
             }
-            self.retune();
+            let _ = self.retune();
             let running = self.shared.running.load(Ordering::SeqCst);
             let had = self.ring.slots();
             if had > 0 {
@@ -773,7 +788,7 @@ impl Worker {
     }
 
     /// Moves what the ring holds through the encoder onto the wire.
-    fn pump(&mut self, conn: &mut Conn) -> Result<(), String> {
+    pub(crate) fn pump(&mut self, conn: &mut impl PacketOut) -> Result<(), String> {
         self.ensure_encoder()?;
         let bps = self.cfg.sample_format.bytes_per_sample();
         let ch = usize::from(self.cfg.fmt.channels);
@@ -821,7 +836,7 @@ impl Worker {
     }
 
     /// Pads what is left of a frame with silence and sends it (end of a stream).
-    fn flush_partial(&mut self, conn: &mut Conn) -> Result<(), String> {
+    pub(crate) fn flush_partial(&mut self, conn: &mut impl PacketOut) -> Result<(), String> {
         if self.pcm.is_empty() {
             return Ok(());
         }
@@ -839,13 +854,18 @@ impl Worker {
         Ok(())
     }
 
-    fn encode_send(&mut self, conn: &mut Conn, off: usize, len: usize) -> Result<(), String> {
+    fn encode_send(
+        &mut self,
+        conn: &mut impl PacketOut,
+        off: usize,
+        len: usize,
+    ) -> Result<(), String> {
         let Some(enc) = self.encoder.as_mut() else {
             return Err("no encoder".into());
         };
         enc.encode(&self.pcm[off..off + len], &mut self.payload)
             .map_err(|e| format!("encoder: {e}"))?;
-        let pt = enc.payload_type();
+        let pt = self.payload_type.unwrap_or_else(|| enc.payload_type());
         let ticks = enc.rtp_ticks_per_frame();
         let mut packet = std::mem::take(&mut self.packet);
         self.rtp
@@ -884,20 +904,37 @@ impl Worker {
             .fetch_add(sent, Ordering::Relaxed);
     }
 
-    fn send_packet(&mut self, conn: &mut Conn, packet: &[u8]) -> Result<(), String> {
-        self.wire.clear();
-        framing::frame(packet, &mut self.wire).map_err(|e| e.to_string())?;
-        conn.write_all(&self.wire)
-            .map_err(|e| format!("send: {e}"))?;
-        self.shared
-            .stats
-            .bytes_sent
-            .fetch_add(self.wire.len() as u64, Ordering::Relaxed);
-        self.shared
-            .stats
-            .packets_sent
-            .fetch_add(1, Ordering::Relaxed);
+    fn send_packet(&mut self, conn: &mut impl PacketOut, packet: &[u8]) -> Result<(), String> {
+        let n = conn.send_packet(packet, &mut self.wire)?;
+        if n > 0 {
+            self.shared
+                .stats
+                .bytes_sent
+                .fetch_add(n as u64, Ordering::Relaxed);
+            self.shared
+                .stats
+                .packets_sent
+                .fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
+    }
+}
+
+/// Where a worker's packets go: a tunnel's connection (each packet framed as RFC 4571 asks),
+/// or a plain RTP socket ([`crate::plain_rtp`]: one datagram a packet).
+pub(crate) trait PacketOut {
+    /// Sends one RTP or RTCP packet (`scratch`: a buffer to frame it in); returns the bytes it
+    /// took on the wire, 0 for a packet that was dropped (counted by the sender itself). An
+    /// `Err` ends the link.
+    fn send_packet(&mut self, packet: &[u8], scratch: &mut Vec<u8>) -> Result<usize, String>;
+}
+
+impl PacketOut for Conn {
+    fn send_packet(&mut self, packet: &[u8], scratch: &mut Vec<u8>) -> Result<usize, String> {
+        scratch.clear();
+        framing::frame(packet, scratch).map_err(|e| e.to_string())?;
+        self.write_all(scratch).map_err(|e| format!("send: {e}"))?;
+        Ok(scratch.len())
     }
 }
 

@@ -25,6 +25,7 @@ pub mod latency;
 pub mod link;
 mod net;
 pub mod params;
+pub mod plain_rtp;
 pub mod playout;
 pub mod quality;
 pub mod report;

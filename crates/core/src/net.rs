@@ -145,6 +145,10 @@ impl Conn {
             ServerAddr::Unix(p) => {
                 Ok((Conn::new(Io::Unix(UnixStream::connect(p)?)), Duration::ZERO))
             }
+            ServerAddr::Rtp { .. } => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "plain RTP (rtp://) has no connection",
+            )),
         }
     }
 

@@ -569,6 +569,21 @@ pub enum ServerAddr {
     },
     /// A unix socket path.
     Unix(PathBuf),
+    /// Plain RTP (RFC 7587) over UDP to this host and port, with no handshake
+    /// (`server=rtp://HOST:PORT`; the tunnel sink only).
+    Rtp {
+        /// Host name or address literal (IPv6 without brackets).
+        host: String,
+        /// UDP port.
+        port: u16,
+    },
+}
+
+impl ServerAddr {
+    /// Plain RTP (`rtp://`): no connection, no handshake.
+    pub fn is_rtp(&self) -> bool {
+        matches!(self, ServerAddr::Rtp { .. })
+    }
 }
 
 impl fmt::Display for ServerAddr {
@@ -580,19 +595,34 @@ impl fmt::Display for ServerAddr {
             }
             ServerAddr::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
             ServerAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ServerAddr::Rtp { host, port } if host.contains(':') => {
+                write!(f, "rtp://[{host}]:{port}")
+            }
+            ServerAddr::Rtp { host, port } => write!(f, "rtp://{host}:{port}"),
         }
     }
 }
 
-const SERVER_FORMS: &str = "tcp:HOST:PORT, tcp:HOST, HOST:PORT, HOST, [IPv6]:PORT or unix:PATH";
+const SERVER_FORMS: &str =
+    "tcp:HOST:PORT, tcp:HOST, HOST:PORT, HOST, [IPv6]:PORT, unix:PATH or rtp://HOST:PORT";
 
 /// Parses a `server=` value: `tcp:HOST:PORT`, `tcp:HOST`, `HOST:PORT`, `HOST`,
 /// `[::1]:4715`, `tcp:[::1]:4715`, `unix:PATH` or an absolute path. `tcp4:`/`tcp6:` are
 /// accepted as `tcp:`. A bare IPv6 literal (several colons, no brackets) is taken as a
-/// host without port. A missing port becomes `default_port`.
+/// host without port. A missing port becomes `default_port`. `rtp://HOST:PORT` (or
+/// `rtp://[IPv6]:PORT`) is plain RTP, whose port must be given.
 pub fn parse_server(s: &str, default_port: u16) -> Result<ServerAddr, ParamError> {
     let err = || ParamError::new("server", s, SERVER_FORMS);
     let t = s.trim();
+    if let Some(rest) = t.strip_prefix("rtp://") {
+        if rest.starts_with("tcp") || rest.starts_with("unix:") || rest.starts_with('/') {
+            return Err(err());
+        }
+        return match parse_server(rest, 0) {
+            Ok(ServerAddr::Tcp { host, port }) if port != 0 => Ok(ServerAddr::Rtp { host, port }),
+            _ => Err(err()),
+        };
+    }
     if let Some(path) = t.strip_prefix("unix:") {
         if path.is_empty() || path.contains('\0') {
             return Err(err());
@@ -865,6 +895,38 @@ mod tests {
             host: h.into(),
             port: p,
         }
+    }
+
+    #[test]
+    fn rtp_servers() {
+        let rtp = |h: &str, p: u16| ServerAddr::Rtp {
+            host: h.into(),
+            port: p,
+        };
+        let d = DEFAULT_PORT;
+        let a = parse_server("rtp://127.0.0.1:5004", d).unwrap();
+        assert_eq!(a, rtp("127.0.0.1", 5004));
+        assert!(a.is_rtp());
+        assert_eq!(a.to_string(), "rtp://127.0.0.1:5004");
+        let a = parse_server(" rtp://[ff02::1]:6000 ", d).unwrap();
+        assert_eq!(a, rtp("ff02::1", 6000));
+        assert_eq!(a.to_string(), "rtp://[ff02::1]:6000");
+        assert_eq!(parse_server(&a.to_string(), d).unwrap(), a);
+        assert_eq!(parse_server("rtp://h:1", d).unwrap(), rtp("h", 1));
+        for bad in [
+            "rtp://",
+            "rtp://host",
+            "rtp://host:0",
+            "rtp://host:x",
+            "rtp://unix:/x",
+            "rtp:///x",
+            "rtp://tcp:h:1",
+            "rtp://[::1]",
+        ] {
+            let e = parse_server(bad, d).unwrap_err();
+            assert!(e.to_string().contains("rtp://HOST:PORT"), "{bad}: {e}");
+        }
+        assert!(!parse_server("h:1", d).unwrap().is_rtp());
     }
 
     #[test]

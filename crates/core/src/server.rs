@@ -701,7 +701,7 @@ fn format(hello: &Hello) -> String {
 /// The request for a tunnel's stream, and where its answer arrives. The stream's properties
 /// say who is at the other end, and the codec.
 #[allow(clippy::type_complexity)]
-fn request<IO>(
+pub(crate) fn request<IO>(
     peer: SocketAddr,
     hello: &Hello,
     conn: &Arc<ConnShared>,

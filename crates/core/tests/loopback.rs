@@ -14,13 +14,14 @@ use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::{Feeder, Shared, WorkerConfig};
 use opus_tunnel_core::handshake::{Direction, Hello, Reply, SUPPORTED, VERSION};
 use opus_tunnel_core::params::{Compression, OpusKnobs, ServerAddr};
+use opus_tunnel_core::plain_rtp::{self, RtpReceiver, SendConfig};
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_core::secure::{self, Mode, Pattern};
-use opus_tunnel_core::server::{Receiver, RecvConfig};
+use opus_tunnel_core::server::{Host, Receiver, RecvConfig};
 use opus_tunnel_core::session::{Daemon, NewStream, Refusal, Sessions, StreamHandle};
 use opus_tunnel_core::udp::Transport;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -282,6 +283,8 @@ fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// The receiver on 127.0.0.1 with the fake daemon's main thread behind it.
 struct Rig {
     receiver: Option<Receiver>,
+    /// The fake daemon's side, for a plain RTP receiver beside the tunnels'.
+    host: Arc<dyn Host>,
     addr: SocketAddr,
     seen: Arc<Seen>,
     main: Option<(mpsc::Sender<bool>, JoinHandle<()>)>,
@@ -334,10 +337,11 @@ impl Rig {
         });
         let host = host_rx.recv().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let receiver = Receiver::start(listener, cfg, host).unwrap();
+        let receiver = Receiver::start(listener, cfg, host.clone()).unwrap();
         let addr = receiver.local_addr();
         Rig {
             receiver: Some(receiver),
+            host,
             addr,
             seen,
             main: Some((wake_tx, main)),
@@ -1231,4 +1235,105 @@ fn blocked_udp_falls_back_to_tcp_on_the_same_connection() {
         == Transport::Tcp));
     hears_tone(&rig, 1000.0);
     assert_eq!(tx.shared.stats.snapshot().reconnects, 0);
+}
+
+/// Plain RTP/Opus: the tunnel sink's `rtp://` sender into the receiver's plain RTP port: the
+/// tone arrives through the same playout, with its SDP; garbage datagrams and a sender the ACL
+/// does not admit beside it are dropped and counted, and the stream plays on.
+#[test]
+fn plain_rtp_tone_through() {
+    let _serial = serial();
+    let rig = Rig::start(config(), false);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let rtp_in = RtpReceiver::start(
+        sock,
+        plain_rtp::RecvConfig {
+            anonymous: false,
+            acl: Some(IpAcl::parse("acl", "127.0.0.1").unwrap()),
+            payload_type: 111,
+            target_usec: 0,
+            min_usec: 0,
+            max_usec: 1_000_000,
+            max_streams: 4,
+            external_resampler: false,
+        },
+        rig.host.clone(),
+    )
+    .unwrap();
+    let sdp_file = std::env::temp_dir().join(format!("ot-loopback-{}.sdp", std::process::id()));
+    let cfg = WorkerConfig {
+        addr: ServerAddr::Rtp {
+            host: "127.0.0.1".into(),
+            port,
+        },
+        remote_sink: None,
+        name: "plain".into(),
+        host: "test".into(),
+        compression: Compression::Opus,
+        fmt: StreamFormat {
+            rate: RATE,
+            channels: CH,
+        },
+        sample_format: SampleFormat::F32Le,
+        channel_map: "front-left,front-right".into(),
+        block_usec: 10_000,
+        cookie: None,
+        encryption: Mode::Auto,
+        transport: Transport::Tcp,
+    };
+    let (feeder, shared, worker, info) = plain_rtp::start_play(
+        cfg,
+        OpusKnobs::default(),
+        192_000,
+        SendConfig {
+            payload_type: 111,
+            sdp_file: Some(sdp_file.clone()),
+        },
+    )
+    .unwrap();
+    let (mut device, _) = Device::run((feeder, Tone::new(1000.0), false), |(f, tone, was)| {
+        if !*was {
+            f.set_running(true);
+            *was = true;
+        }
+        let bytes: Vec<u8> = tone.block().iter().flat_map(|v| v.to_le_bytes()).collect();
+        f.push(&bytes, true);
+    });
+    let sdp = std::fs::read_to_string(&sdp_file).unwrap();
+    let _ = std::fs::remove_file(&sdp_file);
+    assert!(
+        sdp.contains(&format!("m=audio {port} RTP/AVP 111\r\n")),
+        "{sdp}"
+    );
+    assert!(sdp.contains("a=rtpmap:111 opus/48000/2\r\n"), "{sdp}");
+    assert_eq!(info.sdp(), sdp.replace("\r\n", "\n"));
+    // Garbage from this host (not RTP, another payload type) while it plays.
+    let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..20u8 {
+        junk.send_to(&[i; 30], ("127.0.0.1", port)).unwrap();
+        junk.send_to(
+            &[0x80, 96, 0, i, 0, 0, 0, 0, 0, 0, 0, 1, 0xfc],
+            ("127.0.0.1", port),
+        )
+        .unwrap();
+    }
+    assert!(rig.hears_audio(), "no audio through plain RTP");
+    thread::sleep(Duration::from_millis(1500));
+    let (freq, rms, frames) = steady_tone(&rig.seen.played.lock().unwrap(), 48_000);
+    println!(
+        "plain RTP: {freq:.1} Hz, rms {rms:.3}, {frames} frames; {} malformed; sent {} packets",
+        rtp_in.malformed(),
+        shared.stats.snapshot().packets_sent
+    );
+    assert!((freq - 1000.0).abs() < 5.0, "{freq}");
+    // 0.25 peak: rms 0.177, ±1 dB.
+    assert!((0.157..=0.198).contains(&rms), "{rms}");
+    assert!(rtp_in.malformed() >= 40, "{}", rtp_in.malformed());
+    let peer = rig.prop("opus.tunnel.peer").unwrap_or_default();
+    assert!(peer.starts_with("127.0.0.1:"), "{peer}");
+    assert_eq!(shared.stats.state().as_str(), "streaming");
+    device.stop();
+    shared.stop_and_join(worker);
+    drop(rtp_in);
 }
