@@ -473,6 +473,7 @@ impl PwModule for Receiver {
             max_connections,
             external_resampler: pw_resampler,
             encryption,
+            realtime: None,
         };
         let receiver = server::Receiver::start(listener, cfg, host)
             .map_err(|e| format!("cannot start the listener: {e}"))?;

@@ -349,6 +349,9 @@ impl PaModule for Receiver {
             max_connections,
             external_resampler: false,
             encryption,
+            realtime: core.realtime_for_feeders().map(|rt| {
+                Arc::new(move || rt.raise_current_thread()) as Arc<dyn Fn() + Send + Sync>
+            }),
         };
         let receiver = server::Receiver::start(listener, cfg, host)
             .map_err(|e| format!("cannot start the listener: {e}"))?;

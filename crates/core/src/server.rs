@@ -57,6 +57,10 @@ pub struct RecvConfig {
     /// `encryption=`: auto encrypts whenever the tunnel asks; required answers a cleartext
     /// tunnel `426`; none answers a tunnel that asks for encryption `406`.
     pub encryption: Mode,
+    /// Called on each tunnel's thread once its stream is up: the host makes the thread
+    /// real-time as its own audio threads are (that thread keeps the device's ring filled;
+    /// a busy machine must not starve it). `None`: the thread stays as it was created.
+    pub realtime: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// Largest RFC 4571 frame a sender may send us (an Opus packet is at most a few KB; a 60 ms
@@ -630,6 +634,9 @@ fn serve_play(
         conn.stats.encryption().as_str()
     );
     conn.stats.set_state(TunnelState::Streaming);
+    if let Some(raise) = &cfg.realtime {
+        raise();
+    }
     let why = receive.run(&mut stream, std::mem::take(&mut hs.rest), &shared.stop);
     log::info!("tunnel {label} from {peer} ended: {why}");
     conn.stats.set_state(TunnelState::Closed);
@@ -721,6 +728,9 @@ fn serve_capture(
         conn: conn.clone(),
         host: shared.host.clone(),
     });
+    if let Some(raise) = &shared.cfg.realtime {
+        raise();
+    }
     let why = serve_record(wcfg, consumer, tshared, stream, remote);
     log::info!("record tunnel {label} from {peer} ended: {why}");
     conn.recording.store(false, Ordering::SeqCst);

@@ -297,6 +297,7 @@ fn config() -> RecvConfig {
         max_connections: 4,
         external_resampler: false,
         encryption: Mode::Auto,
+        realtime: None,
     }
 }
 
