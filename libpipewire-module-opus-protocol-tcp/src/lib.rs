@@ -525,6 +525,7 @@ impl PwModule for Receiver {
             external_resampler: pw_resampler,
             encryption,
             udp_port: Some(udp_port),
+            realtime: None,
         };
         let receiver = server::Receiver::start(listener, cfg, host)
             .map_err(|e| format!("cannot start the listener: {e}"))?;

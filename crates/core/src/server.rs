@@ -62,6 +62,10 @@ pub struct RecvConfig {
     /// `udp_port=`: where play tunnels with `transport=udp` send their audio (bound on the
     /// listener's address); `None`: no UDP, such tunnels are granted TCP.
     pub udp_port: Option<u16>,
+    /// Called on each tunnel's thread once its stream is up: the host makes the thread
+    /// real-time as its own audio threads are (that thread keeps the device's ring filled;
+    /// a busy machine must not starve it). `None`: the thread stays as it was created.
+    pub realtime: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// Largest RFC 4571 frame a sender may send us (an Opus packet is at most a few KB; a 60 ms
@@ -863,6 +867,9 @@ fn serve_play(
         conn.stats.udp.transport().as_str()
     );
     conn.stats.set_state(TunnelState::Streaming);
+    if let Some(raise) = &cfg.realtime {
+        raise();
+    }
     let why = receive.run(&mut stream, std::mem::take(&mut hs.rest), &shared.stop);
     if let Some((u, token)) = &udp {
         u.remove(*token);
@@ -965,6 +972,9 @@ fn serve_capture(
         conn: conn.clone(),
         host: shared.host.clone(),
     });
+    if let Some(raise) = &shared.cfg.realtime {
+        raise();
+    }
     let why = serve_record(wcfg, consumer, tshared, stream, remote);
     log::info!("record tunnel {label} from {peer} ended: {why}");
     conn.recording.store(false, Ordering::SeqCst);

@@ -302,6 +302,7 @@ fn config() -> RecvConfig {
         external_resampler: false,
         encryption: Mode::Auto,
         udp_port: None,
+        realtime: None,
     }
 }
 

@@ -38,6 +38,16 @@ impl Core {
         }
     }
 
+    /// What makes a thread of ours real-time as the daemon's own audio threads are
+    /// (`realtime-scheduling`, at `realtime-priority` − 1: below the devices' IO threads it
+    /// feeds); `None` when the daemon runs without real-time scheduling. Call it on the
+    /// thread to raise (any thread: it holds no pointer into the core).
+    pub fn realtime_for_feeders(&self) -> Option<RealtimeThread> {
+        self.realtime().map(|p| RealtimeThread {
+            priority: (p - 1).max(1),
+        })
+    }
+
     /// Finds a sink by name (`None`: the default sink). Returns its name if it exists.
     pub fn sink_name(&self, name: Option<&str>) -> Option<String> {
         self.device_name::<SinkKind>(name)
@@ -67,6 +77,24 @@ impl Core {
                 c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
                 K::NAMEREG,
             ) as *mut K::Raw
+        }
+    }
+}
+
+/// Makes the calling thread real-time (see [`Core::realtime_for_feeders`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RealtimeThread {
+    priority: i32,
+}
+
+impl RealtimeThread {
+    /// Raises the calling thread (PulseAudio's `pa_thread_make_realtime`: rtkit, or
+    /// `SCHED_RR` where the daemon may set it); a refusal is logged by PulseAudio and the
+    /// thread runs on as before.
+    pub fn raise_current_thread(&self) {
+        // SAFETY: acts on the calling thread only; no daemon state is touched.
+        unsafe {
+            sys::pa_thread_make_realtime(self.priority);
         }
     }
 }

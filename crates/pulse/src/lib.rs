@@ -47,7 +47,7 @@ pub mod source_output;
 pub mod spec;
 mod stream;
 
-pub use crate::core::Core;
+pub use crate::core::{Core, RealtimeThread};
 pub use modargs::Modargs;
 pub use module::{ModuleRef, PaModule};
 pub use proplist::Proplist;

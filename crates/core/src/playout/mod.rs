@@ -103,9 +103,9 @@ pub const START_SEC: f64 = 10.0;
 pub const AFTER_CONCEAL_SEC: f64 = 10.0;
 /// Latency errors beyond this (seconds) are dropped or inserted in silence.
 pub const TRIM_SEC: f64 = 0.002;
-/// A clock's line moving by more than this from one second to the next (seconds) is a step of
-/// its level, not drift (which moves it by at most a couple of milliseconds a second at
-/// ±2000 ppm, and the [`SkewEstimator`] measures a second against the line it has learnt).
+/// A clock's earliest observation jumping by more than this from one second to the next,
+/// beyond the line's slope (seconds), is a step of its level, not drift (the
+/// [`SkewEstimator`] takes the slope it has learnt out of the jump).
 pub const LINE_STEP_SEC: f64 = 0.001;
 /// A device silent for longer than this (seconds) has stopped: its line starts afresh.
 pub const DEVICE_GAP_SEC: f64 = 0.5;
