@@ -12,6 +12,7 @@ pub mod analysis;
 pub mod clicks;
 pub mod daemon;
 pub mod impair;
+pub mod linkcheck;
 pub mod netem;
 pub mod pipewire;
 pub mod process;

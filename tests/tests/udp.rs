@@ -17,60 +17,14 @@
 //!
 //! Runs 60 + ~45 s at the default; `OPUS_TUNNEL_UDP_SECS=20` for CI.
 use opus_tunnel_tests::daemon::tunnel_logs;
-use opus_tunnel_tests::timed::{play_train, sink_latency_usec, Origin, TimedRecorder};
-use opus_tunnel_tests::{
-    begin_tunnel, channel, play_loop, prop_or_unknown, rms_dbfs, tone_loop, wait::wait_for_tone,
-    Daemon, Dir, Link, Netem, Recorder, RATE,
+use opus_tunnel_tests::linkcheck::{
+    delta, median, ms_of, render_to_render, silences, stream_props,
 };
-use std::collections::HashMap;
+use opus_tunnel_tests::{
+    begin_tunnel, play_loop, prop_or_unknown, tone_loop, wait::wait_for_tone, Daemon, Dir, Link,
+    Netem, Recorder, RATE,
+};
 use std::time::{Duration, Instant};
-
-/// A received sample above this (s16) is loud; a click's onset comes after 50 ms of quiet.
-const LOUD: i16 = 4000;
-const QUIET: usize = 2400;
-
-/// `opus.tunnel.*` properties of the receiver's first sink-input.
-fn stream_props(d: &Daemon) -> HashMap<String, String> {
-    let text = d.pactl_ok(&["list", "sink-inputs"]);
-    let mut map = HashMap::new();
-    for line in text.lines() {
-        if let Some((k, v)) = line.trim().split_once(" = ") {
-            if k.starts_with("opus.tunnel.") && !map.contains_key(k) {
-                map.insert(k.to_string(), v.trim_matches('"').to_string());
-            }
-        }
-    }
-    map
-}
-
-fn num(p: &HashMap<String, String>, key: &str) -> u64 {
-    p.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
-fn ms_of(p: &HashMap<String, String>, key: &str) -> f64 {
-    p.get(key)
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(f64::NAN, |us| us / 1000.0)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
-}
-
-/// The level (dBFS) of each 10 ms block of interleaved stereo.
-fn block_levels(samples: &[i16]) -> Vec<f64> {
-    let block = RATE as usize / 100 * 2;
-    samples
-        .chunks_exact(block)
-        .map(|b| rms_dbfs(&channel(b, 0, 2)).max(rms_dbfs(&channel(b, 1, 2))))
-        .collect()
-}
 
 /// Speech-like audio, `seconds` long, looped: voiced syllables (a 110–160 Hz glottal pulse
 /// train through two formant resonances) of 180 ms with 70 ms pauses, at about -18 dBFS.
@@ -192,33 +146,25 @@ fn udp_over_a_20ms_wan_with_2pct_loss() {
     let after = stream_props(&receiver);
     let tun = sender.sink_properties("tun").unwrap_or_default();
     let udp_rate = (ab1.forwarded_bytes - ab0.forwarded_bytes) as f64 * 8.0 / udp_secs;
-    let levels = block_levels(&audio);
-    let mut sorted = levels.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median_db = sorted[sorted.len() / 2];
-    let quiet: Vec<(f64, f64)> = levels
-        .iter()
-        .enumerate()
-        .filter(|(_, &l)| l < median_db - 20.0)
-        .map(|(i, &l)| (i as f64 * 0.01, l))
-        .collect();
-    let delta = |k: &str| num(&after, k).saturating_sub(num(&before, k));
+    let quiet = silences(&audio, 20.0);
+    let median_db = quiet.median_db;
+    let moved = |k: &str| delta(&before, &after, k);
     println!(
         "UDP, {secs} s of tone: median 10 ms block {median_db:.1} dBFS, quietest {:.1}, {} blocks \
          > 20 dB below (s, dBFS: {:?})",
-        sorted[0],
-        quiet.len(),
-        &quiet[..quiet.len().min(10)]
+        quiet.quietest_db,
+        quiet.blocks.len(),
+        &quiet.blocks[..quiet.blocks.len().min(10)]
     );
     println!(
         "  receiver: transport {}, packets lost {}, recovered by FEC {}, by parity {}, PLC frames \
          {}, late {}, udp_dropped {}, latency {:.1} ms, target {:.1} ms",
         prop_or_unknown(&after, "opus.tunnel.transport"),
-        delta("opus.tunnel.packets_lost"),
-        delta("opus.tunnel.fec_frames"),
-        delta("opus.tunnel.parity_frames"),
-        delta("opus.tunnel.plc_frames"),
-        delta("opus.tunnel.late_packets"),
+        moved("opus.tunnel.packets_lost"),
+        moved("opus.tunnel.fec_frames"),
+        moved("opus.tunnel.parity_frames"),
+        moved("opus.tunnel.plc_frames"),
+        moved("opus.tunnel.late_packets"),
         prop_or_unknown(&after, "opus.tunnel.udp_dropped"),
         ms_of(&after, "opus.tunnel.latency_usec"),
         ms_of(&after, "opus.tunnel.target_latency_usec"),
@@ -239,32 +185,15 @@ fn udp_over_a_20ms_wan_with_2pct_loss() {
 
     // 2. Render-to-render latency, from a click train.
     std::thread::sleep(Duration::from_millis(1500));
-    let origin = Origin::now();
-    let rec_s = TimedRecorder::start(&sender, "tun.monitor", origin).expect("parec tx");
-    let rec_r = TimedRecorder::start(&receiver, "null.monitor", origin).expect("parec rx");
-    std::thread::sleep(Duration::from_millis(500));
-    let sent = play_train(&sender, "tun", 14, 50, 30, origin).expect("click train");
-    let (_, null_block) = sink_latency_usec(&receiver, "null").expect("null latency");
-    let null_block = null_block / 1e6;
-    std::thread::sleep(Duration::from_millis(300));
-    let (rs, rr) = (rec_s.finish(), rec_r.finish());
-    let (on_s, on_r) = (rs.onsets(LOUD, QUIET), rr.onsets(LOUD, QUIET));
-    let mut r2r = Vec::new();
-    let steady_from = sent.first().copied().unwrap_or(0.0) + 3.0;
-    for &fs in &on_s {
-        let (Some(cs), Some(ws)) = (rs.clock_time(fs, 1.0, 0.01), rs.render_time(fs, 1.0, 0.01))
-        else {
-            continue;
-        };
-        let hit = on_r.iter().find_map(|&fr| {
-            let cr = rr.clock_time(fr, 1.0, null_block)?;
-            let wr = rr.render_time(fr, 1.0, null_block)?;
-            (cr > cs && cr - cs < 0.4).then_some(wr)
-        });
-        if let (Some(wr), true) = (hit, ws >= steady_from) {
-            r2r.push((wr - ws) * 1000.0);
-        }
-    }
+    let r2r = render_to_render(
+        &sender,
+        "tun",
+        &receiver,
+        "null",
+        14,
+        Duration::from_millis(400),
+    )
+    .expect("click train");
     let r2r_median = median(&r2r);
     println!(
         "render to render over UDP: median {r2r_median:.1} ms over {} steady clicks {:?}",
@@ -284,12 +213,12 @@ fn udp_over_a_20ms_wan_with_2pct_loss() {
     player.stop();
     std::thread::sleep(Duration::from_millis(1500));
     let after = stream_props(&receiver);
-    let delta = |k: &str| num(&after, k).saturating_sub(num(&before, k));
+    let moved = |k: &str| delta(&before, &after, k);
     let (lost, fec, parity, plc) = (
-        delta("opus.tunnel.packets_lost"),
-        delta("opus.tunnel.fec_frames"),
-        delta("opus.tunnel.parity_frames"),
-        delta("opus.tunnel.plc_frames"),
+        moved("opus.tunnel.packets_lost"),
+        moved("opus.tunnel.fec_frames"),
+        moved("opus.tunnel.parity_frames"),
+        moved("opus.tunnel.plc_frames"),
     );
     let tun = sender.sink_properties("tun").unwrap_or_default();
     println!(
@@ -341,11 +270,11 @@ fn udp_over_a_20ms_wan_with_2pct_loss() {
         "the tone arrived at {median_db:.1} dBFS, not about -12"
     );
     assert!(
-        quiet.is_empty(),
+        quiet.blocks.is_empty(),
         "{} of {} 10 ms blocks more than 20 dB below the tone (first ones at s, dBFS: {:?})",
-        quiet.len(),
-        levels.len(),
-        &quiet[..quiet.len().min(10)],
+        quiet.blocks.len(),
+        quiet.total,
+        &quiet.blocks[..quiet.blocks.len().min(10)],
     );
     assert!(
         r2r.len() >= 6,

@@ -7,46 +7,13 @@
 //!
 //! `OPUS_TUNNEL_WAN_SECS` changes the 60 s. A second, short test runs a PipeWire receiver in
 //! a namespace.
+use opus_tunnel_tests::linkcheck::{block_levels, ms_of, stream_props};
 use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire};
 use opus_tunnel_tests::{
-    begin_tunnel, channel, play_loop, prop_or_unknown, rms_dbfs, tone_loop, wait::wait_for_tone,
-    Daemon, Dir, Link, Netem, Recorder, RATE,
+    begin_tunnel, play_loop, prop_or_unknown, tone_loop, wait::wait_for_tone, Daemon, Dir, Link,
+    Netem, Recorder, RATE,
 };
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-/// `opus.tunnel.*` properties of the receiver's first sink-input.
-fn stream_props(d: &Daemon) -> HashMap<String, String> {
-    let text = d.pactl_ok(&["list", "sink-inputs"]);
-    let mut map = HashMap::new();
-    for line in text.lines() {
-        if let Some((k, v)) = line.trim().split_once(" = ") {
-            if k.starts_with("opus.tunnel.") && !map.contains_key(k) {
-                map.insert(k.to_string(), v.trim_matches('"').to_string());
-            }
-        }
-    }
-    map
-}
-
-fn ms_of(p: &HashMap<String, String>, key: &str) -> f64 {
-    p.get(key)
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(f64::NAN, |us| us / 1000.0)
-}
-
-/// The level (dBFS) of each 10 ms block of interleaved stereo.
-fn block_levels(samples: &[i16]) -> Vec<f64> {
-    let block = RATE as usize / 100 * 2;
-    samples
-        .chunks_exact(block)
-        .map(|b| {
-            let l = channel(b, 0, 2);
-            let r = channel(b, 1, 2);
-            rms_dbfs(&l).max(rms_dbfs(&r))
-        })
-        .collect()
-}
 
 #[test]
 fn tone_over_a_20ms_wan_with_jitter_and_loss() {
