@@ -222,6 +222,7 @@ impl PaModule for TunnelSink {
         }
         props.set("opus.tunnel.state", "connecting");
         if let Some(i) = &rtp_info {
+            props.set("opus.tunnel.transport", "rtp");
             for (k, v) in i.properties(true) {
                 props.set(&k, &v);
             }

@@ -202,11 +202,11 @@ fn udp_over_a_20ms_wan_with_2pct_loss() {
     );
 
     // 3. Speech: FEC and parity at work.
-    sender.pactl_ok(&[
-        "update-sink-proplist",
-        "tun",
-        "compression.opus.signal=voice",
-    ]);
+    let out = sender.cli("update-sink-proplist tun compression.opus.signal=voice");
+    assert!(
+        !out.contains("No sink found") && !out.to_lowercase().contains("unknown command"),
+        "update-sink-proplist: {out}"
+    );
     let before = stream_props(&receiver);
     let mut player = play_loop(&sender, "tun", speech_like(10));
     std::thread::sleep(Duration::from_secs(20));

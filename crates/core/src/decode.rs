@@ -661,23 +661,24 @@ impl Receive {
         };
         // The rebuilt packet is older: it goes in first.
         if let Some(p) = rebuilt {
-            if let Ok(Some(PushResult::Accepted)) = self.take_rtp(&p) {
+            if let Ok(Some(PushResult::Accepted)) = self.take_rtp(&p, None) {
                 let u = &self.conn.stats.udp;
                 u.parity_frames.fetch_add(1, Ordering::Relaxed);
                 u.packets_lost.fetch_add(1, Ordering::Relaxed);
             }
         }
         if kind == udp::KIND_RTP {
-            let _ = self.take_rtp(body);
+            let _ = self.take_rtp(body, Some(self.conn.now_usec()));
         }
         if let Err(e) = self.drain_jitter() {
             log::debug!("{}: {e}", self.conn.label);
         }
     }
 
-    /// An RTP packet from a datagram: into the jitter buffer unless it is stale (sent before
-    /// a pause that has overtaken it). `None`: dropped.
-    fn take_rtp(&mut self, pkt: &[u8]) -> Result<Option<PushResult>, String> {
+    /// An RTP packet from a datagram (`arrived`: when; `None` for one rebuilt from parity):
+    /// into the jitter buffer unless it is stale (sent before a pause that has overtaken it).
+    /// `None`: dropped.
+    fn take_rtp(&mut self, pkt: &[u8], arrived: Option<u64>) -> Result<Option<PushResult>, String> {
         let Ok((h, _)) = rtp::parse_rtp(pkt) else {
             return Ok(None);
         };
@@ -686,17 +687,21 @@ impl Receive {
                 return Ok(None);
             }
         }
-        self.push_rtp(pkt)
+        self.push_rtp(pkt, arrived)
     }
 
-    /// One RTP packet (from the TCP stream: an error closes the connection).
+    /// One RTP packet, arrived now (from the TCP stream: an error closes the connection).
     fn on_rtp(&mut self, frame: &[u8]) -> Result<(), String> {
-        self.push_rtp(frame)?;
+        self.push_rtp(frame, Some(self.conn.now_usec()))?;
         self.drain_jitter()
     }
 
     /// Checks an RTP packet against the handshake and pushes it into the jitter buffer.
-    fn push_rtp(&mut self, frame: &[u8]) -> Result<Option<PushResult>, String> {
+    fn push_rtp(
+        &mut self,
+        frame: &[u8],
+        arrived: Option<u64>,
+    ) -> Result<Option<PushResult>, String> {
         {
             let (h, payload) = rtp::parse_rtp(frame).map_err(|e| format!("bad RTP: {e}"))?;
             if h.payload_type != self.payload_type {
@@ -723,7 +728,9 @@ impl Receive {
                 .stats
                 .packets_received
                 .fetch_add(1, Ordering::Relaxed);
-            let r = self.jitter.push(h.seq, h.timestamp, payload.to_vec());
+            let r = self
+                .jitter
+                .push_at(h.seq, h.timestamp, payload.to_vec(), arrived);
             match r {
                 PushResult::Late | PushResult::Duplicate => {
                     self.conn.stats.late_packets.fetch_add(1, Ordering::Relaxed);
@@ -903,8 +910,12 @@ impl Receive {
             };
             self.gap_since = None;
             self.pcm.clear();
-            let ts = match p {
-                Playout::Packet { payload, timestamp } => {
+            let (ts, arrived) = match p {
+                Playout::Packet {
+                    payload,
+                    timestamp,
+                    arrived,
+                } => {
                     if let Err(e) = self.decoder.decode(&payload, &mut self.pcm) {
                         // A corrupt packet is concealed like a lost one, not fatal.
                         log::debug!("{}: undecodable packet ({e}); concealed", self.conn.label);
@@ -913,7 +924,7 @@ impl Receive {
                         let _ = self.decoder.conceal(n, &mut self.pcm);
                         self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
                     }
-                    timestamp
+                    (timestamp, arrived)
                 }
                 Playout::Missing { ticks, timestamp } => {
                     let n = self.decoder.ticks_to_samples(ticks);
@@ -954,13 +965,13 @@ impl Receive {
                             self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    timestamp
+                    (timestamp, None)
                 }
             };
             if !self.pcm.is_empty() {
                 let now = self.conn.now_usec();
                 let pos = self.position(ts);
-                self.playout.on_packet(now, pos, &self.pcm);
+                self.playout.on_audio(now, arrived, pos, &self.pcm);
             }
         }
         self.tick()

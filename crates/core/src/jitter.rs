@@ -38,6 +38,9 @@ pub enum Playout {
         timestamp: u32,
         /// Its payload.
         payload: Vec<u8>,
+        /// When it arrived (the caller's clock, as given to [`JitterBuffer::push_at`]);
+        /// `None` for a packet that did not arrive itself (rebuilt).
+        arrived: Option<u64>,
     },
     /// A lost packet to conceal.
     Missing {
@@ -53,7 +56,7 @@ pub enum Playout {
 pub struct JitterBuffer {
     capacity: usize,
     /// Packets by extended sequence number.
-    packets: BTreeMap<u64, (u32, Vec<u8>)>,
+    packets: BTreeMap<u64, (u32, Vec<u8>, Option<u64>)>,
     /// Extended sequence number of the next packet to play.
     next: Option<u64>,
     /// Extended sequence number and timestamp of the last packet played (not concealed).
@@ -89,6 +92,17 @@ impl JitterBuffer {
 
     /// Offers a packet. See [`PushResult`].
     pub fn push(&mut self, seq: u16, timestamp: u32, payload: Vec<u8>) -> PushResult {
+        self.push_at(seq, timestamp, payload, None)
+    }
+
+    /// Offers a packet that arrived at `arrived` (handed back with it by [`pop`](Self::pop)).
+    pub fn push_at(
+        &mut self,
+        seq: u16,
+        timestamp: u32,
+        payload: Vec<u8>,
+        arrived: Option<u64>,
+    ) -> PushResult {
         let next = match self.next {
             Some(n) => n,
             None => {
@@ -102,7 +116,7 @@ impl JitterBuffer {
         if !(-MAX_MISORDER..=MAX_JUMP).contains(&delta) {
             self.restarts += 1;
             self.reset();
-            return self.push(seq, timestamp, payload);
+            return self.push_at(seq, timestamp, payload, arrived);
         }
         if delta < 0 {
             self.late += 1;
@@ -117,7 +131,7 @@ impl JitterBuffer {
             self.overflows += 1;
             return PushResult::Overflow;
         }
-        self.packets.insert(ext, (timestamp, payload));
+        self.packets.insert(ext, (timestamp, payload, arrived));
         PushResult::Accepted
     }
 
@@ -127,13 +141,17 @@ impl JitterBuffer {
         let (&first, _) = self.packets.iter().next()?;
         let next = self.next.unwrap_or(first);
         if first <= next {
-            let (timestamp, payload) = self.packets.remove(&first)?;
+            let (timestamp, payload, arrived) = self.packets.remove(&first)?;
             self.next = Some(first + 1);
             self.last_played = Some((first, timestamp));
-            return Some(Playout::Packet { timestamp, payload });
+            return Some(Playout::Packet {
+                timestamp,
+                payload,
+                arrived,
+            });
         }
         // Gap before `first`.
-        let (first_ts, _) = self.packets.get(&first)?;
+        let (first_ts, _, _) = self.packets.get(&first)?;
         let Some((last_seq, last_ts)) = self.last_played else {
             // Nothing played yet: nothing to infer from, start at the first packet.
             self.next = Some(first);
@@ -160,7 +178,7 @@ impl JitterBuffer {
     /// carry it).
     pub fn head_payload(&self) -> Option<&[u8]> {
         let next = self.next?;
-        self.packets.get(&next).map(|(_, p)| p.as_slice())
+        self.packets.get(&next).map(|(_, p, _)| p.as_slice())
     }
 
     /// Packets buffered.
@@ -215,6 +233,7 @@ mod tests {
         Playout::Packet {
             timestamp: ts,
             payload: vec![b],
+            arrived: None,
         }
     }
 
@@ -318,7 +337,8 @@ mod tests {
                 j.pop(),
                 Some(Playout::Packet {
                     timestamp: i * 960,
-                    payload: vec![]
+                    payload: vec![],
+                    arrived: None,
                 })
             );
         }
@@ -361,5 +381,21 @@ mod tests {
         assert_eq!(j.next_seq(), None);
         assert_eq!(j.push(5, 0, vec![5]), PushResult::Accepted);
         assert_eq!(j.pop(), Some(pkt(0, 5)));
+    }
+
+    /// A packet's arrival time comes back with it, also after it waited behind a gap.
+    #[test]
+    fn arrival_times_come_back() {
+        let mut j = JitterBuffer::new(8);
+        assert_eq!(j.push_at(1, 0, vec![1], Some(10)), PushResult::Accepted);
+        assert_eq!(j.push_at(3, 1920, vec![3], Some(30)), PushResult::Accepted);
+        assert_eq!(j.push_at(2, 960, vec![2], None), PushResult::Accepted);
+        let arrivals: Vec<Option<u64>> = std::iter::from_fn(|| j.pop())
+            .map(|p| match p {
+                Playout::Packet { arrived, .. } => arrived,
+                Playout::Missing { .. } => Some(u64::MAX),
+            })
+            .collect();
+        assert_eq!(arrivals, [Some(10), None, Some(30)]);
     }
 }

@@ -167,17 +167,15 @@ impl SendInfo {
         self.sdp.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Properties: `opus.tunnel.transport` (`rtp`), `opus.tunnel.send_errors` (datagrams
+    /// Properties (beside the stream's statistics, whose `opus.tunnel.transport` is `rtp`):
+    /// `opus.tunnel.send_errors` (datagrams
     /// the socket refused: buffer full, ICMP unreachable) and, with `sdp`, `opus.tunnel.sdp`
     /// (several lines: left out where answers are one `key=value` a line).
     pub fn properties(&self, sdp: bool) -> Vec<(String, String)> {
-        let mut v = vec![
-            ("opus.tunnel.transport".into(), "rtp".into()),
-            (
-                "opus.tunnel.send_errors".into(),
-                self.send_errors.load(Ordering::Relaxed).to_string(),
-            ),
-        ];
+        let mut v = vec![(
+            "opus.tunnel.send_errors".into(),
+            self.send_errors.load(Ordering::Relaxed).to_string(),
+        )];
         if sdp {
             v.push(("opus.tunnel.sdp".into(), self.sdp()));
         }
@@ -284,6 +282,7 @@ pub fn start_play(
         send_errors: AtomicU64::new(0),
     });
     let (feeder, shared, consumer) = feeder(&cfg, knobs, ring_bytes);
+    shared.stats.udp.set_transport(crate::udp::Transport::Rtp);
     let (s2, i2) = (shared.clone(), send_info.clone());
     let name = cfg.name.clone();
     let (log_name, pt) = (cfg.name.clone(), rtp_cfg.payload_type);
@@ -930,9 +929,8 @@ fn serve_stream(
     if let Ok(mut live) = shared.live.lock() {
         live.push(conn.clone());
     }
+    conn.stats.udp.set_transport(crate::udp::Transport::Rtp);
     let (mut req, answer) = request(from, &hello, &conn, playback, None);
-    req.props
-        .push(("opus.tunnel.transport".into(), "rtp".into()));
     req.props
         .push(("opus.tunnel.ssrc".into(), format!("{ssrc:08x}")));
     shared.host.open(req);

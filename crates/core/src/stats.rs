@@ -104,14 +104,19 @@ pub struct UdpCounters {
 impl UdpCounters {
     /// Sets the transport in use.
     pub fn set_transport(&self, t: crate::udp::Transport) {
-        self.transport
-            .store(u8::from(t == crate::udp::Transport::Udp), Ordering::Relaxed);
+        let v = match t {
+            crate::udp::Transport::Tcp => 0,
+            crate::udp::Transport::Udp => 1,
+            crate::udp::Transport::Rtp => 2,
+        };
+        self.transport.store(v, Ordering::Relaxed);
     }
 
     /// The transport in use (TCP until a link grants UDP).
     pub fn transport(&self) -> crate::udp::Transport {
         match self.transport.load(Ordering::Relaxed) {
             1 => crate::udp::Transport::Udp,
+            2 => crate::udp::Transport::Rtp,
             _ => crate::udp::Transport::Tcp,
         }
     }

@@ -65,6 +65,9 @@ pub enum Transport {
     Tcp,
     /// Audio over UDP, control on TCP.
     Udp,
+    /// Plain RTP over UDP, no handshake ([`crate::plain_rtp`]; `server=rtp://`, `rtp_port=`):
+    /// never chosen by the `transport` argument.
+    Rtp,
 }
 
 impl Transport {
@@ -73,6 +76,7 @@ impl Transport {
         match self {
             Transport::Tcp => "tcp",
             Transport::Udp => "udp",
+            Transport::Rtp => "rtp",
         }
     }
 

@@ -190,6 +190,22 @@ impl Controller {
     /// for it is kept (the latency grows by the overlap, as a late packet asks) unless that
     /// would pass the maximum latency.
     pub fn on_packet(&mut self, now_usec: u64, pos: i64, frames: u64) -> u64 {
+        self.on_audio(now_usec, Some(now_usec), pos, frames)
+    }
+
+    /// As [`on_packet`](Self::on_packet), for audio handed over at `now_usec` that arrived
+    /// at `arrived_usec` (a packet the jitter buffer held behind a gap), or that did not
+    /// arrive at all (`None`: rebuilt from parity, decoded from FEC, concealed). Only an
+    /// arrival is an observation of the stream's clock (its line, the skew, the target's
+    /// waits): the time audio spent waiting in our own jitter buffer is not the link's.
+    pub fn on_audio(
+        &mut self,
+        now_usec: u64,
+        arrived_usec: Option<u64>,
+        pos: i64,
+        frames: u64,
+    ) -> u64 {
+        let arrived = arrived_usec.map(|a| self.secs(a.min(now_usec)));
         let t = self.secs(now_usec);
         let end = pos.saturating_add(frames as i64);
         if self.phase == Phase::Idle {
@@ -222,10 +238,13 @@ impl Controller {
         let next = self.next_pos.unwrap_or(pos);
         self.next_pos = Some(next.max(end));
         // The packet's first frame waits for its last: the buffer must cover the packet's
-        // length on top of its lateness.
-        let late = self.stream.observe(t, end as f64);
-        self.skew.on_stream(t, end as f64, self.rate);
-        self.target.on_packet(t, late * self.rate, frames as f64);
+        // length on top of its lateness. Observations keep their order in time.
+        if let Some(a) = arrived {
+            let a = self.stream.last_seen().map_or(a, |l| a.max(l));
+            let late = self.stream.observe(a, end as f64);
+            self.skew.on_stream(a, end as f64, self.rate);
+            self.target.on_packet(a, late * self.rate, frames as f64);
+        }
         if appended > 0 {
             // Fresh audio: a concealment episode (if any) is over.
             self.in_conceal = false;

@@ -87,6 +87,13 @@ impl Playout {
     /// interleaved samples (a trailing partial frame is ignored). Late audio that PLC already
     /// stood in for is dropped; gaps and jumps of the timestamp are handled.
     pub fn on_packet(&mut self, now_usec: u64, rtp_ts: u32, pcm: &[f32]) {
+        self.on_audio(now_usec, Some(now_usec), rtp_ts, pcm);
+    }
+
+    /// As [`on_packet`](Self::on_packet), for audio handed over at `now_usec` that arrived at
+    /// `arrived_usec`, or did not arrive (`None`: rebuilt, FEC-decoded or concealed by the
+    /// caller); see [`Controller::on_audio`].
+    pub fn on_audio(&mut self, now_usec: u64, arrived_usec: Option<u64>, rtp_ts: u32, pcm: &[f32]) {
         let pos = match self.last_ts {
             None => i64::from(rtp_ts) + (1i64 << 40),
             Some(last) => self.ext + i64::from(rtp_ts.wrapping_sub(last) as i32),
@@ -94,7 +101,9 @@ impl Playout {
         self.last_ts = Some(rtp_ts);
         self.ext = pos;
         let frames = pcm.len() / self.channels;
-        let skip = self.ctl.on_packet(now_usec, pos, frames as u64) as usize;
+        let skip = self
+            .ctl
+            .on_audio(now_usec, arrived_usec, pos, frames as u64) as usize;
         self.fifo
             .extend(&pcm[skip * self.channels..frames * self.channels]);
     }
