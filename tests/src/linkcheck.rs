@@ -82,15 +82,26 @@ impl Silences {
 
 /// The silent blocks of `samples` (interleaved stereo), `below_db` under the median.
 pub fn silences(samples: &[i16], below_db: f64) -> Silences {
+    silences_where(samples, |median| median - below_db)
+}
+
+/// The blocks of `samples` under `floor_db` (dBFS): for a signal of known level, where a
+/// recording that is silent throughout must count as silent.
+pub fn silences_under(samples: &[i16], floor_db: f64) -> Silences {
+    silences_where(samples, |_| floor_db)
+}
+
+fn silences_where(samples: &[i16], floor: impl Fn(f64) -> f64) -> Silences {
     let levels = block_levels(samples);
     let mut sorted = levels.clone();
     sorted.sort_by(f64::total_cmp);
     let median_db = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
     let quietest_db = sorted.first().copied().unwrap_or(f64::NAN);
+    let floor_db = floor(median_db);
     let blocks = levels
         .iter()
         .enumerate()
-        .filter(|(_, &l)| l < median_db - below_db)
+        .filter(|(_, &l)| l < floor_db)
         .map(|(i, &l)| (i as f64 * 0.01, l))
         .collect();
     Silences {

@@ -241,6 +241,10 @@ fn pcm_through_proxy(test: &str, receiver_args: &str, tunnel_args: &str) -> (f64
         "{test}: no tone on the receiver within 8 s{}",
         logs(&sender, &receiver)
     );
+    // The tone is checked once the playout's start is over: a start can still have one
+    // underrun in its first seconds (README, known limits; issue 16), which is not what this
+    // test is about.
+    rec.read(2.0).expect("record the start");
     let got = rec.read(2.0).expect("record");
     let r = analyse_stereo(&got, 0.0)
         .unwrap_or_else(|| panic!("{test}: the signal vanished{}", logs(&sender, &receiver)));
