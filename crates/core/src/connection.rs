@@ -238,25 +238,11 @@ pub(crate) fn new_conn(hello: &Hello, target_usec: u64, peer: String) -> Arc<Con
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handshake::{Direction, Hello, VERSION};
-    use crate::params::Compression;
+    use crate::handshake::Hello;
 
     #[test]
     fn device_latency_is_averaged_over_pulls() {
-        let hello = Hello {
-            version: VERSION,
-            direction: Direction::Play,
-            name: "tun".into(),
-            host: "h".into(),
-            device: None,
-            codec: Compression::Opus,
-            rate: 48_000,
-            channels: 2,
-            channel_map: "front-left,front-right".into(),
-            frame_usec: 20_000,
-            target_latency_usec: None,
-            fields: Default::default(),
-        };
+        let hello = Hello::opus_stereo_play("tun".to_string(), "h".into());
         let c = new_conn(&hello, 60_000, "peer".into());
         assert_eq!(c.device_latency_usec(), 0);
         c.note_device_latency_usec(5_000);

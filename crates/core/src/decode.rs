@@ -1100,26 +1100,13 @@ mod tests {
     use super::*;
     use crate::codec::Encoder;
     use crate::connection::new_conn;
-    use crate::handshake::{Direction, Hello, VERSION};
+    use crate::handshake::Hello;
     use crate::params::Signal;
     use crate::rtp::RtpSender;
     use crate::udp::{ParityEncoder, Transport, KIND_PARITY, KIND_RTP};
 
     fn hello() -> Hello {
-        Hello {
-            version: VERSION,
-            direction: Direction::Play,
-            name: "t".into(),
-            host: "h".into(),
-            device: None,
-            codec: Compression::Opus,
-            rate: 48_000,
-            channels: 2,
-            channel_map: "front-left,front-right".into(),
-            frame_usec: 20_000,
-            target_latency_usec: None,
-            fields: Default::default(),
-        }
+        Hello::opus_stereo_play("t".to_string(), "h".into())
     }
 
     /// Voiced syllables, 20 ms frame `f`.

@@ -275,6 +275,25 @@ fn codec_text(c: Compression) -> &'static str {
 }
 
 impl Hello {
+    /// A play hello of this version for Opus, 48 kHz stereo, 20 ms frames, no device, no
+    /// extra fields: what a plain RTP/Opus stream stands for, and a test's default.
+    pub(crate) fn opus_stereo_play(name: String, host: String) -> Hello {
+        Hello {
+            version: VERSION,
+            direction: Direction::Play,
+            name,
+            host,
+            device: None,
+            codec: Compression::Opus,
+            rate: 48_000,
+            channels: 2,
+            channel_map: "front-left,front-right".into(),
+            frame_usec: 20_000,
+            target_latency_usec: None,
+            fields: Default::default(),
+        }
+    }
+
     /// The message text, ending with the blank line. Values are sanitised (control
     /// characters, newlines included, become spaces), names in `fields` are made tokens, and
     /// `fields` entries whose name is one of the standard headers are left out.

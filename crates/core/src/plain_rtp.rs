@@ -14,7 +14,7 @@ use crate::acl::IpAcl;
 use crate::connection::{new_conn, ConnShared};
 use crate::decode::{decode_path, Datagram, Receive};
 use crate::encode::{feeder, Feeder, PacketOut, Shared, Worker, WorkerConfig};
-use crate::handshake::{Direction, Hello, VERSION};
+use crate::handshake::Hello;
 use crate::params::{Compression, OpusKnobs, ServerAddr};
 use crate::rtp;
 use crate::server::{request, Host};
@@ -873,20 +873,7 @@ fn deliver(
 /// The hello a plain RTP stream would have sent: Opus, 48 kHz stereo (RFC 7587 decodes any
 /// Opus packet, mono or stereo, to stereo), the receiver's default sink.
 fn plain_hello(from: SocketAddr, ssrc: u32) -> Hello {
-    Hello {
-        version: VERSION,
-        direction: Direction::Play,
-        name: format!("RTP/Opus {ssrc:08x}"),
-        host: from.to_string(),
-        device: None,
-        codec: Compression::Opus,
-        rate: 48_000,
-        channels: 2,
-        channel_map: "front-left,front-right".into(),
-        frame_usec: 20_000,
-        target_latency_usec: None,
-        fields: Default::default(),
-    }
+    Hello::opus_stereo_play(format!("RTP/Opus {ssrc:08x}"), from.to_string())
 }
 
 /// A plain RTP stream's decode path: the connection state and the receive pipeline with the
