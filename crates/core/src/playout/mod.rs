@@ -45,7 +45,7 @@
 //!
 //! - **Start.** Playout starts with the first frame received once the device pulls, behind
 //!   as much silence as brings `L` to the target (the same as waiting; nothing received is
-//!   cut). For the first 3 s the target assumes at least 10 ms of lateness.
+//!   cut). Nothing is assumed at a start: the first packet sizes the target.
 //! - **Drift.** `ratio = 1 + skew + correction`. The [`SkewEstimator`] learns the skew as the
 //!   ratio of the two clocks' rates against ours — the stream's (packet arrivals by RTP
 //!   position) and the device's (its pulls) — each the slope of a line through the clock's
