@@ -80,7 +80,12 @@ fn p1_click_trains_after_load_silence_and_reconnect() {
     let sender = Daemon::named("p1-tx");
     let origin = Origin::now();
     let rec = TimedRecorder::start(&receiver, "null.monitor", origin).expect("parec");
-    std::thread::sleep(Duration::from_millis(500));
+    // The receiving null sink renders 2 s ahead while nothing reads it; a reader's 10 ms
+    // request shrinks its blocks, but what it already rendered plays out first, and no stream
+    // can rewind that far (its rewinds reach one block). pacat straight into the sink 0.5 s
+    // after the reader came lost its first click and played the rest 307 ms late. The trains
+    // start once the sink runs in the reader's blocks, as a sink with a client does.
+    std::thread::sleep(Duration::from_millis(2500));
     let t0 = Instant::now();
     sender.load_tunnel("tun", proxy.port(), "");
     let after_load = play_train(&sender, "tun", CLICKS, SPACING, 30, origin).expect("train 1");
