@@ -4,7 +4,7 @@
 //! below the median is a silence: concealment is fine, silence is not), and the
 //! render-to-render latency of clicks (the sender's sink renders a click → the receiver's
 //! sink renders it, from timed recordings of both monitors, as `playout.rs` p3 measures it).
-use crate::timed::{play_train, sink_latency_usec, Origin, TimedRecorder};
+use crate::timed::{play_train_at, sink_latency_usec, Origin, TimedRecorder};
 use crate::{channel, rms_dbfs, Daemon, RATE};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -119,7 +119,8 @@ const QUIET: usize = 2400;
 /// Render-to-render latency (ms) of `clicks` clicks played into `sender`'s sink `sink` and
 /// arriving at `receiver`'s sink `rsink` within `window` (the clicks are spaced further
 /// apart than that, at least 0.5 s), the clicks after the first 3 s only (the steady
-/// state). Clicks that cannot be matched at both ends are left out.
+/// state). Clicks that cannot be matched at both ends are left out. The clicks are written
+/// through `pacat --latency-msec=writer_ms` (see [`play_train_at`]).
 pub fn render_to_render(
     sender: &Daemon,
     sink: &str,
@@ -127,6 +128,7 @@ pub fn render_to_render(
     rsink: &str,
     clicks: usize,
     window: Duration,
+    writer_ms: u32,
 ) -> anyhow::Result<Vec<f64>> {
     let window = window.as_secs_f64();
     let spacing_blocks = ((window * 100.0) as usize + 10).max(50);
@@ -134,7 +136,7 @@ pub fn render_to_render(
     let rec_s = TimedRecorder::start(sender, &format!("{sink}.monitor"), origin)?;
     let rec_r = TimedRecorder::start(receiver, &format!("{rsink}.monitor"), origin)?;
     std::thread::sleep(Duration::from_millis(500));
-    let sent = play_train(sender, sink, clicks, spacing_blocks, 30, origin)?;
+    let sent = play_train_at(sender, sink, clicks, spacing_blocks, 30, origin, writer_ms)?;
     let (_, block) = sink_latency_usec(receiver, rsink)?;
     let block = block / 1e6;
     std::thread::sleep(Duration::from_millis(300));

@@ -22,7 +22,7 @@ use crate::process::Strays;
 use crate::signal::{CHANNELS, RATE};
 use anyhow::{anyhow, bail, Result};
 use std::io::{Read, Write};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -250,6 +250,22 @@ pub fn play_train(
     tail_blocks: usize,
     origin: Origin,
 ) -> Result<Vec<f64>> {
+    play_train_at(d, sink, n, spacing_blocks, tail_blocks, origin, 10)
+}
+
+/// [`play_train`] through `pacat --latency-msec=latency_ms`. A sink that renders what its far
+/// end asks for, in pieces as long as a round trip (the stock `module-tunnel-sink-new`), pads
+/// a writer with a shorter buffer than that with silence: its train is stretched.
+pub fn play_train_at(
+    d: &Daemon,
+    sink: &str,
+    n: usize,
+    spacing_blocks: usize,
+    tail_blocks: usize,
+    origin: Origin,
+    latency_ms: u32,
+) -> Result<Vec<f64>> {
+    let latency = format!("--latency-msec={latency_ms}");
     let inputs_before = d.sink_input_count();
     let mut pacat = d
         .command("pacat")
@@ -259,7 +275,7 @@ pub fn play_train(
             "--format=s16le",
             "--rate=48000",
             "--channels=2",
-            "--latency-msec=10",
+            &latency,
             "--client-name=opus-tunnel-tests",
             "-d",
             sink,
@@ -282,20 +298,47 @@ pub fn play_train(
         let total = (n.max(1) - 1) * spacing_blocks + 2 + tail_blocks;
         let stream = train_bytes(n, spacing_blocks, total);
         let block_bytes = RATE as usize / 100 * CHANNELS * 2;
+        // A sink that stops taking audio (a stalled tunnel) would block the writes for ever:
+        // pacat is killed once the train is 10 s overdue, which ends them.
+        let allowed = Duration::from_millis(10 * total as u64) + Duration::from_secs(10);
+        let (done, overdue) = std::sync::mpsc::channel::<()>();
+        let pid = pacat.id();
+        let watchdog = std::thread::spawn(move || {
+            if matches!(
+                overdue.recv_timeout(allowed),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            ) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                return true;
+            }
+            false
+        });
         let start = Instant::now();
         let mut sent = Vec::with_capacity(n);
+        let mut written = Ok(());
         for (b, bytes) in stream.chunks(block_bytes).enumerate() {
             let due = start + Duration::from_millis(10 * b as u64);
             if let Some(w) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(w);
             }
-            inp.write_all(bytes)?;
+            written = inp.write_all(bytes);
+            if written.is_err() {
+                break;
+            }
             if b % spacing_blocks == 0 && sent.len() < n {
                 let k = sent.len();
                 sent.push(origin.elapsed() + click_offset(k) as f64 / f64::from(RATE));
             }
         }
         drop(inp);
+        let _ = done.send(());
+        if watchdog.join().unwrap_or(false) {
+            bail!(
+                "{sink} did not take the click train within its length + 10 s ({:.1} s)",
+                allowed.as_secs_f64()
+            );
+        }
+        written?;
         Ok(sent)
     })();
     // pacat drains what it holds and exits at the end of its input; give it 3 s.

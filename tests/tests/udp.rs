@@ -192,6 +192,7 @@ fn udp_over_a_20ms_wan_with_2pct_loss() {
         "null",
         14,
         Duration::from_millis(400),
+        10,
     )
     .expect("click train");
     let r2r_median = median(&r2r);

@@ -78,7 +78,7 @@ fn run(link: Link, kind: Kind, secs: usize) -> Result<Row> {
     let (module, args) = match kind {
         Kind::Stock => (
             "module-tunnel-sink-new",
-            format!("sink_name=tun server=tcp:{b}:{STOCK} sink=null"),
+            format!("sink_name=tun server=tcp:{b}:{STOCK} sink=null rate=48000"),
         ),
         Kind::Tcp | Kind::Udp => (
             "module-tunnel-sink-opus",
@@ -91,6 +91,15 @@ fn run(link: Link, kind: Kind, secs: usize) -> Result<Row> {
     sender
         .load_module(module, &args)
         .map_err(|e| anyhow!("{module}: {e}"))?;
+    // module-tunnel-sink-new makes its sink only once it has connected: a player started
+    // before then finds no sink `tun` and ends.
+    let t = Instant::now();
+    while !sender.sinks().iter().any(|s| s == "tun") {
+        if t.elapsed() > Duration::from_secs(10) {
+            return Err(anyhow!("{module}: no sink tun within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut player = play_loop(&sender, "tun", tone_loop(1000.0, 1000.0, -12.0));
     let mut rec = Recorder::start(&receiver, "null.monitor");
     let arrived = wait_for_tone(
@@ -117,8 +126,11 @@ fn run(link: Link, kind: Kind, secs: usize) -> Result<Row> {
     // Silent: 20 dB below the tone's −12 dBFS (a tunnel that plays nothing is all silence).
     let quiet = silences_under(&audio, -32.0);
     std::thread::sleep(Duration::from_millis(1500));
-    // The stock tunnel's latency is hundreds of ms: clicks further apart, a wider match.
+    // The stock tunnel's latency is hundreds of ms: clicks further apart, a wider match. It
+    // renders what its far end asks for, a round trip's worth at a time, so its clicks are
+    // written through a 100 ms buffer (10 ms would be padded with silence and stretched).
     let window = if kind == Kind::Stock { 1500 } else { 400 };
+    let writer_ms = if kind == Kind::Stock { 100 } else { 10 };
     let r2r = render_to_render(
         &sender,
         "tun",
@@ -126,6 +138,7 @@ fn run(link: Link, kind: Kind, secs: usize) -> Result<Row> {
         "null",
         if kind == Kind::Stock { 8 } else { 12 },
         Duration::from_millis(window),
+        writer_ms,
     )
     .unwrap_or_default();
     Ok(Row {
