@@ -4,6 +4,7 @@ use super::clock::Clock;
 use super::pi::LoopFilter;
 use super::skew::SkewEstimator;
 use super::target::TargetAdapter;
+use super::window::DecayingMax;
 use super::*;
 
 /// Where playout is in its life.
@@ -37,6 +38,8 @@ pub struct Controller {
 
     // The device: its pulls, and the frames it took or found missing.
     device: Clock,
+    /// The device's pulls of the last seconds (frames each).
+    pulls: DecayingMax,
     produced: u64,
     consumed: u64,
     missing: u64,
@@ -98,6 +101,7 @@ impl Controller {
             fifo: 0,
             packet: 0,
             device: Clock::new(rate),
+            pulls: DecayingMax::new(TargetAdapter::WINDOW_SEC),
             produced: 0,
             consumed: 0,
             missing: 0,
@@ -295,6 +299,10 @@ impl Controller {
             self.skew.restart_device();
         }
         let new_missing = missing_total - self.missing;
+        let pulled = (consumed_total - self.consumed) + new_missing;
+        if pulled > 0 {
+            self.pulls.push(t, pulled as f64);
+        }
         self.consumed = consumed_total;
         self.missing = missing_total;
         let device_pos = consumed_total.saturating_add(missing_total) as f64;
@@ -418,7 +426,15 @@ impl Controller {
                 }
             }
         }
-        plan.feed_frames = self.fifo / self.chunk * self.chunk;
+        // Into the ring goes what the device may pull before the worker wakes again (its
+        // largest pull of late, and two wake-ups); the rest waits in the FIFO, where a trim,
+        // a cut beyond the maximum or a late packet can still change it.
+        let chunk = self.chunk as f64;
+        let ring = (self.produced as f64 - self.popped_at(t)).max(0.0) / self.ratio;
+        let lead =
+            self.pulls.max(t).unwrap_or(0.0) + usec_to_frames(2 * WAKE_USEC, self.rate) + chunk;
+        let want = ((lead - ring).max(0.0) / chunk).ceil() as u64 * self.chunk;
+        plan.feed_frames = want.min(self.fifo / self.chunk * self.chunk);
         plan
     }
 

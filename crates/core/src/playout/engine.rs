@@ -163,11 +163,7 @@ impl Playout {
         let chunk = self.chunk as u64;
         let plan = Plan {
             // What the trim left to feed (nothing while buffering).
-            feed_frames: if plan.feed_frames > 0 {
-                self.ctl.fifo_frames() / chunk * chunk
-            } else {
-                0
-            },
+            feed_frames: plan.feed_frames.min(self.ctl.fifo_frames() / chunk * chunk),
             ..plan
         };
         let mut left = plan.feed_frames as usize;

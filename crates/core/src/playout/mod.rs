@@ -65,6 +65,11 @@
 //!   decoder's concealment) adds only the part the engine has not concealed yet.
 //!   After [`MAX_CONCEAL_SEC`] of concealment the stream is taken as paused.
 //! - **The maximum.** A latency beyond `max` is cut from the oldest audio, down to the target.
+//! - **The ring holds little.** Only what the device may pull before the worker wakes again
+//!   (its largest pull of the last seconds and two wake-ups) is resampled into the ring; the
+//!   rest of the latency waits in the FIFO, where trims, cuts and late packets can still
+//!   change it (silence built ahead of a start that a burst then overtakes is what a cut
+//!   takes first).
 //!
 //! # Signs and units
 //!

@@ -191,3 +191,32 @@ fn a_lost_packets_stand_in_adds_only_what_was_not_concealed() {
         "late packet: latency {before} µs before, {after} µs after"
     );
 }
+
+/// The ring holds what the device may pull before the next wake-up; the rest of the latency
+/// (here the silence a start builds ahead of its first packet) waits in the FIFO.
+#[test]
+fn the_ring_holds_a_pull_and_two_wake_ups_the_fifo_the_rest() {
+    let mut c = controller(Target::Fixed(300_000), 1000);
+    let (mut consumed, mut missing) = (0, 0);
+    let mut pos = 0i64;
+    let mut t = 0.0;
+    for _ in 0..50 {
+        c.on_packet(us(t), pos, 480);
+        pos += 480;
+        feed(&mut c);
+        pull(&mut c, &mut consumed, &mut missing, t + 0.5);
+        t += 10.0;
+    }
+    assert_eq!(c.state(), PlayoutState::Playing);
+    let lat = c.latency_usec(us(t));
+    assert!((lat as i64 - 300_000).abs() < 3_000, "latency {lat} µs");
+    // A 10 ms pull, two 10 ms wake-ups and a chunk: at most 32.5 ms in the ring.
+    let ring = c.produced() - consumed;
+    assert!(ring <= 1560, "ring {ring} frames");
+    assert!(
+        c.fifo_frames() > 48 * 250,
+        "fifo {} frames",
+        c.fifo_frames()
+    );
+    assert_eq!(c.stats().underruns, 0);
+}
