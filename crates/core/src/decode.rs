@@ -77,7 +77,6 @@ pub(crate) fn decode_path(
         conn: conn.clone(),
         decoder,
         ring: producer,
-        written: 0,
         reports: report_rx,
         playout: engine,
         base: DeviceReport::default(),
@@ -144,8 +143,6 @@ pub(crate) struct Receive {
     conn: Arc<ConnShared>,
     decoder: Decoder,
     ring: rtrb::Producer<f32>,
-    /// Samples ever written into the ring.
-    written: u64,
     reports: rtrb::Consumer<DeviceReport>,
     playout: PlayoutEngine,
     /// Device counters at the engine's last reset (it counts from there).
@@ -593,11 +590,9 @@ impl Receive {
     /// Starts the engine afresh. What is still in the ring is stale: the real-time side
     /// throws it away at its next pop (uncounted), so the engine starts from an empty ring.
     fn restart_engine(&mut self) {
-        // Only what is in the ring now is stale: the audio of the new start, written before
-        // the device's next pull, stays.
-        self.conn
-            .discard_until
-            .store(self.written, Ordering::SeqCst);
+        if self.ring.buffer().capacity() > self.ring.slots() {
+            self.conn.flush.store(true, Ordering::SeqCst);
+        }
         self.playout.reset();
         self.out.clear();
         self.base = self.last;
@@ -612,7 +607,6 @@ impl Receive {
         }
         if let Ok(chunk) = self.ring.write_chunk_uninit(n) {
             chunk.fill_from_iter(self.out[..n].iter().copied());
-            self.written += n as u64;
         }
         self.out.drain(..n);
     }
@@ -930,11 +924,10 @@ impl Receive {
                         let _ = self.decoder.conceal(n, &mut self.pcm);
                         self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
                     }
-                    (self.position(timestamp), arrived)
+                    (timestamp, arrived)
                 }
                 Playout::Missing { ticks, timestamp } => {
                     let n = self.decoder.ticks_to_samples(ticks);
-                    let mut pos = self.position(timestamp);
                     if n > 0 {
                         self.conn
                             .stats
@@ -966,28 +959,19 @@ impl Receive {
                                 .fec_frames
                                 .fetch_add(1, Ordering::Relaxed);
                         } else {
-                            // The engine may have concealed the start of it already: the
-                            // decoder's concealment goes on from there.
-                            // (Opus conceals in 2.5 ms steps: an odd overlap is skipped
-                            // by the engine.)
-                            let step = (self.conn.rate as usize / 400).max(1);
-                            let covered = (self.playout.covered_from(pos) as usize).min(n);
-                            let covered = covered - covered % step;
-                            pos = pos.wrapping_add(covered as u32);
-                            if covered < n {
-                                self.decoder
-                                    .conceal(n - covered, &mut self.pcm)
-                                    .map_err(|e| format!("concealment: {e}"))?;
-                            }
+                            self.decoder
+                                .conceal(n, &mut self.pcm)
+                                .map_err(|e| format!("concealment: {e}"))?;
                             self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    (pos, None)
+                    (timestamp, None)
                 }
             };
             if !self.pcm.is_empty() {
                 let now = self.conn.now_usec();
-                self.playout.on_audio(now, arrived, ts, &self.pcm);
+                let pos = self.position(ts);
+                self.playout.on_audio(now, arrived, pos, &self.pcm);
             }
         }
         self.tick()
@@ -1003,8 +987,6 @@ pub struct Playback {
     reports: rtrb::Producer<DeviceReport>,
     consumed: u64,
     missing: u64,
-    /// Samples ever taken (or dropped as stale) from the ring.
-    read: u64,
 }
 
 impl Playback {
@@ -1019,7 +1001,6 @@ impl Playback {
             reports,
             consumed: 0,
             missing: 0,
-            read: 0,
         }
     }
 
@@ -1038,12 +1019,10 @@ impl Playback {
 
     fn pop_with(&mut self, want: usize, mut put: impl FnMut(usize, f32)) {
         let ch = usize::from(self.conn.channels.max(1));
-        let until = self.conn.discard_until.load(Ordering::SeqCst);
-        if until > self.read {
-            let stale = ((until - self.read) as usize).min(self.ring.slots());
+        if self.conn.flush.swap(false, Ordering::SeqCst) {
+            let stale = self.ring.slots();
             if let Ok(c) = self.ring.read_chunk(stale) {
                 c.commit_all();
-                self.read += stale as u64;
             }
         }
         let want = (want / ch) * ch;
@@ -1056,7 +1035,6 @@ impl Playback {
             chunk.commit_all();
         }
         (take..want).for_each(|i| put(i, 0.0));
-        self.read += take as u64;
         self.consumed += (take / ch) as u64;
         self.missing += ((want - take) / ch) as u64;
         // If the connection thread is behind, a report is dropped: the next one carries the

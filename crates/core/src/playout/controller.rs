@@ -4,7 +4,6 @@ use super::clock::Clock;
 use super::pi::LoopFilter;
 use super::skew::SkewEstimator;
 use super::target::TargetAdapter;
-use super::window::DecayingMax;
 use super::*;
 
 /// Where playout is in its life.
@@ -38,8 +37,6 @@ pub struct Controller {
 
     // The device: its pulls, and the frames it took or found missing.
     device: Clock,
-    /// The device's pulls of the last seconds (frames each).
-    pulls: DecayingMax,
     produced: u64,
     consumed: u64,
     missing: u64,
@@ -101,7 +98,6 @@ impl Controller {
             fifo: 0,
             packet: 0,
             device: Clock::new(rate),
-            pulls: DecayingMax::new(TargetAdapter::WINDOW_SEC),
             produced: 0,
             consumed: 0,
             missing: 0,
@@ -202,9 +198,6 @@ impl Controller {
     /// arrive at all (`None`: rebuilt from parity, decoded from FEC, concealed). Only an
     /// arrival is an observation of the stream's clock (its line, the skew, the target's
     /// waits): the time audio spent waiting in our own jitter buffer is not the link's.
-    /// Audio that did not arrive adds only what the stream does not hold yet: its overlap
-    /// with what was concealed meanwhile is skipped, so a lost packet never grows the
-    /// latency.
     pub fn on_audio(
         &mut self,
         now_usec: u64,
@@ -233,12 +226,8 @@ impl Controller {
             self.next_pos = Some(pos);
         } else if d < 0 {
             let overlap = (-d as u64).min(frames);
-            if arrived_usec.is_none() {
-                // Rebuilt audio (FEC, parity, concealment of a lost packet) for a time the
-                // engine has already concealed: only the rest is new. (A late packet is
-                // played whole: it shows the link needs the latency.)
-                skip = overlap;
-            } else if self.latency_frames_at(t) + frames as f64 > self.target.max_frames() {
+            let lat = self.latency_frames_at(t) + frames as f64;
+            if lat > self.target.max_frames() {
                 skip = overlap;
                 self.late += skip;
             }
@@ -262,13 +251,6 @@ impl Controller {
             self.episode_conceal = 0;
         }
         skip
-    }
-
-    /// Frames from stream position `pos` on that are already in the stream (received or
-    /// concealed): what audio for `pos` would overlap.
-    pub fn covered_from(&self, pos: i64) -> u64 {
-        self.next_pos
-            .map_or(0, |n| n.saturating_sub(pos).max(0) as u64)
     }
 
     /// The device reported at `now_usec`: `consumed_total` frames popped from the ring so far
@@ -299,10 +281,6 @@ impl Controller {
             self.skew.restart_device();
         }
         let new_missing = missing_total - self.missing;
-        let pulled = (consumed_total - self.consumed) + new_missing;
-        if pulled > 0 {
-            self.pulls.push(t, pulled as f64);
-        }
         self.consumed = consumed_total;
         self.missing = missing_total;
         let device_pos = consumed_total.saturating_add(missing_total) as f64;
@@ -426,15 +404,7 @@ impl Controller {
                 }
             }
         }
-        // Into the ring goes what the device may pull before the worker wakes again (its
-        // largest pull of late, and two wake-ups); the rest waits in the FIFO, where a trim,
-        // a cut beyond the maximum or a late packet can still change it.
-        let chunk = self.chunk as f64;
-        let ring = (self.produced as f64 - self.popped_at(t)).max(0.0) / self.ratio;
-        let lead =
-            self.pulls.max(t).unwrap_or(0.0) + usec_to_frames(2 * WAKE_USEC, self.rate) + chunk;
-        let want = ((lead - ring).max(0.0) / chunk).ceil() as u64 * self.chunk;
-        plan.feed_frames = want.min(self.fifo / self.chunk * self.chunk);
+        plan.feed_frames = self.fifo / self.chunk * self.chunk;
         plan
     }
 
@@ -445,12 +415,6 @@ impl Controller {
         self.trimmed += dropped + inserted;
         self.dropped += dropped;
         self.inserted += inserted;
-        if dropped + inserted > 0 {
-            // A trim steps the latency: the loop's memory of the error before it is stale
-            // (kept, it would go on correcting an error that is gone, past the target).
-            let t = self.now_t;
-            self.filter.filtered = (self.latency_frames_at(t) - self.target.target(t)) / self.rate;
-        }
     }
 
     /// The resampler read `input_frames` from the FIFO and produced `output_frames`.

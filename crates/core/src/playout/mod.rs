@@ -60,16 +60,9 @@
 //!   In audio that does neither (noise, dense music) the correction works on it.
 //! - **Late audio.** When the buffer is about to run dry the engine asks for PLC, which stands
 //!   in for the late audio; when that audio comes it is played too (the latency grows by the
-//!   concealed time, as the late packet shows it must), unless that passes the maximum. A
-//!   lost packet is no evidence of lateness: what stands in for it (FEC, parity, the
-//!   decoder's concealment) adds only the part the engine has not concealed yet.
+//!   concealed time, as the late packet shows it must), unless that passes the maximum.
 //!   After [`MAX_CONCEAL_SEC`] of concealment the stream is taken as paused.
 //! - **The maximum.** A latency beyond `max` is cut from the oldest audio, down to the target.
-//! - **The ring holds little.** Only what the device may pull before the worker wakes again
-//!   (its largest pull of the last seconds and two wake-ups) is resampled into the ring; the
-//!   rest of the latency waits in the FIFO, where trims, cuts and late packets can still
-//!   change it (silence built ahead of a start that a burst then overtakes is what a cut
-//!   takes first).
 //!
 //! # Signs and units
 //!
