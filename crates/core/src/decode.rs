@@ -924,10 +924,11 @@ impl Receive {
                         let _ = self.decoder.conceal(n, &mut self.pcm);
                         self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
                     }
-                    (timestamp, arrived)
+                    (self.position(timestamp), arrived)
                 }
                 Playout::Missing { ticks, timestamp } => {
                     let n = self.decoder.ticks_to_samples(ticks);
+                    let mut pos = self.position(timestamp);
                     if n > 0 {
                         self.conn
                             .stats
@@ -959,19 +960,28 @@ impl Receive {
                                 .fec_frames
                                 .fetch_add(1, Ordering::Relaxed);
                         } else {
-                            self.decoder
-                                .conceal(n, &mut self.pcm)
-                                .map_err(|e| format!("concealment: {e}"))?;
+                            // The engine may have concealed the start of it already: the
+                            // decoder's concealment goes on from there.
+                            // (Opus conceals in 2.5 ms steps: an odd overlap is skipped
+                            // by the engine.)
+                            let step = (self.conn.rate as usize / 400).max(1);
+                            let covered = (self.playout.covered_from(pos) as usize).min(n);
+                            let covered = covered - covered % step;
+                            pos = pos.wrapping_add(covered as u32);
+                            if covered < n {
+                                self.decoder
+                                    .conceal(n - covered, &mut self.pcm)
+                                    .map_err(|e| format!("concealment: {e}"))?;
+                            }
                             self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    (timestamp, None)
+                    (pos, None)
                 }
             };
             if !self.pcm.is_empty() {
                 let now = self.conn.now_usec();
-                let pos = self.position(ts);
-                self.playout.on_audio(now, arrived, pos, &self.pcm);
+                self.playout.on_audio(now, arrived, ts, &self.pcm);
             }
         }
         self.tick()

@@ -198,6 +198,9 @@ impl Controller {
     /// arrive at all (`None`: rebuilt from parity, decoded from FEC, concealed). Only an
     /// arrival is an observation of the stream's clock (its line, the skew, the target's
     /// waits): the time audio spent waiting in our own jitter buffer is not the link's.
+    /// Audio that did not arrive adds only what the stream does not hold yet: its overlap
+    /// with what was concealed meanwhile is skipped, so a lost packet never grows the
+    /// latency.
     pub fn on_audio(
         &mut self,
         now_usec: u64,
@@ -226,8 +229,12 @@ impl Controller {
             self.next_pos = Some(pos);
         } else if d < 0 {
             let overlap = (-d as u64).min(frames);
-            let lat = self.latency_frames_at(t) + frames as f64;
-            if lat > self.target.max_frames() {
+            if arrived_usec.is_none() {
+                // Rebuilt audio (FEC, parity, concealment of a lost packet) for a time the
+                // engine has already concealed: only the rest is new. (A late packet is
+                // played whole: it shows the link needs the latency.)
+                skip = overlap;
+            } else if self.latency_frames_at(t) + frames as f64 > self.target.max_frames() {
                 skip = overlap;
                 self.late += skip;
             }
@@ -251,6 +258,13 @@ impl Controller {
             self.episode_conceal = 0;
         }
         skip
+    }
+
+    /// Frames from stream position `pos` on that are already in the stream (received or
+    /// concealed): what audio for `pos` would overlap.
+    pub fn covered_from(&self, pos: i64) -> u64 {
+        self.next_pos
+            .map_or(0, |n| n.saturating_sub(pos).max(0) as u64)
     }
 
     /// The device reported at `now_usec`: `consumed_total` frames popped from the ring so far

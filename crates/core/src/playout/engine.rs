@@ -108,6 +108,17 @@ impl Playout {
             .extend(&pcm[skip * self.channels..frames * self.channels]);
     }
 
+    /// Frames of the audio at `rtp_ts` (a stream position) that the stream already holds,
+    /// received or concealed: a lost packet's stand-in need only cover the rest.
+    pub fn covered_from(&self, rtp_ts: u32) -> u64 {
+        match self.last_ts {
+            None => 0,
+            Some(last) => self
+                .ctl
+                .covered_from(self.ext + i64::from(rtp_ts.wrapping_sub(last) as i32)),
+        }
+    }
+
     /// The device (sink IO thread) reported at `now_usec`: frames popped from the ring so
     /// far, and frames it asked for that were missing, both cumulative. See
     /// [`Controller::on_device`].

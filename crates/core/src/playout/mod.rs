@@ -60,7 +60,9 @@
 //!   In audio that does neither (noise, dense music) the correction works on it.
 //! - **Late audio.** When the buffer is about to run dry the engine asks for PLC, which stands
 //!   in for the late audio; when that audio comes it is played too (the latency grows by the
-//!   concealed time, as the late packet shows it must), unless that passes the maximum.
+//!   concealed time, as the late packet shows it must), unless that passes the maximum. A
+//!   lost packet is no evidence of lateness: what stands in for it (FEC, parity, the
+//!   decoder's concealment) adds only the part the engine has not concealed yet.
 //!   After [`MAX_CONCEAL_SEC`] of concealment the stream is taken as paused.
 //! - **The maximum.** A latency beyond `max` is cut from the oldest audio, down to the target.
 //!

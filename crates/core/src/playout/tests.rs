@@ -140,3 +140,54 @@ fn config_is_checked() {
     };
     assert!(bad.validate().is_err());
 }
+
+/// Runs a steady stream of 10 ms packets and pulls, then loses the packet at `lost`: the
+/// engine conceals its start, and what comes for it later (`arrived`: a late packet, or
+/// `None`: its stand-in from FEC, parity or the decoder's concealment) is handed over with
+/// the next packet. Returns the latency before the loss and 200 ms after, µs.
+fn latency_around_a_lost_packet(arrived_late: bool) -> (u64, u64, u64) {
+    let mut c = controller(Target::Fixed(20_000), 1000);
+    let (mut consumed, mut missing) = (0, 0);
+    let mut t = 0.0;
+    let mut pos = 0i64;
+    let mut before = 0;
+    for k in 0..140 {
+        if k == 100 {
+            before = c.latency_usec(us(t));
+        }
+        if k != 100 {
+            if k == 101 {
+                // What stands in for packet 100, then packet 101.
+                let arrived = arrived_late.then(|| us(t));
+                c.on_audio(us(t), arrived, pos - 480, 480);
+            }
+            c.on_packet(us(t), pos, 480);
+        }
+        pos += 480;
+        for ms in 0..10 {
+            while let Some(n) = c.conceal_needed(us(t + f64::from(ms))) {
+                c.on_conceal(n as u64);
+            }
+            feed(&mut c);
+        }
+        pull(&mut c, &mut consumed, &mut missing, t + 0.5);
+        t += 10.0;
+    }
+    (before, c.latency_usec(us(t)), c.stats().concealed_frames)
+}
+
+#[test]
+fn a_lost_packets_stand_in_adds_only_what_was_not_concealed() {
+    let (before, after, concealed) = latency_around_a_lost_packet(false);
+    assert!(concealed > 0, "the engine concealed the loss");
+    assert!(
+        after.abs_diff(before) < 1_000,
+        "latency {before} µs before the loss, {after} µs after its stand-in came"
+    );
+    // A late packet, though, is played whole: the latency grows by what was concealed.
+    let (before, after, _) = latency_around_a_lost_packet(true);
+    assert!(
+        after > before + 2_000,
+        "late packet: latency {before} µs before, {after} µs after"
+    );
+}
