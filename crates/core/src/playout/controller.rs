@@ -429,6 +429,12 @@ impl Controller {
         self.trimmed += dropped + inserted;
         self.dropped += dropped;
         self.inserted += inserted;
+        if dropped + inserted > 0 {
+            // A trim steps the latency: the loop's memory of the error before it is stale
+            // (kept, it would go on correcting an error that is gone, past the target).
+            let t = self.now_t;
+            self.filter.filtered = (self.latency_frames_at(t) - self.target.target(t)) / self.rate;
+        }
     }
 
     /// The resampler read `input_frames` from the FIFO and produced `output_frames`.
