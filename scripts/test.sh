@@ -38,8 +38,10 @@ done
 # The playout engine's render-to-render latency and the latency the tunnel sink reports,
 # measured and checked for consistency. Its goals (OPUS_TUNNEL_PLAYOUT_V2=1: <= 40 ms, one step
 # at most, within 5 ms) are met in most runs but not all (31.7-40.4 ms measured), so they run
-# by hand; so does p2 of the same file (README, known limits).
+# by hand (README, known limits).
 cargo test --release -p opus-tunnel-tests --test playout p3 -- --test-threads=1
+# p2: the tunnel source recording a source that posts 500 ms blocks, three readers in turn.
+cargo test --release -p opus-tunnel-tests --test playout p2 -- --test-threads=1
 # p1 with its goals: click trains right after load-module, after 8 s of silence and after a
 # reconnect arrive complete, each train's first click within the steady latency + 20 ms.
 OPUS_TUNNEL_PLAYOUT_V2=1 cargo test --release -p opus-tunnel-tests --test playout p1 -- --test-threads=1

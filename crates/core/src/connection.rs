@@ -50,8 +50,9 @@ pub struct ConnShared {
     pub(crate) record: OnceLock<Arc<encode::Shared>>,
     /// Record tunnels: the far end has readers, so the capture should run.
     pub(crate) recording: AtomicBool,
-    /// The engine restarted: the real-time side drops what the ring holds.
-    pub(crate) flush: AtomicBool,
+    /// The engine restarted: the real-time side drops the ring's samples up to this count of
+    /// samples ever written into it (what it held at the restart, not what came after).
+    pub(crate) discard_until: AtomicU64,
     /// The clock both threads time the stream with (µs since the connection began).
     epoch: Instant,
     /// The playout engine's figures, refreshed by the connection thread every 100 ms.
@@ -229,7 +230,7 @@ pub(crate) fn new_conn(hello: &Hello, target_usec: u64, peer: String) -> Arc<Con
         peer,
         record: OnceLock::new(),
         recording: AtomicBool::new(false),
-        flush: AtomicBool::new(false),
+        discard_until: AtomicU64::new(0),
         ratio_bits: AtomicU64::new(1.0f64.to_bits()),
         device_latency: AtomicU64::new(NO_DEVICE_LATENCY),
     })

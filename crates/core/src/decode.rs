@@ -77,6 +77,7 @@ pub(crate) fn decode_path(
         conn: conn.clone(),
         decoder,
         ring: producer,
+        written: 0,
         reports: report_rx,
         playout: engine,
         base: DeviceReport::default(),
@@ -143,6 +144,8 @@ pub(crate) struct Receive {
     conn: Arc<ConnShared>,
     decoder: Decoder,
     ring: rtrb::Producer<f32>,
+    /// Samples ever written into the ring.
+    written: u64,
     reports: rtrb::Consumer<DeviceReport>,
     playout: PlayoutEngine,
     /// Device counters at the engine's last reset (it counts from there).
@@ -590,9 +593,11 @@ impl Receive {
     /// Starts the engine afresh. What is still in the ring is stale: the real-time side
     /// throws it away at its next pop (uncounted), so the engine starts from an empty ring.
     fn restart_engine(&mut self) {
-        if self.ring.buffer().capacity() > self.ring.slots() {
-            self.conn.flush.store(true, Ordering::SeqCst);
-        }
+        // Only what is in the ring now is stale: the audio of the new start, written before
+        // the device's next pull, stays.
+        self.conn
+            .discard_until
+            .store(self.written, Ordering::SeqCst);
         self.playout.reset();
         self.out.clear();
         self.base = self.last;
@@ -607,6 +612,7 @@ impl Receive {
         }
         if let Ok(chunk) = self.ring.write_chunk_uninit(n) {
             chunk.fill_from_iter(self.out[..n].iter().copied());
+            self.written += n as u64;
         }
         self.out.drain(..n);
     }
@@ -997,6 +1003,8 @@ pub struct Playback {
     reports: rtrb::Producer<DeviceReport>,
     consumed: u64,
     missing: u64,
+    /// Samples ever taken (or dropped as stale) from the ring.
+    read: u64,
 }
 
 impl Playback {
@@ -1011,6 +1019,7 @@ impl Playback {
             reports,
             consumed: 0,
             missing: 0,
+            read: 0,
         }
     }
 
@@ -1029,10 +1038,12 @@ impl Playback {
 
     fn pop_with(&mut self, want: usize, mut put: impl FnMut(usize, f32)) {
         let ch = usize::from(self.conn.channels.max(1));
-        if self.conn.flush.swap(false, Ordering::SeqCst) {
-            let stale = self.ring.slots();
+        let until = self.conn.discard_until.load(Ordering::SeqCst);
+        if until > self.read {
+            let stale = ((until - self.read) as usize).min(self.ring.slots());
             if let Ok(c) = self.ring.read_chunk(stale) {
                 c.commit_all();
+                self.read += stale as u64;
             }
         }
         let want = (want / ch) * ch;
@@ -1045,6 +1056,7 @@ impl Playback {
             chunk.commit_all();
         }
         (take..want).for_each(|i| put(i, 0.0));
+        self.read += take as u64;
         self.consumed += (take / ch) as u64;
         self.missing += ((want - take) / ch) as u64;
         // If the connection thread is behind, a report is dropped: the next one carries the
