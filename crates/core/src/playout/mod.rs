@@ -18,7 +18,7 @@
 //! - [`TargetAdapter`]: the latency to hold. Auto: the longest a packet's first frame waited
 //!   in the last 10 s — its lateness against the stream's line (the link, the sender's blocks
 //!   and wake-ups, our own wake-ups) plus the packet's length — and what the engine needs
-//!   itself (the resampler's look-ahead, a 2 ms guard), within `[min, max]`. Or a fixed
+//!   itself (the resampler's look-ahead, a 4 ms guard), within `[min, max]`. Or a fixed
 //!   figure.
 //! - [`Controller`]: the phases (idle → buffering → playing), the latency, the loop, the
 //!   trims and the concealment requests, driven by times and frame counts only; a
