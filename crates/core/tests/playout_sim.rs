@@ -208,25 +208,24 @@ fn execute(ctl: &mut Controller, s: &Scenario, plan: Plan, phase: &mut f64) {
         let head = ctl.read_position();
         let fifo = ctl.fifo_frames();
         if plan.trim_frames > 0 {
-            let want = plan.trim_frames as u64 / block;
+            let want = plan.trim_frames as u64;
             let mut n = 0;
-            while n < want
+            while n * block < want
                 && (n + 1) * block <= fifo
                 && silent(s, head + (n * block) as f64)
                 && silent(s, head + ((n + 1) * block) as f64 - 1.0)
             {
                 n += 1;
             }
-            if n == 0 {
+            if n > 0 {
+                ctl.on_trimmed(want.min(n * block), 0);
+            } else if plan.reshape {
                 let lag = period_lag(s, plan.trim_frames as u64, fifo);
                 ctl.on_trimmed(lag, 0);
-            } else {
-                ctl.on_trimmed(n * block, 0);
             }
         } else if fifo >= block && silent(s, head) && silent(s, head + block as f64 - 1.0) {
-            let want = (-plan.trim_frames) as u64 / block * block;
-            ctl.on_trimmed(0, want);
-        } else {
+            ctl.on_trimmed(0, (-plan.trim_frames) as u64);
+        } else if plan.reshape {
             let lag = period_lag(s, (-plan.trim_frames) as u64, fifo);
             ctl.on_trimmed(0, lag);
         }

@@ -342,7 +342,9 @@ impl Controller {
         };
         let v = next as f64 - self.fifo as f64;
         let s = self.stream.position_at(t).unwrap_or(next as f64);
-        let ring = self.produced as f64 - self.popped_at(t);
+        // The device's line runs on between its pulls; past what the ring held it pulls
+        // nothing of ours (it finds the ring short): audio put in now waits for no one.
+        let ring = (self.produced as f64 - self.popped_at(t)).max(0.0);
         s - v + self.delay + ring / self.ratio
     }
 
@@ -390,10 +392,17 @@ impl Controller {
                     }
                     return plan;
                 }
-                // Playout starts with the first frame received, the latency up to the target
-                // built by waiting: silence ahead of it.
-                let short =
-                    ((target - lat).max(0.0) / self.chunk as f64).round() as u64 * self.chunk;
+                // Playout starts with the first frame received once waiting has built the
+                // latency up to the target: audio that comes meanwhile (a block delivered at
+                // once) counts toward it and none of it is cut. The last wake-up's worth of
+                // waiting is silence ahead of the audio, so the start does not hang on when
+                // the worker wakes. (Committing silence for the whole target at the first
+                // packet cut the block that came next: it passed the maximum.)
+                let short = (target - lat).max(0.0);
+                if short > usec_to_frames(WAKE_USEC, self.rate) {
+                    return plan;
+                }
+                let short = short.round() as u64;
                 self.fifo += short;
                 self.inserted += short;
                 plan.insert_frames = short;
@@ -414,6 +423,7 @@ impl Controller {
                     let err = lat - target;
                     if err.abs() > TRIM_SEC * self.rate {
                         plan.trim_frames = err.round() as i64;
+                        plan.reshape = err.abs() > RESHAPE_SEC * self.rate;
                     }
                 }
             }

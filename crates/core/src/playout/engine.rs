@@ -157,7 +157,7 @@ impl Playout {
             self.fifo.push_front(0.0);
         }
         if plan.trim_frames != 0 {
-            let (dropped, inserted) = self.trim(plan.trim_frames);
+            let (dropped, inserted) = self.trim(plan.trim_frames, plan.reshape);
             self.ctl.on_trimmed(dropped, inserted);
         }
         let chunk = self.chunk as u64;
@@ -210,10 +210,10 @@ impl Playout {
     }
 
     /// Drops (`frames` > 0) or inserts (< 0) up to `|frames|` frames at the head of the FIFO,
-    /// where it does not show: whole silent chunks (2.5 ms) first; else, where the audio
-    /// repeats itself (a tone, a held note), one whole period of it ([`tsm`]). Returns
-    /// (dropped, inserted).
-    fn trim(&mut self, frames: i64) -> (u64, u64) {
+    /// where it does not show: in silence at the head (whole 2.5 ms chunks below the silence
+    /// level), exactly; else, with `reshape`, where the audio repeats itself (a tone, a held
+    /// note), one whole period of it ([`tsm`]). Returns (dropped, inserted).
+    fn trim(&mut self, frames: i64, reshape: bool) -> (u64, u64) {
         let ch = self.channels;
         let block = self.chunk;
         let silent = |fifo: &VecDeque<f32>, from: usize| {
@@ -223,14 +223,18 @@ impl Playout {
         let have = self.fifo.len() / ch;
         let want = frames.unsigned_abs() as usize;
         if frames > 0 {
-            // Drop the silent blocks at the head, as many as asked.
+            // Drop from the silent blocks at the head, as much as asked.
             let mut n = 0;
-            while (n + 1) * block <= want.min(have) && silent(&self.fifo, n * block) {
+            while n * block < want && (n + 1) * block <= have && silent(&self.fifo, n * block) {
                 n += 1;
             }
             if n > 0 {
-                self.fifo.drain(..n * block * ch);
-                return ((n * block) as u64, 0);
+                let k = want.min(n * block);
+                self.fifo.drain(..k * ch);
+                return (k as u64, 0);
+            }
+            if !reshape {
+                return (0, 0);
             }
             // Else cut one period, at most half again as long as asked (a tone's period
             // rarely divides the error: the latency ends nearer the target either way).
@@ -244,11 +248,13 @@ impl Playout {
         } else {
             // Stretch a silent head with silence, or else repeat one period.
             if have >= block && silent(&self.fifo, 0) {
-                let n = want / block * block;
-                for _ in 0..n * ch {
+                for _ in 0..want * ch {
                     self.fifo.push_front(0.0);
                 }
-                return (0, n as u64);
+                return (0, want as u64);
+            }
+            if !reshape {
+                return (0, 0);
             }
             match tsm::period(&self.fifo, ch, block, block, tsm_max_lag(want, block)) {
                 Some(lag) => {

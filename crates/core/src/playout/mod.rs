@@ -43,9 +43,11 @@
 //!
 //! # Holding the target
 //!
-//! - **Start.** Playout starts with the first frame received once the device pulls, behind
-//!   as much silence as brings `L` to the target (the same as waiting; nothing received is
-//!   cut). Nothing is assumed at a start: the first packet sizes the target.
+//! - **Start.** Playout starts with the first frame received once the device pulls and
+//!   waiting has brought `L` to within one wake-up ([`WAKE_USEC`]) of the target; that last
+//!   part is silence ahead of the audio. Audio that comes while it waits counts toward `L`
+//!   (nothing received is cut). Nothing is assumed at a start: the first packet sizes the
+//!   target.
 //! - **Drift.** `ratio = 1 + skew + correction`. The [`SkewEstimator`] learns the skew as the
 //!   ratio of the two clocks' rates against ours — the stream's (packet arrivals by RTP
 //!   position) and the device's (its pulls) — each the slope of a line through the clock's
@@ -55,8 +57,9 @@
 //!   the start ([`START_SEC`]) is over; the gain narrows from 2/s to 0.1/s over the first
 //!   half minute.
 //! - **Steps of the target.** An error beyond ±[`TRIM_SEC`] is dropped or inserted where it
-//!   does not show: in silence (blocks of 2.5 ms below −50 dBFS), or else by cutting or
-//!   repeating one whole period where the audio repeats itself (a tone, a held note: [`tsm`]).
+//!   does not show: in silence (blocks of 2.5 ms below −50 dBFS), exactly; beyond
+//!   ±[`RESHAPE_SEC`] also by cutting or repeating one whole period where the audio repeats
+//!   itself (a tone, a held note: [`tsm`]).
 //!   In audio that does neither (noise, dense music) the correction works on it.
 //! - **Late audio.** When the buffer is about to run dry the engine asks for PLC, which stands
 //!   in for the late audio; when that audio comes it is played too (the latency grows by the
@@ -103,8 +106,13 @@ pub const CORRECTION: f64 = 0.0002;
 pub const START_SEC: f64 = 10.0;
 /// See [`CORRECTION`], seconds.
 pub const AFTER_CONCEAL_SEC: f64 = 10.0;
-/// Latency errors beyond this (seconds) are dropped or inserted in silence.
-pub const TRIM_SEC: f64 = 0.002;
+/// Latency errors beyond this (seconds) are dropped or inserted where the audio is silent
+/// (the loop's resampling would stretch the audio around them instead: a 2 ms error at the
+/// start's 1000 ppm takes 2 s of speech).
+pub const TRIM_SEC: f64 = 0.001;
+/// Latency errors beyond this (seconds) are also cut or repeated as one period of audio that
+/// repeats itself.
+pub const RESHAPE_SEC: f64 = 0.002;
 /// A clock's earliest observation jumping by more than this from one second to the next,
 /// beyond the line's slope (seconds), is a step of its level, not drift (the
 /// [`SkewEstimator`] takes the slope it has learnt out of the jump).
@@ -272,9 +280,11 @@ pub struct Plan {
     /// up to the target).
     pub insert_frames: u64,
     /// Then, where the audio about to be fed is silent: drop up to this many frames
-    /// (positive) or insert up to this many frames of silence (negative), in whole 2.5 ms
-    /// blocks; report with [`Controller::on_trimmed`].
+    /// (positive) or insert this many frames of silence (negative); report with
+    /// [`Controller::on_trimmed`].
     pub trim_frames: i64,
+    /// Where it is not silent, the trim may cut or repeat one period of the audio.
+    pub reshape: bool,
     /// Then pass this many frames (a multiple of the chunk) through the resampler.
     pub feed_frames: u64,
     /// At this ratio (output per input frame).
