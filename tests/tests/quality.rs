@@ -38,9 +38,10 @@ const SENDER: &str = "module-tunnel-sink-opus";
 const RECEIVER: &str = "module-opus-protocol-tcp";
 /// How far below opusenc the tunnel may score (PESQ-WB).
 const MARGIN: f64 = 0.15;
-/// The short form's bound on the receiver's uniform time stretch (`stretch_ppm`, fitted over
-/// the speech). PESQ-WB forgives a stretch until the accumulated shift passes roughly 8 ms and
-/// then falls off a cliff: opusenc's own output of the 16 s speech, stretched, scores the same
+/// The short form's bound on the receiver's uniform time stretch (`stretch_ppm`, the median
+/// slope of the lag from one active 0.5 s segment to the next: a step of the latency in a
+/// pause is not a stretch). PESQ-WB forgives a stretch until the accumulated shift passes
+/// roughly 8 ms and then falls off a cliff: opusenc's own output of the 16 s speech, stretched, scores the same
 /// (±0.001) up to 500 ppm and 3.3-3.4 at 700-1000 ppm, where the 7 s clip loses only 0.03 at
 /// 1000 ppm. So over 7 s PESQ alone would pass a playout that fails the 16 s contract; the
 /// short form also holds the stretch to what the 16 s test tolerates.
