@@ -28,7 +28,7 @@
 //! | `tunnel.encryption` | auto, required, none | encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging) | auto |
 //! | `tunnel.transport` | tcp, udp | sink mode: audio over TCP, or RTP over UDP to the receiver's UDP port (control stays on TCP; TCP when the receiver cannot grant UDP); source mode runs over TCP | tcp |
 //! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 64000 (source mode: 32000; 3-8 channels: 32000 a channel) |
-//! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets) | 20 |
+//! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets); with `tunnel.transport = udp` 10 unless given | 20 |
 //! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |
 //! | `compression.opus.max_bandwidth` | narrowband, mediumband, wideband, superwideband, fullband | audio bandwidth limit | fullband |
 //! | `compression.opus.signal` | auto, voice, music | signal hint | auto (source mode: voice) |
@@ -37,7 +37,7 @@
 //! | `compression.opus.application` | voip, audio, lowdelay | encoder mode | audio |
 //! | `compression.opus.lsb_depth` | 8-24 | input resolution hint, bits | 16 |
 //! | `compression.opus.dtx` | bool | discontinuous transmission | false |
-//! | `compression.opus.fec` | bool | in-band forward error correction | false |
+//! | `compression.opus.fec` | bool | in-band forward error correction; with `tunnel.transport = udp` on unless given | false |
 //! | `compression.opus.packet_loss` | 0-100 | expected packet loss, percent | 0 |
 //!
 //! `audio.rate`, `audio.channels` and `audio.position` may also be given inside
@@ -71,7 +71,7 @@
 
 use opus_tunnel_core::args::{
     check_encoder, codec_summary, device_description, effective_properties, load_cookie,
-    parse_compression, parse_knobs, parse_latency_bounds, scale_bitrate, voice_knobs,
+    parse_compression, parse_knobs, parse_latency_bounds, scale_bitrate, udp_knobs, voice_knobs,
     LatencyBounds, PW_LATENCY_KEYS,
 };
 use opus_tunnel_core::argtable::{self, keys, PW_TUNNEL, PW_TUNNEL_USAGE};
@@ -289,9 +289,7 @@ impl PwModule for Tunnel {
         let cookie = load_cookie("auth.cookie", args.get("auth.cookie"))?;
         let encryption = Encryption::parse("tunnel.encryption", args.get("tunnel.encryption"))?;
         let transport = Transport::parse("tunnel.transport", args.get("tunnel.transport"))?;
-        if transport == Transport::Udp && args.get("compression.opus.fec").is_none() {
-            knobs.fec = true;
-        }
+        udp_knobs(transport, &mut knobs, &get);
         let remote_sink = args.get("remote.sink").map(str::to_string);
         let host_part = match &addr {
             params::ServerAddr::Tcp { host, .. } | params::ServerAddr::Rtp { host, .. } => {

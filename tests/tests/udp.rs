@@ -1,9 +1,9 @@
 //! `transport=udp` over an emulated WAN (issue 18, item 2's done-when): the sender's
 //! PulseAudio in namespace A, the receiver's in B, a link of 20 ms one way, 0–5 ms of
 //! order-keeping jitter and 2 % random loss each way (tests/src/netem.rs). At the defaults
-//! (Opus 64 kbit/s, 20 ms frames, complexity 10, encrypted with Noise NN, FEC on with UDP,
-//! `packet_loss` following the receiver's reports, one parity block every 4 packets, the
-//! receive buffer sized automatically):
+//! (Opus 64 kbit/s, complexity 10, encrypted with Noise NN; with UDP 10 ms frames and FEC on,
+//! `packet_loss` following the receiver's reports, one parity block per 100 ms of audio (10
+//! packets); the receive buffer sized automatically):
 //!
 //! 1. a 1 kHz tone for `OPUS_TUNNEL_UDP_SECS` (default 60): after the first second no 10 ms
 //!    block more than 20 dB below the tone; the stream's transport is `udp`;
@@ -12,8 +12,9 @@
 //!    + 40 ms);
 //! 3. speech-like audio (voiced syllables; the speech hint `compression.opus.signal=voice`, as
 //!    microphones have): the counters show lost frames recovered by FEC or parity;
-//! 4. the same tone over `transport=tcp` at the same bitrate: the UDP tunnel's bytes on the
-//!    link (A→B, IP packets) at most 1.3× the TCP tunnel's.
+//! 4. the same tone over `transport=tcp` at the same bitrate (and TCP's defaults: 20 ms
+//!    frames): the UDP tunnel's bytes on the link (A→B, IP packets) at most 1.3× the TCP
+//!    tunnel's.
 //!
 //! Runs 60 + ~45 s at the default; `OPUS_TUNNEL_UDP_SECS=20` for CI.
 use opus_tunnel_tests::daemon::tunnel_logs;

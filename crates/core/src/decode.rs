@@ -787,12 +787,12 @@ impl Receive {
 
     /// How long a gap at the jitter buffer's head may wait for the parity block that could
     /// rebuild it (UDP): what the receive buffer holds beyond two packets, at most a parity
-    /// group. Over TCP, and with a short buffer, nothing: the gap is concealed at once.
+    /// group's span. Over TCP, and with a short buffer, nothing: the gap is concealed at once.
     fn gap_hold(&self) -> Duration {
         if self.udp_mode() {
             let p = self.playout.stats();
             let spare = p.latency_usec.saturating_sub(2 * p.packet_usec);
-            Duration::from_micros(spare.min(udp::PARITY_GROUP as u64 * p.packet_usec))
+            Duration::from_micros(spare.min(udp::PARITY_SPAN_USEC))
         } else {
             Duration::ZERO
         }
@@ -1174,7 +1174,7 @@ mod tests {
             enc.encode(&speech_frame(f), &mut payload).unwrap();
             rtp.packetize(96, 960, false, &payload, &mut pkt);
             let seq = rtp.seq().wrapping_sub(1);
-            let block = parity.add(seq, &pkt);
+            let block = parity.add(seq, &pkt, 4);
             if f % 7 == 3 {
                 dropped += 1;
             } else {

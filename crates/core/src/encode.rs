@@ -871,7 +871,9 @@ impl Worker {
         self.rtp
             .packetize(pt, ticks, false, &self.payload, &mut packet);
         let r = if self.udp.is_some() {
-            self.send_datagrams(&packet);
+            let rate = u64::from(self.cfg.fmt.rate.max(1));
+            let frames = (len / usize::from(self.cfg.fmt.channels.max(1))) as u64;
+            self.send_datagrams(&packet, frames * 1_000_000 / rate);
             Ok(())
         } else {
             self.send_packet(conn, &packet)
@@ -880,17 +882,20 @@ impl Worker {
         r
     }
 
-    /// UDP: the RTP packet as a datagram, and after every [`crate::udp::PARITY_GROUP`]
-    /// packets the group's parity block. A datagram that cannot be sent is lost, as on the
-    /// network: never waited for.
-    fn send_datagrams(&mut self, packet: &[u8]) {
+    /// UDP: the RTP packet (of `packet_usec` of audio) as a datagram, and after every
+    /// [`crate::udp::parity_group`] packets the group's parity block. A datagram that cannot
+    /// be sent is lost, as on the network: never waited for.
+    fn send_datagrams(&mut self, packet: &[u8], packet_usec: u64) {
         let Some(u) = self.udp.as_mut() else {
             return;
         };
         let seq = self.rtp.seq().wrapping_sub(1);
         let mut wire = u.send(crate::udp::KIND_RTP, packet);
         let mut sent = 1;
-        if let Some(block) = u.parity.add(seq, packet) {
+        if let Some(block) = u
+            .parity
+            .add(seq, packet, crate::udp::parity_group(packet_usec))
+        {
             wire += u.send(crate::udp::KIND_PARITY, &block);
             sent += 1;
         }

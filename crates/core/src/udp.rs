@@ -27,9 +27,9 @@
 //! ([`ReplayWindow`]); everything else is dropped and counted, and never touches the stream.
 //!
 //! Loss protection: Opus in-band FEC (SILK and hybrid frames: the receiver decodes a lost
-//! frame from the next packet), and one XOR parity block after every [`PARITY_GROUP`] audio
-//! packets, which rebuilds any one lost packet of the group (CELT frames too) when the block
-//! arrives before the lost packet's turn to play.
+//! frame from the next packet), and one XOR parity block after every [`parity_group`] audio
+//! packets (those of [`PARITY_SPAN_USEC`] of audio), which rebuilds any one lost packet of the
+//! group (CELT frames too) when the block arrives before the lost packet's turn to play.
 use crate::secure::SecureError;
 use snow::StatelessTransportState;
 use std::sync::Arc;
@@ -48,8 +48,22 @@ pub const HEADER_LEN: usize = 12;
 pub const KIND_RTP: u8 = 0;
 /// The inner message is a parity block.
 pub const KIND_PARITY: u8 = 1;
-/// Audio packets covered by one parity block.
-pub const PARITY_GROUP: usize = 4;
+/// The audio one parity block covers, µs: 5 packets of 20 ms, 10 of 10 ms. The block is one
+/// more datagram a group, as long as the group's longest packet, so a group spans a fixed
+/// time, not a fixed count: short frames do not pay twice the datagrams for it. Over a
+/// 20 ms link with 2 % loss, 10 ms frames with a block per 80 ms put the wire at 1.29× the
+/// TCP tunnel's (20 ms frames), at the 1.3 bound; per 100 ms, about 1.26×. A block rebuilds a
+/// lost packet only if it arrives before that packet's turn to play, so at a receive buffer
+/// of a couple of packets it mostly rebuilds the last packets of its group.
+pub const PARITY_SPAN_USEC: u64 = 100_000;
+/// The most packets one parity block covers (2.5 and 5 ms frames).
+pub const MAX_PARITY_GROUP: usize = 16;
+
+/// The audio packets one parity block covers, for packets of `packet_usec`: those of
+/// [`PARITY_SPAN_USEC`], 2 to [`MAX_PARITY_GROUP`].
+pub fn parity_group(packet_usec: u64) -> usize {
+    (PARITY_SPAN_USEC / packet_usec.max(1)).clamp(2, MAX_PARITY_GROUP as u64) as usize
+}
 /// The largest datagram taken (an IPv4 UDP payload's limit).
 pub const MAX_DATAGRAM: usize = 65_507;
 /// Datagram nonces start here (TCP records count from 0).
@@ -328,11 +342,11 @@ pub fn opus_has_fec(packet: &[u8]) -> bool {
     lbrr != 0
 }
 
-/// XOR parity over [`PARITY_GROUP`] consecutive RTP packets (the idea of RFC 5109's XOR
+/// XOR parity over [`parity_group`] consecutive RTP packets (the idea of RFC 5109's XOR
 /// protection, with our own small header): what is XORed is each packet's 2-byte length and
 /// its bytes, zero-padded to the longest of the group, so that any one lost packet comes back
 /// whole. A block is `first sequence number (u16) | packets (u8) | XOR`; its overhead is one
-/// datagram (the longest packet's size, plus 3 + 2 bytes) every [`PARITY_GROUP`] packets.
+/// datagram (the longest packet's size, plus 3 + 2 bytes) a group.
 #[derive(Debug, Default)]
 pub struct ParityEncoder {
     first: u16,
@@ -348,8 +362,10 @@ impl ParityEncoder {
     }
 
     /// Adds the RTP packet `seq`; returns the group's parity block when this packet completes
-    /// it. A packet that does not follow the last one starts a new group.
-    pub fn add(&mut self, seq: u16, rtp: &[u8]) -> Option<Vec<u8>> {
+    /// a group of `group` packets. A packet that does not follow the last one starts a new
+    /// group.
+    pub fn add(&mut self, seq: u16, rtp: &[u8], group: usize) -> Option<Vec<u8>> {
+        let group = group.clamp(1, MAX_PARITY_GROUP);
         if self.count > 0 && seq != self.next {
             self.reset();
         }
@@ -361,12 +377,12 @@ impl ParityEncoder {
         xor_into(&mut self.acc, 3, rtp);
         self.count += 1;
         self.next = seq.wrapping_add(1);
-        if self.count < PARITY_GROUP {
+        if self.count < group {
             return None;
         }
         let mut block = std::mem::take(&mut self.acc);
         block[..2].copy_from_slice(&self.first.to_be_bytes());
-        block[2] = PARITY_GROUP as u8;
+        block[2] = self.count as u8;
         self.count = 0;
         Some(block)
     }
@@ -403,7 +419,7 @@ pub struct ParityDecoder {
 }
 
 /// Packets kept for rebuilding.
-const KEEP_PACKETS: usize = 4 * PARITY_GROUP;
+const KEEP_PACKETS: usize = 4 * MAX_PARITY_GROUP;
 /// Blocks kept waiting.
 const KEEP_BLOCKS: usize = 4;
 
@@ -601,18 +617,33 @@ mod tests {
     }
 
     #[test]
+    fn parity_groups_span_100_ms() {
+        assert_eq!(parity_group(20_000), 5);
+        assert_eq!(parity_group(10_000), 10);
+        assert_eq!(parity_group(5_000), 16);
+        assert_eq!(parity_group(2_500), MAX_PARITY_GROUP);
+        assert_eq!(parity_group(40_000), 2);
+        assert_eq!(parity_group(60_000), 2);
+        assert_eq!(parity_group(0), MAX_PARITY_GROUP);
+    }
+
+    #[test]
     fn parity_rebuilds_any_one_lost_packet() {
-        for lost in 0..PARITY_GROUP {
+        for (group, lost) in [4usize, 8, MAX_PARITY_GROUP]
+            .into_iter()
+            .flat_map(|g| (0..g).map(move |l| (g, l)))
+        {
             let mut enc = ParityEncoder::new();
             let mut dec = ParityDecoder::new();
             let base = 65534u16; // wraps inside the group
-            let pkts: Vec<Vec<u8>> = (0..PARITY_GROUP as u16)
+            let pkts: Vec<Vec<u8>> = (0..group as u16)
                 .map(|k| rtp(base.wrapping_add(k), 20 + 37 * usize::from(k)))
                 .collect();
             let mut block = None;
             for (k, p) in pkts.iter().enumerate() {
                 let seq = base.wrapping_add(k as u16);
-                block = enc.add(seq, p);
+                block = enc.add(seq, p, group);
+                assert_eq!(block.is_some(), k + 1 == group);
                 if k != lost {
                     assert_eq!(dec.on_packet(seq, p), None);
                 }
@@ -631,7 +662,7 @@ mod tests {
         let pkts: Vec<Vec<u8>> = (10..14).map(|s| rtp(s, 50)).collect();
         let mut block = None;
         for (k, p) in pkts.iter().enumerate() {
-            block = enc.add(10 + k as u16, p);
+            block = enc.add(10 + k as u16, p, 4);
         }
         let block = block.unwrap();
         let mut dec = ParityDecoder::new();
@@ -653,12 +684,12 @@ mod tests {
         }
         // A gap in the sequence starts a new group.
         let mut enc = ParityEncoder::new();
-        assert!(enc.add(1, &pkts[0]).is_none());
-        assert!(enc.add(2, &pkts[0]).is_none());
-        assert!(enc.add(7, &pkts[0]).is_none());
-        assert!(enc.add(8, &pkts[0]).is_none());
-        assert!(enc.add(9, &pkts[0]).is_none());
-        assert!(enc.add(10, &pkts[0]).is_some());
+        assert!(enc.add(1, &pkts[0], 4).is_none());
+        assert!(enc.add(2, &pkts[0], 4).is_none());
+        assert!(enc.add(7, &pkts[0], 4).is_none());
+        assert!(enc.add(8, &pkts[0], 4).is_none());
+        assert!(enc.add(9, &pkts[0], 4).is_none());
+        assert!(enc.add(10, &pkts[0], 4).is_some());
     }
 
     #[test]
