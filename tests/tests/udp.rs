@@ -2,7 +2,7 @@
 //! PulseAudio in namespace A, the receiver's in B, a link of 20 ms one way, 0–5 ms of
 //! order-keeping jitter and 2 % random loss each way (tests/src/netem.rs). At the defaults
 //! (Opus 64 kbit/s, complexity 10, encrypted with Noise NN; with UDP 10 ms frames and FEC on,
-//! `packet_loss` following the receiver's reports, one parity block per 100 ms of audio (10
+//! `packet_loss` following the receiver's reports, one parity block per 120 ms of audio (12
 //! packets); the receive buffer sized automatically):
 //!
 //! 1. a 1 kHz tone for `OPUS_TUNNEL_UDP_SECS` (default 60): after the first second no 10 ms

@@ -172,8 +172,8 @@ fn main() -> Result<()> {
         .collect();
     println!(
         "{secs} s of a 1 kHz tone per case, then clicks; each link the same both ways; all \
-         tunnels at their defaults (ours: Opus 64 kbit/s, 20 ms frames, encrypted; UDP with FEC \
-         and parity)\n"
+         tunnels at their defaults (ours: Opus 64 kbit/s, encrypted; TCP 20 ms frames; UDP 10 ms \
+         frames, FEC, a parity block per 120 ms)\n"
     );
     println!(
         "| link (one way, jitter, loss) | tunnel | silent 10 ms blocks/min | FEC frames/min | \
