@@ -4,8 +4,9 @@
 //! posts 500 ms blocks, and audio with pauses (where the engine may trim).
 //!
 //! The audio part is a counting model: the resampler gives `chunk · ratio` output frames per
-//! chunk (the fraction carried over), and a block at the FIFO's head is silent when its
-//! stream position falls in one of the scenario's pauses.
+//! chunk (the fraction carried over; its delay's worth of the first audio stays in it, as in
+//! rubato's), and a block at the FIFO's head is silent when its stream position falls in one
+//! of the scenario's pauses.
 //!
 //! `PLAYOUT_SIM_HOURS` sets the length of the drift cases (default 1 in release builds, 0.1
 //! in debug builds; `PLAYOUT_SIM_HOURS=24` is the day-long soak the README names). `PLAYOUT_SIM_CSV=DIR` writes each scenario's trace (time, latency, target,
@@ -307,7 +308,8 @@ fn simulate(s: Scenario) -> Figures {
         reports: Vec::new(),
     };
     let mut next_timer = 0.01;
-    let mut phase = 0.0;
+    // rubato's sinc resampler keeps its delay's worth of the first audio it reads.
+    let mut phase = -DELAY;
     let mut fig = Figures::default();
     let first_packet = next_arrival;
     let mut play_start: Option<f64> = None;

@@ -25,9 +25,14 @@ pub struct Controller {
     chunk: u64,
     quantum: u64,
     delay: f64,
+    /// Whether the resampler has produced since it was (re)made: until then it holds none
+    /// of the audio its delay counts.
+    primed: bool,
     t_origin: Option<u64>,
     now_t: f64,
     phase: Phase,
+    /// Whether the device has taken any audio since playout started.
+    reached: bool,
     // The stream: arrivals, and the position of the next frame to arrive.
     stream: Clock,
     next_pos: Option<i64>,
@@ -90,9 +95,11 @@ impl Controller {
             chunk,
             quantum: u64::from(cfg.rate / 400).max(1),
             delay,
+            primed: false,
             t_origin: None,
             now_t: 0.0,
             phase: Phase::Idle,
+            reached: false,
             stream: Clock::new(rate),
             next_pos: None,
             fifo: 0,
@@ -295,15 +302,22 @@ impl Controller {
             self.skew.restart_device();
         }
         let new_missing = missing_total - self.missing;
+        let took = consumed_total > self.consumed;
         self.consumed = consumed_total;
         self.missing = missing_total;
         let device_pos = consumed_total.saturating_add(missing_total) as f64;
         self.device.observe(t, device_pos);
         self.skew.on_device(t, device_pos, self.rate);
-        if matches!(self.phase, Phase::Playing { .. }) && new_missing > 0 {
+        // An underrun is the device finding the ring short once the audio has reached it. A
+        // pull that finds it empty before then (while the worker makes the start's audio:
+        // 800 ms of a source posting 500 ms blocks takes it a few ms) only plays the audio
+        // that much later: nothing is lost, and the latency counts it.
+        let playing = matches!(self.phase, Phase::Playing { .. });
+        if playing && new_missing > 0 && (self.reached || took) {
             self.underruns += 1;
             self.target.on_underrun(t, new_missing as f64);
         }
+        self.reached |= playing && took;
         self.control(t);
     }
 
@@ -346,6 +360,23 @@ impl Controller {
         // nothing of ours (it finds the ring short): audio put in now waits for no one.
         let ring = (self.produced as f64 - self.popped_at(t)).max(0.0);
         s - v + self.delay + ring / self.ratio
+    }
+
+    /// For a start at `t`: the latency of the audio held (`L` with the ring as it is, at
+    /// least empty), and the ring's part of `L` once new audio is in it, which is below zero
+    /// between the device's pulls: its line has run on since the last one, and the next one
+    /// takes that part of its period from the new audio. (Counting the ring as empty there,
+    /// playout started up to a device period short of the target.) A resampler that has not
+    /// produced since it was made holds none of its delay yet.
+    fn start_latency_frames_at(&self, t: f64) -> (f64, f64) {
+        let Some(next) = self.next_pos else {
+            return (0.0, 0.0);
+        };
+        let v = next as f64 - self.fifo as f64;
+        let s = self.stream.position_at(t).unwrap_or(next as f64);
+        let delay = if self.primed { self.delay } else { 0.0 };
+        let ring = (self.produced as f64 - self.popped_at(t)) / self.ratio;
+        (s - v + delay + ring.max(0.0), ring.min(0.0))
     }
 
     /// One step of the loop: the ratio from the skew and the latency error.
@@ -397,16 +428,18 @@ impl Controller {
                 // once) counts toward it and none of it is cut. The last wake-up's worth of
                 // waiting is silence ahead of the audio, so the start does not hang on when
                 // the worker wakes. (Committing silence for the whole target at the first
-                // packet cut the block that came next: it passed the maximum.)
-                let short = (target - lat).max(0.0);
-                if short > usec_to_frames(WAKE_USEC, self.rate) {
+                // packet cut the block that came next: it passed the maximum.) So is the part
+                // of the device's period its next pull takes from the new audio.
+                let (held, due) = self.start_latency_frames_at(t);
+                if target - held > usec_to_frames(WAKE_USEC, self.rate) {
                     return plan;
                 }
-                let short = short.round() as u64;
-                self.fifo += short;
+                let short = (target - held - due).max(0.0).round() as u64;
+                self.on_produced(0, short);
                 self.inserted += short;
                 plan.insert_frames = short;
                 self.phase = Phase::Playing { since: t };
+                self.reached = false;
                 self.filter.filtered = 0.0;
             }
             Phase::Playing { .. } => {
@@ -450,6 +483,7 @@ impl Controller {
     /// The resampler read `input_frames` from the FIFO and produced `output_frames`.
     pub fn on_produced(&mut self, input_frames: u64, output_frames: u64) {
         self.fifo = self.fifo.saturating_sub(input_frames);
+        self.primed |= input_frames > 0 && output_frames > 0;
         if self.external {
             // Stream frames into the ring: they will play as `ratio` device frames each.
             self.ext_produced += output_frames as f64 * self.ratio;

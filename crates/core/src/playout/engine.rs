@@ -153,9 +153,7 @@ impl Playout {
         let ch = self.channels;
         let n_drop = (plan.drop_frames as usize).min(self.fifo.len() / ch);
         self.fifo.drain(..n_drop * ch);
-        for _ in 0..plan.insert_frames as usize * ch {
-            self.fifo.push_front(0.0);
-        }
+        out.resize(out.len() + plan.insert_frames as usize * ch, 0.0);
         if plan.trim_frames != 0 {
             let (dropped, inserted) = self.trim(plan.trim_frames, plan.reshape);
             self.ctl.on_trimmed(dropped, inserted);

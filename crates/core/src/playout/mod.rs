@@ -45,7 +45,9 @@
 //!
 //! - **Start.** Playout starts with the first frame received once the device pulls and
 //!   waiting has brought `L` to within one wake-up ([`WAKE_USEC`]) of the target; that last
-//!   part is silence ahead of the audio. Audio that comes while it waits counts toward `L`
+//!   part is silence ahead of the audio, put into the ring, and covers the part of the
+//!   device's period its next pull takes from the new audio (`L` as it reads once the audio
+//!   plays). A pull that finds the ring empty before the audio reaches it is no underrun. Audio that comes while it waits counts toward `L`
 //!   (nothing received is cut). Nothing is assumed at a start: the first packet sizes the
 //!   target.
 //! - **Drift.** `ratio = 1 + skew + correction`. The [`SkewEstimator`] learns the skew as the
@@ -276,8 +278,10 @@ pub struct PlayoutStats {
 pub struct Plan {
     /// Drop this many frames from the head of the FIFO (the latency passed the maximum).
     pub drop_frames: u64,
-    /// Insert this many frames of silence at the head of the FIFO (playout starts: the wait
-    /// up to the target).
+    /// Put this many frames of silence into the ring, ahead of what the resampler makes
+    /// (playout starts: the wait up to the target). They are output frames: the silence
+    /// leaves the FIFO a whole number of chunks, so none of its audio waits for a chunk to
+    /// fill (the controller has counted them as produced).
     pub insert_frames: u64,
     /// Then, where the audio about to be fed is silent: drop up to this many frames
     /// (positive) or insert this many frames of silence (negative); report with

@@ -19,14 +19,17 @@ fn controller(target: Target, max_ms: u64) -> Controller {
     .unwrap()
 }
 
-/// Runs the counting resampler at ratio 1 over a plan.
+/// Runs the counting resampler at ratio 1 over a plan. Like rubato's, it keeps its delay's
+/// worth (32 frames) of the first audio it reads.
 fn feed(c: &mut Controller) {
     let plan = c.plan();
     if plan.trim_frames != 0 {
         c.on_trimmed(0, 0);
     }
     let n = plan.feed_frames;
-    c.on_produced(n, n);
+    let first = c.produced() == c.stats().inserted_frames;
+    let out = if first { n.saturating_sub(32) } else { n };
+    c.on_produced(n, out);
 }
 
 /// The device pulls 10 ms at `at_ms`, as much as the ring holds, and reports it.
@@ -74,6 +77,63 @@ fn waits_for_the_device_then_starts_at_the_target() {
         c.fifo_frames()
     );
     assert_eq!(c.stats().dropped_frames, 0);
+}
+
+/// A start between two of the device's pulls: the pull after it takes the part of the period
+/// the device's line has run since the last one from the new audio, and the resampler keeps
+/// its delay's worth of it; the start counts both, so the latency reads the target once the
+/// audio plays (counting neither, it read 25.0 ms).
+#[test]
+fn a_start_between_pulls_lands_on_the_target() {
+    let mut c = controller(Target::Fixed(30_000), 1000);
+    let (mut consumed, mut missing) = (0, 0);
+    for at in [1.0, 11.0, 21.0] {
+        pull(&mut c, &mut consumed, &mut missing, at);
+    }
+    // 30 ms of audio at once, 5 ms after the last pull.
+    c.on_packet(us(26.0), 0, 1440);
+    feed(&mut c);
+    assert_eq!(c.state(), PlayoutState::Playing);
+    for at in [31.0, 41.0] {
+        pull(&mut c, &mut consumed, &mut missing, at);
+        let lat = c.latency_usec(us(at));
+        assert!(
+            (lat as i64 - 30_000).abs() <= 100,
+            "latency {lat} µs at {at} ms"
+        );
+    }
+    assert_eq!(c.stats().underruns, 0);
+}
+
+/// A pull that finds the ring empty after the start but before the start's audio is in it
+/// (the worker still making it) is no underrun; a short pull once the audio plays is.
+#[test]
+fn only_a_short_pull_after_the_audio_reached_the_device_is_an_underrun() {
+    let mut c = controller(Target::Fixed(30_000), 1000);
+    let (mut consumed, mut missing) = (0, 0);
+    pull(&mut c, &mut consumed, &mut missing, 1.0);
+    c.on_packet(us(5.0), 0, 1440);
+    feed(&mut c);
+    assert_eq!(c.state(), PlayoutState::Playing);
+    // The device raced the worker: it found nothing.
+    missing += 480;
+    c.on_device(us(5.2), consumed, missing);
+    assert_eq!(c.stats().underruns, 0);
+    // Then it takes the audio, and once that has run out (no packet comes, nothing is
+    // concealed here) a pull finds the ring short.
+    pull(&mut c, &mut consumed, &mut missing, 11.0);
+    assert!(consumed > 0);
+    assert_eq!(c.stats().underruns, 0);
+    let mut at = 21.0;
+    while c.stats().underruns == 0 && at < 200.0 {
+        pull(&mut c, &mut consumed, &mut missing, at);
+        at += 10.0;
+    }
+    assert_eq!(
+        c.stats().underruns,
+        1,
+        "a pull short of audio once it played"
+    );
 }
 
 #[test]
