@@ -10,6 +10,7 @@
 //! lock serialises them anyway).
 
 use opus_tunnel_tests::assert_prop;
+use opus_tunnel_tests::linkcheck::{num, stream_props};
 use opus_tunnel_tests::pipewire::{require_pw_modules, PipeWire, PwPlayer, PwRecorder};
 use opus_tunnel_tests::wait;
 use opus_tunnel_tests::{
@@ -327,6 +328,71 @@ fn pw5_pipewire_to_pipewire_opus() {
 #[test]
 fn pw6_pipewire_to_pipewire_pcm() {
     pw_to_pw("pw6_pipewire_to_pipewire_pcm", "none");
+}
+
+/// `tunnel.transport = udp` from PipeWire to a PulseAudio receiver (loopback): the tone
+/// arrives (±5 Hz, ±1 dB) with no packet lost or dropped, both ends say `udp`, and the TCP
+/// connection carries only the control (audio over it would be ~64 kbit/s).
+#[test]
+fn pw12_pipewire_to_pulseaudio_over_udp() {
+    let test = "pw12_pipewire_to_pulseaudio_over_udp";
+    let Some(_g) = begin(test, &[PW_SENDER], &[PA_RECEIVER]) else {
+        return;
+    };
+    let port = free_port();
+    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port();
+    let pa = Daemon::receiver(
+        "pa-receiver",
+        port,
+        &format!("auth-anonymous=1 udp_port={udp_port}"),
+    );
+    let proxy = CountingProxy::start(port);
+    let pw = PipeWire::builder()
+        .name("pw-sender")
+        .module(
+            PW_SENDER,
+            &format!(
+                "tunnel.mode = sink server.address = \"tcp:127.0.0.1:{}\" remote.sink = \"null\" \
+                 tunnel.transport = udp stream.props = {{ node.name = \"tun\" }}",
+                proxy.port()
+            ),
+        )
+        .start()
+        .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER}: {e:#}"));
+    let (mut rec, _player) = tone_into_tun(&pw, &pa);
+    let logs = || tun_logs(&pw, &pa);
+    let tcp_kbps = check_tone_and_wire(test, &mut rec, &proxy, &logs);
+    let sender = pw.node_props("tun").expect("tun node");
+    let receiver = stream_props(&pa);
+    println!(
+        "{test}: sender transport {:?}; receiver transport {:?}, bytes received {}, packets \
+         lost {}, UDP packets dropped {}, PLC frames {}; TCP toward the receiver {tcp_kbps:.1} \
+         kbit/s",
+        sender.get("opus.tunnel.transport"),
+        receiver.get("opus.tunnel.transport"),
+        num(&receiver, "opus.tunnel.bytes_received"),
+        num(&receiver, "opus.tunnel.packets_lost"),
+        num(&receiver, "opus.tunnel.udp_dropped"),
+        num(&receiver, "opus.tunnel.plc_frames"),
+    );
+    assert_prop(&sender, "opus.tunnel.transport", "udp");
+    assert_prop(&receiver, "opus.tunnel.transport", "udp");
+    assert!(
+        num(&receiver, "opus.tunnel.bytes_received") > 20_000,
+        "{test}: the receiver counted {} bytes{}",
+        num(&receiver, "opus.tunnel.bytes_received"),
+        logs()
+    );
+    assert_eq!(num(&receiver, "opus.tunnel.packets_lost"), 0, "{}", logs());
+    assert_eq!(num(&receiver, "opus.tunnel.udp_dropped"), 0, "{}", logs());
+    assert!(
+        tcp_kbps < 10.0,
+        "{test}: {tcp_kbps:.1} kbit/s over TCP: the audio did not go over UDP{}",
+        logs()
+    );
 }
 
 /// Stopping the PipeWire daemon while a tunnel plays, at either end: it exits 0, and the
