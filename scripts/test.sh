@@ -38,7 +38,8 @@ done
 OPUS_TUNNEL_UDP_SECS=20 cargo test --release -p opus-tunnel-tests --test udp -- --test-threads=1
 # The playout engine's render-to-render latency and the latency the tunnel sink reports,
 # measured and checked for consistency. Its goals (OPUS_TUNNEL_PLAYOUT_V2=1: <= 40 ms, one step
-# at most, within 5 ms) are met in most runs but not all (31.7-40.4 ms measured), so they run
+# at most, within 5 ms) are met in most runs but not all (31.1-34.0 ms measured, one run of six
+# with two steps), so they run
 # by hand (README, known limits).
 cargo test --release -p opus-tunnel-tests --test playout p3 -- --test-threads=1
 # p2: the tunnel source recording a source that posts 500 ms blocks, three readers in turn.
