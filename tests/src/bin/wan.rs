@@ -11,7 +11,8 @@
 //! 10 ms blocks per minute (20 dB below the tone), frames recovered by FEC and by
 //! parity and concealed (PLC) per minute (ours: the receiver's counters), the render-to-render
 //! latency of the clicks (median), and the bytes A→B on the link (IP packets) as kbit/s.
-//! `WAN_ONLY=stock,tcp,udp` and `WAN_LINKS=0,1,2,3` choose the cases.
+//! `WAN_ONLY=stock,tcp,udp` and `WAN_LINKS=0,1,2,3` choose the cases; `WAN_OURS_ARGS` adds
+//! arguments to our tunnel sink (e.g. `compression.frame_size=20`, to compare UDP's frames).
 use anyhow::{anyhow, Result};
 use opus_tunnel_tests::linkcheck::{delta, median, render_to_render, silences_under, stream_props};
 use opus_tunnel_tests::{
@@ -83,8 +84,9 @@ fn run(link: Link, kind: Kind, secs: usize) -> Result<Row> {
         Kind::Tcp | Kind::Udp => (
             "module-tunnel-sink-opus",
             format!(
-                "sink_name=tun server=tcp:{b}:{OURS} sink=null transport={}",
-                kind.name()
+                "sink_name=tun server=tcp:{b}:{OURS} sink=null transport={} {}",
+                kind.name(),
+                std::env::var("WAN_OURS_ARGS").unwrap_or_default()
             ),
         ),
     };
