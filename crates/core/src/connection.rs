@@ -105,10 +105,11 @@ impl ConnShared {
     }
 
     /// The daemon glue of a receiver tells, at each pull of the device, how long the device
-    /// takes to play the first frame the stream hands it, µs: what the device holds when it
-    /// pulls and what the daemon queues for the stream beyond the ring (PulseAudio: the sink's
-    /// latency and the sink input's render queue; PipeWire: the stream's delay, queue and
-    /// resampler). With the receive buffer's mean fill (`latency_usec`) this is the time from
+    /// takes to play what the stream hands it, µs: what the device holds when it pulls and
+    /// what the daemon queues for the stream beyond the ring (PulseAudio: the sink's latency,
+    /// the sink input's render queue and the pull's own length, since the playout engine's
+    /// line of pulls takes a pull's frames over the period before it; PipeWire: the stream's
+    /// delay, queue and resampler). With the receive buffer's mean fill (`latency_usec`) this is the time from
     /// the network to the speaker. The figure kept is a running average over about 16 pulls
     /// (the device's own pattern moves each reading). Lock-free; one writer, the daemon's
     /// real-time thread.
