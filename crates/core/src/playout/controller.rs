@@ -351,15 +351,23 @@ impl Controller {
     /// The latency in stream frames at time `t` (seconds since the origin): from the earliest
     /// arrival of a frame to the device's pull of it.
     fn latency_frames_at(&self, t: f64) -> f64 {
-        let Some(next) = self.next_pos else {
+        let Some((held, ring)) = self.parts_at(t) else {
             return 0.0;
         };
-        let v = next as f64 - self.fifo as f64;
-        let s = self.stream.position_at(t).unwrap_or(next as f64);
         // The device's line runs on between its pulls; past what the ring held it pulls
         // nothing of ours (it finds the ring short): audio put in now waits for no one.
-        let ring = (self.produced as f64 - self.popped_at(t)).max(0.0);
-        s - v + self.delay + ring / self.ratio
+        held + self.delay + ring.max(0.0)
+    }
+
+    /// The parts of `L` at time `t` (stream frames): from the stream's line to the next frame
+    /// the resampler reads (`S − V`), and the ring as the device's line leaves it (below zero
+    /// between pulls when it is empty); `None` before any audio.
+    fn parts_at(&self, t: f64) -> Option<(f64, f64)> {
+        let next = self.next_pos?;
+        let v = next as f64 - self.fifo as f64;
+        let s = self.stream.position_at(t).unwrap_or(next as f64);
+        let ring = (self.produced as f64 - self.popped_at(t)) / self.ratio;
+        Some((s - v, ring))
     }
 
     /// For a start at `t`: the latency of the audio held (`L` with the ring as it is, at
@@ -369,14 +377,11 @@ impl Controller {
     /// playout started up to a device period short of the target.) A resampler that has not
     /// produced since it was made holds none of its delay yet.
     fn start_latency_frames_at(&self, t: f64) -> (f64, f64) {
-        let Some(next) = self.next_pos else {
+        let Some((held, ring)) = self.parts_at(t) else {
             return (0.0, 0.0);
         };
-        let v = next as f64 - self.fifo as f64;
-        let s = self.stream.position_at(t).unwrap_or(next as f64);
         let delay = if self.primed { self.delay } else { 0.0 };
-        let ring = (self.produced as f64 - self.popped_at(t)) / self.ratio;
-        (s - v + delay + ring.max(0.0), ring.min(0.0))
+        (held + delay + ring.max(0.0), ring.min(0.0))
     }
 
     /// One step of the loop: the ratio from the skew and the latency error.
