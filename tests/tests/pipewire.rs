@@ -118,14 +118,25 @@ fn pw_receiver(port: u16) -> PipeWire {
 }
 
 fn pw_sender(port: u16, compression: &str) -> PipeWire {
+    pw_sender_with(
+        port,
+        &format!(
+            "compression = {compression} compression.bitrate = 64000 \
+             compression.opus.vbr_constraint = true"
+        ),
+    )
+}
+
+/// A PipeWire sender whose tunnel sink `tun` plays to `null` at the receiver on `port`, with
+/// `args` added to the module's arguments.
+fn pw_sender_with(port: u16, args: &str) -> PipeWire {
     PipeWire::builder()
         .name("pw-sender")
         .module(
             PW_SENDER,
             &format!(
                 "tunnel.mode = sink server.address = \"tcp:127.0.0.1:{port}\" remote.sink = \"null\" \
-                 compression = {compression} compression.bitrate = 64000 compression.opus.vbr_constraint = true \
-                 stream.props = {{ node.name = \"tun\" }}"
+                 {args} stream.props = {{ node.name = \"tun\" }}"
             ),
         )
         .start()
@@ -350,18 +361,7 @@ fn pw12_pipewire_to_pulseaudio_over_udp() {
         &format!("auth-anonymous=1 udp_port={udp_port}"),
     );
     let proxy = CountingProxy::start(port);
-    let pw = PipeWire::builder()
-        .name("pw-sender")
-        .module(
-            PW_SENDER,
-            &format!(
-                "tunnel.mode = sink server.address = \"tcp:127.0.0.1:{}\" remote.sink = \"null\" \
-                 tunnel.transport = udp stream.props = {{ node.name = \"tun\" }}",
-                proxy.port()
-            ),
-        )
-        .start()
-        .unwrap_or_else(|e| panic!("PipeWire with {PW_SENDER}: {e:#}"));
+    let pw = pw_sender_with(proxy.port(), "tunnel.transport = udp");
     let (mut rec, _player) = tone_into_tun(&pw, &pa);
     let logs = || tun_logs(&pw, &pa);
     let tcp_kbps = check_tone_and_wire(test, &mut rec, &proxy, &logs);
