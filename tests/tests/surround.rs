@@ -600,6 +600,34 @@ fn s9_surround51_live_bitrate() {
 
 const PW_RECEIVER: &str = "libpipewire-module-opus-protocol-tcp";
 
+/// A null sink named `surround` made through `pw`'s pulse server, once that server lists it.
+/// (`load-module` may answer before the sink is in the server's list of devices: once, in CI,
+/// `parec -d surround.monitor` started right after it recorded nothing for 25 s while the
+/// tunnel's stream sat suspended, never linked.)
+fn pw_surround_sink(pw: &PipeWire, channels: usize, map: &str) {
+    pw.pactl_ok(&[
+        "load-module",
+        "module-null-sink",
+        "sink_name=surround",
+        "rate=48000",
+        &format!("channels={channels}"),
+        &format!("channel_map={map}"),
+    ]);
+    let t0 = Instant::now();
+    while !pw
+        .pactl_ok(&["list", "short", "sources"])
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("surround.monitor"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "surround.monitor not listed 10 s after load-module\n{}",
+            pw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn pa_to_pw(test: &str, pa_map: &str, map: &str, freqs: &[f64]) {
     if !require_modules(test, &[SENDER]) || !require_pw_modules(test, &[PW_RECEIVER]) {
         return;
@@ -616,14 +644,7 @@ fn pa_to_pw(test: &str, pa_map: &str, map: &str, freqs: &[f64]) {
         )
         .start()
         .unwrap_or_else(|e| panic!("PipeWire with {PW_RECEIVER}: {e:#}"));
-    pw.pactl_ok(&[
-        "load-module",
-        "module-null-sink",
-        "sink_name=surround",
-        "rate=48000",
-        &format!("channels={}", freqs.len()),
-        &format!("channel_map={pa_map}"),
-    ]);
+    pw_surround_sink(&pw, freqs.len(), pa_map);
     let rec = record(pw.command("parec"), "surround.monitor", freqs.len(), pa_map);
     let sender = pa_sender(port, freqs.len(), pa_map, "surround");
     let _player = play(sender.command("pacat"), "tun", pa_map, freqs);
@@ -751,14 +772,7 @@ fn s10_surround71_pipewire_to_pipewire() {
         )
         .start()
         .unwrap_or_else(|e| panic!("PipeWire with {PW_RECEIVER}: {e:#}"));
-    rx.pactl_ok(&[
-        "load-module",
-        "module-null-sink",
-        "sink_name=surround",
-        "rate=48000",
-        "channels=8",
-        "channel_map=surround-71",
-    ]);
+    pw_surround_sink(&rx, 8, "surround-71");
     let rec = record(rx.command("parec"), "surround.monitor", 8, "surround-71");
     let tx = PipeWire::builder()
         .name("pw-sender")
@@ -813,14 +827,7 @@ fn s11_surround51_record_from_pipewire() {
         )
         .start()
         .unwrap_or_else(|e| panic!("PipeWire with {PW_RECEIVER}: {e:#}"));
-    pw.pactl_ok(&[
-        "load-module",
-        "module-null-sink",
-        "sink_name=surround",
-        "rate=48000",
-        "channels=6",
-        "channel_map=surround-51",
-    ]);
+    pw_surround_sink(&pw, 6, "surround-51");
     let _tones = play(pw.command("pacat"), "surround", "surround-51", &F51);
     let desktop = Daemon::named("desktop");
     let args = format!(
