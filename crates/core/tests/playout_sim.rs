@@ -53,6 +53,15 @@ enum Link {
         every: f64,
         stall: f64,
     },
+    /// A busy sender: each packet leaves `late` + 0..`jitter` after it is complete, except
+    /// one in `1/on_time` that leaves at once (a sending thread that is rarely woken on time:
+    /// the clock's line is where the on-time ones put it).
+    BusySender {
+        base: f64,
+        late: f64,
+        jitter: f64,
+        on_time: f64,
+    },
     /// Uniform, then calm: 0..`jitter` until `until` s, 0..`calm` after.
     Calming {
         base: f64,
@@ -105,6 +114,18 @@ impl Link {
                     d + stall - into
                 } else {
                     d
+                }
+            }
+            Link::BusySender {
+                base,
+                late,
+                jitter,
+                on_time,
+            } => {
+                if rng.gen::<f64>() < on_time {
+                    base
+                } else {
+                    base + late + rng.gen::<f64>() * jitter
                 }
             }
             Link::Calming {
@@ -175,6 +196,8 @@ struct Figures {
     /// Largest |ratio − exact ratio| in the 10 s after each concealment (after the start).
     ratio_err_after_conceal_ppm: f64,
     mean_latency_ms: f64,
+    /// Largest |latency − target| after the start, ms.
+    max_err_after_start_ms: f64,
     final_target_ms: f64,
     max_target_ms: f64,
     /// When the target was last more than 2 ms above its final value, s.
@@ -398,6 +421,7 @@ fn simulate(s: Scenario) -> Figures {
             }
             lat_sum += lat;
             lat_n += 1;
+            fig.max_err_after_start_ms = fig.max_err_after_start_ms.max((lat - target).abs());
         }
         fig.max_target_ms = fig.max_target_ms.max(target);
         if t >= next_trace {
@@ -473,16 +497,17 @@ fn run(cases: Vec<Scenario>) -> Vec<(Scenario, Figures)> {
 
 fn print(results: &[(Scenario, Figures)]) {
     println!(
-        "{:<22} {:>6} {:>4} {:>5} | {:>6} {:>4} {:>4} | {:>7} {:>7} {:>7} | {:>7} {:>7} {:>7} {:>6} {:>6} | {:>7} {:>7}",
+        "{:<22} {:>6} {:>4} {:>5} | {:>6} {:>4} {:>4} | {:>7} {:>7} {:>7} | {:>7} {:>6} {:>7} {:>7} {:>6} {:>6} | {:>7} {:>7}",
         "case", "skew", "pkt", "per", "lock_s", "und", "conc", "e2s_ppm", "est_ppm", "ecc_ppm",
-        "lat_ms", "tgt_ms", "tmax_ms", "tset_s", "lset_s", "trimmed", "dropped"
+        "lat_ms", "emax", "tgt_ms", "tmax_ms", "tset_s", "lset_s", "trimmed", "dropped"
     );
     for (s, f) in results {
         println!(
-            "{:<22} {:>6} {:>4} {:>5.1} | {:>6.2} {:>4} {:>4} | {:>7.0} {:>7.0} {:>7.0} | {:>7.2} {:>7.2} {:>7.2} {:>6.1} {:>6.1} | {:>7} {:>7}",
+            "{:<22} {:>6} {:>4} {:>5.1} | {:>6.2} {:>4} {:>4} | {:>7.0} {:>7.0} {:>7.0} | {:>7.2} {:>6.2} {:>7.2} {:>7.2} {:>6.1} {:>6.1} | {:>7} {:>7}",
             s.name, s.skew_ppm, s.packet_ms, s.period_ms, f.lock_s, f.underruns_after_start,
             f.concealments_after_start, f.ratio_err_after_2s_ppm, f.ratio_err_after_start_ppm,
-            f.ratio_err_after_conceal_ppm, f.mean_latency_ms, f.final_target_ms, f.max_target_ms,
+            f.ratio_err_after_conceal_ppm, f.mean_latency_ms, f.max_err_after_start_ms,
+            f.final_target_ms, f.max_target_ms,
             f.target_settled_s, f.latency_settled_s, f.trimmed, f.dropped
         );
     }
@@ -577,6 +602,50 @@ fn sender_stalls() {
         );
         assert!(
             f.final_skew_err_ppm <= 30.0 && (f.mean_latency_ms - 60.0).abs() <= 1.0,
+            "{}: {f:?}",
+            s.name
+        );
+    }
+}
+
+/// A busy sender (its sending thread woken 2-5 ms late, one packet in 500 on time) toward a
+/// fixed target, as the drift test on real daemons may see on a loaded machine: no underrun,
+/// the mean latency on the target, the skew learnt. What this case also shows, and does not
+/// hold: the stream's line is the earliest arrival of the last 2 s, so each on-time packet
+/// moves it earlier by the sender's usual lateness for 2 s and then back, and the latency as
+/// measured steps by as much both times (`emax`, 2.0-2.3 ms) while the loop chases the steps
+/// (up to ±1000 ppm beyond the skew). A line with a longer memory (an early observation given
+/// up at 100 ppm), or the second earliest of three seconds, did not do better in this
+/// simulation and did worse on the drift matrix; the README lists it as a limitation.
+#[test]
+fn busy_sender() {
+    let mut cases = Vec::new();
+    for (name, skew, seed) in [
+        ("busy_minus_500", -500.0, 300),
+        ("busy_plus_500", 500.0, 301),
+    ] {
+        cases.push(Scenario {
+            name,
+            packet_ms: 20.0,
+            link: Link::BusySender {
+                base: 0.0002,
+                late: 0.002,
+                jitter: 0.003,
+                on_time: 0.002,
+            },
+            target: Target::Fixed(60_000),
+            audio_period_ms: 2.0,
+            seed,
+            ..Scenario::lan("", skew, 10.0, 120.0, seed)
+        });
+    }
+    let results = run(cases);
+    print(&results);
+    for (s, f) in &results {
+        assert!(
+            f.underruns_after_start == 0
+                && (f.mean_latency_ms - 60.0).abs() <= 0.5
+                && f.final_skew_err_ppm <= 30.0,
             "{}: {f:?}",
             s.name
         );
