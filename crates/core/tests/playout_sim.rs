@@ -566,33 +566,42 @@ fn drift_matrix() {
     assert!(fails.is_empty(), "{}", fails.join("\n"));
 }
 
+/// Two 120 s cases over `link`, skews −500 and +500 ppm (seeds `seed`, `seed + 1`): 20 ms
+/// packets toward a fixed 60 ms target, a tone (2 ms period) as the audio — the drift test's
+/// set-up on real daemons.
+fn fixed_target_pair(names: [&'static str; 2], seed: u64, link: Link) -> Vec<Scenario> {
+    names
+        .into_iter()
+        .zip([-500.0, 500.0])
+        .zip([seed, seed + 1])
+        .map(|((name, skew), seed)| Scenario {
+            name,
+            packet_ms: 20.0,
+            link,
+            target: Target::Fixed(60_000),
+            audio_period_ms: 2.0,
+            seed,
+            ..Scenario::lan("", skew, 10.0, 120.0, seed)
+        })
+        .collect()
+}
+
 /// A sender that stalls (its daemon blocked, its VM descheduled) for longer than a fixed
 /// target allows, every 15 s: each stall is concealed, the late audio is kept and taken out
 /// again, and the learnt skew stays within 30 ppm of the clocks' (the drift test's bound on
 /// real daemons).
 #[test]
 fn sender_stalls() {
-    let mut cases = Vec::new();
-    for (name, skew, seed) in [
-        ("stalls_minus_500", -500.0, 200),
-        ("stalls_plus_500", 500.0, 201),
-    ] {
-        cases.push(Scenario {
-            name,
-            packet_ms: 20.0,
-            link: Link::Stalls {
-                base: 0.0002,
-                jitter: 0.002,
-                every: 15.0,
-                stall: 0.090,
-            },
-            target: Target::Fixed(60_000),
-            audio_period_ms: 2.0,
-            seed,
-            ..Scenario::lan("", skew, 10.0, 120.0, seed)
-        });
-    }
-    let results = run(cases);
+    let results = run(fixed_target_pair(
+        ["stalls_minus_500", "stalls_plus_500"],
+        200,
+        Link::Stalls {
+            base: 0.0002,
+            jitter: 0.002,
+            every: 15.0,
+            stall: 0.090,
+        },
+    ));
     print(&results);
     for (s, f) in &results {
         assert!(
@@ -619,27 +628,16 @@ fn sender_stalls() {
 /// simulation and did worse on the drift matrix; the README lists it as a limitation.
 #[test]
 fn busy_sender() {
-    let mut cases = Vec::new();
-    for (name, skew, seed) in [
-        ("busy_minus_500", -500.0, 300),
-        ("busy_plus_500", 500.0, 301),
-    ] {
-        cases.push(Scenario {
-            name,
-            packet_ms: 20.0,
-            link: Link::BusySender {
-                base: 0.0002,
-                late: 0.002,
-                jitter: 0.003,
-                on_time: 0.002,
-            },
-            target: Target::Fixed(60_000),
-            audio_period_ms: 2.0,
-            seed,
-            ..Scenario::lan("", skew, 10.0, 120.0, seed)
-        });
-    }
-    let results = run(cases);
+    let results = run(fixed_target_pair(
+        ["busy_minus_500", "busy_plus_500"],
+        300,
+        Link::BusySender {
+            base: 0.0002,
+            late: 0.002,
+            jitter: 0.003,
+            on_time: 0.002,
+        },
+    ));
     print(&results);
     for (s, f) in &results {
         assert!(
