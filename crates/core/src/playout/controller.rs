@@ -461,7 +461,11 @@ impl Controller {
                     let err = lat - target;
                     if err.abs() > TRIM_SEC * self.rate {
                         plan.trim_frames = err.round() as i64;
-                        plan.reshape = err.abs() > RESHAPE_SEC * self.rate;
+                        // Periods are cut to bring an excess down (a backlog, a target
+                        // that came down), never repeated to raise a latency that holds: a
+                        // target that rose without a loss is met in silence and by the loop
+                        // (a pitch period repeated inside speech cost 0.17 PESQ-WB).
+                        plan.reshape = err > RESHAPE_SEC * self.rate;
                     }
                 }
             }
