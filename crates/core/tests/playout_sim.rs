@@ -150,9 +150,9 @@ struct Scenario {
     /// Silence: `len` s of every `every` s of the stream (0, 0: none).
     pause_every: f64,
     pause_len: f64,
-    /// The audio repeats itself with this period (ms; a tone): where it is not silent, a drop
-    /// cuts one whole period of at least a chunk, as the engine's `tsm` does (0: audio that
-    /// never repeats).
+    /// The audio repeats itself with this period (ms; a tone): where it is not silent, a trim
+    /// cuts or repeats one whole period of at least a chunk, as the engine's `tsm` does (0:
+    /// audio that never repeats).
     audio_period_ms: f64,
     secs: f64,
     target: Target,
@@ -249,6 +249,9 @@ fn execute(ctl: &mut Controller, s: &Scenario, plan: Plan, phase: &mut f64) {
             }
         } else if fifo >= block && silent(s, head) && silent(s, head + block as f64 - 1.0) {
             ctl.on_trimmed(0, (-plan.trim_frames) as u64);
+        } else if plan.reshape {
+            let lag = period_lag(s, (-plan.trim_frames) as u64, fifo);
+            ctl.on_trimmed(0, lag);
         }
     }
     if plan.feed_frames == 0 {

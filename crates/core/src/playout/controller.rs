@@ -33,6 +33,9 @@ pub struct Controller {
     phase: Phase,
     /// Whether the device has taken any audio since playout started.
     reached: bool,
+    /// An underrun left the latency short of its target, not yet made up: until it is, the
+    /// latency may be raised by repeating a period of the audio.
+    short_after_underrun: bool,
     // The stream: arrivals, and the position of the next frame to arrive.
     stream: Clock,
     next_pos: Option<i64>,
@@ -100,6 +103,7 @@ impl Controller {
             now_t: 0.0,
             phase: Phase::Idle,
             reached: false,
+            short_after_underrun: false,
             stream: Clock::new(rate),
             next_pos: None,
             fifo: 0,
@@ -315,6 +319,7 @@ impl Controller {
         let playing = matches!(self.phase, Phase::Playing { .. });
         if playing && new_missing > 0 && (self.reached || took) {
             self.underruns += 1;
+            self.short_after_underrun = true;
             self.target.on_underrun(t, new_missing as f64);
         }
         self.reached |= playing && took;
@@ -459,13 +464,18 @@ impl Controller {
                     }
                 } else {
                     let err = lat - target;
+                    if err > -TRIM_SEC * self.rate {
+                        self.short_after_underrun = false;
+                    }
                     if err.abs() > TRIM_SEC * self.rate {
                         plan.trim_frames = err.round() as i64;
                         // Periods are cut to bring an excess down (a backlog, a target
-                        // that came down), never repeated to raise a latency that holds: a
-                        // target that rose without a loss is met in silence and by the loop
-                        // (a pitch period repeated inside speech cost 0.17 PESQ-WB).
-                        plan.reshape = err > RESHAPE_SEC * self.rate;
+                        // that came down), and repeated to raise the latency only after an
+                        // underrun (the device already ran short): a target that rose without
+                        // a loss is met in silence and by the loop (a pitch period repeated
+                        // inside speech cost 0.17 PESQ-WB).
+                        let reshape = err > 0.0 || self.short_after_underrun;
+                        plan.reshape = reshape && err.abs() > RESHAPE_SEC * self.rate;
                     }
                 }
             }

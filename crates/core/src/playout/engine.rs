@@ -209,8 +209,8 @@ impl Playout {
 
     /// Drops (`frames` > 0) or inserts (< 0) up to `|frames|` frames at the head of the FIFO,
     /// where it does not show: in silence at the head (whole 2.5 ms chunks below the silence
-    /// level), exactly; else a drop, with `reshape`, where the audio repeats itself (a tone, a
-    /// held note), cuts one whole period of it ([`tsm`]). Returns (dropped, inserted).
+    /// level), exactly; else, with `reshape`, where the audio repeats itself (a tone, a held
+    /// note), one whole period of it ([`tsm`]). Returns (dropped, inserted).
     fn trim(&mut self, frames: i64, reshape: bool) -> (u64, u64) {
         let ch = self.channels;
         let block = self.chunk;
@@ -244,14 +244,23 @@ impl Playout {
                 None => (0, 0),
             }
         } else {
-            // Stretch a silent head with silence.
+            // Stretch a silent head with silence, or else repeat one period.
             if have >= block && silent(&self.fifo, 0) {
                 for _ in 0..want * ch {
                     self.fifo.push_front(0.0);
                 }
                 return (0, want as u64);
             }
-            (0, 0)
+            if !reshape {
+                return (0, 0);
+            }
+            match tsm::period(&self.fifo, ch, block, block, tsm_max_lag(want, block)) {
+                Some(lag) => {
+                    tsm::repeat(&mut self.fifo, ch, lag, block);
+                    (0, lag as u64)
+                }
+                None => (0, 0),
+            }
         }
     }
 
@@ -310,7 +319,7 @@ impl Playout {
     }
 }
 
-/// The longest period [`tsm`] may cut for a trim of `want` frames: half again as
+/// The longest period [`tsm`] may cut or repeat for a trim of `want` frames: half again as
 /// long as asked, at most 8 chunks (20 ms).
 fn tsm_max_lag(want: usize, chunk: usize) -> usize {
     (want + want / 2).min(8 * chunk)

@@ -59,9 +59,10 @@
 //!   the start ([`START_SEC`]) is over; the gain narrows from 2/s to 0.1/s over the first
 //!   half minute.
 //! - **Steps of the target.** An error beyond ±[`TRIM_SEC`] is dropped or inserted where it
-//!   does not show: in silence (blocks of 2.5 ms below −50 dBFS), exactly; an excess beyond
+//!   does not show: in silence (blocks of 2.5 ms below −50 dBFS), exactly; beyond
 //!   [`RESHAPE_SEC`] also by cutting one whole period where the audio repeats itself (a tone,
-//!   a held note: [`tsm`]).
+//!   a held note: [`tsm`]), or repeating one if an underrun left the latency short (a target
+//!   that rose without a loss is met in silence and by the loop).
 //!   In audio that does neither (noise, dense music) the correction works on it.
 //! - **Late audio.** When the buffer is about to run dry the engine asks for PLC, which stands
 //!   in for the late audio; when that audio comes it is played too (the latency grows by the
@@ -112,8 +113,8 @@ pub const AFTER_CONCEAL_SEC: f64 = 10.0;
 /// (the loop's resampling would stretch the audio around them instead: a 2 ms error at the
 /// start's 1000 ppm takes 2 s of speech).
 pub const TRIM_SEC: f64 = 0.001;
-/// Latency beyond the target by more than this (seconds) is also cut as one period of audio
-/// that repeats itself.
+/// Latency errors beyond this (seconds) are also cut (or, after an underrun, repeated) as one
+/// period of audio that repeats itself.
 pub const RESHAPE_SEC: f64 = 0.002;
 /// A clock's earliest observation jumping by more than this from one second to the next,
 /// beyond the line's slope (seconds), is a step of its level, not drift (the
@@ -287,7 +288,8 @@ pub struct Plan {
     /// (positive) or insert this many frames of silence (negative); report with
     /// [`Controller::on_trimmed`].
     pub trim_frames: i64,
-    /// Where it is not silent, a drop may cut one period of the audio.
+    /// Where it is not silent, the trim may cut one period of the audio (or, after an
+    /// underrun, repeat one).
     pub reshape: bool,
     /// Then pass this many frames (a multiple of the chunk) through the resampler.
     pub feed_frames: u64,

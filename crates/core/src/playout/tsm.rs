@@ -1,10 +1,9 @@
 //! Time-scale modification by whole periods (the idea of WebRTC NetEq's accelerate and
 //! expand, written afresh): where the audio at the head of the FIFO repeats itself after some
-//! lag — a tone, a held note, a vowel — one period of it can be cut out, cross-faded, without
-//! a click or a pitch change. The engine uses it to bring an excess latency down in audio that
-//! has no silence to trim. (It does not play periods twice to raise the latency: a target that
-//! rose without a loss is met in silence and by the loop; a repeated period inside speech cost
-//! 0.17 PESQ-WB.)
+//! lag — a tone, a held note, a vowel — one period of it can be cut out or played twice,
+//! cross-faded, without a click or a pitch change. The engine uses it to follow its target in
+//! audio that has no silence to trim (playing a period twice only after an underrun: a target
+//! that rose without a loss is met in silence and by the loop).
 
 use std::collections::VecDeque;
 
@@ -76,6 +75,26 @@ pub fn cut(x: &mut VecDeque<f32>, ch: usize, lag: usize, w: usize) {
     }
 }
 
+/// Plays one period of `lag` frames at the head of `x` twice: after frames `0..lag`, frames
+/// `lag..lag + w` cross-fade back into frames `0..w`, and the audio goes on from `w`.
+pub fn repeat(x: &mut VecDeque<f32>, ch: usize, lag: usize, w: usize) {
+    if x.len() < (lag + w) * ch {
+        return;
+    }
+    let mut head = Vec::with_capacity((lag + w) * ch);
+    head.extend(x.range(..lag * ch).copied());
+    for i in 0..w {
+        let g = (i as f32 + 0.5) / w as f32;
+        for c in 0..ch {
+            head.push(x[(lag + i) * ch + c] * (1.0 - g) + x[i * ch + c] * g);
+        }
+    }
+    x.drain(..w * ch);
+    for v in head.into_iter().rev() {
+        x.push_front(v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,7 +118,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tone_loses_whole_periods_without_a_click() {
+    fn a_tone_loses_and_gains_whole_periods_without_a_click() {
         // 1 kHz: a period is 48 frames; a lag of 240 (5 ms) is five of them.
         let mut x = tone(1000.0, 960, 2);
         let lag = period(&x, 2, 120, 120, 480).expect("a tone repeats");
@@ -112,6 +131,10 @@ mod tests {
             "{} vs {smooth}",
             max_step(&x, 2)
         );
+        let mut y = tone(1000.0, 960, 2);
+        repeat(&mut y, 2, lag, 120);
+        assert_eq!(y.len(), (960 + lag) * 2);
+        assert!(max_step(&y, 2) <= smooth * 1.05);
     }
 
     /// Surround: a different tone on every channel. Whatever lag is taken must be a period of
