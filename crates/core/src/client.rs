@@ -6,7 +6,7 @@
 use crate::auth::Cookie;
 use crate::codec::{Decoder, StreamFormat};
 use crate::connection::{new_conn, ConnShared};
-use crate::decode::{decode_path, Playback, Receive, Upstream};
+use crate::decode::{decode_path, Input, Playback, Receive, Upstream, UDP_QUEUE};
 use crate::encode::{feeder, Ended, Feeder, Shared, UdpOut, Worker, WorkerConfig};
 use crate::handshake::{Direction, Hello, Reply, VERSION};
 use crate::latency::lookahead_usec;
@@ -19,7 +19,7 @@ use crate::secure::{self, Mode};
 use crate::stats::{Stats, TunnelState};
 use crate::udp::{self, Transport};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -416,12 +416,21 @@ impl Session for Recorder<'_> {
             "{name}: connected to {}, recording its source {dev}",
             self.cfg.addr
         );
-        if self.cfg.transport == Transport::Udp && link::granted_udp(&reply).is_none() {
-            log::warn!(
-                "{name}: the far end granted TCP, not transport=udp (record tunnels run over \
-                 TCP); falling back to TCP"
-            );
-        }
+        let udp = match self.cfg.transport {
+            Transport::Udp => open_record_udp(name, &conn, &reply, &self.shared.conn),
+            _ => None,
+        };
+        let reader = udp.map(|(reader, prober, queue)| {
+            self.receive.udp = Some(queue);
+            self.receive.probe = Some(prober);
+            reader
+        });
+        let t = if reader.is_some() {
+            Transport::Udp
+        } else {
+            Transport::Tcp
+        };
+        self.shared.conn.stats.udp.set_transport(t);
         match Decoder::with_map(self.cfg.compression, self.cfg.fmt, &self.cfg.channel_map) {
             Ok(d) => self.receive.new_session(d),
             Err(e) => {
@@ -433,6 +442,8 @@ impl Session for Recorder<'_> {
         self.shared.conn.stats.set_state(TunnelState::Streaming);
         let why = self.receive.run(&mut conn, rest, &self.shared.stop);
         conn.shutdown();
+        self.receive.probe = None;
+        drop(reader);
         Ended::Lost(why)
     }
 
@@ -442,6 +453,144 @@ impl Session for Recorder<'_> {
             thread::sleep(Duration::from_millis(50));
         }
         !self.shared.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// A record tunnel's UDP path at the desktop end, from a `200` that granted it (else `None`,
+/// logged: the tunnel falls back to TCP): the reader of our socket (connected to the far
+/// end's UDP port), the prober that opens the way for the far end's audio, and the queue to
+/// the connection thread.
+fn open_record_udp(
+    name: &str,
+    conn: &Conn,
+    reply: &Reply,
+    cs: &Arc<ConnShared>,
+) -> Option<(UdpReader, udp::Prober, UdpQueue)> {
+    let Some((port, token)) = link::granted_udp(reply) else {
+        log::warn!(
+            "{name}: the far end did not grant transport=udp (an older receiver, or no UDP \
+             port); falling back to TCP"
+        );
+        return None;
+    };
+    let Some(peer) = conn.peer_addr() else {
+        log::warn!("{name}: transport=udp needs a TCP connection; falling back to TCP");
+        return None;
+    };
+    let to = std::net::SocketAddr::new(peer.ip(), port);
+    let any: std::net::SocketAddr = if to.is_ipv4() {
+        ([0u8; 4], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let opened = std::net::UdpSocket::bind(any).and_then(|s| {
+        s.connect(to)?;
+        // The reader looks at its stop flag this often.
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let probes = s.try_clone()?;
+        Ok((s, probes))
+    });
+    let (sock, probes) = match opened {
+        Ok(x) => x,
+        Err(e) => {
+            log::warn!("{name}: cannot open a UDP socket to {to}: {e}; falling back to TCP");
+            return None;
+        }
+    };
+    let (tx, rx) = mpsc::sync_channel(UDP_QUEUE);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s2, tx2, cs2) = (stop.clone(), tx.clone(), cs.clone());
+    let opener = udp::DgramOpener::new(conn.datagram_key());
+    let thread = thread::Builder::new()
+        .name("opus-tunnel-udp".into())
+        .spawn(move || udp_read_loop(sock, token, opener, tx2, &cs2, &s2));
+    match thread {
+        Ok(t) => {
+            log::info!("{name}: the far end's audio comes over UDP from {to}");
+            Some((
+                UdpReader {
+                    stop,
+                    thread: Some(t),
+                },
+                udp::Prober::new(probes, token, conn.datagram_key()),
+                (tx, rx),
+            ))
+        }
+        Err(e) => {
+            log::warn!("{name}: cannot start a thread for UDP: {e}; falling back to TCP");
+            None
+        }
+    }
+}
+
+/// The queue of what reaches a UDP tunnel's connection thread.
+type UdpQueue = (mpsc::SyncSender<Input>, mpsc::Receiver<Input>);
+
+/// The thread that reads a record tunnel's datagrams; dropping it stops it (within 200 ms).
+struct UdpReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for UdpReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Takes the far end's datagrams (the socket is connected: the kernel passes no other
+/// sender's) and hands those that name the connection, open and are new to the connection
+/// thread; everything else is dropped and counted.
+fn udp_read_loop(
+    sock: std::net::UdpSocket,
+    token: u32,
+    mut opener: udp::DgramOpener,
+    tx: mpsc::SyncSender<Input>,
+    cs: &ConnShared,
+    stop: &AtomicBool,
+) {
+    let mut buf = vec![0u8; udp::MAX_DATAGRAM + 1];
+    while !stop.load(Ordering::SeqCst) {
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if link::is_timeout(&e) => continue,
+            Err(e) => {
+                // An ICMP error for a probe, and the like: nothing to do with the stream.
+                log::debug!("UDP receive: {e}");
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let dgram = &buf[..n];
+        let why = if udp::token_of(dgram) != Some(token) {
+            udp::Drop::UnknownToken
+        } else {
+            match opener.open(dgram) {
+                Ok((kind, body)) => {
+                    cs.stats
+                        .bytes_received
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    match tx.try_send(Input::Udp(kind, body.to_vec())) {
+                        Ok(()) => continue,
+                        Err(mpsc::TrySendError::Full(_)) => udp::Drop::Overflow,
+                        Err(mpsc::TrySendError::Disconnected(_)) => return,
+                    }
+                }
+                Err(e) => e,
+            }
+        };
+        let k = cs.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
+        if k == 0 || k.is_power_of_two() {
+            log::info!(
+                "{}: dropped a UDP datagram ({}); {} so far",
+                cs.label,
+                why.as_str(),
+                k + 1
+            );
+        }
     }
 }
 

@@ -97,6 +97,7 @@ pub(crate) fn decode_path(
         notify: None,
         idle_since: None,
         udp: None,
+        probe: None,
         parity: ParityDecoder::new(),
         gap_since: None,
         last_seq: None,
@@ -175,6 +176,8 @@ pub(crate) struct Receive {
     idle_since: Option<Instant>,
     /// `transport=udp`: what the UDP thread and this connection's TCP reader deliver.
     pub(crate) udp: Option<(mpsc::SyncSender<Input>, mpsc::Receiver<Input>)>,
+    /// The desktop end of a record tunnel over UDP: its probes to the far end's UDP port.
+    pub(crate) probe: Option<udp::Prober>,
     /// Rebuilds lost packets from parity blocks (UDP).
     parity: ParityDecoder,
     /// Since when the jitter buffer's head is a gap (UDP: held a little for its parity).
@@ -187,6 +190,10 @@ pub(crate) struct Receive {
     /// Packets lost and received at the last report (for the loss rate it carries).
     loss_mark: (u64, u64),
 }
+
+/// Datagrams (and TCP reads) queued for one UDP tunnel's connection thread: 5 s of 20 ms
+/// packets with their parity.
+pub(crate) const UDP_QUEUE: usize = 320;
 
 /// What a UDP tunnel's connection thread waits for: bytes from its TCP connection (control),
 /// a datagram's inner message (from the receiver's UDP thread), or the end of the TCP side.
@@ -498,6 +505,10 @@ impl Receive {
         let running = u.running.load(Ordering::SeqCst);
         if self.up_running != Some(running) {
             self.up_running = Some(running);
+            // UDP: a probe ahead of the resume gives the far end's audio its way.
+            if let (true, Some(p)) = (running, self.probe.as_mut()) {
+                p.probe();
+            }
             msgs.push(if running {
                 Control::Resume
             } else {
@@ -514,6 +525,9 @@ impl Receive {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
             msgs.push(Control::Knobs(kv));
+        }
+        if let Some(p) = self.probe.as_mut() {
+            p.tick(running);
         }
         if msgs.is_empty() {
             return Ok(());

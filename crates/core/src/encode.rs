@@ -253,10 +253,10 @@ pub struct WorkerConfig {
     pub transport: crate::udp::Transport,
 }
 
-/// A play tunnel's UDP path: its socket (connected to the receiver's UDP port), the
-/// datagram sealer and the parity of the open group.
+/// A tunnel's UDP path for its audio: the way out, the datagram sealer and the parity of the
+/// open group.
 pub(crate) struct UdpOut {
-    sock: std::net::UdpSocket,
+    way: UdpWay,
     sealer: crate::udp::DgramSealer,
     parity: crate::udp::ParityEncoder,
     dgram: Vec<u8>,
@@ -266,6 +266,18 @@ pub(crate) struct UdpOut {
     first_sent: Option<Instant>,
     /// The receiver reported audio received: datagrams get through.
     confirmed: bool,
+}
+
+/// Where a tunnel's datagrams go.
+enum UdpWay {
+    /// A play tunnel: a socket of its own, connected to the receiver's UDP port.
+    Connected(std::net::UdpSocket),
+    /// A record tunnel served by the receiver: its UDP port's socket, to the address the
+    /// tunnel's probes come from ([`crate::udp::KIND_PROBE`]; `None` before the first).
+    Reply {
+        sock: Arc<std::net::UdpSocket>,
+        to: Arc<Mutex<Option<std::net::SocketAddr>>>,
+    },
 }
 
 /// How long datagrams of audio may go unanswered by a report of received audio before the
@@ -289,15 +301,38 @@ impl UdpOut {
         sock.connect(to)?;
         // A full socket buffer drops the datagram (as the network would), never waits.
         sock.set_nonblocking(true)?;
-        Ok(UdpOut {
-            sock,
+        Ok(UdpOut::new(UdpWay::Connected(sock), token, key))
+    }
+
+    /// A record tunnel's audio, from the receiver's UDP socket to the address its far end's
+    /// probes come from (which opened the way through NAT and firewalls there).
+    pub(crate) fn reply(
+        sock: Arc<std::net::UdpSocket>,
+        to: Arc<Mutex<Option<std::net::SocketAddr>>>,
+        token: u32,
+        key: Option<Arc<snow::StatelessTransportState>>,
+    ) -> UdpOut {
+        UdpOut::new(UdpWay::Reply { sock, to }, token, key)
+    }
+
+    fn new(way: UdpWay, token: u32, key: Option<Arc<snow::StatelessTransportState>>) -> UdpOut {
+        UdpOut {
+            way,
             sealer: crate::udp::DgramSealer::new(token, key),
             parity: crate::udp::ParityEncoder::new(),
             dgram: Vec::new(),
             loss: 0.0,
             first_sent: None,
             confirmed: false,
-        })
+        }
+    }
+
+    /// Whether datagrams have somewhere to go (a record tunnel's: once its first probe came).
+    fn ready(&self) -> bool {
+        match &self.way {
+            UdpWay::Connected(_) => true,
+            UdpWay::Reply { to, .. } => to.lock().map(|t| t.is_some()).unwrap_or(false),
+        }
     }
 
     /// Sends one datagram; returns its size on the wire (0: not sent).
@@ -305,7 +340,14 @@ impl UdpOut {
         if self.sealer.seal(kind, body, &mut self.dgram).is_err() {
             return 0;
         }
-        match self.sock.send(&self.dgram) {
+        let sent = match &self.way {
+            UdpWay::Connected(sock) => sock.send(&self.dgram),
+            UdpWay::Reply { sock, to } => match to.lock().ok().and_then(|t| *t) {
+                Some(a) => sock.send_to(&self.dgram, a),
+                None => return 0,
+            },
+        };
+        match sent {
             Ok(n) => n,
             Err(e) => {
                 log::debug!("UDP send: {e}");
@@ -381,12 +423,14 @@ pub(crate) fn serve_record(
     shared: Arc<Shared>,
     conn: Conn,
     remote: Arc<dyn RemoteCapture>,
+    udp: Option<UdpOut>,
 ) -> String {
     shared.set_worker(thread::current());
     // The handshake left a short read timeout on the socket; the reader thread blocks.
     let _ = conn.set_timeouts(None, Some(WRITE_TIMEOUT));
     let mut w = Worker::new(cfg, ring, shared);
     w.remote = Some(remote);
+    w.udp = udp;
     let why = match w.stream(conn) {
         Ended::Stop => "closed by the receiver".to_string(),
         Ended::Lost(why) => why,
@@ -656,9 +700,10 @@ impl Worker {
         for c in controls {
             match c {
                 Control::Report(kv) => {
-                    // The receiver reports only once audio arrives.
+                    // The receiver reports only once audio arrives (over UDP, once datagrams
+                    // have somewhere to go).
                     if let Some(u) = self.udp.as_mut() {
-                        u.confirmed = true;
+                        u.confirmed |= u.ready();
                     }
                     if let Ok(mut r) = self.shared.remote.lock() {
                         for (k, v) in kv {
@@ -713,9 +758,12 @@ impl Worker {
         }
         let since = *u.first_sent.get_or_insert_with(Instant::now);
         if since.elapsed() > UDP_PROBE {
+            let why = match u.way {
+                UdpWay::Connected(_) => "is its udp_port blocked by a firewall?",
+                UdpWay::Reply { .. } => "did its probes not reach our udp_port?",
+            };
             log::warn!(
-                "{}: no audio reached the receiver over UDP in {} s (is its udp_port blocked by a \
-                 firewall?); falling back to TCP",
+                "{}: no audio reached the far end over UDP in {} s ({why}); falling back to TCP",
                 self.cfg.name,
                 UDP_PROBE.as_secs()
             );
@@ -870,7 +918,9 @@ impl Worker {
         let mut packet = std::mem::take(&mut self.packet);
         self.rtp
             .packetize(pt, ticks, false, &self.payload, &mut packet);
-        let r = if self.udp.is_some() {
+        // A record tunnel's first packets go over TCP until its far end's probe opened the
+        // way for datagrams.
+        let r = if self.udp.as_ref().is_some_and(UdpOut::ready) {
             let rate = u64::from(self.cfg.fmt.rate.max(1));
             let frames = (len / usize::from(self.cfg.fmt.channels.max(1))) as u64;
             self.send_datagrams(&packet, frames * 1_000_000 / rate);

@@ -8,8 +8,8 @@ use crate::acl::IpAcl;
 use crate::auth::{Cookie, Verified};
 use crate::codec::{self, StreamFormat};
 use crate::connection::{new_conn, ConnShared};
-use crate::decode::{decode_path, Input, Playback};
-use crate::encode::{feeder, serve_record, Feeder, RemoteCapture, WorkerConfig};
+use crate::decode::{decode_path, Input, Playback, UDP_QUEUE};
+use crate::encode::{feeder, serve_record, Feeder, RemoteCapture, UdpOut, WorkerConfig};
 use crate::handshake::{
     Direction, HandshakeError, Hello, Reply, STATUS_BAD_REQUEST, STATUS_FORBIDDEN,
     STATUS_TOO_MANY_CONNECTIONS, STATUS_UNSUPPORTED_FORMAT, STATUS_VERSION_NOT_SUPPORTED,
@@ -158,13 +158,10 @@ struct RecvShared {
     udp: Option<Arc<UdpIn>>,
 }
 
-/// Datagrams (and TCP reads) queued for one UDP tunnel's connection thread: 5 s of 20 ms
-/// packets with their parity.
-const UDP_QUEUE: usize = 320;
-
 /// The receiver's UDP socket and the play tunnels it feeds, by token.
 struct UdpIn {
-    sock: UdpSocket,
+    /// Shared with the record tunnels that send from it.
+    sock: Arc<UdpSocket>,
     port: u16,
     routes: Mutex<HashMap<u32, Route>>,
     /// Datagrams whose token names no tunnel (or too short to have one).
@@ -176,8 +173,16 @@ struct Route {
     /// The handshaken peer's address: datagrams from any other are dropped.
     ip: IpAddr,
     opener: DgramOpener,
-    tx: mpsc::SyncSender<Input>,
+    to: RouteTo,
     conn: Arc<ConnShared>,
+}
+
+/// What a tunnel's datagrams are for.
+enum RouteTo {
+    /// A play tunnel's audio, for its connection thread.
+    Play(mpsc::SyncSender<Input>),
+    /// A record tunnel's probes: where they come from is where its audio goes.
+    Record(Arc<Mutex<Option<SocketAddr>>>),
 }
 
 impl UdpIn {
@@ -199,7 +204,7 @@ impl UdpIn {
         let port = sock.local_addr().map(|a| a.port()).unwrap_or(port);
         log::info!("receiving transport=udp audio on UDP port {port}");
         Some(UdpIn {
-            sock,
+            sock: Arc::new(sock),
             port,
             routes: Mutex::new(HashMap::new()),
             unknown: AtomicU64::new(0),
@@ -277,12 +282,29 @@ fn udp_loop(udp: Arc<UdpIn>, stop: &AtomicBool) {
                         .stats
                         .bytes_received
                         .fetch_add(n as u64, Ordering::Relaxed);
-                    // A connection thread that cannot keep up loses datagrams, as the
-                    // network would: the queue is bounded.
-                    if route.tx.try_send(Input::Udp(kind, body.to_vec())).is_ok() {
-                        continue;
+                    match &route.to {
+                        // A connection thread that cannot keep up loses datagrams, as the
+                        // network would: the queue is bounded.
+                        RouteTo::Play(tx) => {
+                            if tx.try_send(Input::Udp(kind, body.to_vec())).is_ok() {
+                                continue;
+                            }
+                            udp::Drop::Overflow
+                        }
+                        RouteTo::Record(reply_to) if kind == udp::KIND_PROBE => {
+                            if let Ok(mut a) = reply_to.lock() {
+                                if *a != Some(from) {
+                                    log::info!(
+                                        "record tunnel {}: its audio goes over UDP to {from}",
+                                        route.conn.label
+                                    );
+                                    *a = Some(from);
+                                }
+                            }
+                            continue;
+                        }
+                        RouteTo::Record(_) => udp::Drop::Malformed,
                     }
-                    udp::Drop::Overflow
                 }
                 Err(e) => e,
             }
@@ -853,7 +875,7 @@ fn serve_play(
             Route {
                 ip: peer.ip().to_canonical(),
                 opener: DgramOpener::new(stream.datagram_key()),
-                tx: tx.clone(),
+                to: RouteTo::Play(tx.clone()),
                 conn: conn.clone(),
             },
         );
@@ -946,27 +968,51 @@ fn serve_capture(
         encryption: shared.cfg.encryption,
         transport: Transport::Tcp,
     };
+    // transport=udp: a token names the tunnel in its probes and our datagrams.
+    let udp = match (&shared.udp, wants_udp(hello)) {
+        (Some(u), true) => Some((u.clone(), u.new_token())),
+        (None, true) => {
+            log::info!(
+                "record tunnel {label} from {peer} asks for transport=udp; this receiver has no \
+                 UDP socket (udp_port): granted TCP"
+            );
+            None
+        }
+        (_, false) => None,
+    };
+    if wants_udp(hello) {
+        hs.grant = transport_grant(udp.as_ref().map(|(u, t)| (u.port, *t)));
+    }
     // Three seconds between the recording stream and the encoder (float32).
     let ring_bytes = 4 * usize::from(hello.channels) * hello.rate as usize * 3;
     let (feeder, tshared, consumer) = feeder(&wcfg, knobs, ring_bytes);
     let _ = conn.record.set(tshared.clone());
-    if wants_udp(hello) {
-        log::info!(
-            "record tunnel {label} from {peer} asks for transport=udp; record tunnels run over \
-             TCP: granted TCP"
-        );
-        hs.grant = transport_grant(None);
-    }
     let (req, rx) = request(peer, hello, &conn, feeder, hs.pattern);
     shared.host.open_record(req);
     let Some(source) = conclude(&mut stream, peer, &rx, shared, &conn, hello, &mut hs) else {
         return;
     };
     tshared.stats.set_encryption(conn.stats.encryption());
+    let out = udp.as_ref().map(|(u, token)| {
+        let reply_to = Arc::new(Mutex::new(None));
+        u.add(
+            *token,
+            Route {
+                ip: peer.ip().to_canonical(),
+                opener: DgramOpener::new(stream.datagram_key()),
+                to: RouteTo::Record(reply_to.clone()),
+                conn: conn.clone(),
+            },
+        );
+        tshared.stats.udp.set_transport(Transport::Udp);
+        UdpOut::reply(u.sock.clone(), reply_to, *token, stream.datagram_key())
+    });
     log::info!(
-        "record tunnel {label} from {peer} records {source} ({}; encryption: {}), while it has readers",
+        "record tunnel {label} from {peer} records {source} ({}; encryption: {}; transport: {}), \
+         while it has readers",
         format(hello),
-        conn.stats.encryption().as_str()
+        conn.stats.encryption().as_str(),
+        tshared.stats.udp.transport().as_str()
     );
     let remote: Arc<dyn RemoteCapture> = Arc::new(HostCapture {
         conn: conn.clone(),
@@ -975,7 +1021,10 @@ fn serve_capture(
     if let Some(raise) = &shared.cfg.realtime {
         raise();
     }
-    let why = serve_record(wcfg, consumer, tshared, stream, remote);
+    let why = serve_record(wcfg, consumer, tshared, stream, remote, out);
+    if let Some((u, token)) = &udp {
+        u.remove(*token);
+    }
     log::info!("record tunnel {label} from {peer} ended: {why}");
     conn.recording.store(false, Ordering::SeqCst);
     conn.closed.store(true, Ordering::SeqCst);

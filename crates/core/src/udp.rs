@@ -1,11 +1,17 @@
 //! `transport=udp`: the handshake, authentication and control stay on the TCP connection; the
-//! audio (RTP) of a play tunnel travels in UDP datagrams from the tunnel to the receiver's
-//! `udp_port` (default 4715).
+//! audio (RTP) travels in UDP datagrams: a play tunnel's from the tunnel to the receiver's
+//! `udp_port` (default 4715), a record tunnel's from that port to the tunnel.
 //!
 //! The hello asks `Transport: udp`; a receiver that can answers its `200` with
 //! `Transport: udp`, `Udp-Port: N` and `Udp-Token: T` (a random 32-bit number naming the
-//! connection); one that cannot (no UDP socket, a record tunnel, an older peer) answers
-//! `Transport: tcp` or nothing, and the tunnel logs that it fell back to TCP. The `200` is
+//! connection); one that cannot (no UDP socket, an older peer) answers `Transport: tcp` or
+//! nothing, and the tunnel logs that it fell back to TCP.
+//!
+//! A record tunnel (the tunnel source) receives: its desktop end sends probes
+//! ([`KIND_PROBE`]) from a socket of its own to the far end's `Udp-Port`, and the far end
+//! sends the audio from that port to the address the probes come from, so that the desktop
+//! end needs no open port (NAT and firewalls there pass the answers to its probes). Until the
+//! first probe arrives the far end sends its audio over TCP. The `200` is
 //! covered by the cookie's signature and the Noise prologue, so neither can be changed on the
 //! way.
 //!
@@ -48,6 +54,15 @@ pub const HEADER_LEN: usize = 12;
 pub const KIND_RTP: u8 = 0;
 /// The inner message is a parity block.
 pub const KIND_PARITY: u8 = 1;
+/// The inner message is a probe (no body) from the desktop end of a record tunnel to the
+/// far end's UDP port: the far end sends the tunnel's audio to the address probes come from,
+/// and the probes keep the way open through NAT and firewalls at the desktop's side
+/// ([`PROBE_EVERY`] while someone records, [`PROBE_IDLE`] otherwise).
+pub const KIND_PROBE: u8 = 2;
+/// How often a record tunnel probes while someone records from it.
+pub const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a record tunnel probes while nobody records (NAT mappings last 30 s or more).
+pub const PROBE_IDLE: std::time::Duration = std::time::Duration::from_secs(15);
 /// The audio one parity block covers, µs: 6 packets of 20 ms, 12 of 10 ms. The block is one
 /// more datagram a group, as long as the group's longest packet, so a group spans a fixed
 /// time, not a fixed count: short frames do not pay twice the datagrams for it. A block
@@ -261,6 +276,51 @@ impl DgramSealer {
             }
         }
         Ok(())
+    }
+}
+
+/// The desktop end of a record tunnel's probes ([`KIND_PROBE`]): they open the way for the far
+/// end's audio and keep it open.
+pub struct Prober {
+    sock: std::net::UdpSocket,
+    sealer: DgramSealer,
+    last: Option<std::time::Instant>,
+    dgram: Vec<u8>,
+}
+
+impl Prober {
+    /// Probes through `sock` (connected to the far end's UDP port), named `token`, sealed with
+    /// `key`.
+    pub fn new(
+        sock: std::net::UdpSocket,
+        token: u32,
+        key: Option<Arc<StatelessTransportState>>,
+    ) -> Prober {
+        Prober {
+            sock,
+            sealer: DgramSealer::new(token, key),
+            last: None,
+            dgram: Vec::new(),
+        }
+    }
+
+    /// Probes if one is due: the first at once, then every [`PROBE_EVERY`] while someone
+    /// records (`running`), every [`PROBE_IDLE`] otherwise.
+    pub fn tick(&mut self, running: bool) {
+        let every = if running { PROBE_EVERY } else { PROBE_IDLE };
+        if self.last.map_or(true, |t| t.elapsed() >= every) {
+            self.probe();
+        }
+    }
+
+    /// Probes now (before asking the far end to record: its audio then has somewhere to go).
+    pub fn probe(&mut self) {
+        self.last = Some(std::time::Instant::now());
+        if self.sealer.seal(KIND_PROBE, &[], &mut self.dgram).is_ok() {
+            if let Err(e) = self.sock.send(&self.dgram) {
+                log::debug!("UDP probe: {e}");
+            }
+        }
     }
 }
 

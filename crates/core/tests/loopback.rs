@@ -13,7 +13,7 @@ use opus_tunnel_core::codec::StreamFormat;
 use opus_tunnel_core::decode::Playback;
 use opus_tunnel_core::encode::{Feeder, Shared, WorkerConfig};
 use opus_tunnel_core::handshake::{Direction, Hello, Reply, SUPPORTED, VERSION};
-use opus_tunnel_core::params::{Compression, OpusKnobs, ServerAddr};
+use opus_tunnel_core::params::{Compression, FrameSize, OpusKnobs, ServerAddr};
 use opus_tunnel_core::plain_rtp::{self, RtpReceiver, SendConfig};
 use opus_tunnel_core::samples::SampleFormat;
 use opus_tunnel_core::secure::{self, Mode, Pattern};
@@ -705,11 +705,9 @@ fn pause_and_resume() {
     assert_eq!(tx.shared.stats.snapshot().reconnects, 0);
 }
 
-#[test]
-fn record_tunnel_parks_and_relays_knobs() {
-    let _serial = serial();
-    let rig = Rig::start(config(), false);
-    let cfg = RecordClientConfig {
+/// A record tunnel to the rig's "mic" (stereo, 48 kHz, Opus).
+fn record_cfg(rig: &Rig, encryption: Mode, transport: Transport) -> RecordClientConfig {
+    RecordClientConfig {
         addr: rig.server(),
         remote_source: Some("mic".into()),
         name: "mic-tunnel".into(),
@@ -724,27 +722,53 @@ fn record_tunnel_parks_and_relays_knobs() {
         min_usec: 0,
         max_usec: 1_000_000,
         cookie: None,
-        encryption: Mode::Auto,
-        transport: Transport::Tcp,
-    };
-    let (mut playback, client) = start_record(cfg, OpusKnobs::default()).unwrap();
+        encryption,
+        transport,
+    }
+}
+
+/// What a record tunnel's source posts, gathered by a device at the rig's pace.
+fn record_into(mut playback: Playback) -> (Device, Arc<Mutex<Vec<f32>>>) {
     let got = Arc::new(Mutex::new(Vec::new()));
     let g2 = got.clone();
     let mut buf = vec![0f32; BLOCK_FRAMES * usize::from(CH)];
-    let (_source, _) = Device::run((), move |_| {
+    let (source, _) = Device::run((), move |_| {
         playback.pop(&mut buf);
         g2.lock().unwrap().extend_from_slice(&buf);
     });
-    // No reader: connected, nothing recorded.
-    thread::sleep(Duration::from_millis(200));
-    assert_eq!(rig.seen.captures_opened.load(Ordering::SeqCst), 0);
-    client.set_running(true);
+    (source, got)
+}
+
+/// The mic's 440 Hz tone is recorded (300 ms of it within 2 s), at its level.
+fn records_tone(got: &Mutex<Vec<f32>>) {
+    got.lock().unwrap().clear();
     assert!(wait_for(Duration::from_secs(2), || analyse(
         &got.lock().unwrap()
     )
     .2 >= 14_400));
-    let (freq, _, _) = steady_tone(&got.lock().unwrap(), 9_600);
+    let (freq, rms, _) = steady_tone(&got.lock().unwrap(), 9_600);
     assert!((freq - 440.0).abs() < 5.0, "tone at {freq:.1} Hz");
+    let db = tone_db(rms);
+    assert!(db.abs() < 1.5, "level {db:+.2} dB off");
+}
+
+/// An RMS level against the test tone's (0.25 peak), dB.
+fn tone_db(rms: f64) -> f64 {
+    20.0 * (rms / (0.25 / 2f64.sqrt())).log10()
+}
+
+#[test]
+fn record_tunnel_parks_and_relays_knobs() {
+    let _serial = serial();
+    let rig = Rig::start(config(), false);
+    let cfg = record_cfg(&rig, Mode::Auto, Transport::Tcp);
+    let (playback, client) = start_record(cfg, OpusKnobs::default()).unwrap();
+    let (_source, got) = record_into(playback);
+    // No reader: connected, nothing recorded.
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(rig.seen.captures_opened.load(Ordering::SeqCst), 0);
+    client.set_running(true);
+    records_tone(&got);
     assert_eq!(rig.seen.captures_opened.load(Ordering::SeqCst), 1);
     // Knobs relayed live to the far end's encoder.
     let mut knobs = client.knobs();
@@ -1091,7 +1115,7 @@ fn hears_tone(rig: &Rig, freq_want: f64) {
     assert!(enough, "only {n} frames of audio arrived");
     let (freq, rms, _) = steady_tone(&rig.seen.played.lock().unwrap(), 14_400);
     assert!((freq - freq_want).abs() < 5.0, "tone at {freq:.1} Hz");
-    let db = 20.0 * (rms / (0.25 / 2f64.sqrt())).log10();
+    let db = tone_db(rms);
     assert!(db.abs() < 1.5, "level {db:+.2} dB off");
 }
 
@@ -1127,6 +1151,62 @@ fn udp_transport_encrypted_and_cleartext() {
         };
         assert_eq!(tx.shared.stats.encryption(), expect);
     }
+}
+
+#[test]
+fn record_tunnel_over_udp_encrypted_and_cleartext() {
+    let _serial = serial();
+    for enc in [Mode::Auto, Mode::None] {
+        let mut cfg = config();
+        cfg.udp_port = Some(0);
+        let rig = Rig::start(cfg, false);
+        let knobs = OpusKnobs {
+            frame_size: FrameSize::Ms10,
+            fec: true,
+            ..OpusKnobs::default()
+        };
+        let (playback, client) =
+            start_record(record_cfg(&rig, enc, Transport::Udp), knobs).unwrap();
+        let (_source, got) = record_into(playback);
+        client.set_running(true);
+        records_tone(&got);
+        // Past the far end's wait for the first report of audio over UDP (3 s): both ends
+        // still say udp, so the far end never fell back to TCP.
+        thread::sleep(Duration::from_secs(4));
+        let props = client.stat_properties();
+        let has = |k: &str, v: &str| props.contains(&(format!("opus.tunnel.{k}"), v.into()));
+        assert!(has("transport", "udp"), "{props:?}");
+        assert!(has("udp_dropped", "0"), "{props:?}");
+        assert_eq!(rig.prop("opus.tunnel.transport").as_deref(), Some("udp"));
+        let expect = if enc == Mode::None {
+            secure::NONE
+        } else {
+            secure::PATTERN_NN
+        };
+        assert!(has("encryption", expect), "{props:?}");
+        // The reader leaves and comes back: the audio finds its way again.
+        client.set_running(false);
+        assert!(wait_for(Duration::from_secs(1), || rig
+            .seen
+            .captures_closed
+            .load(Ordering::SeqCst)
+            == 1));
+        client.set_running(true);
+        records_tone(&got);
+        assert_eq!(client.report().reconnects, Some(0));
+    }
+}
+
+#[test]
+fn a_record_tunnel_falls_back_to_tcp_when_the_far_end_has_no_udp() {
+    let _serial = serial();
+    let rig = Rig::start(config(), false);
+    let cfg = record_cfg(&rig, Mode::Auto, Transport::Udp);
+    let (playback, client) = start_record(cfg, OpusKnobs::default()).unwrap();
+    let (_source, got) = record_into(playback);
+    client.set_running(true);
+    records_tone(&got);
+    assert_eq!(client.report().transport, "tcp");
 }
 
 #[test]
