@@ -28,7 +28,7 @@
 //! | `max.connections` | 1-1024 | concurrent tunnels | 64 |
 //! | `stream.props` | `{ ... }` | extra properties of every tunnel's stream | none |
 //! | `opus.resampler` | engine, pipewire | who applies the drift correction: the core engine (rubato), or PipeWire's adapter through rate matching | engine |
-//! | `udp.port` | 1-65535 | UDP port for the audio of transport=udp play tunnels; if it cannot be bound they get TCP | 4715 |
+//! | `udp.port` | 1-65535 | UDP port for the audio of transport=udp tunnels, both ways; if it cannot be bound they get TCP | 4715 |
 //! | `rtp.port` | 1-65535 | UDP port on which to play plain RTP/Opus streams (RFC 7587) from senders auth.ip-acl admits (anyone with auth.anonymous = true); cleartext, unauthenticated | none (off) |
 //! | `rtp.payload` | 96-127 | the RTP payload type of plain RTP/Opus on rtp.port | 96 |
 //!

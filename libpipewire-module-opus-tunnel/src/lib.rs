@@ -26,7 +26,7 @@
 //! | `compression` | opus, none | Opus, or L16 PCM | opus |
 //! | `auth.cookie` | path | a copy of the receiver's cookie, proven when it asks | none |
 //! | `tunnel.encryption` | auto, required, none | encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging) | auto |
-//! | `tunnel.transport` | tcp, udp | sink mode: audio over TCP, or RTP over UDP to the receiver's UDP port (control stays on TCP; TCP when the receiver cannot grant UDP); source mode runs over TCP | tcp |
+//! | `tunnel.transport` | tcp, udp | audio over TCP, or RTP over UDP: sink mode to the receiver's UDP port, source mode from it (control stays on TCP; TCP when the receiver cannot grant UDP) | tcp |
 //! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 64000 (source mode: 32000; 3-8 channels: 32000 a channel) |
 //! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets); with `tunnel.transport = udp` 10 unless given | 20 |
 //! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |

@@ -27,7 +27,7 @@
 //! | `min_latency_msec` | 0-10000 | the least the receive buffer target may be, ms | 0 |
 //! | `max_latency_msec` | min_latency_msec to 10000 | the most the receive buffer (and its target) may hold, ms | 1000, or the minimum or a fixed target if larger |
 //! | `max_connections` | 1-1024 | concurrent tunnels; one more is refused with 503 | 64 |
-//! | `udp_port` | 1-65535 | UDP port (on the listen address) for the audio of transport=udp play tunnels; if it cannot be bound they get TCP | 4715 |
+//! | `udp_port` | 1-65535 | UDP port (on the listen address) for the audio of transport=udp tunnels, both ways; if it cannot be bound they get TCP | 4715 |
 //! | `rtp_port` | 1-65535 | UDP port on which to play plain RTP/Opus streams (RFC 7587) from senders auth-ip-acl admits (anyone with auth-anonymous=1); cleartext, unauthenticated | none (off) |
 //! | `rtp_payload` | 96-127 | the RTP payload type of plain RTP/Opus on rtp_port | 96 |
 //!

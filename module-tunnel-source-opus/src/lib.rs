@@ -28,7 +28,7 @@
 //! | `clock_skew_ppm` | -100000 to 100000 | test aid: the source produces at (1 + ppm/1e6) x its nominal rate | 0 |
 //! | `cookie` | path | a copy of the far end's cookie | none |
 //! | `encryption` | auto, required, none | encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a far end of protocol version 1; required never sends cleartext; none is cleartext (debugging) | auto |
-//! | `transport` | tcp, udp | asked of the far end; record tunnels run over TCP for now (the far end grants TCP, logged) | tcp |
+//! | `transport` | tcp, udp | the far end's audio over the TCP connection, or RTP over UDP from its udp_port to a socket of ours that probes it first (control stays on TCP; TCP when the far end cannot grant UDP, logged) | tcp |
 //! | `compression.bitrate` | 6000-510000 | Opus bit rate, bit/s, or kbit/s with a k suffix such as 64k | 32000 (3-8 channels: 32000 a channel) |
 //! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets) | 20 |
 //! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |

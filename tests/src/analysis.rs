@@ -85,6 +85,12 @@ pub fn rms_dbfs(samples: &[f32]) -> f64 {
     10.0 * (2.0 * ms).log10()
 }
 
+/// The frequency (Hz) and level (dBFS) of the left channel of a 48 kHz stereo recording.
+pub fn left_tone(samples: &[i16]) -> (f64, f64) {
+    let l = channel(samples, 0, 2);
+    (dominant_frequency(&l, 48_000), rms_dbfs(&l))
+}
+
 /// Envelope: level (sine-referenced dBFS) of each 1 ms block, over all channels.
 fn envelope(samples: &[i16], channels: usize) -> Vec<f64> {
     samples

@@ -579,6 +579,13 @@ impl Daemon {
             .ok_or_else(|| anyhow!("no sink {sink:?} in pactl list sinks:\n{text}"))
     }
 
+    /// Properties of a source by name, from `pactl list sources`, as [`Daemon::sink_properties`].
+    pub fn source_properties(&self, source: &str) -> Result<HashMap<String, String>> {
+        let text = self.pactl_ok(&["list", "sources"]);
+        parse_object(&text, "Source #", source)
+            .ok_or_else(|| anyhow!("no source {source:?} in pactl list sources:\n{text}"))
+    }
+
     /// Number of sink-inputs on the daemon.
     pub fn sink_input_count(&self) -> usize {
         self.pactl_ok(&["list", "short", "sink-inputs"])

@@ -24,8 +24,8 @@ pub mod timed;
 pub mod wait;
 
 pub use analysis::{
-    active_region, analyse_stereo, channel, dominant_frequency, dropouts, has_tone, rms_dbfs,
-    steady_part, Dropout, StereoReport,
+    active_region, analyse_stereo, channel, dominant_frequency, dropouts, has_tone, left_tone,
+    rms_dbfs, steady_part, Dropout, StereoReport,
 };
 pub use daemon::{
     free_port, module_dir, modules_present, require_modules, stock_module_dir, Daemon,

@@ -78,6 +78,17 @@ impl Silences {
     pub fn per_minute(&self) -> f64 {
         self.blocks.len() as f64 * 6000.0 / self.total.max(1) as f64
     }
+
+    /// The most silent blocks in a row (0 when none is silent).
+    pub fn longest_run(&self) -> usize {
+        let (mut longest, mut run, mut last) = (0, 0, f64::NEG_INFINITY);
+        for &(at, _) in &self.blocks {
+            run = if at - last < 0.015 { run + 1 } else { 1 };
+            longest = longest.max(run);
+            last = at;
+        }
+        longest
+    }
 }
 
 /// The silent blocks of `samples` (interleaved stereo), `below_db` under the median.

@@ -7,8 +7,7 @@ use opus_tunnel_tests::assert_prop;
 use opus_tunnel_tests::begin;
 use opus_tunnel_tests::encrypted_wire_rate;
 use opus_tunnel_tests::{
-    channel, dominant_frequency, free_port, play_loop, rms_dbfs, tone_loop, CountingProxy, Daemon,
-    Player, Recorder,
+    free_port, left_tone, play_loop, tone_loop, CountingProxy, Daemon, Player, Recorder,
 };
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -66,28 +65,11 @@ fn setup(mic_args: &str) -> Setup {
 }
 
 fn source_props(d: &Daemon, name: &str) -> HashMap<String, String> {
-    let text = d.pactl_ok(&["list", "sources"]);
-    for block in text.split("Source #").skip(1) {
-        if !block.contains(&format!("Name: {name}\n")) {
-            continue;
-        }
-        return block
-            .lines()
-            .filter_map(|l| l.trim().split_once(" = "))
-            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-            .collect();
-    }
-    panic!("no source {name} in\n{text}");
+    d.source_properties(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn num(p: &HashMap<String, String>, k: &str) -> f64 {
     p.get(k).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
-}
-
-/// Left channel of a stereo recording as f32, its frequency and level.
-fn tone_of(audio: &[i16]) -> (f64, f64) {
-    let l = channel(audio, 0, 2);
-    (dominant_frequency(&l, 48_000), rms_dbfs(&l))
 }
 
 /// Our record streams on the receiver (the background reader is not one).
@@ -104,11 +86,11 @@ fn m1_tone_from_the_remote_microphone() {
     };
     let s = setup("");
     let direct = Recorder::start(&s.receiver, MIC).read(2.0).expect("direct");
-    let (f0, l0) = tone_of(&direct);
+    let (f0, l0) = left_tone(&direct);
     let mut rec = Recorder::start(&s.desktop, "mic");
     let _ = rec.read(3.0).expect("warm-up");
     let audio = rec.read(3.0).expect("recording");
-    let (f, l) = tone_of(&audio);
+    let (f, l) = left_tone(&audio);
     println!(
         "remote microphone: {f:.1} Hz at {l:.2} dBFS (at the source: {f0:.1} Hz at {l0:.2} dBFS)"
     );
@@ -195,7 +177,7 @@ fn m3_bitrate_changes_live() {
     let mut f = 0.0;
     while t0.elapsed() < Duration::from_secs(8) {
         let audio = rec.read(1.0).expect("recording");
-        f = tone_of(&audio).0;
+        f = left_tone(&audio).0;
         if (f - 700.0).abs() <= 5.0 {
             break;
         }
@@ -220,7 +202,7 @@ fn m4_receiver_restart_while_recording() {
     let t_gone = Instant::now();
     loop {
         let audio = rec.read(0.5).expect("recording");
-        let (_, l) = tone_of(&audio);
+        let (_, l) = left_tone(&audio);
         if l < -40.0 {
             break;
         }
@@ -235,7 +217,7 @@ fn m4_receiver_restart_while_recording() {
     let mut back = None;
     while t0.elapsed() < Duration::from_secs(10) {
         let audio = rec.read(0.5).expect("recording");
-        let (f, l) = tone_of(&audio);
+        let (f, l) = left_tone(&audio);
         if (f - 700.0).abs() <= 5.0 && l > -40.0 {
             back = Some(t0.elapsed());
             break;

@@ -146,7 +146,7 @@ with_knobs! { pa_table! {
     "encryption", "auto", "auto|required|none",
         "encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a far end of protocol version 1; required never sends cleartext; none is cleartext (debugging)";
     "transport", "tcp", "tcp|udp",
-        "asked of the far end; record tunnels run over TCP for now (the far end grants TCP, logged)";
+        "the far end's audio over the TCP connection, or RTP over UDP from its udp_port to a socket of ours that probes it first (control stays on TCP; TCP when the far end cannot grant UDP, logged)";
 } bitrate: "32000 (3-8 channels: 32000 a channel)", signal: "voice" }
 
 pa_table! {
@@ -172,7 +172,7 @@ pa_table! {
         "min_latency_msec to 10000", "the most the receive buffer (and its target) may hold, ms";
     "max_connections", "64", "1-1024", "concurrent tunnels; one more is refused with 503";
     "udp_port", "4715", "1-65535",
-        "UDP port (on the listen address) for the audio of transport=udp play tunnels; if it cannot be bound they get TCP";
+        "UDP port (on the listen address) for the audio of transport=udp tunnels, both ways; if it cannot be bound they get TCP";
     "rtp_port", "none (off)", "1-65535",
         "UDP port on which to play plain RTP/Opus streams (RFC 7587) from senders auth-ip-acl admits (anyone with auth-anonymous=1); cleartext, unauthenticated";
     "rtp_payload", "96", "96-127", "the RTP payload type of plain RTP/Opus on rtp_port";
@@ -203,7 +203,7 @@ with_knobs! { pw_table! {
     "tunnel.encryption", "auto", "auto|required|none",
         "encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging)";
     "tunnel.transport", "tcp", "tcp|udp",
-        "sink mode: audio over TCP, or RTP over UDP to the receiver's UDP port (control stays on TCP; TCP when the receiver cannot grant UDP); source mode runs over TCP";
+        "audio over TCP, or RTP over UDP: sink mode to the receiver's UDP port, source mode from it (control stays on TCP; TCP when the receiver cannot grant UDP)";
 } bitrate: "64000 (source mode: 32000; 3-8 channels: 32000 a channel)", signal: "auto (source mode: voice)";
 "The compression.* knobs also change live: pw-cli set-param <node id> Props '{ params = [ \"compression.bitrate\" 16000 ] }'\n" }
 
@@ -232,7 +232,7 @@ pw_table! {
     "opus.resampler", "engine", "engine|pipewire",
         "who applies the drift correction: the core engine (rubato), or PipeWire's adapter through rate matching";
     "udp.port", "4715", "1-65535",
-        "UDP port for the audio of transport=udp play tunnels; if it cannot be bound they get TCP";
+        "UDP port for the audio of transport=udp tunnels, both ways; if it cannot be bound they get TCP";
     "rtp.port", "none (off)", "1-65535",
         "UDP port on which to play plain RTP/Opus streams (RFC 7587) from senders auth.ip-acl admits (anyone with auth.anonymous = true); cleartext, unauthenticated";
     "rtp.payload", "96", "96-127", "the RTP payload type of plain RTP/Opus on rtp.port";

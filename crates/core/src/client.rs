@@ -273,8 +273,8 @@ pub struct RecordClientConfig {
     pub cookie: Option<Cookie>,
     /// `encryption=`.
     pub encryption: Mode,
-    /// `transport=`: asked for; record tunnels run over TCP (the far end grants TCP, and the
-    /// fallback is logged).
+    /// `transport=`: the far end's audio over TCP, or over UDP when it grants it (else TCP,
+    /// logged).
     pub transport: Transport,
 }
 

@@ -411,7 +411,7 @@ impl Receive {
                 if self.trace {
                     let c = self.playout.controller();
                     log::info!(
-                        "trace {} dev at={} consumed={} missing={} skew_ppm={:.1} ring={} fifo={} produced={} {:?}",
+                        "trace {} dev at={} consumed={} missing={} skew_ppm={:.1} ring={} fifo={} produced={} {:?} {}",
                         self.conn.now_usec(),
                         self.last.now_usec,
                         self.last.consumed.saturating_sub(self.base.consumed),
@@ -420,7 +420,8 @@ impl Receive {
                         self.conn.fill.load(Ordering::Relaxed),
                         c.fifo_frames(),
                         c.produced(),
-                        self.playout.stats()
+                        self.playout.stats(),
+                        c.skew_lines()
                     );
                 }
             }

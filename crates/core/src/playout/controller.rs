@@ -637,6 +637,11 @@ impl Controller {
         self.skew.skew() * 1e6
     }
 
+    /// The skew estimator's lines, for a trace.
+    pub fn skew_lines(&self) -> String {
+        self.skew.describe()
+    }
+
     /// Statistics, as of the latest report.
     pub fn stats(&self) -> PlayoutStats {
         let t = self.now_t;

@@ -73,6 +73,16 @@ impl SkewEstimator {
     pub fn skew(&self) -> f64 {
         self.skew
     }
+
+    /// Both lines for a trace: seconds seen, steps taken out (ms), slope and its standard
+    /// error (ppm).
+    pub fn describe(&self) -> String {
+        format!(
+            "stream[{}] device[{}]",
+            self.stream.describe(),
+            self.device.describe()
+        )
+    }
 }
 
 /// One clock's rate: a line through its earliest observation of each second.
@@ -128,6 +138,17 @@ impl ClockRate {
                 false
             }
         }
+    }
+
+    fn describe(&self) -> String {
+        let (slope, se) = self.fit.slope_and_error().unwrap_or((f64::NAN, f64::NAN));
+        format!(
+            "n={} steps={:.1}ms slope={:.1}ppm se={:.1}ppm",
+            self.seconds,
+            self.steps * 1e3,
+            slope * 1e6,
+            se * 1e6
+        )
     }
 
     /// The slope of `t − pos/rate` and its standard error, once the line is long enough.
