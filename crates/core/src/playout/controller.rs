@@ -58,6 +58,8 @@ pub struct Controller {
     in_conceal: bool,
     /// When the engine last concealed, s.
     last_conceal_t: f64,
+    /// The latest audio handed over did not arrive (rebuilt, FEC-decoded or concealed).
+    after_lost: bool,
     episode_conceal: u64,
     // Counters.
     underruns: u64,
@@ -119,6 +121,7 @@ impl Controller {
             last_tick: None,
             in_conceal: false,
             last_conceal_t: f64::NEG_INFINITY,
+            after_lost: false,
             episode_conceal: 0,
             underruns: 0,
             concealments: 0,
@@ -240,10 +243,22 @@ impl Controller {
             self.next_pos = Some(pos);
         } else if d < 0 {
             let overlap = (-d as u64).min(frames);
-            if arrived_usec.is_none() {
-                // Rebuilt audio (FEC, parity, concealment of a lost packet) for a time the
-                // engine has already concealed: only the rest is new. (A late packet is
-                // played whole: it shows the link needs the latency.)
+            // A packet right after a lost one that came before its first frame's turn at
+            // the target: the concealment that covered its start was the lost packet's,
+            // running on into the device's next pull (the jitter buffer may also have held
+            // it behind the gap). (Not after a late packet: there the overlap is the
+            // latency the link needs.)
+            let in_time = self.after_lost
+                && arrived.is_some_and(|a| {
+                    let target = self.target.target(a);
+                    self.stream
+                        .position_at(a)
+                        .is_some_and(|p| p - (pos as f64) < target)
+                });
+            if arrived_usec.is_none() || in_time {
+                // Rebuilt audio (FEC, parity, concealment of a lost packet), or a packet in
+                // time, for a time the engine has already concealed: only the rest is new.
+                // (A late packet is played whole: it shows the link needs the latency.)
                 skip = overlap;
             } else if self.latency_frames_at(t) + frames as f64 > self.target.max_frames() {
                 skip = overlap;
@@ -251,6 +266,7 @@ impl Controller {
             }
         }
         self.packet = frames;
+        self.after_lost = arrived_usec.is_none();
         let appended = frames - skip;
         self.fifo += appended;
         let next = self.next_pos.unwrap_or(pos);

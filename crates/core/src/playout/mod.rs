@@ -68,7 +68,9 @@
 //!   in for the late audio; when that audio comes it is played too (the latency grows by the
 //!   concealed time, as the late packet shows it must), unless that passes the maximum. A
 //!   lost packet is no evidence of lateness: what stands in for it (FEC, parity, the
-//!   decoder's concealment) adds only the part the engine has not concealed yet.
+//!   decoder's concealment) adds only the part the engine has not concealed yet, and so does
+//!   the packet after it if it came before its turn at the target (the engine conceals for
+//!   the device's next pull at once, which can run on into that packet's time).
 //!   After [`MAX_CONCEAL_SEC`] of concealment the stream is taken as paused.
 //! - **The maximum.** A latency beyond `max` is cut from the oldest audio, down to the target.
 //!

@@ -176,6 +176,55 @@ fn a_late_stream_is_concealed_and_a_long_gap_is_a_pause() {
     assert_eq!(c.stats().discontinuities, 0);
 }
 
+/// 10 ms packets and 10 ms pulls for a second, then packet 100 is lost: the engine conceals
+/// its time and goes on into packet 101's (it conceals for the device's next pull at once).
+/// Packet 101 arrives `late_ms` after its due time. Returns the latency before the loss and
+/// after packet 101 is in, µs.
+fn loss_then_packet_101(late_ms: f64) -> (u64, u64) {
+    let mut c = controller(Target::Fixed(20_000), 1000);
+    let (mut consumed, mut missing) = (0, 0);
+    let mut t = 0.0;
+    for k in 0..100 {
+        c.on_packet(us(t), k * 480, 480);
+        feed(&mut c);
+        pull(&mut c, &mut consumed, &mut missing, t + 0.5);
+        t += 10.0;
+    }
+    let before = c.latency_usec(us(t));
+    let arrival = t + 10.0 + late_ms;
+    while c.covered_from(101 * 480) == 0 || t < arrival {
+        for ms in 0..10 {
+            while let Some(n) = c.conceal_needed(us(t + f64::from(ms))) {
+                c.on_conceal(n as u64);
+            }
+            feed(&mut c);
+        }
+        pull(&mut c, &mut consumed, &mut missing, t + 0.5);
+        t += 10.0;
+    }
+    // Packet 100 is given up (the decoder conceals what the engine did not), then packet 101
+    // (held behind it by the jitter buffer, or late) is handed over.
+    c.on_audio(us(t), None, 100 * 480, 480);
+    c.on_audio(us(t), Some(us(arrival)), 101 * 480, 480);
+    feed(&mut c);
+    (before, c.latency_usec(us(t)))
+}
+
+#[test]
+fn a_packet_in_time_after_a_lost_one_keeps_the_latency() {
+    let (before, after) = loss_then_packet_101(0.0);
+    assert!(
+        after.abs_diff(before) < 1_000,
+        "in time: {before} µs before, {after} µs after"
+    );
+    // One that came after its turn at the target is late: played whole, the latency grows.
+    let (before, after) = loss_then_packet_101(25.0);
+    assert!(
+        after > before + 2_000,
+        "late: {before} µs before, {after} µs after"
+    );
+}
+
 #[test]
 fn audio_beyond_the_maximum_is_cut_from_the_oldest() {
     let mut c = controller(Target::Fixed(20_000), 100);
