@@ -98,8 +98,6 @@ struct ClockRate {
     seconds: u32,
     /// The steps taken out so far, seconds.
     steps: f64,
-    /// The jumps of the memory: when, and by how much (s).
-    jumps: Vec<(f64, f64)>,
 }
 
 impl ClockRate {
@@ -125,15 +123,7 @@ impl ClockRate {
                 if let (Some((p_at, p_min)), Some(slope)) = (self.previous, self.fit.slope()) {
                     let jump = min - p_min - slope * (at - p_at);
                     if jump.abs() > LINE_STEP_SEC {
-                        // Jumps of one sign that recur within the memory are the sender's
-                        // delivery falling behind and catching up (a sawtooth), whose
-                        // average is its clock: only a jump of its own is a step.
-                        self.jumps
-                            .retain(|(t, _)| at - t < SkewEstimator::MEMORY_SEC);
-                        if !self.jumps.iter().any(|(_, j)| j * jump > 0.0) {
-                            self.steps += jump;
-                        }
-                        self.jumps.push((at, jump));
+                        self.steps += jump;
                     }
                 }
                 self.previous = Some((at, min));
