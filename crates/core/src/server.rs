@@ -226,7 +226,21 @@ impl UdpIn {
         }
     }
 
-    fn add(&self, token: u32, route: Route) {
+    /// Routes the datagrams named `token` from the handshaken `peer` of `stream`.
+    fn add(
+        &self,
+        token: u32,
+        peer: SocketAddr,
+        stream: &Conn,
+        conn: &Arc<ConnShared>,
+        to: RouteTo,
+    ) {
+        let route = Route {
+            ip: peer.ip().to_canonical(),
+            opener: DgramOpener::new(stream.datagram_key()),
+            to,
+            conn: conn.clone(),
+        };
         if let Ok(mut r) = self.routes.lock() {
             r.insert(token, route);
         }
@@ -849,20 +863,12 @@ fn serve_play(
         }
     };
     // transport=udp: a token names the tunnel in its datagrams.
-    let udp = match (&shared.udp, wants_udp(hello)) {
-        (Some(u), true) => Some((u.clone(), u.new_token())),
-        (None, true) => {
-            log::info!(
-                "tunnel {label} from {peer} asks for transport=udp; this receiver has no UDP \
-                 socket (udp_port): granted TCP"
-            );
-            None
-        }
-        (_, false) => None,
-    };
-    if wants_udp(hello) {
-        hs.grant = transport_grant(udp.as_ref().map(|(u, t)| (u.port, *t)));
-    }
+    let udp = grant_udp(
+        shared,
+        hello,
+        &mut hs,
+        &format!("tunnel {label} from {peer}"),
+    );
     let (req, rx) = request(peer, hello, &conn, playback, hs.pattern);
     shared.host.open(req);
     let Some(sink) = conclude(&mut stream, peer, &rx, shared, &conn, hello, &mut hs) else {
@@ -870,15 +876,7 @@ fn serve_play(
     };
     if let Some((u, token)) = &udp {
         let (tx, rx) = mpsc::sync_channel(UDP_QUEUE);
-        u.add(
-            *token,
-            Route {
-                ip: peer.ip().to_canonical(),
-                opener: DgramOpener::new(stream.datagram_key()),
-                to: RouteTo::Play(tx.clone()),
-                conn: conn.clone(),
-            },
-        );
+        u.add(*token, peer, &stream, &conn, RouteTo::Play(tx.clone()));
         conn.stats.udp.set_transport(Transport::Udp);
         receive.udp = Some((tx, rx));
     }
@@ -901,6 +899,27 @@ fn serve_play(
     conn.closed.store(true, Ordering::SeqCst);
     stream.shutdown();
     shared.host.changed();
+}
+
+/// transport=udp for a hello that asks for it: the receiver's UDP socket and a fresh token,
+/// or `None` (logged, for `who`: TCP is granted). The `200`'s grant is set either way.
+fn grant_udp(
+    shared: &RecvShared,
+    hello: &Hello,
+    hs: &mut Handshaken<'_>,
+    who: &str,
+) -> Option<(Arc<UdpIn>, u32)> {
+    if !wants_udp(hello) {
+        return None;
+    }
+    let udp = shared.udp.as_ref().map(|u| (u.clone(), u.new_token()));
+    if udp.is_none() {
+        log::info!(
+            "{who} asks for transport=udp; this receiver has no UDP socket (udp_port): granted TCP"
+        );
+    }
+    hs.grant = transport_grant(udp.as_ref().map(|(u, t)| (u.port, *t)));
+    udp
 }
 
 /// Tells the host when the far end of a record tunnel wants audio.
@@ -969,20 +988,12 @@ fn serve_capture(
         transport: Transport::Tcp,
     };
     // transport=udp: a token names the tunnel in its probes and our datagrams.
-    let udp = match (&shared.udp, wants_udp(hello)) {
-        (Some(u), true) => Some((u.clone(), u.new_token())),
-        (None, true) => {
-            log::info!(
-                "record tunnel {label} from {peer} asks for transport=udp; this receiver has no \
-                 UDP socket (udp_port): granted TCP"
-            );
-            None
-        }
-        (_, false) => None,
-    };
-    if wants_udp(hello) {
-        hs.grant = transport_grant(udp.as_ref().map(|(u, t)| (u.port, *t)));
-    }
+    let udp = grant_udp(
+        shared,
+        hello,
+        &mut hs,
+        &format!("record tunnel {label} from {peer}"),
+    );
     // Three seconds between the recording stream and the encoder (float32).
     let ring_bytes = 4 * usize::from(hello.channels) * hello.rate as usize * 3;
     let (feeder, tshared, consumer) = feeder(&wcfg, knobs, ring_bytes);
@@ -997,12 +1008,10 @@ fn serve_capture(
         let reply_to = Arc::new(Mutex::new(None));
         u.add(
             *token,
-            Route {
-                ip: peer.ip().to_canonical(),
-                opener: DgramOpener::new(stream.datagram_key()),
-                to: RouteTo::Record(reply_to.clone()),
-                conn: conn.clone(),
-            },
+            peer,
+            &stream,
+            &conn,
+            RouteTo::Record(reply_to.clone()),
         );
         tshared.stats.udp.set_transport(Transport::Udp);
         UdpOut::reply(u.sock.clone(), reply_to, *token, stream.datagram_key())
