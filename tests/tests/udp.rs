@@ -103,6 +103,19 @@ fn wan() -> Link {
     Link::wan(Duration::from_millis(20), Duration::from_millis(5), 0.02)
 }
 
+/// The 1 kHz tone reaches `rec` (at `whom`) within 10 s; its first second is skipped (the
+/// start). `logs` for the failure message.
+fn tone_arrives(rec: &mut Recorder, whom: &str, logs: impl Fn() -> String) {
+    let arrived = wait_for_tone(
+        |s| rec.read(s).ok(),
+        0.25,
+        (1000.0, 1000.0),
+        Duration::from_secs(10),
+    );
+    assert!(arrived.is_some(), "no tone at {whom} within 10 s{}", logs());
+    rec.read(1.0).expect("first second");
+}
+
 #[test]
 fn udp_over_a_20ms_wan_with_2pct_loss() {
     let Some(_g) = begin_tunnel("udp") else {
@@ -143,18 +156,7 @@ fn udp_over_a_20ms_wan_with_2pct_loss() {
     // 1. The tone.
     let mut player = play_loop(&sender, "tun", tone_loop(1000.0, 1000.0, -12.0));
     let mut rec = Recorder::start(&receiver, "null.monitor");
-    let arrived = wait_for_tone(
-        |s| rec.read(s).ok(),
-        0.25,
-        (1000.0, 1000.0),
-        Duration::from_secs(10),
-    );
-    assert!(
-        arrived.is_some(),
-        "no tone at the receiver within 10 s{}",
-        tunnel_logs(&sender, &receiver)
-    );
-    rec.read(1.0).expect("first second");
+    tone_arrives(&mut rec, "the receiver", || tunnel_logs(&sender, &receiver));
     let before = stream_props(&receiver);
     let ab0 = net.stats(Dir::AtoB);
     let t0 = Instant::now();
@@ -359,18 +361,7 @@ fn record_over_udp_on_a_20ms_wan_with_2pct_loss() {
         .expect("tunnel source");
     println!("link each way: {link}");
     let mut rec = Recorder::start(&desktop, "mic");
-    let arrived = wait_for_tone(
-        |s| rec.read(s).ok(),
-        0.25,
-        (1000.0, 1000.0),
-        Duration::from_secs(10),
-    );
-    assert!(
-        arrived.is_some(),
-        "no tone at the desktop within 10 s{}",
-        tunnel_logs(&desktop, &receiver)
-    );
-    rec.read(1.0).expect("first second");
+    tone_arrives(&mut rec, "the desktop", || tunnel_logs(&desktop, &receiver));
     let before = desktop.source_properties("mic").unwrap_or_default();
     let ba0 = net.stats(Dir::BtoA);
     let t0 = Instant::now();

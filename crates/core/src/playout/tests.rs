@@ -40,6 +40,21 @@ fn pull(c: &mut Controller, consumed: &mut u64, missing: &mut u64, at_ms: f64) {
     c.on_device(us(at_ms), *consumed, *missing);
 }
 
+/// 10 ms from `t_ms` with no packet: the worker wakes every millisecond and conceals what
+/// the engine asks for, then the device pulls. Returns the frames concealed.
+fn conceal_and_pull(c: &mut Controller, consumed: &mut u64, missing: &mut u64, t_ms: f64) -> usize {
+    let mut concealed = 0;
+    for ms in 0..10 {
+        while let Some(n) = c.conceal_needed(us(t_ms + f64::from(ms))) {
+            c.on_conceal(n as u64);
+            concealed += n;
+        }
+        feed(c);
+    }
+    pull(c, consumed, missing, t_ms + 0.5);
+    concealed
+}
+
 fn us(ms: f64) -> u64 {
     (ms * 1000.0) as u64 + 1_000_000
 }
@@ -157,14 +172,7 @@ fn a_late_stream_is_concealed_and_a_long_gap_is_a_pause() {
     let mut concealed = 0;
     for _ in 0..100 {
         // The worker wakes every millisecond while the engine asks it to.
-        for ms in 0..10 {
-            while let Some(n) = c.conceal_needed(us(t + f64::from(ms))) {
-                c.on_conceal(n as u64);
-                concealed += n;
-            }
-            feed(&mut c);
-        }
-        pull(&mut c, &mut consumed, &mut missing, t + 0.5);
+        concealed += conceal_and_pull(&mut c, &mut consumed, &mut missing, t);
         t += 10.0;
     }
     let st = c.stats();
@@ -193,13 +201,7 @@ fn loss_then_packet_101(late_ms: f64) -> (u64, u64) {
     let before = c.latency_usec(us(t));
     let arrival = t + 10.0 + late_ms;
     while c.covered_from(101 * 480) == 0 || t < arrival {
-        for ms in 0..10 {
-            while let Some(n) = c.conceal_needed(us(t + f64::from(ms))) {
-                c.on_conceal(n as u64);
-            }
-            feed(&mut c);
-        }
-        pull(&mut c, &mut consumed, &mut missing, t + 0.5);
+        conceal_and_pull(&mut c, &mut consumed, &mut missing, t);
         t += 10.0;
     }
     // Packet 100 is given up (the decoder conceals what the engine did not), then packet 101
@@ -285,13 +287,7 @@ fn latency_around_a_lost_packet(arrived_late: bool) -> (u64, u64, u64) {
             c.on_packet(us(t), pos, 480);
         }
         pos += 480;
-        for ms in 0..10 {
-            while let Some(n) = c.conceal_needed(us(t + f64::from(ms))) {
-                c.on_conceal(n as u64);
-            }
-            feed(&mut c);
-        }
-        pull(&mut c, &mut consumed, &mut missing, t + 0.5);
+        conceal_and_pull(&mut c, &mut consumed, &mut missing, t);
         t += 10.0;
     }
     (before, c.latency_usec(us(t)), c.stats().concealed_frames)
