@@ -201,6 +201,9 @@ impl UdpIn {
         };
         // Idle, the thread wakes once a second to look at the stop flag.
         let _ = sock.set_read_timeout(Some(Duration::from_secs(1)));
+        // Record tunnels' workers send from it: a full buffer loses a datagram, as the
+        // network would, rather than hold a worker.
+        let _ = sock.set_write_timeout(Some(Duration::from_millis(2)));
         let port = sock.local_addr().map(|a| a.port()).unwrap_or(port);
         log::info!("receiving transport=udp audio on UDP port {port}");
         Some(UdpIn {
