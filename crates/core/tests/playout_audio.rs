@@ -7,10 +7,14 @@ use opus_tunnel_core::quality::thd_n_db;
 const RATE: u32 = 48_000;
 
 fn engine(channels: u8) -> Playout {
+    engine_with(channels, Target::Auto)
+}
+
+fn engine_with(channels: u8, target: Target) -> Playout {
     Playout::new(PlayoutConfig {
         rate: RATE,
         channels,
-        target: Target::Auto,
+        target,
         min_usec: 0,
         max_usec: 1_000_000,
     })
@@ -296,7 +300,23 @@ enum Event {
 /// packet is due; the packet of the 3rd second comes `late_us` after it was due. The stats
 /// before it and 7 s later, and the largest step between samples played.
 fn late_packet_run(late_us: u64, pull_us: u64) -> (PlayoutStats, PlayoutStats, f32) {
-    let mut p = engine(1);
+    packet_run(
+        Target::Auto,
+        |step| if step == 300 { late_us } else { 0 },
+        pull_us,
+        1000,
+    )
+}
+
+/// As [`late_packet_run`] toward `target`, packet `step` coming `late_of(step)` µs after it
+/// was due, for `steps` packets: the stats before packet 300 and at the end.
+fn packet_run(
+    target: Target,
+    late_of: impl Fn(u64) -> u64,
+    pull_us: u64,
+    steps: u64,
+) -> (PlayoutStats, PlayoutStats, f32) {
+    let mut p = engine_with(1, target);
     let pkt = 480usize;
     let mut ts: u32 = 0;
     let mut n = 0usize;
@@ -304,11 +324,11 @@ fn late_packet_run(late_us: u64, pull_us: u64) -> (PlayoutStats, PlayoutStats, f
     let mut before = None;
     // The packets (the late one among them) and the pulls, in the order of their times.
     let mut events: Vec<(u64, Event)> = Vec::new();
-    for step in 0..1000u64 {
+    for step in 0..steps {
         let t = 1_000_000 + step * 10_000;
         let pcm: Vec<f32> = (n..n + pkt).map(|i| sine(700.0, i)).collect();
         n += pkt;
-        let at = if step == 300 { t + late_us } else { t };
+        let at = t + late_of(step);
         events.push((at, Event::Packet(ts, pcm)));
         ts = ts.wrapping_add(pkt as u32);
         events.push((t + pull_us, Event::Pull));
@@ -348,5 +368,32 @@ fn a_risen_target_is_met_without_repeating_a_period() {
         a.latency_usec,
         a.target_usec
     );
+    assert!(max_step < 0.03, "a click: step {max_step}");
+}
+
+/// A sender whose packets all leave 3 ms late but one (packet 300, on time), toward a fixed
+/// target (the drift test's set-up): for 2 s the stream's line is 3 ms earlier, the latency reads 3 ms high and a period is cut; when the
+/// line forgets the early packet the latency reads 3 ms low, and the period cut is given back
+/// at once (not over seconds by the loop). 0.6 s after the line moved back the latency is on
+/// its target, with no click.
+#[test]
+fn a_period_cut_for_an_early_packet_is_given_back() {
+    let early = |step| if step == 300 { 0 } else { 3_000 };
+    let (b, a, max_step) = packet_run(Target::Fixed(40_000), early, 5_000, 560);
+    println!(
+        "before the early packet: {b:?}
+2.6 s later: {a:?}"
+    );
+    assert!(
+        a.trimmed_frames > b.trimmed_frames,
+        "nothing was cut: {a:?}"
+    );
+    assert!(
+        a.latency_usec.abs_diff(a.target_usec) < 1_000,
+        "latency {} µs not within 1 ms of the target {} µs",
+        a.latency_usec,
+        a.target_usec
+    );
+    assert_eq!(a.underruns, b.underruns, "{a:?}");
     assert!(max_step < 0.03, "a click: step {max_step}");
 }

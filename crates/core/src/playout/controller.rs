@@ -36,6 +36,9 @@ pub struct Controller {
     /// An underrun left the latency short of its target, not yet made up: until it is, the
     /// latency may be raised by repeating a period of the audio.
     short_after_underrun: bool,
+    /// When a period was last cut, s; and whether the latest plan asked for a cut.
+    cut_at: f64,
+    cutting: bool,
     // The stream: arrivals, and the position of the next frame to arrive.
     stream: Clock,
     next_pos: Option<i64>,
@@ -106,6 +109,8 @@ impl Controller {
             phase: Phase::Idle,
             reached: false,
             short_after_underrun: false,
+            cut_at: f64::NEG_INFINITY,
+            cutting: false,
             stream: Clock::new(rate),
             next_pos: None,
             fifo: 0,
@@ -486,12 +491,15 @@ impl Controller {
                     if err.abs() > TRIM_SEC * self.rate {
                         plan.trim_frames = err.round() as i64;
                         // Periods are cut to bring an excess down (a backlog, a target
-                        // that came down), and repeated to raise the latency only after an
-                        // underrun (the device already ran short): a target that rose without
-                        // a loss is met in silence and by the loop (a pitch period repeated
-                        // inside speech cost 0.17 PESQ-WB).
-                        let reshape = err > 0.0 || self.short_after_underrun;
+                        // that came down), and repeated to raise the latency only to give
+                        // back what the engine took: after an underrun (the device already
+                        // ran short), or soon after a cut; a target that rose without a loss
+                        // is met in silence and by the loop (a pitch period repeated inside
+                        // speech cost 0.17 PESQ-WB).
+                        let undo = t - self.cut_at < UNDO_CUT_SEC;
+                        let reshape = err > 0.0 || self.short_after_underrun || undo;
                         plan.reshape = reshape && err.abs() > RESHAPE_SEC * self.rate;
+                        self.cutting = plan.reshape && err > 0.0;
                     }
                 }
             }
@@ -507,6 +515,9 @@ impl Controller {
         self.trimmed += dropped + inserted;
         self.dropped += dropped;
         self.inserted += inserted;
+        if dropped > 0 && self.cutting {
+            self.cut_at = self.now_t;
+        }
         if dropped + inserted > 0 {
             // A trim steps the latency: the loop's memory of the error before it is stale
             // (kept, it would go on correcting an error that is gone, past the target).

@@ -61,8 +61,9 @@
 //! - **Steps of the target.** An error beyond ±[`TRIM_SEC`] is dropped or inserted where it
 //!   does not show: in silence (blocks of 2.5 ms below −50 dBFS), exactly; beyond
 //!   [`RESHAPE_SEC`] also by cutting one whole period where the audio repeats itself (a tone,
-//!   a held note: [`tsm`]), or repeating one if an underrun left the latency short (a target
-//!   that rose without a loss is met in silence and by the loop).
+//!   a held note: [`tsm`]), or repeating one to give back what the engine took: after an
+//!   underrun, or within [`UNDO_CUT_SEC`] of a cut (a target that rose without a loss is met
+//!   in silence and by the loop).
 //!   In audio that does neither (noise, dense music) the correction works on it.
 //! - **Late audio.** When the buffer is about to run dry the engine asks for PLC, which stands
 //!   in for the late audio; when that audio comes it is played too (the latency grows by the
@@ -118,6 +119,12 @@ pub const TRIM_SEC: f64 = 0.001;
 /// Latency errors beyond this (seconds) are also cut (or, after an underrun, repeated) as one
 /// period of audio that repeats itself.
 pub const RESHAPE_SEC: f64 = 0.002;
+/// For this long (seconds) after a period was cut, a shortfall may be made up by repeating a
+/// period: the excess that was cut may have been the stream's line moving for a while (one
+/// packet earlier than the rest moves it for [`Clock::ENVELOPE_SEC`](clock::Clock)), and
+/// what the engine took it gives back at once rather than by the loop (a drift test on a
+/// busy machine sat 2.5-4 ms under its target for 10 s).
+pub const UNDO_CUT_SEC: f64 = 2.0 * clock::Clock::ENVELOPE_SEC;
 /// A clock's earliest observation jumping by more than this from one second to the next,
 /// beyond the line's slope (seconds), is a step of its level, not drift (the
 /// [`SkewEstimator`] takes the slope it has learnt out of the jump).
