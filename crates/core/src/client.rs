@@ -478,13 +478,7 @@ fn open_record_udp(
         return None;
     };
     let to = std::net::SocketAddr::new(peer.ip(), port);
-    let any: std::net::SocketAddr = if to.is_ipv4() {
-        ([0u8; 4], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
-    };
-    let opened = std::net::UdpSocket::bind(any).and_then(|s| {
-        s.connect(to)?;
+    let opened = udp::connected_socket(to).and_then(|s| {
         // The reader looks at its stop flag this often.
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
         let probes = s.try_clone()?;

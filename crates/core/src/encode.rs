@@ -292,13 +292,7 @@ impl UdpOut {
         token: u32,
         key: Option<Arc<snow::StatelessTransportState>>,
     ) -> std::io::Result<UdpOut> {
-        let any: std::net::SocketAddr = if to.is_ipv4() {
-            ([0u8; 4], 0).into()
-        } else {
-            ([0u16; 8], 0).into()
-        };
-        let sock = std::net::UdpSocket::bind(any)?;
-        sock.connect(to)?;
+        let sock = crate::udp::connected_socket(to)?;
         // A full socket buffer drops the datagram (as the network would), never waits.
         sock.set_nonblocking(true)?;
         Ok(UdpOut::new(UdpWay::Connected(sock), token, key))

@@ -279,6 +279,19 @@ impl DgramSealer {
     }
 }
 
+/// A UDP socket of our own (any local address of `to`'s family) connected to `to`: the kernel
+/// then passes only `to`'s datagrams to it.
+pub fn connected_socket(to: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let any: std::net::SocketAddr = if to.is_ipv4() {
+        ([0u8; 4], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let sock = std::net::UdpSocket::bind(any)?;
+    sock.connect(to)?;
+    Ok(sock)
+}
+
 /// The desktop end of a record tunnel's probes ([`KIND_PROBE`]): they open the way for the far
 /// end's audio and keep it open.
 pub struct Prober {
