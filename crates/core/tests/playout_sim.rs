@@ -543,7 +543,7 @@ fn print(results: &[(Scenario, Figures)]) {
 }
 
 /// Skews ±2000, ±500, 0 ppm × device periods 5–40 ms on a LAN: no underrun after the
-/// start, lock within 2 s, the correction within ±1000 ppm of the exact ratio after 2 s and
+/// start, lock within 2.5 s, the correction within ±1000 ppm of the exact ratio after 2 s and
 /// ±200 ppm after the start, a target in the tens of ms.
 #[test]
 fn drift_matrix() {
@@ -564,14 +564,16 @@ fn drift_matrix() {
         if f.underruns_after_start > 0 || f.concealments_after_start > 1 {
             why.push("underruns, or more than one concealment, after the start");
         }
-        // Lock (5 s in a row within 1 ms of the target) within 10 s.
-        if f.lock_s > 10.0 {
-            why.push("no lock within 10 s");
+        // Lock (5 s in a row within 1 ms of the target) within 2.5 s: the quick lines learn
+        // the skew about a second in; at ±2000 ppm the latency has moved 1-2.5 ms by then and
+        // the loop's ±1000 ppm takes that long again (0.8-2.3 s in these cases).
+        if f.lock_s > 2.5 {
+            why.push("no lock within 2.5 s");
         }
         if !f.lock_s.is_finite() {
             why.push("never locked");
         }
-        // Until the skew is learnt (from 3 s of the clocks' lines) the ratio is the start's
+        // Until the skew is learnt (about a second in) the ratio is the start's
         // correction (±1000 ppm) alone: it may miss the exact one by the skew and that much.
         if f.ratio_err_after_2s_ppm > s.skew_ppm.abs() + START_CORRECTION * 1e6 + 10.0 {
             why.push("ratio beyond ±(skew + 1000 ppm) of the exact one after 2 s");

@@ -2,20 +2,30 @@
 //! the line of its earliest observations.
 
 use super::window::SlidingMin;
+use std::collections::VecDeque;
 
 /// A clock observed as points `(t, pos)`: at local time `t` (seconds) it had reached sample
 /// position `pos` (frames). Jitter only ever makes an observation *late* (a packet waits in
 /// the network, a device pull is woken late), so the clock is where its earliest
-/// observations put it: with `a = t − pos/nominal`, the line is the smallest `a` of the last
+/// observations put it: with `a = t − pos/rate`, the line is the smallest `a` of the last
 /// [`Clock::ENVELOPE_SEC`] seconds, and the lateness of the window's observations is how far
 /// the largest `a` lies above that. (Measured against the line as it is now, not as it was when
 /// each came: a sender that delivers a block at once — a source posting 500 ms at a time —
 /// shows its block as the first packet's lateness as soon as the block's last packet is in.)
+///
+/// `rate` is the clock's nominal rate until [`Clock::set_rate`] says how fast it runs against
+/// ours (the [`super::SkewEstimator`] learns that): with the nominal rate a clock 1000 ppm off
+/// drifts 2 ms across the window, which shows as 2 ms of lateness that is not there (a target
+/// 2 ms higher, creeping up while the window fills).
 #[derive(Debug, Clone)]
 pub struct Clock {
     nominal: f64,
+    /// The rate `a` is computed with, frames per second of ours.
+    rate: f64,
     /// Positions are kept relative to this one (precision over days of frames).
     base: Option<f64>,
+    /// The window's observations `(t, pos − base)`, for a new rate.
+    points: VecDeque<(f64, f64)>,
     envelope: SlidingMin,
     /// The largest `a` of the same window (kept negated).
     ceiling: SlidingMin,
@@ -30,7 +40,9 @@ impl Clock {
     pub fn new(nominal: f64) -> Clock {
         Clock {
             nominal,
+            rate: nominal,
             base: None,
+            points: VecDeque::new(),
             envelope: SlidingMin::new(Self::ENVELOPE_SEC),
             ceiling: SlidingMin::new(Self::ENVELOPE_SEC),
             last_t: None,
@@ -42,11 +54,37 @@ impl Clock {
     pub fn observe(&mut self, t: f64, pos: f64) -> f64 {
         let base = *self.base.get_or_insert(pos);
         self.last_t = Some(t);
-        let a = t - (pos - base) / self.nominal;
+        let p = pos - base;
+        self.points.push_back((t, p));
+        while self
+            .points
+            .front()
+            .is_some_and(|&(t0, _)| t0 < t - Self::ENVELOPE_SEC)
+        {
+            self.points.pop_front();
+        }
+        let a = t - p / self.rate;
         self.envelope.push(t, a);
         self.ceiling.push(t, -a);
         let top = self.ceiling.min().map_or(a, |v| -v);
         top - self.envelope.min().unwrap_or(a)
+    }
+
+    /// The clock runs at `factor` × its nominal rate against ours: the window is seen again
+    /// at that rate. (A change under a millionth is ignored.)
+    pub fn set_rate(&mut self, factor: f64) {
+        let rate = self.nominal * factor;
+        if !rate.is_finite() || rate <= 0.0 || ((rate - self.rate) / self.rate).abs() < 1e-6 {
+            return;
+        }
+        self.rate = rate;
+        self.envelope.clear();
+        self.ceiling.clear();
+        for &(t, p) in &self.points {
+            let a = t - p / rate;
+            self.envelope.push(t, a);
+            self.ceiling.push(t, -a);
+        }
     }
 
     /// Whether it has been observed since it was (re)started.
@@ -63,7 +101,7 @@ impl Clock {
     pub fn position_at(&self, t: f64) -> Option<f64> {
         let base = self.base?;
         let floor = self.envelope.min()?;
-        Some(base + (t - floor) * self.nominal)
+        Some(base + (t - floor) * self.rate)
     }
 
     /// The positions jumped by `frames` (a discontinuity of the stream): the line follows,
@@ -74,9 +112,11 @@ impl Clock {
         }
     }
 
-    /// Forgets everything (the clock restarts, e.g. after a pause).
+    /// Forgets the observations (the clock restarts, e.g. after a pause); the rate is kept.
     pub fn clear(&mut self) {
+        let rate = self.rate;
         *self = Clock::new(self.nominal);
+        self.rate = rate;
     }
 }
 
@@ -109,6 +149,29 @@ mod tests {
         }
         // The jitter, and the drift of the window (2 s at 500 ppm: 1 ms).
         assert!(worst > 0.004 && worst < 0.0065, "{worst}");
+    }
+
+    /// A clock 1000 ppm slow with no jitter: at its nominal rate its window drifts 2 ms,
+    /// which reads as 2 ms of lateness; at the rate it runs, none.
+    #[test]
+    fn at_its_own_rate_a_drifting_clock_shows_no_lateness() {
+        let mut c = Clock::new(48_000.0);
+        let fs = 48_000.0 * 0.999;
+        let mut late = 0.0;
+        for k in 0..300u64 {
+            late = c.observe((k * 480) as f64 / fs, (k * 480) as f64);
+        }
+        assert!((late - 0.002).abs() < 0.0001, "{late}");
+        c.set_rate(0.999);
+        let t = (300 * 480) as f64 / fs;
+        let late = c.observe(t, (300 * 480) as f64);
+        assert!(late < 1e-6, "{late}");
+        // The line is the clock's: where its positions are.
+        let line = c.position_at(t + 0.5).unwrap();
+        assert!(
+            (line - (300 * 480) as f64 - 0.5 * fs).abs() < 0.01,
+            "{line}"
+        );
     }
 
     #[test]

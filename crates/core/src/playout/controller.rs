@@ -282,6 +282,7 @@ impl Controller {
             let a = self.stream.last_seen().map_or(a, |l| a.max(l));
             let late = self.stream.observe(a, end as f64);
             self.skew.on_stream(a, end as f64, self.rate);
+            self.learn_rates();
             self.target.on_packet(a, late * self.rate, frames as f64);
         }
         if appended > 0 {
@@ -333,6 +334,7 @@ impl Controller {
         let device_pos = consumed_total.saturating_add(missing_total) as f64;
         self.device.observe(t, device_pos);
         self.skew.on_device(t, device_pos, self.rate);
+        self.learn_rates();
         // An underrun is the device finding the ring short once the audio has reached it. A
         // pull that finds it empty before then (while the worker makes the start's audio:
         // 800 ms of a source posting 500 ms blocks takes it a few ms) only plays the audio
@@ -345,6 +347,12 @@ impl Controller {
         }
         self.reached |= playing && took;
         self.control(t);
+    }
+
+    /// The clocks' lines run at the rates the skew estimator learnt.
+    fn learn_rates(&mut self) {
+        self.stream.set_rate(self.skew.stream_rate());
+        self.device.set_rate(self.skew.device_rate());
     }
 
     /// External resampler: the device's stream-frame totals → device-frame totals (each new

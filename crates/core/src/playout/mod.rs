@@ -14,7 +14,9 @@
 //!
 //! - [`Clock`] (twice): a clock seen through jittery observations — the stream through packet
 //!   arrivals, the device through its pulls. Jitter only ever makes an observation late, so a
-//!   clock is the line of its *earliest* observations of the last 2 s.
+//!   clock is the line of its *earliest* observations of the last 2 s, at the rate the
+//!   [`SkewEstimator`] learnt for it (at its nominal rate, a clock 1000 ppm off drifts 2 ms
+//!   across the window, which read as lateness).
 //! - [`TargetAdapter`]: the latency to hold. Auto: the longest a packet's first frame waited
 //!   in the last 10 s — its lateness against the stream's line (the link, the sender's blocks
 //!   and wake-ups, our own wake-ups) plus the packet's length — and what the engine needs
@@ -53,7 +55,9 @@
 //! - **Drift.** `ratio = 1 + skew + correction`. The [`SkewEstimator`] learns the skew as the
 //!   ratio of the two clocks' rates against ours — the stream's (packet arrivals by RTP
 //!   position) and the device's (its pulls) — each the slope of a line through the clock's
-//!   earliest observation of each second over the last 30 s. Neither the latency nor the
+//!   earliest observation of each second over the last 30 s; until those lines span 3 s, lines
+//!   through each quarter second's earliest give a first skew once it is known within 250 ppm
+//!   and twice its error (about a second in at 2000 ppm). Neither the latency nor the
 //!   loop's correction, trims or concealments enter it, so none of them bends it. The [`LoopFilter`]'s correction is `−gain · error`, at most
 //!   ±1000 ppm (1.7 cents), and ±200 ppm for [`AFTER_CONCEAL_SEC`] after a concealment once
 //!   the start ([`START_SEC`]) is over; the gain narrows from 2/s to 0.1/s over the first

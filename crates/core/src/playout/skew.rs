@@ -15,11 +15,42 @@ use super::{LINE_STEP_SEC, MAX_CORRECTION};
 /// so none of them bends the skew. A clock that restarts or jumps starts its line afresh; the
 /// last estimate holds until both lines span [`SkewEstimator::SPAN_SEC`] and their slopes are
 /// known within [`SkewEstimator::TRUST`].
-#[derive(Debug, Clone, Default)]
+///
+/// A start knows no skew yet, and whole seconds are slow to learn one (at 2000 ppm the
+/// latency moves 2 ms a second; the loop's ±1000 ppm halves that, and a skew learnt from 3 s
+/// of lines came when the latency was 3 ms off). So until the lines of seconds are long
+/// enough to be used for the first time, a second pair of lines through the earliest
+/// observation of each [`SkewEstimator::QUICK_BIN_SEC`] gives the skew as soon as their
+/// slopes are known within [`SkewEstimator::QUICK_TRUST`] (a quiet link: about a second),
+/// each estimate replacing the last only when it is known better; the loop covers what it
+/// misses. (Kept on longer, on a jittery link, they learnt a burst's end as skew.)
+#[derive(Debug, Clone)]
 pub struct SkewEstimator {
     stream: ClockRate,
     device: ClockRate,
+    quick_stream: ClockRate,
+    quick_device: ClockRate,
     skew: f64,
+    /// The stream's and the device's rates behind the skew in force, as factors of the
+    /// nominal rate (1 until learnt).
+    rates: (f64, f64),
+    /// The standard error of the quick estimate in force; `None` once the lines of seconds
+    /// are long enough to be used (from then on only they move the skew).
+    quick_se: Option<f64>,
+}
+
+impl Default for SkewEstimator {
+    fn default() -> SkewEstimator {
+        SkewEstimator {
+            stream: ClockRate::new(1.0, Self::SPAN_SEC, true),
+            device: ClockRate::new(1.0, Self::SPAN_SEC, true),
+            quick_stream: ClockRate::new(Self::QUICK_BIN_SEC, Self::QUICK_SPAN_SEC, false),
+            quick_device: ClockRate::new(Self::QUICK_BIN_SEC, Self::QUICK_SPAN_SEC, false),
+            skew: 0.0,
+            rates: (1.0, 1.0),
+            quick_se: Some(f64::INFINITY),
+        }
+    }
 }
 
 impl SkewEstimator {
@@ -32,9 +63,20 @@ impl SkewEstimator {
     /// clocks (a Wi-Fi link) take longer to be trusted than a LAN's, and the loop's correction
     /// holds the latency meanwhile.
     pub const TRUST: f64 = 50e-6;
+    /// The quick lines' bins, seconds: four points a second.
+    pub const QUICK_BIN_SEC: f64 = 0.25;
+    /// A quick line is used once it spans this long (four bins: its error is known from
+    /// two degrees of freedom at least).
+    pub const QUICK_SPAN_SEC: f64 = 1.0;
+    /// A quick estimate is used once its slopes are known this well: a quarter of the
+    /// correction the loop has at a start, so that the loop covers what the estimate misses.
+    pub const QUICK_TRUST: f64 = 250e-6;
 
     /// A packet whose stream position `pos` (frames, `rate` a second) arrived at `t` (s).
     pub fn on_stream(&mut self, t: f64, pos: f64, rate: f64) {
+        if self.quick_se.is_some() && self.quick_stream.observe(t, pos, rate) {
+            self.estimate_quick();
+        }
         if self.stream.observe(t, pos, rate) {
             self.estimate();
         }
@@ -42,36 +84,68 @@ impl SkewEstimator {
 
     /// The device had reached position `pos` (frames) at `t` (s).
     pub fn on_device(&mut self, t: f64, pos: f64, rate: f64) {
+        if self.quick_se.is_some() && self.quick_device.observe(t, pos, rate) {
+            self.estimate_quick();
+        }
         if self.device.observe(t, pos, rate) {
             self.estimate();
         }
     }
 
     fn estimate(&mut self) {
-        let (Some((s, se_s)), Some((d, se_d))) = (self.stream.slope(), self.device.slope()) else {
+        if let Some((skew, se, rates)) = ratio_of(&self.stream, &self.device) {
+            // The lines of seconds are long enough: the quick ones have done their part.
+            self.quick_se = None;
+            if se <= Self::TRUST {
+                self.skew = skew;
+                self.rates = rates;
+            }
+        }
+    }
+
+    fn estimate_quick(&mut self) {
+        let (Some(held), Some((skew, se, rates))) = (
+            self.quick_se,
+            ratio_of(&self.quick_stream, &self.quick_device),
+        ) else {
             return;
         };
-        if se_s.hypot(se_d) <= Self::TRUST {
-            // Slopes of `t − pos/rate`: a clock's rate is (1 − slope)·rate; the ratio that
-            // holds the latency still is the device's rate over the stream's.
-            let skew = (1.0 - d) / (1.0 - s) - 1.0;
-            self.skew = skew.clamp(-MAX_CORRECTION, MAX_CORRECTION);
+        // Only a skew the lines show beyond doubt (twice their error) moves the estimate from
+        // the none it starts with: clocks a few ppm apart (most are) keep none, not a quick
+        // line's noise.
+        if se <= Self::QUICK_TRUST && se <= held && skew.abs() > 2.0 * se {
+            self.skew = skew;
+            self.rates = rates;
+            self.quick_se = Some(se);
         }
     }
 
     /// The stream restarted or its positions jumped: its line starts afresh.
     pub fn restart_stream(&mut self) {
-        self.stream = ClockRate::default();
+        self.stream = ClockRate::new(1.0, Self::SPAN_SEC, true);
+        self.quick_stream = ClockRate::new(Self::QUICK_BIN_SEC, Self::QUICK_SPAN_SEC, false);
     }
 
     /// The device restarted: its line starts afresh.
     pub fn restart_device(&mut self) {
-        self.device = ClockRate::default();
+        self.device = ClockRate::new(1.0, Self::SPAN_SEC, true);
+        self.quick_device = ClockRate::new(Self::QUICK_BIN_SEC, Self::QUICK_SPAN_SEC, false);
     }
 
     /// The skew, ratio units (0 until learnt).
     pub fn skew(&self) -> f64 {
         self.skew
+    }
+
+    /// How fast the stream's clock runs against ours, as a factor of its nominal rate, as
+    /// the skew in force has it (1 until learnt).
+    pub fn stream_rate(&self) -> f64 {
+        self.rates.0
+    }
+
+    /// How fast the device's clock runs against ours, likewise.
+    pub fn device_rate(&self) -> f64 {
+        self.rates.1
     }
 
     /// Both lines for a trace: seconds seen, steps taken out (ms), slope and its standard
@@ -85,42 +159,78 @@ impl SkewEstimator {
     }
 }
 
-/// One clock's rate: a line through its earliest observation of each second.
-#[derive(Debug, Clone, Default)]
+/// The skew that holds the latency still between two clocks' lines, its standard error, and
+/// the two clocks' rates (factors of their nominal rate), once both slopes are known.
+fn ratio_of(stream: &ClockRate, device: &ClockRate) -> Option<(f64, f64, (f64, f64))> {
+    let ((s, se_s), (d, se_d)) = (stream.slope()?, device.slope()?);
+    // Slopes of `t − pos/rate`: a clock's rate is (1 − slope)·rate; the ratio that holds the
+    // latency still is the device's rate over the stream's.
+    let (rs, rd) = (1.0 - s, 1.0 - d);
+    let skew = (rd / rs - 1.0).clamp(-MAX_CORRECTION, MAX_CORRECTION);
+    Some((skew, se_s.hypot(se_d), (rs, rd)))
+}
+
+/// One clock's rate: a line through its earliest observation of each bin (a second, or a
+/// quick line's quarter).
+#[derive(Debug, Clone)]
 struct ClockRate {
+    /// The bins' length, seconds.
+    bin: f64,
+    /// The line is used once its bins cover this long, seconds.
+    span: f64,
+    /// Whether jumps beyond [`LINE_STEP_SEC`] are taken out as steps (the quick lines take
+    /// none: their bins' earliest observations jump that much through jitter alone, and
+    /// steps taken out would pin the points to any line).
+    take_steps: bool,
     /// The first observation (local seconds, position frames): the origin of both axes.
     origin: Option<(f64, f64)>,
-    /// The second being collected and its earliest `t − pos/rate` so far.
-    second: Option<(i64, f64, f64)>,
-    /// The last completed second: when its earliest observation came, and its value.
+    /// The bin being collected and its earliest `t − pos/rate` so far.
+    current: Option<(i64, f64, f64)>,
+    /// The last completed bin: when its earliest observation came, and its value.
     previous: Option<(f64, f64)>,
     fit: LineFit,
-    seconds: u32,
+    bins: u32,
     /// The steps taken out so far, seconds.
     steps: f64,
 }
 
 impl ClockRate {
-    /// Adds an observation; true when a second was completed (the line moved).
+    fn new(bin: f64, span: f64, take_steps: bool) -> ClockRate {
+        ClockRate {
+            bin,
+            span,
+            take_steps,
+            origin: None,
+            current: None,
+            previous: None,
+            fit: LineFit::default(),
+            bins: 0,
+            steps: 0.0,
+        }
+    }
+
+    /// Adds an observation; true when a bin was completed (the line moved).
     fn observe(&mut self, t: f64, pos: f64, rate: f64) -> bool {
         let (t0, p0) = *self.origin.get_or_insert((t, pos));
         let x = t - t0;
         let a = x - (pos - p0) / rate;
-        let sec = x.floor() as i64;
-        match self.second {
-            Some((s, at, min)) if s == sec => {
+        let bin = (x / self.bin).floor() as i64;
+        match self.current {
+            Some((s, at, min)) if s == bin => {
                 if a < min {
-                    self.second = Some((s, x, a));
+                    self.current = Some((s, x, a));
                 } else {
-                    self.second = Some((s, at, min));
+                    self.current = Some((s, at, min));
                 }
                 false
             }
             Some((_, at, min)) => {
-                // A step is a jump from one second to the next, against the line's slope; a
+                // A step is a jump from one bin to the next, against the line's slope; a
                 // line that is off drifts away from its points slowly and is mended by them,
                 // never mistaken for steps (which would pin the points to it).
-                if let (Some((p_at, p_min)), Some(slope)) = (self.previous, self.fit.slope()) {
+                if let (Some((p_at, p_min)), Some(slope), true) =
+                    (self.previous, self.fit.slope(), self.take_steps)
+                {
                     let jump = min - p_min - slope * (at - p_at);
                     if jump.abs() > LINE_STEP_SEC {
                         self.steps += jump;
@@ -129,12 +239,12 @@ impl ClockRate {
                 self.previous = Some((at, min));
                 let y = min - self.steps;
                 self.fit.push(at, y, SkewEstimator::MEMORY_SEC);
-                self.seconds += 1;
-                self.second = Some((sec, x, a));
+                self.bins += 1;
+                self.current = Some((bin, x, a));
                 true
             }
             None => {
-                self.second = Some((sec, x, a));
+                self.current = Some((bin, x, a));
                 false
             }
         }
@@ -144,7 +254,7 @@ impl ClockRate {
         let (slope, se) = self.fit.slope_and_error().unwrap_or((f64::NAN, f64::NAN));
         format!(
             "n={} steps={:.1}ms slope={:.1}ppm se={:.1}ppm",
-            self.seconds,
+            self.bins,
             self.steps * 1e3,
             slope * 1e6,
             se * 1e6
@@ -153,7 +263,7 @@ impl ClockRate {
 
     /// The slope of `t − pos/rate` and its standard error, once the line is long enough.
     fn slope(&self) -> Option<(f64, f64)> {
-        if f64::from(self.seconds) < SkewEstimator::SPAN_SEC {
+        if f64::from(self.bins) * self.bin < self.span {
             return None;
         }
         self.fit.slope_and_error()
@@ -274,6 +384,20 @@ mod tests {
         assert!((e.skew() - 0.002).abs() < 20e-6, "{}", e.skew());
         feed(&mut e, 10.0, 50.0, 0.002, &|_| 0.0);
         assert!((e.skew() - 0.002).abs() < 5e-6, "{}", e.skew());
+    }
+
+    /// At a start the quick lines give the skew within 250 ppm a second and a half in
+    /// (the lines of seconds would take 3 s); the lines of seconds then take over.
+    #[test]
+    fn a_start_learns_the_skew_within_two_seconds() {
+        for skew in [0.002, -0.002] {
+            let mut e = SkewEstimator::default();
+            feed(&mut e, 0.0, 1.5, skew, &|_| 0.0);
+            assert!((e.skew() - skew).abs() < 250e-6, "{} for {skew}", e.skew());
+            feed(&mut e, 1.5, 8.5, skew, &|_| 0.0);
+            assert!(e.quick_se.is_none());
+            assert!((e.skew() - skew).abs() < 20e-6, "{} for {skew}", e.skew());
+        }
     }
 
     /// A learnt skew, then the stream 20 ms late for a second (a stalled sender) and 3 ms
