@@ -141,6 +141,26 @@ pub fn render_to_render(
     window: Duration,
     writer_ms: u32,
 ) -> anyhow::Result<Vec<f64>> {
+    Ok(
+        render_to_render_and_play(sender, sink, receiver, rsink, clicks, window, writer_ms)?
+            .into_iter()
+            .map(|(r2r, _)| r2r)
+            .collect(),
+    )
+}
+
+/// As [`render_to_render`], each click with its render-to-play latency too (ms): to the
+/// receiving sink's clock playing it (render to render plus the receiving device's latency),
+/// what a sink's reported latency is compared with.
+pub fn render_to_render_and_play(
+    sender: &Daemon,
+    sink: &str,
+    receiver: &Daemon,
+    rsink: &str,
+    clicks: usize,
+    window: Duration,
+    writer_ms: u32,
+) -> anyhow::Result<Vec<(f64, f64)>> {
     let window = window.as_secs_f64();
     let spacing_blocks = ((window * 100.0) as usize + 10).max(50);
     let origin = Origin::now();
@@ -163,10 +183,10 @@ pub fn render_to_render(
         let hit = on_r.iter().find_map(|&fr| {
             let cr = rr.clock_time(fr, 1.0, block)?;
             let wr = rr.render_time(fr, 1.0, block)?;
-            (cr > cs && cr - cs < window).then_some(wr)
+            (cr > cs && cr - cs < window).then_some((wr, cr))
         });
-        if let (Some(wr), true) = (hit, ws >= steady_from) {
-            r2r.push((wr - ws) * 1000.0);
+        if let (Some((wr, cr)), true) = (hit, ws >= steady_from) {
+            r2r.push(((wr - ws) * 1000.0, (cr - ws) * 1000.0));
         }
     }
     Ok(r2r)

@@ -7,8 +7,8 @@
 //!     cargo run --release -p opus-tunnel-tests --bin bench
 //!
 //! Environment: `BENCH_ONLY=sessions,cpu,scale,quality,encryption` runs some sections only (the doc is
-//! then not written unless `BENCH_WRITE=1`); `BENCH_LOWLAT_TARGET` (ms) overrides the
-//! receiver's target of the low-latency setting; `BENCH_SCALE=1,8,32,64` the tunnel counts;
+//! then not written unless `BENCH_WRITE=1`); `BENCH_LOWLAT_TARGET` (ms) gives the receiver of
+//! the low-latency preset a fixed target (default: auto); `BENCH_SCALE=1,8,32,64` the tunnel counts;
 //! `BENCH_PYTHON` the Python with numpy, scipy and pesq (default: a venv in
 //! target/bench-venv, created when missing).
 
@@ -18,7 +18,9 @@ mod rig;
 
 use anyhow::{anyhow, bail, Context, Result};
 use latency::{click_latencies, median_p95};
+use opus_tunnel_tests::linkcheck::render_to_render_and_play;
 use opus_tunnel_tests::signal::music_loop;
+use opus_tunnel_tests::timed::sink_latency_usec;
 use opus_tunnel_tests::{
     free_port, play, play_loop, require_modules, write_s16le, Daemon, Player, Recorder,
 };
@@ -29,10 +31,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Default receiver target of the low-latency setting (ms). Tried with 5 ms frames and a 5 ms
-/// sink block on this machine: 10 → 55 ms median end to end, 15 → 44 ms, 20 → 41 ms, all
-/// without underruns; lower targets came out *higher*, so 20 it is.
-const LOWLAT_TARGET_MS: u32 = 20;
+/// The low-latency preset of the README: the tunnel sink's arguments (the receiver at its
+/// defaults: it sizes its buffer itself; `BENCH_LOWLAT_TARGET` gives it a fixed target).
+const LOWLAT_SENDER: &str =
+    "compression.frame_size=2.5 compression.opus.application=lowdelay latency_msec=2";
 /// Seconds measured with the tunnel up and nothing playing (wire rate, idle CPU).
 const IDLE: Duration = Duration::from_secs(10);
 /// Seconds of the music loop measured (wire rate, CPU).
@@ -126,6 +128,11 @@ struct Session {
     cpu_net: (f64, f64),
     cpu_idle_rate: (f64, f64),
     lat: Vec<f64>,
+    /// Render to render and render to play per steady click, ms (sender sink → receiver
+    /// sink, from timed recordings of both monitors).
+    r2r: Vec<(f64, f64)>,
+    /// The tunnel sink's reported latency (`pactl list sinks`), ms, read while the clicks play.
+    reported: Vec<f64>,
     underruns: f64,
     target_latency_ms: f64,
     notes: Vec<String>,
@@ -184,6 +191,37 @@ fn run_session(cfg: &Config) -> Result<Session> {
     let u0 = rig.underruns();
     s.lat = click_latencies(&rig.sender, "tun", &rig.receiver, CLICKS)?;
     sleep(1.2);
+    // Render to render, and the latency the tunnel sink reports meanwhile (ten readings 200 ms
+    // apart from the 4th second of the train on). The stock tunnel's latency is hundreds of ms
+    // and it renders a round trip's worth at a time: clicks further apart, a wider match,
+    // written through a 100 ms buffer (as the WAN table does).
+    let stock = cfg.kind == Kind::Stock;
+    let (r2r, reported) = std::thread::scope(|sc| {
+        let readings = sc.spawn(|| {
+            std::thread::sleep(Duration::from_secs(4));
+            let mut v = Vec::new();
+            for _ in 0..10 {
+                if let Ok((l, _)) = sink_latency_usec(&rig.sender, "tun") {
+                    v.push(l / 1000.0);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            v
+        });
+        let r2r = render_to_render_and_play(
+            &rig.sender,
+            "tun",
+            &rig.receiver,
+            "null",
+            if stock { 8 } else { 14 },
+            Duration::from_millis(if stock { 1500 } else { 400 }),
+            if stock { 100 } else { 10 },
+        );
+        (r2r, readings.join().unwrap_or_default())
+    });
+    s.r2r = r2r?;
+    s.reported = reported;
+    sleep(1.2);
     s.underruns += (rig.underruns() - u0).max(0.0);
     if cfg.kind == Kind::Ours {
         s.target_latency_ms = sink_inputs(&rig.receiver)
@@ -197,6 +235,15 @@ fn run_session(cfg: &Config) -> Result<Session> {
             .push(format!("{} of {CLICKS} clicks found", s.lat.len()));
     }
     let (med, p95) = median_p95(&s.lat);
+    let (rr, rp) = (
+        median_p95(&s.r2r.iter().map(|c| c.0).collect::<Vec<_>>()).0,
+        median_p95(&s.r2r.iter().map(|c| c.1).collect::<Vec<_>>()).0,
+    );
+    log(&format!(
+        "  render to render median {rr:.1} ms, render to play {rp:.1} ms over {} clicks; reported {:?} ms",
+        s.r2r.len(),
+        s.reported
+    ));
     log(&format!(
         "  latency median {med:.1} ms p95 {p95:.1} ms; music {:.1} kbit/s, idle {} B, silent stream {:.1} kbit/s; CPU/stream-s sender {:.4} receiver {:.4}; underruns {}",
         s.music_kbps, s.idle_bytes, s.silent_kbps, s.cpu_net.0, s.cpu_net.1, s.underruns
@@ -658,10 +705,9 @@ fn run() -> Result<()> {
         None => true,
         Some(o) => o.iter().any(|x| x == s),
     };
-    let lowlat_target: u32 = std::env::var("BENCH_LOWLAT_TARGET")
+    let lowlat_target: Option<u32> = std::env::var("BENCH_LOWLAT_TARGET")
         .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(LOWLAT_TARGET_MS);
+        .and_then(|v| v.parse().ok());
     let scale_ns: Vec<usize> = std::env::var("BENCH_SCALE")
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
@@ -671,11 +717,11 @@ fn run() -> Result<()> {
     std::fs::create_dir_all(&work)?;
     let floor_exe = floor_bin()?;
 
-    let lowlat_sender = "compression.frame_size=5 latency_msec=5";
-    let lowlat_receiver = format!("target_latency_msec={lowlat_target}");
+    let lowlat_receiver =
+        lowlat_target.map_or(String::new(), |t| format!("target_latency_msec={t}"));
     let configs = [
         Config::ours("ours opus, defaults", "", ""),
-        Config::ours("ours opus, low latency", lowlat_sender, &lowlat_receiver),
+        Config::ours("ours opus, low latency", LOWLAT_SENDER, &lowlat_receiver),
         Config::ours("ours compression=none", "compression=none", ""),
         Config::stock("stock tunnel"),
     ];
@@ -816,12 +862,18 @@ fn run() -> Result<()> {
                     row.opusenc = Some(o);
                     quality.push(row);
                 }
-                let cfg = Config::ours("opus lowlat", lowlat_sender, &lowlat_receiver);
+                let cfg = Config::ours("opus lowlat", LOWLAT_SENDER, &lowlat_receiver);
                 let tu = tunnel_score(&cfg)?;
-                let r = raw_score(&["bitrate=64000".into(), "frame_ms=5".into()], "64k-5ms")?;
-                let mut row =
-                    QualityRow::tunnel("opus 64 kbit/s, 5 ms (low-latency setting)", tu, Some(r));
-                row.opusenc = Some(py.opusenc(&speech, &work, 64_000, 5.0)?);
+                let r = raw_score(
+                    &["bitrate=64000".into(), "frame_ms=2.5".into()],
+                    "64k-2.5ms",
+                )?;
+                let mut row = QualityRow::tunnel(
+                    "opus 64 kbit/s, 2.5 ms lowdelay (low-latency preset; raw libopus and opusenc: 2.5 ms, audio application)",
+                    tu,
+                    Some(r),
+                );
+                row.opusenc = Some(py.opusenc(&speech, &work, 64_000, 2.5)?);
                 quality.push(row);
                 let cfg = Config::ours("none", "compression=none", "");
                 quality.push(QualityRow::tunnel(
@@ -882,7 +934,7 @@ fn run() -> Result<()> {
         quality_err,
         raw_extra: &raw_extra,
         encryption: &encryption,
-        lowlat_target,
+        lowlat_receiver: lowlat_receiver.clone(),
         total,
         load_start,
         load_end,
