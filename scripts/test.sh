@@ -47,6 +47,9 @@ cargo test --release -p opus-tunnel-tests --test playout p2 -- --test-threads=1
 # p1 with its goals: click trains right after load-module, after 8 s of silence and after a
 # reconnect arrive complete, each train's first click within the steady latency + 20 ms.
 OPUS_TUNNEL_PLAYOUT_V2=1 cargo test --release -p opus-tunnel-tests --test playout p1 -- --test-threads=1
+# p4: starts after idle on a receiving sink nothing reads (it renders 2 s ahead while our stream
+# is quiet): no underrun, a target of tens of ms (~22 s).
+cargo test --release -p opus-tunnel-tests --test playout p4 -- --test-threads=1
 # Issue 17's regression test, short form: 7 s of speech at the defaults within 0.15 PESQ-WB of
 # opusenc/opusdec, and the music-like signal within 0.15 ViSQOL, no dropout (installs espeak-ng,
 # opus-tools and the scorers: scripts/quality.sh --setup). The 16 s forms run by hand.

@@ -14,6 +14,8 @@
 //!
 //! How times are measured is in `opus_tunnel_tests::timed`.
 use opus_tunnel_tests::daemon::tunnel_logs;
+use opus_tunnel_tests::linkcheck::stream_props;
+use opus_tunnel_tests::signal::{play_loop, tone_loop};
 use opus_tunnel_tests::timed::{play_train, sink_latency_usec, Origin, Recording, TimedRecorder};
 use opus_tunnel_tests::{
     begin, begin_tunnel, channel, dominant_frequency, free_port, rms_dbfs, CountingProxy, Daemon,
@@ -531,4 +533,54 @@ fn p3_render_to_render_latency_and_the_reported_latency() {
     } else {
         println!("(goals not asserted: set OPUS_TUNNEL_PLAYOUT_V2=1)");
     }
+}
+
+/// A start after idle on a sink nothing reads (a receiver's null sink with no monitor reader,
+/// as a sound card with no other stream: it renders up to its longest block, 2 s, ahead while
+/// our stream is quiet): audio played 8 s after `load-module`, and again after 8 s of silence,
+/// plays with no underrun and a target of tens of ms. (The stream resumed by uncorking first:
+/// the sink rewound and re-rendered its whole 2 s block from a stream that had a few ms, 12
+/// underruns at each start, a target of 193 ms and the latency up to 1 s for seconds.)
+#[test]
+fn p4_starts_after_idle_on_a_sink_nothing_reads() {
+    let Some(_g) = begin_tunnel("p4") else {
+        return;
+    };
+    let port = free_port();
+    let receiver = Daemon::receiver("p4-rx", port, "auth-anonymous=1");
+    let sender = Daemon::named("p4-tx");
+    sender.load_tunnel("tun", port, "");
+    let mut failures = Vec::new();
+    let mut under = 0;
+    for start in ["8 s after load-module", "after 8 s of silence"] {
+        std::thread::sleep(Duration::from_secs(8));
+        let player = play_loop(&sender, "tun", tone_loop(440.0, 440.0, -12.0));
+        std::thread::sleep(Duration::from_secs(3));
+        let p = stream_props(&receiver);
+        drop(player);
+        let (u, target, latency) = (
+            num(&p, "opus.tunnel.underruns"),
+            num(&p, "opus.tunnel.target_latency_usec") as f64 / 1000.0,
+            num(&p, "opus.tunnel.latency_usec") as f64 / 1000.0,
+        );
+        println!(
+            "{start}: underruns {u} (+{}), target {target:.1} ms, latency {latency:.1} ms",
+            u.saturating_sub(under)
+        );
+        if u != under {
+            failures.push(format!("{start}: {} underruns", u.saturating_sub(under)));
+        }
+        if target > 100.0 || latency > 100.0 {
+            failures.push(format!(
+                "{start}: target {target:.1} ms, latency {latency:.1} ms 3 s in"
+            ));
+        }
+        under = u;
+    }
+    assert!(
+        failures.is_empty(),
+        "{}{}",
+        failures.join("\n"),
+        tunnel_logs(&sender, &receiver)
+    );
 }

@@ -99,6 +99,10 @@ unsafe extern "C" fn process_rewind_cb(_i: *mut sys::pa_sink_input, _nbytes: usi
     // Live audio: what was handed out stays handed out; the sink replays its own history.
 }
 
+/// Our own message to the sink input on the sink's IO thread (data: the latency to ask, µs):
+/// the first half of a resume, see [`SinkInputKind::set_quiet`].
+const MESSAGE_PREPARE_RESUME: libc::c_int = sys::PA_SINK_INPUT_MESSAGE_MAX as libc::c_int + 1;
+
 unsafe extern "C" fn si_process_msg(
     o: *mut sys::pa_msgobject,
     code: libc::c_int,
@@ -107,6 +111,17 @@ unsafe extern "C" fn si_process_msg(
     chunk: *mut sys::pa_memchunk,
 ) -> libc::c_int {
     let i = o as *mut sys::pa_sink_input;
+    if code == MESSAGE_PREPARE_RESUME {
+        let sink = (*i).sink;
+        if !sink.is_null() && !data.is_null() {
+            // Both in one message, before the sink renders again: the rewind is sized now,
+            // while it still reaches back over the long block; the latency then shrinks the
+            // block it renders next.
+            sys::pa_sink_request_rewind(sink, usize::MAX);
+            sys::pa_sink_input_set_requested_latency_within_thread(i, *(data as *const u64));
+        }
+        return 0;
+    }
     let st = (*i).userdata as *mut SiState;
     if code == sys::PA_SINK_INPUT_MESSAGE_GET_LATENCY as libc::c_int && !st.is_null() {
         let q = crate::catch("stream latency", || (*st).io.queued_usec()).unwrap_or(0);
@@ -166,9 +181,25 @@ impl Kind for SinkInputKind {
             sys::pa_sink_input_set_requested_latency(si, u64::MAX);
             sys::pa_sink_input_cork(si, true);
         } else {
-            // Uncork first: the sink rewinds what it rendered ahead in its long blocks (the
-            // rewind reaches that far only while those blocks are still its size), so the
-            // stream is heard at once; then the short latency again.
+            // An idle sink has rendered up to its longest block ahead (2 s for a null sink
+            // nothing reads). The stream must be heard at once, and the sink must not take a
+            // whole long block from it when it does (a stream that has a few ms: the rest was
+            // silence and a dozen underruns). So, on the sink's IO thread in one message, a
+            // rewind of all it rendered ahead (sized while its rewind still reaches that far)
+            // and the short latency (its next block is short); then the uncork, whose own
+            // rewind is one short block. (Uncorking first, the sink rewound and re-rendered its
+            // whole long block before the short latency reached it.)
+            let sink = (*si).sink;
+            if !sink.is_null() && !(*sink).asyncmsgq.is_null() {
+                sys::pa_asyncmsgq_send(
+                    (*sink).asyncmsgq,
+                    si as *mut sys::pa_msgobject,
+                    MESSAGE_PREPARE_RESUME,
+                    &latency_usec as *const u64 as *const libc::c_void,
+                    0,
+                    std::ptr::null(),
+                );
+            }
             sys::pa_sink_input_cork(si, false);
             sys::pa_sink_input_set_requested_latency(si, latency_usec);
         }

@@ -448,9 +448,15 @@ impl Controller {
         match self.phase {
             Phase::Idle => return plan,
             Phase::Buffering => {
-                if !self.device.started() || self.fifo == 0 {
+                let device_pulling = self
+                    .device
+                    .last_seen()
+                    .is_some_and(|last| t - last <= DEVICE_GAP_SEC);
+                if !device_pulling || self.fifo == 0 {
                     // Waiting for the device to pull (PulseAudio's idle null sink renders 2 s
-                    // ahead, so it first pulls a new stream up to 2 s later): the audio that
+                    // ahead, so it first pulls a new stream up to 2 s later; a device last
+                    // seen before a pause is not pulling: a start on its old line came one
+                    // pull short): the audio that
                     // waits beyond the target is the oldest and goes, as audio played while the
                     // link is down does; playout starts at the target when the device comes.
                     let over = ((lat - target).max(0.0) as u64).min(self.fifo);
