@@ -369,15 +369,20 @@ impl Controller {
         (self.ext_dev.0.round() as u64, self.ext_dev.1.round() as u64)
     }
 
+    /// Whether the device has pulled within [`DEVICE_GAP_SEC`] of `t` (its line is current).
+    fn device_pulling(&self, t: f64) -> bool {
+        self.device
+            .last_seen()
+            .is_some_and(|last| t - last <= DEVICE_GAP_SEC)
+    }
+
     /// Frames the device has taken out of the ring by time `t`, as its line says (its pulls
     /// come in periods; the line is where its earliest pulls put it).
     fn popped_at(&self, t: f64) -> f64 {
-        let fresh = self
-            .device
-            .last_seen()
-            .is_some_and(|last| t - last <= DEVICE_GAP_SEC);
         match self.device.position_at(t) {
-            Some(c) if fresh => (c - self.missing as f64).max(self.consumed as f64),
+            Some(c) if self.device_pulling(t) => {
+                (c - self.missing as f64).max(self.consumed as f64)
+            }
             _ => self.consumed as f64,
         }
     }
@@ -448,11 +453,7 @@ impl Controller {
         match self.phase {
             Phase::Idle => return plan,
             Phase::Buffering => {
-                let device_pulling = self
-                    .device
-                    .last_seen()
-                    .is_some_and(|last| t - last <= DEVICE_GAP_SEC);
-                if !device_pulling || self.fifo == 0 {
+                if !self.device_pulling(t) || self.fifo == 0 {
                     // Waiting for the device to pull (PulseAudio's idle null sink renders 2 s
                     // ahead, so it first pulls a new stream up to 2 s later; a device last
                     // seen before a pause is not pulling: a start on its old line came one
