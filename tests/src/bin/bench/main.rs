@@ -138,6 +138,14 @@ struct Session {
     notes: Vec<String>,
 }
 
+impl Session {
+    /// Medians of render to render and render to play, ms (NaN without clicks).
+    fn r2r_medians(&self) -> (f64, f64) {
+        let col = |f: fn(&(f64, f64)) -> f64| self.r2r.iter().map(f).collect::<Vec<_>>();
+        (median_p95(&col(|c| c.0)).0, median_p95(&col(|c| c.1)).0)
+    }
+}
+
 fn opus_cpu_phases(rig: &Rig, s: &mut Session, with_idle_bytes: bool) -> Result<()> {
     // Idle: nothing plays. module-suspend-on-idle suspends the sinks after 5 s.
     sleep(6.0);
@@ -235,10 +243,7 @@ fn run_session(cfg: &Config) -> Result<Session> {
             .push(format!("{} of {CLICKS} clicks found", s.lat.len()));
     }
     let (med, p95) = median_p95(&s.lat);
-    let (rr, rp) = (
-        median_p95(&s.r2r.iter().map(|c| c.0).collect::<Vec<_>>()).0,
-        median_p95(&s.r2r.iter().map(|c| c.1).collect::<Vec<_>>()).0,
-    );
+    let (rr, rp) = s.r2r_medians();
     log(&format!(
         "  render to render median {rr:.1} ms, render to play {rp:.1} ms over {} clicks; reported {:?} ms",
         s.r2r.len(),

@@ -120,13 +120,7 @@ pub(crate) fn report(r: &Report) -> String {
         let _ = writeln!(d, "| setting | render to render, median ms | render to play, median ms | clicks matched | reported latency, mean (min–max) ms | reported − render to play, ms |");
         let _ = writeln!(d, "|---|---:|---:|---:|---:|---:|");
         for s in r.sessions {
-            let col = |i: usize| -> Vec<f64> {
-                s.r2r
-                    .iter()
-                    .map(|c| if i == 0 { c.0 } else { c.1 })
-                    .collect()
-            };
-            let (rr, rp) = (median_p95(&col(0)).0, median_p95(&col(1)).0);
+            let (rr, rp) = s.r2r_medians();
             let n = s.reported.len().max(1) as f64;
             let mean = s.reported.iter().sum::<f64>() / n;
             let lo = s.reported.iter().copied().fold(f64::INFINITY, f64::min);
@@ -425,7 +419,7 @@ fn defaults_section(r: &Report) -> String {
     let r2r = |i: usize| {
         r.sessions
             .get(i)
-            .map(|s| median_p95(&s.r2r.iter().map(|c| c.0).collect::<Vec<_>>()).0)
+            .map(|s| s.r2r_medians().0)
             .unwrap_or(f64::NAN)
     };
     let cpu = |c: u8| {
