@@ -158,6 +158,8 @@ struct Device {
     last: f32,
     max_step: f32,
     out: Vec<f32>,
+    /// Everything played.
+    played: Vec<f32>,
 }
 
 impl Device {
@@ -166,6 +168,7 @@ impl Device {
         let take = self.ring.len().min(480);
         for _ in 0..take {
             let s = self.ring.pop_front().unwrap_or(0.0);
+            self.played.push(s);
             if self.consumed > 0 {
                 self.max_step = self.max_step.max((s - self.last).abs());
             }
@@ -265,6 +268,77 @@ fn trims_only_in_silence() {
     assert!(
         st.latency_usec < st.target_usec + 3_000,
         "latency {} µs not down to the target {} µs",
+        st.latency_usec,
+        st.target_usec
+    );
+}
+
+/// A target that rises without a loss (one packet 6 ms later than the rest) is met by silence
+/// inserted in a pause, not in the quiet tail of a sound: 2.5 ms blocks 55 dB down count as
+/// silence for a peak test at −50 dBFS, and an insertion there (a hole in the tail of a word)
+/// cost PESQ-WB 0.09 on speech through `compression=none`.
+#[test]
+fn a_rising_target_is_met_in_a_pause_not_in_a_quiet_tail() {
+    // 400 ms cycles: 200 ms of a 440 Hz tone, 100 ms of a 1 kHz tail at −55 dBFS peak, 100 ms
+    // of silence.
+    let tail = 10f32.powf(-55.0 / 20.0);
+    let signal = |i: usize| match (i % 19_200) / 4_800 {
+        0 | 1 => sine(440.0, i),
+        2 => tail / 0.3 * sine(1000.0, i),
+        _ => 0.0,
+    };
+    let mut p = engine(1);
+    let pkt = 480usize;
+    let mut dev = Device::default();
+    let mut t_us = 1_000_000u64;
+    let mut inserted_at_start = None;
+    for step in 0..600u64 {
+        t_us += 10_000;
+        let n = step as usize * pkt;
+        let pcm: Vec<f32> = (n..n + pkt).map(signal).collect();
+        dev.pull(&mut p, t_us);
+        // Packet 300 comes 6 ms after its time.
+        let at = if step == 300 { t_us + 6_000 } else { t_us };
+        if step == 300 {
+            dev.fill(&mut p, t_us);
+        }
+        p.on_packet(at, n as u32, &pcm);
+        dev.fill(&mut p, at);
+        if step == 200 {
+            inserted_at_start = Some(p.stats().inserted_frames);
+        }
+    }
+    let st = p.stats();
+    let inserted = st.inserted_frames - inserted_at_start.unwrap_or(0);
+    // Blocks of 2.5 ms: tail level (−62..−50 dBFS RMS; the tail is at −58) and silence
+    // (under −70 dBFS).
+    let db = |b: &[f32]| {
+        10.0 * (b.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / b.len() as f64 + 1e-20)
+            .log10()
+    };
+    let levels: Vec<f64> = dev.played.chunks_exact(120).map(db).collect();
+    let is_tail = |l: f64| (-62.0..-50.0).contains(&l);
+    // The signal has no silence right before its tail: a silent block followed by two of
+    // the tail is silence inserted there.
+    let holes: Vec<usize> = (0..levels.len().saturating_sub(2))
+        .filter(|&k| levels[k] < -70.0 && is_tail(levels[k + 1]) && is_tail(levels[k + 2]))
+        .collect();
+    println!(
+        "rising target: {st:?}; inserted after the start {inserted} frames; holes in the tail at blocks {holes:?}"
+    );
+    assert_eq!(st.concealments, 0, "{st:?}");
+    assert_eq!(st.underruns, 0, "{st:?}");
+    assert!(
+        inserted >= 200,
+        "the rise was not met: {inserted} frames inserted"
+    );
+    assert!(
+        holes.is_empty(),
+        "silence inserted into the tail at blocks {holes:?}"
+    );
+    assert!(
+        st.latency_usec + 1_000 > st.target_usec,
+        "latency {} µs short of the target {} µs",
         st.latency_usec,
         st.target_usec
     );

@@ -13,7 +13,8 @@
 //! correction beyond the skew) to `DIR/NAME.csv` for `scripts/playout_plots.py`.
 
 use opus_tunnel_core::playout::{
-    Controller, Plan, PlayoutConfig, PlayoutState, Target, CORRECTION, START_CORRECTION, START_SEC,
+    Controller, Plan, PlayoutConfig, PlayoutState, Target, CORRECTION, PAUSE_SEC, START_CORRECTION,
+    START_SEC,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -253,6 +254,12 @@ fn silent(s: &Scenario, pos: f64) -> bool {
     s.pause_every > 0.0 && (pos / f64::from(RATE)) % s.pause_every < s.pause_len
 }
 
+/// Whether the block at `pos` is in a pause the engine trims in: silent, and so was the audio
+/// [`PAUSE_SEC`] before it (the scenario's pauses are unbroken).
+fn in_pause(s: &Scenario, pos: f64) -> bool {
+    silent(s, pos) && silent(s, pos - PAUSE_SEC * f64::from(RATE))
+}
+
 /// The audio part: executes a plan with the counting resampler.
 fn execute(ctl: &mut Controller, s: &Scenario, plan: Plan, phase: &mut f64) {
     let _ = plan.drop_frames;
@@ -265,7 +272,7 @@ fn execute(ctl: &mut Controller, s: &Scenario, plan: Plan, phase: &mut f64) {
             let mut n = 0;
             while n * block < want
                 && (n + 1) * block <= fifo
-                && silent(s, head + (n * block) as f64)
+                && in_pause(s, head + (n * block) as f64)
                 && silent(s, head + ((n + 1) * block) as f64 - 1.0)
             {
                 n += 1;
@@ -276,7 +283,7 @@ fn execute(ctl: &mut Controller, s: &Scenario, plan: Plan, phase: &mut f64) {
                 let lag = period_lag(s, plan.trim_frames as u64, fifo);
                 ctl.on_trimmed(lag, 0);
             }
-        } else if fifo >= block && silent(s, head) && silent(s, head + block as f64 - 1.0) {
+        } else if fifo >= block && in_pause(s, head) && silent(s, head + block as f64 - 1.0) {
             ctl.on_trimmed(0, (-plan.trim_frames) as u64);
         } else if plan.reshape {
             let lag = period_lag(s, (-plan.trim_frames) as u64, fifo);

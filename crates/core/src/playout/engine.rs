@@ -37,6 +37,11 @@ pub struct Playout {
     outbuf: Vec<Vec<f32>>,
     last_ts: Option<u32>,
     ext: i64,
+    /// Frames of silence played in a row just before the FIFO's head (a pause is silence
+    /// after [`PAUSE_SEC`] of it).
+    silent_run: usize,
+    /// [`PAUSE_SEC`] in frames.
+    pause_frames: usize,
 }
 
 impl std::fmt::Debug for Playout {
@@ -78,6 +83,8 @@ impl Playout {
             outbuf,
             last_ts: None,
             ext: 0,
+            silent_run: 0,
+            pause_frames: (PAUSE_SEC * f64::from(cfg.rate)).round() as usize,
         })
     }
 
@@ -172,6 +179,7 @@ impl Playout {
         if self.ctl.external_resampler() {
             // Whoever plays the ring resamples: pass the audio through.
             let n = left.min(self.fifo.len() / ch);
+            self.note_played(n);
             out.extend(self.fifo.drain(..n * ch));
             self.ctl.on_produced(n as u64, n as u64);
             return;
@@ -180,6 +188,7 @@ impl Playout {
             let _ = self.resampler.set_resample_ratio(1.0, true);
         }
         while left >= self.chunk && self.fifo.len() >= self.chunk * ch {
+            self.note_played(self.chunk);
             let mut it = self.fifo.drain(..self.chunk * ch);
             for i in 0..self.chunk {
                 for buf in self.inbuf.iter_mut() {
@@ -220,10 +229,16 @@ impl Playout {
         };
         let have = self.fifo.len() / ch;
         let want = frames.unsigned_abs() as usize;
+        // Silence is trimmed only in a pause: once it has lasted PAUSE_SEC.
+        let pause = self.silent_run >= self.pause_frames;
         if frames > 0 {
             // Drop from the silent blocks at the head, as much as asked.
             let mut n = 0;
-            while n * block < want && (n + 1) * block <= have && silent(&self.fifo, n * block) {
+            while pause
+                && n * block < want
+                && (n + 1) * block <= have
+                && silent(&self.fifo, n * block)
+            {
                 n += 1;
             }
             if n > 0 {
@@ -245,7 +260,7 @@ impl Playout {
             }
         } else {
             // Stretch a silent head with silence, or else repeat one period.
-            if have >= block && silent(&self.fifo, 0) {
+            if pause && have >= block && silent(&self.fifo, 0) {
                 for _ in 0..want * ch {
                     self.fifo.push_front(0.0);
                 }
@@ -264,6 +279,14 @@ impl Playout {
         }
     }
 
+    /// The next `frames` frames of the FIFO are about to be played: counts the silence.
+    fn note_played(&mut self, frames: usize) {
+        let ch = self.channels;
+        let n = frames.min(self.fifo.len() / ch);
+        let silent = self.fifo.range(..n * ch).all(|v| v.abs() <= SILENCE_PEAK);
+        self.silent_run = if silent { self.silent_run + n } else { 0 };
+    }
+
     /// Forgets the stream (new stream, reconnect, pause): empties the FIFO and the resampler
     /// and goes back to buffering. The caller must also empty or recreate its ring (the
     /// device counters then restart from zero, which the engine notices).
@@ -272,6 +295,7 @@ impl Playout {
         self.fifo.clear();
         self.resampler.reset();
         self.last_ts = None;
+        self.silent_run = 0;
     }
 
     /// Statistics.
