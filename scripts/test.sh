@@ -50,6 +50,9 @@ OPUS_TUNNEL_PLAYOUT_V2=1 cargo test --release -p opus-tunnel-tests --test playou
 # p4: starts after idle on a receiving sink nothing reads (it renders 2 s ahead while our stream
 # is quiet): no underrun, a target of tens of ms (~22 s).
 cargo test --release -p opus-tunnel-tests --test playout p4 -- --test-threads=1
+# p5: a stream that stops mid-frame leaves the receiver's target where it was (its last frame
+# is sent in time; sent early it raised the target 9-13 ms at every stop) (~19 s).
+cargo test --release -p opus-tunnel-tests --test playout p5 -- --test-threads=1
 # Issue 17's regression test, short form: 7 s of speech at the defaults within 0.15 PESQ-WB of
 # opusenc/opusdec, and the music-like signal within 0.15 ViSQOL, no dropout (installs espeak-ng,
 # opus-tools and the scorers: scripts/quality.sh --setup). The 16 s forms run by hand.

@@ -90,6 +90,7 @@ pub(crate) fn decode_path(
         ssrc: None,
         payload_type: codec::payload_type(compression),
         trace: std::env::var_os("OPUS_TUNNEL_TRACE").is_some(),
+        traced_arrivals: 0,
         upstream: None,
         up_running: None,
         up_gen: 0,
@@ -163,6 +164,8 @@ pub(crate) struct Receive {
     pub(crate) payload_type: u8,
     /// `OPUS_TUNNEL_TRACE` set in the daemon's environment: log the engine's state 10×/s.
     trace: bool,
+    /// Packets whose arrival the trace logged since the engine (re)started.
+    traced_arrivals: u32,
     /// The desktop end of a record tunnel tells the far end when to record and how.
     pub(crate) upstream: Option<Arc<Upstream>>,
     up_running: Option<bool>,
@@ -616,6 +619,7 @@ impl Receive {
         self.playout.reset();
         self.out.clear();
         self.base = self.last;
+        self.traced_arrivals = 0;
     }
 
     /// Moves produced audio into the ring, as much as fits; the rest waits in `out` (it is
@@ -1003,6 +1007,17 @@ impl Receive {
             if !self.pcm.is_empty() {
                 let now = self.conn.now_usec();
                 self.playout.on_audio(now, arrived, ts, &self.pcm);
+                if self.trace && self.traced_arrivals < 40 {
+                    // A start's first packets: when each came, and the target after it.
+                    self.traced_arrivals += 1;
+                    let st = self.playout.stats();
+                    log::info!(
+                        "trace arrival ts={ts} arrived={arrived:?} now={now} frames={} target_usec={} state={:?}",
+                        self.pcm.len() / usize::from(self.conn.channels.max(1)),
+                        st.target_usec,
+                        st.state
+                    );
+                }
             }
         }
         self.tick()

@@ -605,6 +605,8 @@ impl Worker {
 
     fn stream_loop(&mut self, conn: &mut Conn, rx: &mpsc::Receiver<Incoming>) -> Ended {
         let mut sending = false;
+        // While sending, when the last audio was taken (a stopped stream's last frame waits
+        // for its padding's time from there).
         let mut last_sent = Instant::now();
         let mut last_heard = Instant::now();
         self.discard_ring();
@@ -642,8 +644,8 @@ impl Worker {
                 }
                 self.check_udp();
                 last_sent = Instant::now();
-            } else if sending && !running {
-                // The last stream stopped: flush, tell the receiver, and go quiet.
+            } else if sending && !running && last_sent.elapsed() >= self.partial_pad() {
+                // The last stream stopped: flush (in time), tell the receiver, and go quiet.
                 if let Err(e) = self.flush_partial(conn) {
                     return Ended::Lost(e);
                 }
@@ -676,7 +678,11 @@ impl Worker {
             }
             // Idle, the worker sleeps until the next keepalive is due; audio, a knob change,
             // a stop or a lost link wakes it sooner.
-            let wait = if sending {
+            let wait = if sending && !running {
+                self.partial_pad()
+                    .saturating_sub(last_sent.elapsed())
+                    .clamp(Duration::from_micros(200), Duration::from_millis(20))
+            } else if sending {
                 Duration::from_millis(20)
             } else {
                 KEEPALIVE
@@ -877,7 +883,28 @@ impl Worker {
         Ok(())
     }
 
-    /// Pads what is left of a frame with silence and sends it (end of a stream).
+    /// How long the silence that [`flush_partial`](Self::flush_partial) pads the last frame
+    /// with lasts. A stream's last frame is sent once that long has passed since its last
+    /// audio was taken:
+    /// sent at once, it came early by that much, the receiver's line of earliest arrivals
+    /// moved to it and every packet before it counted that much late (up to a frame: its
+    /// target rose 9–13 ms at each stop, and kept that for the 10 s its window remembers).
+    pub(crate) fn partial_pad(&self) -> Duration {
+        let ch = usize::from(self.cfg.fmt.channels.max(1));
+        if self.pcm.is_empty() {
+            return Duration::ZERO;
+        }
+        let per_frame = self
+            .encoder
+            .as_ref()
+            .map(|e| e.frame_samples())
+            .unwrap_or(960);
+        let pad = per_frame.saturating_sub(self.pcm.len() / ch) as u64;
+        Duration::from_micros(pad * 1_000_000 / u64::from(self.cfg.fmt.rate.max(1)))
+    }
+
+    /// Pads what is left of a frame with silence and sends it (end of a stream; see
+    /// [`partial_pad`](Self::partial_pad) for when).
     pub(crate) fn flush_partial(&mut self, conn: &mut impl PacketOut) -> Result<(), String> {
         if self.pcm.is_empty() {
             return Ok(());

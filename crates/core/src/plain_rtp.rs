@@ -330,6 +330,9 @@ fn send_loop(w: &mut Worker, out: &mut UdpOut, mut retuned: impl FnMut(OpusKnobs
     let shared = w.shared.clone();
     let mut sending = false;
     let mut paused_at: Option<Instant> = None;
+    // When the last audio was taken (a stopped stream's last frame waits for its padding's
+    // time from there).
+    let mut last_audio = Instant::now();
     shared.stats.set_state(TunnelState::Idle);
     loop {
         if shared.stopped() {
@@ -348,6 +351,7 @@ fn send_loop(w: &mut Worker, out: &mut UdpOut, mut retuned: impl FnMut(OpusKnobs
                     w.rtp.skip(ticks as u32);
                 }
             }
+            last_audio = Instant::now();
             if let Err(e) = w.pump(out) {
                 log::error!("{}: {e}; audio dropped for a second", w.cfg.name);
                 w.reset_encoder();
@@ -356,8 +360,8 @@ fn send_loop(w: &mut Worker, out: &mut UdpOut, mut retuned: impl FnMut(OpusKnobs
                 }
                 continue;
             }
-        } else if sending && !running {
-            // The last stream stopped: send what is left of the frame, then nothing.
+        } else if sending && !running && last_audio.elapsed() >= w.partial_pad() {
+            // The last stream stopped: send what is left of the frame (in time), then nothing.
             if let Err(e) = w.flush_partial(out) {
                 log::warn!("{}: {e}", w.cfg.name);
                 w.reset_encoder();
@@ -367,7 +371,11 @@ fn send_loop(w: &mut Worker, out: &mut UdpOut, mut retuned: impl FnMut(OpusKnobs
             shared.stats.set_state(TunnelState::Idle);
         }
         if !w.has_audio() {
-            thread::park_timeout(if sending {
+            thread::park_timeout(if sending && !running {
+                w.partial_pad()
+                    .saturating_sub(last_audio.elapsed())
+                    .clamp(Duration::from_micros(200), Duration::from_millis(20))
+            } else if sending {
                 Duration::from_millis(20)
             } else {
                 Duration::from_secs(1)
