@@ -644,7 +644,7 @@ impl Worker {
                 }
                 self.check_udp();
                 last_sent = Instant::now();
-            } else if sending && !running && last_sent.elapsed() >= self.partial_pad() {
+            } else if sending && !running && self.last_frame_wait(last_sent).is_none() {
                 // The last stream stopped: flush (in time), tell the receiver, and go quiet.
                 if let Err(e) = self.flush_partial(conn) {
                     return Ended::Lost(e);
@@ -679,9 +679,8 @@ impl Worker {
             // Idle, the worker sleeps until the next keepalive is due; audio, a knob change,
             // a stop or a lost link wakes it sooner.
             let wait = if sending && !running {
-                self.partial_pad()
-                    .saturating_sub(last_sent.elapsed())
-                    .clamp(Duration::from_micros(200), Duration::from_millis(20))
+                self.last_frame_wait(last_sent)
+                    .unwrap_or(Duration::from_micros(200))
             } else if sending {
                 Duration::from_millis(20)
             } else {
@@ -843,11 +842,7 @@ impl Worker {
         let frame_bytes = bps * ch;
         // Keep the queue short: after a stall, older audio is dropped rather than delaying
         // everything that follows (at most ~3 blocks + one codec frame are kept).
-        let frame_samples = self
-            .encoder
-            .as_ref()
-            .map(|e| e.frame_samples())
-            .unwrap_or(960);
+        let frame_samples = self.frame_samples();
         let keep = (self.cfg.fmt.rate as u64 * (3 * self.cfg.block_usec) / 1_000_000) as usize
             + frame_samples;
         let avail = self.ring.slots() / frame_bytes;
@@ -889,18 +884,29 @@ impl Worker {
     /// sent at once, it came early by that much, the receiver's line of earliest arrivals
     /// moved to it and every packet before it counted that much late (up to a frame: its
     /// target rose 9–13 ms at each stop, and kept that for the 10 s its window remembers).
-    pub(crate) fn partial_pad(&self) -> Duration {
+    fn partial_pad(&self) -> Duration {
         let ch = usize::from(self.cfg.fmt.channels.max(1));
         if self.pcm.is_empty() {
             return Duration::ZERO;
         }
-        let per_frame = self
-            .encoder
+        let pad = self.frame_samples().saturating_sub(self.pcm.len() / ch) as u64;
+        Duration::from_micros(pad * 1_000_000 / u64::from(self.cfg.fmt.rate.max(1)))
+    }
+
+    /// After the last stream stopped, `last_audio` being when its last audio was taken:
+    /// `None` once its last, padded frame is due ([`partial_pad`](Self::partial_pad)), else
+    /// how long to sleep before looking again (0.2–20 ms).
+    pub(crate) fn last_frame_wait(&self, last_audio: Instant) -> Option<Duration> {
+        let left = self.partial_pad().saturating_sub(last_audio.elapsed());
+        (!left.is_zero()).then(|| left.clamp(Duration::from_micros(200), Duration::from_millis(20)))
+    }
+
+    /// Samples per channel in a frame of the encoder (20 ms until it exists).
+    fn frame_samples(&self) -> usize {
+        self.encoder
             .as_ref()
             .map(|e| e.frame_samples())
-            .unwrap_or(960);
-        let pad = per_frame.saturating_sub(self.pcm.len() / ch) as u64;
-        Duration::from_micros(pad * 1_000_000 / u64::from(self.cfg.fmt.rate.max(1)))
+            .unwrap_or(960)
     }
 
     /// Pads what is left of a frame with silence and sends it (end of a stream; see
@@ -911,12 +917,7 @@ impl Worker {
         }
         self.ensure_encoder()?;
         let ch = usize::from(self.cfg.fmt.channels);
-        let per_frame = self
-            .encoder
-            .as_ref()
-            .map(|e| e.frame_samples())
-            .unwrap_or(960)
-            * ch;
+        let per_frame = self.frame_samples() * ch;
         self.pcm.resize(per_frame, 0.0);
         self.encode_send(conn, 0, per_frame)?;
         self.pcm.clear();

@@ -360,7 +360,7 @@ fn send_loop(w: &mut Worker, out: &mut UdpOut, mut retuned: impl FnMut(OpusKnobs
                 }
                 continue;
             }
-        } else if sending && !running && last_audio.elapsed() >= w.partial_pad() {
+        } else if sending && !running && w.last_frame_wait(last_audio).is_none() {
             // The last stream stopped: send what is left of the frame (in time), then nothing.
             if let Err(e) = w.flush_partial(out) {
                 log::warn!("{}: {e}", w.cfg.name);
@@ -372,9 +372,8 @@ fn send_loop(w: &mut Worker, out: &mut UdpOut, mut retuned: impl FnMut(OpusKnobs
         }
         if !w.has_audio() {
             thread::park_timeout(if sending && !running {
-                w.partial_pad()
-                    .saturating_sub(last_audio.elapsed())
-                    .clamp(Duration::from_micros(200), Duration::from_millis(20))
+                w.last_frame_wait(last_audio)
+                    .unwrap_or(Duration::from_micros(200))
             } else if sending {
                 Duration::from_millis(20)
             } else {
