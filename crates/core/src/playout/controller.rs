@@ -227,6 +227,12 @@ impl Controller {
         pos: i64,
         frames: u64,
     ) -> u64 {
+        if frames == 0 {
+            // A lost packet whose time was concealed already: the packet after it comes
+            // after a loss (see `in_time` below).
+            self.after_lost |= arrived_usec.is_none() && self.phase != Phase::Idle;
+            return 0;
+        }
         let arrived = arrived_usec.map(|a| self.secs(a.min(now_usec)));
         let t = self.secs(now_usec);
         let end = pos.saturating_add(frames as i64);
