@@ -186,9 +186,11 @@ fn a_late_stream_is_concealed_and_a_long_gap_is_a_pause() {
 
 /// 10 ms packets and 10 ms pulls for a second, then packet 100 is lost: the engine conceals
 /// its time and goes on into packet 101's (it conceals for the device's next pull at once).
-/// Packet 101 arrives `late_ms` after its due time. Returns the latency before the loss and
-/// after packet 101 is in, µs.
-fn loss_then_packet_101(late_ms: f64) -> (u64, u64) {
+/// Packet 101 arrives `late_ms` after its due time. Packet 100's stand-in is `stand_in`
+/// frames: 480 (the decoder's, its overlap with the engine's concealment skipped), 0 (the
+/// engine concealed all of it: the decoder adds nothing, the loss is still told), or none
+/// at all (`None`). Returns the latency before the loss and after packet 101 is in, µs.
+fn loss_then_packet_101(late_ms: f64, stand_in: Option<u64>) -> (u64, u64) {
     let mut c = controller(Target::Fixed(20_000), 1000);
     let (mut consumed, mut missing) = (0, 0);
     let mut t = 0.0;
@@ -206,7 +208,15 @@ fn loss_then_packet_101(late_ms: f64) -> (u64, u64) {
     }
     // Packet 100 is given up (the decoder conceals what the engine did not), then packet 101
     // (held behind it by the jitter buffer, or late) is handed over.
-    c.on_audio(us(t), None, 100 * 480, 480);
+    match stand_in {
+        Some(0) => {
+            c.on_audio(us(t), None, 101 * 480, 0);
+        }
+        Some(n) => {
+            c.on_audio(us(t), None, 100 * 480, n);
+        }
+        None => {}
+    }
     c.on_audio(us(t), Some(us(arrival)), 101 * 480, 480);
     feed(&mut c);
     (before, c.latency_usec(us(t)))
@@ -214,13 +224,19 @@ fn loss_then_packet_101(late_ms: f64) -> (u64, u64) {
 
 #[test]
 fn a_packet_in_time_after_a_lost_one_keeps_the_latency() {
-    let (before, after) = loss_then_packet_101(0.0);
-    assert!(
-        after.abs_diff(before) < 1_000,
-        "in time: {before} µs before, {after} µs after"
-    );
+    for stand_in in [480, 0] {
+        let (before, after) = loss_then_packet_101(0.0, Some(stand_in));
+        assert!(
+            after.abs_diff(before) < 1_000,
+            "in time after a {stand_in}-frame stand-in: {before} µs before, {after} µs after"
+        );
+    }
+    // Untold, the loss is no loss: the packet after it counts as late (the UDP receiver
+    // did not tell a loss whose time the engine had concealed).
+    let (before, after) = loss_then_packet_101(0.0, None);
+    assert!(after > before + 2_000, "untold: {before} µs, {after} µs");
     // One that came after its turn at the target is late: played whole, the latency grows.
-    let (before, after) = loss_then_packet_101(25.0);
+    let (before, after) = loss_then_packet_101(25.0, Some(480));
     assert!(
         after > before + 2_000,
         "late: {before} µs before, {after} µs after"
