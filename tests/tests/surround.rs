@@ -600,10 +600,13 @@ fn s9_surround51_live_bitrate() {
 
 const PW_RECEIVER: &str = "libpipewire-module-opus-protocol-tcp";
 
-/// A null sink named `surround` made through `pw`'s pulse server, once that server lists it.
-/// (`load-module` may answer before the sink is in the server's list of devices: once, in CI,
-/// `parec -d surround.monitor` started right after it recorded nothing for 25 s while the
-/// tunnel's stream sat suspended, never linked.)
+/// A null sink named `surround` made through `pw`'s pulse server, once that server lists it
+/// and the session manager has given it its monitor ports. (`load-module` may answer before
+/// the sink is in the server's list of devices: once, in CI, `parec -d surround.monitor`
+/// started right after it recorded nothing for 25 s while the tunnel's stream sat suspended,
+/// never linked. Listed is not enough either: in CI a `parec` started 10 ms after the monitor
+/// was listed, before the sink's ports were made, was never linked — WirePlumber logged "item
+/// deactivated before format set" — and nothing in the graph ever ran.)
 fn pw_surround_sink(pw: &PipeWire, channels: usize, map: &str) {
     pw.pactl_ok(&[
         "load-module",
@@ -622,6 +625,26 @@ fn pw_surround_sink(pw: &PipeWire, channels: usize, map: &str) {
         assert!(
             t0.elapsed() < Duration::from_secs(10),
             "surround.monitor not listed 10 s after load-module\n{}",
+            pw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let monitor_ports = || {
+        let out = pw
+            .command("timeout")
+            .args(["10", "pw-link", "-o"])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        out.lines()
+            .filter(|l| l.trim().starts_with("surround:monitor_"))
+            .count()
+    };
+    while monitor_ports() < channels {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "surround's {channels} monitor ports not made 10 s after load-module\n{}",
             pw.log()
         );
         std::thread::sleep(Duration::from_millis(100));
