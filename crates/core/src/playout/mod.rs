@@ -57,7 +57,8 @@
 //!   position) and the device's (its pulls) — each the slope of a line through the clock's
 //!   earliest observation of each second over the last 30 s; until those lines span 3 s, lines
 //!   through each quarter second's earliest give a first skew once it is known within 250 ppm
-//!   and twice its error (about a second in at 2000 ppm). Neither the latency nor the
+//!   and twice its error (about a second in at 2000 ppm), withdrawn when an observation comes
+//!   well before its line (a sender that fell behind and caught up). Neither the latency nor the
 //!   loop's correction, trims or concealments enter it, so none of them bends it. The [`LoopFilter`]'s correction is `−gain · error`, at most
 //!   ±1000 ppm (1.7 cents), and ±200 ppm for [`AFTER_CONCEAL_SEC`] after a concealment once
 //!   the start ([`START_SEC`]) is over; the gain narrows from 2/s to 0.1/s over the first
