@@ -79,15 +79,23 @@ impl Silences {
         self.blocks.len() as f64 * 6000.0 / self.total.max(1) as f64
     }
 
-    /// The most silent blocks in a row (0 when none is silent).
-    pub fn longest_run(&self) -> usize {
-        let (mut longest, mut run, mut last) = (0, 0, f64::NEG_INFINITY);
+    /// The runs of silent blocks in a row: each run's start (s) and its length in blocks.
+    pub fn runs(&self) -> Vec<(f64, usize)> {
+        let mut runs: Vec<(f64, usize)> = Vec::new();
+        let mut last = f64::NEG_INFINITY;
         for &(at, _) in &self.blocks {
-            run = if at - last < 0.015 { run + 1 } else { 1 };
-            longest = longest.max(run);
+            match runs.last_mut() {
+                Some((_, n)) if at - last < 0.015 => *n += 1,
+                _ => runs.push((at, 1)),
+            }
             last = at;
         }
-        longest
+        runs
+    }
+
+    /// The most silent blocks in a row (0 when none is silent).
+    pub fn longest_run(&self) -> usize {
+        self.runs().iter().map(|&(_, n)| n).max().unwrap_or(0)
     }
 }
 

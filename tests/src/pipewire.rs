@@ -374,6 +374,22 @@ impl PipeWire {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The output ports, one name a line as `pw-link -o` lists them (10 s guard; empty if it
+    /// fails).
+    pub fn output_ports(&self) -> Vec<String> {
+        self.command("timeout")
+            .args(["10", "pw-link", "-o"])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(|l| l.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The `props` of the node whose `node.name` is `node` (as `pw-dump` shows them; values
     /// without their JSON quotes).
     pub fn node_props(&self, node: &str) -> Option<HashMap<String, String>> {

@@ -630,15 +630,9 @@ fn pw_surround_sink(pw: &PipeWire, channels: usize, map: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let monitor_ports = || {
-        let out = pw
-            .command("timeout")
-            .args(["10", "pw-link", "-o"])
-            .stdin(Stdio::null())
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        out.lines()
-            .filter(|l| l.trim().starts_with("surround:monitor_"))
+        pw.output_ports()
+            .iter()
+            .filter(|p| p.starts_with("surround:monitor_"))
             .count()
     };
     while monitor_ports() < channels {

@@ -128,13 +128,7 @@ fn run(link: Link, kind: Kind, secs: usize) -> Result<Row> {
     // Silent: 20 dB below the tone's −12 dBFS (a tunnel that plays nothing is all silence).
     let quiet = silences_under(&audio, -32.0);
     // Where the silence was, for a look at the receiver's trace: its runs of 10 ms blocks.
-    let mut runs: Vec<(f64, usize)> = Vec::new();
-    for &(at, _) in &quiet.blocks {
-        match runs.last_mut() {
-            Some((start, n)) if (at - (*start + *n as f64 * 0.01)).abs() < 0.005 => *n += 1,
-            _ => runs.push((at, 1)),
-        }
-    }
+    let runs = quiet.runs();
     if !runs.is_empty() {
         eprintln!(
             "{}: {} silent runs (s into the recording + 10 ms blocks; the first 40): {:?}",
