@@ -354,6 +354,9 @@ impl PwModule for Tunnel {
             cookie,
             encryption,
             transport,
+            // PipeWire's own threads are raised by its RT module; ours run as spawned (as
+            // the receiver's do here).
+            realtime: None,
         };
         let (feeder, shared, worker) = start_play(cfg, knobs, ring_bytes)
             .map_err(|e| format!("cannot start the worker thread: {e}"))?;

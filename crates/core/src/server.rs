@@ -989,6 +989,8 @@ fn serve_capture(
         cookie: None,
         encryption: shared.cfg.encryption,
         transport: Transport::Tcp,
+        // This thread is raised below, once the stream is up.
+        realtime: None,
     };
     // transport=udp: a token names the tunnel in its probes and our datagrams.
     let udp = grant_udp(

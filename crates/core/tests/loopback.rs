@@ -426,6 +426,7 @@ impl Sender {
             cookie,
             encryption,
             transport,
+            realtime: None,
         };
         let (feeder, shared, worker) = start_play(cfg, OpusKnobs::default(), 192_000).unwrap();
         let running = Arc::new(AtomicBool::new(true));
@@ -1362,6 +1363,7 @@ fn plain_rtp_tone_through() {
         cookie: None,
         encryption: Mode::Auto,
         transport: Transport::Tcp,
+        realtime: None,
     };
     let (feeder, shared, worker, info) = plain_rtp::start_play(
         cfg,

@@ -7,10 +7,10 @@ use super::{LINE_STEP_SEC, MAX_CORRECTION};
 /// position) and the device's (its pulls). Each rate is the slope of a least-squares line
 /// through the clock's earliest observation of each second (jitter only ever delays, so a
 /// second's earliest is where the clock was; one second's outlier is one point among many)
-/// over the last [`SkewEstimator::MEMORY_SEC`] seconds (exponential weights). A second that
-/// jumps more than [`LINE_STEP_SEC`] from the second before (a path that got longer or shorter, a
-/// jittery stretch that ended) moves the line's level, not its slope: the step is taken out.
-/// Only the clocks
+/// over the last [`SkewEstimator::MEMORY_SEC`] seconds (exponential weights). A level that
+/// moves more than [`LINE_STEP_SEC`] from the line (a path that got longer or shorter, a
+/// jittery stretch that ended) moves the line's level, not its slope: the step is taken out
+/// (a later level once the next second holds it; see `ClockRate::complete`). Only the clocks
 /// enter: the latency's level, the loop's correction, trims, concealments and cuts do not,
 /// so none of them bends the skew. A clock that restarts or jumps starts its line afresh; the
 /// last estimate holds until both lines span [`SkewEstimator::SPAN_SEC`] and their slopes are
@@ -285,9 +285,11 @@ impl ClockRate {
     /// drifts away from its points slowly and is mended by them, never mistaken for steps,
     /// which would pin the points to it). A later level is a step once the next bin holds it;
     /// a bin that is later alone is jitter and left out, and so is a sender falling behind
-    /// second by second, which no bin holds. An earlier level takes back the steps before it,
-    /// never below the line's first level: jitter only ever delays, so a bin earlier than
-    /// any level before is where the clock is (a sender that fell behind and caught up).
+    /// second by second, which no bin holds. An earlier level is taken out at once (a
+    /// jittery stretch that ended, a shorter path). (Keeping an earlier level than any before
+    /// in the line, since jitter only ever delays, learnt the clocks of a slow sawtooth
+    /// sender, `playout_sim` `sawtooth_sender`, but bent the skew 100 ppm after a path 10 ms
+    /// shorter, `path_change`.)
     fn complete(&mut self, at: f64, min: f64) -> bool {
         // Steps are taken against a slope known well enough to say where the next second
         // lies (within a quarter of a step); before that, against a slope that is a guess,
