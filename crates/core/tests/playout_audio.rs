@@ -279,10 +279,10 @@ fn trims_only_in_silence() {
 /// cost PESQ-WB 0.09 on speech through `compression=none`.
 #[test]
 fn a_rising_target_is_met_in_a_pause_not_in_a_quiet_tail() {
-    // 400 ms cycles: 200 ms of a 440 Hz tone, 100 ms of a 1 kHz tail at −55 dBFS peak, 100 ms
-    // of silence.
+    // 500 ms cycles: 200 ms of a 440 Hz tone, 100 ms of a 1 kHz tail at −55 dBFS peak, 200 ms
+    // of silence (a pause: silence counts as one after PAUSE_SEC, 100 ms).
     let tail = 10f32.powf(-55.0 / 20.0);
-    let signal = |i: usize| match (i % 19_200) / 4_800 {
+    let signal = |i: usize| match (i % 24_000) / 4_800 {
         0 | 1 => sine(440.0, i),
         2 => tail / 0.3 * sine(1000.0, i),
         _ => 0.0,

@@ -150,13 +150,14 @@ pub const CONCEAL_GUARD_USEC: u64 = 1_000;
 pub const MAX_CONCEAL_SEC: f64 = 0.5;
 /// A block whose peak is under this (−60 dBFS) is silence that may be dropped or stretched …
 pub const SILENCE_PEAK: f32 = 0.001;
-/// … once the audio has been silent for this long (seconds): in a pause, not in the quiet tail
-/// of a word. 1.25 ms of silence inserted into the tail of a word 60 dB down (below the
-/// −50 dBFS that counted as silence before) cost PESQ-WB 0.09 of a PCM stream's 4.64: the
-/// trims were what kept `compression=none` from being transparent. With −60 dBFS and 20 ms,
-/// 60 frames inserted at the first chance of each of the bench speech's 16 pauses cost at
-/// most 0.04 (`bench/quality.py`'s file).
-pub const PAUSE_SEC: f64 = 0.02;
+/// … once the audio has been silent for this long (seconds): in a pause between words, not
+/// in the quiet tail of a word or a stop's closure. PESQ-WB of the bench speech (16 s, five
+/// sentences) with 2.1 ms of silence inserted once, at the first chance in each pause
+/// (`scripts/pause_trims.py`): after 20 ms of silence 4.52–4.64 (17 places), after 50 ms
+/// 4.56–4.64 (9), after 100 ms 4.639–4.643 (6) against 4.644 untouched. With 20 ms a PCM
+/// stream's score fell to 4.51–4.58 in 2 of 16 bench sessions (`BENCH_ONLY=pcm`), each time
+/// after a trim that a late packet's target step asked for.
+pub const PAUSE_SEC: f64 = 0.1;
 
 /// A gain that narrows with the time `τ` since it started: `max(floor, start·t0/(t0 + τ))`.
 #[derive(Debug, Clone, Copy)]

@@ -916,6 +916,31 @@ fn run() -> Result<()> {
         }
     }
 
+    // 4b. Transparency alone (`BENCH_ONLY=pcm`, not part of the full run): speech through
+    //     `compression=none` BENCH_PCM_RUNS times (3) and through the stock tunnel once, each
+    //     score printed (PESQ-WB, SNR, the fraction of samples bit-exact, dropouts).
+    if only.as_ref().is_some_and(|o| o.iter().any(|x| x == "pcm")) {
+        let py = Python::setup()?;
+        let speech = work.join("speech.raw");
+        let secs: f64 = py
+            .run(&["speech", &speech.display().to_string()])?
+            .parse()
+            .map_err(|e| anyhow!("speech length: {e}"))?;
+        let runs: usize = std::env::var("BENCH_PCM_RUNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        let mut cfgs = vec![Config::ours("none", "compression=none", ""); runs];
+        cfgs.push(Config::stock("stock"));
+        for cfg in &cfgs {
+            let (s, under) = tunnel_speech(cfg, &speech, secs, &py, &work)?;
+            println!(
+                "pcm {}: PESQ-WB {:.3}, SNR {:.1} dB, bit-exact {:.4}, dropouts {}, underruns {}",
+                cfg.label, s.pesq, s.snr, s.exact, s.dropouts, under
+            );
+        }
+    }
+
     // 5. What encryption adds (issue 19), in-process.
     let encryption = if want("encryption") {
         encryption_cost(&floor_exe)?
