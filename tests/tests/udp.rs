@@ -377,9 +377,10 @@ fn record_over_udp_on_a_20ms_wan_with_2pct_loss() {
     let (f, l) = left_tone(&audio);
     println!(
         "record over UDP, {secs} s of tone: {f:.1} Hz at {l:.2} dBFS (at B {f0:.1} Hz, {l0:.2} \
-         dBFS); quietest 10 ms block {:.1} dBFS, {} blocks > 20 dB below",
+         dBFS); quietest 10 ms block {:.1} dBFS, {} blocks > 20 dB below (s, dBFS: {:?})",
         quiet.quietest_db,
-        quiet.blocks.len()
+        quiet.blocks.len(),
+        quiet.blocks
     );
     println!(
         "  desktop: transport {}, packets lost {}, recovered by FEC {}, by parity {}, PLC \
