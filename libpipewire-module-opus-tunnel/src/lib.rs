@@ -489,6 +489,9 @@ impl Tunnel {
                 cookie: s.cookie,
                 encryption: s.encryption,
                 transport: s.transport,
+                // PipeWire's data loop is real-time; our threads stay as created (as the
+                // play tunnel's do: no real-time hook from the PipeWire host).
+                realtime: None,
             },
             s.knobs,
         )?;

@@ -407,9 +407,7 @@ impl PaModule for Receiver {
             external_resampler: false,
             encryption,
             udp_port: Some(udp_port),
-            realtime: core.realtime_for_feeders().map(|rt| {
-                Arc::new(move || rt.raise_current_thread()) as Arc<dyn Fn() + Send + Sync>
-            }),
+            realtime: core.realtime_hook(),
         };
         let receiver = server::Receiver::start(listener, cfg, host)
             .map_err(|e| format!("cannot start the listener: {e}"))?;

@@ -188,9 +188,7 @@ impl PaModule for TunnelSink {
             cookie,
             encryption: a.encryption,
             transport: a.transport,
-            realtime: module.core().realtime_for_feeders().map(|rt| {
-                Arc::new(move || rt.raise_current_thread()) as Arc<dyn Fn() + Send + Sync>
-            }),
+            realtime: module.core().realtime_hook(),
         };
         // server=rtp://: plain RTP over UDP, no handshake (opus_tunnel_core::plain_rtp).
         let (feeder, shared, worker, rtp_info) = match a.rtp {

@@ -189,6 +189,7 @@ impl PaModule for TunnelSource {
                 cookie: a.cookie,
                 encryption: a.encryption,
                 transport: a.transport,
+                realtime: module.core().realtime_hook(),
             },
             a.knobs,
         )?;

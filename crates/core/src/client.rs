@@ -276,6 +276,10 @@ pub struct RecordClientConfig {
     /// `transport=`: the far end's audio over TCP, or over UDP when it grants it (else TCP,
     /// logged).
     pub transport: Transport,
+    /// Called on the tunnel's thread once its stream is up: the host makes the thread
+    /// real-time as its own audio threads are (it keeps the source's ring filled, as a
+    /// receiver's tunnel thread keeps its sink's). `None`: the thread stays as it was created.
+    pub realtime: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 struct ClientShared {
@@ -440,6 +444,9 @@ impl Session for Recorder<'_> {
         }
         self.receive.up_gen = self.gen;
         self.shared.conn.stats.set_state(TunnelState::Streaming);
+        if let Some(raise) = &self.cfg.realtime {
+            raise();
+        }
         let why = self.receive.run(&mut conn, rest, &self.shared.stop);
         conn.shutdown();
         self.receive.probe = None;

@@ -291,6 +291,11 @@ pub fn start_play(
         .spawn(move || {
             let mut w = Worker::new(cfg, consumer, s2.clone());
             w.payload_type = Some(rtp_cfg.payload_type);
+            // Real-time, as the tunnel sink's sending thread is once it streams: this one
+            // sends from the start (there is no handshake to wait for).
+            if let Some(raise) = w.cfg.realtime.take() {
+                raise();
+            }
             let mut out = UdpOut {
                 sock,
                 dest,

@@ -725,6 +725,7 @@ fn record_cfg(rig: &Rig, encryption: Mode, transport: Transport) -> RecordClient
         cookie: None,
         encryption,
         transport,
+        realtime: None,
     }
 }
 

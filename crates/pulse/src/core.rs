@@ -3,6 +3,7 @@ use crate::device;
 use crate::sink::SinkKind;
 use crate::source::SourceKind;
 use crate::sys;
+use std::sync::Arc;
 
 /// The daemon's `pa_core` (main thread only; not `Send`).
 #[derive(Clone, Copy)]
@@ -46,6 +47,13 @@ impl Core {
         self.realtime().map(|p| RealtimeThread {
             priority: (p - 1).max(1),
         })
+    }
+
+    /// [`Core::realtime_for_feeders`] as a hook for a worker's configuration: called on the
+    /// thread to raise; `None` when the daemon runs without real-time scheduling.
+    pub fn realtime_hook(&self) -> Option<Arc<dyn Fn() + Send + Sync>> {
+        self.realtime_for_feeders()
+            .map(|rt| Arc::new(move || rt.raise_current_thread()) as Arc<dyn Fn() + Send + Sync>)
     }
 
     /// Finds a sink by name (`None`: the default sink). Returns its name if it exists.
