@@ -598,6 +598,16 @@ impl Python {
         })
     }
 
+    /// The bench speech, written to `work`: its file and its length in seconds.
+    fn speech(&self, work: &Path) -> Result<(PathBuf, f64)> {
+        let speech = work.join("speech.raw");
+        let secs: f64 = self
+            .run(&["speech", &speech.display().to_string()])?
+            .parse()
+            .map_err(|e| anyhow!("speech length: {e}"))?;
+        Ok((speech, secs))
+    }
+
     fn score(&self, reference: &Path, degraded: &Path) -> Result<Score> {
         let j = self.run(&[
             "score",
@@ -834,11 +844,7 @@ fn run() -> Result<()> {
         match Python::setup() {
             Err(e) => quality_err = Some(format!("{e:#}")),
             Ok(py) => {
-                let speech = work.join("speech.raw");
-                let secs: f64 = py
-                    .run(&["speech", &speech.display().to_string()])?
-                    .parse()
-                    .map_err(|e| anyhow!("speech length: {e}"))?;
+                let (speech, secs) = py.speech(&work)?;
                 let raw_score = |args: &[String], tag: &str| -> Result<Score> {
                     let out = work.join(format!("raw-{tag}.raw"));
                     let mut a = args.to_vec();
@@ -921,11 +927,7 @@ fn run() -> Result<()> {
     //     score printed (PESQ-WB, SNR, the fraction of samples bit-exact, dropouts).
     if only.as_ref().is_some_and(|o| o.iter().any(|x| x == "pcm")) {
         let py = Python::setup()?;
-        let speech = work.join("speech.raw");
-        let secs: f64 = py
-            .run(&["speech", &speech.display().to_string()])?
-            .parse()
-            .map_err(|e| anyhow!("speech length: {e}"))?;
+        let (speech, secs) = py.speech(&work)?;
         let runs: usize = std::env::var("BENCH_PCM_RUNS")
             .ok()
             .and_then(|v| v.parse().ok())
