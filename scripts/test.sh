@@ -44,6 +44,9 @@ OPUS_TUNNEL_UDP_SECS=20 cargo test --release -p opus-tunnel-tests --test udp -- 
 cargo test --release -p opus-tunnel-tests --test playout p3 -- --test-threads=1
 # p2: the tunnel source recording a source that posts 500 ms blocks, three readers in turn.
 cargo test --release -p opus-tunnel-tests --test playout p2 -- --test-threads=1
+# p6: the same on module-sine-source, which posts 2 s at once, at the tunnel source's defaults
+# (its 2500 ms maximum holds a block) (~21 s).
+cargo test --release -p opus-tunnel-tests --test playout p6 -- --test-threads=1
 # p1 with its goals: click trains right after load-module, after 8 s of silence and after a
 # reconnect arrive complete, each train's first click within the steady latency + 20 ms.
 OPUS_TUNNEL_PLAYOUT_V2=1 cargo test --release -p opus-tunnel-tests --test playout p1 -- --test-threads=1

@@ -55,7 +55,7 @@
 //! audio out with `Playback::pop`.
 
 use opus_tunnel_core::acl::IpAcl;
-use opus_tunnel_core::args::{parse_latency_bounds, PW_LATENCY_KEYS};
+use opus_tunnel_core::args::{parse_latency_bounds, PLAY_MAX_LATENCY_MSEC, PW_LATENCY_KEYS};
 use opus_tunnel_core::argtable::{self, keys, parse_flag, PW_RECEIVER, PW_RECEIVER_USAGE};
 use opus_tunnel_core::auth::Cookie;
 use opus_tunnel_core::connection::ConnShared;
@@ -436,7 +436,8 @@ impl PwModule for Receiver {
             );
         }
         let get = |k: &str| args.get(k).map(str::to_string);
-        let bounds = parse_latency_bounds(PW_RECEIVER, &get, PW_LATENCY_KEYS)?;
+        let bounds =
+            parse_latency_bounds(PW_RECEIVER, &get, PW_LATENCY_KEYS, PLAY_MAX_LATENCY_MSEC)?;
         let max_connections =
             argtable::int::<usize>(PW_RECEIVER, "max.connections", args.get("max.connections"))?;
         let target = args.get("target.object").map(str::to_string);

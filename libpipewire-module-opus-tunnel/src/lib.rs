@@ -72,7 +72,7 @@
 use opus_tunnel_core::args::{
     check_encoder, codec_summary, device_description, effective_properties, load_cookie,
     parse_compression, parse_knobs, parse_latency_bounds, scale_bitrate, udp_knobs, voice_knobs,
-    LatencyBounds, PW_LATENCY_KEYS,
+    LatencyBounds, PW_LATENCY_KEYS, RECORD_MAX_LATENCY_MSEC,
 };
 use opus_tunnel_core::argtable::{self, keys, PW_TUNNEL, PW_TUNNEL_USAGE};
 use opus_tunnel_core::client::{start_play, start_record, RecordClient, RecordClientConfig};
@@ -300,7 +300,8 @@ impl PwModule for Tunnel {
         // The user's stream.props win (audio.* are ours to interpret, not node properties).
         stream_props.retain(|(k, _)| !k.starts_with("audio."));
         if source_mode {
-            let bounds = parse_latency_bounds(PW_TUNNEL, &get, PW_LATENCY_KEYS)?;
+            let bounds =
+                parse_latency_bounds(PW_TUNNEL, &get, PW_LATENCY_KEYS, RECORD_MAX_LATENCY_MSEC)?;
             let node_name = lookup("node.name")
                 .unwrap_or_else(|| format!("tunnel-opus-source.{}", clean(&host_part)));
             return Tunnel::source(

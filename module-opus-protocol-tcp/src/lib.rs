@@ -60,7 +60,7 @@
 //! an eventfd, and each stream's callback on the sink's IO thread takes audio out of its ring.
 
 use opus_tunnel_core::acl::IpAcl;
-use opus_tunnel_core::args::{parse_latency_bounds, PA_LATENCY_KEYS};
+use opus_tunnel_core::args::{parse_latency_bounds, PA_LATENCY_KEYS, PLAY_MAX_LATENCY_MSEC};
 use opus_tunnel_core::argtable::{self, keys, parse_flag, RECEIVER, RECEIVER_USAGE};
 use opus_tunnel_core::auth::Cookie;
 use opus_tunnel_core::connection::ConnShared;
@@ -325,7 +325,7 @@ impl PaModule for Receiver {
                     .into(),
             );
         }
-        let bounds = parse_latency_bounds(RECEIVER, &get, PA_LATENCY_KEYS)?;
+        let bounds = parse_latency_bounds(RECEIVER, &get, PA_LATENCY_KEYS, PLAY_MAX_LATENCY_MSEC)?;
         let max_connections = argtable::int::<usize>(
             RECEIVER,
             "max_connections",

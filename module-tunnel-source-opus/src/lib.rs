@@ -64,6 +64,7 @@
 use opus_tunnel_core::args::{
     default_device_name, device_description, effective_properties, message_path,
     parse_latency_bounds, parse_tunnel_args, voice_knobs, Defaults, PA_LATENCY_KEYS,
+    RECORD_MAX_LATENCY_MSEC,
 };
 use opus_tunnel_core::argtable::{keys, TUNNEL_SOURCE, TUNNEL_SOURCE_USAGE};
 use opus_tunnel_core::client::{start_record, RecordClient, RecordClientConfig, RunningFlag};
@@ -168,7 +169,12 @@ impl PaModule for TunnelSource {
                 )
             })?,
         };
-        let bounds = parse_latency_bounds(TUNNEL_SOURCE, &get, PA_LATENCY_KEYS)?;
+        let bounds = parse_latency_bounds(
+            TUNNEL_SOURCE,
+            &get,
+            PA_LATENCY_KEYS,
+            RECORD_MAX_LATENCY_MSEC,
+        )?;
         let remote_source = ma.get("source");
         let name = ma
             .get("source_name")

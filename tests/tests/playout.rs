@@ -254,26 +254,62 @@ impl Drop for BlockWriter {
 
 #[test]
 fn p2_tunnel_source_on_a_source_posting_large_blocks() {
+    record_large_blocks("p2", BlockSource::Pipe500ms);
+}
+
+/// `module-sine-source` posts 2 s at once (its fixed latency): the tunnel source at its
+/// defaults (`max_latency_msec` 2500) holds a whole block, so the tone plays on through the
+/// blocks' ends.
+#[test]
+fn p6_tunnel_source_on_module_sine_source() {
+    record_large_blocks("p6", BlockSource::Sine2s);
+}
+
+/// The far end's source in [`record_large_blocks`].
+enum BlockSource {
+    /// `module-pipe-source` fed 500 ms at a time by a [`BlockWriter`]; readers read 2 s.
+    Pipe500ms,
+    /// `module-sine-source` (2 s blocks); readers read 5 s (two blocks' ends).
+    Sine2s,
+}
+
+/// Three readers, one after the other, of a tunnel source recording a far end's source that
+/// posts large blocks: each hears the tone at the right frequency and level from its second
+/// second on (every 250 ms of it), and none adds an underrun.
+fn record_large_blocks(name: &str, kind: BlockSource) {
     let Some(_g) = begin(
-        "p2",
+        name,
         &["module-tunnel-source-opus", "module-opus-protocol-tcp"],
     ) else {
         return;
     };
     const HZ: f64 = 440.0;
     let port = free_port();
-    let receiver = Daemon::named("p2-far");
+    let receiver = Daemon::named(&format!("{name}-far"));
     let fifo = receiver.dir().join("blocks.fifo");
-    receiver
-        .load_module(
-            "module-pipe-source",
-            &format!(
-                "source_name=blocks file={} format=s16le rate=48000 channels=2",
-                fifo.display()
-            ),
-        )
-        .unwrap_or_else(|e| panic!("pipe source: {e}"));
-    let _writer = BlockWriter::start(&fifo, HZ);
+    let (_writer, read_secs) = match kind {
+        BlockSource::Pipe500ms => {
+            receiver
+                .load_module(
+                    "module-pipe-source",
+                    &format!(
+                        "source_name=blocks file={} format=s16le rate=48000 channels=2",
+                        fifo.display()
+                    ),
+                )
+                .unwrap_or_else(|e| panic!("pipe source: {e}"));
+            (Some(BlockWriter::start(&fifo, HZ)), 2.0)
+        }
+        BlockSource::Sine2s => {
+            receiver
+                .load_module(
+                    "module-sine-source",
+                    &format!("source_name=blocks rate=48000 frequency={HZ}"),
+                )
+                .unwrap_or_else(|e| panic!("sine source: {e}"));
+            (None, 5.0)
+        }
+    };
     receiver
         .load_module(
             "module-opus-protocol-tcp",
@@ -286,7 +322,7 @@ fn p2_tunnel_source_on_a_source_posting_large_blocks() {
         .read(2.0)
         .expect("the block source directly");
     let (f0, l0) = tone_of(&direct[direct.len() / 2..]);
-    let desktop = Daemon::named("p2-desktop");
+    let desktop = Daemon::named(&format!("{name}-desktop"));
     desktop
         .load_module(
             "module-tunnel-source-opus",
@@ -318,7 +354,7 @@ fn p2_tunnel_source_on_a_source_posting_large_blocks() {
         let t = Instant::now();
         let mut rec = Recorder::start(&desktop, "mic");
         let first = t.elapsed();
-        let audio = rec.read(2.0).expect("recording");
+        let audio = rec.read(read_secs).expect("recording");
         // What the source reports as its latency while it is read (ms).
         let reported = source_props(&desktop, "mic")
             .get("Latency")
@@ -331,7 +367,9 @@ fn p2_tunnel_source_on_a_source_posting_large_blocks() {
             .chunks(quarter)
             .map(|c| format!("{:.1}", tone_of(c).1))
             .collect();
-        let (f, l) = tone_of(&audio[audio.len() / 2..]);
+        // The second second (stereo samples).
+        let second = (48_000 * 2).min(audio.len())..(2 * 48_000 * 2).min(audio.len());
+        let (f, l) = tone_of(&audio[second.clone()]);
         std::thread::sleep(Duration::from_millis(1500));
         let p = source_props(&desktop, "mic");
         let (u, plc) = (
@@ -353,6 +391,16 @@ fn p2_tunnel_source_on_a_source_posting_large_blocks() {
         if (l - l0).abs() > 1.0 {
             failures.push(format!(
                 "reader {reader}: {l:.2} dBFS in its second second, {l0:.2} at the far end"
+            ));
+        }
+        // From the second second on, through the blocks' ends: no quarter second off.
+        let quiet = audio[second.start..]
+            .chunks(quarter)
+            .filter(|c| c.len() == quarter && (tone_of(c).1 - l0).abs() > 1.0)
+            .count();
+        if quiet > 0 {
+            failures.push(format!(
+                "reader {reader}: {quiet} quarter seconds after its second second off the level"
             ));
         }
         if u != under {

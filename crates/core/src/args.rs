@@ -282,13 +282,22 @@ impl LatencyBounds {
     }
 }
 
+/// The default most a receiver's buffer holds (play tunnels), ms: its senders are tunnel sinks,
+/// which send a block of at most 200 ms at a time.
+pub const PLAY_MAX_LATENCY_MSEC: u32 = 1000;
+/// The default most a tunnel source's buffer holds, ms: the far end's source may post up to
+/// 2 s at once (`module-sine-source` does; so do some USB, Bluetooth and virtual sources), and
+/// a buffer that holds less cuts each block to the maximum and runs dry before the next.
+pub const RECORD_MAX_LATENCY_MSEC: u32 = 2500;
+
 /// A receive buffer's latency settings from `table`'s `keys`: the target (`auto` or ms), its
-/// minimum and its maximum (at least the minimum and a fixed target); PulseAudio's
-/// [`PA_LATENCY_KEYS`] or PipeWire's [`PW_LATENCY_KEYS`].
+/// minimum and its maximum (at least the minimum and a fixed target; `default_max` ms unless
+/// given); PulseAudio's [`PA_LATENCY_KEYS`] or PipeWire's [`PW_LATENCY_KEYS`].
 pub fn parse_latency_bounds(
     table: &[Arg],
     get: &dyn Fn(&str) -> Option<String>,
     keys: [&str; 3],
+    default_max: u32,
 ) -> Result<LatencyBounds, String> {
     let [target_key, min_key, max_key] = keys;
     let min = argtable::int::<u32>(table, min_key, get(min_key).as_deref())?;
@@ -302,7 +311,7 @@ pub fn parse_latency_bounds(
     let max = argtable::parse_int(
         max_key,
         get(max_key).as_deref(),
-        1000.max(floor),
+        default_max.max(floor),
         floor,
         10_000,
     )?;

@@ -137,7 +137,7 @@ with_knobs! { pa_table! {
     "target_latency_msec", "auto", "auto, 1-10000",
         "receive buffer target: sized from the measured lateness, or fixed, ms";
     "min_latency_msec", "0", "0-10000", "the least the receive buffer target may be, ms";
-    "max_latency_msec", "1000, or the minimum or a fixed target if larger",
+    "max_latency_msec", "2500 (a source may post 2 s at once), or the minimum or a fixed target if larger",
         "min_latency_msec to 10000", "the most the receive buffer (and its target) may hold, ms";
     "compression", "opus", "opus|none", "Opus, or RTP L16 PCM, encoded by the far end";
     "clock_skew_ppm", "0", "-100000 to 100000",
@@ -191,7 +191,7 @@ with_knobs! { pw_table! {
     "sess.latency.msec", "auto", "auto, 1-10000",
         "source mode: receive buffer target: sized from the measured lateness, or fixed, ms";
     "sess.latency.min.msec", "0", "0-10000", "source mode: the least the target may be, ms";
-    "sess.latency.max.msec", "1000, or the minimum or a fixed target if larger",
+    "sess.latency.max.msec", "2500 (a source may post 2 s at once), or the minimum or a fixed target if larger",
         "sess.latency.min.msec to 10000", "source mode: the most the receive buffer may hold, ms";
     "stream.props", "sink: node.name = tunnel-opus.<host>, node.latency = 1024/48000; source: node.name = tunnel-opus-source.<host>, node.latency = 512/48000",
         "{ ... }", "properties of the node: node.name, node.description, node.latency, ...";
