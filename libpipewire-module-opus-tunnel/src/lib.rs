@@ -18,7 +18,7 @@
 //! | `remote.source` | name | source mode: the source to record at the far end | the far end's source= / target.source, else its default source |
 //! | `sess.latency.msec` | auto, 1-10000 | source mode: receive buffer target: sized from the measured lateness, or fixed, ms | auto |
 //! | `sess.latency.min.msec` | 0-10000 | source mode: the least the target may be, ms | 0 |
-//! | `sess.latency.max.msec` | sess.latency.min.msec to 10000 | source mode: the most the receive buffer may hold, ms | 1000, or the minimum or a fixed target if larger |
+//! | `sess.latency.max.msec` | sess.latency.min.msec to 10000 | source mode: the most the receive buffer may hold, ms | 2500 (a source may post 2 s at once), or the minimum or a fixed target if larger |
 //! | `stream.props` | `{ ... }` | properties of the node: node.name, node.description, node.latency, ... | `sink: node.name = tunnel-opus.<host>, node.latency = 1024/48000; source: node.name = tunnel-opus-source.<host>, node.latency = 512/48000` |
 //! | `audio.rate` | 1-384000 | sample rate; with Opus one of 8000, 12000, 16000, 24000, 48000 | 48000 |
 //! | `audio.channels` | 1-32 | channels: 1-8 (with Opus 3-8 are multistream surround) | 2 (source mode: 1) |

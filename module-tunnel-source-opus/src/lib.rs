@@ -23,7 +23,7 @@
 //! | `latency_msec` | 1-200 | the source's block, ms | 10 |
 //! | `target_latency_msec` | auto, 1-10000 | receive buffer target: sized from the measured lateness, or fixed, ms | auto |
 //! | `min_latency_msec` | 0-10000 | the least the receive buffer target may be, ms | 0 |
-//! | `max_latency_msec` | min_latency_msec to 10000 | the most the receive buffer (and its target) may hold, ms | 1000, or the minimum or a fixed target if larger |
+//! | `max_latency_msec` | min_latency_msec to 10000 | the most the receive buffer (and its target) may hold, ms | 2500 (a source may post 2 s at once), or the minimum or a fixed target if larger |
 //! | `compression` | opus, none | Opus, or RTP L16 PCM, encoded by the far end | opus |
 //! | `clock_skew_ppm` | -100000 to 100000 | test aid: the source produces at (1 + ppm/1e6) x its nominal rate | 0 |
 //! | `cookie` | path | a copy of the far end's cookie | none |
