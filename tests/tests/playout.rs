@@ -393,14 +393,15 @@ fn record_large_blocks(name: &str, kind: BlockSource) {
                 "reader {reader}: {l:.2} dBFS in its second second, {l0:.2} at the far end"
             ));
         }
-        // From the second second on, through the blocks' ends: no quarter second off.
+        // From the second second on, through the blocks' ends: no quarter second more than 1 dB
+        // off the level at the far end.
         let quiet = audio[second.start..]
             .chunks(quarter)
             .filter(|c| c.len() == quarter && (tone_of(c).1 - l0).abs() > 1.0)
             .count();
         if quiet > 0 {
             failures.push(format!(
-                "reader {reader}: {quiet} quarter seconds after its second second off the level"
+                "reader {reader}: {quiet} quarter seconds from its second second on off the level"
             ));
         }
         if u != under {

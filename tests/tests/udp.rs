@@ -181,20 +181,22 @@ fn udp_over_a_20ms_wan_with_2pct_loss() {
     );
     println!(
         "  receiver: transport {}, packets lost {}, recovered by FEC {}, by parity {}, PLC frames \
-         {}, late {}, udp_dropped {}, latency {:.1} ms, target {:.1} ms",
+         {}, late {}, underruns {}, udp_dropped {}, latency {:.1} ms, target {:.1} ms",
         prop_or_unknown(&after, "opus.tunnel.transport"),
         moved("opus.tunnel.packets_lost"),
         moved("opus.tunnel.fec_frames"),
         moved("opus.tunnel.parity_frames"),
         moved("opus.tunnel.plc_frames"),
         moved("opus.tunnel.late_packets"),
+        moved("opus.tunnel.underruns"),
         prop_or_unknown(&after, "opus.tunnel.udp_dropped"),
         ms_of(&after, "opus.tunnel.latency_usec"),
         ms_of(&after, "opus.tunnel.target_latency_usec"),
     );
     println!(
         "  sender: transport {}, packet_loss {}, fec {}, reported latency {:.1} ms; link A→B \
-         {:.1} kbit/s (IP), {} lost of {}",
+         {:.1} kbit/s (IP), {} lost of {}; the relay wrote {} packets more than 2 ms late (its \
+         threads starved), the latest {:.1} ms",
         prop_or_unknown(&tun, "opus.tunnel.transport"),
         prop_or_unknown(&tun, "compression.opus.packet_loss"),
         prop_or_unknown(&tun, "compression.opus.fec"),
@@ -202,6 +204,8 @@ fn udp_over_a_20ms_wan_with_2pct_loss() {
         udp_rate / 1000.0,
         ab1.lost - ab0.lost,
         ab1.received - ab0.received,
+        ab1.late_writes - ab0.late_writes,
+        ab1.max_late_us as f64 / 1000.0,
     );
     player.stop();
     drop(rec);

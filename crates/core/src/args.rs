@@ -282,8 +282,9 @@ impl LatencyBounds {
     }
 }
 
-/// The default most a receiver's buffer holds (play tunnels), ms: its senders are tunnel sinks,
-/// which send a block of at most 200 ms at a time.
+/// The default most a receiver's buffer holds (play tunnels and plain RTP), ms: its senders
+/// are tunnel sinks, which send a block of at most 200 ms at a time, and RTP senders, which
+/// send a packet at a time.
 pub const PLAY_MAX_LATENCY_MSEC: u32 = 1000;
 /// The default most a tunnel source's buffer holds, ms: the far end's source may post up to
 /// 2 s at once (`module-sine-source` does; so do some USB, Bluetooth and virtual sources), and
