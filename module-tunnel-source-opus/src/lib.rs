@@ -119,6 +119,10 @@ impl SourceIo for CaptureIo {
         out[m..].fill(0);
     }
 
+    fn ready(&self, bytes: usize) -> bool {
+        self.playback.ready_samples() >= bytes / self.format.bytes_per_sample()
+    }
+
     fn state_changed(&mut self, running: bool) {
         self.running.set(running);
     }

@@ -27,6 +27,14 @@ pub fn signal_group(pgid: u32, sig: Signal) {
     }
 }
 
+/// Stops the processes `pids` (SIGSTOP) for `dur`, then lets them go on (SIGCONT): a stall of
+/// the host as they see it (a hypervisor taking the CPU), their clocks running on.
+pub fn stall(pids: &[u32], dur: Duration) {
+    pids.iter().for_each(|&p| signal(p, Signal::STOP));
+    std::thread::sleep(dur);
+    pids.iter().for_each(|&p| signal(p, Signal::CONT));
+}
+
 /// True if a process `pid` exists (`kill(pid, 0)`; a zombie still counts).
 pub fn pid_exists(pid: u32) -> bool {
     pid_of(pid).is_some_and(|p| test_kill_process(p).is_ok())

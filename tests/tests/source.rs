@@ -276,3 +276,37 @@ fn m5_skew_plus_500_ppm() {
 fn m6_skew_minus_500_ppm() {
     skew_case(-500);
 }
+
+/// A stall of the whole host (both daemons stopped at once, their clocks running on, as a busy
+/// hypervisor does it): the far end's catch-up audio and the tunnel source's catch-up posts
+/// wake together. The source waits for the late audio instead of posting silence in its place.
+#[test]
+fn m7_host_stalls_post_late_not_silent() {
+    let Some(_g) = begin("m7", MODULES) else {
+        return;
+    };
+    // A fixed target: a stall's concealment would raise an adaptive one, and the stalls
+    // after the first would prove nothing.
+    let s = setup("target_latency_msec=30");
+    let mut rec = Recorder::start(&s.desktop, "mic");
+    let _ = rec.read(6.0).expect("warm-up");
+    let before = num(&source_props(&s.desktop, "mic"), "opus.tunnel.underruns");
+    let pids = [s.receiver.pid(), s.desktop.pid()];
+    for ms in [20, 30, 20, 30] {
+        opus_tunnel_tests::process::stall(&pids, Duration::from_millis(ms));
+        let audio = rec.read(2.0).expect("recording");
+        let (f, l) = left_tone(&audio);
+        assert!(
+            (f - 700.0).abs() <= 5.0 && (l + 6.0).abs() <= 1.0,
+            "{f} Hz at {l} dBFS"
+        );
+    }
+    let p = source_props(&s.desktop, "mic");
+    let after = num(&p, "opus.tunnel.underruns");
+    println!(
+        "four stalls of 20-30 ms: underruns {before} before, {after} after; {} frames concealed; target {} µs",
+        num(&p, "opus.tunnel.plc_frames"),
+        num(&p, "opus.tunnel.target_latency_usec")
+    );
+    assert_eq!(after, before, "underruns across the stalls");
+}

@@ -1112,6 +1112,13 @@ impl Playback {
         f64::from_bits(self.conn.ratio_bits.load(Ordering::Relaxed))
     }
 
+    /// Samples waiting in the ring that the next pop would take (stale ones not counted).
+    pub fn ready_samples(&self) -> usize {
+        let until = self.conn.discard_until.load(Ordering::SeqCst);
+        let stale = until.saturating_sub(self.read) as usize;
+        self.ring.slots().saturating_sub(stale)
+    }
+
     /// Audio waiting in the ring, µs.
     pub fn queued_usec(&self) -> u64 {
         self.conn.samples_to_usec(self.ring.slots())

@@ -120,6 +120,16 @@ pub trait Kind: Sized + 'static {
     /// IO thread.
     unsafe fn on_wakeup(_d: *mut Self::Raw) {}
 
+    /// Whether the audio of the next block is there. A sink renders whatever it has when its
+    /// time comes; a source whose audio comes over a network may wait for late audio (see
+    /// [`HOLD_BLOCKS`]).
+    ///
+    /// # Safety
+    /// IO thread, opened device.
+    unsafe fn block_ready(_st: *mut IoState<Self>) -> bool {
+        true
+    }
+
     /// Handles one block (renders it from a sink, posts it into a source); returns its length
     /// in bytes, or `None` when there was no memory for it.
     ///
@@ -180,6 +190,9 @@ pub struct IoState<K: Kind> {
     running: bool,
     /// Blocks were handled at the last wake-up (see [`Kind::active`]).
     active: bool,
+    /// The last block was handled without its audio (or the device has just started): the
+    /// audio is not late but absent, and the next block does not wait for it.
+    starved: bool,
     pub(crate) io: Box<K::Io>,
 }
 
@@ -234,8 +247,22 @@ pub(crate) unsafe extern "C" fn set_state_in_io_thread<K: Kind>(
     0
 }
 
-/// Handles the blocks that are due. IO thread.
-unsafe fn handle_due<K: Kind>(st: *mut IoState<K>, now: u64) {
+/// How many blocks past its time a block may wait for its audio ([`Kind::block_ready`])
+/// before it is handled with what there is (a source posts silence for what is missing). A
+/// source is virtual: late audio posted late is only latency for its readers, silence in its
+/// place is lost audio. This is what a stall of the whole host needs: the far end's burst of
+/// catch-up audio and our own catch-up posts wake together, and ours must not win by
+/// posting silence. Only a block after one that had its audio waits: audio that has not come
+/// for a whole hold (the far end stopped, the device has just started) is absent, not late,
+/// and the device keeps its pace.
+pub const HOLD_BLOCKS: u64 = 3;
+
+/// How often the IO thread looks again for a block's late audio, µs.
+const HOLD_POLL_USEC: u64 = 2_000;
+
+/// Handles the blocks that are due; returns true when a due block waits for its audio (the
+/// thread looks again in [`HOLD_POLL_USEC`]). IO thread.
+unsafe fn handle_due<K: Kind>(st: *mut IoState<K>, now: u64) -> bool {
     // After a stall (or resume) of more than a few blocks, start afresh instead of handling
     // a burst of catch-up audio.
     if now > (*st).timestamp + 4 * (*st).block_usec {
@@ -244,6 +271,11 @@ unsafe fn handle_due<K: Kind>(st: *mut IoState<K>, now: u64) {
     let lead = K::lead_usec((*st).block_usec);
     let mut budget = 4;
     while (*st).timestamp <= now + lead && budget > 0 {
+        let ready = K::block_ready(st);
+        if !ready && !(*st).starved && now < (*st).timestamp + HOLD_BLOCKS * (*st).block_usec {
+            return true;
+        }
+        (*st).starved = !ready;
         budget -= 1;
         let Some(len) = K::one_block(st) else {
             break;
@@ -251,6 +283,7 @@ unsafe fn handle_due<K: Kind>(st: *mut IoState<K>, now: u64) {
         let dur = sys::pa_bytes_to_usec(len as u64, K::sample_spec((*st).dev)) as f64;
         (*st).timestamp += (dur / (*st).rate_scale).round() as u64;
     }
+    false
 }
 
 unsafe extern "C" fn thread_func<K: Kind>(userdata: *mut libc::c_void) {
@@ -271,11 +304,16 @@ unsafe extern "C" fn thread_func<K: Kind>(userdata: *mut libc::c_void) {
             if !(*st).active {
                 // Start afresh: the clock counts from the first block.
                 (*st).timestamp = now;
+                (*st).starved = true;
             }
-            if (*st).timestamp <= now + K::lead_usec((*st).block_usec) {
-                handle_due(st, now);
-            }
-            sys::pa_rtpoll_set_timer_absolute((*st).rtpoll, (*st).timestamp);
+            let waiting =
+                (*st).timestamp <= now + K::lead_usec((*st).block_usec) && handle_due(st, now);
+            let wake = if waiting {
+                now + HOLD_POLL_USEC
+            } else {
+                (*st).timestamp
+            };
+            sys::pa_rtpoll_set_timer_absolute((*st).rtpoll, wake);
         } else {
             sys::pa_rtpoll_set_timer_disabled((*st).rtpoll);
         }
@@ -350,6 +388,7 @@ impl<K: Kind> Device<K> {
                 },
                 running: false,
                 active: false,
+                starved: true,
                 io,
             }));
             K::install(dev);

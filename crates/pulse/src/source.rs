@@ -10,6 +10,12 @@ use crate::{sys, Proplist};
 pub trait SourceIo: Send + 'static {
     /// Fill all of `out` (whole frames in the source's sample spec) with the next block.
     fn capture(&mut self, out: &mut [u8]);
+    /// Whether the next block (`bytes` long) is there to capture. While it is not, the source
+    /// waits for it up to [`HOLD_BLOCKS`](crate::device::HOLD_BLOCKS) blocks past its time
+    /// (its readers get it that much later) before it captures what there is.
+    fn ready(&self, _bytes: usize) -> bool {
+        true
+    }
     /// The source's state changed: `running` is true while an uncorked stream records from
     /// it. Also called with `false` when the source is suspended.
     fn state_changed(&mut self, _running: bool) {}
@@ -102,6 +108,11 @@ impl Kind for SourceKind {
 
     fn lead_usec(_block_usec: u64) -> u64 {
         0
+    }
+
+    unsafe fn block_ready(st: *mut IoState<Self>) -> bool {
+        let bytes = (*st).block_bytes;
+        crate::catch("source ready", || (*st).io.ready(bytes)).unwrap_or(true)
     }
 
     unsafe fn one_block(st: *mut IoState<Self>) -> Option<usize> {
