@@ -53,6 +53,9 @@ OPUS_TUNNEL_PLAYOUT_V2=1 cargo test --release -p opus-tunnel-tests --test playou
 # p4: starts after idle on a receiving sink nothing reads (it renders 2 s ahead while our stream
 # is quiet): no underrun, a target of tens of ms (~22 s).
 cargo test --release -p opus-tunnel-tests --test playout p4 -- --test-threads=1
+# p7: four 20-40 ms stalls of both daemons (SIGSTOP): the receiver's underruns play the
+# expander's fading continuation of the tone, not silence: no dropout (~15 s).
+cargo test --release -p opus-tunnel-tests --test playout p7 -- --test-threads=1
 # p5: a stream that stops mid-frame leaves the receiver's target where it was (its last frame
 # is sent in time; sent early it raised the target 9-13 ms at every stop) (~19 s).
 cargo test --release -p opus-tunnel-tests --test playout p5 -- --test-threads=1

@@ -677,3 +677,46 @@ fn p5_a_stop_leaves_the_target_where_it_was() {
         tunnel_logs(&sender, &receiver)
     );
 }
+
+/// A stall of the whole host in the play direction (both daemons stopped at once, their clocks
+/// running on): the receiver's sink renders its catch-up before the sender's catch-up audio
+/// is in, and a sink cannot wait for it. What fills the shortfall is the expander's
+/// continuation of the tone, fading, not digital silence: no dropout (≥ 5 ms 20 dB below).
+#[test]
+fn p7_host_stalls_play_on_without_a_dropout() {
+    let Some(_g) = begin_tunnel("p7") else {
+        return;
+    };
+    let port = free_port();
+    let receiver = Daemon::receiver("p7-rx", port, "auth-anonymous=1");
+    let sender = Daemon::named("p7-tx");
+    sender.load_tunnel("tun", port, "");
+    let _player = play_loop(&sender, "tun", tone_loop(700.0, 700.0, -12.0));
+    let mut rec = Recorder::start(&receiver, "null.monitor");
+    let _ = rec.read(5.0).expect("warm-up");
+    let before = num(&stream_props(&receiver), "opus.tunnel.underruns");
+    let pids = [receiver.pid(), sender.pid()];
+    let mut gaps = Vec::new();
+    for ms in [20, 30, 40, 30] {
+        opus_tunnel_tests::process::stall(&pids, Duration::from_millis(ms));
+        let audio = rec.read(2.0).expect("recording");
+        gaps.extend(
+            opus_tunnel_tests::dropouts(&audio, 2)
+                .into_iter()
+                .map(|d| format!("{ms} ms stall: {:.0} ms at {:.0} ms", d.len_ms, d.start_ms)),
+        );
+        let (f, l) = tone_of(&audio);
+        assert!(
+            (f - 700.0).abs() <= 5.0 && (l + 12.0).abs() <= 1.0,
+            "{f} Hz at {l} dBFS"
+        );
+    }
+    let p = stream_props(&receiver);
+    println!(
+        "four stalls of 20-40 ms: underruns {} (+{}), dropouts {gaps:?}, target {:.1} ms",
+        num(&p, "opus.tunnel.underruns"),
+        num(&p, "opus.tunnel.underruns").saturating_sub(before),
+        num(&p, "opus.tunnel.target_latency_usec") as f64 / 1000.0
+    );
+    assert!(gaps.is_empty(), "dropouts: {gaps:?}");
+}

@@ -12,7 +12,7 @@ use crate::link::{self, DEAD_AFTER, MAX_FRAME};
 use crate::net::Conn;
 use crate::params::Compression;
 use crate::params::OpusKnobs;
-use crate::playout::{Playout as PlayoutEngine, PlayoutConfig, Target};
+use crate::playout::{Expander, Playout as PlayoutEngine, PlayoutConfig, Target};
 use crate::rtp::{self, Control};
 use crate::server::Host;
 use crate::udp::{self, ParityDecoder};
@@ -1032,10 +1032,11 @@ impl Receive {
 }
 
 /// The stream's side on the daemon's real-time thread: takes the engine's audio out of the
-/// ring, plays silence where there is none, and reports what it took (and when) to the
-/// connection thread. Lock-free and allocation-free.
+/// ring, plays the [`Expander`]'s continuation where there is none, and reports what it took
+/// (and when) to the connection thread. Lock-free and allocation-free.
 pub struct Playback {
     conn: Arc<ConnShared>,
+    expander: Expander,
     ring: rtrb::Consumer<f32>,
     reports: rtrb::Producer<DeviceReport>,
     consumed: u64,
@@ -1051,6 +1052,7 @@ impl Playback {
         reports: rtrb::Producer<DeviceReport>,
     ) -> Playback {
         Playback {
+            expander: Expander::new(conn.rate, usize::from(conn.channels)),
             conn,
             ring,
             reports,
@@ -1060,7 +1062,8 @@ impl Playback {
         }
     }
 
-    /// Fills `out` (interleaved samples) completely, with silence where nothing is there.
+    /// Fills `out` (interleaved samples) completely, with the expander's continuation where
+    /// nothing is there.
     pub fn pop(&mut self, out: &mut [f32]) {
         self.pop_with(out.len(), |i, v| out[i] = v);
     }
@@ -1088,11 +1091,11 @@ impl Playback {
         if let Ok(chunk) = self.ring.read_chunk(take) {
             let (a, b) = chunk.as_slices();
             for (i, v) in a.iter().chain(b.iter()).enumerate() {
-                put(i, *v);
+                put(i, self.expander.real(*v));
             }
             chunk.commit_all();
         }
-        (take..want).for_each(|i| put(i, 0.0));
+        (take..want).for_each(|i| put(i, self.expander.missing()));
         self.read += take as u64;
         self.consumed += (take / ch) as u64;
         self.missing += ((want - take) / ch) as u64;

@@ -27,6 +27,9 @@
 //!   simulation runs days of it in seconds.
 //! - [`Playout`]: a controller plus the audio — the input FIFO, silence trimming and a
 //!   `rubato` sinc resampler.
+//! - [`Expander`] (on the device's thread, in `decode::Playback`): what the device plays where
+//!   the ring runs short — the last pitch period played, repeated and fading out over 50 ms,
+//!   crossfaded back into the stream when its audio comes — instead of digital silence.
 //!
 //! # The latency
 //!
@@ -91,6 +94,7 @@
 mod clock;
 mod controller;
 mod engine;
+mod expand;
 mod pi;
 mod skew;
 mod target;
@@ -102,6 +106,7 @@ mod window;
 pub use clock::Clock;
 pub use controller::Controller;
 pub use engine::{sinc_parameters, Playout};
+pub use expand::Expander;
 pub use pi::LoopFilter;
 pub use skew::{LineFit, SkewEstimator};
 pub use target::{Target, TargetAdapter};
