@@ -175,6 +175,16 @@ fn num(p: &HashMap<String, String>, k: &str) -> u64 {
     p.get(k).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
 }
 
+/// A receiver (`NAME-rx`, anonymous) and a sender (`NAME-tx`) whose tunnel sink `tun` plays
+/// into it at the defaults.
+fn tunnel_pair(name: &str) -> (Daemon, Daemon) {
+    let port = free_port();
+    let receiver = Daemon::receiver(&format!("{name}-rx"), port, "auth-anonymous=1");
+    let sender = Daemon::named(&format!("{name}-tx"));
+    sender.load_tunnel("tun", port, "");
+    (receiver, sender)
+}
+
 /// Left channel of stereo audio: frequency and level.
 fn tone_of(audio: &[i16]) -> (f64, f64) {
     let l = channel(audio, 0, 2);
@@ -595,10 +605,7 @@ fn p4_starts_after_idle_on_a_sink_nothing_reads() {
     let Some(_g) = begin_tunnel("p4") else {
         return;
     };
-    let port = free_port();
-    let receiver = Daemon::receiver("p4-rx", port, "auth-anonymous=1");
-    let sender = Daemon::named("p4-tx");
-    sender.load_tunnel("tun", port, "");
+    let (receiver, sender) = tunnel_pair("p4");
     let mut failures = Vec::new();
     let mut under = 0;
     for start in ["8 s after load-module", "after 8 s of silence"] {
@@ -645,10 +652,7 @@ fn p5_a_stop_leaves_the_target_where_it_was() {
     let Some(_g) = begin_tunnel("p5") else {
         return;
     };
-    let port = free_port();
-    let receiver = Daemon::receiver("p5-rx", port, "auth-anonymous=1");
-    let sender = Daemon::named("p5-tx");
-    sender.load_tunnel("tun", port, "");
+    let (receiver, sender) = tunnel_pair("p5");
     let mut reader = Recorder::start(&receiver, "null.monitor");
     reader.discard();
     let target = || {
@@ -687,10 +691,7 @@ fn p7_host_stalls_play_on_without_a_dropout() {
     let Some(_g) = begin_tunnel("p7") else {
         return;
     };
-    let port = free_port();
-    let receiver = Daemon::receiver("p7-rx", port, "auth-anonymous=1");
-    let sender = Daemon::named("p7-tx");
-    sender.load_tunnel("tun", port, "");
+    let (receiver, sender) = tunnel_pair("p7");
     let _player = play_loop(&sender, "tun", tone_loop(700.0, 700.0, -12.0));
     let mut rec = Recorder::start(&receiver, "null.monitor");
     let _ = rec.read(5.0).expect("warm-up");
