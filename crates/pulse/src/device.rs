@@ -248,7 +248,7 @@ pub(crate) unsafe extern "C" fn set_state_in_io_thread<K: Kind>(
 }
 
 /// How many blocks past its time a block may wait for its audio ([`Kind::block_ready`])
-/// before it is handled with what there is (a source posts silence for what is missing). A
+/// before it is handled with what there is (the rest is the stream's underrun). A
 /// source is virtual: late audio posted late is only latency for its readers, silence in its
 /// place is lost audio. This is what a stall of the whole host needs: the far end's burst of
 /// catch-up audio and our own catch-up posts wake together, and ours must not win by

@@ -111,7 +111,10 @@ impl Expander {
 
     fn remember(&mut self, v: f32) {
         self.history[self.at] = v;
-        self.at = (self.at + 1) % self.history.len();
+        self.at += 1;
+        if self.at == self.history.len() {
+            self.at = 0;
+        }
     }
 
     /// The continuation's sample `k`, advancing `k`.
