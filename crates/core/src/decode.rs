@@ -1078,9 +1078,8 @@ impl Playback {
 
     fn pop_with(&mut self, want: usize, mut put: impl FnMut(usize, f32)) {
         let ch = usize::from(self.conn.channels.max(1));
-        let until = self.conn.discard_until.load(Ordering::SeqCst);
-        if until > self.read {
-            let stale = ((until - self.read) as usize).min(self.ring.slots());
+        let stale = self.stale_samples();
+        if stale > 0 {
             if let Ok(c) = self.ring.read_chunk(stale) {
                 c.commit_all();
                 self.read += stale as u64;
@@ -1115,10 +1114,17 @@ impl Playback {
         f64::from_bits(self.conn.ratio_bits.load(Ordering::Relaxed))
     }
 
+    /// Samples at the front of the ring that a restart made stale: the next pop throws them
+    /// away.
+    fn stale_samples(&self) -> usize {
+        let until = self.conn.discard_until.load(Ordering::SeqCst);
+        (until.saturating_sub(self.read) as usize).min(self.ring.slots())
+    }
+
     /// Samples waiting in the ring that the next pop would take (stale ones not counted).
     pub fn ready_samples(&self) -> usize {
-        let until = self.conn.discard_until.load(Ordering::SeqCst);
-        let stale = until.saturating_sub(self.read) as usize;
+        // The worker may add to the ring between the two reads: never below zero.
+        let stale = self.stale_samples();
         self.ring.slots().saturating_sub(stale)
     }
 
