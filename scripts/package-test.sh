@@ -203,14 +203,43 @@ if not rms or max(rms) < 30:
 top = max(rms)
 loud = [i for i, r in enumerate(rms) if r > top / 3.2]
 a, b = loud[0] * blk, (loud[-1] + 1) * blk
-# The steady part: the last 3 s of the tone. (A stream's first seconds can be up to 1 %
-# off pitch while the receiver's drift correction settles: a known limit, see the README.)
-seg = left[max(a, b - 3 * 48000):b]
-cross = sum(1 for i in range(1, len(seg)) if (seg[i - 1] < 0) != (seg[i] < 0))
-freq = cross / 2 / (len(seg) / 48000)
+# The steady part: the last 3 s of the tone before its last 20 ms. The loud part ends with
+# the 10 ms block where the tone fades out, and after the fade the decoder rings on for a few
+# ms at -55 to -95 dBFS with 4-5 times the tone's zero crossings: counted in, those moved a
+# 3 s count by up to +9 Hz, depending on where the fade fell in its block.
+end = b - 960
+seg = left[max(a, end - 3 * 48000):end]
+def zc_freq(x):
+    cross = sum(1 for i in range(1, len(x)) if (x[i - 1] < 0) != (x[i] < 0))
+    return cross / 2 / (len(x) / 48000)
+# The tone's frequency: the median of its 200 ms blocks' own (zero crossings). A pitch error
+# moves most blocks; a glitch (a concealed packet on a busy machine) moves one or two, and
+# its few extra crossings would move a count over the whole 3 s by several Hz. The blocks
+# more than 5 Hz off are listed ("START_S:HZ"); the whole count is printed too.
+blocks = [(i, zc_freq(seg[i:i + 9600])) for i in range(0, len(seg) - 9600 + 1, 9600)]
+freq = sorted(f for _, f in blocks)[len(blocks) // 2] if blocks else zc_freq(seg)
 level = 20 * math.log10(math.sqrt(sum(x * x for x in seg) / len(seg)) / 32768)
-print("%.1f %.1f %.2f" % (freq, level, len(seg) / 48000))
+off = ["%.1f:%.0f" % (i / 48000, f) for i, f in blocks if abs(f - 1000) > 5]
+print("%.1f %.1f %.2f %.1f %d/%d%s" % (freq, level, len(seg) / 48000, zc_freq(seg), len(off),
+      len(blocks), (" (" + " ".join(off) + ")") if off else ""))
 EOF
+}
+
+# engine_figures CLIENT-ENV: the receive engine's figures of each opus-tunnel stream that
+# plays (a receiver's sink input, a tunnel source) on the server of CLIENT-ENV, one line.
+engine_figures() {
+  { env -u DISPLAY $1 pactl list sink-inputs; env -u DISPLAY $1 pactl list sources; } 2>/dev/null | awk '
+    function flush() {
+      if (f["drift_ppm"] != "" && f["state"] != "idle") {
+        printf "%s%s: state %s, drift %s ppm, latency %s us, target %s us, underruns %s, concealed frames %s", sep, name, f["state"], f["drift_ppm"], f["latency_usec"], f["target_latency_usec"], f["underruns"], f["plc_frames"]
+        sep = "; "
+      }
+      delete f
+    }
+    BEGIN { n = split("state drift_ppm latency_usec target_latency_usec underruns plc_frames", w, " "); for (i = 1; i <= n; i++) want["opus.tunnel." w[i]] = w[i] }
+    /^(Sink Input|Source) #/ { flush(); name = $0 }
+    ($1 in want) { v = $3; gsub(/"/, "", v); f[want[$1]] = v }
+    END { flush() }'
 }
 
 # tone_through SENDER RECEIVER-DAEMON: plays 8 s of 1000 Hz into sink "tun" of SENDER, records
@@ -233,10 +262,19 @@ for i in range(48000 * 8):
     v = int(amp * math.sin(2 * math.pi * 1000 * i / 48000))
     out += struct.pack("<hh", v, v)
 sys.stdout.buffer.write(out)' \
-    | env -u DISPLAY $s_env timeout 15 pacat --playback --raw --format=s16le --rate=48000 --channels=2 -d "$sink"
+    | env -u DISPLAY $s_env timeout 15 pacat --playback --raw --format=s16le --rate=48000 --channels=2 -d "$sink" &
+  local play_pid=$!; pids+=($play_pid)
+  # What the receiving end's engine says while the tone plays (6.5 s in): printed with the
+  # figures, so that a tone that arrives wrong says why (drift, underruns, concealment).
+  sleep 6.5
+  local engine
+  engine=$(engine_figures "$r_env")
+  wait "$play_pid" || true
   wait "$rec_pid" || true
-  read -r freq level secs < <(measure "$rec")
+  read -r freq level secs whole blocks < <(measure "$rec")
   echo "    received: ${secs} s of tone at ${freq} Hz, ${level} dBFS (sent: 1000 Hz, peak -12 dBFS = RMS -15 dBFS)"
+  echo "      its 200 ms blocks more than 5 Hz off: ${blocks}; zero crossings over all of it: ${whole} Hz"
+  echo "      receiving engine at 6.5 s: ${engine:-no opus-tunnel stream found}"
   python3 -c "import sys; f,l,s=map(float,sys.argv[1:]); sys.exit(0 if abs(f-1000)<=5 and abs(l+15)<=1.5 and s>=2.0 else 1)" \
     "$freq" "$level" "$secs" || die "the tone did not arrive intact through the tunnel"
 }
