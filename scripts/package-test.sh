@@ -203,11 +203,13 @@ if not rms or max(rms) < 30:
 top = max(rms)
 loud = [i for i, r in enumerate(rms) if r > top / 3.2]
 a, b = loud[0] * blk, (loud[-1] + 1) * blk
-# The steady part: the last 3 s of the tone before its last 20 ms. The loud part ends with
-# the 10 ms block where the tone fades out, and after the fade the decoder rings on for a few
-# ms at -55 to -95 dBFS with 4-5 times the tone's zero crossings: counted in, those moved a
-# 3 s count by up to +9 Hz, depending on where the fade fell in its block.
-end = b - 960
+# The steady part: the last 3 s of the tone before the last 10 ms block at its full level
+# (within 3.5 dB of the loud blocks' median). The loud part ends with the block where the tone fades out,
+# and after the fade the decoder can ring on for a few ms at -55 to -95 dBFS with 4-5 times
+# the tone's zero crossings: counted in, those moved a 3 s count by up to +9 Hz, depending on
+# where the fade fell in its block.
+level_of_tone = sorted(rms[i] for i in loud)[len(loud) // 2]
+end = [i for i, r in enumerate(rms) if r > level_of_tone / 1.5][-1] * blk
 seg = left[max(a, end - 3 * 48000):end]
 def zc_freq(x):
     cross = sum(1 for i in range(1, len(x)) if (x[i - 1] < 0) != (x[i] < 0))
