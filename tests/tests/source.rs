@@ -310,3 +310,107 @@ fn m7_host_stalls_post_late_not_silent() {
     );
     assert_eq!(after, before, "underruns across the stalls");
 }
+
+/// Amplitude of the `hz` component of the left channel (stereo s16) in 5 ms windows.
+fn tone_envelope(audio: &[i16], hz: f64) -> Vec<f64> {
+    let left: Vec<f64> = audio.iter().step_by(2).map(|&v| f64::from(v)).collect();
+    let w = 2.0 * std::f64::consts::PI * hz / 48_000.0;
+    left.chunks_exact(240)
+        .enumerate()
+        .map(|(k, c)| {
+            let (mut re, mut im) = (0.0, 0.0);
+            for (i, v) in c.iter().enumerate() {
+                let ph = w * (k * 240 + i) as f64;
+                re += v * ph.cos();
+                im += v * ph.sin();
+            }
+            2.0 * re.hypot(im) / c.len() as f64
+        })
+        .collect()
+}
+
+/// A known defect, not in CI (`--ignored` runs it; it fails): a tone that starts playing into
+/// the far end's source while the tunnel source records it can have its level broken for
+/// 50–250 ms within its first second — a dip of 9–13 dB, then a beat of up to ±5 dB around
+/// the tone's level that dies away — at a moment the tunnel source's engine conceals a late
+/// packet (5 ms) and then plays it. The far end's own monitor, recorded at the same time, is
+/// clean. Measured 2026-12-07: in the first of four runs after load; in a flow with a second
+/// tunnel to the same far end (as `scripts/package-test.sh` has), at nearly every start.
+#[test]
+#[ignore = "known defect: the record direction's start (README, Known limits)"]
+fn m8_a_tone_that_starts_while_recording_keeps_its_level() {
+    let Some(_g) = begin("m8", MODULES) else {
+        return;
+    };
+    let port = free_port();
+    let mut b = Daemon::builder().name("m8-rx");
+    for l in receiver_lines(port) {
+        b = b.line(l);
+    }
+    let receiver = b.start().expect("receiver");
+    let desktop = Daemon::named("m8-desktop");
+    desktop
+        .load_module(
+            "module-tunnel-source-opus",
+            &format!("source_name=mic server=tcp:127.0.0.1:{port}"),
+        )
+        .expect("tunnel source");
+    let file = receiver.dir().join("tone.raw");
+    opus_tunnel_tests::signal::write_s16le(
+        &file,
+        &opus_tunnel_tests::signal::tone(&[1000.0, 1000.0], -12.0, 8.0),
+    )
+    .expect("tone file");
+    let mut broken = Vec::new();
+    for run in 0..4 {
+        let mut rec = Recorder::start(&desktop, "mic");
+        std::thread::sleep(Duration::from_secs(1));
+        // pacat at its default buffer, as a player would.
+        let mut pacat = receiver.command("pacat");
+        pacat.args([
+            "--playback",
+            "--raw",
+            "--format=s16le",
+            "--rate=48000",
+            "--channels=2",
+            "-d",
+            "null",
+        ]);
+        let mut child = pacat
+            .stdin(std::fs::File::open(&file).expect("tone file"))
+            .spawn()
+            .expect("pacat");
+        let audio = rec.read(10.0).expect("recording");
+        let _ = child.wait();
+        let env = tone_envelope(&audio, 1000.0);
+        let loud: Vec<usize> = (0..env.len()).filter(|&k| env[k] > 2000.0).collect();
+        let (Some(&a), Some(&b)) = (loud.first(), loud.last()) else {
+            panic!("run {run}: no tone recorded");
+        };
+        let mut levels: Vec<f64> = env[a..=b].to_vec();
+        levels.sort_by(f64::total_cmp);
+        let level = levels[levels.len() / 2];
+        // Off by more than 1 dB, away from the tone's 5 ms fades.
+        let off: Vec<String> = (a + 4..b.saturating_sub(4))
+            .filter(|&k| (20.0 * (env[k] / level).log10()).abs() > 1.0)
+            .map(|k| {
+                format!(
+                    "{:.3} s: {:+.1} dB",
+                    (k - a) as f64 * 0.005,
+                    20.0 * (env[k] / level).log10()
+                )
+            })
+            .collect();
+        println!(
+            "run {run}: {} of {} 5 ms windows more than 1 dB off the tone's level: {off:?}",
+            off.len(),
+            b - a
+        );
+        if !off.is_empty() {
+            broken.push(run);
+        }
+        drop(rec);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(broken.is_empty(), "runs with a broken level: {broken:?}");
+}
