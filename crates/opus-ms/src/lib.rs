@@ -1,6 +1,8 @@
 //! Binding: a small safe wrapper over libopus's multistream API (`opus_multistream_*`), which
 //! `audiopus` does not wrap. This crate is the only place where the multistream C calls are
-//! made; the core crate (`#![forbid(unsafe_code)]`) uses [`MsEncoder`] and [`MsDecoder`].
+//! made; the core crate (`#![forbid(unsafe_code)]`) uses [`MsEncoder`] for surround and
+//! [`MsDecoder`] for every Opus stream (mono and stereo as one stream), because a decoder
+//! must be duplicated to conceal late audio without touching its state.
 //!
 //! Safety argument, for every `unsafe` block below:
 //! - the state pointers come from libopus's `*_create` functions, are checked for null, are
@@ -9,7 +11,10 @@
 //!   it (or is a whole number of frames of `channels` samples, checked before the call), so
 //!   libopus never reads or writes past it;
 //! - the variadic `*_ctl` calls pass exactly one `opus_int32` argument, which is what every
-//!   `OPUS_SET_*` request that [`MsEncoder::set`] is used for takes.
+//!   `OPUS_SET_*` request that [`MsEncoder::set`] is used for takes;
+//! - [`MsDecoder::duplicate`] copies a decoder's state block over a fresh one made with the
+//!   same layout: both are `opus_multistream_decoder_get_size` bytes, and libopus lays the
+//!   streams' decoders out by offset inside the block (no pointers), so the copy is whole.
 //!
 //! libopus keeps no reference to our buffers after a call returns, and a state is only used
 //! through `&mut self`, so the wrappers are `Send` (not `Sync`).
@@ -206,6 +211,9 @@ pub fn surround_layout(channels: u8, mapping_family: u8) -> Result<StreamLayout,
 pub struct MsDecoder {
     st: NonNull<sys::OpusMSDecoder>,
     channels: usize,
+    /// What it was made with, to make a twin ([`MsDecoder::duplicate`]).
+    rate: u32,
+    layout: StreamLayout,
 }
 
 // SAFETY: as for `MsEncoder`.
@@ -221,6 +229,7 @@ impl MsDecoder {
                 layout.mapping.len()
             )));
         }
+        let rate_hz = rate;
         let rate = i32::try_from(rate).map_err(|_| ours("rate out of range"))?;
         let mut err: c_int = 0;
         // SAFETY: `mapping` holds `channels` entries, as the API requires.
@@ -238,6 +247,8 @@ impl MsDecoder {
             Some(st) if err == sys::OPUS_OK => Ok(MsDecoder {
                 st,
                 channels: usize::from(channels),
+                rate: rate_hz,
+                layout: layout.clone(),
             }),
             Some(st) => {
                 // SAFETY: created just above, not owned by anything else.
@@ -287,6 +298,33 @@ impl MsDecoder {
             )
         };
         usize::try_from(n).map_err(|_| opus_error(n))
+    }
+}
+
+impl MsDecoder {
+    /// A decoder in exactly this one's state: what it conceals or decodes next, the twin
+    /// would too, and each goes on alone. (libopus keeps a decoder's whole state, its
+    /// streams' decoders included, in one block without pointers, so a byte copy of the
+    /// block is a working decoder: opus_multistream_decoder.c lays the streams out by
+    /// offset.)
+    pub fn duplicate(&self) -> Result<MsDecoder, Error> {
+        let twin = MsDecoder::new(self.rate, self.channels as u8, &self.layout)?;
+        // SAFETY: both states were made by opus_multistream_decoder_create with the same
+        // streams and coupled streams, so each block is `size` bytes long; they are two
+        // allocations, so they do not overlap; `twin` is not in use yet.
+        unsafe {
+            let size = sys::opus_multistream_decoder_get_size(
+                c_int::from(self.layout.streams),
+                c_int::from(self.layout.coupled),
+            );
+            let size = usize::try_from(size).map_err(|_| opus_error(size))?;
+            std::ptr::copy_nonoverlapping(
+                self.st.as_ptr() as *const u8,
+                twin.st.as_ptr() as *mut u8,
+                size,
+            );
+        }
+        Ok(twin)
     }
 }
 
