@@ -951,7 +951,7 @@ impl Receive {
                         log::debug!("{}: undecodable packet ({e}); concealed", self.conn.label);
                         self.pcm.clear();
                         let n = self.decoder.ticks_to_samples(codec::OPUS_RTP_CLOCK / 50);
-                        let _ = self.decoder.conceal(n, &mut self.pcm);
+                        let _ = self.decoder.conceal_lost(n, 0, &mut self.pcm);
                         self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
                     }
                     (self.position(timestamp), arrived)
@@ -990,19 +990,18 @@ impl Receive {
                                 .fec_frames
                                 .fetch_add(1, Ordering::Relaxed);
                         } else {
-                            // The engine may have concealed the start of it already: the
-                            // decoder's concealment goes on from there.
+                            // The engine may have concealed the start of it already (as
+                            // late audio): the decoder conceals the whole packet, now known
+                            // lost, and what follows that start is played.
                             // (Opus conceals in 2.5 ms steps: an odd overlap is skipped
                             // by the engine.)
                             let step = (self.conn.rate as usize / 400).max(1);
                             let covered = (self.playout.covered_from(pos) as usize).min(n);
                             let covered = covered - covered % step;
                             pos = pos.wrapping_add(covered as u32);
-                            if covered < n {
-                                self.decoder
-                                    .conceal(n - covered, &mut self.pcm)
-                                    .map_err(|e| format!("concealment: {e}"))?;
-                            }
+                            self.decoder
+                                .conceal_lost(n, covered, &mut self.pcm)
+                                .map_err(|e| format!("concealment: {e}"))?;
                             self.conn.stats.plc_frames.fetch_add(1, Ordering::Relaxed);
                         }
                     }
