@@ -8,7 +8,7 @@
 //!
 //! Environment: `BENCH_ONLY=sessions,cpu,scale,quality,encryption` runs some sections only (the doc is
 //! then not written unless `BENCH_WRITE=1`); `BENCH_LOWLAT_TARGET` (ms) gives the receiver of
-//! the low-latency preset a fixed target (default: auto); `BENCH_SCALE=1,8,32,64` the tunnel counts;
+//! the low-latency preset a fixed target (default: auto); `BENCH_SCALE=1,8,32,60` the tunnel counts;
 //! `BENCH_PYTHON` the Python with numpy, scipy and pesq (default: a venv in
 //! target/bench-venv, created when missing).
 
@@ -726,7 +726,9 @@ fn run() -> Result<()> {
     let scale_ns: Vec<usize> = std::env::var("BENCH_SCALE")
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 8, 32, 64]);
+        // Not 64: N pacat clients and one pactl are N + 1 clients of the sender's daemon, and
+        // PulseAudio's native protocol drops every client beyond its 64th (MAX_CONNECTIONS).
+        .unwrap_or_else(|| vec![1, 8, 32, 60]);
     let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let work = std::env::temp_dir().join(format!("ot-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
@@ -992,7 +994,12 @@ fn run() -> Result<()> {
         std::fs::write(&path, &doc)?;
         log(&format!("wrote {}", path.display()));
     }
-    let _ = std::fs::remove_dir_all(&work);
+    // BENCH_KEEP=1 keeps the recordings (the work directory is printed).
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        log(&format!("kept {}", work.display()));
+    }
     log(&format!("bench took {total:.0} s"));
     Ok(())
 }
