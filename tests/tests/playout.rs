@@ -538,15 +538,16 @@ fn p3_render_to_render_latency_and_the_reported_latency() {
     );
     println!(
         "tun's reported latency (pactl list sinks, 10 readings 200 ms apart): {} ms; \
-         {lo:.1}-{hi:.1}, spread {:.1} ms, mean {mean:.1} ms, mean - render-to-play {:+.1} ms; \
-         the sink's opus.tunnel.{remote}",
+         {lo:.1}-{hi:.1}, spread {:.1} ms, mean {mean:.1} ms, mean - render-to-play {:+.1} ms, \
+         mean - render-to-render {:+.1} ms; the sink's opus.tunnel.{remote}",
         readings
             .iter()
             .map(|v| format!("{v:.1}"))
             .collect::<Vec<_>>()
             .join(" "),
         hi - lo,
-        mean - render_play
+        mean - render_play,
+        mean - render_render
     );
     assert!(
         steady.len() >= 6,

@@ -18,7 +18,7 @@ use crate::samples::SampleFormat;
 use crate::stats::{BitrateMeter, Stats, TunnelState};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle, Thread};
@@ -38,9 +38,10 @@ pub struct Shared {
     pub remote_device_usec: AtomicU64,
     /// The network's one-way time (half the TCP connect's round trip), µs.
     pub net_usec: AtomicU64,
-    /// What the codec adds: the frame's wait and the look-ahead
-    /// ([`crate::latency::codec_usec`]), µs.
-    pub codec_usec: AtomicU64,
+    /// What the codec adds beyond the sink's clock: the frame's wait and the look-ahead
+    /// ([`crate::latency::codec_usec`]), µs; negative with a block much longer than the
+    /// frame (the audio leaves ahead of the sink's clock).
+    pub codec_usec: AtomicI64,
     /// Half the device's block: what it holds ahead of its clock on average, µs.
     half_block_usec: AtomicU64,
     worker: OnceLock<Thread>,
@@ -66,7 +67,7 @@ impl Shared {
             remote_usec: AtomicU64::new(0),
             remote_device_usec: AtomicU64::new(0),
             net_usec: AtomicU64::new(0),
-            codec_usec: AtomicU64::new(0),
+            codec_usec: AtomicI64::new(0),
             half_block_usec: AtomicU64::new(0),
             worker: OnceLock::new(),
             bytes_per_sec: bytes_per_sec.max(1),
@@ -148,10 +149,10 @@ impl Shared {
     /// network one way, the receiver's buffer and its device, each part held still while it
     /// moves by less than a millisecond (see [`crate::latency`]). Lock-free.
     pub fn beyond_device_usec(&self) -> u64 {
-        self.codec_usec.load(Ordering::Relaxed)
-            + self.net_usec.load(Ordering::Relaxed)
+        let rest = self.net_usec.load(Ordering::Relaxed)
             + self.remote_usec.load(Ordering::Relaxed)
-            + self.remote_device_usec.load(Ordering::Relaxed)
+            + self.remote_device_usec.load(Ordering::Relaxed);
+        rest.saturating_add_signed(self.codec_usec.load(Ordering::Relaxed))
     }
 
     /// Sets the codec's part of the latency for a device block of `block_usec` and the

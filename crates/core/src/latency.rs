@@ -3,13 +3,14 @@
 //! query to the next), and the smoothed network time it needs.
 //!
 //! **The tunnel sink** (what `pactl list sinks` shows, what players add to their own buffer):
-//! on average, audio rendered now plays at the far end after
+//! on average, audio written now plays at the far end after
 //!
 //! ```text
 //!   block/2                      the sink renders a block ahead of its clock: half of one on
 //!                                average (added by the device binding, `crates/pulse`)
-//! + (max(frame, block) - block)/2  a frame leaves when its last block is rendered; the receive
-//!                                  buffer's mean fill already counts half a frame of it
+//! + frame/2 - block              a frame leaves when its last block is rendered, a block ahead
+//!                                of that block's end by the sink's clock; the receive buffer's
+//!                                mean fill counts the frame's other half
 //! + look-ahead                   the codec's delay: Opus 6.5 ms (2.5 ms with application=lowdelay), PCM 0
 //! + network                      one way: half the smoothed round trip
 //! + receiver                     the receive buffer's mean fill over time (`latency_usec` of its
@@ -19,12 +20,13 @@
 //!                                daemon queues for the stream (`device_latency_usec`)
 //! ```
 //!
-//! (20 ms frames and 10 ms blocks: 5 + 5 + 6.5 ms before the network.) Checked against a
-//! measurement (tests/tests/playout.rs, `p3`: the time from the sender's sink rendering a
-//! click to the receiver's sink playing it by its clock): on the first release's engine, whose
-//! latency still moved by about 1 ms/s while it settled, the reported figure was 0.4–3.3 ms
-//! above the measured one in three runs, before the receivers reported their device's latency
-//! (0 for the null sink those runs played on).
+//! (20 ms frames and 10 ms blocks: 5 + 0 + 6.5 ms before the network.) Audio written now is
+//! rendered at the end of what the sink holds, as the first sample of its next block, and that
+//! block leaves with its frame: the frame's wait is counted from the sink's clock, not from the
+//! render. Until 2026-12-07 the sum counted it from the render, `(frame − block)/2`, half a
+//! block more, as if the sample written now sat in the middle of its block; the reported
+//! figure was then 2.6–5.3 ms above the measured render-to-play latency (tests/tests/playout.rs
+//! `p3`, the bench), where this sum expects 5 ms at the defaults.
 //!
 //! **The tunnel source**: the next frame it posts was captured at the far end
 //! `device + frame/2 + look-ahead + network + receiver - block/2` earlier on average, the
@@ -44,10 +46,12 @@ pub fn lookahead_usec(compression: Compression, knobs: &OpusKnobs) -> u64 {
 }
 
 /// What the codec adds to a play tunnel's latency beyond the sink's own half block, µs: the
-/// frame's wait and the look-ahead (see the module's documentation). The sink's half block is
-/// the device binding's to add: it is what the sink holds ahead of its clock.
-pub fn codec_usec(block_usec: u64, frame_usec: u64, lookahead_usec: u64) -> u64 {
-    (frame_usec.max(block_usec) - block_usec) / 2 + lookahead_usec
+/// frame's wait from the sink's clock and the look-ahead (see the module's documentation);
+/// negative when the block is much longer than the frame (the audio leaves ahead of the
+/// sink's clock). The sink's half block is the device binding's to add.
+pub fn codec_usec(block_usec: u64, frame_usec: u64, lookahead_usec: u64) -> i64 {
+    let us = |v: u64| i64::try_from(v).unwrap_or(i64::MAX / 4);
+    us(frame_usec) / 2 + us(lookahead_usec) - us(block_usec)
 }
 
 /// Holds a figure that arrives now and then (a round trip per connection, a report per
@@ -100,13 +104,16 @@ mod tests {
 
     #[test]
     fn codec_part_at_defaults_and_presets() {
-        // Defaults: 10 ms block, 20 ms frames, Opus audio: 5 + 6.5 ms (+ the sink's 5).
-        assert_eq!(codec_usec(10_000, 20_000, 6_500), 11_500);
-        // Frames no longer than the block leave as the block is rendered.
-        assert_eq!(codec_usec(10_000, 5_000, 2_500), 2_500);
-        assert_eq!(codec_usec(5_000, 5_000, 2_500), 2_500);
-        // A 60 ms frame on a 10 ms block waits 25 ms on average.
-        assert_eq!(codec_usec(10_000, 60_000, 0), 25_000);
+        // Defaults: 10 ms block, 20 ms frames, Opus audio: 10 − 10 + 6.5 ms (+ the sink's 5).
+        assert_eq!(codec_usec(10_000, 20_000, 6_500), 6_500);
+        // The low-latency preset: 2 ms block, 2.5 ms frames, lowdelay.
+        assert_eq!(codec_usec(2_000, 2_500, 2_500), 1_750);
+        // 10 ms frames on a 10 ms block (UDP's default frames): 5 − 10 + 6.5.
+        assert_eq!(codec_usec(10_000, 10_000, 6_500), 1_500);
+        // A 60 ms frame on a 10 ms block waits 20 ms from the sink's clock on average.
+        assert_eq!(codec_usec(10_000, 60_000, 0), 20_000);
+        // A 50 ms block holds its 20 ms frames' audio ahead of the clock.
+        assert_eq!(codec_usec(50_000, 20_000, 6_500), -33_500);
     }
 
     #[test]
