@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """What libopus alone does to a tone under random packet loss, by coding mode (issue 18's
 record direction): a 1 kHz tone at -12 dBFS, mono, 120 s, through `opusenc --framesize 10`
-(speech mode at 32 kbit/s, as the tunnel source's voice default codes it; music mode at
-32 kbit/s; 64 kbit/s as the tunnel sink's default) and `opusdec --packet-loss N` (random loss,
+(speech mode at 32 kbit/s, as the tunnel source's voice default coded it until 2026-12-07;
+music mode at 32 kbit/s; libopus's own choice at 32 kbit/s, the tunnel source's default since;
+64 kbit/s as the tunnel sink's default) and `opusdec --packet-loss N` (random loss,
 the decoder's concealment), counting 10 ms blocks more than 10 and 20 dB below the median (the
 first second left out). Needs sox and opus-tools (scripts/quality.sh --setup installs them).
 
@@ -19,6 +20,7 @@ import numpy as np
 MODES = [
     ("speech, 32 kbit/s", ["--speech", "--bitrate", "32"]),
     ("music, 32 kbit/s", ["--music", "--bitrate", "32"]),
+    ("auto, 32 kbit/s", ["--bitrate", "32"]),
     ("auto, 64 kbit/s", ["--bitrate", "64"]),
 ]
 

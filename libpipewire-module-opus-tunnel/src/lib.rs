@@ -31,7 +31,7 @@
 //! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets); with `tunnel.transport = udp` 10 unless given | 20 |
 //! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |
 //! | `compression.opus.max_bandwidth` | narrowband, mediumband, wideband, superwideband, fullband | audio bandwidth limit | fullband |
-//! | `compression.opus.signal` | auto, voice, music | signal hint | auto (source mode: voice) |
+//! | `compression.opus.signal` | auto, voice, music | signal hint | auto |
 //! | `compression.opus.vbr` | bool | variable bit rate | true |
 //! | `compression.opus.vbr_constraint` | bool | constrained VBR | false |
 //! | `compression.opus.application` | voip, audio, lowdelay | encoder mode | audio |

@@ -33,7 +33,7 @@
 //! | `compression.frame_size` | 2.5, 5, 10, 20, 40, 60 | frame duration, ms (also the size of PCM packets) | 20 |
 //! | `compression.opus.complexity` | 0-10 | encoder complexity | 10 |
 //! | `compression.opus.max_bandwidth` | narrowband, mediumband, wideband, superwideband, fullband | audio bandwidth limit | fullband |
-//! | `compression.opus.signal` | auto, voice, music | signal hint | voice |
+//! | `compression.opus.signal` | auto, voice, music | signal hint | auto |
 //! | `compression.opus.vbr` | bool | variable bit rate | true |
 //! | `compression.opus.vbr_constraint` | bool | constrained VBR | false |
 //! | `compression.opus.application` | voip, audio, lowdelay | encoder mode | audio |
@@ -42,7 +42,7 @@
 //! | `compression.opus.fec` | bool | in-band forward error correction | false |
 //! | `compression.opus.packet_loss` | 0-100 | expected packet loss, percent | 0 |
 //!
-//! The defaults are a microphone's: mono, `compression.opus.signal=voice`, 32 kbit/s. Booleans
+//! The defaults are a microphone's: mono, 32 kbit/s, `compression.opus.signal=auto` (libopus codes speech as speech). Booleans
 //! take PulseAudio's words (1/0, yes/no, true/false, on/off). A bad value fails `load-module`
 //! with a message naming the argument and what it accepts. The `compression.*` knobs also
 //! change live, applied by the far end's encoder: `update-source-proplist <source>

@@ -766,7 +766,7 @@ fn assert_no_reconnect(test: &str, pw: &PipeWire, node: &str, before: f64) {
 /// `libpipewire-module-opus-tunnel` with `tunnel.mode = source` makes an `Audio/Source` node
 /// `mic` fed from the PulseAudio receiver's `null.monitor` (a 700 Hz tone plays into its null
 /// sink). The far end records only while something reads `mic`: nothing crosses the wire but
-/// keepalives before. Voice defaults (mono, 32 kbit/s, signal voice) show as node properties.
+/// keepalives before. Voice defaults (mono, 32 kbit/s, signal auto) show as node properties.
 /// Then a knob changes live on the source node (`pw-cli set-param ... Props`): the far end's
 /// encoder follows (constant bitrate 16 kbit/s on the wire within 15 %), with no reconnect.
 #[test]
@@ -814,7 +814,7 @@ fn pw9_pipewire_tunnel_source_from_pulseaudio() {
     );
     assert_prop(&props, "media.class", "Audio/Source");
     assert_prop(&props, "compression.bitrate", "32000");
-    assert_prop(&props, "compression.opus.signal", "voice");
+    assert_prop(&props, "compression.opus.signal", "auto");
     assert!(
         idle < 1024,
         "{test}: {idle} bytes crossed the wire with no reader"

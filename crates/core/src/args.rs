@@ -47,12 +47,15 @@ pub struct Defaults {
     pub knobs: OpusKnobs,
 }
 
-/// Microphone defaults (the record tunnels): voice, 32 kbit/s — ample for speech; music-grade
-/// Opus at 64k is one argument away.
+/// Microphone defaults (the record tunnels): 32 kbit/s — ample for speech — and libopus's own
+/// choice between its speech and music coding (`signal=auto`): speech is coded as speech
+/// (SILK, with in-band FEC), while a tone or music is not held to the speech mode, whose
+/// concealment of a lost packet breaks a tone far worse (`scripts/opus_loss_tone.py`).
+/// Music-grade Opus at 64k is one argument away.
 pub fn voice_knobs() -> OpusKnobs {
     OpusKnobs {
         bitrate: 32_000,
-        signal: Signal::Voice,
+        signal: Signal::Auto,
         ..OpusKnobs::default()
     }
 }

@@ -147,7 +147,7 @@ with_knobs! { pa_table! {
         "encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a far end of protocol version 1; required never sends cleartext; none is cleartext (debugging)";
     "transport", "tcp", "tcp|udp",
         "the far end's audio over the TCP connection, or RTP over UDP from its udp_port to a socket of ours that probes it first (control stays on TCP; TCP when the far end cannot grant UDP, logged)";
-} bitrate: "32000 (3-8 channels: 32000 a channel)", signal: "voice" }
+} bitrate: "32000 (3-8 channels: 32000 a channel)", signal: "auto" }
 
 pa_table! {
     /// `module-opus-protocol-tcp`.
@@ -204,7 +204,7 @@ with_knobs! { pw_table! {
         "encrypt everything after the hello (Noise): auto falls back to cleartext, with a warning, only for a receiver of protocol version 1; required never sends cleartext; none is cleartext (debugging)";
     "tunnel.transport", "tcp", "tcp|udp",
         "audio over TCP, or RTP over UDP: sink mode to the receiver's UDP port, source mode from it (control stays on TCP; TCP when the receiver cannot grant UDP)";
-} bitrate: "64000 (source mode: 32000; 3-8 channels: 32000 a channel)", signal: "auto (source mode: voice)";
+} bitrate: "64000 (source mode: 32000; 3-8 channels: 32000 a channel)", signal: "auto";
 "The compression.* knobs also change live: pw-cli set-param <node id> Props '{ params = [ \"compression.bitrate\" 16000 ] }'\n" }
 
 pw_table! {
