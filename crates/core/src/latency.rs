@@ -26,7 +26,9 @@
 //! render. Until 2026-12-07 the sum counted it from the render, `(frame − block)/2`, half a
 //! block more, as if the sample written now sat in the middle of its block; the reported
 //! figure was then 2.6–5.3 ms above the measured render-to-play latency (tests/tests/playout.rs
-//! `p3`, the bench), where this sum expects 5 ms at the defaults.
+//! `p3`, the bench), where this account says 5 ms at the defaults: about 2.6 ms of the real
+//! path are not in the sum yet (now 0.7–4.3 ms under render to play, within 2.8 ms of render
+//! to render).
 //!
 //! **The tunnel source**: the next frame it posts was captured at the far end
 //! `device + frame/2 + look-ahead + network + receiver - block/2` earlier on average, the
