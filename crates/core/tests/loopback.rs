@@ -1443,7 +1443,8 @@ fn starts_play_cleanly_over_udp_and_tcp() {
             let w = 2400;
             let mut k = first + 960;
             while k + w <= left.len() {
-                let (f, r, _) = analyse(&played[k * 2..(k + w) * 2]);
+                let ch = usize::from(CH);
+                let (f, r, _) = analyse(&played[k * ch..(k + w) * ch]);
                 let db = tone_db(r);
                 if (f - 1000.0).abs() > 5.0 || db.abs() > 1.0 {
                     let at = (k - first) as f64 / 48_000.0;
