@@ -80,6 +80,10 @@ fn check_tone_and_wire(
         "{test}: steady part only {} s: {r:?}",
         r.seconds
     );
+    if !r.dropouts.is_empty() {
+        // Where the silence came from: the logs count the graph's xruns.
+        eprintln!("{test}: dropouts {:?}\n{}", r.dropouts, logs());
+    }
     r.assert_tone(LEFT, RIGHT, LEVEL, 5.0, 1.0);
     let (b0, t0) = (proxy.bytes_to_server(), Instant::now());
     std::thread::sleep(Duration::from_secs(5));
