@@ -249,9 +249,8 @@ impl Playout {
             if !reshape {
                 return (0, 0);
             }
-            // Else cut one period, at most half again as long as asked (a tone's period
-            // rarely divides the error: the latency ends nearer the target either way).
-            match tsm::period(&self.fifo, ch, block, block, tsm_max_lag(want, block)) {
+            // Else cut one period, no longer than asked (the rest at the next look).
+            match tsm::period(&self.fifo, ch, block, block, tsm_max_lag(want, block, true)) {
                 Some(lag) => {
                     tsm::cut(&mut self.fifo, ch, lag, block);
                     (lag as u64, 0)
@@ -269,7 +268,13 @@ impl Playout {
             if !reshape {
                 return (0, 0);
             }
-            match tsm::period(&self.fifo, ch, block, block, tsm_max_lag(want, block)) {
+            match tsm::period(
+                &self.fifo,
+                ch,
+                block,
+                block,
+                tsm_max_lag(want, block, false),
+            ) {
                 Some(lag) => {
                     tsm::repeat(&mut self.fifo, ch, lag, block);
                     (0, lag as u64)
@@ -343,8 +348,13 @@ impl Playout {
     }
 }
 
-/// The longest period [`tsm`] may cut or repeat for a trim of `want` frames: half again as
-/// long as asked, at most 8 chunks (20 ms).
-fn tsm_max_lag(want: usize, chunk: usize) -> usize {
-    (want + want / 2).min(8 * chunk)
+/// The longest period [`tsm`] may cut (`cut`) or repeat for a trim of `want` frames, at most
+/// 8 chunks (20 ms). A cut takes no more than asked: the best-matching period of a tone can be
+/// any multiple of its own, and a cut past the target leaves the ring short of it (a start
+/// whose excess was 10 ms lost 14 ms this way and concealed at the device's next pull). A
+/// repeat may take half again as long as asked (a period rarely divides the shortfall; the
+/// extra is latency, not a gap).
+fn tsm_max_lag(want: usize, chunk: usize, cut: bool) -> usize {
+    let most = if cut { want } else { want + want / 2 };
+    most.min(8 * chunk)
 }
