@@ -45,10 +45,10 @@
 //! The defaults are a microphone's: mono, 32 kbit/s, `compression.opus.signal=auto` (libopus
 //! codes speech as speech). Booleans take PulseAudio's words (1/0, yes/no, true/false,
 //! on/off). A bad value fails `load-module` with a message naming the argument and what it
-//! accepts. The `compression.*` knobs also
-//! change live, applied by the far end's encoder: `update-source-proplist <source>
-//! compression.bitrate=16000`, or `pactl send-message /opus_tunnel/<source> set
-//! "compression.bitrate=16000"` (`get` lists the effective values and the statistics).
+//! accepts. The `compression.*` knobs also change live, applied by the far end's encoder:
+//! `update-source-proplist <source> compression.bitrate=16000`, or `pactl send-message
+//! /opus_tunnel/<source> set "compression.bitrate=16000"` (`get` lists the effective values and
+//! the statistics).
 //!
 //! ## Example
 //!

@@ -1423,8 +1423,8 @@ fn plain_rtp_tone_through() {
 
 /// Eight starts over each transport (by hand: `--ignored`, about 30 s): from the first 20 ms
 /// on, every 50 ms of the tone within 5 Hz and 1 dB, no underrun, no concealed frame. Not in
-/// CI: over UDP a start still conceals a frame now and then (2 of 5 runs on 2026-12-07; see
-/// the README's known limits).
+/// CI: over UDP a packet later than the target allows still makes a start conceal a frame now
+/// and then (the README's known limits have the runs and the trace).
 #[test]
 #[ignore]
 fn starts_play_cleanly_over_udp_and_tcp() {
