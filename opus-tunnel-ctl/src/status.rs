@@ -198,11 +198,13 @@ pub fn format_tunnel(t: &Tunnel) -> String {
     s.push_str(&format!("  encryption  {encryption}\n"));
     match t.props.get("opus.tunnel.transport").map(String::as_str) {
         Some("udp") => s.push_str(&format!(
-            "  transport   udp: loss {} % (last second), packets lost {}, recovered by FEC {}, by parity {}\n",
+            "  transport   udp: loss {} % (last second), packets lost {}, recovered by FEC {}, by parity {}, sent again {} (in time {})\n",
             count(t, "opus.tunnel.remote.loss_pct"),
             count(t, "opus.tunnel.remote.packets_lost"),
             count(t, "opus.tunnel.remote.fec_frames"),
             count(t, "opus.tunnel.remote.parity_frames"),
+            count(t, "opus.tunnel.repairs_sent"),
+            count(t, "opus.tunnel.remote.repaired_frames"),
         )),
         Some(tr) => s.push_str(&format!("  transport   {tr}\n")),
         None => {}
@@ -334,6 +336,8 @@ mod tests {
             ("opus.tunnel.remote.packets_lost", "61"),
             ("opus.tunnel.remote.fec_frames", "20"),
             ("opus.tunnel.remote.parity_frames", "9"),
+            ("opus.tunnel.repairs_sent", "14"),
+            ("opus.tunnel.remote.repaired_frames", "12"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -350,7 +354,7 @@ mod tests {
         assert!(s.contains("tcp:10.0.0.2:4715 → sink speakers"), "{s}");
         assert!(
             s.contains(
-                "  transport   udp: loss 2 % (last second), packets lost 61, recovered by FEC 20, by parity 9\n"
+                "  transport   udp: loss 2 % (last second), packets lost 61, recovered by FEC 20, by parity 9, sent again 14 (in time 12)\n"
             ),
             "{s}"
         );

@@ -185,6 +185,7 @@ impl Session for Worker {
                 );
                 if self.cfg.transport == Transport::Udp {
                     f.insert(udp::HEADER_TRANSPORT.into(), "udp".into());
+                    f.insert(udp::HEADER_REPAIR.into(), udp::REPAIR_NACK.into());
                 }
                 f
             },
@@ -328,6 +329,7 @@ pub fn start_record(
                 crate::surround::hello_fields(cfg.compression, cfg.fmt.channels, &cfg.channel_map);
             if cfg.transport == Transport::Udp {
                 f.insert(udp::HEADER_TRANSPORT.into(), "udp".into());
+                f.insert(udp::HEADER_REPAIR.into(), udp::REPAIR_NACK.into());
             }
             f
         },
@@ -427,6 +429,7 @@ impl Session for Recorder<'_> {
         let reader = udp.map(|(reader, prober, queue)| {
             self.receive.udp = Some(queue);
             self.receive.probe = Some(prober);
+            self.receive.ask_repairs = udp::offers_repair(&reply.fields);
             reader
         });
         let t = if reader.is_some() {

@@ -204,6 +204,7 @@ impl ConnShared {
                 packets_lost: udp(&self.stats.udp.packets_lost),
                 fec_frames: udp(&self.stats.udp.fec_frames),
                 parity_frames: udp(&self.stats.udp.parity_frames),
+                repaired_frames: udp(&self.stats.udp.repaired_frames),
                 udp_dropped: udp(&self.stats.udp.dropped),
             }),
         }

@@ -7,7 +7,7 @@
 use crate::codec::{self, Decoder, StreamFormat};
 use crate::connection::ConnShared;
 use crate::framing::Deframer;
-use crate::jitter::{JitterBuffer, Playout, PushResult};
+use crate::jitter::{self, JitterBuffer, Playout, PushResult};
 use crate::link::{self, DEAD_AFTER, MAX_FRAME};
 use crate::net::Conn;
 use crate::params::Compression;
@@ -100,6 +100,9 @@ pub(crate) fn decode_path(
         udp: None,
         probe: None,
         parity: ParityDecoder::new(),
+        repairs: udp::Repairs::new(),
+        nacks: Vec::new(),
+        ask_repairs: false,
         gap_since: None,
         last_seq: None,
         paused_seq: None,
@@ -183,6 +186,12 @@ pub(crate) struct Receive {
     pub(crate) probe: Option<udp::Prober>,
     /// Rebuilds lost packets from parity blocks (UDP).
     parity: ParityDecoder,
+    /// Which lost packets to ask the sender for again, and the repairs' round trip (UDP).
+    repairs: udp::Repairs,
+    /// Sequence numbers to ask for, sent with the next turn of the loop.
+    nacks: Vec<u16>,
+    /// The sender takes part in repairs (`Udp-Repair: nack` in the handshake).
+    pub(crate) ask_repairs: bool,
     /// Since when the jitter buffer's head is a gap (UDP: held a little for its parity).
     gap_since: Option<Instant>,
     /// The sequence number of the newest audio packet taken.
@@ -370,10 +379,16 @@ impl Receive {
                         return "the connection's reader ended".into()
                     }
                 }
-                // A gap held for its parity block may be due.
+                // A gap held for its parity block (or a repair) may be due.
                 if self.jitter.gap_at_head() {
                     if let Err(e) = self.drain_jitter() {
                         return e;
+                    }
+                }
+                if !self.nacks.is_empty() {
+                    let nack = Control::Nack(std::mem::take(&mut self.nacks));
+                    if link::send_controls(reporter, 0, &[nack]).is_err() {
+                        return "cannot send repair requests to the sender".into();
                     }
                 }
             } else {
@@ -547,6 +562,8 @@ impl Receive {
         self.decoder = decoder;
         self.jitter.reset();
         self.parity.reset();
+        self.repairs.reset();
+        self.nacks.clear();
         self.last_seq = None;
         self.paused_seq = None;
         self.gap_since = None;
@@ -654,6 +671,8 @@ impl Receive {
                             self.restart = true;
                             self.paused_seq = self.last_seq;
                             self.parity.reset();
+                            self.repairs.reset();
+                            self.nacks.clear();
                         }
                         Control::Bye(why) => return Err(format!("the sender said goodbye: {why}")),
                         _ => {}
@@ -753,21 +772,68 @@ impl Receive {
                 .stats
                 .packets_received
                 .fetch_add(1, Ordering::Relaxed);
-            let r = self
-                .jitter
-                .push_at(h.seq, h.timestamp, payload.to_vec(), arrived);
+            let repair = match arrived {
+                Some(_) if self.udp_mode() => self.repairs.on_arrival(h.seq, Instant::now()),
+                _ => None,
+            };
+            // A repair from far behind what plays now is too late (and must not read as a
+            // restart of the sequence).
+            let behind = self.jitter.next_seq().is_some_and(|n| {
+                (h.seq.wrapping_sub(n) as i16) < -(jitter::MAX_MISORDER as i16) / 2
+            });
+            let r = if repair.is_some() && behind {
+                PushResult::Late
+            } else {
+                self.jitter
+                    .push_at(h.seq, h.timestamp, payload.to_vec(), arrived)
+            };
             match r {
-                PushResult::Late | PushResult::Duplicate => {
+                PushResult::Late => {
+                    self.conn.stats.late_packets.fetch_add(1, Ordering::Relaxed);
+                    // Too late to play, but a measure of how late the link delivers: it sizes
+                    // the target (unless it is a repair whose request itself waited).
+                    if let Some(now) = arrived {
+                        if repair.map_or(true, |rt| self.repairs.usual(rt)) {
+                            let frames = self.playout.stats().packet_usec
+                                * u64::from(self.conn.rate)
+                                / 1_000_000;
+                            let pos = self.position(h.timestamp);
+                            self.playout.on_too_late(now, pos, frames);
+                        }
+                    }
+                }
+                PushResult::Duplicate => {
                     self.conn.stats.late_packets.fetch_add(1, Ordering::Relaxed);
                 }
                 PushResult::Overflow => {
                     self.conn.stats.overruns.fetch_add(1, Ordering::Relaxed);
                 }
                 PushResult::Accepted => {
+                    if repair.is_some() {
+                        // Lost, and back in time to play.
+                        let u = &self.conn.stats.udp;
+                        u.repaired_frames.fetch_add(1, Ordering::Relaxed);
+                        u.packets_lost.fetch_add(1, Ordering::Relaxed);
+                    }
                     let newer = match self.last_seq {
                         None => true,
                         Some(l) => h.seq.wrapping_sub(l) as i16 > 0,
                     };
+                    if let (true, Some(l), Some(_)) = (newer, self.last_seq, arrived) {
+                        let missing = h.seq.wrapping_sub(l).wrapping_sub(1);
+                        if missing > 0 && self.udp_mode() && self.ask_repairs {
+                            let packet_usec = self.playout.stats().packet_usec;
+                            let spare = self.gap_spare();
+                            let ask = self.repairs.on_gap(
+                                l.wrapping_add(1),
+                                missing,
+                                packet_usec,
+                                spare,
+                                Instant::now(),
+                            );
+                            self.nacks.extend(ask);
+                        }
+                    }
                     if newer {
                         self.last_seq = Some(h.seq);
                     }
@@ -801,20 +867,29 @@ impl Receive {
                 "parity_frames".to_string(),
                 u.parity_frames.load(Ordering::Relaxed).to_string(),
             ),
+            (
+                "repaired_frames".to_string(),
+                u.repaired_frames.load(Ordering::Relaxed).to_string(),
+            ),
         ]
     }
 
     /// How long a gap at the jitter buffer's head may wait for the parity block that could
     /// rebuild it (UDP): what the receive buffer holds beyond two packets, at most a parity
     /// group's span. Over TCP, and with a short buffer, nothing: the gap is concealed at once.
+    /// (A gap asked for again waits for its repair instead: [`udp::Repairs::wait_until`].)
     fn gap_hold(&self) -> Duration {
-        if self.udp_mode() {
-            let p = self.playout.stats();
-            let spare = p.latency_usec.saturating_sub(2 * p.packet_usec);
-            Duration::from_micros(spare.min(udp::PARITY_SPAN_USEC))
-        } else {
-            Duration::ZERO
+        if !self.udp_mode() {
+            return Duration::ZERO;
         }
+        self.gap_spare()
+            .min(Duration::from_micros(udp::PARITY_SPAN_USEC))
+    }
+
+    /// What the receive buffer holds beyond two packets: how long a gap may wait.
+    fn gap_spare(&self) -> Duration {
+        let p = self.playout.stats();
+        Duration::from_micros(p.latency_usec.saturating_sub(2 * p.packet_usec))
     }
 
     fn udp_mode(&self) -> bool {
@@ -925,9 +1000,19 @@ impl Receive {
         loop {
             if self.jitter.gap_at_head() {
                 let now = Instant::now();
-                let since = *self.gap_since.get_or_insert(now);
-                if now.duration_since(since) < self.gap_hold() {
-                    break;
+                let repair = self
+                    .jitter
+                    .next_seq()
+                    .and_then(|s| self.repairs.wait_until(s));
+                if let Some(until) = repair {
+                    if now < until {
+                        break;
+                    }
+                } else {
+                    let since = *self.gap_since.get_or_insert(now);
+                    if now.duration_since(since) < self.gap_hold() {
+                        break;
+                    }
                 }
             }
             let Some(p) = self.jitter.pop() else {
@@ -1309,5 +1394,84 @@ mod tests {
         let by = lost_by.unwrap_or(usize::MAX);
         println!("the burst was given up at packet {by}");
         assert!(by <= 30 + 7, "the burst was given up only at packet {by}");
+    }
+
+    /// A burst of lost packets (60 ms) is asked for again at once. The first burst's repair
+    /// comes after its time: the gap waits for it while the engine conceals, and it plays
+    /// late, whole: the latency and the target grow by its lateness. The next burst's repair,
+    /// as late, is then in time: nothing more is concealed.
+    #[test]
+    fn a_burst_is_asked_for_and_its_repair_plays() {
+        let conn = new_conn(&hello(), 0, "peer".into());
+        conn.stats.udp.set_transport(Transport::Udp);
+        let (mut rx, mut playback) =
+            decode_path(&conn, Compression::Opus, 0, 0, 1_000_000, false).unwrap();
+        rx.ask_repairs = true;
+        let mut device = vec![0.0f32; 960 * 2];
+        let fmt = StreamFormat {
+            rate: 48_000,
+            channels: 2,
+        };
+        let mut enc = Encoder::new(Compression::Opus, fmt, &OpusKnobs::default()).unwrap();
+        let mut rtp = RtpSender::new();
+        let (mut payload, mut pkt) = (Vec::new(), Vec::new());
+        let mut kept = Vec::new();
+        let mut asked = Vec::new();
+        let mut target_before = 0;
+        let mut plc_before = 0;
+        // The device pulls at its nominal rate (against the clock, not after each turn's
+        // work: a device a few per cent slow reads as a ring emptier than it is).
+        let start = Instant::now();
+        for f in 0..90 {
+            enc.encode(&speech_frame(f), &mut payload).unwrap();
+            rtp.packetize(96, 960, false, &payload, &mut pkt);
+            match f {
+                20..=22 | 60..=62 => kept.push(pkt.clone()),
+                _ => rx.datagram(KIND_RTP, &pkt),
+            }
+            match f {
+                19 => target_before = rx.playout.stats().target_usec,
+                23 => asked = std::mem::take(&mut rx.nacks),
+                59 => plc_before = conn.stats.plc_frames.load(Ordering::Relaxed),
+                63 => assert_eq!(rx.nacks.len(), 3, "the second burst is asked for"),
+                // The repairs, three packets (60 ms) after the request.
+                26 | 66 => {
+                    for p in kept.drain(..) {
+                        rx.datagram(KIND_RTP, &p);
+                    }
+                }
+                _ => {}
+            }
+            let due = start + Duration::from_millis(20 * (f as u64 + 1));
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            playback.pop(&mut device);
+            rx.drain_jitter().unwrap();
+        }
+        let first = rtp.seq().wrapping_sub(90);
+        assert_eq!(
+            asked,
+            (20..23).map(|k| first.wrapping_add(k)).collect::<Vec<_>>()
+        );
+        let u = &conn.stats.udp;
+        let repaired = u.repaired_frames.load(Ordering::Relaxed);
+        let lost = u.packets_lost.load(Ordering::Relaxed);
+        let plc = conn.stats.plc_frames.load(Ordering::Relaxed);
+        let p = rx.playout.stats();
+        println!(
+            "lost {lost}, repaired {repaired}, concealed {plc} (before the second burst \
+             {plc_before}); target {target_before} µs → {} µs, latency {} µs",
+            p.target_usec, p.latency_usec
+        );
+        assert_eq!(repaired, 6);
+        assert_eq!(lost, 6);
+        assert!(
+            p.target_usec > target_before + 80_000,
+            "target {target_before} µs → {} µs",
+            p.target_usec
+        );
+        assert_eq!(plc, plc_before, "the second burst was concealed");
+        assert_eq!(conn.stats.late_packets.load(Ordering::Relaxed), 0);
+        let report = rx.loss_report(conn.stats.snapshot().packets_received);
+        assert!(report.contains(&("repaired_frames".to_string(), "6".to_string())));
     }
 }

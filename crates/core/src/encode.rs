@@ -217,6 +217,7 @@ impl Shared {
                 bytes_sent: s.bytes_sent,
                 packets_sent: s.packets_sent,
                 dropped_frames: s.dropped_frames,
+                repairs_sent: self.stats.udp.repairs_sent.load(Ordering::Relaxed),
                 overruns: s.overruns,
                 latency_usec: self.end_to_end_usec(),
                 network_usec: self.net_usec.load(Ordering::Relaxed),
@@ -265,6 +266,8 @@ pub(crate) struct UdpOut {
     way: UdpWay,
     sealer: crate::udp::DgramSealer,
     parity: crate::udp::ParityEncoder,
+    /// The packets of the last second, for repairs the receiver asks for.
+    history: crate::udp::History,
     dgram: Vec<u8>,
     /// The loss the receiver reports, smoothed, percent.
     loss: f64,
@@ -320,6 +323,7 @@ impl UdpOut {
             way,
             sealer: crate::udp::DgramSealer::new(token, key),
             parity: crate::udp::ParityEncoder::new(),
+            history: crate::udp::History::new(),
             dgram: Vec::new(),
             loss: 0.0,
             first_sent: None,
@@ -666,6 +670,7 @@ impl Worker {
                 self.rtp.skip(0);
                 if let Some(u) = self.udp.as_mut() {
                     u.parity.reset();
+                    u.history.reset();
                 }
                 sending = false;
                 last_sent = Instant::now();
@@ -747,12 +752,33 @@ impl Worker {
                     }
                 }
                 Control::Knobs(kv) if self.remote.is_some() => self.remote_knobs(kv),
+                Control::Nack(seqs) => self.repair(&seqs),
                 _ => {}
             }
         }
         if let Some(pct) = loss {
             self.follow_loss(pct);
         }
+    }
+
+    /// UDP: sends the packets the receiver asks for again, those still kept (a second's).
+    fn repair(&mut self, seqs: &[u16]) {
+        let Some(u) = self.udp.as_mut() else {
+            return;
+        };
+        let (mut wire, mut sent) = (0, 0);
+        for &seq in seqs {
+            let Some(p) = u.history.get(seq) else {
+                continue;
+            };
+            let p = p.to_vec();
+            wire += u.send(crate::udp::KIND_RTP, &p);
+            sent += 1;
+        }
+        let st = &self.shared.stats;
+        st.bytes_sent.fetch_add(wire as u64, Ordering::Relaxed);
+        st.packets_sent.fetch_add(sent, Ordering::Relaxed);
+        st.udp.repairs_sent.fetch_add(sent, Ordering::Relaxed);
     }
 
     /// UDP: datagrams that the receiver never reports as arriving (blocked on the way) give
@@ -971,6 +997,7 @@ impl Worker {
             return;
         };
         let seq = self.rtp.seq().wrapping_sub(1);
+        u.history.keep(seq, packet, packet_usec);
         let mut wire = u.send(crate::udp::KIND_RTP, packet);
         let mut sent = 1;
         if let Some(block) = u

@@ -81,6 +81,8 @@ pub struct Received {
     pub fec_frames: u64,
     /// Lost packets rebuilt from parity.
     pub parity_frames: u64,
+    /// Lost packets sent again on request that came in time (UDP).
+    pub repaired_frames: u64,
     /// Datagrams dropped (foreign, not authentic, replayed, malformed).
     pub udp_dropped: u64,
 }
@@ -94,6 +96,8 @@ pub struct Sent {
     pub packets_sent: u64,
     /// Frames dropped before encoding (the link stalled).
     pub dropped_frames: u64,
+    /// Packets sent again on the receiver's request (UDP).
+    pub repairs_sent: u64,
     /// Blocks the device could not hand over (the worker was behind).
     pub overruns: u64,
     /// The end-to-end latency reported to the daemon, µs.
@@ -159,6 +163,7 @@ impl Report {
                 put("packets_lost", r.packets_lost.to_string());
                 put("fec_frames", r.fec_frames.to_string());
                 put("parity_frames", r.parity_frames.to_string());
+                put("repaired_frames", r.repaired_frames.to_string());
                 put("udp_dropped", r.udp_dropped.to_string());
                 if let Some(n) = self.reconnects {
                     put("reconnects", n.to_string());
@@ -171,6 +176,7 @@ impl Report {
                     put("reconnects", n.to_string());
                 }
                 put("dropped_frames", s.dropped_frames.to_string());
+                put("repairs_sent", s.repairs_sent.to_string());
                 put("overruns", s.overruns.to_string());
                 put("latency_usec", s.latency_usec.to_string());
                 put("network_usec", s.network_usec.to_string());
@@ -218,7 +224,7 @@ mod tests {
         assert_eq!(get(&p, "opus.tunnel.latency_usec"), Some("60000"));
         assert_eq!(get(&p, "opus.tunnel.reconnects"), None);
         assert_eq!(get(&p, "opus.tunnel.encryption"), Some("none"));
-        assert_eq!(p.len(), 18);
+        assert_eq!(p.len(), 19);
         let mut sent = Sent {
             bytes_sent: 10,
             ..Default::default()

@@ -183,6 +183,8 @@ pub const MAX_KEY_LEN: usize = 64;
 pub const MAX_VALUE_LEN: usize = 512;
 /// Longest bye reason, bytes.
 pub const MAX_REASON_LEN: usize = 512;
+/// Most sequence numbers in one [`Control::Nack`].
+pub const MAX_NACK: usize = 64;
 
 const SUB_KEEPALIVE: u8 = 0;
 const SUB_PAUSE: u8 = 1;
@@ -190,6 +192,7 @@ const SUB_RESUME: u8 = 2;
 const SUB_REPORT: u8 = 3;
 const SUB_KNOBS: u8 = 4;
 const SUB_BYE: u8 = 5;
+const SUB_NACK: u8 = 6;
 
 /// A control message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +210,11 @@ pub enum Control {
     Knobs(Vec<(String, String)>),
     /// The peer closes the connection, with a reason to log.
     Bye(String),
+    /// `transport=udp`: the receiver asks for these audio packets (RTP sequence numbers)
+    /// again: they were lost in a burst that concealment would not hide
+    /// ([`crate::udp::REPAIR_GAP_USEC`]). At most [`MAX_NACK`]. A sender from before this
+    /// message skips it, as it skips any APP subtype it does not know.
+    Nack(Vec<u16>),
 }
 
 /// Truncates `s` to at most `max` bytes on a char boundary.
@@ -282,9 +290,36 @@ pub fn write_rtcp(ssrc: u32, msgs: &[Control], out: &mut Vec<u8>) {
                 body.extend_from_slice(clean_text(reason, MAX_REASON_LEN).as_bytes());
                 SUB_BYE
             }
+            Control::Nack(seqs) => {
+                // A count, then the sequence numbers (padding zeros cannot pass for one).
+                let seqs = &seqs[..seqs.len().min(MAX_NACK)];
+                body.extend_from_slice(&(seqs.len() as u16).to_be_bytes());
+                for s in seqs {
+                    body.extend_from_slice(&s.to_be_bytes());
+                }
+                SUB_NACK
+            }
         };
         write_app(ssrc, sub, &body, out);
     }
+}
+
+fn parse_nack(body: &[u8]) -> Result<Vec<u16>, WireError> {
+    let bad = |why: String| Err(WireError::Control(format!("NACK: {why}")));
+    let Some((n, rest)) = body.split_first_chunk::<2>() else {
+        return bad("no count".into());
+    };
+    let n = usize::from(u16::from_be_bytes(*n));
+    if n > MAX_NACK {
+        return bad(format!("{n} sequence numbers (at most {MAX_NACK})"));
+    }
+    if rest.len() < 2 * n || rest[2 * n..].iter().any(|&b| b != 0) || rest.len() - 2 * n > 3 {
+        return bad(format!("{} bytes for {n} sequence numbers", rest.len()));
+    }
+    Ok(rest[..2 * n]
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect())
 }
 
 fn parse_text(body: &[u8]) -> Result<&str, WireError> {
@@ -407,6 +442,7 @@ pub fn parse_rtcp(buf: &[u8]) -> Result<Vec<Control>, WireError> {
                 // newlines) become spaces, as the writer does.
                 Control::Bye(clean_text(t, MAX_REASON_LEN))
             }
+            SUB_NACK => Control::Nack(parse_nack(body)?),
             _ => continue,
         };
         msgs.push(m);
@@ -615,6 +651,9 @@ mod tests {
             Control::Knobs(vec![("compression.bitrate".into(), "32000".into())]),
             Control::Bye("server shutting down — adieu".into()),
             Control::Report(vec![]),
+            Control::Nack(vec![0, 65535, 7]),
+            Control::Nack(vec![1, 2]),
+            Control::Nack(vec![]),
         ];
         let mut out = Vec::new();
         write_rtcp(42, &msgs, &mut out);
@@ -693,6 +732,14 @@ mod tests {
             vec![Control::Report(vec![("a".into(), "1".into())])]
         );
         // Bodies.
+        assert_eq!(
+            parse_rtcp(&app(6, &[0, 2, 0, 9, 1, 0])).unwrap(),
+            vec![Control::Nack(vec![9, 256])]
+        );
+        assert!(parse_rtcp(&app(6, &[])).is_err());
+        assert!(parse_rtcp(&app(6, &[0, 4, 0, 9, 1, 0])).is_err()); // short
+        assert!(parse_rtcp(&app(6, &[0, 1, 0, 9, 1, 0])).is_err()); // a number too many
+        assert!(parse_rtcp(&app(6, &[0, 65, 0, 0])).is_err()); // over MAX_NACK
         assert!(parse_rtcp(&app(3, b"noequals\n")).is_err());
         assert!(parse_rtcp(&app(3, b"=v\n")).is_err());
         assert!(parse_rtcp(&app(4, b"k=\xff\n")).is_err());

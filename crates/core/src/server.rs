@@ -882,6 +882,7 @@ fn serve_play(
         u.add(*token, peer, &stream, &conn, RouteTo::Play(tx.clone()));
         conn.stats.udp.set_transport(Transport::Udp);
         receive.udp = Some((tx, rx));
+        receive.ask_repairs = udp::offers_repair(&hello.fields);
     }
     log::info!(
         "tunnel {label} from {peer} plays on {sink} ({}; encryption: {}; transport: {})",
@@ -922,6 +923,10 @@ fn grant_udp(
         );
     }
     hs.grant = transport_grant(udp.as_ref().map(|(u, t)| (u.port, *t)));
+    if udp.is_some() && udp::offers_repair(&hello.fields) {
+        hs.grant
+            .push((udp::HEADER_REPAIR.into(), udp::REPAIR_NACK.into()));
+    }
     udp
 }
 

@@ -96,6 +96,11 @@ pub struct UdpCounters {
     pub fec_frames: AtomicU64,
     /// Lost packets rebuilt from a parity block.
     pub parity_frames: AtomicU64,
+    /// Lost packets that the sender sent again on request ([`crate::rtp::Control::Nack`])
+    /// and that came in time to play.
+    pub repaired_frames: AtomicU64,
+    /// The sender: packets sent again on the receiver's request.
+    pub repairs_sent: AtomicU64,
     /// Datagrams dropped: from another address than the peer's, not authentic, replayed,
     /// malformed.
     pub dropped: AtomicU64,

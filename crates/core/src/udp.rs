@@ -48,8 +48,22 @@ pub const HEADER_TRANSPORT: &str = "Transport";
 pub const HEADER_PORT: &str = "Udp-Port";
 /// The `200`: the token naming the connection in every datagram.
 pub const HEADER_TOKEN: &str = "Udp-Token";
+/// The hello and the `200`: `Udp-Repair: nack`, this end takes part in repairs (it asks for
+/// bursts of lost packets again with [`crate::rtp::Control::Nack`], and sends again what the
+/// other end asks for). The `200` carries it only for a hello that did; without it the
+/// receiving end never asks.
+pub const HEADER_REPAIR: &str = "Udp-Repair";
+/// The value of [`HEADER_REPAIR`].
+pub const REPAIR_NACK: &str = "nack";
 /// Bytes before the body: token and counter.
 pub const HEADER_LEN: usize = 12;
+
+/// Whether headers carry `Udp-Repair: nack`.
+pub fn offers_repair<'a>(fields: impl IntoIterator<Item = (&'a String, &'a String)>) -> bool {
+    fields.into_iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case(HEADER_REPAIR) && v.trim().eq_ignore_ascii_case(REPAIR_NACK)
+    })
+}
 /// The inner message is an RTP packet.
 pub const KIND_RTP: u8 = 0;
 /// The inner message is a parity block.
@@ -586,6 +600,151 @@ impl ParityDecoder {
     }
 }
 
+/// A gap of at least this much audio (a burst of lost packets) is asked for again
+/// ([`crate::rtp::Control::Nack`]) even when the buffer is too short for the repair to come in
+/// time: Opus's concealment hides a lost packet or two, and fades longer gaps toward silence;
+/// a repair that comes too late still sizes the receive buffer (its lateness, as any
+/// arrival's), so that the next burst's repair comes in time. Shorter gaps are asked for only
+/// while the buffer holds a repair's round trip.
+pub const REPAIR_GAP_USEC: u64 = 30_000;
+/// The audio a sender keeps for repairs, µs.
+pub const HISTORY_USEC: u64 = 1_000_000;
+/// The most packets a sender keeps for repairs (2.5 ms frames).
+pub const MAX_HISTORY: usize = 400;
+
+/// The sender's side of repairs: the RTP packets of the last [`HISTORY_USEC`], by sequence
+/// number, to send again when the receiver asks.
+#[derive(Debug, Default)]
+pub struct History {
+    packets: std::collections::VecDeque<(u16, Vec<u8>)>,
+}
+
+impl History {
+    /// An empty history.
+    pub fn new() -> History {
+        History::default()
+    }
+
+    /// Keeps the RTP packet `seq` (`packet_usec` of audio).
+    pub fn keep(&mut self, seq: u16, rtp: &[u8], packet_usec: u64) {
+        let most = (HISTORY_USEC / packet_usec.max(1)).clamp(1, MAX_HISTORY as u64) as usize;
+        while self.packets.len() >= most {
+            self.packets.pop_front();
+        }
+        self.packets.push_back((seq, rtp.to_vec()));
+    }
+
+    /// The packet `seq`, if still kept.
+    pub fn get(&self, seq: u16) -> Option<&[u8]> {
+        self.packets
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, p)| p.as_slice())
+    }
+
+    /// Forgets everything (a pause, a new stream).
+    pub fn reset(&mut self) {
+        self.packets.clear();
+    }
+}
+
+/// The receiver's side of repairs: which gaps to ask for again, and the repairs' round
+/// trip. One request a lost packet; a repair is a packet that arrives after it was asked
+/// for.
+#[derive(Debug, Default)]
+pub struct Repairs {
+    /// Sequence numbers asked for, and when (oldest first).
+    asked: std::collections::VecDeque<(u16, std::time::Instant)>,
+    /// The shortest round trip of the last [`Repairs::ROUND_TRIPS`] repairs.
+    round_trips: std::collections::VecDeque<std::time::Duration>,
+}
+
+/// Requests remembered.
+const KEEP_ASKED: usize = 256;
+
+impl Repairs {
+    /// Round trips remembered.
+    pub const ROUND_TRIPS: usize = 16;
+    /// How long a gap waits for its repair before any round trip is known (the engine
+    /// conceals up to half a second before it takes the stream for paused).
+    pub const FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+    /// Nothing asked yet.
+    pub fn new() -> Repairs {
+        Repairs::default()
+    }
+
+    /// Forgets the requests (a new stream); the round trip is the link's and is kept.
+    pub fn reset(&mut self) {
+        self.asked.clear();
+    }
+
+    /// A packet arrived with `missing` lost packets of `packet_usec` each before it, the
+    /// first of them `first`; `spare` is how long the gap may wait. Returns the sequence
+    /// numbers to ask for: all of them if the gap is a burst (at least [`REPAIR_GAP_USEC`]
+    /// of audio) or if a repair's round trip fits in `spare`; none otherwise.
+    pub fn on_gap(
+        &mut self,
+        first: u16,
+        missing: u16,
+        packet_usec: u64,
+        spare: std::time::Duration,
+        now: std::time::Instant,
+    ) -> Vec<u16> {
+        let burst = u64::from(missing) * packet_usec >= REPAIR_GAP_USEC;
+        let in_time = self.round_trip().is_some_and(|r| r < spare);
+        if missing == 0 || !(burst || in_time) {
+            return Vec::new();
+        }
+        let seqs: Vec<u16> = (0..missing.min(crate::rtp::MAX_NACK as u16))
+            .map(|k| first.wrapping_add(k))
+            .collect();
+        for &s in &seqs {
+            if self.asked.len() == KEEP_ASKED {
+                self.asked.pop_front();
+            }
+            self.asked.push_back((s, now));
+        }
+        seqs
+    }
+
+    /// Packet `seq` arrived at `now`: `Some(round trip)` if it is a repair.
+    pub fn on_arrival(&mut self, seq: u16, now: std::time::Instant) -> Option<std::time::Duration> {
+        let i = self.asked.iter().position(|(s, _)| *s == seq)?;
+        let (_, at) = self.asked.remove(i)?;
+        let rt = now.saturating_duration_since(at);
+        if self.round_trips.len() == Self::ROUND_TRIPS {
+            self.round_trips.pop_front();
+        }
+        self.round_trips.push_back(rt);
+        Some(rt)
+    }
+
+    /// Until when a gap at packet `seq` waits for its repair, if it was asked for: twice the
+    /// shortest recent round trip after the request ([`Repairs::FIRST_WAIT`] before the
+    /// first repair). Playout conceals meanwhile, and a repair that comes plays late, whole:
+    /// the latency grows by its lateness, which the target learns, so that the next burst's
+    /// repair is in time.
+    pub fn wait_until(&self, seq: u16) -> Option<std::time::Instant> {
+        let (_, at) = self.asked.iter().find(|(s, _)| *s == seq)?;
+        let wait = self.round_trip().map_or(Self::FIRST_WAIT, |r| 2 * r);
+        Some(*at + wait)
+    }
+
+    /// The shortest round trip of the recent repairs (`None` before the first).
+    pub fn round_trip(&self) -> Option<std::time::Duration> {
+        self.round_trips.iter().min().copied()
+    }
+
+    /// Whether the round trip `rt` of a repair is the link's usual one (at most twice the
+    /// shortest recent): a request that itself waited (the TCP connection retransmitting it)
+    /// brings a repair whose lateness is that wait's, not the link's pattern.
+    pub fn usual(&self, rt: std::time::Duration) -> bool {
+        self.round_trip().map_or(true, |r| rt <= 2 * r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -810,6 +969,60 @@ mod tests {
         }
         assert!(!opus_has_fec(&[]));
         assert!(!opus_has_fec(&[0xfc, 0xff]), "CELT-only");
+    }
+
+    /// A sender keeps a second of packets and finds them by sequence number, across the wrap.
+    #[test]
+    fn history_keeps_a_second() {
+        let mut h = History::new();
+        for k in 0..150u16 {
+            let seq = 65_500u16.wrapping_add(k);
+            h.keep(seq, &rtp(seq, 40), 10_000);
+        }
+        // 100 packets of 10 ms: the first 50 are gone.
+        assert!(h.get(65_500u16.wrapping_add(49)).is_none());
+        let p = h.get(65_500u16.wrapping_add(50)).unwrap();
+        assert_eq!(parse_rtp(p).unwrap().0.seq, 65_500u16.wrapping_add(50));
+        assert!(h.get(65_500u16.wrapping_add(149)).is_some());
+        h.reset();
+        assert!(h.get(65_500u16.wrapping_add(149)).is_none());
+    }
+
+    /// Bursts are asked for at once; a single loss only once a repair's round trip is known
+    /// to fit in the time the gap may wait. Repairs measure the round trip.
+    #[test]
+    fn repairs_ask_for_bursts_and_what_can_come_in_time() {
+        use std::time::{Duration, Instant};
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut r = Repairs::new();
+        // One 10 ms packet lost, nothing known: concealment's.
+        assert!(r.on_gap(10, 1, 10_000, ms(5), t0).is_empty());
+        // Three (30 ms): a burst.
+        assert_eq!(r.on_gap(65_535, 3, 10_000, ms(5), t0), vec![65_535, 0, 1]);
+        assert_eq!(r.on_arrival(0, t0 + ms(90)), Some(ms(90)));
+        assert_eq!(
+            r.on_arrival(0, t0 + ms(95)),
+            None,
+            "asked once, repaired once"
+        );
+        assert_eq!(r.round_trip(), Some(ms(90)));
+        assert!(r.usual(ms(170)) && !r.usual(ms(190)));
+        // A single loss with 100 ms to spare: the repair can come in time.
+        assert_eq!(r.on_gap(20, 1, 10_000, ms(100), t0), vec![20]);
+        assert!(r.on_gap(30, 1, 10_000, ms(80), t0).is_empty());
+        // Never more than a NACK holds.
+        assert_eq!(
+            r.on_gap(100, 500, 10_000, ms(0), t0).len(),
+            crate::rtp::MAX_NACK
+        );
+        r.reset();
+        assert_eq!(r.on_arrival(20, t0 + ms(50)), None);
+        assert_eq!(
+            r.round_trip(),
+            Some(ms(90)),
+            "the link's round trip is kept"
+        );
     }
 
     #[test]

@@ -70,6 +70,14 @@ impl Clock {
         top - self.envelope.min().unwrap_or(a)
     }
 
+    /// How late position `pos` reached at `t` is against the line, seconds (not observed:
+    /// the window is unchanged); `None` before the first observation.
+    pub fn lateness(&self, t: f64, pos: f64) -> Option<f64> {
+        let base = self.base?;
+        let floor = self.envelope.min()?;
+        Some((t - (pos - base) / self.rate - floor).max(0.0))
+    }
+
     /// The clock runs at `factor` × its nominal rate against ours: the window is seen again
     /// at that rate. (A change under a millionth is ignored.)
     pub fn set_rate(&mut self, factor: f64) {
@@ -149,6 +157,21 @@ mod tests {
         }
         // The jitter, and the drift of the window (2 s at 500 ppm: 1 ms).
         assert!(worst > 0.004 && worst < 0.0065, "{worst}");
+    }
+
+    /// A position reached 80 ms after the line had it is 80 ms late, and asking does not
+    /// move the line.
+    #[test]
+    fn lateness_of_a_position_against_the_line() {
+        let mut c = Clock::new(48_000.0);
+        assert_eq!(c.lateness(0.0, 0.0), None);
+        for k in 0..100u64 {
+            c.observe(k as f64 * 0.01, (k * 480) as f64);
+        }
+        let late = c.lateness(1.08, 48_000.0).unwrap();
+        assert!((late - 0.08).abs() < 1e-9, "{late}");
+        assert_eq!(c.lateness(0.5, 48_000.0), Some(0.0));
+        assert!((c.position_at(1.0).unwrap() - 48_000.0).abs() < 1e-6);
     }
 
     /// A clock 1000 ppm slow with no jitter: at its nominal rate its window drifts 2 ms,

@@ -299,6 +299,22 @@ impl Controller {
         skip
     }
 
+    /// A packet of `frames` frames whose first frame has stream position `pos` arrived at
+    /// `now_usec` after its time had been played (concealed; a repair that came after the
+    /// gap's turn): its audio is not used, but it shows how late the link delivers, so it
+    /// sizes the target as any arrival does (a packet later than any before raises it at
+    /// once). It is not an observation of the stream's clock: the clock's line and the skew
+    /// take arrivals in time only.
+    pub fn on_too_late(&mut self, now_usec: u64, pos: i64, frames: u64) {
+        if self.phase == Phase::Idle {
+            return;
+        }
+        let t = self.secs(now_usec);
+        if let Some(late) = self.stream.lateness(t, (pos + frames as i64) as f64) {
+            self.target.on_packet(t, late * self.rate, frames as f64);
+        }
+    }
+
     /// Frames from stream position `pos` on that are already in the stream (received or
     /// concealed): what audio for `pos` would overlap.
     pub fn covered_from(&self, pos: i64) -> u64 {

@@ -115,6 +115,16 @@ impl Playout {
             .extend(&pcm[skip * self.channels..frames * self.channels]);
     }
 
+    /// A packet of `frames` frames at `rtp_ts` arrived at `now_usec` after its time had
+    /// been played (concealed): its audio is not used, but its lateness sizes the target as
+    /// any arrival's does; see [`Controller::on_too_late`].
+    pub fn on_too_late(&mut self, now_usec: u64, rtp_ts: u32, frames: u64) {
+        if let Some(last) = self.last_ts {
+            let pos = self.ext + i64::from(rtp_ts.wrapping_sub(last) as i32);
+            self.ctl.on_too_late(now_usec, pos, frames);
+        }
+    }
+
     /// Frames of the audio at `rtp_ts` (a stream position) that the stream already holds,
     /// received or concealed: a lost packet's stand-in need only cover the rest.
     pub fn covered_from(&self, rtp_ts: u32) -> u64 {

@@ -324,3 +324,28 @@ fn a_lost_packets_stand_in_adds_only_what_was_not_concealed() {
         "late packet: latency {before} µs before, {after} µs after"
     );
 }
+
+/// A packet that comes after its time was concealed (a repair that missed its turn) plays
+/// nothing, but sizes the target by its lateness, as an arrival in time would.
+#[test]
+fn a_packet_too_late_to_play_sizes_the_target() {
+    let mut c = controller(Target::Auto, 1000);
+    let (mut consumed, mut missing) = (0, 0);
+    for k in 0..100u64 {
+        c.on_packet(us(k as f64 * 10.0), (k * 480) as i64, 480);
+        feed(&mut c);
+        pull(&mut c, &mut consumed, &mut missing, k as f64 * 10.0 + 0.5);
+    }
+    let before = c.target_frames() / 48.0;
+    assert!(before < 20.0, "target {before} ms on a steady stream");
+    let fifo = c.fifo_frames();
+    // Packet 50's repair, 480 ms after its time: its first frame waited that and the
+    // packet's 10 ms.
+    c.on_too_late(us(990.0), 50 * 480, 480);
+    let after = c.target_frames() / 48.0;
+    assert!(
+        (after - before - 490.0).abs() < 2.0,
+        "target {before} ms → {after} ms"
+    );
+    assert_eq!(c.fifo_frames(), fifo, "its audio is not used");
+}
