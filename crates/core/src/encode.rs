@@ -761,17 +761,17 @@ impl Worker {
         }
     }
 
-    /// UDP: sends the packets the receiver asks for again, those still kept (a second's).
+    /// UDP: sends the packets the receiver asks for again, those still kept (the last
+    /// second's, at most [`crate::udp::MAX_HISTORY`]), each once at most.
     fn repair(&mut self, seqs: &[u16]) {
         let Some(u) = self.udp.as_mut() else {
             return;
         };
         let (mut wire, mut sent) = (0, 0);
         for &seq in seqs {
-            let Some(p) = u.history.get(seq) else {
+            let Some(p) = u.history.take(seq) else {
                 continue;
             };
-            let p = p.to_vec();
             wire += u.send(crate::udp::KIND_RTP, &p);
             sent += 1;
         }

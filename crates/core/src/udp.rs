@@ -609,11 +609,12 @@ impl ParityDecoder {
 pub const REPAIR_GAP_USEC: u64 = 30_000;
 /// The audio a sender keeps for repairs, µs.
 pub const HISTORY_USEC: u64 = 1_000_000;
-/// The most packets a sender keeps for repairs (2.5 ms frames).
-pub const MAX_HISTORY: usize = 400;
+/// The most packets a sender keeps for repairs: fewer than the jitter buffer takes back
+/// ([`crate::jitter::MAX_MISORDER`]), so that a repair never reads as the sequence's restart.
+pub const MAX_HISTORY: usize = 64;
 
-/// The sender's side of repairs: the RTP packets of the last [`HISTORY_USEC`], by sequence
-/// number, to send again when the receiver asks.
+/// The sender's side of repairs: the RTP packets of the last [`HISTORY_USEC`] (at most
+/// [`MAX_HISTORY`]), by sequence number, to send again when the receiver asks.
 #[derive(Debug, Default)]
 pub struct History {
     packets: std::collections::VecDeque<(u16, Vec<u8>)>,
@@ -634,13 +635,12 @@ impl History {
         self.packets.push_back((seq, rtp.to_vec()));
     }
 
-    /// The packet `seq`, if still kept.
-    pub fn get(&self, seq: u16) -> Option<&[u8]> {
-        self.packets
-            .iter()
-            .rev()
-            .find(|(s, _)| *s == seq)
-            .map(|(_, p)| p.as_slice())
+    /// The packet `seq`, if still kept, to send again: each packet goes again once at most,
+    /// so that requests never make more than twice the stream's traffic.
+    pub fn take(&mut self, seq: u16) -> Option<Vec<u8>> {
+        let i = self.packets.iter().rposition(|(s, _)| *s == seq)?;
+        let p = std::mem::take(&mut self.packets[i].1);
+        (!p.is_empty()).then_some(p)
     }
 
     /// Forgets everything (a pause, a new stream).
@@ -971,21 +971,27 @@ mod tests {
         assert!(!opus_has_fec(&[0xfc, 0xff]), "CELT-only");
     }
 
-    /// A sender keeps a second of packets and finds them by sequence number, across the wrap.
+    /// A sender keeps the last packets (a second, at most MAX_HISTORY) and gives each back
+    /// once by sequence number, across the wrap.
     #[test]
-    fn history_keeps_a_second() {
+    fn history_gives_the_last_packets_back_once() {
         let mut h = History::new();
         for k in 0..150u16 {
             let seq = 65_500u16.wrapping_add(k);
             h.keep(seq, &rtp(seq, 40), 10_000);
         }
-        // 100 packets of 10 ms: the first 50 are gone.
-        assert!(h.get(65_500u16.wrapping_add(49)).is_none());
-        let p = h.get(65_500u16.wrapping_add(50)).unwrap();
-        assert_eq!(parse_rtp(p).unwrap().0.seq, 65_500u16.wrapping_add(50));
-        assert!(h.get(65_500u16.wrapping_add(149)).is_some());
+        // 100 packets of 10 ms (at most MAX_HISTORY): the older ones are gone.
+        let kept = 150 - MAX_HISTORY.min(100) as u16;
+        assert!(h.take(65_500u16.wrapping_add(kept - 1)).is_none());
+        let p = h.take(65_500u16.wrapping_add(kept)).unwrap();
+        assert_eq!(parse_rtp(&p).unwrap().0.seq, 65_500u16.wrapping_add(kept));
+        assert!(
+            h.take(65_500u16.wrapping_add(kept)).is_none(),
+            "sent again once"
+        );
+        assert!(h.take(65_500u16.wrapping_add(148)).is_some());
         h.reset();
-        assert!(h.get(65_500u16.wrapping_add(149)).is_none());
+        assert!(h.take(65_500u16.wrapping_add(149)).is_none());
     }
 
     /// Bursts are asked for at once; a single loss only once a repair's round trip is known

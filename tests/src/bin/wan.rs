@@ -8,8 +8,8 @@
 //!
 //! Per link and tunnel: a 1 kHz tone at −12 dBFS for `WAN_SECS` (default 60) after it first
 //! arrives (plus 1 s), and then a train of clicks. It prints one markdown row each: silent
-//! 10 ms blocks per minute (20 dB below the tone), frames recovered by FEC and by
-//! parity and concealed (PLC) per minute (ours: the receiver's counters), the render-to-render
+//! 10 ms blocks per minute (20 dB below the tone), frames recovered by FEC, by parity and
+//! by repairs (sent again on request), and concealed (PLC) per minute (ours: the receiver's counters), the render-to-render
 //! latency of the clicks (median), and the bytes A→B on the link (IP packets) as kbit/s.
 //! `WAN_ONLY=stock,tcp,udp` and `WAN_LINKS=0,1,2,3` choose the cases; `WAN_OURS_ARGS` adds
 //! arguments to our tunnel sink (e.g. `compression.frame_size=20`, to compare UDP's frames).
@@ -53,6 +53,7 @@ struct Row {
     silent_per_min: f64,
     fec_per_min: f64,
     parity_per_min: f64,
+    repaired_per_min: f64,
     plc_per_min: f64,
     r2r_ms: f64,
     clicks: usize,
@@ -169,6 +170,7 @@ fn run(link: Link, kind: Kind, secs: usize) -> Result<Row> {
         silent_per_min: quiet.per_minute(),
         fec_per_min: per_min("opus.tunnel.fec_frames"),
         parity_per_min: per_min("opus.tunnel.parity_frames"),
+        repaired_per_min: per_min("opus.tunnel.repaired_frames"),
         plc_per_min: per_min("opus.tunnel.plc_frames"),
         r2r_ms: median(&r2r),
         clicks: r2r.len(),
@@ -201,9 +203,10 @@ fn main() -> Result<()> {
     );
     println!(
         "| link (one way, jitter, loss) | tunnel | silent 10 ms blocks/min | FEC frames/min | \
-         parity frames/min | PLC frames/min | render to render, ms | A→B on the link, kbit/s |"
+         parity frames/min | repaired frames/min | PLC frames/min | render to render, ms | A→B \
+         on the link, kbit/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (i, (name, link)) in Link::wan_presets().into_iter().enumerate() {
         if !links.split(',').any(|l| l.trim() == i.to_string()) {
             continue;
@@ -219,10 +222,10 @@ fn main() -> Result<()> {
                             "–".into()
                         }
                     };
-                    let parity = if kind == Kind::Udp {
-                        n(r.parity_per_min)
+                    let (parity, repaired) = if kind == Kind::Udp {
+                        (n(r.parity_per_min), n(r.repaired_per_min))
                     } else {
-                        "–".into()
+                        ("–".into(), "–".into())
                     };
                     let r2r = if r.clicks == 0 {
                         "no click matched".to_string()
@@ -230,7 +233,7 @@ fn main() -> Result<()> {
                         format!("{:.1} ({} clicks)", r.r2r_ms, r.clicks)
                     };
                     println!(
-                        "| {name} | {} | {:.1}{} | {} | {parity} | {} | {r2r} | {:.1} |",
+                        "| {name} | {} | {:.1}{} | {} | {parity} | {repaired} | {} | {r2r} | {:.1} |",
                         kind.label(),
                         r.silent_per_min,
                         if r.arrived { "" } else { " (no tone in 15 s)" },
@@ -239,7 +242,7 @@ fn main() -> Result<()> {
                         r.kbps
                     );
                 }
-                Err(e) => println!("| {name} | {} | failed: {e:#} | | | | | |", kind.label()),
+                Err(e) => println!("| {name} | {} | failed: {e:#} | | | | | | |", kind.label()),
             }
         }
     }
