@@ -103,6 +103,7 @@ pub(crate) fn decode_path(
         repairs: udp::Repairs::new(),
         nacks: Vec::new(),
         ask_repairs: false,
+        repairs_out: None,
         gap_since: None,
         last_seq: None,
         paused_seq: None,
@@ -192,6 +193,9 @@ pub(crate) struct Receive {
     nacks: Vec<u16>,
     /// The sender takes part in repairs (`Udp-Repair: nack` in the handshake).
     pub(crate) ask_repairs: bool,
+    /// A play tunnel's way back to its sender for repair requests (the receiver's UDP socket,
+    /// to where the tunnel's datagrams come from); a record tunnel's go through its prober.
+    pub(crate) repairs_out: Option<crate::encode::UdpOut>,
     /// Since when the jitter buffer's head is a gap (UDP: held a little for its parity).
     gap_since: Option<Instant>,
     /// The sequence number of the newest audio packet taken.
@@ -386,10 +390,7 @@ impl Receive {
                     }
                 }
                 if !self.nacks.is_empty() {
-                    let nack = Control::Nack(std::mem::take(&mut self.nacks));
-                    if link::send_controls(reporter, 0, &[nack]).is_err() {
-                        return "cannot send repair requests to the sender".into();
-                    }
+                    self.send_repair_requests();
                 }
             } else {
                 let _ = stream.set_read_timeout(Duration::from_micros(wake));
@@ -840,6 +841,22 @@ impl Receive {
                 }
             }
             Ok(Some(r))
+        }
+    }
+
+    /// Asks the sender for the packets in `nacks` again, in a datagram (a lost one costs only
+    /// that repair; on the TCP connection a lost segment holds back everything after it).
+    fn send_repair_requests(&mut self) {
+        let mut rtcp = Vec::new();
+        rtp::write_rtcp(
+            0,
+            &[Control::Nack(std::mem::take(&mut self.nacks))],
+            &mut rtcp,
+        );
+        if let Some(out) = self.repairs_out.as_mut() {
+            out.send(udp::KIND_CONTROL, &rtcp);
+        } else if let Some(p) = self.probe.as_mut() {
+            p.send_control(&rtcp);
         }
     }
 

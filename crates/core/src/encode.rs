@@ -268,6 +268,10 @@ pub(crate) struct UdpOut {
     parity: crate::udp::ParityEncoder,
     /// The packets of the last second, for repairs the receiver asks for.
     history: crate::udp::History,
+    /// Repair requests that came as datagrams, for the worker's next round.
+    requests: Requests,
+    /// A play tunnel's reader of the datagrams its receiver sends back; stops when this goes.
+    reader_stop: Option<Arc<AtomicBool>>,
     dgram: Vec<u8>,
     /// The loss the receiver reports, smoothed, percent.
     loss: f64,
@@ -294,17 +298,63 @@ enum UdpWay {
 /// over TCP instead.
 const UDP_PROBE: Duration = Duration::from_secs(3);
 
+/// Repair requests (RTP sequence numbers) taken from datagrams, waiting for the worker.
+pub(crate) type Requests = Arc<Mutex<Vec<u16>>>;
+
+/// Requests kept waiting at most (four full ones).
+const MAX_REQUESTS: usize = 4 * crate::rtp::MAX_NACK;
+
+/// Adds the requests of a control datagram's body to `queue` (bounded).
+pub(crate) fn queue_requests(queue: &Requests, rtcp: &[u8]) -> bool {
+    let seqs = crate::udp::repair_requests(rtcp);
+    if seqs.is_empty() {
+        return false;
+    }
+    if let Ok(mut q) = queue.lock() {
+        let room = MAX_REQUESTS.saturating_sub(q.len());
+        q.extend(seqs.into_iter().take(room));
+    }
+    true
+}
+
 impl UdpOut {
-    /// A socket of our own, connected to `to`; datagrams named `token`, sealed with `key`.
+    /// A socket of our own, connected to `to`; datagrams named `token`, sealed with `key`. A
+    /// thread reads what the receiver sends back on it (repair requests) and wakes the
+    /// calling thread (the worker) for them.
     pub(crate) fn open(
         to: std::net::SocketAddr,
         token: u32,
         key: Option<Arc<snow::StatelessTransportState>>,
     ) -> std::io::Result<UdpOut> {
         let sock = crate::udp::connected_socket(to)?;
+        let reader = sock.try_clone()?;
+        // The reader looks at its stop flag this often.
+        reader.set_read_timeout(Some(Duration::from_millis(200)))?;
         // A full socket buffer drops the datagram (as the network would), never waits.
         sock.set_nonblocking(true)?;
-        Ok(UdpOut::new(UdpWay::Connected(sock), token, key))
+        let mut out = UdpOut::new(UdpWay::Connected(sock), token, key.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (q, s, worker) = (out.requests.clone(), stop.clone(), thread::current());
+        let opener = crate::udp::DgramOpener::new(key);
+        thread::Builder::new()
+            .name("opus-tunnel-udp-back".into())
+            .spawn(move || read_requests(reader, token, opener, &q, &s, &worker))?;
+        out.reader_stop = Some(stop);
+        Ok(out)
+    }
+
+    /// The queue that repair requests for this tunnel go to (a record tunnel's come through
+    /// the receiver's UDP thread).
+    pub(crate) fn requests(&self) -> Requests {
+        self.requests.clone()
+    }
+
+    /// The repair requests waiting.
+    fn take_requests(&mut self) -> Vec<u16> {
+        self.requests
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
     }
 
     /// A record tunnel's audio, from the receiver's UDP socket to the address its far end's
@@ -324,6 +374,8 @@ impl UdpOut {
             sealer: crate::udp::DgramSealer::new(token, key),
             parity: crate::udp::ParityEncoder::new(),
             history: crate::udp::History::new(),
+            requests: Arc::new(Mutex::new(Vec::new())),
+            reader_stop: None,
             dgram: Vec::new(),
             loss: 0.0,
             first_sent: None,
@@ -340,7 +392,7 @@ impl UdpOut {
     }
 
     /// Sends one datagram; returns its size on the wire (0: not sent).
-    fn send(&mut self, kind: u8, body: &[u8]) -> usize {
+    pub(crate) fn send(&mut self, kind: u8, body: &[u8]) -> usize {
         if self.sealer.seal(kind, body, &mut self.dgram).is_err() {
             return 0;
         }
@@ -356,6 +408,49 @@ impl UdpOut {
             Err(e) => {
                 log::debug!("UDP send: {e}");
                 0
+            }
+        }
+    }
+}
+
+impl Drop for UdpOut {
+    fn drop(&mut self) {
+        if let Some(s) = &self.reader_stop {
+            s.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A play tunnel's datagrams back from its receiver (repair requests, [`crate::udp::KIND_CONTROL`])
+/// until `stop`: those named `token` that open go to `queue`, and wake `worker`; anything else
+/// is dropped.
+fn read_requests(
+    sock: std::net::UdpSocket,
+    token: u32,
+    mut opener: crate::udp::DgramOpener,
+    queue: &Requests,
+    stop: &AtomicBool,
+    worker: &Thread,
+) {
+    let mut buf = vec![0u8; crate::udp::MAX_DATAGRAM + 1];
+    while !stop.load(Ordering::SeqCst) {
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if crate::link::is_timeout(&e) => continue,
+            Err(e) => {
+                // ICMP errors (the receiver's port closed for a moment) and the like.
+                log::debug!("UDP receive: {e}");
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let dgram = &buf[..n];
+        if crate::udp::token_of(dgram) != Some(token) {
+            continue;
+        }
+        if let Ok((crate::udp::KIND_CONTROL, body)) = opener.open(dgram) {
+            if queue_requests(queue, body) {
+                worker.unpark();
             }
         }
     }
@@ -641,6 +736,10 @@ impl Worker {
                     }
                 }
             }
+            let asked = self.udp.as_mut().map(UdpOut::take_requests);
+            if let Some(seqs) = asked.filter(|s| !s.is_empty()) {
+                self.repair(&seqs);
+            }
             let _ = self.retune();
             let running = self.shared.running.load(Ordering::SeqCst);
             let had = self.ring.slots();
@@ -752,7 +851,6 @@ impl Worker {
                     }
                 }
                 Control::Knobs(kv) if self.remote.is_some() => self.remote_knobs(kv),
-                Control::Nack(seqs) => self.repair(&seqs),
                 _ => {}
             }
         }

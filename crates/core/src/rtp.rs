@@ -212,8 +212,8 @@ pub enum Control {
     Bye(String),
     /// `transport=udp`: the receiver asks for these audio packets (RTP sequence numbers)
     /// again: they were lost in a burst that concealment would not hide
-    /// ([`crate::udp::REPAIR_GAP_USEC`]). At most [`MAX_NACK`]. A sender from before this
-    /// message skips it, as it skips any APP subtype it does not know.
+    /// ([`crate::udp::REPAIR_GAP_USEC`]). At most [`MAX_NACK`]. Sent in a datagram
+    /// ([`crate::udp::KIND_CONTROL`]), not on the TCP connection.
     Nack(Vec<u16>),
 }
 

@@ -179,10 +179,12 @@ struct Route {
 
 /// What a tunnel's datagrams are for.
 enum RouteTo {
-    /// A play tunnel's audio, for its connection thread.
-    Play(mpsc::SyncSender<Input>),
-    /// A record tunnel's probes: where they come from is where its audio goes.
-    Record(Arc<Mutex<Option<SocketAddr>>>),
+    /// A play tunnel's audio, for its connection thread; where its datagrams come from (where
+    /// its repair requests go).
+    Play(mpsc::SyncSender<Input>, Arc<Mutex<Option<SocketAddr>>>),
+    /// A record tunnel's probes: where they come from is where its audio goes; and its repair
+    /// requests ([`udp::KIND_CONTROL`]), for its worker.
+    Record(Arc<Mutex<Option<SocketAddr>>>, crate::encode::Requests),
 }
 
 impl UdpIn {
@@ -302,13 +304,22 @@ fn udp_loop(udp: Arc<UdpIn>, stop: &AtomicBool) {
                     match &route.to {
                         // A connection thread that cannot keep up loses datagrams, as the
                         // network would: the queue is bounded.
-                        RouteTo::Play(tx) => {
+                        RouteTo::Play(tx, back) => {
+                            if let Ok(mut a) = back.lock() {
+                                *a = Some(from);
+                            }
                             if tx.try_send(Input::Udp(kind, body.to_vec())).is_ok() {
                                 continue;
                             }
                             udp::Drop::Overflow
                         }
-                        RouteTo::Record(reply_to) if kind == udp::KIND_PROBE => {
+                        RouteTo::Record(_, requests) if kind == udp::KIND_CONTROL => {
+                            if crate::encode::queue_requests(requests, body) {
+                                continue;
+                            }
+                            udp::Drop::Malformed
+                        }
+                        RouteTo::Record(reply_to, _) if kind == udp::KIND_PROBE => {
                             if let Ok(mut a) = reply_to.lock() {
                                 if *a != Some(from) {
                                     log::info!(
@@ -320,7 +331,7 @@ fn udp_loop(udp: Arc<UdpIn>, stop: &AtomicBool) {
                             }
                             continue;
                         }
-                        RouteTo::Record(_) => udp::Drop::Malformed,
+                        RouteTo::Record(..) => udp::Drop::Malformed,
                     }
                 }
                 Err(e) => e,
@@ -879,10 +890,26 @@ fn serve_play(
     };
     if let Some((u, token)) = &udp {
         let (tx, rx) = mpsc::sync_channel(UDP_QUEUE);
-        u.add(*token, peer, &stream, &conn, RouteTo::Play(tx.clone()));
+        let back = Arc::new(Mutex::new(None));
+        u.add(
+            *token,
+            peer,
+            &stream,
+            &conn,
+            RouteTo::Play(tx.clone(), back.clone()),
+        );
         conn.stats.udp.set_transport(Transport::Udp);
         receive.udp = Some((tx, rx));
-        receive.ask_repairs = udp::offers_repair(&hello.fields);
+        if udp::offers_repair(&hello.fields) {
+            receive.ask_repairs = true;
+            // Repair requests go back as datagrams to where the tunnel's come from.
+            receive.repairs_out = Some(UdpOut::reply(
+                u.sock.clone(),
+                back,
+                *token,
+                stream.datagram_key(),
+            ));
+        }
     }
     log::info!(
         "tunnel {label} from {peer} plays on {sink} ({}; encryption: {}; transport: {})",
@@ -1016,15 +1043,21 @@ fn serve_capture(
     tshared.stats.set_encryption(conn.stats.encryption());
     let out = udp.as_ref().map(|(u, token)| {
         let reply_to = Arc::new(Mutex::new(None));
+        let out = UdpOut::reply(
+            u.sock.clone(),
+            reply_to.clone(),
+            *token,
+            stream.datagram_key(),
+        );
         u.add(
             *token,
             peer,
             &stream,
             &conn,
-            RouteTo::Record(reply_to.clone()),
+            RouteTo::Record(reply_to, out.requests()),
         );
         tshared.stats.udp.set_transport(Transport::Udp);
-        UdpOut::reply(u.sock.clone(), reply_to, *token, stream.datagram_key())
+        out
     });
     log::info!(
         "record tunnel {label} from {peer} records {source} ({}; encryption: {}; transport: {}), \

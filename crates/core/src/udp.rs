@@ -58,6 +58,19 @@ pub const REPAIR_NACK: &str = "nack";
 /// Bytes before the body: token and counter.
 pub const HEADER_LEN: usize = 12;
 
+/// The sequence numbers a control datagram's body ([`KIND_CONTROL`]) asks for again; nothing
+/// for a body that does not parse.
+pub fn repair_requests(rtcp: &[u8]) -> Vec<u16> {
+    crate::rtp::parse_rtcp(rtcp)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|c| match c {
+            crate::rtp::Control::Nack(seqs) => seqs,
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
 /// Whether headers carry `Udp-Repair: nack`.
 pub fn offers_repair<'a>(fields: impl IntoIterator<Item = (&'a String, &'a String)>) -> bool {
     fields.into_iter().any(|(k, v)| {
@@ -73,6 +86,12 @@ pub const KIND_PARITY: u8 = 1;
 /// and the probes keep the way open through NAT and firewalls at the desktop's side
 /// ([`PROBE_EVERY`] while someone records, [`PROBE_IDLE`] otherwise).
 pub const KIND_PROBE: u8 = 2;
+/// The inner message is control for the sending end: an RTCP packet of our APP controls
+/// ([`crate::rtp::write_rtcp`]), so far repair requests ([`crate::rtp::Control::Nack`]) from
+/// the receiving end. They travel as datagrams, not on the TCP connection, where a lost
+/// segment holds everything behind it until TCP resends it (on a lossy link, often longer than
+/// the repair may take).
+pub const KIND_CONTROL: u8 = 3;
 /// How often a record tunnel probes while someone records from it.
 pub const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often a record tunnel probes while nobody records (NAT mappings last 30 s or more).
@@ -337,6 +356,19 @@ impl Prober {
         let every = if running { PROBE_EVERY } else { PROBE_IDLE };
         if self.last.map_or(true, |t| t.elapsed() >= every) {
             self.probe();
+        }
+    }
+
+    /// Sends a control datagram ([`KIND_CONTROL`]) to the far end.
+    pub fn send_control(&mut self, rtcp: &[u8]) {
+        if self
+            .sealer
+            .seal(KIND_CONTROL, rtcp, &mut self.dgram)
+            .is_ok()
+        {
+            if let Err(e) = self.sock.send(&self.dgram) {
+                log::debug!("UDP control: {e}");
+            }
         }
     }
 
@@ -1029,6 +1061,24 @@ mod tests {
             Some(ms(90)),
             "the link's round trip is kept"
         );
+    }
+
+    /// A control datagram's body gives the sequence numbers asked for, and nothing when it
+    /// does not parse.
+    #[test]
+    fn repair_requests_from_a_control_body() {
+        let mut rtcp = Vec::new();
+        crate::rtp::write_rtcp(
+            0,
+            &[
+                crate::rtp::Control::Keepalive,
+                crate::rtp::Control::Nack(vec![7, 65_535]),
+            ],
+            &mut rtcp,
+        );
+        assert_eq!(repair_requests(&rtcp), vec![7, 65_535]);
+        assert!(repair_requests(&rtcp[..rtcp.len() - 1]).is_empty());
+        assert!(repair_requests(b"junk").is_empty());
     }
 
     #[test]
