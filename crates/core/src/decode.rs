@@ -782,9 +782,13 @@ impl Receive {
             let behind = self.jitter.next_seq().is_some_and(|n| {
                 (h.seq.wrapping_sub(n) as i16) < -(jitter::MAX_MISORDER as i16) / 2
             });
+            // A repair held up on the way is handed over as rebuilt audio, not as an arrival:
+            // it says nothing about how late the next will be.
+            let sizes = repair.map_or(true, |rt| self.repairs.sizes_buffer(rt));
             let r = if repair.is_some() && behind {
                 PushResult::Late
             } else {
+                let arrived = arrived.filter(|_| sizes);
                 self.jitter
                     .push_at(h.seq, h.timestamp, payload.to_vec(), arrived)
             };
@@ -792,9 +796,9 @@ impl Receive {
                 PushResult::Late => {
                     self.conn.stats.late_packets.fetch_add(1, Ordering::Relaxed);
                     // Too late to play, but a measure of how late the link delivers: it sizes
-                    // the target (unless it is a repair whose request itself waited).
+                    // the target (a repair only as udp::Repairs::sizes_buffer says).
                     if let Some(now) = arrived {
-                        if repair.map_or(true, |rt| self.repairs.usual(rt)) {
+                        if sizes {
                             let frames = self.playout.stats().packet_usec
                                 * u64::from(self.conn.rate)
                                 / 1_000_000;
