@@ -26,7 +26,9 @@
 //! Noise transport key of that direction (through `snow`'s stateless transport, the nonce
 //! being `2^63 + counter`: the TCP records use the nonces from 0 up, so the two never meet),
 //! 16 bytes of tag added. The inner message is a kind byte and its bytes: [`KIND_RTP`] and an
-//! RTP packet, or [`KIND_PARITY`] and a parity block ([`ParityEncoder`]).
+//! RTP packet, [`KIND_PARITY`] and a parity block ([`ParityEncoder`]), [`KIND_PROBE`] (a record
+//! tunnel's probe), or [`KIND_CONTROL`] and an RTCP packet from the receiving end back to the
+//! sending end (repair requests).
 //!
 //! The receiver takes a datagram only from the IP address of the connection its token names,
 //! only if it opens (encrypted), and only if its counter is new to a 1024-wide window
@@ -35,7 +37,10 @@
 //! Loss protection: Opus in-band FEC (SILK and hybrid frames: the receiver decodes a lost
 //! frame from the next packet), and one XOR parity block after every [`parity_group`] audio
 //! packets (those of [`PARITY_SPAN_USEC`] of audio), which rebuilds any one lost packet of the
-//! group (CELT frames too) when the block arrives before the lost packet's turn to play.
+//! group (CELT frames too) when the block arrives before the lost packet's turn to play; and,
+//! with `Udp-Repair: nack` on both sides ([`HEADER_REPAIR`]), repairs: the receiving end asks
+//! for a burst of lost packets again ([`Repairs`], [`REPAIR_GAP_USEC`]) and the sending end
+//! sends them again from its [`History`].
 use crate::secure::SecureError;
 use snow::StatelessTransportState;
 use std::sync::Arc;
