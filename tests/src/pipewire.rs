@@ -336,6 +336,21 @@ impl PipeWire {
         }
     }
 
+    /// Graph cycles that PipeWire logged as not finished in time ("client too slow", one
+    /// line per late node of the cycle, counted once per cycle): the daemon's data thread was
+    /// held up, and the graph played a quantum of silence, whatever each node made.
+    pub fn graph_xruns(&self) -> usize {
+        let log = fs::read_to_string(self.dir.join("pipewire.log")).unwrap_or_default();
+        let mut cycles: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("client too slow"))
+            .filter_map(|l| l.split(" pos:").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .collect();
+        cycles.dedup();
+        cycles.len()
+    }
+
     /// The daemon's log (stderr) and WirePlumber's.
     pub fn log(&self) -> String {
         let log = fs::read_to_string(self.dir.join("pipewire.log")).unwrap_or_default();
@@ -346,9 +361,9 @@ impl PipeWire {
             .filter(|l| l.contains("client too slow") || l.contains("missed"))
             .collect();
         format!(
-            "--- {} graph xruns: {} ---\n{}\n--- {} pipewire.log ---\n{}\n--- wireplumber.log (tail) ---\n{}",
+            "--- {} graph xruns: {} cycles ---\n{}\n--- {} pipewire.log ---\n{}\n--- wireplumber.log (tail) ---\n{}",
             self.name,
-            xruns.len(),
+            self.graph_xruns(),
             xruns.join("\n"),
             self.name,
             tail(&log, 60),

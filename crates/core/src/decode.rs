@@ -424,25 +424,7 @@ impl Receive {
             }
             if last_stats.elapsed() >= Duration::from_millis(100) {
                 *last_stats = Instant::now();
-                if let Ok(mut st) = self.conn.playout.lock() {
-                    *st = Some(self.playout.stats());
-                }
-                if self.trace {
-                    let c = self.playout.controller();
-                    log::info!(
-                        "trace {} dev at={} consumed={} missing={} skew_ppm={:.1} ring={} fifo={} produced={} {:?} {}",
-                        self.conn.now_usec(),
-                        self.last.now_usec,
-                        self.last.consumed.saturating_sub(self.base.consumed),
-                        self.last.missing.saturating_sub(self.base.missing),
-                        c.skew_ppm(),
-                        self.conn.fill.load(Ordering::Relaxed),
-                        c.fifo_frames(),
-                        c.produced(),
-                        self.playout.stats(),
-                        c.skew_lines()
-                    );
-                }
+                self.publish_stats();
             }
             if last_report.elapsed() >= Duration::from_secs(1) {
                 *last_report = Instant::now();
@@ -979,10 +961,32 @@ impl Receive {
             self.follow_quiet();
             if last_stats.elapsed() >= Duration::from_millis(100) {
                 last_stats = Instant::now();
-                if let Ok(mut st) = self.conn.playout.lock() {
-                    *st = Some(self.playout.stats());
-                }
+                self.publish_stats();
             }
+        }
+    }
+
+    /// Hands the engine's figures to the connection's readers (properties, `status`), and
+    /// with `OPUS_TUNNEL_TRACE` logs the engine's state; every 100 ms.
+    fn publish_stats(&mut self) {
+        if let Ok(mut st) = self.conn.playout.lock() {
+            *st = Some(self.playout.stats());
+        }
+        if self.trace {
+            let c = self.playout.controller();
+            log::info!(
+                "trace {} dev at={} consumed={} missing={} skew_ppm={:.1} ring={} fifo={} produced={} {:?} {}",
+                self.conn.now_usec(),
+                self.last.now_usec,
+                self.last.consumed.saturating_sub(self.base.consumed),
+                self.last.missing.saturating_sub(self.base.missing),
+                c.skew_ppm(),
+                self.conn.fill.load(Ordering::Relaxed),
+                c.fifo_frames(),
+                c.produced(),
+                self.playout.stats(),
+                c.skew_lines()
+            );
         }
     }
 
