@@ -48,6 +48,8 @@ pub struct Controller {
 
     // The device: its pulls, and the frames it took or found missing.
     device: Clock,
+    /// The device's pulls on its line so far (its first is left out once the second comes).
+    device_pulls: u64,
     produced: u64,
     consumed: u64,
     missing: u64,
@@ -116,6 +118,7 @@ impl Controller {
             fifo: 0,
             packet: 0,
             device: Clock::new(rate),
+            device_pulls: 0,
             produced: 0,
             consumed: 0,
             missing: 0,
@@ -336,6 +339,7 @@ impl Controller {
             // The ring was recreated under us: start the device side again.
             self.device.clear();
             self.skew.restart_device();
+            self.device_pulls = 0;
             self.produced = self.produced.saturating_sub(self.consumed);
             self.consumed = 0;
             self.missing = 0;
@@ -348,7 +352,18 @@ impl Controller {
             // The device stopped for a while (suspended, moved): a new line from here.
             self.device.clear();
             self.skew.restart_device();
+            self.device_pulls = 0;
         }
+        // A device's first pull shows when it started, not its pace: a graph that links a
+        // new stream plays that cycle at the quantum it had (PipeWire: 43 ms, then 5 ms
+        // pulls), and jitter only ever delays the pulls after it, so the first would hold
+        // the line ahead of the device for the window's length. The line (and the skew's)
+        // runs from the second pull.
+        if self.device_pulls == 1 {
+            self.device.clear();
+            self.skew.restart_device();
+        }
+        self.device_pulls += 1;
         let new_missing = missing_total - self.missing;
         let took = consumed_total > self.consumed;
         self.consumed = consumed_total;

@@ -349,3 +349,42 @@ fn a_packet_too_late_to_play_sizes_the_target() {
     );
     assert_eq!(c.fifo_frames(), fifo, "its audio is not used");
 }
+
+/// A device whose first pull came a whole graph cycle before its pace (PipeWire plays the
+/// cycle that links a new stream at the quantum the graph had: 10 ms taken, then 43 ms
+/// until the next pull): its line runs from the pulls after it. (Drawn through the first,
+/// the line stood 33 ms ahead of the device for 2 s, the latency read that much low, and
+/// when the first pull left the line's window it jumped 33 ms: the engine cut that much.)
+#[test]
+fn a_first_pull_ahead_of_the_device_s_pace_is_not_its_line() {
+    let mut c = controller(Target::Fixed(30_000), 1000);
+    let (mut consumed, mut missing) = (0, 0);
+    let mut lats = Vec::new();
+    for k in 0..300u32 {
+        let t = f64::from(k) * 10.0;
+        c.on_packet(us(t), i64::from(k) * 480, 480);
+        feed(&mut c);
+        let at = match k {
+            0 => Some(1.0),
+            1..=4 => None,
+            _ => Some(t + 4.0),
+        };
+        if let Some(at) = at {
+            pull(&mut c, &mut consumed, &mut missing, at);
+            feed(&mut c);
+            if k > 10 {
+                lats.push((at, c.latency_usec(us(at)) as f64 / 1000.0));
+            }
+        }
+    }
+    let steps: Vec<_> = lats
+        .windows(2)
+        .filter(|w| (w[1].1 - w[0].1).abs() > 2.0)
+        .map(|w| (w[1].0, w[0].1, w[1].1))
+        .collect();
+    assert!(
+        steps.is_empty(),
+        "the latency stepped (ms at, from, to): {steps:?}"
+    );
+    assert!(c.skew_ppm().abs() < 1.0, "{}", c.skew_lines());
+}
