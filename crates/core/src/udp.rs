@@ -706,6 +706,12 @@ pub struct Repairs {
 /// Requests remembered.
 const KEEP_ASKED: usize = 256;
 
+/// A request no repair answered in this long is forgotten: the sender keeps a packet for
+/// [`HISTORY_USEC`], so none can come after that and a round trip. (Kept, a request outlived
+/// the sequence numbers' wrap, 11 minutes at 10 ms: the new packet with its number was
+/// taken for its repair.)
+const FORGET_ASKED: std::time::Duration = std::time::Duration::from_micros(2 * HISTORY_USEC);
+
 impl Repairs {
     /// Round trips remembered.
     pub const ROUND_TRIPS: usize = 16;
@@ -740,6 +746,7 @@ impl Repairs {
         if missing == 0 || !(burst || in_time) {
             return Vec::new();
         }
+        self.forget_before(now);
         let seqs: Vec<u16> = (0..missing.min(crate::rtp::MAX_NACK as u16))
             .map(|k| first.wrapping_add(k))
             .collect();
@@ -754,6 +761,7 @@ impl Repairs {
 
     /// Packet `seq` arrived at `now`: `Some(round trip)` if it is a repair.
     pub fn on_arrival(&mut self, seq: u16, now: std::time::Instant) -> Option<std::time::Duration> {
+        self.forget_before(now);
         let i = self.asked.iter().position(|(s, _)| *s == seq)?;
         let (_, at) = self.asked.remove(i)?;
         let rt = now.saturating_duration_since(at);
@@ -762,6 +770,17 @@ impl Repairs {
         }
         self.round_trips.push_back(rt);
         Some(rt)
+    }
+
+    /// Drops the requests asked for [`FORGET_ASKED`] or more before `now`.
+    fn forget_before(&mut self, now: std::time::Instant) {
+        while self
+            .asked
+            .front()
+            .is_some_and(|&(_, at)| now.saturating_duration_since(at) >= FORGET_ASKED)
+        {
+            self.asked.pop_front();
+        }
     }
 
     /// Until when a gap at packet `seq` waits for its repair, if it was asked for: twice the
@@ -1069,6 +1088,15 @@ mod tests {
             r.on_gap(100, 500, 10_000, ms(0), t0).len(),
             crate::rtp::MAX_NACK
         );
+        // A request no repair answered is forgotten once the sender cannot have the packet:
+        // a packet with its number much later (after the numbers wrapped) is no repair.
+        assert_eq!(
+            r.on_gap(200, 5, 10_000, ms(0), t0),
+            vec![200, 201, 202, 203, 204]
+        );
+        assert_eq!(r.on_arrival(201, t0 + ms(1500)), Some(ms(1500)));
+        assert_eq!(r.on_arrival(202, t0 + FORGET_ASKED), None);
+        assert_eq!(r.wait_until(203), None);
         r.reset();
         assert_eq!(r.on_arrival(1, t0 + ms(50)), None);
         assert_eq!(

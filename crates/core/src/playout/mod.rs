@@ -13,7 +13,8 @@
 //! # Parts
 //!
 //! - [`Clock`] (twice): a clock seen through jittery observations — the stream through packet
-//!   arrivals, the device through its pulls. Jitter only ever makes an observation late, so a
+//!   arrivals, the device through its pulls from the second on (the first shows when the
+//!   device started, not its pace). Jitter only ever makes an observation late, so a
 //!   clock is the line of its *earliest* observations of the last 2 s, at the rate the
 //!   [`SkewEstimator`] learnt for it (at its nominal rate, a clock 1000 ppm off drifts 2 ms
 //!   across the window, which read as lateness).
