@@ -353,8 +353,8 @@ fn a_packet_too_late_to_play_sizes_the_target() {
 /// A device whose first pull came a whole graph cycle before its pace (PipeWire plays the
 /// cycle that links a new stream at the quantum the graph had: 10 ms taken, then 43 ms
 /// until the next pull): its line runs from the pulls after it. (Drawn through the first,
-/// the line stood 33 ms ahead of the device for 2 s, the latency read that much low, and
-/// when the first pull left the line's window it jumped 33 ms: the engine cut that much.)
+/// the line stood 43 ms ahead of the device for 2 s, the latency read that much low, and
+/// when the first pull left the line's window it jumped from 30 to 73 ms.)
 #[test]
 fn a_first_pull_ahead_of_the_device_s_pace_is_not_its_line() {
     let mut c = controller(Target::Fixed(30_000), 1000);
