@@ -184,8 +184,8 @@ fn through_tunnel(test: &str, signal: Signal, destretch: bool, max_stretch_ppm: 
     // starts with 0.5 s of silence). The music starts on its first sample: it waits for the
     // link (audio played while the link is down is dropped, as the README says), so that what
     // is scored is the codec and the playout, not that race.
+    let t = Instant::now();
     if matches!(signal, Signal::Music) {
-        let t = Instant::now();
         while sender
             .sink_properties("tun")
             .ok()
@@ -199,8 +199,12 @@ fn through_tunnel(test: &str, signal: Signal, destretch: bool, max_stretch_ppm: 
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    // The recording runs since before the wait: it covers the wait too (once, in CI, the
+    // music began 5.1 s into a 12 s recording and its end was cut off).
+    let waited = t.elapsed().as_secs_f64();
+    println!("{test}: {waited:.2} s from load to play");
     let mut player = play(&sender, "tun", &speech);
-    let got = rec.read(secs + 4.0).expect("recording");
+    let got = rec.read(secs + 4.0 + waited).expect("recording");
     assert!(player.wait(Duration::from_secs(10)), "pacat did not finish");
     // The receiver's own counters (underruns, concealed frames, late packets) for the log.
     let stats: Vec<String> = receiver
