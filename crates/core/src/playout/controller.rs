@@ -543,13 +543,15 @@ impl Controller {
                     if err.abs() > TRIM_SEC * self.rate {
                         plan.trim_frames = err.round() as i64;
                         // Periods are cut to bring an excess down (a backlog, a target
-                        // that came down), and repeated to raise the latency only to give
-                        // back what the engine took: after an underrun (the device already
-                        // ran short), or soon after a cut; a target that rose without a loss
-                        // is met in silence and by the loop (a pitch period repeated inside
+                        // that came down), and repeated to raise the latency to give back
+                        // what the engine took (after an underrun: the device already ran
+                        // short; or soon after a cut), or for a shortfall the loop would
+                        // take seconds over; a smaller step of the target without a loss is
+                        // met in silence and by the loop (a pitch period repeated inside
                         // speech cost 0.17 PESQ-WB).
                         let undo = t - self.cut_at < UNDO_CUT_SEC;
-                        let reshape = err > 0.0 || self.short_after_underrun || undo;
+                        let far = err < -REPEAT_SEC * self.rate;
+                        let reshape = err > 0.0 || self.short_after_underrun || undo || far;
                         plan.reshape = reshape && err.abs() > RESHAPE_SEC * self.rate;
                         self.cutting = plan.reshape && err > 0.0;
                     }

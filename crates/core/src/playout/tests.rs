@@ -388,3 +388,47 @@ fn a_first_pull_ahead_of_the_device_s_pace_is_not_its_line() {
     );
     assert!(c.skew_ppm().abs() < 1.0, "{}", c.skew_lines());
 }
+
+/// A shortfall without a loss (the path got longer: the packets come later, and once the
+/// earliest arrivals of the old path have left the line's window the latency reads that much
+/// less): one the loop would take seconds over asks for periods to be repeated at once; a
+/// small one is left to silence and the loop (a pitch period repeated inside speech costs
+/// PESQ).
+#[test]
+fn only_a_far_shortfall_is_made_up_by_repeating_periods() {
+    for (longer_ms, repeat) in [(3.0, false), (10.0, true)] {
+        let mut c = controller(Target::Fixed(60_000), 1000);
+        let (mut consumed, mut missing) = (0, 0);
+        // Packet k leaves at 10·k ms (arriving `longer_ms` later from packet 200 on); the
+        // device pulls at 10·k + 5.5 ms.
+        let mut events: Vec<(f64, Option<u64>)> = (0..450u64)
+            .map(|k| {
+                let d = if k >= 200 { longer_ms } else { 0.0 };
+                (k as f64 * 10.0 + d, Some(k))
+            })
+            .chain((0..450u64).map(|k| (k as f64 * 10.0 + 5.5, None)))
+            .collect();
+        events.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut plan = Plan::default();
+        for (t, packet) in events {
+            match packet {
+                Some(k) => {
+                    c.on_packet(us(t), (k * 480) as i64, 480);
+                    let p = c.plan();
+                    if k >= 200 && p.trim_frames < plan.trim_frames {
+                        plan = p;
+                    }
+                    feed(&mut c);
+                }
+                None => pull(&mut c, &mut consumed, &mut missing, t),
+            }
+        }
+        assert_eq!(c.stats().underruns + c.stats().concealments, 0);
+        let short = -plan.trim_frames as f64 / 48.0;
+        assert!(
+            (short - longer_ms).abs() < 1.0,
+            "{longer_ms} ms longer: {plan:?}"
+        );
+        assert_eq!(plan.reshape, repeat, "{longer_ms} ms longer: {plan:?}");
+    }
+}
