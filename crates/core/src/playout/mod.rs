@@ -140,10 +140,12 @@ pub const UNDO_CUT_SEC: f64 = 2.0 * clock::Clock::ENVELOPE_SEC;
 /// A shortfall beyond this (seconds) is made up by repeating periods, loss or not: the loop's
 /// ±1000 ppm would take five seconds over it, and a packet as late as the one that raised the
 /// target would be concealed meanwhile. (A PipeWire sender whose 21.3 ms quanta carry 20 ms
-/// packets delivers one packet 20 ms late every 16 quanta: its receiver's target stepped up
-/// 8-15 ms at a start and the next such packet, 0.7 s later, was concealed, or in a CI run on
-/// a busy host played 5 ms of silence. Smaller steps, such as one packet a few ms late on a
-/// loaded host, are left to silence and the loop: see [`PAUSE_SEC`].)
+/// packets sends each packet 1.3 ms later than the one before against the stream's clock, up
+/// to 20 ms, where a quantum carries two and the ramp starts again: its receiver's target rose
+/// 20 ms in the first half second, the latency then climbed 1 ms a second, and the next ramp's
+/// late packets were concealed, or in a CI run on a busy host played 5 ms of silence. Smaller
+/// steps, such as one packet a few ms late on a loaded host, are left to silence and the
+/// loop: see [`PAUSE_SEC`].)
 pub const REPEAT_SEC: f64 = 0.005;
 /// A clock's earliest observation jumping by more than this from one second to the next,
 /// beyond the line's slope (seconds), is a step of its level, not drift (the
