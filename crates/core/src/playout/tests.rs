@@ -19,9 +19,9 @@ fn controller(target: Target, max_ms: u64) -> Controller {
     .unwrap()
 }
 
-/// Runs the counting resampler at ratio 1 over a plan. Like rubato's, it keeps its delay's
-/// worth (32 frames) of the first audio it reads.
-fn feed(c: &mut Controller) {
+/// Runs the counting resampler at ratio 1 over a plan, and returns the plan. Like rubato's,
+/// it keeps its delay's worth (32 frames) of the first audio it reads.
+fn feed(c: &mut Controller) -> Plan {
     let plan = c.plan();
     if plan.trim_frames != 0 {
         c.on_trimmed(0, 0);
@@ -30,6 +30,7 @@ fn feed(c: &mut Controller) {
     let first = c.produced() == c.stats().inserted_frames;
     let out = if first { n.saturating_sub(32) } else { n };
     c.on_produced(n, out);
+    plan
 }
 
 /// The device pulls 10 ms at `at_ms`, as much as the ring holds, and reports it.
@@ -414,11 +415,10 @@ fn only_a_far_shortfall_is_made_up_by_repeating_periods() {
             match packet {
                 Some(k) => {
                     c.on_packet(us(t), (k * 480) as i64, 480);
-                    let p = c.plan();
+                    let p = feed(&mut c);
                     if k >= 200 && p.trim_frames < plan.trim_frames {
                         plan = p;
                     }
-                    feed(&mut c);
                 }
                 None => pull(&mut c, &mut consumed, &mut missing, t),
             }
