@@ -459,6 +459,14 @@ impl Receive {
                 if link::send_controls(reporter, 0, &[msg]).is_err() {
                     return "cannot send reports to the sender".into();
                 }
+                // Over UDP a keepalive goes back as a datagram too: TCP's backoff on a lossy
+                // link can hold the report back for seconds, and the sender would take us for
+                // gone (`udp::Heard`).
+                if let Some(out) = self.repairs_out.as_mut() {
+                    let mut rtcp = Vec::new();
+                    rtp::write_rtcp(0, &[Control::Keepalive], &mut rtcp);
+                    out.send(udp::KIND_CONTROL, &rtcp);
+                }
             }
         }
     }

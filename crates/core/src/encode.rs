@@ -268,8 +268,8 @@ pub(crate) struct UdpOut {
     parity: crate::udp::ParityEncoder,
     /// The packets of the last second, for repairs the receiver asks for.
     history: crate::udp::History,
-    /// Repair requests that came as datagrams, for the worker's next round.
-    requests: Requests,
+    /// What came back as datagrams: repair requests for the worker's next round, and when.
+    heard: crate::udp::Heard,
     /// A play tunnel's reader of the datagrams its receiver sends back; stops when this goes.
     reader_stop: Option<Arc<AtomicBool>>,
     dgram: Vec<u8>,
@@ -298,25 +298,6 @@ enum UdpWay {
 /// over TCP instead.
 const UDP_PROBE: Duration = Duration::from_secs(3);
 
-/// Repair requests (RTP sequence numbers) taken from datagrams, waiting for the worker.
-pub(crate) type Requests = Arc<Mutex<Vec<u16>>>;
-
-/// Requests kept waiting at most (four full ones).
-const MAX_REQUESTS: usize = 4 * crate::rtp::MAX_NACK;
-
-/// Adds the requests of a control datagram's body to `queue` (bounded).
-pub(crate) fn queue_requests(queue: &Requests, rtcp: &[u8]) -> bool {
-    let seqs = crate::udp::repair_requests(rtcp);
-    if seqs.is_empty() {
-        return false;
-    }
-    if let Ok(mut q) = queue.lock() {
-        let room = MAX_REQUESTS.saturating_sub(q.len());
-        q.extend(seqs.into_iter().take(room));
-    }
-    true
-}
-
 impl UdpOut {
     /// A socket of our own, connected to `to`; datagrams named `token`, sealed with `key`. A
     /// thread reads what the receiver sends back on it (repair requests) and wakes the
@@ -334,7 +315,7 @@ impl UdpOut {
         sock.set_nonblocking(true)?;
         let mut out = UdpOut::new(UdpWay::Connected(sock), token, key.clone());
         let stop = Arc::new(AtomicBool::new(false));
-        let (q, s, worker) = (out.requests.clone(), stop.clone(), thread::current());
+        let (q, s, worker) = (out.heard.clone(), stop.clone(), thread::current());
         let opener = crate::udp::DgramOpener::new(key);
         thread::Builder::new()
             .name("opus-tunnel-udp-back".into())
@@ -343,18 +324,15 @@ impl UdpOut {
         Ok(out)
     }
 
-    /// The queue that repair requests for this tunnel go to (a record tunnel's come through
-    /// the receiver's UDP thread).
-    pub(crate) fn requests(&self) -> Requests {
-        self.requests.clone()
+    /// Where what this tunnel's far end sends back goes (a record tunnel's comes through the
+    /// receiver's UDP thread).
+    pub(crate) fn heard(&self) -> crate::udp::Heard {
+        self.heard.clone()
     }
 
     /// The repair requests waiting.
     fn take_requests(&mut self) -> Vec<u16> {
-        self.requests
-            .lock()
-            .map(|mut q| std::mem::take(&mut *q))
-            .unwrap_or_default()
+        self.heard.take_requests()
     }
 
     /// A record tunnel's audio, from the receiver's UDP socket to the address its far end's
@@ -374,7 +352,7 @@ impl UdpOut {
             sealer: crate::udp::DgramSealer::new(token, key),
             parity: crate::udp::ParityEncoder::new(),
             history: crate::udp::History::new(),
-            requests: Arc::new(Mutex::new(Vec::new())),
+            heard: crate::udp::Heard::default(),
             reader_stop: None,
             dgram: Vec::new(),
             loss: 0.0,
@@ -421,14 +399,14 @@ impl Drop for UdpOut {
     }
 }
 
-/// A play tunnel's datagrams back from its receiver (repair requests, [`crate::udp::KIND_CONTROL`])
-/// until `stop`: those named `token` that open go to `queue`, and wake `worker`; anything else
-/// is dropped.
+/// A play tunnel's datagrams back from its receiver (repair requests and keepalives,
+/// [`crate::udp::KIND_CONTROL`]) until `stop`: those named `token` that open go to `heard`,
+/// and requests wake `worker`; anything else is dropped.
 fn read_requests(
     sock: std::net::UdpSocket,
     token: u32,
     mut opener: crate::udp::DgramOpener,
-    queue: &Requests,
+    heard: &crate::udp::Heard,
     stop: &AtomicBool,
     worker: &Thread,
 ) {
@@ -449,7 +427,7 @@ fn read_requests(
             continue;
         }
         if let Ok((crate::udp::KIND_CONTROL, body)) = opener.open(dgram) {
-            if queue_requests(queue, body) {
+            if heard.datagram(crate::udp::KIND_CONTROL, body) {
                 worker.unpark();
             }
         }
@@ -774,6 +752,11 @@ impl Worker {
                 sending = false;
                 last_sent = Instant::now();
                 self.shared.stats.set_state(TunnelState::Idle);
+            }
+            // Over UDP the far end also speaks in datagrams, which TCP's backoff on a lossy
+            // link does not hold back.
+            if let Some(at) = self.udp.as_ref().and_then(|u| u.heard.last()) {
+                last_heard = last_heard.max(at);
             }
             if last_heard.elapsed() > DEAD_AFTER {
                 return Ended::Lost(format!(

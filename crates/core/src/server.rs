@@ -182,9 +182,10 @@ enum RouteTo {
     /// A play tunnel's audio, for its connection thread; where its datagrams come from (where
     /// its repair requests go).
     Play(mpsc::SyncSender<Input>, Arc<Mutex<Option<SocketAddr>>>),
-    /// A record tunnel's probes: where they come from is where its audio goes; and its repair
-    /// requests ([`udp::KIND_CONTROL`]), for its worker.
-    Record(Arc<Mutex<Option<SocketAddr>>>, crate::encode::Requests),
+    /// A record tunnel's probes: where they come from is where its audio goes; and what its
+    /// worker hears of the far end (its repair requests, [`udp::KIND_CONTROL`], and when it
+    /// last spoke).
+    Record(Arc<Mutex<Option<SocketAddr>>>, udp::Heard),
 }
 
 impl UdpIn {
@@ -313,13 +314,12 @@ fn udp_loop(udp: Arc<UdpIn>, stop: &AtomicBool) {
                             }
                             udp::Drop::Overflow
                         }
-                        RouteTo::Record(_, requests) if kind == udp::KIND_CONTROL => {
-                            if crate::encode::queue_requests(requests, body) {
-                                continue;
-                            }
-                            udp::Drop::Malformed
+                        RouteTo::Record(_, heard) if kind == udp::KIND_CONTROL => {
+                            heard.datagram(kind, body);
+                            continue;
                         }
-                        RouteTo::Record(reply_to, _) if kind == udp::KIND_PROBE => {
+                        RouteTo::Record(reply_to, heard) if kind == udp::KIND_PROBE => {
+                            heard.datagram(kind, body);
                             if let Ok(mut a) = reply_to.lock() {
                                 if *a != Some(from) {
                                     log::info!(
@@ -1054,7 +1054,7 @@ fn serve_capture(
             peer,
             &stream,
             &conn,
-            RouteTo::Record(reply_to, out.requests()),
+            RouteTo::Record(reply_to, out.heard()),
         );
         tshared.stats.udp.set_transport(Transport::Udp);
         out

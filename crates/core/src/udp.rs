@@ -76,6 +76,57 @@ pub fn repair_requests(rtcp: &[u8]) -> Vec<u16> {
         .collect()
 }
 
+/// What the sending end of a UDP tunnel hears back in datagrams that opened (its token, its
+/// key, a new counter): the repair requests, waiting for its worker, and when the far end last
+/// spoke. A far end whose reports on the TCP connection are held back (TCP's retransmission
+/// backoff on a lossy link doubles up to seconds while the datagrams pass) is alive while its
+/// datagrams come: its keepalives ([`KIND_CONTROL`], every second) and probes
+/// ([`KIND_PROBE`]).
+#[derive(Debug, Clone, Default)]
+pub struct Heard(Arc<std::sync::Mutex<HeardState>>);
+
+#[derive(Debug, Default)]
+struct HeardState {
+    requests: Vec<u16>,
+    at: Option<std::time::Instant>,
+}
+
+impl Heard {
+    /// Repair requests kept waiting at most (four full ones).
+    pub const MAX_REQUESTS: usize = 4 * crate::rtp::MAX_NACK;
+
+    /// A datagram of `kind` with `body` opened: the far end spoke. Its repair requests, if any,
+    /// wait for the worker (at most [`Heard::MAX_REQUESTS`]); returns whether there were any.
+    pub fn datagram(&self, kind: u8, body: &[u8]) -> bool {
+        let seqs = if kind == KIND_CONTROL {
+            repair_requests(body)
+        } else {
+            Vec::new()
+        };
+        let Ok(mut s) = self.0.lock() else {
+            return false;
+        };
+        s.at = Some(std::time::Instant::now());
+        let room = Self::MAX_REQUESTS.saturating_sub(s.requests.len());
+        let asked = !seqs.is_empty();
+        s.requests.extend(seqs.into_iter().take(room));
+        asked
+    }
+
+    /// The repair requests waiting.
+    pub fn take_requests(&self) -> Vec<u16> {
+        self.0
+            .lock()
+            .map(|mut s| std::mem::take(&mut s.requests))
+            .unwrap_or_default()
+    }
+
+    /// When the far end last spoke in a datagram.
+    pub fn last(&self) -> Option<std::time::Instant> {
+        self.0.lock().ok().and_then(|s| s.at)
+    }
+}
+
 /// Whether headers carry `Udp-Repair: nack`.
 pub fn offers_repair<'a>(fields: impl IntoIterator<Item = (&'a String, &'a String)>) -> bool {
     fields.into_iter().any(|(k, v)| {
@@ -92,8 +143,9 @@ pub const KIND_PARITY: u8 = 1;
 /// ([`PROBE_EVERY`] while someone records, [`PROBE_IDLE`] otherwise).
 pub const KIND_PROBE: u8 = 2;
 /// The inner message is control for the sending end: an RTCP packet of our APP controls
-/// ([`crate::rtp::write_rtcp`]), so far repair requests ([`crate::rtp::Control::Nack`]) from
-/// the receiving end. They travel as datagrams, not on the TCP connection, where a lost
+/// ([`crate::rtp::write_rtcp`]) from the receiving end: repair requests
+/// ([`crate::rtp::Control::Nack`]) and, from a play tunnel's receiver, a keepalive every
+/// second ([`Heard`]). They travel as datagrams, not on the TCP connection, where a lost
 /// segment holds everything behind it until TCP resends it (on a lossy link, often longer than
 /// the repair may take).
 pub const KIND_CONTROL: u8 = 3;
@@ -1104,6 +1156,39 @@ mod tests {
             Some(ms(90)),
             "the link's round trip is kept"
         );
+    }
+
+    /// Every datagram that opened says the far end is alive; only repair requests wait for
+    /// the worker (and wake it), at most `MAX_REQUESTS` of them.
+    #[test]
+    fn heard_keeps_when_the_far_end_spoke_and_its_requests() {
+        let heard = Heard::default();
+        assert_eq!(heard.last(), None);
+        let mut keepalive = Vec::new();
+        crate::rtp::write_rtcp(0, &[crate::rtp::Control::Keepalive], &mut keepalive);
+        let before = std::time::Instant::now();
+        assert!(!heard.datagram(KIND_CONTROL, &keepalive));
+        assert!(heard.last().is_some_and(|at| at >= before));
+        assert!(heard.take_requests().is_empty());
+        assert!(!heard.datagram(KIND_PROBE, &[]));
+        let mut nack = Vec::new();
+        crate::rtp::write_rtcp(0, &[crate::rtp::Control::Nack(vec![5, 6])], &mut nack);
+        assert!(heard.datagram(KIND_CONTROL, &nack));
+        assert_eq!(heard.take_requests(), vec![5, 6]);
+        assert!(heard.take_requests().is_empty());
+        // A nack body as a probe asks for nothing.
+        assert!(!heard.datagram(KIND_PROBE, &nack));
+        let many: Vec<u16> = (0..crate::rtp::MAX_NACK as u16).collect();
+        let mut full = Vec::new();
+        crate::rtp::write_rtcp(0, &[crate::rtp::Control::Nack(many)], &mut full);
+        for _ in 0..6 {
+            heard.datagram(KIND_CONTROL, &full);
+        }
+        assert_eq!(heard.take_requests().len(), Heard::MAX_REQUESTS);
+        // The clones share one state (the reader thread's and the worker's).
+        let other = heard.clone();
+        other.datagram(KIND_CONTROL, &nack);
+        assert_eq!(heard.take_requests(), vec![5, 6]);
     }
 
     /// A control datagram's body gives the sequence numbers asked for, and nothing when it
