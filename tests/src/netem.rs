@@ -114,6 +114,9 @@ pub struct Link {
     pub rate: Option<u64>,
     /// Bytes the rate cap's queue holds; a packet that does not fit is dropped (tail drop).
     pub queue_bytes: usize,
+    /// Drop every TCP segment (and nothing else): a TCP connection stalls in its
+    /// retransmission backoff, as on a lossy link, while datagrams pass.
+    pub block_tcp: bool,
 }
 
 impl Default for Link {
@@ -132,6 +135,7 @@ impl Link {
             loss: Loss::None,
             rate: None,
             queue_bytes: 256 * 1024,
+            block_tcp: false,
         }
     }
 
@@ -194,6 +198,12 @@ impl Link {
         self
     }
 
+    /// Every TCP segment dropped (`true`), or none for being TCP (`false`).
+    pub fn with_tcp_blocked(mut self, blocked: bool) -> Link {
+        self.block_tcp = blocked;
+        self
+    }
+
     /// A rate cap of `bytes_per_sec` with a queue of `queue_bytes`.
     pub fn with_rate(mut self, bytes_per_sec: u64, queue_bytes: usize) -> Link {
         assert!(bytes_per_sec > 0, "a rate cap of 0 bytes/s");
@@ -229,6 +239,9 @@ impl fmt::Display for Link {
                 self.loss.mean() * 100.0,
                 1.0 / r
             )?,
+        }
+        if self.block_tcp {
+            write!(f, ", TCP blocked")?;
         }
         if let Some(rate) = self.rate {
             write!(
@@ -494,6 +507,14 @@ impl Direction {
     fn admit(&self, packet: Vec<u8>, now: Instant) {
         self.received.fetch_add(1, Ordering::Relaxed);
         let mut s = lock(&self.shaper);
+        // An IPv4 packet's protocol is its tenth byte (6: TCP).
+        if s.link.block_tcp
+            && packet.first().map(|b| b >> 4) == Some(4)
+            && packet.get(9) == Some(&6)
+        {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if s.lost() {
             s.loss_run += 1;
             self.longest_loss_burst
@@ -856,6 +877,31 @@ mod tests {
         let burst = f64::from(lost) / f64::from(bursts);
         assert!((rate - 0.05).abs() < 0.005, "rate {rate}");
         assert!((burst - 3.0).abs() < 0.3, "burst {burst}");
+    }
+
+    /// With TCP blocked, TCP segments are dropped and datagrams pass.
+    #[test]
+    fn tcp_blocked_drops_tcp_only() {
+        let ip = |proto: u8| {
+            let mut p = vec![0u8; 40];
+            p[0] = 0x45;
+            p[9] = proto;
+            p
+        };
+        let d = Direction::new(Link::ideal().with_tcp_blocked(true), 1);
+        let now = Instant::now();
+        d.admit(ip(6), now);
+        d.admit(ip(17), now);
+        assert_eq!(d.stats().lost, 1);
+        assert_eq!(lock(&d.queue).len(), 1);
+        lock(&d.shaper).link = Link::ideal();
+        d.admit(ip(6), now);
+        assert_eq!(d.stats().lost, 1);
+        assert_eq!(lock(&d.queue).len(), 2);
+        assert_eq!(
+            Link::ideal().with_tcp_blocked(true).to_string(),
+            "0 ms, no loss, TCP blocked"
+        );
     }
 
     #[test]

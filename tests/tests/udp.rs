@@ -28,6 +28,12 @@
 //! ±5 Hz and its level ±1 dB of what the source gives at B, both ends say `udp`, and the
 //! source counts lost packets (TCP would show none: the audio came in datagrams).
 //!
+//! TCP stalls (`udp_outlives_a_tcp_stall`, `record_over_udp_outlives_a_tcp_stall`): on a 20 ms
+//! link without loss, every TCP segment one way (from the end that receives the audio) is
+//! dropped for 7 s, longer than the 5 s of silence after which an end takes the other for gone;
+//! the audio goes on in datagrams, the ends hear each other in datagrams (keepalives, probes):
+//! no reconnect, no 10 ms block 20 dB below the tone in 12 s.
+//!
 //! Bursts (`udp_repairs_bursts_...`): the play direction over the WAN table's bursty link
 //! (40 ms one way, 0–10 ms jitter, 5 % Gilbert–Elliott loss, mean burst 3), where the
 //! receiver asks for bursts again and sizes its buffer to a repair's round trip: fewer than 60
@@ -450,6 +456,169 @@ fn record_over_udp_on_a_20ms_wan_with_2pct_loss() {
     );
 }
 
+/// Records 12 s from `rec` while every TCP segment in `dir` is dropped from 2 s to 9 s;
+/// returns the audio and how many segments were dropped.
+fn record_through_a_tcp_stall(net: &Netem, dir: Dir, rec: &mut Recorder) -> (Vec<i16>, u64) {
+    let link = net.link(dir);
+    let mut audio = rec.read(2.0).expect("recording");
+    let dropped = net.stats(dir).lost;
+    net.set_link(dir, link.with_tcp_blocked(true));
+    audio.extend(rec.read(7.0).expect("recording"));
+    net.set_link(dir, link);
+    let stalled = net.stats(dir).lost - dropped;
+    audio.extend(rec.read(3.0).expect("recording"));
+    (audio, stalled)
+}
+
+/// `transport=udp` while its TCP connection stalls: every TCP segment from the receiver back
+/// to the sender is dropped for 7 s — longer than the 5 s after which a tunnel that hears
+/// nothing from its far end takes the link for dead — on a 20 ms link, a 1 kHz tone playing.
+/// The audio goes on in datagrams, and the receiver's keepalive datagrams tell the sender it
+/// is alive: no reconnect, no 10 ms block 20 dB below the tone in the 12 s recorded. (TCP's
+/// retransmission backoff on a lossy link stalls it like this: the bursty test below, run
+/// after the others in this file, reconnected once 51 s in, 0.8 s of silence, before the
+/// keepalives went over UDP too.)
+#[test]
+fn udp_outlives_a_tcp_stall() {
+    let Some(_g) = begin_tunnel("udp tcp stall") else {
+        return;
+    };
+    let link = Link::wan(Duration::from_millis(20), Duration::ZERO, 0.0);
+    let net = Netem::new(link).expect("link emulator (root, /dev/net/tun, ip netns)");
+    let (receiver, sender) = play_daemons(&net, "udp-stall");
+    sender
+        .load_module(
+            "module-tunnel-sink-opus",
+            &format!(
+                "sink_name=tun server=tcp:{}:{PORT} sink=null transport=udp",
+                net.addr_b()
+            ),
+        )
+        .expect("tunnel sink");
+    let mut player = play_loop(&sender, "tun", tone_loop(1000.0, 1000.0, -12.0));
+    let mut rec = Recorder::start(&receiver, "null.monitor");
+    tone_arrives(&mut rec, "the receiver", || tunnel_logs(&sender, &receiver));
+    let reconnects = |d: &Daemon| {
+        d.sink_properties("tun")
+            .ok()
+            .and_then(|p| p.get("opus.tunnel.reconnects")?.parse::<u64>().ok())
+    };
+    let before = reconnects(&sender);
+    let (audio, stalled) = record_through_a_tcp_stall(&net, Dir::BtoA, &mut rec);
+    let after = reconnects(&sender);
+    player.stop();
+    let quiet = silences(&audio, 20.0);
+    println!(
+        "TCP from the receiver blocked for 7 s ({stalled} segments dropped): tone at {:.1} dBFS, \
+         {} of {} 10 ms blocks 20 dB below; the sender's reconnects {before:?} -> {after:?}",
+        quiet.median_db,
+        quiet.blocks.len(),
+        quiet.total
+    );
+    assert!(
+        stalled > 0,
+        "no TCP segment was dropped: the stall did not happen"
+    );
+    assert!(
+        before.is_some() && before == after,
+        "the sender reconnected during the stall ({before:?} -> {after:?}){}",
+        tunnel_logs(&sender, &receiver)
+    );
+    assert!(
+        quiet.median_db > -15.0,
+        "the tone arrived at {:.1} dBFS, not about -12",
+        quiet.median_db
+    );
+    assert!(
+        quiet.blocks.is_empty(),
+        "{} 10 ms blocks more than 20 dB below the tone (at s, dBFS: {:?})",
+        quiet.blocks.len(),
+        &quiet.blocks[..quiet.blocks.len().min(10)]
+    );
+}
+
+/// The record direction through the same stall: the desktop's tunnel source records the far
+/// end's null sink monitor (a 1 kHz tone) over UDP while every TCP segment from the desktop
+/// to the far end is dropped for 7 s; the far end, which sends the audio, hears the desktop's
+/// probes (every second while someone records): no reconnect, no 10 ms block 20 dB below the
+/// tone in the 12 s recorded.
+#[test]
+fn record_over_udp_outlives_a_tcp_stall() {
+    let Some(_g) = begin(
+        "udp record tcp stall",
+        &["module-tunnel-source-opus", "module-opus-protocol-tcp"],
+    ) else {
+        return;
+    };
+    let link = Link::wan(Duration::from_millis(20), Duration::ZERO, 0.0);
+    let net = Netem::new(link).expect("link emulator (root, /dev/net/tun, ip netns)");
+    let receiver = Daemon::builder()
+        .name("udp-stall-mic")
+        .netns(net.b())
+        .line(format!(
+            "load-module module-opus-protocol-tcp port={PORT} listen={} auth-anonymous=1 \
+             udp_port={PORT}",
+            net.addr_b()
+        ))
+        .start()
+        .expect("receiver in namespace B");
+    let _mic = play_loop(&receiver, "null", tone_loop(1000.0, 1000.0, -12.0));
+    let desktop = Daemon::builder()
+        .name("udp-stall-desk")
+        .netns(net.a())
+        .start()
+        .expect("desktop in namespace A");
+    desktop
+        .load_module(
+            "module-tunnel-source-opus",
+            &format!(
+                "source_name=mic server=tcp:{}:{PORT} source=null.monitor transport=udp",
+                net.addr_b()
+            ),
+        )
+        .expect("tunnel source");
+    let mut rec = Recorder::start(&desktop, "mic");
+    tone_arrives(&mut rec, "the desktop", || tunnel_logs(&desktop, &receiver));
+    let reconnects = || {
+        desktop
+            .source_properties("mic")
+            .ok()
+            .and_then(|p| p.get("opus.tunnel.reconnects")?.parse::<u64>().ok())
+    };
+    let before = reconnects();
+    let (audio, stalled) = record_through_a_tcp_stall(&net, Dir::AtoB, &mut rec);
+    let after = reconnects();
+    let quiet = silences(&audio, 20.0);
+    println!(
+        "TCP from the desktop blocked for 7 s ({stalled} segments dropped): tone at {:.1} dBFS, \
+         {} of {} 10 ms blocks 20 dB below; the tunnel source's reconnects {before:?} -> \
+         {after:?}",
+        quiet.median_db,
+        quiet.blocks.len(),
+        quiet.total
+    );
+    assert!(
+        stalled > 0,
+        "no TCP segment was dropped: the stall did not happen"
+    );
+    assert!(
+        before.is_some() && before == after,
+        "the tunnel source reconnected during the stall ({before:?} -> {after:?}){}",
+        tunnel_logs(&desktop, &receiver)
+    );
+    assert!(
+        quiet.median_db > -15.0,
+        "the tone arrived at {:.1} dBFS, not about -12",
+        quiet.median_db
+    );
+    assert!(
+        quiet.blocks.is_empty(),
+        "{} 10 ms blocks more than 20 dB below the tone (at s, dBFS: {:?})",
+        quiet.blocks.len(),
+        &quiet.blocks[..quiet.blocks.len().min(10)]
+    );
+}
+
 /// `transport=udp` over the WAN table's bursty link (40 ms one way, 0–10 ms jitter, 5 %
 /// Gilbert–Elliott loss with a mean burst of 3 packets, each way) at the defaults: the
 /// receiver asks for bursts of lost packets again (`Udp-Repair: nack`) and its buffer grows
@@ -459,7 +628,9 @@ fn record_over_udp_on_a_20ms_wan_with_2pct_loss() {
 /// minute before repairs, Opus's concealment fading over bursts of eight and more, and 129–153
 /// in this test with the requests turned off; with repairs 0–30 in eleven runs on 2026-12-07,
 /// in clusters where a burst outlasted what the buffer had come down to, or a request or its
-/// repair was itself lost), lost packets repaired, and a
+/// repair was itself lost), no reconnect (51 s into one run the sender took the receiver
+/// for gone while TCP backed off, 0.8 s of silence, before keepalives went as datagrams too),
+/// lost packets repaired, and a
 /// render-to-render latency below what TCP's retransmissions take on this link (518–749 ms in
 /// docs/benchmarks.md).
 #[test]
@@ -486,12 +657,17 @@ fn udp_repairs_bursts_on_a_40ms_wan_with_5pct_bursty_loss() {
     tone_arrives(&mut rec, "the receiver", || tunnel_logs(&sender, &receiver));
     rec.read(3.0).expect("the first bursts");
     let before = stream_props(&receiver);
+    let tun_before = sender.sink_properties("tun").unwrap_or_default();
     let mut audio = Vec::with_capacity(secs * RATE as usize * 2);
     for _ in 0..secs {
         audio.extend(rec.read(1.0).expect("recording"));
     }
     let after = stream_props(&receiver);
     let tun = sender.sink_properties("tun").unwrap_or_default();
+    let reconnects = (
+        prop_or_unknown(&tun_before, "opus.tunnel.reconnects"),
+        prop_or_unknown(&tun, "opus.tunnel.reconnects"),
+    );
     let moved = |k: &str| delta(&before, &after, k);
     let quiet = silences(&audio, 20.0);
     println!(
@@ -538,6 +714,14 @@ fn udp_repairs_bursts_on_a_40ms_wan_with_5pct_bursty_loss() {
         quiet.median_db > -15.0,
         "the tone arrived at {:.1} dBFS, not about -12",
         quiet.median_db
+    );
+    // A reconnect starts the receiver's counters afresh (and costs a second of silence).
+    assert!(
+        reconnects.0 != "?" && reconnects.0 == reconnects.1,
+        "the sender reconnected ({} -> {}){}",
+        reconnects.0,
+        reconnects.1,
+        tunnel_logs(&sender, &receiver)
     );
     assert!(
         quiet.per_minute() < 60.0,
