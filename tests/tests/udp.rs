@@ -38,7 +38,8 @@
 //! (40 ms one way, 0–10 ms jitter, 5 % Gilbert–Elliott loss, mean burst 3), where the
 //! receiver asks for bursts again and sizes its buffer to a repair's round trip: fewer than 60
 //! silent 10 ms blocks a minute (80–184 before repairs), packets repaired, render to render
-//! below TCP's on that link.
+//! below TCP's on that link; and the record direction on it (`record_repairs_bursts_...`),
+//! where the tunnel source asks the far end.
 use opus_tunnel_tests::daemon::tunnel_logs;
 use opus_tunnel_tests::linkcheck::{
     delta, median, ms_of, render_to_render, silences, stream_props,
@@ -743,5 +744,109 @@ fn udp_repairs_bursts_on_a_40ms_wan_with_5pct_bursty_loss() {
     assert!(
         r2r_median < 500.0,
         "render-to-render latency {r2r_median:.1} ms, not below TCP's on this link"
+    );
+}
+
+/// The record direction over the bursty link (40 ms one way, 0–10 ms jitter, 5 %
+/// Gilbert–Elliott loss with a mean burst of 3 packets, each way): the desktop's tunnel
+/// source asks the far end for bursts of lost packets again (its probing socket carries the
+/// requests, the far end answers from its UDP port). A 1 kHz tone at the far end for
+/// `OPUS_TUNNEL_UDP_SECS`, recorded from 4 s after it first arrives: fewer than 60 silent
+/// 10 ms blocks (20 dB below the tone) a minute, lost packets repaired, no reconnect, the
+/// tone's frequency ±5 Hz.
+#[test]
+fn record_repairs_bursts_on_a_40ms_wan_with_5pct_bursty_loss() {
+    let Some(_g) = begin(
+        "udp record bursty",
+        &["module-tunnel-source-opus", "module-opus-protocol-tcp"],
+    ) else {
+        return;
+    };
+    let secs = test_secs();
+    let link = Link::wan_presets()[3].1;
+    let net = Netem::new(link).expect("link emulator (root, /dev/net/tun, ip netns)");
+    let receiver = Daemon::builder()
+        .name("udp-burst-mic")
+        .netns(net.b())
+        .line(format!(
+            "load-module module-opus-protocol-tcp port={PORT} listen={} auth-anonymous=1 \
+             udp_port={PORT}",
+            net.addr_b()
+        ))
+        .start()
+        .expect("receiver in namespace B");
+    let _mic = play_loop(&receiver, "null", tone_loop(1000.0, 1000.0, -12.0));
+    let desktop = Daemon::builder()
+        .name("udp-burst-desk")
+        .netns(net.a())
+        .start()
+        .expect("desktop in namespace A");
+    desktop
+        .load_module(
+            "module-tunnel-source-opus",
+            &format!(
+                "source_name=mic server=tcp:{}:{PORT} source=null.monitor transport=udp",
+                net.addr_b()
+            ),
+        )
+        .expect("tunnel source");
+    println!("link each way: {link}");
+    let mut rec = Recorder::start(&desktop, "mic");
+    tone_arrives(&mut rec, "the desktop", || tunnel_logs(&desktop, &receiver));
+    rec.read(3.0).expect("the first bursts");
+    let before = desktop.source_properties("mic").unwrap_or_default();
+    let mut audio = Vec::with_capacity(secs * RATE as usize * 2);
+    for _ in 0..secs {
+        audio.extend(rec.read(1.0).expect("recording"));
+    }
+    let after = desktop.source_properties("mic").unwrap_or_default();
+    let moved = |k: &str| delta(&before, &after, k);
+    let quiet = silences(&audio, 20.0);
+    let (f, _) = left_tone(&audio);
+    println!(
+        "record over UDP, {secs} s of tone: {f:.1} Hz, median 10 ms block {:.1} dBFS, {} \
+         blocks > 20 dB below ({:.1} a minute; runs at s, blocks: {:?})",
+        quiet.median_db,
+        quiet.blocks.len(),
+        quiet.per_minute(),
+        quiet.runs()
+    );
+    println!(
+        "  desktop: packets lost {}, repaired {}, by parity {}, PLC frames {}, underruns {}, \
+         latency {:.1} ms, target {:.1} ms, reconnects {} -> {}",
+        moved("opus.tunnel.packets_lost"),
+        moved("opus.tunnel.repaired_frames"),
+        moved("opus.tunnel.parity_frames"),
+        moved("opus.tunnel.plc_frames"),
+        moved("opus.tunnel.underruns"),
+        ms_of(&after, "opus.tunnel.latency_usec"),
+        ms_of(&after, "opus.tunnel.target_latency_usec"),
+        prop_or_unknown(&before, "opus.tunnel.reconnects"),
+        prop_or_unknown(&after, "opus.tunnel.reconnects"),
+    );
+    let logs = || tunnel_logs(&desktop, &receiver);
+    assert!(
+        before.contains_key("opus.tunnel.reconnects")
+            && before.get("opus.tunnel.reconnects") == after.get("opus.tunnel.reconnects"),
+        "the tunnel source reconnected{}",
+        logs()
+    );
+    assert!((f - 1000.0).abs() <= 5.0, "frequency {f:.1} Hz");
+    assert!(
+        quiet.median_db > -15.0,
+        "the tone arrived at {:.1} dBFS, not about -12",
+        quiet.median_db
+    );
+    assert!(
+        quiet.per_minute() < 60.0,
+        "{:.1} silent 10 ms blocks a minute (runs at s, blocks: {:?}){}",
+        quiet.per_minute(),
+        quiet.runs(),
+        logs()
+    );
+    assert!(
+        moved("opus.tunnel.repaired_frames") > 0,
+        "no lost packet was repaired ({} lost)",
+        moved("opus.tunnel.packets_lost")
     );
 }
