@@ -46,7 +46,7 @@ use opus_tunnel_tests::linkcheck::{
 };
 use opus_tunnel_tests::{
     begin, begin_tunnel, left_tone, play_loop, prop_or_unknown, tone_loop, wait::wait_for_tone,
-    Daemon, Dir, Link, Netem, Recorder, RATE,
+    Daemon, DaemonBuilder, Dir, Link, Netem, Player, Recorder, RATE,
 };
 use std::time::{Duration, Instant};
 
@@ -129,20 +129,26 @@ fn tone_arrives(rec: &mut Recorder, whom: &str, logs: impl Fn() -> String) {
     rec.read(1.0).expect("first second");
 }
 
+/// The modules the record tests need.
+const RECORD_MODULES: &[&str] = &["module-tunnel-source-opus", "module-opus-protocol-tcp"];
+
 /// The receiver's TCP and UDP port.
 const PORT: u16 = 4715;
+
+/// A receiver in namespace B (not started), named `name`: `module-opus-protocol-tcp` on
+/// `PORT` for TCP and UDP, playing on its null sink, anyone admitted.
+fn receiver_in_b(net: &Netem, name: &str) -> DaemonBuilder {
+    Daemon::builder().name(name).netns(net.b()).line(format!(
+        "load-module module-opus-protocol-tcp port={PORT} listen={} sink=null \
+         auth-anonymous=1 udp_port={PORT}",
+        net.addr_b()
+    ))
+}
 
 /// The play tests' daemons: `(receiver in B with a null sink, listening on `PORT` for TCP and
 /// UDP; sender in A)`, named after `name`.
 fn play_daemons(net: &Netem, name: &str) -> (Daemon, Daemon) {
-    let receiver = Daemon::builder()
-        .name(&format!("{name}-rx"))
-        .netns(net.b())
-        .line(format!(
-            "load-module module-opus-protocol-tcp port={PORT} listen={} sink=null \
-             auth-anonymous=1 udp_port={PORT}",
-            net.addr_b()
-        ))
+    let receiver = receiver_in_b(net, &format!("{name}-rx"))
         .start()
         .expect("receiver in namespace B");
     let sender = Daemon::builder()
@@ -344,25 +350,15 @@ fn udp_over_a_20ms_wan_with_2pct_loss() {
 
 #[test]
 fn record_over_udp_on_a_20ms_wan_with_2pct_loss() {
-    let Some(_g) = begin(
-        "udp record",
-        &["module-tunnel-source-opus", "module-opus-protocol-tcp"],
-    ) else {
+    let Some(_g) = begin("udp record", RECORD_MODULES) else {
         return;
     };
     let secs = test_secs();
     let link = wan();
     // Declared first, so dropped last: the daemons inside stop before their namespaces go.
     let net = Netem::new(link).expect("link emulator (root, /dev/net/tun, ip netns)");
-    let receiver = Daemon::builder()
-        .name("udp-mic")
-        .netns(net.b())
+    let receiver = receiver_in_b(&net, "udp-mic")
         .line("set-default-source null.monitor")
-        .line(format!(
-            "load-module module-opus-protocol-tcp port={PORT} listen={} auth-anonymous=1 \
-             udp_port={PORT}",
-            net.addr_b()
-        ))
         .start()
         .expect("receiver in namespace B");
     let _mic = play_loop(&receiver, "null", tone_loop(1000.0, 1000.0, -12.0));
@@ -370,20 +366,8 @@ fn record_over_udp_on_a_20ms_wan_with_2pct_loss() {
         .read(2.0)
         .expect("the tone at B");
     let (f0, l0) = left_tone(&at_b);
-    let desktop = Daemon::builder()
-        .name("udp-desk")
-        .netns(net.a())
-        .start()
-        .expect("desktop in namespace A");
-    desktop
-        .load_module(
-            "module-tunnel-source-opus",
-            &format!(
-                "source_name=mic server=tcp:{}:{PORT} transport=udp",
-                net.addr_b()
-            ),
-        )
-        .expect("tunnel source");
+    // The far end's default source (no `source=`).
+    let desktop = desktop_with_udp_mic(&net, "udp-desk", "");
     println!("link each way: {link}");
     let mut rec = Recorder::start(&desktop, "mic");
     tone_arrives(&mut rec, "the desktop", || tunnel_logs(&desktop, &receiver));
@@ -457,10 +441,66 @@ fn record_over_udp_on_a_20ms_wan_with_2pct_loss() {
     );
 }
 
-/// Records 12 s from `rec` while every TCP segment in `dir` is dropped from 2 s to 9 s;
-/// returns the audio and how many segments were dropped.
-fn record_through_a_tcp_stall(net: &Netem, dir: Dir, rec: &mut Recorder) -> (Vec<i16>, u64) {
+/// Loads the tunnel sink `tun` in `sender`, to the receiver's null sink over UDP.
+fn udp_tunnel_sink(sender: &Daemon, net: &Netem) {
+    sender
+        .load_module(
+            "module-tunnel-sink-opus",
+            &format!(
+                "sink_name=tun server=tcp:{}:{PORT} sink=null transport=udp",
+                net.addr_b()
+            ),
+        )
+        .expect("tunnel sink");
+}
+
+/// A desktop in namespace A, named `name`, with the tunnel source `mic` recording the far
+/// end over UDP (`args`: more arguments, such as `source=`).
+fn desktop_with_udp_mic(net: &Netem, name: &str, args: &str) -> Daemon {
+    let desktop = Daemon::builder()
+        .name(name)
+        .netns(net.a())
+        .start()
+        .expect("desktop in namespace A");
+    desktop
+        .load_module(
+            "module-tunnel-source-opus",
+            &format!(
+                "source_name=mic server=tcp:{}:{PORT} transport=udp {args}",
+                net.addr_b()
+            ),
+        )
+        .expect("tunnel source");
+    desktop
+}
+
+/// The record tests' daemons on `net`: `(receiver in B, listening on `PORT` for TCP and UDP
+/// and playing a 1 kHz tone at -12 dBFS into its null sink; desktop in A with the tunnel
+/// source `mic` recording B's `null.monitor` over UDP; the tone's player)`, named after
+/// `name`.
+fn record_daemons(net: &Netem, name: &str) -> (Daemon, Daemon, Player) {
+    let receiver = receiver_in_b(net, &format!("{name}-mic"))
+        .start()
+        .expect("receiver in namespace B");
+    let mic = play_loop(&receiver, "null", tone_loop(1000.0, 1000.0, -12.0));
+    let desktop = desktop_with_udp_mic(net, &format!("{name}-desk"), "source=null.monitor");
+    (receiver, desktop, mic)
+}
+
+/// Records 12 s from `rec` while every TCP segment in `dir` (from the end that receives the
+/// audio, `whom`) is dropped from 2 s to 9 s, and asserts that the stall happened, that the
+/// tunnel did not reconnect (`reconnects`: its counter) and that no 10 ms block fell 20 dB
+/// below the tone. `logs` for the failure messages.
+fn plays_through_a_tcp_stall(
+    net: &Netem,
+    dir: Dir,
+    rec: &mut Recorder,
+    whom: &str,
+    reconnects: impl Fn() -> Option<u64>,
+    logs: impl Fn() -> String,
+) {
     let link = net.link(dir);
+    let before = reconnects();
     let mut audio = rec.read(2.0).expect("recording");
     let dropped = net.stats(dir).lost;
     net.set_link(dir, link.with_tcp_blocked(true));
@@ -468,7 +508,35 @@ fn record_through_a_tcp_stall(net: &Netem, dir: Dir, rec: &mut Recorder) -> (Vec
     net.set_link(dir, link);
     let stalled = net.stats(dir).lost - dropped;
     audio.extend(rec.read(3.0).expect("recording"));
-    (audio, stalled)
+    let after = reconnects();
+    let quiet = silences(&audio, 20.0);
+    println!(
+        "TCP from {whom} blocked for 7 s ({stalled} segments dropped): tone at {:.1} dBFS, {} \
+         of {} 10 ms blocks 20 dB below; the tunnel's reconnects {before:?} -> {after:?}",
+        quiet.median_db,
+        quiet.blocks.len(),
+        quiet.total
+    );
+    assert!(
+        stalled > 0,
+        "no TCP segment was dropped: the stall did not happen"
+    );
+    assert!(
+        before.is_some() && before == after,
+        "the tunnel reconnected during the stall ({before:?} -> {after:?}){}",
+        logs()
+    );
+    assert!(
+        quiet.median_db > -15.0,
+        "the tone arrived at {:.1} dBFS, not about -12",
+        quiet.median_db
+    );
+    assert!(
+        quiet.blocks.is_empty(),
+        "{} 10 ms blocks more than 20 dB below the tone (at s, dBFS: {:?})",
+        quiet.blocks.len(),
+        &quiet.blocks[..quiet.blocks.len().min(10)]
+    );
 }
 
 /// `transport=udp` while its TCP connection stalls: every TCP segment from the receiver back
@@ -487,55 +555,25 @@ fn udp_outlives_a_tcp_stall() {
     let link = Link::wan(Duration::from_millis(20), Duration::ZERO, 0.0);
     let net = Netem::new(link).expect("link emulator (root, /dev/net/tun, ip netns)");
     let (receiver, sender) = play_daemons(&net, "udp-stall");
-    sender
-        .load_module(
-            "module-tunnel-sink-opus",
-            &format!(
-                "sink_name=tun server=tcp:{}:{PORT} sink=null transport=udp",
-                net.addr_b()
-            ),
-        )
-        .expect("tunnel sink");
+    udp_tunnel_sink(&sender, &net);
     let mut player = play_loop(&sender, "tun", tone_loop(1000.0, 1000.0, -12.0));
     let mut rec = Recorder::start(&receiver, "null.monitor");
     tone_arrives(&mut rec, "the receiver", || tunnel_logs(&sender, &receiver));
-    let reconnects = |d: &Daemon| {
-        d.sink_properties("tun")
+    let reconnects = || {
+        sender
+            .sink_properties("tun")
             .ok()
             .and_then(|p| p.get("opus.tunnel.reconnects")?.parse::<u64>().ok())
     };
-    let before = reconnects(&sender);
-    let (audio, stalled) = record_through_a_tcp_stall(&net, Dir::BtoA, &mut rec);
-    let after = reconnects(&sender);
+    plays_through_a_tcp_stall(
+        &net,
+        Dir::BtoA,
+        &mut rec,
+        "the receiver",
+        reconnects,
+        || tunnel_logs(&sender, &receiver),
+    );
     player.stop();
-    let quiet = silences(&audio, 20.0);
-    println!(
-        "TCP from the receiver blocked for 7 s ({stalled} segments dropped): tone at {:.1} dBFS, \
-         {} of {} 10 ms blocks 20 dB below; the sender's reconnects {before:?} -> {after:?}",
-        quiet.median_db,
-        quiet.blocks.len(),
-        quiet.total
-    );
-    assert!(
-        stalled > 0,
-        "no TCP segment was dropped: the stall did not happen"
-    );
-    assert!(
-        before.is_some() && before == after,
-        "the sender reconnected during the stall ({before:?} -> {after:?}){}",
-        tunnel_logs(&sender, &receiver)
-    );
-    assert!(
-        quiet.median_db > -15.0,
-        "the tone arrived at {:.1} dBFS, not about -12",
-        quiet.median_db
-    );
-    assert!(
-        quiet.blocks.is_empty(),
-        "{} 10 ms blocks more than 20 dB below the tone (at s, dBFS: {:?})",
-        quiet.blocks.len(),
-        &quiet.blocks[..quiet.blocks.len().min(10)]
-    );
 }
 
 /// The record direction through the same stall: the desktop's tunnel source records the far
@@ -545,39 +583,12 @@ fn udp_outlives_a_tcp_stall() {
 /// tone in the 12 s recorded.
 #[test]
 fn record_over_udp_outlives_a_tcp_stall() {
-    let Some(_g) = begin(
-        "udp record tcp stall",
-        &["module-tunnel-source-opus", "module-opus-protocol-tcp"],
-    ) else {
+    let Some(_g) = begin("udp record tcp stall", RECORD_MODULES) else {
         return;
     };
     let link = Link::wan(Duration::from_millis(20), Duration::ZERO, 0.0);
     let net = Netem::new(link).expect("link emulator (root, /dev/net/tun, ip netns)");
-    let receiver = Daemon::builder()
-        .name("udp-stall-mic")
-        .netns(net.b())
-        .line(format!(
-            "load-module module-opus-protocol-tcp port={PORT} listen={} auth-anonymous=1 \
-             udp_port={PORT}",
-            net.addr_b()
-        ))
-        .start()
-        .expect("receiver in namespace B");
-    let _mic = play_loop(&receiver, "null", tone_loop(1000.0, 1000.0, -12.0));
-    let desktop = Daemon::builder()
-        .name("udp-stall-desk")
-        .netns(net.a())
-        .start()
-        .expect("desktop in namespace A");
-    desktop
-        .load_module(
-            "module-tunnel-source-opus",
-            &format!(
-                "source_name=mic server=tcp:{}:{PORT} source=null.monitor transport=udp",
-                net.addr_b()
-            ),
-        )
-        .expect("tunnel source");
+    let (receiver, desktop, _mic) = record_daemons(&net, "udp-stall");
     let mut rec = Recorder::start(&desktop, "mic");
     tone_arrives(&mut rec, "the desktop", || tunnel_logs(&desktop, &receiver));
     let reconnects = || {
@@ -586,38 +597,9 @@ fn record_over_udp_outlives_a_tcp_stall() {
             .ok()
             .and_then(|p| p.get("opus.tunnel.reconnects")?.parse::<u64>().ok())
     };
-    let before = reconnects();
-    let (audio, stalled) = record_through_a_tcp_stall(&net, Dir::AtoB, &mut rec);
-    let after = reconnects();
-    let quiet = silences(&audio, 20.0);
-    println!(
-        "TCP from the desktop blocked for 7 s ({stalled} segments dropped): tone at {:.1} dBFS, \
-         {} of {} 10 ms blocks 20 dB below; the tunnel source's reconnects {before:?} -> \
-         {after:?}",
-        quiet.median_db,
-        quiet.blocks.len(),
-        quiet.total
-    );
-    assert!(
-        stalled > 0,
-        "no TCP segment was dropped: the stall did not happen"
-    );
-    assert!(
-        before.is_some() && before == after,
-        "the tunnel source reconnected during the stall ({before:?} -> {after:?}){}",
+    plays_through_a_tcp_stall(&net, Dir::AtoB, &mut rec, "the desktop", reconnects, || {
         tunnel_logs(&desktop, &receiver)
-    );
-    assert!(
-        quiet.median_db > -15.0,
-        "the tone arrived at {:.1} dBFS, not about -12",
-        quiet.median_db
-    );
-    assert!(
-        quiet.blocks.is_empty(),
-        "{} 10 ms blocks more than 20 dB below the tone (at s, dBFS: {:?})",
-        quiet.blocks.len(),
-        &quiet.blocks[..quiet.blocks.len().min(10)]
-    );
+    });
 }
 
 /// `transport=udp` over the WAN table's bursty link (40 ms one way, 0–10 ms jitter, 5 %
@@ -643,15 +625,7 @@ fn udp_repairs_bursts_on_a_40ms_wan_with_5pct_bursty_loss() {
     let link = Link::wan_presets()[3].1;
     let net = Netem::new(link).expect("link emulator (root, /dev/net/tun, ip netns)");
     let (receiver, sender) = play_daemons(&net, "udp-burst");
-    sender
-        .load_module(
-            "module-tunnel-sink-opus",
-            &format!(
-                "sink_name=tun server=tcp:{}:{PORT} sink=null transport=udp",
-                net.addr_b()
-            ),
-        )
-        .expect("tunnel sink");
+    udp_tunnel_sink(&sender, &net);
     println!("link each way: {link}");
     let mut player = play_loop(&sender, "tun", tone_loop(1000.0, 1000.0, -12.0));
     let mut rec = Recorder::start(&receiver, "null.monitor");
@@ -756,40 +730,13 @@ fn udp_repairs_bursts_on_a_40ms_wan_with_5pct_bursty_loss() {
 /// tone's frequency ±5 Hz.
 #[test]
 fn record_repairs_bursts_on_a_40ms_wan_with_5pct_bursty_loss() {
-    let Some(_g) = begin(
-        "udp record bursty",
-        &["module-tunnel-source-opus", "module-opus-protocol-tcp"],
-    ) else {
+    let Some(_g) = begin("udp record bursty", RECORD_MODULES) else {
         return;
     };
     let secs = test_secs();
     let link = Link::wan_presets()[3].1;
     let net = Netem::new(link).expect("link emulator (root, /dev/net/tun, ip netns)");
-    let receiver = Daemon::builder()
-        .name("udp-burst-mic")
-        .netns(net.b())
-        .line(format!(
-            "load-module module-opus-protocol-tcp port={PORT} listen={} auth-anonymous=1 \
-             udp_port={PORT}",
-            net.addr_b()
-        ))
-        .start()
-        .expect("receiver in namespace B");
-    let _mic = play_loop(&receiver, "null", tone_loop(1000.0, 1000.0, -12.0));
-    let desktop = Daemon::builder()
-        .name("udp-burst-desk")
-        .netns(net.a())
-        .start()
-        .expect("desktop in namespace A");
-    desktop
-        .load_module(
-            "module-tunnel-source-opus",
-            &format!(
-                "source_name=mic server=tcp:{}:{PORT} source=null.monitor transport=udp",
-                net.addr_b()
-            ),
-        )
-        .expect("tunnel source");
+    let (receiver, desktop, _mic) = record_daemons(&net, "udp-burst");
     println!("link each way: {link}");
     let mut rec = Recorder::start(&desktop, "mic");
     tone_arrives(&mut rec, "the desktop", || tunnel_logs(&desktop, &receiver));
