@@ -273,7 +273,8 @@ pub struct DirStats {
     pub forwarded: u64,
     /// Bytes of the forwarded packets.
     pub forwarded_bytes: u64,
-    /// Packets dropped by the loss model.
+    /// Packets dropped by the loss model, and TCP segments dropped while TCP is blocked
+    /// ([`Link::block_tcp`]).
     pub lost: u64,
     /// Packets dropped because the rate cap's queue was full.
     pub queue_drops: u64,
