@@ -16,7 +16,15 @@ use std::collections::VecDeque;
 /// `rate` is the clock's nominal rate until [`Clock::set_rate`] says how fast it runs against
 /// ours (the [`super::SkewEstimator`] learns that): with the nominal rate a clock 1000 ppm off
 /// drifts 2 ms across the window, which shows as 2 ms of lateness that is not there (a target
-/// 2 ms higher, creeping up while the window fills).
+/// 2 ms higher, creeping up while the window fills). Its position, too, would be 2 ms off
+/// for a slow clock (the window's earliest observation is its oldest, carried on at the
+/// wrong rate). A clock whose observations come with little jitter (a device's pulls: its
+/// wake-ups) is made with a rate doubt ([`Clock::with_rate_doubt`]): until its rate is
+/// known, an observation counts for the position as later by the drift of a clock that far
+/// off since it came, so that an old one holds the line only where jitter made the newer
+/// ones later than that. (Not for packet arrivals: between a jittery link's early packets
+/// that drift is a ramp of the line, which the loop would chase: 60 ms of jitter swung the
+/// latency ±5 ms and the correction ±600 ppm in `playout_sim` `calming_pauses`.)
 #[derive(Debug, Clone)]
 pub struct Clock {
     nominal: f64,
@@ -27,6 +35,13 @@ pub struct Clock {
     /// The window's observations `(t, pos − base)`, for a new rate.
     points: VecDeque<(f64, f64)>,
     envelope: SlidingMin,
+    /// How far (ratio units) the clock may run from its nominal rate before its rate is
+    /// learnt, for its position (see above; 0: none).
+    doubt: f64,
+    /// The smallest `a − doubt·t` of the window.
+    aged: SlidingMin,
+    /// Whether `rate` was learnt (else it is the nominal one).
+    learnt: bool,
     /// The largest `a` of the same window (kept negated).
     ceiling: SlidingMin,
     last_t: Option<f64>,
@@ -35,15 +50,26 @@ pub struct Clock {
 impl Clock {
     /// How long the earliest observation is remembered, seconds.
     pub const ENVELOPE_SEC: f64 = 2.0;
+    /// The rate doubt of a device's clock: the skews the engine is built for (±2000 ppm).
+    pub const DEVICE_RATE_DOUBT: f64 = 0.002;
 
     /// A clock of nominal rate `nominal` (frames per second).
     pub fn new(nominal: f64) -> Clock {
+        Self::with_rate_doubt(nominal, 0.0)
+    }
+
+    /// A clock of nominal rate `nominal` (frames per second) that may run `doubt` (ratio
+    /// units) off it until its rate is learnt.
+    pub fn with_rate_doubt(nominal: f64, doubt: f64) -> Clock {
         Clock {
+            doubt,
             nominal,
             rate: nominal,
             base: None,
             points: VecDeque::new(),
             envelope: SlidingMin::new(Self::ENVELOPE_SEC),
+            aged: SlidingMin::new(Self::ENVELOPE_SEC),
+            learnt: false,
             ceiling: SlidingMin::new(Self::ENVELOPE_SEC),
             last_t: None,
         }
@@ -65,6 +91,7 @@ impl Clock {
         }
         let a = t - p / self.rate;
         self.envelope.push(t, a);
+        self.aged.push(t, a - self.doubt * t);
         self.ceiling.push(t, -a);
         let top = self.ceiling.min().map_or(a, |v| -v);
         top - self.envelope.min().unwrap_or(a)
@@ -78,21 +105,38 @@ impl Clock {
         Some((t - (pos - base) / self.rate - floor).max(0.0))
     }
 
-    /// The clock runs at `factor` × its nominal rate against ours: the window is seen again
-    /// at that rate. (A change under a millionth is ignored.)
-    pub fn set_rate(&mut self, factor: f64) {
-        let rate = self.nominal * factor;
-        if !rate.is_finite() || rate <= 0.0 || ((rate - self.rate) / self.rate).abs() < 1e-6 {
+    /// The clock runs at `factor` × its nominal rate against ours (`None`: not known, the
+    /// nominal rate): the window is seen again at that rate. (A change under a millionth is
+    /// ignored.)
+    pub fn set_rate(&mut self, factor: Option<f64>) {
+        let rate = self.nominal * factor.unwrap_or(1.0);
+        if !rate.is_finite() || rate <= 0.0 {
+            return;
+        }
+        let learnt = factor.is_some();
+        let moved = ((rate - self.rate) / self.rate).abs() >= 1e-6;
+        if !moved && learnt == self.learnt {
+            return;
+        }
+        self.learnt = learnt;
+        if !moved {
             return;
         }
         self.rate = rate;
         self.envelope.clear();
+        self.aged.clear();
         self.ceiling.clear();
         for &(t, p) in &self.points {
             let a = t - p / rate;
             self.envelope.push(t, a);
+            self.aged.push(t, a - self.doubt * t);
             self.ceiling.push(t, -a);
         }
+    }
+
+    /// Whether its rate was learnt ([`Clock::set_rate`] with a factor).
+    pub fn learnt(&self) -> bool {
+        self.learnt
     }
 
     /// Whether it has been observed since it was (re)started.
@@ -108,7 +152,11 @@ impl Clock {
     /// The line's position at time `t` (frames), if observed.
     pub fn position_at(&self, t: f64) -> Option<f64> {
         let base = self.base?;
-        let floor = self.envelope.min()?;
+        let floor = if self.learnt {
+            self.envelope.min()?
+        } else {
+            self.aged.min()? + self.doubt * self.last_t?
+        };
         Some(base + (t - floor) * self.rate)
     }
 
@@ -122,9 +170,10 @@ impl Clock {
 
     /// Forgets the observations (the clock restarts, e.g. after a pause); the rate is kept.
     pub fn clear(&mut self) {
-        let rate = self.rate;
-        *self = Clock::new(self.nominal);
+        let (rate, learnt) = (self.rate, self.learnt);
+        *self = Clock::with_rate_doubt(self.nominal, self.doubt);
         self.rate = rate;
+        self.learnt = learnt;
     }
 }
 
@@ -185,7 +234,7 @@ mod tests {
             late = c.observe((k * 480) as f64 / fs, (k * 480) as f64);
         }
         assert!((late - 0.002).abs() < 0.0001, "{late}");
-        c.set_rate(0.999);
+        c.set_rate(Some(0.999));
         let t = (300 * 480) as f64 / fs;
         let late = c.observe(t, (300 * 480) as f64);
         assert!(late < 1e-6, "{late}");
@@ -195,6 +244,43 @@ mod tests {
             (line - (300 * 480) as f64 - 0.5 * fs).abs() < 0.01,
             "{line}"
         );
+    }
+
+    /// A device 1000 ppm slow, pulling every 10 ms with up to 0.3 ms of wake-up jitter,
+    /// its rate not yet learnt: at the nominal rate the window's oldest pull holds the line
+    /// and the position runs up to 2 ms ahead of the device; with a rate doubt of 2000 ppm
+    /// the newer pulls hold it and it is within the jitter.
+    #[test]
+    fn a_rate_doubt_keeps_a_slow_clock_where_its_recent_observations_are() {
+        let fd = 48_000.0 * 0.999;
+        let mut plain = Clock::new(48_000.0);
+        let mut doubting = Clock::with_rate_doubt(48_000.0, 0.002);
+        let mut seed = 7u64;
+        let (mut worst_plain, mut worst_doubting) = (0.0f64, 0.0f64);
+        for k in 0..300u64 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let j = (seed >> 33) as f64 / (1u64 << 31) as f64 * 0.0003;
+            let pos = (k * 480) as f64;
+            let t = pos / fd + j;
+            plain.observe(t, pos);
+            doubting.observe(t, pos);
+            let exact = t * fd;
+            if k >= 200 {
+                worst_plain = worst_plain.max((plain.position_at(t).unwrap() - exact).abs());
+                worst_doubting =
+                    worst_doubting.max((doubting.position_at(t).unwrap() - exact).abs());
+            }
+        }
+        // Frames: 2 s at 1000 ppm is 96; the jitter is 14.
+        assert!(worst_plain > 80.0, "{worst_plain}");
+        assert!(worst_doubting < 20.0, "{worst_doubting}");
+        // Once the rate is learnt the window's earliest holds the line again.
+        doubting.set_rate(Some(0.999));
+        assert!(doubting.learnt());
+        let t = 3.0;
+        assert!((doubting.position_at(t).unwrap() - t * fd).abs() < 20.0);
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl Controller {
             next_pos: None,
             fifo: 0,
             packet: 0,
-            device: Clock::new(rate),
+            device: Clock::with_rate_doubt(rate, Clock::DEVICE_RATE_DOUBT),
             device_pulls: 0,
             produced: 0,
             consumed: 0,
@@ -289,9 +289,10 @@ impl Controller {
         // length on top of its lateness. Observations keep their order in time.
         if let Some(a) = arrived {
             let a = self.stream.last_seen().map_or(a, |l| a.max(l));
-            let late = self.stream.observe(a, end as f64);
+            // The skew first: a rate it learns now measures this packet's lateness too.
             self.skew.on_stream(a, end as f64, self.rate);
             self.learn_rates();
+            let late = self.stream.observe(a, end as f64);
             self.target.on_packet(a, late * self.rate, frames as f64);
         }
         if appended > 0 {

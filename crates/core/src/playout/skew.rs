@@ -39,8 +39,8 @@ pub struct SkewEstimator {
     quick_device: ClockRate,
     skew: f64,
     /// The stream's and the device's rates behind the skew in force, as factors of the
-    /// nominal rate (1 until learnt).
-    rates: (f64, f64),
+    /// nominal rate (`None` until learnt).
+    rates: Option<(f64, f64)>,
     /// The standard error of the quick estimate in force; `None` once the lines of seconds
     /// are long enough to be used (from then on only they move the skew).
     quick_se: Option<f64>,
@@ -56,7 +56,7 @@ impl Default for SkewEstimator {
             quick_stream: ClockRate::new(Self::QUICK_BIN_SEC, Self::QUICK_SPAN_SEC, false),
             quick_device: ClockRate::new(Self::QUICK_BIN_SEC, Self::QUICK_SPAN_SEC, false),
             skew: 0.0,
-            rates: (1.0, 1.0),
+            rates: None,
             quick_se: Some(f64::INFINITY),
             from_quick: false,
         }
@@ -115,7 +115,7 @@ impl SkewEstimator {
         match seen {
             Some(true) if self.from_quick => {
                 self.skew = 0.0;
-                self.rates = (1.0, 1.0);
+                self.rates = None;
                 self.from_quick = false;
                 if self.quick_se.is_some() {
                     self.quick_se = Some(f64::INFINITY);
@@ -132,7 +132,7 @@ impl SkewEstimator {
             self.quick_se = None;
             if se <= Self::TRUST {
                 self.skew = skew;
-                self.rates = rates;
+                self.rates = Some(rates);
                 self.from_quick = false;
             }
         }
@@ -150,7 +150,7 @@ impl SkewEstimator {
         // line's noise.
         if se <= Self::QUICK_TRUST && se <= held && skew.abs() > 2.0 * se {
             self.skew = skew;
-            self.rates = rates;
+            self.rates = Some(rates);
             self.quick_se = Some(se);
             self.from_quick = true;
         }
@@ -174,14 +174,14 @@ impl SkewEstimator {
     }
 
     /// How fast the stream's clock runs against ours, as a factor of its nominal rate, as
-    /// the skew in force has it (1 until learnt).
-    pub fn stream_rate(&self) -> f64 {
-        self.rates.0
+    /// the skew in force has it (`None` until learnt).
+    pub fn stream_rate(&self) -> Option<f64> {
+        self.rates.map(|r| r.0)
     }
 
     /// How fast the device's clock runs against ours, likewise.
-    pub fn device_rate(&self) -> f64 {
-        self.rates.1
+    pub fn device_rate(&self) -> Option<f64> {
+        self.rates.map(|r| r.1)
     }
 
     /// Both lines for a trace: seconds seen, steps taken out (ms), slope and its standard
