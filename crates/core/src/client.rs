@@ -187,6 +187,10 @@ impl Session for Worker {
                     f.insert(udp::HEADER_TRANSPORT.into(), "udp".into());
                     f.insert(udp::HEADER_REPAIR.into(), udp::REPAIR_NACK.into());
                 }
+                f.insert(
+                    crate::handshake::HEADER_BLOCK_USEC.into(),
+                    self.cfg.block_usec.to_string(),
+                );
                 f
             },
         }

@@ -547,6 +547,11 @@ impl Receive {
             .map_err(|e| format!("cannot reach the far end: {e}"))
     }
 
+    /// The sender posts its audio in blocks of `usec` µs (its hello's `Block-Usec`).
+    pub(crate) fn set_sender_block_usec(&mut self, usec: u64) {
+        self.playout.set_sender_block_usec(usec);
+    }
+
     /// A new connection of a record tunnel: everything but the ring and the device counters
     /// starts afresh.
     pub(crate) fn new_session(&mut self, decoder: Decoder) {

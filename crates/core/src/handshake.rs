@@ -226,6 +226,20 @@ pub(crate) fn parse_version(first: &str) -> Result<(u32, &str), HandshakeError> 
     Ok((version, tail))
 }
 
+/// Hello header (a play tunnel's): the block the sender posts its audio in, µs (its sink's
+/// block, or the PipeWire graph's quantum it asks for). The receiver's buffer holds from the
+/// start what such blocks make packets late by; a receiver that does not know it ignores it.
+pub const HEADER_BLOCK_USEC: &str = "Block-Usec";
+
+/// The `Block-Usec` of a hello's fields, if present and within 1 µs..1 s.
+pub fn block_usec(fields: &BTreeMap<String, String>) -> Option<u64> {
+    fields
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(HEADER_BLOCK_USEC))
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
+        .filter(|u| (1..=1_000_000).contains(u))
+}
+
 /// The client's opening message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
@@ -580,6 +594,18 @@ impl HeadReader {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn block_usec_is_read_case_insensitively_and_bounded() {
+        let f = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert_eq!(block_usec(&f("Block-Usec", "21333")), Some(21_333));
+        assert_eq!(block_usec(&f("block-usec", " 10000 ")), Some(10_000));
+        assert_eq!(block_usec(&f("Block-Usec", "0")), None);
+        assert_eq!(block_usec(&f("Block-Usec", "2000000")), None);
+        assert_eq!(block_usec(&f("Block-Usec", "soon")), None);
+        assert_eq!(block_usec(&f("Frame-Usec", "20000")), None);
+    }
+
     use super::*;
 
     fn hello() -> Hello {

@@ -868,6 +868,9 @@ fn serve_play(
         Ok(x) => {
             let (mut r, p) = x;
             r.notify = Some(shared.host.clone());
+            if let Some(usec) = crate::handshake::block_usec(&hello.fields) {
+                r.set_sender_block_usec(usec);
+            }
             (r, p)
         }
         Err(e) => {

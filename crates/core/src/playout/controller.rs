@@ -45,6 +45,9 @@ pub struct Controller {
     fifo: u64,
     /// The latest packet's length, frames.
     packet: u64,
+    /// The block the sender posts its audio in, frames (0: not known); see
+    /// [`Controller::set_sender_block`].
+    sender_block: u64,
 
     // The device: its pulls, and the frames it took or found missing.
     device: Clock,
@@ -117,6 +120,7 @@ impl Controller {
             next_pos: None,
             fifo: 0,
             packet: 0,
+            sender_block: 0,
             device: Clock::with_rate_doubt(rate, Clock::DEVICE_RATE_DOUBT),
             device_pulls: 0,
             produced: 0,
@@ -160,6 +164,17 @@ impl Controller {
         }
     }
 
+    /// The sender posts its audio in blocks of `frames` (its device's period, e.g. a
+    /// PipeWire graph's quantum; 0: not known). A packet leaves with the block that completes
+    /// it, so packets that do not divide the block leave late by a ramp that repeats (1024-frame
+    /// quanta carrying 960-frame packets: each packet 64 frames later than the one before, up
+    /// to 960). Each start counts that ramp as lateness seen from its first packet on, so the
+    /// target holds it from the start instead of learning it from underruns over the first
+    /// ramp. Survives [`reset`](Self::reset).
+    pub fn set_sender_block(&mut self, frames: u64) {
+        self.sender_block = frames;
+    }
+
     /// Whether the external resampler mode is on.
     pub fn external_resampler(&self) -> bool {
         self.external
@@ -189,6 +204,7 @@ impl Controller {
         fresh.late = self.late;
         fresh.discontinuities = self.discontinuities;
         fresh.external = self.external;
+        fresh.sender_block = self.sender_block;
         *self = fresh;
     }
 
@@ -245,6 +261,10 @@ impl Controller {
             self.stream.clear();
             self.skew.restart_stream();
             self.next_pos = None;
+            let ramp = block_ramp(self.sender_block, frames);
+            if ramp > 0 {
+                self.target.on_packet(t, ramp as f64, frames as f64);
+            }
         }
         let next = *self.next_pos.get_or_insert(pos);
         let d = pos.saturating_sub(next);
@@ -750,4 +770,20 @@ impl Controller {
             state: self.state(),
         }
     }
+}
+
+/// How late (frames) the packets of `packet` frames of a sender posting blocks of `block`
+/// frames can leave, at most, against the stream's clock: a packet leaves with the block that
+/// completes it, `ceil(k·packet / block)·block − k·packet` after its end, which runs through the
+/// multiples of their greatest common divisor below the block (0 when the packet is a multiple
+/// of the block, or either is not known).
+pub(crate) fn block_ramp(block: u64, packet: u64) -> u64 {
+    if block == 0 || packet == 0 {
+        return 0;
+    }
+    let (mut a, mut b) = (block, packet);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    block - a
 }

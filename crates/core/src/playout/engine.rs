@@ -328,6 +328,13 @@ impl Playout {
         }
     }
 
+    /// The sender posts its audio in blocks of `usec` µs: see [`Controller::set_sender_block`].
+    pub fn set_sender_block_usec(&mut self, usec: u64) {
+        let rate = u64::from(self.ctl.config().rate);
+        self.ctl
+            .set_sender_block((usec.saturating_mul(rate) + 500_000) / 1_000_000);
+    }
+
     /// The control part.
     pub fn controller(&self) -> &Controller {
         &self.ctl

@@ -432,3 +432,18 @@ fn only_a_far_shortfall_is_made_up_by_repeating_periods() {
         assert_eq!(plan.reshape, repeat, "{longer_ms} ms longer: {plan:?}");
     }
 }
+
+/// How late a sender's blocks make its packets at most: PipeWire's 1024-frame quanta and
+/// 960-frame packets, 960 (20 ms); 256-frame quanta, 192; a packet that is a multiple of the
+/// block, or a block or packet not known, none.
+#[test]
+fn a_senders_block_ramp() {
+    use super::controller::block_ramp;
+    assert_eq!(block_ramp(1024, 960), 960);
+    assert_eq!(block_ramp(256, 960), 192);
+    assert_eq!(block_ramp(480, 960), 0);
+    assert_eq!(block_ramp(480, 480), 0);
+    assert_eq!(block_ramp(480, 240), 240);
+    assert_eq!(block_ramp(0, 960), 0);
+    assert_eq!(block_ramp(1024, 0), 0);
+}
