@@ -754,9 +754,11 @@ impl Worker {
                 self.shared.stats.set_state(TunnelState::Idle);
             }
             // Over UDP the far end also speaks in datagrams, which TCP's backoff on a lossy
-            // link does not hold back.
-            if let Some(at) = self.udp.as_ref().and_then(|u| u.heard.last()) {
-                last_heard = last_heard.max(at);
+            // link does not hold back (asked only once TCP has been quiet that long).
+            if last_heard.elapsed() > DEAD_AFTER {
+                if let Some(at) = self.udp.as_ref().and_then(|u| u.heard.last()) {
+                    last_heard = last_heard.max(at);
+                }
             }
             if last_heard.elapsed() > DEAD_AFTER {
                 return Ended::Lost(format!(

@@ -38,7 +38,7 @@ pub struct Clock {
     /// How far (ratio units) the clock may run from its nominal rate before its rate is
     /// learnt, for its position (see above; 0: none).
     doubt: f64,
-    /// The smallest `a − doubt·t` of the window.
+    /// The smallest `a − doubt·t` of the window (kept only with a doubt).
     aged: SlidingMin,
     /// Whether `rate` was learnt (else it is the nominal one).
     learnt: bool,
@@ -91,7 +91,9 @@ impl Clock {
         }
         let a = t - p / self.rate;
         self.envelope.push(t, a);
-        self.aged.push(t, a - self.doubt * t);
+        if self.doubt > 0.0 {
+            self.aged.push(t, a - self.doubt * t);
+        }
         self.ceiling.push(t, -a);
         let top = self.ceiling.min().map_or(a, |v| -v);
         top - self.envelope.min().unwrap_or(a)
@@ -129,7 +131,9 @@ impl Clock {
         for &(t, p) in &self.points {
             let a = t - p / rate;
             self.envelope.push(t, a);
-            self.aged.push(t, a - self.doubt * t);
+            if self.doubt > 0.0 {
+                self.aged.push(t, a - self.doubt * t);
+            }
             self.ceiling.push(t, -a);
         }
     }
@@ -152,7 +156,7 @@ impl Clock {
     /// The line's position at time `t` (frames), if observed.
     pub fn position_at(&self, t: f64) -> Option<f64> {
         let base = self.base?;
-        let floor = if self.learnt {
+        let floor = if self.learnt || self.doubt <= 0.0 {
             self.envelope.min()?
         } else {
             self.aged.min()? + self.doubt * self.last_t?
